@@ -1,0 +1,59 @@
+"""Orbax checkpoints of the train state, plus a small JSON record per step.
+
+Orbax writes each step into a temporary directory and renames it when complete,
+so a crash mid-save never leaves a step that `latest_step` picks up. The state
+is restored straight into the target shardings (any mesh / host count).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from salt_jax.errors import UserError
+
+
+class Checkpointer:
+    """Saves every `every` steps, keeps the last `keep`, restores the latest."""
+
+    def __init__(self, directory: str, every: int, keep: int):
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(every, 1),
+                                                 create=True),
+            item_names=("state", "record"),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, record: dict, force: bool = False) -> bool:
+        """Saves (asynchronously) if `step` is on the interval or `force`; returns whether it did."""
+        return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                               record=ocp.args.JsonSave(record)), force=force)
+
+    def restore(self, step: int, abstract_state: Any, shardings: Any) -> tuple[Any, dict]:
+        """(state placed in `shardings`, record) of checkpoint `step`."""
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                              abstract_state, shardings)
+        path = os.path.join(self.directory, str(step))
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                     record=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax raises many types for unreadable / mismatched files
+            raise UserError(f"{path}: checkpoint cannot be restored ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200]}); remove it to resume from an earlier step, "
+                            "or use a fresh --workdir") from None
+        logging.info("restored checkpoint %s", path)
+        return out["state"], out["record"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

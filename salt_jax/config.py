@@ -1,0 +1,108 @@
+"""The run config: defaults with one comment per field, and validation.
+
+Config files in configs/ start from `base_config(preset)` and change what they
+need; any field can then be overridden on the command line
+(`--config.optim.learning_rate=1e-3`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from salt_jax import presets
+from salt_jax.errors import UserError, check
+from salt_jax.model import DTYPES, REMAT_POLICIES
+
+
+def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # parameter-initialisation seed
+
+    c.model = presets.model_config(preset)  # the Transformer; see salt_jax/presets.py
+
+    c.data = d = ml_collections.ConfigDict()
+    d.source = "stdlib"  # "stdlib" (the running Python's standard library) or "text" (files / JSONL)
+    d.path = ""  # for source=text: comma-separated files, directories or globs (.jsonl read by text_field)
+    d.text_field = "text"  # JSONL field holding a document's text
+    d.heldout_fraction = 0.05  # fraction of files held out for evaluation (by a hash of the path)
+    d.max_files = 0  # use only the first N files (sorted), 0 = all; for quick experiments
+    d.seq_len = 128  # tokens per training sequence
+    d.batch_size = 16  # global batch size in sequences (divisible by mesh data*fsdp)
+    d.seed = 0  # data-order seed: the batch of step s depends only on (cache, seed, s)
+    d.cache_dir = ""  # token / tokenizer cache; "" = $SALT_JAX_CACHE or ~/.cache/salt_jax
+    d.eval_batches = 8  # held-out batches per evaluation (fixed, in order), 0 = the whole split
+    d.tokenizer = t = ml_collections.ConfigDict()
+    t.kind = "bytes"  # "bytes" (259 ids) or "sentencepiece" (trained on the train split, cached)
+    t.vocab_size = 2048  # SentencePiece vocabulary size (must not exceed model.vocab_size)
+    t.model_type = "bpe"  # SentencePiece algorithm: "bpe" or "unigram"
+    t.max_train_lines = 200_000  # lines sampled from the train split to train SentencePiece on
+    t.model_file = ""  # use this existing SentencePiece .model instead of training one
+
+    c.optim = o = ml_collections.ConfigDict()
+    o.learning_rate = 3e-3  # peak learning rate
+    o.schedule = "cosine"  # decay after warmup: "cosine", "linear" or "constant"
+    o.warmup_steps = 20  # linear warmup from 0 to the peak
+    o.final_lr_fraction = 0.1  # learning rate at the last step, as a fraction of the peak
+    o.b1 = 0.9  # AdamW beta1
+    o.b2 = 0.95  # AdamW beta2
+    o.eps = 1e-8  # AdamW epsilon
+    o.weight_decay = 0.1  # decoupled weight decay on matrices (not norm scales)
+    o.grad_clip = 1.0  # clip gradients to this global norm, 0 = off
+
+    c.mesh = m = ml_collections.ConfigDict()
+    m.data = -1  # data-parallel axis size (-1 = the devices the other axes leave)
+    m.fsdp = 1  # fully-sharded data-parallel axis: parameters split over it, batch too
+    m.tensor = 1  # tensor-parallel axis: heads / mlp / vocab split over it
+
+    c.train = r = ml_collections.ConfigDict()
+    r.steps = 200  # total training steps
+    r.log_every = 10  # write a train metrics line every N steps
+    r.eval_every = 50  # evaluate on the held-out set every N steps (and at the last step)
+    r.checkpoint_every = 100  # save a checkpoint every N steps (and at the last step)
+    r.keep_checkpoints = 3  # keep the last K checkpoints
+    r.progress = True  # print a one-line progress report every log_every steps
+    return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Raises UserError naming the first bad field and what to do."""
+    m = c.model
+    for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_dim", "max_len"):
+        check(isinstance(m[f], int) and m[f] > 0, f"config.model.{f}={m[f]!r}: must be a positive integer")
+    check(m.n_heads % m.n_kv_heads == 0,
+          f"config.model.n_kv_heads={m.n_kv_heads}: must divide n_heads={m.n_heads}")
+    check(m.head_dim % 2 == 0, f"config.model.head_dim={m.head_dim}: must be even (rotary embedding)")
+    for f in ("dtype", "param_dtype"):
+        check(m[f] in DTYPES, f"config.model.{f}={m[f]!r}: use one of {', '.join(DTYPES)}")
+    check(m.remat in REMAT_POLICIES, f"config.model.remat={m.remat!r}: use one of {', '.join(REMAT_POLICIES)}")
+
+    d = c.data
+    check(d.seq_len > 0, f"config.data.seq_len={d.seq_len}: must be positive")
+    check(d.seq_len <= m.max_len, f"config.data.seq_len={d.seq_len}: exceeds config.model.max_len={m.max_len}; "
+          "lower seq_len or raise max_len")
+    check(d.batch_size > 0, f"config.data.batch_size={d.batch_size}: must be positive")
+    check(0.0 < d.heldout_fraction < 1.0,
+          f"config.data.heldout_fraction={d.heldout_fraction}: must be strictly between 0 and 1")
+    check(d.tokenizer.kind in ("bytes", "sentencepiece"),
+          f"config.data.tokenizer.kind={d.tokenizer.kind!r}: use 'bytes' or 'sentencepiece'")
+    if d.tokenizer.kind == "sentencepiece" and not d.tokenizer.model_file:
+        check(d.tokenizer.vocab_size <= m.vocab_size,
+              f"config.data.tokenizer.vocab_size={d.tokenizer.vocab_size}: exceeds config.model.vocab_size="
+              f"{m.vocab_size}; make them equal")
+
+    o = c.optim
+    check(o.learning_rate > 0, f"config.optim.learning_rate={o.learning_rate}: must be positive")
+    check(o.schedule in ("cosine", "linear", "constant"),
+          f"config.optim.schedule={o.schedule!r}: use 'cosine', 'linear' or 'constant'")
+    check(o.warmup_steps >= 0, f"config.optim.warmup_steps={o.warmup_steps}: must be >= 0")
+
+    r = c.train
+    check(r.steps > 0, f"config.train.steps={r.steps}: must be positive")
+    for f in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+        check(r[f] > 0, f"config.train.{f}={r[f]}: must be positive")
+
+
+def check_vocab(c: ml_collections.ConfigDict, tokenizer_vocab: int) -> None:
+    if tokenizer_vocab > c.model.vocab_size:
+        raise UserError(f"config.model.vocab_size={c.model.vocab_size} is smaller than the tokenizer's "
+                        f"vocabulary ({tokenizer_vocab}); set config.model.vocab_size={tokenizer_vocab}")

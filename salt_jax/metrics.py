@@ -1,0 +1,73 @@
+"""Run outputs: metrics.jsonl (one JSON object per line) and TensorBoard events.
+
+Every line has `step` and `split` ("train" or "eval"). Only process 0 writes.
+On resume, lines past the restored step (written by the interrupted run after
+its last checkpoint) are dropped, so the file reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+
+import jax
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/inf; null marks a non-finite value
+    return value
+
+
+def read_metrics(path: str) -> list[dict]:
+    """All records of a metrics.jsonl (skipping a torn last line)."""
+    out = []
+    if not os.path.exists(path):
+        return out
+    with open(path) as fh:
+        for line in fh:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+class MetricsWriter:
+    """Appends records to workdir/metrics.jsonl and mirrors scalars to TensorBoard."""
+
+    def __init__(self, workdir: str, resume_step: int | None = None):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if not self.enabled:
+            return
+        if resume_step is not None and os.path.exists(self.path):
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in kept)
+            os.replace(tmp, self.path)
+        try:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        except ImportError:  # TensorBoard events are optional; metrics.jsonl is the record
+            logging.warning("tensorboardX is not installed: no TensorBoard events")
+
+    def write(self, split: str, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "split": split, **{k: _clean(v) for k, v in values.items()}}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
+                    self._tb.add_scalar(f"{split}/{k}", v, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

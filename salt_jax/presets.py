@@ -1,0 +1,76 @@
+"""Named model presets: test-tiny, CPU demo, single-GPU sizes and the paper's sizes.
+
+Run configs in configs/ pick one by name (`model_config("demo-student")`) and can
+then override any field from the command line (`--config.model.n_layers=6`).
+Parameter counts are printed by `python -m salt_jax.presets` (the README table
+is its output) and checked against the closed form in tests.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# name -> (vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim, mlp_dim, max_len, tie_embeddings)
+_SIZES = {
+    # Compile in seconds on CPU; used by the tests.
+    "test-tiny": (259, 32, 2, 4, 2, 8, 64, 128, False),
+    "test-tiny-teacher": (259, 16, 1, 2, 1, 8, 32, 128, True),
+    # CPU demo pair on the built-in corpus (SentencePiece vocabulary of 2048).
+    "demo-teacher": (2048, 96, 2, 4, 2, 24, 256, 256, True),
+    "demo-student": (2048, 160, 4, 4, 2, 40, 448, 256, True),
+    # One accelerator (32K vocabulary).
+    "gpu-25m": (32000, 384, 8, 6, 2, 64, 1024, 1024, True),
+    "gpu-50m": (32000, 512, 11, 8, 4, 64, 1408, 1024, True),
+    "gpu-100m": (32000, 768, 12, 12, 4, 64, 2048, 1024, True),
+    "gpu-350m": (32000, 1024, 24, 16, 8, 64, 2816, 2048, False),
+    # The paper's sizes: ~1.5B teacher, ~2.8B and ~8.6B students.
+    "paper-1.5b": (32000, 2048, 26, 16, 16, 128, 5632, 2048, False),
+    "paper-2.8b": (32000, 2560, 34, 20, 20, 128, 6912, 2048, False),
+    "paper-8.6b": (32000, 4096, 38, 32, 8, 128, 14336, 2048, False),
+}
+
+PRESETS = tuple(_SIZES)
+
+
+def model_config(name: str) -> ml_collections.ConfigDict:
+    """The model config of a named preset (a fresh, mutable ConfigDict)."""
+    if name not in _SIZES:
+        from salt_jax.errors import UserError
+
+        raise UserError(f"config.model.preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    v, d, l, h, kv, hd, f, max_len, tie = _SIZES[name]
+    c = ml_collections.ConfigDict()
+    c.preset = name  # the preset these sizes came from (informational)
+    c.vocab_size = v  # token ids are in [0, vocab_size); must cover the tokenizer's vocabulary
+    c.d_model = d  # residual stream width
+    c.n_layers = l  # number of Transformer blocks (scanned)
+    c.n_heads = h  # query heads
+    c.n_kv_heads = kv  # key/value heads (grouped-query attention); divides n_heads
+    c.head_dim = hd  # width of one attention head
+    c.mlp_dim = f  # SwiGLU hidden width
+    c.max_len = max_len  # longest sequence the model is configured for (>= data.seq_len)
+    c.rope_base = 10000.0  # rotary position embedding base
+    c.norm_eps = 1e-6  # RMSNorm epsilon
+    c.tie_embeddings = tie  # share the input embedding with the output projection
+    c.param_dtype = "float32"  # dtype parameters (and optimizer state) are stored in
+    c.dtype = "float32"  # compute dtype of activations and matmuls ("bfloat16" for speed)
+    c.remat = "none"  # rematerialisation policy per block: none | full | save_dots
+    return c
+
+
+def main() -> None:
+    """Prints the preset table (markdown) with counts computed by the code."""
+    from salt_jax.model import param_count
+
+    print("| preset | vocab | d_model | layers | heads (kv) | head_dim | mlp_dim | tied | parameters |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in PRESETS:
+        c = model_config(name)
+        n = param_count(c)
+        size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+        print(f"| {name} | {c.vocab_size} | {c.d_model} | {c.n_layers} | {c.n_heads} ({c.n_kv_heads}) | "
+              f"{c.head_dim} | {c.mlp_dim} | {'yes' if c.tie_embeddings else 'no'} | {size} ({n:,}) |")
+
+
+if __name__ == "__main__":
+    main()

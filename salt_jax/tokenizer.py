@@ -1,0 +1,136 @@
+"""Tokenizers: a byte-level one and a SentencePiece model trained on the train split.
+
+Both share the special ids pad=0, eos=1, bos=2. The SentencePiece model is
+trained once per (source fingerprint, settings) and cached as a .model file;
+it keeps whitespace and newlines (source code), with byte fallback so every
+string round-trips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import logging
+import os
+import random
+from typing import Iterable, Protocol
+
+import ml_collections
+import numpy as np
+
+from salt_jax.errors import UserError
+
+PAD_ID, EOS_ID, BOS_ID = 0, 1, 2
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+    pad_id: int
+    eos_id: int
+
+    def encode(self, texts: list[str]) -> list[list[int]]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def fingerprint(self) -> str: ...
+
+
+class ByteTokenizer:
+    """UTF-8 bytes shifted by 3 (ids 0-2 are pad/eos/bos): vocabulary of 259."""
+
+    vocab_size, pad_id, eos_id, bos_id, offset = 259, PAD_ID, EOS_ID, BOS_ID, 3
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return [(np.frombuffer(t.encode("utf-8"), np.uint8).astype(np.int32) + self.offset).tolist()
+                for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        data = bytes(i - self.offset for i in ids if i >= self.offset)
+        return data.decode("utf-8", errors="replace")
+
+    def fingerprint(self) -> str:
+        return "bytes-v1"
+
+
+class SentencePieceTokenizer:
+    """A SentencePiece model file (ours or seqio's: same special-id convention)."""
+
+    def __init__(self, model_file: str):
+        import sentencepiece as spm
+
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=model_file)
+        except (OSError, RuntimeError) as e:
+            raise UserError(f"{model_file}: not a readable SentencePiece model ({e}); "
+                            "delete it to retrain, or point config.data.tokenizer.model_file elsewhere") from None
+        self.model_file = model_file
+        self.vocab_size = self.sp.get_piece_size()
+        self.pad_id, self.eos_id = self.sp.pad_id(), self.sp.eos_id()
+        with open(model_file, "rb") as fh:
+            self._fp = "sp-" + hashlib.sha256(fh.read()).hexdigest()[:16]
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(texts)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.sp.decode([int(i) for i in ids if int(i) not in (self.pad_id, self.eos_id)])
+
+    def fingerprint(self) -> str:
+        return self._fp
+
+
+def _training_lines(docs: Iterable[str], max_lines: int, seed: int) -> list[str]:
+    """A reproducible sample of at most max_lines non-empty lines."""
+    lines = [ln for doc in docs for ln in doc.split("\n") if ln.strip()]
+    if len(lines) > max_lines:
+        lines = random.Random(seed).sample(lines, max_lines)
+    return lines
+
+
+def train_sentencepiece(docs: Iterable[str], vocab_size: int, model_type: str, max_lines: int,
+                        out_file: str) -> None:
+    """Trains a SentencePiece model on lines of `docs` and writes it atomically."""
+    import sentencepiece as spm
+
+    lines = _training_lines(docs, max_lines, seed=0)
+    if not lines:
+        raise UserError("config.data: the train split has no text to train the tokenizer on")
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
+            model_type=model_type, pad_id=PAD_ID, eos_id=EOS_ID, bos_id=BOS_ID, unk_id=3,
+            byte_fallback=True, character_coverage=0.9995, normalization_rule_name="identity",
+            remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
+            user_defined_symbols=["\n"], max_sentence_length=1 << 14, num_threads=os.cpu_count() or 1,
+            minloglevel=2)
+    except RuntimeError as e:
+        raise UserError(f"config.data.tokenizer: SentencePiece training failed ({e}); "
+                        "lower config.data.tokenizer.vocab_size or give more text") from None
+    tmp = f"{out_file}.tmp{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(model.getvalue())
+    os.replace(tmp, out_file)
+
+
+def make_tokenizer(tok_cfg: ml_collections.ConfigDict, source, cache_dir: str) -> Tokenizer:
+    """The tokenizer of config.data.tokenizer, training and caching SentencePiece if needed."""
+    kind = tok_cfg.kind
+    if kind == "bytes":
+        return ByteTokenizer()
+    if kind != "sentencepiece":
+        raise UserError(f"config.data.tokenizer.kind={kind!r}: use 'bytes' or 'sentencepiece'")
+    if tok_cfg.get("model_file"):
+        if not os.path.isfile(tok_cfg.model_file):
+            raise UserError(f"config.data.tokenizer.model_file={tok_cfg.model_file}: no such file")
+        return SentencePieceTokenizer(tok_cfg.model_file)
+    key = hashlib.sha256(f"{source.fingerprint()}:{tok_cfg.vocab_size}:{tok_cfg.model_type}:"
+                         f"{tok_cfg.max_train_lines}".encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, "tokenizers", f"sp-{key}.model")
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        logging.info("training a SentencePiece tokenizer (vocab %d) -> %s", tok_cfg.vocab_size, path)
+        train_sentencepiece(itertools.islice(source.documents("train"), None), tok_cfg.vocab_size,
+                            tok_cfg.model_type, tok_cfg.max_train_lines, path)
+    return SentencePieceTokenizer(path)

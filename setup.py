@@ -1,0 +1,61 @@
+"""salt_jax: small-model-aided large-model training (SALT) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+# Versions verified together on CPython 3.11 (see docs/dependencies.md).
+CORE = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "ml-collections==1.1.0",
+    "numpy==2.4.6",
+    "ml-dtypes==0.6.0",
+    "tensorstore==0.1.86",
+    "protobuf==7.36.2",
+    "sentencepiece==0.2.3",
+    "tensorboardX==2.6.5",
+]
+# The data stack: only the TFDS / seqio / grain sources import these, lazily.
+DATA = [
+    "tensorflow==2.21.0",
+    "tensorflow-text==2.21.1",
+    "tensorflow-datasets==4.9.10",
+    "seqio==0.0.20",
+    "clu==0.0.12",
+    "pyglove==0.4.5",
+    "array-record==0.8.6",
+    "grain==0.2.18",
+]
+HF = [
+    "torch==2.13.0",  # exactly this version: the CPU wheel, no CUDA packages
+    "transformers==5.23.0",
+    "safetensors==0.8.0",
+    "tokenizers==0.23.3",
+    "huggingface-hub==2.4.0",
+]
+NOTEBOOK = [
+    "jupyter==1.1.1",
+    "nbconvert==7.17.2",
+    "nbclient==0.11.0",
+    "ipykernel==7.4.0",
+    "matplotlib==3.11.2",
+]
+LOGGING = ["tensorboard==2.21.0", "tqdm==4.70.1", "rich==15.0.0"]
+
+setup(
+    name="salt_jax",
+    version="0.1.0",
+    description="SALT: training a large LM faster with a small LM's help (JAX/Flax).",
+    python_requires=">=3.11",
+    packages=find_packages(include=["salt_jax", "salt_jax.*"]),
+    install_requires=CORE + DATA,
+    extras_require={
+        "hf": HF,
+        "notebook": NOTEBOOK,
+        "logging": LOGGING,
+        "test": ["pytest==9.2.0"] + NOTEBOOK,
+        "all": HF + NOTEBOOK + LOGGING + ["pytest==9.2.0"],
+    },
+)
