@@ -29,7 +29,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_sched
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(stats, loss=loss, grad_norm=optax.global_norm(grads),
+        metrics = dict(stats, loss=loss, grad_norm=optax.tree.norm(grads),
                        learning_rate=lr_schedule(state.step))
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

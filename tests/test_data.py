@@ -1,0 +1,144 @@
+"""Sources, tokenizers, the token cache and step-indexed batches."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from salt_jax import corpus, data, tokenizer
+from salt_jax.config import base_config
+from salt_jax.errors import UserError
+
+from conftest import REPO
+
+
+def _text_cfg(path, cache):
+    c = base_config().data
+    c.source, c.path, c.cache_dir, c.seq_len, c.heldout_fraction = "text", path, cache, 8, 0.3
+    return c
+
+
+def test_packing_rows_are_the_eos_separated_stream(tmp_path):
+    files = {f"doc{i}.txt": f"document number {i} " * (i + 1) for i in range(12)}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe not utf-8 \xc3\x28")
+    (tmp_path / "empty.txt").write_text("  \n")
+    cfg = _text_cfg(str(tmp_path / "*.txt"), str(tmp_path / "cache"))
+    cache, tok = data.build_cache(cfg)
+    meta = cache.meta["splits"]
+    assert meta["train"]["skipped_undecodable"] + meta["heldout"]["skipped_undecodable"] == 1
+    assert meta["train"]["skipped_empty"] + meta["heldout"]["skipped_empty"] == 1
+    # the train stream is exactly the train documents' bytes, each followed by EOS, in file order
+    src = corpus.make_source(cfg)
+    want = []
+    for doc in src.documents("train"):
+        want += [b + 3 for b in doc.encode()] + [tokenizer.EOS_ID]
+    np.testing.assert_array_equal(np.asarray(cache.train.stream), want)
+    rows = cache.train.rows(np.arange(cache.train.n_rows))
+    assert cache.train.n_rows == (len(want) - 1) // 8
+    np.testing.assert_array_equal(rows[3], want[24:33])  # row i = stream[8i : 8i + 9]
+    assert tok.decode(rows[0]) == "document "  # the first train file starts "document number"
+
+
+def test_heldout_split_is_by_path_hash_and_stable(tmp_path):
+    for i in range(40):
+        (tmp_path / f"f{i:02d}.txt").write_text(f"text {i}")
+    cfg = _text_cfg(str(tmp_path), "")
+    a = corpus.make_source(cfg)
+    os.remove(tmp_path / "f00.txt")
+    b = corpus.make_source(cfg)
+    assert set(b.files["heldout"]) <= set(a.files["heldout"])
+    assert not set(a.files["heldout"]) & set(a.files["train"])
+    assert 4 <= len(a.files["heldout"]) <= 20  # ~30% of 40
+
+
+def test_jsonl_source_reads_the_text_field(tmp_path):
+    lines = [json.dumps({"text": f"record {i}", "id": i}) for i in range(30)]
+    (tmp_path / "a.jsonl").write_text("\n".join(lines))
+    cfg = _text_cfg(str(tmp_path / "a.jsonl"), "")
+    cfg.heldout_fraction = 0.01
+    docs = list(corpus.make_source(cfg).documents("train"))
+    assert docs == [f"record {i}" for i in range(30)]
+    cfg.text_field = "body"
+    with pytest.raises(UserError, match="text_field"):
+        list(corpus.make_source(cfg).documents("train"))
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="config.data.path: no file matches"):
+        corpus.make_source(_text_cfg(str(tmp_path / "nope*.txt"), ""))
+    (tmp_path / "x.txt").write_bytes(b"\xff\xff")
+    with pytest.raises(UserError, match="no usable"):
+        data.build_cache(_text_cfg(str(tmp_path / "x.txt"), str(tmp_path / "c")))
+
+
+def test_stdlib_corpus_counts_undecodable_files(tiny_config):
+    cfg = tiny_config.data
+    cfg.max_files = 0
+    src = corpus.make_source(cfg)
+    assert len(src.files["train"]) > 1000
+    stats = corpus.ReadStats()
+    # scan the held-out and train splits' file reads without tokenizing
+    for split in corpus.SPLITS:
+        for _ in src.documents(split, stats):
+            pass
+    assert stats.skipped_undecodable >= 1  # the stdlib ships a few non-UTF-8 test files
+    assert stats.documents + stats.skipped_undecodable + stats.skipped_empty == stats.files
+
+
+def test_sentencepiece_tokenizer_round_trips_code(tmp_path):
+    text = "def f(x):\n    return x + 1\n\n\nclass A:\n    pass\n" * 50
+    for i in range(6):
+        (tmp_path / f"m{i}.py").write_text(text.replace("f", f"f{i}"))
+    cfg = _text_cfg(str(tmp_path), str(tmp_path / "c"))
+    cfg.tokenizer.kind, cfg.tokenizer.vocab_size = "sentencepiece", 300
+    src = corpus.make_source(cfg)
+    tok = tokenizer.make_tokenizer(cfg.tokenizer, src, cfg.cache_dir)
+    sample = "def f3(x):\n    return x + 1\n\u00e9\n"
+    ids = tok.encode([sample])[0]
+    assert tok.vocab_size == 300 and tok.pad_id == 0 and tok.eos_id == 1
+    assert tok.decode(ids) == sample  # whitespace, newlines and unseen characters survive
+    assert len(ids) < len(sample.encode())  # it compresses
+    again = tokenizer.make_tokenizer(cfg.tokenizer, src, cfg.cache_dir)
+    assert again.fingerprint() == tok.fingerprint()  # cached, not retrained
+
+
+def test_batch_indices_visit_every_row_once_per_epoch():
+    n, b = 50, 8
+    idx = np.concatenate([data.batch_indices(s, b, n, seed=3) for s in range(25)])  # 200 = 4 epochs
+    for e in range(4):
+        assert sorted(idx[e * n:(e + 1) * n]) == list(range(n))
+    assert not np.array_equal(idx[:n], idx[n:2 * n])  # a new order each epoch
+    np.testing.assert_array_equal(data.batch_indices(7, b, n, 3), idx[56:64])  # pure in the step
+
+
+_PRINT_BATCH = """
+import hashlib, os, sys
+from salt_jax import data
+from salt_jax.config import base_config
+c = base_config().data
+c.max_files, c.seq_len, c.cache_dir = 60, 32, sys.argv[1]
+cache, _ = data.build_cache(c)
+b = data.Batches(cache.train, 8, seed=5)
+print(hashlib.sha256(b.numpy(int(sys.argv[2])).tobytes()).hexdigest())
+"""
+
+
+def test_batch_for_a_step_is_identical_across_fresh_processes(tmp_path, cache_dir):
+    def run(step):
+        out = subprocess.run([sys.executable, "-c", _PRINT_BATCH, cache_dir, str(step)], cwd=REPO,
+                             capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    first, second, other = run(123), run(123), run(124)
+    assert first == second and first != other
+    c = base_config().data
+    c.max_files, c.seq_len, c.cache_dir = 60, 32, cache_dir
+    cache, _ = data.build_cache(c)
+    import hashlib
+
+    assert hashlib.sha256(data.Batches(cache.train, 8, seed=5).numpy(123).tobytes()).hexdigest() == first
