@@ -21,11 +21,10 @@ class Checkpointer:
     """Saves every `every` steps, keeps the last `keep`, restores the latest."""
 
     def __init__(self, directory: str, every: int, keep: int):
-        self.directory = os.path.abspath(directory)
+        self.directory, self.every = os.path.abspath(directory), max(every, 1)
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=max(every, 1),
-                                                 create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
             item_names=("state", "record"),
         )
 
@@ -34,8 +33,10 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, record: dict, force: bool = False) -> bool:
         """Saves (asynchronously) if `step` is on the interval or `force`; returns whether it did."""
+        if not force and step % self.every:
+            return False
         return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                               record=ocp.args.JsonSave(record)), force=force)
+                                                               record=ocp.args.JsonSave(record)), force=True)
 
     def restore(self, step: int, abstract_state: Any, shardings: Any) -> tuple[Any, dict]:
         """(state placed in `shardings`, record) of checkpoint `step`."""

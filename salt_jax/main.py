@@ -22,7 +22,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    # Progress and info go to stdout; stderr is kept for warnings and the one-line error.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stdout, force=True)
     for noisy in ("absl", "orbax", "jax._src"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -33,17 +35,51 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if "Failed loading config file" in str(e):  # ml_collections: the file is missing or raised
+        return f"cannot load the config file ({lines[-1]}); pass an existing configs/<file>.py"
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
+def parse_flags(argv):
+    """absl flag parsing that turns every command-line mistake into one error line."""
+    try:
+        return flags.FLAGS(argv)
+    except UserError as e:
+        fail(str(e))
+    except (AttributeError, KeyError) as e:  # an override names a field the config does not have
+        fail(f"command line: the config has no field {_first_line(e).strip(chr(34))}; check the --config.* names "
+             "against the config file")
+    except Exception as e:  # noqa: BLE001 -- absl/ml_collections raise several types here
+        fail(f"command line: {_first_line(e)}")
+
+
+def load_config():
+    """The parsed --config, or exit with one line naming the problem."""
+    try:
+        config = _CONFIG.value
+        if config is not None:
+            config.keys()  # a config file that failed to load raises here
+    except UserError as e:
+        fail(str(e))
+    except Exception as e:  # noqa: BLE001 -- the config file failed to load or run
+        fail(f"--config: {_first_line(e)}")
+    if config is None:
+        fail("--config is required, e.g. --config=configs/demo.py")
+    return config
+
+
 def _main(argv) -> None:
     del argv
     setup_logging()
-    if _CONFIG.value is None:
-        fail("--config is required, e.g. --config=configs/demo.py")
+    config = load_config()
     if not _WORKDIR.value:
         fail("--workdir is required: the directory for checkpoints and metrics")
     from salt_jax import train
 
     try:
-        summary = train.run(_CONFIG.value, _WORKDIR.value)
+        summary = train.run(config, _WORKDIR.value)
     except UserError as e:
         fail(str(e))
     logging.info("done: final held-out loss %.4f, accuracy %.4f", summary["final_eval_loss"],
@@ -51,10 +87,7 @@ def _main(argv) -> None:
 
 
 def main() -> None:
-    try:
-        app.run(_main)
-    except UserError as e:  # raised while the config file itself was being loaded
-        fail(str(e))
+    app.run(_main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def model_config(name: str) -> ml_collections.ConfigDict:
         raise UserError(f"config.model.preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     v, d, l, h, kv, hd, f, max_len, tie = _SIZES[name]
     c = ml_collections.ConfigDict()
-    c.preset = name  # the preset these sizes came from (informational)
+    c.preset = name  # the preset these sizes came from (a label: overriding it changes no size)
     c.vocab_size = v  # token ids are in [0, vocab_size); must cover the tokenizer's vocabulary
     c.d_model = d  # residual stream width
     c.n_layers = l  # number of Transformer blocks (scanned)

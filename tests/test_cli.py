@@ -1,0 +1,78 @@
+"""The training CLI end to end, its outputs, resume, and its one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+TINY = [f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}", "--config.train.steps=30",
+        "--config.train.eval_every=15", "--config.train.checkpoint_every=15", "--config.data.max_files=60"]
+
+
+def _cli(args, cache_dir):
+    env = dict(os.environ, SALT_JAX_CACHE=cache_dir)
+    return subprocess.run([sys.executable, "-m", "salt_jax.main", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_trains_writes_outputs_and_resumes(tmp_path, cache_dir):
+    workdir = str(tmp_path / "run")
+    out = _cli(TINY + [f"--workdir={workdir}"], cache_dir)
+    assert out.returncode == 0, out.stderr[-2000:]
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    assert config["train"]["steps"] == 30 and config["model"]["d_model"] == 32
+    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    train = [r for r in records if r["split"] == "train"]
+    evals = [r for r in records if r["split"] == "eval"]
+    assert [r["step"] for r in train] == list(range(5, 31, 5))
+    for r in train:
+        for key in ("loss", "ntp_loss", "kd_loss", "kd_weight", "learning_rate", "tokens_per_sec"):
+            assert key in r
+        assert r["tokens_per_sec"] > 0 and r["loss"] == r["ntp_loss"] and r["kd_weight"] == 0.0
+    assert [r["step"] for r in evals] == [0, 15, 30]
+    # held-out loss starts near log(259) = 5.56 and falls clearly within 30 steps
+    assert evals[0]["loss"] > 5.0 and evals[-1]["loss"] < evals[0]["loss"] - 1.0
+    assert 0.0 <= evals[-1]["accuracy"] <= 1.0
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["15", "30"]
+    assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+
+    again = _cli(TINY + [f"--workdir={workdir}"], cache_dir)  # same command: resumes, nothing left to do
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming" in again.stdout
+    assert [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))] == records
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("--config.model.n_kv_heads=3", "config.model.n_kv_heads=3"),
+    ("--config.data.batch_size=6", "config.data.batch_size=6"),
+    ("--config.optim.schedule=step", "config.optim.schedule"),
+    ("--config.data.seq_len=4096", "config.data.seq_len=4096"),
+    ("--config.mesh.data=3", "config.mesh"),
+    ("--config.data.path=/nonexistent/*.txt", "config.data.path"),
+])
+def test_user_errors_exit_2_with_one_line(tmp_path, cache_dir, override, needle):
+    args = TINY + [override, f"--workdir={tmp_path / 'run'}"]
+    if "data.path" in override:
+        args.append("--config.data.source=text")
+    out = _cli(args, cache_dir)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and needle in last, out.stderr
+
+
+def test_corrupt_checkpoint_is_named_in_the_error(tmp_path, cache_dir):
+    workdir = tmp_path / "run"
+    assert _cli(TINY + ["--config.train.steps=15", f"--workdir={workdir}"], cache_dir).returncode == 0
+    for root, _, files in os.walk(workdir / "checkpoints" / "15" / "state"):
+        for f in files:
+            with open(os.path.join(root, f), "wb") as fh:
+                fh.write(b"garbage")
+    out = _cli(TINY + [f"--workdir={workdir}"], cache_dir)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert "checkpoints/15" in last and "cannot be restored" in last, out.stderr
