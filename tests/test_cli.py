@@ -53,6 +53,8 @@ def test_cli_trains_writes_outputs_and_resumes(tmp_path, cache_dir):
     ("--config.data.seq_len=4096", "config.data.seq_len=4096"),
     ("--config.mesh.data=3", "config.mesh"),
     ("--config.data.path=/nonexistent/*.txt", "config.data.path"),
+    ("--config.model.no_such_field=3", "no field 'no_such_field'"),
+    ("--config.data.batch_size=abc", "--config.data.batch_size=abc"),
 ])
 def test_user_errors_exit_2_with_one_line(tmp_path, cache_dir, override, needle):
     args = TINY + [override, f"--workdir={tmp_path / 'run'}"]
@@ -76,3 +78,9 @@ def test_corrupt_checkpoint_is_named_in_the_error(tmp_path, cache_dir):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert "checkpoints/15" in last and "cannot be restored" in last, out.stderr
+
+
+def test_missing_config_file_is_one_line(tmp_path, cache_dir):
+    out = _cli(["--config=configs/no_such_file.py", f"--workdir={tmp_path}"], cache_dir)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "configs/no_such_file.py" in out.stderr.strip().splitlines()[-1]
