@@ -1,10 +1,14 @@
-"""Test-sized baseline run: byte tokenizer, test-tiny model, a few dozen steps (seconds on CPU)."""
+"""Test-sized runs: byte tokenizer, test-tiny models, a few dozen steps (seconds on CPU).
 
-from salt_jax.config import base_config
+    --config=configs/test_tiny.py[:METHOD]   METHOD as in configs/demo.py (default baseline);
+                                             the teacher is test-tiny-teacher.
+"""
+
+from salt_jax.config import base_config, set_method
 
 
-def get_config():
-    c = base_config("test-tiny")
+def get_config(method: str = "baseline"):
+    c = base_config("test-tiny-teacher" if method == "teacher" else "test-tiny")
     c.data.tokenizer.kind = "bytes"
     c.data.seq_len = 64
     c.data.batch_size = 8
@@ -16,4 +20,6 @@ def get_config():
     c.train.eval_every = 20
     c.train.checkpoint_every = 20
     c.optim.warmup_steps = 5
+    c.salt.teacher = "runs/test-tiny-teacher"
+    set_method(c, method)
     return c

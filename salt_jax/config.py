@@ -13,6 +13,9 @@ from salt_jax import presets
 from salt_jax.errors import UserError, check
 from salt_jax.model import DTYPES, REMAT_POLICIES
 
+METHODS = ("baseline", "teacher", "rkd", "salt")
+VARIANTS = ("teacher", "baseline", "rkd", "salt", "salt-linear", "salt-ratio", "salt-adaptive", "salt-tokensel")
+
 
 def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -54,6 +57,27 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     m.fsdp = 1  # fully-sharded data-parallel axis: parameters split over it, batch too
     m.tensor = 1  # tensor-parallel axis: heads / mlp / vocab split over it
 
+    c.salt = k = ml_collections.ConfigDict()
+    k.method = "baseline"  # baseline | teacher (a baseline run that makes a teacher) | rkd | salt
+    k.teacher = ""  # the teacher: its run's workdir, or one checkpoint directory (<workdir>/checkpoints/<step>)
+    k.teacher_sharding = "sharded"  # teacher parameters on the mesh: "sharded" (same rules) or "replicated"
+    k.kd_weight = 0.5  # w0, the KD weight while distilling (ours: the paper does not give it)
+    k.temperature = 1.0  # tau for the KD term (ours: the paper does not give it)
+    k.kd_loss = "forward_kl"  # forward_kl: tau^2 KL(teacher||student); reverse_kl; topk_kl (teacher's top-k, renormalised)
+    k.kd_topk = 0  # k for kd_loss=topk_kl
+    k.kd_steps = -1  # n_KD: distil for the first n_KD steps; -1 = kd_fraction * train.steps
+    k.kd_fraction = 0.175  # n_KD as a fraction of the run when kd_steps=-1 (paper: 36K of ~208K steps)
+    k.transition = "step"  # after n_KD: step (w -> 0), linear (w decays over transition_steps), ratio (KD share of sequences decays)
+    k.transition_steps = 0  # length of the linear / ratio transition, in steps
+    k.switch = "fixed"  # fixed (n_KD from the schedule) or adaptive (stop when the student catches the teacher)
+    k.adaptive_margin = 0.0  # adaptive: switch once smoothed student NTP loss <= smoothed teacher NTP loss + margin
+    k.adaptive_ema = 0.98  # adaptive: EMA decay of the per-step NTP losses (debiased)
+    k.adaptive_min_steps = 0  # adaptive: never switch before this step
+    k.adaptive_max_steps = -1  # adaptive: switch at this step at the latest; -1 = no limit
+    k.token_select = "none"  # KD only where the teacher is good: none | topk (target in teacher top-k) | confidence
+    k.token_select_k = 10  # token_select=topk: the k
+    k.token_select_threshold = 0.5  # token_select=confidence: teacher's top probability must exceed this
+
     c.train = r = ml_collections.ConfigDict()
     r.steps = 200  # total training steps
     r.log_every = 10  # write a train metrics line every N steps
@@ -61,6 +85,33 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     r.checkpoint_every = 100  # save a checkpoint every N steps (and at the last step)
     r.keep_checkpoints = 3  # keep the last K checkpoints
     r.progress = True  # print a one-line progress report every log_every steps
+    return c
+
+
+def set_method(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+    """Applies a named method variant (the `:ARG` of configs/demo.py) to a run config.
+
+    teacher, baseline, rkd, salt (step transition), salt-linear, salt-ratio,
+    salt-adaptive, salt-tokensel. Linear and ratio transitions take half of
+    n_KD again as their length (ours; the paper compares variants but does not
+    give one).
+    """
+    k = c.salt
+    if variant in ("teacher", "baseline", "rkd", "salt"):
+        k.method = variant
+        return c
+    if variant not in VARIANTS:
+        raise UserError(f"config variant {variant!r}: use one of {', '.join(VARIANTS)}")
+    k.method = "salt"
+    if variant in ("salt-linear", "salt-ratio"):
+        k.transition = variant.split("-")[1]
+        k.transition_steps = max(1, int(round(k.kd_fraction * c.train.steps / 2)))
+    elif variant == "salt-adaptive":
+        k.switch = "adaptive"
+        k.adaptive_min_steps = max(1, int(round(0.05 * c.train.steps)))  # ours: not before 5% of the run
+        k.adaptive_max_steps = int(round(0.5 * c.train.steps))  # ours: at the latest at half the run
+    elif variant == "salt-tokensel":
+        k.token_select = "topk"
     return c
 
 
@@ -95,6 +146,32 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check(o.schedule in ("cosine", "linear", "constant"),
           f"config.optim.schedule={o.schedule!r}: use 'cosine', 'linear' or 'constant'")
     check(o.warmup_steps >= 0, f"config.optim.warmup_steps={o.warmup_steps}: must be >= 0")
+
+    k = c.salt
+    check(k.method in METHODS, f"config.salt.method={k.method!r}: use one of {', '.join(METHODS)}")
+    check(k.teacher_sharding in ("sharded", "replicated"),
+          f"config.salt.teacher_sharding={k.teacher_sharding!r}: use 'sharded' or 'replicated'")
+    check(k.transition in ("step", "linear", "ratio"),
+          f"config.salt.transition={k.transition!r}: use 'step', 'linear' or 'ratio'")
+    check(k.switch in ("fixed", "adaptive"), f"config.salt.switch={k.switch!r}: use 'fixed' or 'adaptive'")
+    check(k.kd_loss in ("forward_kl", "reverse_kl", "topk_kl"),
+          f"config.salt.kd_loss={k.kd_loss!r}: use 'forward_kl', 'reverse_kl' or 'topk_kl'")
+    check(k.token_select in ("none", "topk", "confidence"),
+          f"config.salt.token_select={k.token_select!r}: use 'none', 'topk' or 'confidence'")
+    if k.method in ("rkd", "salt"):
+        check(bool(k.teacher), f"config.salt.teacher is empty; method {k.method!r} needs the teacher's workdir "
+              "or checkpoint directory")
+        check(0.0 < k.kd_weight <= 1.0, f"config.salt.kd_weight={k.kd_weight}: must be in (0, 1]")
+        check(k.temperature > 0, f"config.salt.temperature={k.temperature}: must be positive")
+        check(k.kd_loss != "topk_kl" or k.kd_topk > 0, "config.salt.kd_topk must be positive for kd_loss=topk_kl")
+    if k.method == "salt":
+        check(k.kd_steps >= -1, f"config.salt.kd_steps={k.kd_steps}: must be >= 0 (or -1 for kd_fraction)")
+        check(0.0 < k.kd_fraction <= 1.0, f"config.salt.kd_fraction={k.kd_fraction}: must be in (0, 1]")
+        if k.transition in ("linear", "ratio"):
+            check(k.transition_steps > 0, f"config.salt.transition_steps={k.transition_steps}: must be positive "
+                  f"for transition={k.transition!r}")
+        check(not (k.switch == "adaptive" and k.transition != "step"),
+              "config.salt.switch=adaptive works with config.salt.transition=step only")
 
     r = c.train
     check(r.steps > 0, f"config.train.steps={r.steps}: must be positive")

@@ -20,13 +20,22 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    kd: Any  # KD-phase bookkeeping, see `initial_kd_state`
+
+
+def initial_kd_state() -> dict:
+    """switch_step: step at which the adaptive switch ended KD (-1: not yet);
+    ema_student / ema_teacher: EMAs (undebiased) of the per-step NTP losses."""
+    return {"switch_step": jnp.array(-1, jnp.int32), "ema_student": jnp.zeros((), jnp.float32),
+            "ema_teacher": jnp.zeros((), jnp.float32)}
 
 
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seq_len: int):
     def init(rng):
         tokens = jnp.zeros((1, seq_len), jnp.int32)
         params = model.init(rng, tokens)["params"]  # leaves boxed with logical axis names
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          kd=initial_kd_state())
     return init
 
 

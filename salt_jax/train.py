@@ -18,7 +18,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from salt_jax import checkpoints, data, metrics, optim, sharding, state as state_lib
+from salt_jax import checkpoints, data, metrics, optim, schedules, sharding, state as state_lib
+from salt_jax import teacher as teacher_lib
 from salt_jax.config import check_vocab, validate
 from salt_jax.errors import UserError
 from salt_jax.model import Transformer, param_count
@@ -49,6 +50,32 @@ def _sum(records: list[dict]) -> dict:
     return {k: float(np.sum([r[k] for r in host])) for k in host[0]}
 
 
+def train_line(records: list[dict], seconds: float, tokens_per_step: int) -> dict:
+    """One metrics.jsonl train line from the per-step sums of a log interval.
+
+    Steps with and without the teacher may be mixed (the interval of the switch):
+    KD-only quantities average over the KD steps, and are null when there were none.
+    """
+    host = jax.device_get(records)
+    total = lambda key, rs=host: float(np.sum([r[key] for r in rs]))  # noqa: E731
+    tokens = max(total("tokens"), 1.0)
+    kd_steps = [r for r in host if "kd_sum" in r]
+    kd_tokens = max(total("tokens", kd_steps), 1.0)
+    return {
+        "loss": total("loss_sum") / tokens,
+        "ntp_loss": total("ntp_sum") / tokens,
+        "kd_loss": total("kd_sum", kd_steps) / kd_tokens if kd_steps else None,
+        "teacher_ntp_loss": total("teacher_ntp_sum", kd_steps) / kd_tokens if kd_steps else None,
+        "kd_weight": float(np.mean([float(r.get("kd_weight", 0.0)) for r in host])),
+        "kd_token_fraction": (total("kd_tokens", kd_steps) / tokens) if kd_steps else 0.0,
+        "accuracy": total("correct") / tokens,
+        "learning_rate": float(host[-1]["learning_rate"]),
+        "grad_norm": total("grad_norm") / len(host),
+        "tokens_per_sec": len(host) * tokens_per_step / seconds,
+        "steps_per_sec": len(host) / seconds,
+    }
+
+
 def evaluate(steps: CompiledSteps, params, eval_set: list[np.ndarray], batch_size: int) -> dict:
     """Mean held-out next-token loss (nats/token) and accuracy over the fixed eval set."""
     shape = (batch_size, eval_set[0].shape[1])
@@ -56,6 +83,14 @@ def evaluate(steps: CompiledSteps, params, eval_set: list[np.ndarray], batch_siz
                    for b in eval_set])
     n = max(totals["tokens"], 1.0)
     return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n, "tokens": totals["tokens"]}
+
+
+def _end_kd_phase(steps: CompiledSteps, teacher, step: int) -> None:
+    """From `step` on, train with the teacher-free step and free the teacher's memory."""
+    steps.drop_teacher()
+    teacher.release()
+    logging.info("KD phase over at step %d: teacher released, training continues without it", step)
+    return None
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -69,6 +104,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch(cfg_d.batch_size, mesh)
 
+    salt = config.salt
+    teacher = None
+    if salt.method in ("rkd", "salt"):  # vocabulary checks happen here, before anything is compiled
+        teacher = teacher_lib.load_teacher(salt, config.model, tok.fingerprint(), mesh)
+        logging.info("teacher %s: %s parameters, fingerprint %s", teacher.checkpoint,
+                     f"{param_count(teacher.config):,}", teacher.fingerprint)
+
     model = Transformer(config.model)
     tx, lr_schedule = optim.make_optimizer(config.optim, cfg_t.steps)
     abstract, shardings = state_lib.abstract_state(model, tx, cfg_d.seq_len, mesh)
@@ -79,8 +121,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = state_lib.create_state(model, tx, cfg_d.seq_len, mesh, config.seed)
         start = 0
     else:
-        state, _ = ckpt.restore(start, abstract, shardings)
+        state, record = ckpt.restore(start, abstract, shardings)
         logging.info("resuming %s from step %d", workdir, start)
+        was = record.get("teacher") or {}
+        if teacher is not None and was and was.get("fingerprint") != teacher.fingerprint:
+            raise UserError(f"config.salt.teacher={salt.teacher}: this run was trained with teacher "
+                            f"{was.get('checkpoint')} (fingerprint {was.get('fingerprint')}), not "
+                            f"{teacher.checkpoint} (fingerprint {teacher.fingerprint}); resume with the same "
+                            "teacher or use a fresh --workdir")
     if jax.process_index() == 0:
         _write_config(config, workdir)
     writer = metrics.MetricsWriter(workdir, resume_step=start if start else None)
@@ -88,7 +136,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     n_params = param_count(config.model)
     logging.info("model %s: %s parameters; mesh %s; %d devices", config.model.preset, f"{n_params:,}",
                  dict(mesh.shape), mesh.size)
-    steps = CompiledSteps(model, tx, lr_schedule, tok.pad_id, mesh, shardings)
+    kd_end = schedules.kd_end_step(salt, cfg_t.steps)
+    switch_step = int(jax.device_get(state.kd["switch_step"]))
+    if teacher is not None and (start >= kd_end or switch_step >= 0):
+        teacher.release()  # resumed after the KD phase: the teacher is not needed
+        teacher = None
+    steps = CompiledSteps(model, tx, lr_schedule, tok.pad_id, mesh, shardings, teacher=teacher, salt=salt,
+                          kd_weight=schedules.kd_weight_schedule(salt, cfg_t.steps),
+                          kd_share=schedules.kd_share_schedule(salt, cfg_t.steps))
+    record = {"data_seed": cfg_d.seed, "method": salt.method, "model": config.model.to_dict(),
+              "tokenizer": tok.fingerprint(), "vocab_size": tok.vocab_size,
+              "teacher": teacher.identity() if teacher is not None else None}
+    kd_phase_end = switch_step if switch_step >= 0 else (kd_end if salt.method in ("rkd", "salt") else 0)
     batches = data.Batches(cache.train, cfg_d.batch_size, cfg_d.seed)
     eval_set = data.eval_batches(cache.heldout, cfg_d.batch_size, cfg_d.eval_batches, tok.pad_id)
 
@@ -100,7 +159,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tokens_per_step = cfg_d.batch_size * cfg_d.seq_len
     pending, t_interval, t_run, steps_timed = [], time.time(), time.time(), 0
     for step in range(start, cfg_t.steps):
-        state, step_metrics = steps.train(state, batches.device(step, steps.batch_sharding))
+        if teacher is not None and step >= kd_end:
+            teacher = _end_kd_phase(steps, teacher, step)
+        tokens = batches.device(step, steps.batch_sharding)
+        if teacher is not None:
+            state, step_metrics = steps.kd_train(state, tokens, teacher.params)
+            if salt.switch == "adaptive":
+                switch_step = int(jax.device_get(state.kd["switch_step"]))  # a scalar; syncs this step
+                if switch_step >= 0:
+                    kd_phase_end = switch_step
+                    logging.info("adaptive switch: the student caught up with the teacher at step %d", switch_step)
+                    teacher = _end_kd_phase(steps, teacher, step + 1)
+        else:
+            state, step_metrics = steps.train(state, tokens)
         pending.append(step_metrics)
         done = step + 1
         if step == start:  # the first step includes compilation: keep it out of throughput
@@ -108,22 +179,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             logging.info("first step (compile + run) took %.1fs", time.time() - t_interval)
             pending, t_interval, t_run = [], time.time(), time.time()
         if pending and (done % cfg_t.log_every == 0 or done == cfg_t.steps):
-            totals = _sum(pending)
-            elapsed = time.time() - t_interval
             steps_timed += len(pending)
-            loss = totals["loss_sum"] / max(totals["tokens"], 1.0)
+            line = train_line(pending, time.time() - t_interval, tokens_per_step)
+            loss = line["loss"]
             if not np.isfinite(loss):
                 ckpt.wait()
                 raise UserError(f"training diverged: loss is {loss} at step {done}; lower "
                                 "config.optim.learning_rate (the last good checkpoint is kept)")
-            line = {
-                "loss": loss, "ntp_loss": loss, "kd_loss": None, "kd_weight": 0.0,
-                "accuracy": totals["correct"] / max(totals["tokens"], 1.0),
-                "learning_rate": float(jax.device_get(step_metrics["learning_rate"])),
-                "grad_norm": totals["grad_norm"] / len(pending),
-                "tokens_per_sec": len(pending) * tokens_per_step / elapsed,
-                "steps_per_sec": len(pending) / elapsed,
-            }
             writer.write("train", done, line)
             if cfg_t.progress and jax.process_index() == 0:
                 rate = steps_timed / max(time.time() - t_run, 1e-9)
@@ -138,7 +200,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             logging.info("eval at step %d | held-out loss %.4f | accuracy %.4f", done, last_eval["loss"],
                          last_eval["accuracy"])
             t_interval += time.time() - t_eval  # evaluation time is not training throughput
-        ckpt.save(done, state, {"step": done, "data_seed": cfg_d.seed}, force=done == cfg_t.steps)
+        ckpt.save(done, state, dict(record, step=done, kd_phase_end=kd_phase_end), force=done == cfg_t.steps)
     ckpt.wait()
     ckpt.close()
     writer.close()
@@ -147,6 +209,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         last_eval = evaluate(steps, state.params, eval_set, cfg_d.batch_size)
     summary = {"steps": cfg_t.steps, "final_eval_loss": last_eval["loss"],
                "final_eval_accuracy": last_eval["accuracy"], "parameters": n_params,
+               "method": salt.method, "kd_phase_end": kd_phase_end,
                "train_seconds": time.time() - t_run}
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as fh:

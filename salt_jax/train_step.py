@@ -29,11 +29,81 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_sched
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(stats, loss=loss, grad_norm=optax.tree.norm(grads),
+        metrics = dict(stats, ntp_sum=stats["loss_sum"], loss=loss, grad_norm=optax.tree.norm(grads),
                        learning_rate=lr_schedule(state.step))
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
+
+
+def make_kd_train_step(model: nn.Module, teacher_model: nn.Module, tx: optax.GradientTransformation,
+                       lr_schedule, pad_id: int, salt, kd_weight, kd_share):
+    """One SALT step: frozen teacher forward, student forward/backward, AdamW update.
+
+    `kd_weight` and `kd_share` are optax schedules (see salt_jax.schedules) read
+    in-graph from the step counter. The teacher enters as an argument under
+    stop_gradient: it has no gradients and no optimizer state. With
+    salt.switch == "adaptive", w drops to 0 from the step at which the smoothed
+    student NTP loss reaches the smoothed teacher NTP loss (+ margin).
+    """
+
+    def kd_weights(state, t_logits, targets):
+        """w_t per position: w(step) where KD applies (KD share of rows, selected tokens), else 0."""
+        w = kd_weight(state.step)
+        if salt.switch == "adaptive":
+            w = jnp.where(state.kd["switch_step"] >= 0, 0.0, salt.kd_weight)
+        batch = targets.shape[0]
+        n_kd_rows = jnp.round(kd_share(state.step) * batch)
+        in_share = (jnp.arange(batch) < n_kd_rows)[:, None]
+        selected = losses.teacher_selection(t_logits, targets, salt.token_select, salt.token_select_k,
+                                            salt.token_select_threshold)
+        return w * (in_share & selected).astype(jnp.float32), w * n_kd_rows / batch
+
+    def step_loss(params, teacher_params, state, tokens):
+        """The SALT objective for this step: ((1 - w_t) NTP + w_t KD) averaged over real tokens."""
+        inputs, targets, mask = losses.split_tokens(tokens, pad_id)
+        t_logits = jax.lax.stop_gradient(teacher_model.apply({"params": teacher_params}, inputs))
+        w_tok, w_mean = kd_weights(state, t_logits, targets)
+        s_logits = model.apply({"params": params}, inputs)
+        ntp = losses.token_ce(s_logits, targets)
+        kd = losses.kd_per_token(t_logits, s_logits, salt.temperature, salt.kd_loss, salt.kd_topk)
+        stats = losses.mixture_stats(ntp, kd, w_tok, mask)
+        stats.update(correct=jnp.sum((jnp.argmax(s_logits, -1) == targets) * mask),
+                     tokens=jnp.sum(mask.astype(jnp.float32)), kd_weight=w_mean,
+                     teacher_ntp_sum=jnp.sum(losses.token_ce(t_logits, targets) * mask))
+        return stats["loss_sum"] / jnp.maximum(stats["tokens"], 1.0), stats
+
+    def kd_train_step(state, tokens, teacher_params):
+        (loss, stats), grads = jax.value_and_grad(step_loss, has_aux=True)(state.params, teacher_params, state,
+                                                                           tokens)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        kd_state = state.kd
+        if salt.switch == "adaptive":
+            n = jnp.maximum(stats["tokens"], 1.0)
+            kd_state = _adaptive_update(state.kd, state.step, stats["ntp_sum"] / n, stats["teacher_ntp_sum"] / n,
+                                        salt)
+        metrics = dict(stats, loss=loss, grad_norm=optax.tree.norm(grads), learning_rate=lr_schedule(state.step))
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, kd=kd_state)
+        return new_state, metrics
+
+    kd_train_step.loss = step_loss  # exposed for tests (e.g. no gradient reaches the teacher)
+    return kd_train_step
+
+
+def _adaptive_update(kd, step, student_ntp, teacher_ntp, salt):
+    """Updates the loss EMAs and records the switch step once the student has caught up."""
+    d = salt.adaptive_ema
+    ema_s = d * kd["ema_student"] + (1 - d) * student_ntp
+    ema_t = d * kd["ema_teacher"] + (1 - d) * teacher_ntp
+    debias = 1 - d ** (step + 1).astype(jnp.float32)
+    done = step + 1
+    caught_up = ema_s / debias <= ema_t / debias + salt.adaptive_margin
+    allowed = done >= salt.adaptive_min_steps
+    forced = (salt.adaptive_max_steps >= 0) & (done >= salt.adaptive_max_steps)
+    switch_now = (kd["switch_step"] < 0) & ((caught_up & allowed) | forced)
+    return {"switch_step": jnp.where(switch_now, done, kd["switch_step"]).astype(jnp.int32),
+            "ema_student": ema_s, "ema_teacher": ema_t}
 
 
 def make_eval_step(model: nn.Module, pad_id: int):
@@ -47,13 +117,15 @@ def make_eval_step(model: nn.Module, pad_id: int):
 
 
 class CompiledSteps:
-    """The jitted train and eval steps for one mesh, with their shardings.
+    """The jitted train, KD-train and eval steps for one mesh, with their shardings.
 
     Calls run under the mesh and the logical-axis rules, so activation
-    constraints in the model resolve to mesh axes.
+    constraints in the model resolve to mesh axes. `kd_train` exists only when
+    a teacher is given; `drop_teacher` forgets it (and its compiled program).
     """
 
-    def __init__(self, model, tx, lr_schedule, pad_id: int, mesh, state_shardings):
+    def __init__(self, model, tx, lr_schedule, pad_id: int, mesh, state_shardings, teacher=None, salt=None,
+                 kd_weight=None, kd_share=None):
         self.mesh = mesh
         self.batch_sharding = sharding.batch_sharding(mesh)
         rep = sharding.replicated(mesh)
@@ -62,6 +134,27 @@ class CompiledSteps:
                               out_shardings=(state_shardings, rep), donate_argnums=0)
         self._eval = jax.jit(make_eval_step(model, pad_id),
                              in_shardings=(state_shardings.params, self.batch_sharding), out_shardings=rep)
+        self._kd_train = None
+        if teacher is not None:
+            step = make_kd_train_step(model, teacher.model, tx, lr_schedule, pad_id, salt, kd_weight, kd_share)
+            self._kd_train = jax.jit(step, in_shardings=(state_shardings, self.batch_sharding, teacher.shardings),
+                                     out_shardings=(state_shardings, rep), donate_argnums=0)
+
+    def kd_train(self, state, tokens, teacher_params):
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+            return self._kd_train(state, tokens, teacher_params)
+
+    def drop_teacher(self) -> None:
+        self._kd_train = None
+
+    def lower_train(self, state, tokens):
+        """The lowered teacher-free train step (for inspecting its cost)."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+            return self._train.lower(state, tokens)
+
+    def lower_kd_train(self, state, tokens, teacher_params):
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+            return self._kd_train.lower(state, tokens, teacher_params)
 
     def train(self, state, tokens):
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):

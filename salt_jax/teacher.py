@@ -1,0 +1,138 @@
+"""The frozen teacher: found from config.salt.teacher, restored once onto the mesh.
+
+The teacher's model config and tokenizer come from its checkpoint's record, so
+a student run names only the teacher's workdir (or one checkpoint directory).
+Only the parameters are restored (no optimizer state). A fingerprint of the
+parameters goes into the student's checkpoints so a resume with another
+teacher is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import linen as nn
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from salt_jax import sharding
+from salt_jax.errors import UserError
+from salt_jax.model import Transformer
+
+
+@dataclasses.dataclass
+class Teacher:
+    model: Transformer
+    config: ml_collections.ConfigDict  # the teacher's model config
+    params: Any  # on the mesh
+    shardings: Any
+    checkpoint: str  # the checkpoint directory it came from
+    fingerprint: str
+    tokenizer: str  # the fingerprint of the tokenizer it was trained with
+
+    def identity(self) -> dict:
+        return {"checkpoint": self.checkpoint, "fingerprint": self.fingerprint}
+
+    def release(self) -> None:
+        """Frees the teacher's device memory (after the KD phase)."""
+        for leaf in jax.tree.leaves(self.params):
+            leaf.delete()
+        self.params = None
+
+
+def resolve_checkpoint(path: str) -> tuple[str, int]:
+    """(checkpoints directory, step) for a teacher workdir or a single checkpoint directory."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(path):
+        raise UserError(f"config.salt.teacher={path}: no such directory; give the teacher run's workdir "
+                        "or one of its checkpoint directories")
+    if os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")) or os.path.isdir(os.path.join(path, "state")):
+        base, step = os.path.split(path)
+        if step.isdigit():
+            return base, int(step)
+    root = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+    steps = sorted(int(d) for d in os.listdir(root)
+                   if d.isdigit() and os.path.exists(os.path.join(root, d, "_CHECKPOINT_METADATA")))
+    if not steps:
+        raise UserError(f"config.salt.teacher={path}: no finished checkpoint in it; train the teacher first "
+                        "(a run with config.salt.method=teacher) or point at its workdir")
+    return root, steps[-1]
+
+
+def read_record(root: str, step: int) -> dict:
+    path = os.path.join(root, str(step), "record", "metadata")
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"{os.path.join(root, str(step))}: teacher checkpoint has no readable record "
+                        "(model config); was it written by salt_jax?") from None
+
+
+def params_fingerprint(params: Any) -> str:
+    """A short hash of the parameters from per-leaf statistics computed on device (no host copy)."""
+    def leaf_stats(x):
+        x = x.astype(jnp.float32).ravel()
+        wiggle = jnp.sin(jnp.arange(x.size, dtype=jnp.float32))  # position-sensitive
+        return jnp.stack([jnp.sum(x), jnp.sum(jnp.abs(x)), jnp.sum(x * wiggle)])
+
+    stats = jax.jit(lambda p: [leaf_stats(x) for x in jax.tree.leaves(p)])(params)
+    h = hashlib.sha256()
+    for leaf, s in zip(jax.tree.leaves(params), jax.device_get(stats)):
+        h.update(str(leaf.shape).encode() + np.asarray(s, np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_collections.ConfigDict,
+                 tokenizer_fingerprint: str, mesh) -> Teacher:
+    """Reads the teacher's config, checks it against the student, restores its parameters.
+
+    Vocabulary checks happen before anything is compiled or restored.
+    """
+    root, step = resolve_checkpoint(salt_cfg.teacher)
+    ckpt_dir = os.path.join(root, str(step))
+    record = read_record(root, step)
+    if "model" not in record:
+        raise UserError(f"{ckpt_dir}: the checkpoint record has no model config; re-train the teacher with "
+                        "this version of salt_jax")
+    cfg = ml_collections.ConfigDict(record["model"])
+    if cfg.vocab_size != student_model_cfg.vocab_size:
+        raise UserError(f"config.salt.teacher: the teacher's vocabulary ({cfg.vocab_size}) differs from the "
+                        f"student's config.model.vocab_size ({student_model_cfg.vocab_size}); teacher and "
+                        "student must share one tokenizer and vocabulary")
+    if record.get("tokenizer") and record["tokenizer"] != tokenizer_fingerprint:
+        raise UserError(f"config.salt.teacher: the teacher was trained with tokenizer {record['tokenizer']}, "
+                        f"the student uses {tokenizer_fingerprint}; use the teacher's config.data.tokenizer "
+                        "settings (same source and vocab_size, or its model_file)")
+
+    model = Transformer(cfg)
+    boxed = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"], jax.random.key(0))
+    if salt_cfg.teacher_sharding == "replicated":
+        shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), nn.meta.unbox(boxed))
+    else:
+        shardings = sharding.shardings_for(boxed, mesh)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.meta.unbox(boxed), shardings)
+    manager = ocp.CheckpointManager(root, item_names=("state", "record"),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item={"params": target},
+            restore_args=jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), {"params": target}),
+            partial_restore=True)))
+    except Exception as e:  # orbax raises many types for unreadable / mismatched files
+        raise UserError(f"{ckpt_dir}: teacher checkpoint cannot be restored ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]})") from None
+    finally:
+        manager.close()
+    params = restored["state"]["params"]
+    return Teacher(model=model, config=cfg, params=params, shardings=shardings, checkpoint=ckpt_dir,
+                   fingerprint=params_fingerprint(params), tokenizer=record.get("tokenizer", ""))
