@@ -50,7 +50,7 @@ def _sum(records: list[dict]) -> dict:
     return {k: float(np.sum([r[k] for r in host])) for k in host[0]}
 
 
-def train_line(records: list[dict], seconds: float, tokens_per_step: int) -> dict:
+def train_line(records: list[dict], seconds: float, tokens_per_step: int, timed_steps: int) -> dict:
     """One metrics.jsonl train line from the per-step sums of a log interval.
 
     Steps with and without the teacher may be mixed (the interval of the switch):
@@ -71,8 +71,8 @@ def train_line(records: list[dict], seconds: float, tokens_per_step: int) -> dic
         "accuracy": total("correct") / tokens,
         "learning_rate": float(host[-1]["learning_rate"]),
         "grad_norm": total("grad_norm") / len(host),
-        "tokens_per_sec": len(host) * tokens_per_step / seconds,
-        "steps_per_sec": len(host) / seconds,
+        "tokens_per_sec": timed_steps * tokens_per_step / seconds if timed_steps else None,
+        "steps_per_sec": timed_steps / seconds if timed_steps else None,
     }
 
 
@@ -157,7 +157,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.write("eval", 0, last_eval)
 
     tokens_per_step = cfg_d.batch_size * cfg_d.seq_len
-    pending, t_interval, t_run, steps_timed = [], time.time(), time.time(), 0
+    pending, t_interval, t_run, steps_timed, untimed = [], time.time(), time.time(), 0, 0
     for step in range(start, cfg_t.steps):
         if teacher is not None and step >= kd_end:
             teacher = _end_kd_phase(steps, teacher, step)
@@ -177,10 +177,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if step == start:  # the first step includes compilation: keep it out of throughput
             jax.block_until_ready(step_metrics)
             logging.info("first step (compile + run) took %.1fs", time.time() - t_interval)
-            pending, t_interval, t_run = [], time.time(), time.time()
-        if pending and (done % cfg_t.log_every == 0 or done == cfg_t.steps):
-            steps_timed += len(pending)
-            line = train_line(pending, time.time() - t_interval, tokens_per_step)
+            t_interval, t_run, untimed = time.time(), time.time(), 1
+        if done % cfg_t.log_every == 0 or done == cfg_t.steps:
+            timed = len(pending) - untimed
+            steps_timed += timed
+            line = train_line(pending, time.time() - t_interval, tokens_per_step, timed)
             loss = line["loss"]
             if not np.isfinite(loss):
                 ckpt.wait()
@@ -190,9 +191,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if cfg_t.progress and jax.process_index() == 0:
                 rate = steps_timed / max(time.time() - t_run, 1e-9)
                 logging.info("step %d/%d | loss %.4f | %.0f tok/s | %.2f steps/s | ETA %s", done, cfg_t.steps,
-                             loss, line["tokens_per_sec"], line["steps_per_sec"],
-                             _fmt_time((cfg_t.steps - done) / max(rate, 1e-9)))
-            pending, t_interval = [], time.time()
+                             loss, line["tokens_per_sec"] or 0.0, line["steps_per_sec"] or 0.0,
+                             _fmt_time((cfg_t.steps - done) / rate) if rate > 0 else "?")
+            pending, t_interval, untimed = [], time.time(), 0
         if done % cfg_t.eval_every == 0 or done == cfg_t.steps:
             t_eval = time.time()
             last_eval = evaluate(steps, state.params, eval_set, cfg_d.batch_size)

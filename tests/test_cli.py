@@ -29,6 +29,7 @@ def test_cli_trains_writes_outputs_and_resumes(tmp_path, cache_dir):
     train = [r for r in records if r["split"] == "train"]
     evals = [r for r in records if r["split"] == "eval"]
     assert [r["step"] for r in train] == list(range(5, 31, 5))
+    assert train[0]["tokens_per_sec"] > 0  # the first interval is timed without the compiling step
     for r in train:
         for key in ("loss", "ntp_loss", "kd_loss", "kd_weight", "learning_rate", "tokens_per_sec"):
             assert key in r

@@ -1,0 +1,212 @@
+"""The fused KD step, the phase switch, the teacher's isolation, resume across the switch."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from salt_jax import checkpoints, data, optim, schedules, sharding, state as state_lib, train
+from salt_jax.config import set_method
+from salt_jax.errors import UserError
+from salt_jax.metrics import read_metrics
+from salt_jax.model import Transformer, flops_per_token
+from salt_jax.teacher import load_teacher
+from salt_jax.train_step import CompiledSteps, make_kd_train_step, make_train_step
+
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, cache_dir):
+    from salt_jax.config import base_config
+
+    c = base_config("test-tiny-teacher")
+    c.data.cache_dir, c.data.seq_len, c.data.batch_size, c.data.max_files = cache_dir, 32, 8, 60
+    c.data.heldout_fraction, c.data.eval_batches = 0.1, 2
+    c.train.steps, c.train.eval_every, c.train.checkpoint_every, c.train.progress = 20, 20, 20, False
+    set_method(c, "teacher")
+    workdir = str(tmp_path_factory.mktemp("teacher"))
+    train.run(c, workdir)
+    return workdir
+
+
+@pytest.fixture
+def student_config(tiny_config, teacher_dir):
+    c = tiny_config
+    set_method(c, "salt")
+    c.salt.teacher = teacher_dir
+    c.salt.kd_steps = 7
+    return c
+
+
+def _pieces(config, mesh=None):
+    mesh = mesh or sharding.make_mesh(config.mesh)
+    cache, tok = data.build_cache(config.data)
+    teacher = load_teacher(config.salt, config.model, tok.fingerprint(), mesh)
+    model = Transformer(config.model)
+    tx, sched = optim.make_optimizer(config.optim, config.train.steps)
+    _, shardings = state_lib.abstract_state(model, tx, config.data.seq_len, mesh)
+    st = state_lib.create_state(model, tx, config.data.seq_len, mesh, config.seed)
+    batches = data.Batches(cache.train, config.data.batch_size, 0)
+    return mesh, teacher, model, tx, sched, shardings, st, batches
+
+
+def _kd_step(config, model, teacher, tx, sched, weight=None):
+    salt = config.salt
+    return make_kd_train_step(model, teacher.model, tx, sched, 0, salt,
+                              weight or schedules.kd_weight_schedule(salt, config.train.steps),
+                              schedules.kd_share_schedule(salt, config.train.steps))
+
+
+def test_no_gradient_reaches_the_teacher_and_it_never_changes(student_config):
+    mesh, teacher, model, tx, sched, shardings, st, batches = _pieces(student_config)
+    kd_step = _kd_step(student_config, model, teacher, tx, sched)
+    tokens = batches.numpy(0)
+    g = jax.jit(jax.grad(kd_step.loss, argnums=1, has_aux=True))(st.params, teacher.params, st, tokens)[0]
+    assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(g))
+    g_student = jax.jit(jax.grad(kd_step.loss, has_aux=True))(st.params, teacher.params, st, tokens)[0]
+    assert optax.tree.norm(g_student) > 0
+
+    before = jax.device_get(teacher.params)
+    steps = CompiledSteps(model, tx, sched, 0, mesh, shardings, teacher=teacher, salt=student_config.salt,
+                          kd_weight=schedules.kd_weight_schedule(student_config.salt, 12),
+                          kd_share=schedules.kd_share_schedule(student_config.salt, 12))
+    for s in range(8):
+        st, m = steps.kd_train(st, jax.device_put(batches.numpy(s), steps.batch_sharding), teacher.params)
+    jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(teacher.params))
+    assert float(m["kd_sum"]) > 0 and float(m["teacher_ntp_sum"]) > 0
+
+
+def test_kd_step_with_zero_weight_equals_the_baseline_step(student_config):
+    _, teacher, model, tx, sched, _, st, batches = _pieces(student_config)
+    tokens = batches.numpy(0)
+    zero = _kd_step(student_config, model, teacher, tx, sched, weight=optax.constant_schedule(0.0))
+    kd_state, kd_m = jax.jit(zero)(st, tokens, teacher.params)
+    base_state, base_m = jax.jit(make_train_step(model, tx, sched, 0))(st, tokens)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9),
+                 jax.device_get(kd_state.params), jax.device_get(base_state.params))
+    assert float(kd_m["loss"]) == pytest.approx(float(base_m["loss"]), rel=1e-6)
+
+
+def test_token_selection_that_keeps_every_token_equals_plain_kd(student_config):
+    _, teacher, model, tx, sched, _, st, batches = _pieces(student_config)
+    tokens = batches.numpy(1)
+    plain_state, plain_m = jax.jit(_kd_step(student_config, model, teacher, tx, sched))(st, tokens, teacher.params)
+    student_config.salt.token_select, student_config.salt.token_select_threshold = "confidence", -1.0
+    sel_state, sel_m = jax.jit(_kd_step(student_config, model, teacher, tx, sched))(st, tokens, teacher.params)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(plain_state.params), jax.device_get(sel_state.params))
+    assert float(sel_m["kd_tokens"]) == float(sel_m["tokens"])
+    # a real selection keeps fewer tokens and changes the update
+    student_config.salt.token_select, student_config.salt.token_select_k = "topk", 2
+    top_state, top_m = jax.jit(_kd_step(student_config, model, teacher, tx, sched))(st, tokens, teacher.params)
+    assert 0 < float(top_m["kd_tokens"]) < float(top_m["tokens"])
+    assert float(top_m["loss"]) != float(plain_m["loss"])
+
+
+def test_phase_two_step_contains_no_teacher(student_config):
+    mesh, teacher, model, tx, sched, shardings, st, batches = _pieces(student_config)
+    steps = CompiledSteps(model, tx, sched, 0, mesh, shardings, teacher=teacher, salt=student_config.salt,
+                          kd_weight=schedules.kd_weight_schedule(student_config.salt, 12),
+                          kd_share=schedules.kd_share_schedule(student_config.salt, 12))
+    tokens = jax.device_put(batches.numpy(0), steps.batch_sharding)
+    plain = steps.lower_train(st, tokens).compile()
+    fused = steps.lower_kd_train(st, tokens, teacher.params).compile()
+    n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
+    teacher_forward = flops_per_token(teacher.config, tokens.shape[1] - 1) * n_tokens / mesh.size
+    extra = fused.cost_analysis()["flops"] - plain.cost_analysis()["flops"]  # per device (SPMD program)
+    # the fused step adds at least the teacher's forward matmuls; the plain step has none of it
+    assert extra > 0.9 * teacher_forward
+    teacher_shapes = {tuple(x.shape) for x in jax.tree.leaves(teacher.params)}
+    plain_inputs = {tuple(a.shape) for a in jax.tree.leaves(plain.args_info[0])}
+    assert not (teacher_shapes - {tuple(x.shape) for x in jax.tree.leaves(st.params)}) & plain_inputs
+    teacher.release()
+    assert teacher.params is None
+
+
+def test_switch_at_n_kd_and_exact_resume_across_it(student_config, tmp_path):
+    c = student_config
+    c.train.checkpoint_every = 5  # checkpoints at 5, 10, 12; the switch is at 7
+    full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+    summary = train.run(c, full)
+    assert summary["kd_phase_end"] == 7
+    lines = {r["step"]: r for r in read_metrics(os.path.join(full, "metrics.jsonl")) if r["split"] == "train"}
+    assert lines[4]["kd_weight"] == 0.5 and lines[4]["kd_loss"] > 0 and lines[4]["teacher_ntp_loss"] > 0
+    assert lines[8]["kd_weight"] == pytest.approx(0.5 * 3 / 4)  # steps 4, 5, 6 distil; step 7 does not
+    assert lines[12]["kd_weight"] == 0.0 and lines[12]["kd_loss"] is None
+
+    os.makedirs(os.path.join(resumed, "checkpoints"))
+    shutil.copytree(os.path.join(full, "checkpoints", "5"), os.path.join(resumed, "checkpoints", "5"))
+    train.run(c, resumed)
+    model = Transformer(c.model)
+    tx, _ = optim.make_optimizer(c.optim, c.train.steps)
+    abstract, shardings = state_lib.abstract_state(model, tx, c.data.seq_len, sharding.make_mesh(c.mesh))
+
+    def final(workdir):
+        state, record = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), 5, 3).restore(
+            12, abstract, shardings)
+        return jax.device_get(state), record
+
+    (a, rec_a), (b, rec_b) = final(full), final(resumed)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert rec_a["teacher"]["fingerprint"] == rec_b["teacher"]["fingerprint"] and rec_a["kd_phase_end"] == 7
+    assert "opt_state" not in json.dumps(rec_a) and rec_a["teacher"]["checkpoint"].endswith("/20")
+
+
+def test_resume_with_another_teacher_is_refused(student_config, tmp_path, teacher_dir):
+    c = student_config
+    c.train.steps, c.train.checkpoint_every = 6, 3
+    train.run(c, str(tmp_path / "run"))
+    other = str(tmp_path / "other_teacher")
+    shutil.copytree(teacher_dir, other)
+    # same shapes, different values: perturb the teacher by training it 1 more step in place
+    from salt_jax.config import base_config
+
+    t = base_config("test-tiny-teacher")
+    t.data = c.data
+    t.train.steps, t.train.checkpoint_every, t.train.eval_every, t.train.progress = 21, 21, 21, False
+    set_method(t, "teacher")
+    train.run(t, other)
+    c.salt.teacher = other
+    c.train.steps = 9
+    with pytest.raises(UserError, match="config.salt.teacher=.*this run was trained with teacher"):
+        train.run(c, str(tmp_path / "run"))
+
+
+def test_vocab_and_missing_teacher_errors(student_config, tmp_path):
+    c = student_config
+    c.model.vocab_size = 300
+    with pytest.raises(UserError, match=r"vocabulary \(259\) differs .*vocab_size \(300\)"):
+        train.run(c, str(tmp_path / "a"))
+    c.model.vocab_size = 259
+    c.salt.teacher = str(tmp_path / "nope")
+    with pytest.raises(UserError, match="config.salt.teacher=.*no such directory"):
+        train.run(c, str(tmp_path / "b"))
+    os.makedirs(tmp_path / "empty")
+    c.salt.teacher = str(tmp_path / "empty")
+    with pytest.raises(UserError, match="no finished checkpoint"):
+        train.run(c, str(tmp_path / "c"))
+    assert not os.path.exists(tmp_path / "a" / "checkpoints" / "1")
+
+
+def test_cli_salt_student_runs_both_phases(tmp_path, cache_dir, teacher_dir):
+    workdir = tmp_path / "student"
+    args = [f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}:salt-adaptive",
+            f"--config.salt.teacher={teacher_dir}", "--config.data.seq_len=32", "--config.data.max_files=60",
+            "--config.data.heldout_fraction=0.1", "--config.train.steps=16", "--config.salt.adaptive_min_steps=4",
+            "--config.salt.adaptive_max_steps=10", "--config.train.log_every=1", f"--workdir={workdir}"]
+    out = subprocess.run([sys.executable, "-m", "salt_jax.main", *args], cwd=REPO, capture_output=True, text=True,
+                         env=dict(os.environ, SALT_JAX_CACHE=cache_dir), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.load(open(workdir / "summary.json"))
+    switch = summary["kd_phase_end"]
+    assert 4 <= switch <= 10
+    lines = [r for r in read_metrics(str(workdir / "metrics.jsonl")) if r["split"] == "train"]
+    assert all(r["kd_loss"] is not None and r["kd_weight"] == 0.5 for r in lines[:switch])
+    assert all(r["kd_loss"] is None and r["kd_weight"] == 0.0 for r in lines[switch:])
+    assert "teacher released" in out.stdout
