@@ -181,6 +181,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if done % cfg_t.log_every == 0 or done == cfg_t.steps:
             timed = len(pending) - untimed
             steps_timed += timed
+            jax.block_until_ready(pending)  # steps run asynchronously: wait before reading the clock
             line = train_line(pending, time.time() - t_interval, tokens_per_step, timed)
             loss = line["loss"]
             if not np.isfinite(loss):
