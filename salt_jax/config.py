@@ -13,8 +13,9 @@ from salt_jax import presets
 from salt_jax.errors import UserError, check
 from salt_jax.model import DTYPES, REMAT_POLICIES
 
-METHODS = ("baseline", "teacher", "rkd", "salt")
-VARIANTS = ("teacher", "baseline", "rkd", "salt", "salt-linear", "salt-ratio", "salt-adaptive", "salt-tokensel")
+METHODS = ("baseline", "teacher", "rkd", "salt", "salt_ds")
+VARIANTS = ("teacher", "baseline", "rkd", "salt", "salt_ds", "salt-linear", "salt-ratio", "salt-adaptive",
+            "salt-tokensel")
 
 
 def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
@@ -58,7 +59,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     m.tensor = 1  # tensor-parallel axis: heads / mlp / vocab split over it
 
     c.salt = k = ml_collections.ConfigDict()
-    k.method = "baseline"  # baseline | teacher (a baseline run that makes a teacher) | rkd | salt
+    k.method = "baseline"  # baseline | teacher (a baseline run that makes a teacher) | rkd | salt | salt_ds
     k.teacher = ""  # the teacher: its run's workdir, or one checkpoint directory (<workdir>/checkpoints/<step>)
     k.teacher_sharding = "sharded"  # teacher parameters on the mesh: "sharded" (same rules) or "replicated"
     k.kd_weight = 0.5  # w0, the KD weight while distilling (ours: the paper does not give it)
@@ -77,6 +78,12 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     k.token_select = "none"  # KD only where the teacher is good: none | topk (target in teacher top-k) | confidence
     k.token_select_k = 10  # token_select=topk: the k
     k.token_select_threshold = 0.5  # token_select=confidence: teacher's top probability must exceed this
+    k.ds_topk = 10  # salt_ds: a token is learnable when its target is in the teacher's top-k (paper: 10)
+    k.ds_pool_size = -1  # salt_ds: sequences scored; -1 = enough for the KD phase at ds_keep_fraction, 0 = all
+    k.ds_keep_fraction = 0.5  # salt_ds: share of the pool kept for the KD phase, highest scores first (ours)
+    k.ds_band_low = 0.0  # salt_ds: only scores at or above this percentile of the pool are eligible
+    k.ds_band_high = 100.0  # salt_ds: only scores at or below this percentile of the pool are eligible
+    k.ds_seed = 0  # salt_ds: seed of the pool draw and of tie-breaking in the selection
 
     c.train = r = ml_collections.ConfigDict()
     r.steps = 200  # total training steps
@@ -97,7 +104,7 @@ def set_method(c: ml_collections.ConfigDict, variant: str) -> ml_collections.Con
     give one).
     """
     k = c.salt
-    if variant in ("teacher", "baseline", "rkd", "salt"):
+    if variant in ("teacher", "baseline", "rkd", "salt", "salt_ds"):
         k.method = variant
         return c
     if variant not in VARIANTS:
@@ -158,13 +165,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
           f"config.salt.kd_loss={k.kd_loss!r}: use 'forward_kl', 'reverse_kl' or 'topk_kl'")
     check(k.token_select in ("none", "topk", "confidence"),
           f"config.salt.token_select={k.token_select!r}: use 'none', 'topk' or 'confidence'")
-    if k.method in ("rkd", "salt"):
+    if k.method in ("rkd", "salt", "salt_ds"):
         check(bool(k.teacher), f"config.salt.teacher is empty; method {k.method!r} needs the teacher's workdir "
               "or checkpoint directory")
         check(0.0 < k.kd_weight <= 1.0, f"config.salt.kd_weight={k.kd_weight}: must be in (0, 1]")
         check(k.temperature > 0, f"config.salt.temperature={k.temperature}: must be positive")
         check(k.kd_loss != "topk_kl" or k.kd_topk > 0, "config.salt.kd_topk must be positive for kd_loss=topk_kl")
-    if k.method == "salt":
+    if k.method == "salt_ds":
+        check(0.0 < k.ds_keep_fraction <= 1.0, f"config.salt.ds_keep_fraction={k.ds_keep_fraction}: must be in (0, 1]")
+        check(0.0 <= k.ds_band_low < k.ds_band_high <= 100.0,
+              f"config.salt.ds_band_low={k.ds_band_low} / ds_band_high={k.ds_band_high}: need 0 <= low < high <= 100")
+        check(k.ds_topk > 0, f"config.salt.ds_topk={k.ds_topk}: must be positive")
+        check(k.ds_pool_size >= -1, f"config.salt.ds_pool_size={k.ds_pool_size}: must be >= -1")
+    if k.method in ("salt", "salt_ds"):
         check(k.kd_steps >= -1, f"config.salt.kd_steps={k.kd_steps}: must be >= 0 (or -1 for kd_fraction)")
         check(0.0 < k.kd_fraction <= 1.0, f"config.salt.kd_fraction={k.kd_fraction}: must be in (0, 1]")
         if k.transition in ("linear", "ratio"):

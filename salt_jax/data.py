@@ -142,18 +142,24 @@ def host_rows(global_batch: int) -> slice:
 
 
 class Batches:
-    """Step-indexed training batches of one split, sharded onto the mesh."""
+    """Step-indexed training batches of one split (or of a subset of its rows), sharded onto the mesh."""
 
-    def __init__(self, split: TokenSplit, batch_size: int, seed: int):
+    def __init__(self, split: TokenSplit, batch_size: int, seed: int, rows: np.ndarray | None = None):
         if split.n_rows < 1:
             raise UserError(f"config.data.seq_len={split.seq_len}: the training split has fewer tokens than "
                             "one sequence; lower seq_len or add data")
         self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.rows = None if rows is None else np.asarray(rows, np.int64)
+        self.n_rows = split.n_rows if rows is None else len(self.rows)
+
+    def indices(self, step: int) -> np.ndarray:
+        """Row indices (into the split) of the global batch for `step`."""
+        idx = batch_indices(step, self.batch_size, self.n_rows, self.seed)
+        return idx if self.rows is None else self.rows[idx]
 
     def numpy(self, step: int) -> np.ndarray:
         """This host's rows of the global batch for `step`, [rows, seq_len + 1] int32."""
-        idx = batch_indices(step, self.batch_size, self.split.n_rows, self.seed)
-        return self.split.rows(idx[host_rows(self.batch_size)])
+        return self.split.rows(self.indices(step)[host_rows(self.batch_size)])
 
     def device(self, step: int, sharding) -> jax.Array:
         return jax.make_array_from_process_local_data(sharding, self.numpy(step),

@@ -9,6 +9,7 @@ tools and are evaluated in-graph from the step counter. See salt-method.md:
     salt, linear         w0 until n_KD, then linearly to 0 at n_KD + transition_steps
     salt, ratio          w = w0 on a share of the batch's sequences; the share is 1 until
                          n_KD, then decays linearly to 0 at n_KD + transition_steps
+    salt_ds              as salt (the KD phase also draws its batches from the selected subset)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def kd_weight_schedule(salt: ml_collections.ConfigDict, total_steps: int) -> opt
 
 def kd_share_schedule(salt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
     """Share of each batch's sequences that get the KD term (1 except for the ratio transition)."""
-    if salt.method != "salt" or salt.transition != "ratio":
+    if salt.method not in ("salt", "salt_ds") or salt.transition != "ratio":
         return optax.constant_schedule(1.0)
     return optax.join_schedules([optax.constant_schedule(1.0),
                                  optax.linear_schedule(1.0, 0.0, salt.transition_steps)],

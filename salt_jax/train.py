@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from salt_jax import checkpoints, data, metrics, optim, schedules, sharding, state as state_lib
+from salt_jax import checkpoints, data, metrics, optim, schedules, selection, sharding, state as state_lib
 from salt_jax import teacher as teacher_lib
 from salt_jax.config import check_vocab, validate
 from salt_jax.errors import UserError
@@ -93,6 +93,24 @@ def _end_kd_phase(steps: CompiledSteps, teacher, step: int) -> None:
     return None
 
 
+def _selected_batches(config, cache, teacher, mesh, pad_id: int, kd_end: int, workdir: str) -> data.Batches:
+    """SALT_DS: score the pool with the teacher, select, and batch the KD phase from the selection."""
+    salt, cfg_d = config.salt, config.data
+    pool_size = salt.ds_pool_size
+    if pool_size == -1:  # enough sequences that the KD phase sees each kept one about once
+        pool_size = min(cache.train.n_rows, int(np.ceil(kd_end * cfg_d.batch_size / salt.ds_keep_fraction)))
+    rows = selection.pool_rows(cache.train.n_rows, pool_size, salt.ds_seed)
+    scores = selection.score_pool(teacher, cache, rows, salt.ds_topk, cfg_d.batch_size, mesh, pad_id)
+    kept = selection.select(scores["score"], salt.ds_keep_fraction, salt.ds_band_low, salt.ds_band_high,
+                            salt.ds_seed)
+    info = selection.summary(scores, kept, salt.ds_topk, salt.ds_keep_fraction, (salt.ds_band_low,
+                                                                                 salt.ds_band_high))
+    selection.write_summary(workdir, info)
+    logging.info("SALT_DS: kept %d of %d pooled sequences (median score %.3f kept vs %.3f pool)", info["kept"],
+                 info["pool"], info["score_quantiles_kept"]["p50"], info["score_quantiles_pool"]["p50"])
+    return data.Batches(cache.train, cfg_d.batch_size, cfg_d.seed, rows=rows[kept])
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the final summary."""
     validate(config)
@@ -106,7 +124,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     salt = config.salt
     teacher = None
-    if salt.method in ("rkd", "salt"):  # vocabulary checks happen here, before anything is compiled
+    if salt.method in ("rkd", "salt", "salt_ds"):  # vocabulary checks happen here, before anything is compiled
         teacher = teacher_lib.load_teacher(salt, config.model, tok.fingerprint(), mesh)
         logging.info("teacher %s: %s parameters, fingerprint %s", teacher.checkpoint,
                      f"{param_count(teacher.config):,}", teacher.fingerprint)
@@ -147,8 +165,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     record = {"data_seed": cfg_d.seed, "method": salt.method, "model": config.model.to_dict(),
               "tokenizer": tok.fingerprint(), "vocab_size": tok.vocab_size,
               "teacher": teacher.identity() if teacher is not None else None}
-    kd_phase_end = switch_step if switch_step >= 0 else (kd_end if salt.method in ("rkd", "salt") else 0)
+    kd_phase_end = 0 if salt.method in ("baseline", "teacher") else switch_step if switch_step >= 0 else kd_end
     batches = data.Batches(cache.train, cfg_d.batch_size, cfg_d.seed)
+    kd_batches = batches
+    if salt.method == "salt_ds" and teacher is not None:
+        kd_batches = _selected_batches(config, cache, teacher, mesh, tok.pad_id, kd_end, workdir)
     eval_set = data.eval_batches(cache.heldout, cfg_d.batch_size, cfg_d.eval_batches, tok.pad_id)
 
     last_eval = None
@@ -161,7 +182,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for step in range(start, cfg_t.steps):
         if teacher is not None and step >= kd_end:
             teacher = _end_kd_phase(steps, teacher, step)
-        tokens = batches.device(step, steps.batch_sharding)
+        tokens = (kd_batches if teacher is not None else batches).device(step, steps.batch_sharding)
         if teacher is not None:
             state, step_metrics = steps.kd_train(state, tokens, teacher.params)
             if salt.switch == "adaptive":
