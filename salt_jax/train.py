@@ -32,6 +32,30 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
+class TrainClock:
+    """Seconds spent in training steps, carried across resumes.
+
+    Evaluation and each process's first (compiling) step are left out. Call
+    `lap` only after blocking on the work it should count.
+    """
+
+    def __init__(self, already: float = 0.0):
+        self.total, self._mark = already, time.time()
+
+    def lap(self) -> float:
+        """Adds the time since the last lap/skip to the total and returns it."""
+        now = time.time()
+        dt, self._mark = now - self._mark, now
+        self.total += dt
+        return dt
+
+    def skip(self) -> float:
+        """Forgets (and returns) the time since the last lap/skip."""
+        now = time.time()
+        dt, self._mark = now - self._mark, now
+        return dt
+
+
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     path = os.path.join(workdir, "config.json")
     text = config.to_json_best_effort(indent=2, sort_keys=True)
@@ -135,11 +159,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), cfg_t.checkpoint_every,
                                     cfg_t.keep_checkpoints)
     start = ckpt.latest_step()
+    resumed_seconds = 0.0
     if start is None:
         state = state_lib.create_state(model, tx, cfg_d.seq_len, mesh, config.seed)
         start = 0
     else:
         state, record = ckpt.restore(start, abstract, shardings)
+        resumed_seconds = float(record.get("train_seconds", 0.0))
         logging.info("resuming %s from step %d", workdir, start)
         was = record.get("teacher") or {}
         if teacher is not None and was and was.get("fingerprint") != teacher.fingerprint:
@@ -175,10 +201,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     last_eval = None
     if start == 0:
         last_eval = evaluate(steps, state.params, eval_set, cfg_d.batch_size)
-        writer.write("eval", 0, last_eval)
+        writer.write("eval", 0, dict(last_eval, train_seconds=0.0))
 
     tokens_per_step = cfg_d.batch_size * cfg_d.seq_len
-    pending, t_interval, t_run, steps_timed, untimed = [], time.time(), time.time(), 0, 0
+    clock = TrainClock(resumed_seconds)
+    pending, interval, untimed, t_rate, steps_timed = [], 0.0, 0, time.time(), 0
     for step in range(start, cfg_t.steps):
         if teacher is not None and step >= kd_end:
             teacher = _end_kd_phase(steps, teacher, step)
@@ -195,35 +222,38 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             state, step_metrics = steps.train(state, tokens)
         pending.append(step_metrics)
         done = step + 1
-        if step == start:  # the first step includes compilation: keep it out of throughput
+        if step == start:  # the first step includes compilation: keep it out of the clock
             jax.block_until_ready(step_metrics)
-            logging.info("first step (compile + run) took %.1fs", time.time() - t_interval)
-            t_interval, t_run, untimed = time.time(), time.time(), 1
+            logging.info("first step (compile + run) took %.1fs", clock.skip())
+            untimed, t_rate = 1, time.time()
         if done % cfg_t.log_every == 0 or done == cfg_t.steps:
+            jax.block_until_ready(pending)  # steps run asynchronously: wait before reading the clock
+            interval += clock.lap()
             timed = len(pending) - untimed
             steps_timed += timed
-            jax.block_until_ready(pending)  # steps run asynchronously: wait before reading the clock
-            line = train_line(pending, time.time() - t_interval, tokens_per_step, timed)
+            line = train_line(pending, interval, tokens_per_step, timed)
             loss = line["loss"]
             if not np.isfinite(loss):
                 ckpt.wait()
                 raise UserError(f"training diverged: loss is {loss} at step {done}; lower "
                                 "config.optim.learning_rate (the last good checkpoint is kept)")
-            writer.write("train", done, line)
+            writer.write("train", done, dict(line, train_seconds=clock.total))
             if cfg_t.progress and jax.process_index() == 0:
-                rate = steps_timed / max(time.time() - t_run, 1e-9)
+                rate = steps_timed / max(time.time() - t_rate, 1e-9)
                 logging.info("step %d/%d | loss %.4f | %.0f tok/s | %.2f steps/s | ETA %s", done, cfg_t.steps,
                              loss, line["tokens_per_sec"] or 0.0, line["steps_per_sec"] or 0.0,
                              _fmt_time((cfg_t.steps - done) / rate) if rate > 0 else "?")
-            pending, t_interval, untimed = [], time.time(), 0
+            pending, interval, untimed = [], 0.0, 0
         if done % cfg_t.eval_every == 0 or done == cfg_t.steps:
-            t_eval = time.time()
+            jax.block_until_ready(state.step)
+            interval += clock.lap()
             last_eval = evaluate(steps, state.params, eval_set, cfg_d.batch_size)
-            writer.write("eval", done, last_eval)
+            writer.write("eval", done, dict(last_eval, train_seconds=clock.total))
             logging.info("eval at step %d | held-out loss %.4f | accuracy %.4f", done, last_eval["loss"],
                          last_eval["accuracy"])
-            t_interval += time.time() - t_eval  # evaluation time is not training throughput
-        ckpt.save(done, state, dict(record, step=done, kd_phase_end=kd_phase_end), force=done == cfg_t.steps)
+            clock.skip()  # evaluation time is not training time
+        ckpt.save(done, state, dict(record, step=done, kd_phase_end=kd_phase_end, train_seconds=clock.total),
+                  force=done == cfg_t.steps)
     ckpt.wait()
     ckpt.close()
     writer.close()
@@ -233,7 +263,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     summary = {"steps": cfg_t.steps, "final_eval_loss": last_eval["loss"],
                "final_eval_accuracy": last_eval["accuracy"], "parameters": n_params,
                "method": salt.method, "kd_phase_end": kd_phase_end,
-               "train_seconds": time.time() - t_run}
+               "train_seconds": clock.total if start < cfg_t.steps else resumed_seconds}
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as fh:
             json.dump(summary, fh, indent=1)

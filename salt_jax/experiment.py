@@ -1,0 +1,177 @@
+"""The comparison pipeline: teacher, then the student under each method and seed, then the report.
+
+    python -m salt_jax.experiment --config=configs/experiments/demo.py --workdir=runs/demo
+
+Each run is an ordinary training run in DIR/<method>-s<seed>/ (the teacher in
+DIR/teacher/ unless the config names one), so each resumes on its own; runs
+that already finished are skipped, so re-running the command after an
+interruption continues where it stopped. Writes DIR/results.json,
+DIR/report.md and the PNG plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+import sys
+
+import jax
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from salt_jax import report, train
+from salt_jax.config import set_method
+from salt_jax.errors import UserError
+from salt_jax.cli import fail, load_config, parse_flags, setup_logging
+from salt_jax.model import param_count
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (configs/experiments/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for all runs and the report.")
+
+_SPEC = re.compile(r"^([a-z_\-]+)(?:\[(.*)\])?$")
+
+
+def parse_method(spec: str) -> tuple[str, dict]:
+    """'salt[kd_steps=50,kd_weight=0.8]' -> ('salt', {'kd_steps': 50, 'kd_weight': 0.8})."""
+    m = _SPEC.match(spec.strip())
+    if not m:
+        raise UserError(f"config.methods: cannot read {spec!r}; write VARIANT or VARIANT[field=value,...]")
+    overrides = {}
+    for item in filter(None, (m.group(2) or "").split(",")):
+        key, _, value = item.partition("=")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value.strip()
+    return m.group(1), overrides
+
+
+def run_name(spec: str) -> str:
+    variant, overrides = parse_method(spec)
+    return variant + "".join(f"-{k}{v}" for k, v in overrides.items())
+
+
+def student_config(exp: ml_collections.ConfigDict, spec: str, seed: int, teacher_dir: str,
+                   learning_rate: float) -> ml_collections.ConfigDict:
+    """The run config of one (method, seed): the shared student config plus the method's KD settings."""
+    c = copy.deepcopy(exp.student)
+    variant, overrides = parse_method(spec)
+    set_method(c, variant)
+    for key, value in overrides.items():
+        if key not in c.salt:
+            raise UserError(f"config.methods: {spec!r} sets salt.{key}, which does not exist")
+        c.salt[key] = type(c.salt[key])(value)
+    c.seed = seed
+    c.data.seed = seed
+    c.optim.learning_rate = learning_rate
+    c.salt.teacher = teacher_dir
+    c.train.progress = exp.progress
+    return c
+
+
+def _finished(workdir: str, steps: int) -> bool:
+    path = os.path.join(workdir, "summary.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as fh:
+        return json.load(fh).get("steps") == steps
+
+
+def _train(config, workdir: str, label: str) -> None:
+    if _finished(workdir, config.train.steps):
+        logging.info("[%s] already finished in %s: skipped", label, workdir)
+        return
+    logging.info("[%s] training in %s", label, workdir)
+    train.run(config, workdir)
+
+
+def _choose_lr(exp, workdir: str, teacher_dir: str) -> tuple[float, str]:
+    """The baseline's best learning rate over exp.lr_sweep (seed 0), or the configured one."""
+    default = float(exp.student.optim.learning_rate)
+    grid = [float(x) for x in str(exp.lr_sweep).split(",") if x.strip()]
+    if not grid:
+        return default, exp.lr_note or "fixed in the experiment config."
+    finals = {}
+    for lr in grid:
+        c = student_config(exp, "baseline", 0, teacher_dir, lr)
+        d = os.path.join(workdir, "lr_sweep", f"baseline-lr{lr:g}")
+        _train(c, d, f"lr sweep {lr:g}")
+        finals[lr] = report.Run(d).evals[-1]["loss"]
+    best = min(finals, key=finals.get)
+    detail = ", ".join(f"{lr:g}: {loss:.4f}" for lr, loss in finals.items())
+    return best, f"the best final held-out loss of the baseline (seed 0) over a sweep ({detail})."
+
+
+def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains whatever is missing and writes results.json, report.md and the plots."""
+    os.makedirs(workdir, exist_ok=True)
+    methods = [m.strip() for m in exp.methods.split(",") if m.strip()]
+    seeds = [int(s) for s in str(exp.seeds).split(",") if s.strip()]
+    if "baseline" not in methods:
+        raise UserError("config.methods must include 'baseline': every method is compared against it")
+    if not seeds:
+        raise UserError("config.seeds is empty; give at least one seed, e.g. '0'")
+    for spec in methods:
+        parse_method(spec)
+
+    teacher_dir = os.path.abspath(exp.teacher_path) if exp.teacher_path else os.path.join(workdir, "teacher")
+    if not exp.teacher_path:
+        _train(exp.teacher, teacher_dir, "teacher")
+    lr, lr_note = _choose_lr(exp, workdir, teacher_dir)
+
+    runs: dict[str, list[report.Run]] = {}
+    for spec in methods:
+        for seed in seeds:
+            d = os.path.join(workdir, f"{run_name(spec)}-s{seed}")
+            _train(student_config(exp, spec, seed, teacher_dir, lr), d, f"{spec} seed {seed}")
+            runs.setdefault(run_name(spec), []).append(report.Run(d))
+
+    from salt_jax.teacher import read_record, resolve_checkpoint
+
+    root, step = resolve_checkpoint(teacher_dir)
+    teacher_cfg = ml_collections.ConfigDict(read_record(root, step)["model"])
+    results = report.analyse(runs, teacher_cfg)
+    meta = {"name": exp.name, "student_preset": exp.student.model.preset,
+            "student_params": param_count(exp.student.model), "teacher_preset": teacher_cfg.preset,
+            "teacher_params": param_count(teacher_cfg), "teacher_dir": teacher_dir,
+            "batch_size": exp.student.data.batch_size, "seq_len": exp.student.data.seq_len,
+            "data": exp.student.data.source if exp.student.data.source != "stdlib"
+            else "the Python standard library (built-in corpus)",
+            "seeds": ", ".join(map(str, seeds)), "learning_rate": lr, "lr_choice": lr_note,
+            "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}"}
+    results["meta"] = meta
+    results["conclusion"] = report.conclusion(results)
+    if jax.process_index() == 0:
+        report.plot(results, workdir)
+        with open(os.path.join(workdir, "results.json"), "w") as fh:
+            json.dump(results, fh, indent=1)
+        with open(os.path.join(workdir, "report.md"), "w") as fh:
+            fh.write(report.markdown(results, meta))
+    return results
+
+
+def _main(argv) -> None:
+    del argv
+    setup_logging()
+    exp = load_config(_CONFIG)
+    if not _WORKDIR.value:
+        fail("--workdir is required: the directory for the experiment's runs and report")
+    try:
+        results = run_experiment(exp, _WORKDIR.value)
+    except UserError as e:
+        fail(str(e))
+    logging.info("%s", results["conclusion"])
+    print(f"report: {os.path.join(os.path.abspath(_WORKDIR.value), 'report.md')}", file=sys.stdout, flush=True)
+
+
+def main() -> None:
+    app.run(_main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Run configs shared by configs/*.py and the experiment configs (config files cannot import each other).
+
+Each returns a full run config for a method variant (see `salt_jax.config.set_method`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from salt_jax.config import base_config, set_method
+
+
+def test_tiny_run(method: str = "baseline") -> ml_collections.ConfigDict:
+    """Byte tokenizer, test-tiny models, a few dozen steps: seconds on CPU."""
+    c = base_config("test-tiny-teacher" if method == "teacher" else "test-tiny")
+    c.data.tokenizer.kind = "bytes"
+    c.data.seq_len = 64
+    c.data.batch_size = 8
+    c.data.max_files = 120  # a slice of the standard library keeps the token cache quick to build
+    c.data.heldout_fraction = 0.1
+    c.data.eval_batches = 4
+    c.train.steps = 40
+    c.train.log_every = 5
+    c.train.eval_every = 20
+    c.train.checkpoint_every = 20
+    c.optim.warmup_steps = 5
+    c.salt.teacher = "runs/test-tiny-teacher"
+    return set_method(c, method)
+
+
+def demo_run(method: str = "baseline") -> ml_collections.ConfigDict:
+    """The CPU demo on the whole standard library: demo-teacher (~0.4M) and demo-student (~1.5M)."""
+    c = base_config("demo-teacher" if method == "teacher" else "demo-student")
+    c.data.tokenizer.kind = "sentencepiece"
+    c.data.tokenizer.vocab_size = 2048  # equals both presets' vocab_size
+    c.data.seq_len = 128
+    c.data.batch_size = 16
+    c.data.eval_batches = 16
+    c.optim.learning_rate = 3e-3
+    c.optim.warmup_steps = 50
+    c.train.steps = 600
+    c.train.log_every = 20
+    c.train.eval_every = 50
+    c.train.checkpoint_every = 200
+    c.salt.teacher = "runs/demo-teacher"
+    return set_method(c, method)

@@ -1,0 +1,121 @@
+"""The experiment pipeline: reach rule, compute accounting, report vs metrics, resumable re-runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from salt_jax import report, train
+from salt_jax.metrics import read_metrics
+
+from conftest import REPO
+
+
+def test_reach_rule_on_hand_made_curves():
+    steps = [0, 10, 20, 30, 40, 50]
+    assert report.steps_to_reach(steps, [5, 4, 3, 2, 1.5, 1.4], 2.0) == 30
+    assert report.steps_to_reach(steps, [5, 4, 3, 2.5, 2.2, 2.1], 2.0) is None  # never reached
+    # noisy: dips below at 20, back above at 30, below for good from 40
+    assert report.steps_to_reach(steps, [5, 3, 1.9, 2.1, 2.0, 1.8], 2.0) == 40
+    # dips below and ends above: not reached
+    assert report.steps_to_reach(steps, [5, 1.5, 1.5, 1.5, 1.5, 2.5], 2.0) is None
+    assert report.steps_to_reach(steps, [5, 4, 3, 2.5, 2.2, 2.0], 2.0) == 50  # the baseline's own final point
+
+
+def test_compute_counts_the_teacher_exactly_on_kd_steps():
+    got = report.compute_curve([0, 5, 10, 20], student_step_flops=6.0, teacher_step_flops=1.5, kd_phase_end=10,
+                               upfront_flops=7.0)
+    np.testing.assert_array_equal(got, [7.0, 7 + 30 + 7.5, 7 + 60 + 15, 7 + 120 + 15])
+
+
+@pytest.fixture(scope="module")
+def experiment_dir(tmp_path_factory, cache_dir):
+    workdir = str(tmp_path_factory.mktemp("exp"))
+    out = subprocess.run([sys.executable, "-m", "salt_jax.experiment",
+                          f"--config={os.path.join(REPO, 'configs', 'experiments', 'test_tiny.py')}",
+                          "--config.student.data.max_files=60", "--config.teacher.data.max_files=60",
+                          f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True, timeout=900,
+                         env=dict(os.environ, SALT_JAX_CACHE=cache_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"report: {workdir}/report.md" in out.stdout
+    return workdir
+
+
+def test_report_matches_the_runs_metrics(experiment_dir):
+    results = json.load(open(os.path.join(experiment_dir, "results.json")))
+    text = open(os.path.join(experiment_dir, "report.md")).read()
+    for method in ("baseline", "salt"):
+        evals = [r for r in read_metrics(os.path.join(experiment_dir, f"{method}-s0", "metrics.jsonl"))
+                 if r["split"] == "eval"]
+        m = results["methods"][method]
+        assert m["steps"] == [r["step"] for r in evals] == list(range(0, 25, 4))
+        assert m["eval_loss_mean"] == [r["loss"] for r in evals]
+        final = evals[-1]
+        assert f"| {method} |" in text and f"{final['loss']:.4f} / {final['accuracy']:.3f}" in text
+        at70 = next(r for r in evals if r["step"] >= round(0.7 * 24))
+        assert m["at_fraction"]["70"]["loss"] == at70["loss"]
+    assert results["target_loss"] == results["methods"]["baseline"]["eval_loss_mean"][-1]
+    base = results["methods"]["baseline"]
+    assert base["reach_step"] == report.steps_to_reach(base["steps"], base["eval_loss_mean"], results["target_loss"])
+    salt = results["methods"]["salt"]
+    assert salt["kd_phase_end_mean"] == round(0.175 * 24)
+    # compute: salt's extra over the baseline is exactly the teacher forward on the KD steps
+    extra = np.array(salt["compute_baseline_steps"]) - np.array(base["compute_baseline_steps"])
+    from salt_jax import presets
+    from salt_jax.model import flops_per_token
+
+    ratio = flops_per_token(presets.model_config("test-tiny-teacher"), 32) / (
+        3 * flops_per_token(presets.model_config("test-tiny"), 32))
+    want = np.minimum(salt["steps"], 4) * ratio  # the teacher ran on steps 0..3 only
+    np.testing.assert_allclose(extra, want, rtol=1e-12, atol=1e-12)
+    for png in ("loss_vs_step.png", "loss_vs_compute.png"):
+        assert os.path.getsize(os.path.join(experiment_dir, png)) > 10_000
+    assert "## Conclusion" in text and results["conclusion"] in text
+
+
+def test_rerun_skips_finished_runs_and_gives_the_same_results(experiment_dir, monkeypatch):
+    before = json.load(open(os.path.join(experiment_dir, "results.json")))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(train, "run", no_training)
+    from ml_collections import config_flags  # noqa: F401
+    from salt_jax import experiment
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("exp_cfg", os.path.join(REPO, "configs", "experiments",
+                                                                          "test_tiny.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config()
+    cfg.student.data.max_files = cfg.teacher.data.max_files = 60
+    after = experiment.run_experiment(cfg, experiment_dir)
+    after = json.loads(json.dumps(after))
+    assert after["methods"] == before["methods"] and after["target_loss"] == before["target_loss"]
+
+
+def test_interrupted_experiment_finishes_the_missing_run(experiment_dir, tmp_path):
+    # a copy whose salt run was cut after its step-12 checkpoint: only that run is resumed
+    import shutil
+
+    copy = str(tmp_path / "exp")
+    shutil.copytree(experiment_dir, copy)
+    salt_dir = os.path.join(copy, "salt-s0")
+    os.remove(os.path.join(salt_dir, "summary.json"))
+    shutil.rmtree(os.path.join(salt_dir, "checkpoints", "24"))
+    os.rename(os.path.join(copy, "results.json"), os.path.join(copy, "results.old.json"))
+    out = subprocess.run([sys.executable, "-m", "salt_jax.experiment",
+                          f"--config={os.path.join(REPO, 'configs', 'experiments', 'test_tiny.py')}",
+                          "--config.student.data.max_files=60", "--config.teacher.data.max_files=60",
+                          f"--workdir={copy}"], cwd=REPO, capture_output=True, text=True, timeout=900,
+                         env=dict(os.environ))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "[baseline seed 0] already finished" in out.stdout and "[teacher] already finished" in out.stdout
+    assert "resuming" in out.stdout
+    old = json.load(open(os.path.join(copy, "results.old.json")))
+    new = json.load(open(os.path.join(copy, "results.json")))
+    assert new["methods"]["salt"]["eval_loss_mean"] == old["methods"]["salt"]["eval_loss_mean"]
