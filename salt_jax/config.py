@@ -25,10 +25,17 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     c.model = presets.model_config(preset)  # the Transformer; see salt_jax/presets.py
 
     c.data = d = ml_collections.ConfigDict()
-    d.source = "stdlib"  # "stdlib" (the running Python's standard library) or "text" (files / JSONL)
-    d.path = ""  # for source=text: comma-separated files, directories or globs (.jsonl read by text_field)
-    d.text_field = "text"  # JSONL field holding a document's text
-    d.heldout_fraction = 0.05  # fraction of files held out for evaluation (by a hash of the path)
+    d.source = "stdlib"  # stdlib (the running Python's standard library) | text (files / JSONL) | tfds | seqio | arrayrecord
+    d.path = ""  # source=text / arrayrecord: comma-separated files, directories or globs (.jsonl read by text_field)
+    d.heldout_path = ""  # source=arrayrecord: held-out files ("" = hash-split the records of `path`)
+    d.text_field = "text"  # field holding a document's text (JSONL, TFDS features, seqio examples, JSON records)
+    d.tfds_name = ""  # source=tfds: dataset name (e.g. "c4/en:3.1.0", or one prepared under tfds_data_dir)
+    d.tfds_data_dir = ""  # source=tfds: TFDS data_dir (a local path or a gs:// bucket)
+    d.seqio_task = ""  # source=seqio: registered task or mixture name (its raw text; its vocabulary is not used)
+    d.seqio_module = ""  # source=seqio: comma-separated modules to import so the task is registered
+    d.train_split = "train"  # source=tfds / seqio: the split trained on
+    d.heldout_split = "validation"  # source=tfds / seqio: the split evaluated on
+    d.heldout_fraction = 0.05  # stdlib / text / arrayrecord: fraction held out for evaluation (by a hash of the path)
     d.max_files = 0  # use only the first N files (sorted), 0 = all; for quick experiments
     d.seq_len = 128  # tokens per training sequence
     d.batch_size = 16  # global batch size in sequences (divisible by mesh data*fsdp)

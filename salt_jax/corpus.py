@@ -133,9 +133,17 @@ class FileSource:
             yield value
 
 
-def make_source(data_cfg: ml_collections.ConfigDict) -> FileSource:
-    """The source named by config.data.source: "stdlib" or "text" (files / JSONL)."""
+SOURCES = ("stdlib", "text", "tfds", "seqio", "arrayrecord")
+
+
+def make_source(data_cfg: ml_collections.ConfigDict):
+    """The source named by config.data.source (see SOURCES); tfds/seqio/arrayrecord live in salt_jax.sources."""
     kind = data_cfg.source
+    if kind in ("tfds", "seqio", "arrayrecord"):
+        from salt_jax import sources
+
+        cls = {"tfds": sources.TFDSSource, "seqio": sources.SeqioSource, "arrayrecord": sources.ArrayRecordSource}
+        return cls[kind](data_cfg)
     if kind == "stdlib":
         root = stdlib_root()
         if not os.path.isdir(root):
@@ -150,7 +158,7 @@ def make_source(data_cfg: ml_collections.ConfigDict) -> FileSource:
         if len(files) == 1:
             root = os.path.dirname(os.path.abspath(files[0]))
     else:
-        raise UserError(f"config.data.source={kind!r}: unknown source; use 'stdlib' or 'text'")
+        raise UserError(f"config.data.source={kind!r}: unknown source; use one of {', '.join(SOURCES)}")
     if not files:
         raise UserError(f"config.data: source {kind!r} has no files; check config.data.path")
     source = FileSource(kind, root, [os.path.abspath(f) for f in files], data_cfg.heldout_fraction,
