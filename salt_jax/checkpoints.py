@@ -38,6 +38,16 @@ class Checkpointer:
         return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                                record=ocp.args.JsonSave(record)), force=True)
 
+    def record(self, step: int) -> dict:
+        """The JSON record saved with checkpoint `step` ({} if unreadable)."""
+        import json
+
+        try:
+            with open(os.path.join(self.directory, str(step), "record", "metadata")) as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return {}
+
     def restore(self, step: int, abstract_state: Any, shardings: Any) -> tuple[Any, dict]:
         """(state placed in `shardings`, record) of checkpoint `step`."""
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

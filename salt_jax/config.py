@@ -31,7 +31,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     d.text_field = "text"  # field holding a document's text (JSONL, TFDS features, seqio examples, JSON records)
     d.tfds_name = ""  # source=tfds: dataset name (e.g. "c4/en:3.1.0", or one prepared under tfds_data_dir)
     d.tfds_data_dir = ""  # source=tfds: TFDS data_dir (a local path or a gs:// bucket)
-    d.seqio_task = ""  # source=seqio: registered task or mixture name (its raw text; its vocabulary is not used)
+    d.seqio_task = ""  # source=seqio: registered task name (its raw text; its vocabulary is not used)
     d.seqio_module = ""  # source=seqio: comma-separated modules to import so the task is registered
     d.train_split = "train"  # source=tfds / seqio: the split trained on
     d.heldout_split = "validation"  # source=tfds / seqio: the split evaluated on
@@ -76,12 +76,12 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     k.kd_steps = -1  # n_KD: distil for the first n_KD steps; -1 = kd_fraction * train.steps
     k.kd_fraction = 0.175  # n_KD as a fraction of the run when kd_steps=-1 (paper: 36K of ~208K steps)
     k.transition = "step"  # after n_KD: step (w -> 0), linear (w decays over transition_steps), ratio (KD share of sequences decays)
-    k.transition_steps = 0  # length of the linear / ratio transition, in steps
+    k.transition_steps = -1  # length of the linear / ratio transition in steps; -1 = half of n_KD (ours)
     k.switch = "fixed"  # fixed (n_KD from the schedule) or adaptive (stop when the student catches the teacher)
     k.adaptive_margin = 0.0  # adaptive: switch once smoothed student NTP loss <= smoothed teacher NTP loss + margin
     k.adaptive_ema = 0.98  # adaptive: EMA decay of the per-step NTP losses (debiased)
-    k.adaptive_min_steps = 0  # adaptive: never switch before this step
-    k.adaptive_max_steps = -1  # adaptive: switch at this step at the latest; -1 = no limit
+    k.adaptive_min_steps = -1  # adaptive: never switch before this step; -1 = 5% of the run (ours)
+    k.adaptive_max_steps = -1  # adaptive: switch at this step at the latest; -1 = half the run (ours), 0 = no limit
     k.token_select = "none"  # KD only where the teacher is good: none | topk (target in teacher top-k) | confidence
     k.token_select_k = 10  # token_select=topk: the k
     k.token_select_threshold = 0.5  # token_select=confidence: teacher's top probability must exceed this
@@ -106,9 +106,9 @@ def set_method(c: ml_collections.ConfigDict, variant: str) -> ml_collections.Con
     """Applies a named method variant (the `:ARG` of configs/demo.py) to a run config.
 
     teacher, baseline, rkd, salt (step transition), salt-linear, salt-ratio,
-    salt-adaptive, salt-tokensel. Linear and ratio transitions take half of
-    n_KD again as their length (ours; the paper compares variants but does not
-    give one).
+    salt-adaptive, salt-tokensel. Step counts derived from the run's length
+    stay -1 here and are resolved by `schedules.resolve` when the run starts,
+    so overriding train.steps later keeps them proportional.
     """
     k = c.salt
     if variant in ("teacher", "baseline", "rkd", "salt", "salt_ds"):
@@ -119,11 +119,8 @@ def set_method(c: ml_collections.ConfigDict, variant: str) -> ml_collections.Con
     k.method = "salt"
     if variant in ("salt-linear", "salt-ratio"):
         k.transition = variant.split("-")[1]
-        k.transition_steps = max(1, int(round(k.kd_fraction * c.train.steps / 2)))
     elif variant == "salt-adaptive":
         k.switch = "adaptive"
-        k.adaptive_min_steps = max(1, int(round(0.05 * c.train.steps)))  # ours: not before 5% of the run
-        k.adaptive_max_steps = int(round(0.5 * c.train.steps))  # ours: at the latest at half the run
     elif variant == "salt-tokensel":
         k.token_select = "topk"
     return c
@@ -177,7 +174,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
               "or checkpoint directory")
         check(0.0 < k.kd_weight <= 1.0, f"config.salt.kd_weight={k.kd_weight}: must be in (0, 1]")
         check(k.temperature > 0, f"config.salt.temperature={k.temperature}: must be positive")
-        check(k.kd_loss != "topk_kl" or k.kd_topk > 0, "config.salt.kd_topk must be positive for kd_loss=topk_kl")
+        check(k.kd_loss != "topk_kl" or 0 < k.kd_topk <= m.vocab_size,
+              f"config.salt.kd_topk={k.kd_topk}: must be in [1, vocab_size] for kd_loss=topk_kl")
+        check(k.token_select != "topk" or 0 < k.token_select_k <= m.vocab_size,
+              f"config.salt.token_select_k={k.token_select_k}: must be in [1, config.model.vocab_size]")
+    check(k.switch == "fixed" or k.method in ("salt", "salt_ds"),
+          f"config.salt.switch=adaptive applies to methods salt and salt_ds, not {k.method!r}")
     if k.method == "salt_ds":
         check(0.0 < k.ds_keep_fraction <= 1.0, f"config.salt.ds_keep_fraction={k.ds_keep_fraction}: must be in (0, 1]")
         check(0.0 <= k.ds_band_low < k.ds_band_high <= 100.0,
@@ -187,11 +189,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if k.method in ("salt", "salt_ds"):
         check(k.kd_steps >= -1, f"config.salt.kd_steps={k.kd_steps}: must be >= 0 (or -1 for kd_fraction)")
         check(0.0 < k.kd_fraction <= 1.0, f"config.salt.kd_fraction={k.kd_fraction}: must be in (0, 1]")
-        if k.transition in ("linear", "ratio"):
-            check(k.transition_steps > 0, f"config.salt.transition_steps={k.transition_steps}: must be positive "
-                  f"for transition={k.transition!r}")
+        check(k.transition_steps == -1 or k.transition_steps > 0,
+              f"config.salt.transition_steps={k.transition_steps}: must be positive (or -1 for half of n_KD)")
         check(not (k.switch == "adaptive" and k.transition != "step"),
               "config.salt.switch=adaptive works with config.salt.transition=step only")
+        check(0.0 <= k.adaptive_ema < 1.0, f"config.salt.adaptive_ema={k.adaptive_ema}: must be in [0, 1)")
+        check(not (k.adaptive_max_steps > 0 and k.adaptive_min_steps > k.adaptive_max_steps),
+              f"config.salt.adaptive_min_steps={k.adaptive_min_steps} exceeds adaptive_max_steps="
+              f"{k.adaptive_max_steps}")
 
     r = c.train
     check(r.steps > 0, f"config.train.steps={r.steps}: must be positive")

@@ -23,7 +23,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from salt_jax import report, train
+from salt_jax import report, schedules, train
 from salt_jax.config import set_method
 from salt_jax.errors import UserError
 from salt_jax.cli import fail, load_config, parse_flags, setup_logging
@@ -51,6 +51,11 @@ def parse_method(spec: str) -> tuple[str, dict]:
     return m.group(1), overrides
 
 
+def split_methods(methods: str) -> list[str]:
+    """Splits 'baseline,salt[kd_steps=50,kd_weight=0.8]' on the commas outside brackets."""
+    return [m.strip() for m in re.split(r",(?![^\[]*\])", methods) if m.strip()]
+
+
 def run_name(spec: str) -> str:
     variant, overrides = parse_method(spec)
     return variant + "".join(f"-{k}{v}" for k, v in overrides.items())
@@ -65,13 +70,50 @@ def student_config(exp: ml_collections.ConfigDict, spec: str, seed: int, teacher
     for key, value in overrides.items():
         if key not in c.salt:
             raise UserError(f"config.methods: {spec!r} sets salt.{key}, which does not exist")
-        c.salt[key] = type(c.salt[key])(value)
+        want = type(c.salt[key])
+        ok = isinstance(value, want) or (want is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise UserError(f"config.methods: {spec!r} sets salt.{key}={value!r}; it must be a {want.__name__}")
+        c.salt[key] = want(value)
     c.seed = seed
     c.data.seed = seed
     c.optim.learning_rate = learning_rate
     c.salt.teacher = teacher_dir
     c.train.progress = exp.progress
     return c
+
+
+def _diff(a, b, prefix="config") -> str | None:
+    """The first differing field path of two config dicts (None if equal)."""
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            found = _diff(x, y, f"{prefix}.{key}")
+            if found:
+                return found
+        elif x != y:
+            return f"{prefix}.{key} ({x!r} there, {y!r} now)"
+    return None
+
+
+def _check_same_config(config, workdir: str) -> None:
+    """A run directory is reused only for the very config the experiment wants there."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    intended = copy.deepcopy(config)
+    schedules.resolve(intended.salt, intended.train.steps)
+    with open(path) as fh:
+        saved = json.load(fh)
+    now = json.loads(intended.to_json_best_effort())
+    for c in (saved, now):  # where things live and how chatty a run is do not change what it computes
+        c["salt"].pop("teacher", None)  # (the teacher itself is checked by fingerprint on resume)
+        c["data"].pop("cache_dir", None)
+        c["train"].pop("progress", None)
+    found = _diff(saved, now)
+    if found:
+        raise UserError(f"{workdir} holds a run with another config: {found}; use a fresh --workdir for "
+                        "changed settings (or remove that run directory)")
 
 
 def _finished(workdir: str, steps: int) -> bool:
@@ -83,6 +125,7 @@ def _finished(workdir: str, steps: int) -> bool:
 
 
 def _train(config, workdir: str, label: str) -> None:
+    _check_same_config(config, workdir)
     if _finished(workdir, config.train.steps):
         logging.info("[%s] already finished in %s: skipped", label, workdir)
         return
@@ -110,7 +153,7 @@ def _choose_lr(exp, workdir: str, teacher_dir: str) -> tuple[float, str]:
 def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains whatever is missing and writes results.json, report.md and the plots."""
     os.makedirs(workdir, exist_ok=True)
-    methods = [m.strip() for m in exp.methods.split(",") if m.strip()]
+    methods = split_methods(exp.methods)
     seeds = [int(s) for s in str(exp.seeds).split(",") if s.strip()]
     if "baseline" not in methods:
         raise UserError("config.methods must include 'baseline': every method is compared against it")

@@ -2,7 +2,8 @@
 
 Every line has `step` and `split` ("train" or "eval"). Only process 0 writes.
 On resume, lines past the restored step (written by the interrupted run after
-its last checkpoint) are dropped, so the file reads as one uninterrupted run.
+its last checkpoint) are dropped, and a fresh start (step 0) starts a fresh
+file, so the file always reads as one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -38,14 +39,14 @@ def read_metrics(path: str) -> list[dict]:
 class MetricsWriter:
     """Appends records to workdir/metrics.jsonl and mirrors scalars to TensorBoard."""
 
-    def __init__(self, workdir: str, resume_step: int | None = None):
+    def __init__(self, workdir: str, resume_step: int = 0):
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
         if not self.enabled:
             return
-        if resume_step is not None and os.path.exists(self.path):
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+        if os.path.exists(self.path):  # drop what the interrupted run wrote after its checkpoint (and torn lines)
+            kept = [r for r in read_metrics(self.path) if resume_step and r.get("step", 0) <= resume_step]
             tmp = self.path + ".tmp"
             with open(tmp, "w") as fh:
                 fh.writelines(json.dumps(r) + "\n" for r in kept)

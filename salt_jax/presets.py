@@ -18,6 +18,9 @@ _SIZES = {
     # CPU demo pair on the built-in corpus (SentencePiece vocabulary of 2048).
     "demo-teacher": (2048, 96, 2, 4, 2, 24, 256, 256, True),
     "demo-student": (2048, 160, 4, 4, 2, 40, 448, 256, True),
+    # The repro experiment: many short CPU runs (SentencePiece vocabulary of 2048).
+    "repro-teacher": (2048, 64, 2, 2, 1, 32, 192, 256, True),
+    "repro-student": (2048, 128, 3, 4, 2, 32, 352, 256, True),
     # One accelerator (32K vocabulary).
     "gpu-25m": (32000, 384, 8, 6, 2, 64, 1024, 1024, True),
     "gpu-50m": (32000, 512, 11, 8, 4, 64, 1408, 1024, True),

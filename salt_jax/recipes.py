@@ -44,3 +44,35 @@ def demo_run(method: str = "baseline") -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 100
     c.salt.teacher = "runs/demo-teacher"
     return set_method(c, method)
+
+
+def repro_run(method: str = "baseline") -> ml_collections.ConfigDict:
+    """The repro experiment's runs: repro-teacher (~0.2M) and repro-student (~0.6M), 300 short steps."""
+    c = demo_run(method)
+    preset = "repro-teacher" if method == "teacher" else "repro-student"
+    c.model = base_config(preset).model
+    c.train.steps = 300
+    c.train.eval_every = 25
+    c.train.checkpoint_every = 100
+    c.optim.warmup_steps = 30
+    return c
+
+
+def gpu_small_run(method: str = "baseline") -> ml_collections.ConfigDict:
+    """One accelerator: gpu-25m teacher, gpu-100m student (4x), 32K SentencePiece vocabulary, bf16."""
+    c = base_config("gpu-25m" if method == "teacher" else "gpu-100m")
+    c.model.dtype = "bfloat16"
+    c.data.tokenizer.kind = "sentencepiece"
+    c.data.tokenizer.vocab_size = 32000
+    c.data.tokenizer.max_train_lines = 400_000
+    c.data.seq_len = 512
+    c.data.batch_size = 64
+    c.data.eval_batches = 16
+    c.optim.learning_rate = 1e-3
+    c.optim.warmup_steps = 200
+    c.train.steps = 3000 if method == "teacher" else 4000
+    c.train.log_every = 50
+    c.train.eval_every = 250
+    c.train.checkpoint_every = 1000
+    c.salt.teacher = "runs/gpu_small/teacher"
+    return set_method(c, method)

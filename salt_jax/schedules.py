@@ -23,8 +23,37 @@ def kd_steps(salt: ml_collections.ConfigDict, total_steps: int) -> int:
     return salt.kd_steps if salt.kd_steps >= 0 else int(round(salt.kd_fraction * total_steps))
 
 
+def resolve(salt: ml_collections.ConfigDict, total_steps: int) -> None:
+    """Replaces the run-relative defaults (-1) of config.salt by step counts, in place.
+
+    kd_steps (-1: kd_fraction of the run), transition_steps (-1: half of n_KD),
+    adaptive_min_steps (-1: 5% of the run), adaptive_max_steps (-1: half the
+    run; 0: no limit, stored as total_steps + 1). Idempotent; runs call it once
+    so config.json holds the numbers actually used.
+    """
+    n = kd_steps(salt, total_steps)
+    salt.kd_steps = n
+    if salt.transition_steps < 0:
+        salt.transition_steps = max(1, int(round(n / 2)))
+    if salt.adaptive_min_steps < 0:
+        salt.adaptive_min_steps = int(round(0.05 * total_steps))
+    if salt.adaptive_max_steps < 0:
+        salt.adaptive_max_steps = int(round(0.5 * total_steps))
+    elif salt.adaptive_max_steps == 0:
+        salt.adaptive_max_steps = total_steps + 1
+
+
+def _resolved(salt, total_steps):
+    import copy
+
+    out = copy.deepcopy(salt)
+    resolve(out, total_steps)
+    return out
+
+
 def kd_weight_schedule(salt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
     """w(step): the weight of the KD term in (1 - w) * NTP + w * KD."""
+    salt = _resolved(salt, total_steps)
     w0 = float(salt.kd_weight)
     if salt.method in ("baseline", "teacher"):
         return optax.constant_schedule(0.0)
@@ -40,6 +69,7 @@ def kd_weight_schedule(salt: ml_collections.ConfigDict, total_steps: int) -> opt
 
 def kd_share_schedule(salt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
     """Share of each batch's sequences that get the KD term (1 except for the ratio transition)."""
+    salt = _resolved(salt, total_steps)
     if salt.method not in ("salt", "salt_ds") or salt.transition != "ratio":
         return optax.constant_schedule(1.0)
     return optax.join_schedules([optax.constant_schedule(1.0),
@@ -54,12 +84,12 @@ def kd_end_step(salt: ml_collections.ConfigDict, total_steps: int) -> int:
     the adaptive switch this is the upper bound; the actual switch is decided
     in the step.
     """
+    salt = _resolved(salt, total_steps)
     if salt.method in ("baseline", "teacher"):
         return 0
     if salt.method == "rkd":
         return total_steps
     if salt.switch == "adaptive":
-        limit = salt.adaptive_max_steps
-        return total_steps if limit < 0 else min(limit, total_steps)
+        return min(salt.adaptive_max_steps, total_steps)
     n = kd_steps(salt, total_steps)
     return min(n + (salt.transition_steps if salt.transition in ("linear", "ratio") else 0), total_steps)

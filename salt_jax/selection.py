@@ -71,7 +71,12 @@ def _score_file(cache: data.TokenCache, teacher_fp: str, k: int, rows: np.ndarra
 
 def score_pool(teacher, cache: data.TokenCache, rows: np.ndarray, k: int, batch_size: int, mesh, pad_id: int,
                save_every: int = 50) -> dict[str, np.ndarray]:
-    """Scores of `rows` of the train split (cached; resumable). Returns arrays indexed like `rows`."""
+    """Scores of `rows` of the train split (cached; resumable).
+
+    Returns arrays indexed like `rows` ("score", "topk_fraction", "mean_loss")
+    and "seconds", the wall time the scoring pass took (kept with the cache,
+    so runs reusing it still account for it).
+    """
     path = _score_file(cache, teacher.fingerprint, k, rows)
     if os.path.exists(path):
         with np.load(path) as f:
@@ -79,11 +84,11 @@ def score_pool(teacher, cache: data.TokenCache, rows: np.ndarray, k: int, batch_
     partial = path + ".partial.npz"
     n = len(rows)
     out = {name: np.full(n, np.nan, np.float32) for name in ("score", "topk_fraction", "mean_loss")}
-    done = 0
+    done, spent = 0, 0.0
     if os.path.exists(partial):
         try:
             with np.load(partial) as f:
-                done = int(f["done"])
+                done, spent = int(f["done"]), float(f["seconds"])
                 for name in out:
                     out[name][:done] = f[name][:done]
             logging.info("scoring: resuming at %d of %d sequences", done, n)
@@ -97,7 +102,7 @@ def score_pool(teacher, cache: data.TokenCache, rows: np.ndarray, k: int, batch_
         inputs, targets, mask = losses.split_tokens(tokens, pad_id)
         return sequence_scores(model.apply({"params": params}, inputs), targets, mask, k)
 
-    fn = jax.jit(scores_fn, in_shardings=(teacher.shardings, batch_sharding))
+    fn = jax.jit(scores_fn, in_shardings=(teacher.shardings, batch_sharding), out_shardings=sharding.replicated(mesh))
     seq = cache.train.seq_len
     t0, last_log = time.time(), time.time()
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -115,12 +120,13 @@ def score_pool(teacher, cache: data.TokenCache, rows: np.ndarray, k: int, batch_
         done += take
         batches_since_save += 1
         if batches_since_save >= save_every or done == n:
-            _save_npz(partial, done=np.int64(done), **out)
+            _save_npz(partial, done=np.int64(done), seconds=np.float64(spent + time.time() - t0), **out)
             batches_since_save = 0
         if time.time() - last_log > 10 or done == n:
             rate = done / max(time.time() - t0, 1e-9)
             logging.info("scoring pool: %d/%d sequences (%.0f seq/s)", done, n, rate)
             last_log = time.time()
+    out["seconds"] = np.float64(spent + time.time() - t0)  # wall time of the whole pass (all attempts)
     _save_npz(path, **out)
     if os.path.exists(partial):
         os.remove(partial)
@@ -174,6 +180,7 @@ def summary(scores: dict[str, np.ndarray], kept: np.ndarray, k: int, keep_fracti
         "pool": int(len(s)), "kept": int(len(kept)), "no_topk_tokens": int(np.sum(~np.isfinite(s))),
         "topk": k, "keep_fraction": keep_fraction, "band_percentiles": list(band),
         "score_quantiles_pool": q(finite), "score_quantiles_kept": q(s[kept]),
+        "scoring_seconds": float(scores.get("seconds", 0.0)),
         "mean_loss_pool": float(np.nanmean(scores["mean_loss"])),
         "mean_loss_kept": float(np.nanmean(scores["mean_loss"][kept])),
         "topk_fraction_pool": float(np.nanmean(scores["topk_fraction"])),

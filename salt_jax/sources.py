@@ -20,10 +20,21 @@ from salt_jax.corpus import ReadStats, _in_heldout
 from salt_jax.errors import UserError
 
 
-def _quiet_tensorflow():
+def _require(module: str, source: str):
+    """Imports an optional dependency of a data source, or says which package to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = {"tensorflow": "tensorflow", "tensorflow_datasets": "tensorflow-datasets", "seqio": "seqio",
+                   "grain.python": "grain"}[module]
+        raise UserError(f"config.data.source={source} needs the {package} package, which is not installed; "
+                        f"pip install {package} (see setup.py for the tested version)") from None
+
+
+def _quiet_tensorflow(source: str):
     """Imports TensorFlow for data reading only: quiet, and kept off any GPU JAX needs."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
+    tf = _require("tensorflow", source)
 
     try:
         tf.config.set_visible_devices([], "GPU")
@@ -77,8 +88,8 @@ class TFDSSource(_Source):
     kind = "tfds"
 
     def __init__(self, d: ml_collections.ConfigDict):
-        _quiet_tensorflow()
-        import tensorflow_datasets as tfds
+        _quiet_tensorflow("tfds")
+        tfds = _require("tensorflow_datasets", "tfds")
 
         self.text_field, self.splits = d.text_field, {"train": d.train_split, "heldout": d.heldout_split}
         try:
@@ -110,8 +121,8 @@ class SeqioSource(_Source):
     kind = "seqio"
 
     def __init__(self, d: ml_collections.ConfigDict):
-        _quiet_tensorflow()
-        import seqio
+        _quiet_tensorflow("seqio")
+        seqio = _require("seqio", "seqio")
 
         for module in filter(None, (m.strip() for m in d.seqio_module.split(","))):
             try:
@@ -120,10 +131,12 @@ class SeqioSource(_Source):
                 raise UserError(f"config.data.seqio_module={module!r}: cannot import it ({e}); it must be "
                                 "importable (on PYTHONPATH) and register the task") from None
         try:
-            self.task = seqio.get_mixture_or_task(d.seqio_task)
+            self.task = seqio.TaskRegistry.get(d.seqio_task)
         except ValueError:
-            raise UserError(f"config.data.seqio_task={d.seqio_task!r}: not a registered seqio task or mixture; "
-                            "set config.data.seqio_module to the module that registers it") from None
+            kind = "a mixture (give one of its tasks)" if d.seqio_task in seqio.MixtureRegistry.names() else \
+                "not a registered seqio task"
+            raise UserError(f"config.data.seqio_task={d.seqio_task!r}: {kind}; set config.data.seqio_module to "
+                            "the module that registers it") from None
         self.text_field, self.splits = d.text_field, {"train": d.train_split, "heldout": d.heldout_split}
         for ours, name in self.splits.items():
             if name not in self.task.splits:
@@ -153,8 +166,7 @@ class ArrayRecordSource(_Source):
     kind = "arrayrecord"
 
     def __init__(self, d: ml_collections.ConfigDict):
-        import grain.python as grain
-
+        grain = _require("grain.python", "arrayrecord")
         self.text_field, self.fraction = d.text_field, d.heldout_fraction
         self.paths = {"train": self._expand(d.path, "config.data.path"),
                       "heldout": self._expand(d.heldout_path, "config.data.heldout_path") if d.heldout_path else []}

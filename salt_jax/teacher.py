@@ -3,8 +3,8 @@
 The teacher's model config and tokenizer come from its checkpoint's record, so
 a student run names only the teacher's workdir (or one checkpoint directory).
 Only the parameters are restored (no optimizer state). A fingerprint of the
-parameters goes into the student's checkpoints so a resume with another
-teacher is refused.
+teacher checkpoint goes into the student's checkpoints so a resume with
+another teacher is refused.
 """
 
 from __future__ import annotations
@@ -77,17 +77,27 @@ def read_record(root: str, step: int) -> dict:
                         "(model config); was it written by salt_jax?") from None
 
 
-def params_fingerprint(params: Any) -> str:
-    """A short hash of the parameters from per-leaf statistics computed on device (no host copy)."""
-    def leaf_stats(x):
-        x = x.astype(jnp.float32).ravel()
-        wiggle = jnp.sin(jnp.arange(x.size, dtype=jnp.float32))  # position-sensitive
-        return jnp.stack([jnp.sum(x), jnp.sum(jnp.abs(x)), jnp.sum(x * wiggle)])
+def checkpoint_fingerprint(ckpt_dir: str) -> str:
+    """A short hash of a checkpoint's saved parameters, from its files.
 
-    stats = jax.jit(lambda p: [leaf_stats(x) for x in jax.tree.leaves(p)])(params)
+    Hashes the record and every metadata / manifest file of the saved state
+    (and the sizes of the data files), so it identifies the checkpoint's
+    contents wherever it is copied, and does not depend on the mesh or the
+    number of devices it is read onto.
+    """
     h = hashlib.sha256()
-    for leaf, s in zip(jax.tree.leaves(params), jax.device_get(stats)):
-        h.update(str(leaf.shape).encode() + np.asarray(s, np.float32).tobytes())
+    for root, dirs, files in sorted(os.walk(ckpt_dir)):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, ckpt_dir)
+            if rel == "commit_success.txt" or rel.endswith("/commit_success.txt") or name == "_CHECKPOINT_METADATA":
+                continue  # written at save time (timestamps), not content
+            size = os.path.getsize(path)
+            h.update(f"{rel}:{size}\n".encode())
+            if size <= 1 << 20:
+                with open(path, "rb") as fh:
+                    h.update(fh.read())
     return h.hexdigest()[:16]
 
 
@@ -135,4 +145,4 @@ def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_coll
         manager.close()
     params = restored["state"]["params"]
     return Teacher(model=model, config=cfg, params=params, shardings=shardings, checkpoint=ckpt_dir,
-                   fingerprint=params_fingerprint(params), tokenizer=record.get("tokenizer", ""))
+                   fingerprint=checkpoint_fingerprint(ckpt_dir), tokenizer=record.get("tokenizer", ""))

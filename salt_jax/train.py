@@ -35,8 +35,9 @@ def _fmt_time(seconds: float) -> str:
 class TrainClock:
     """Seconds spent in training steps, carried across resumes.
 
-    Evaluation and each process's first (compiling) step are left out. Call
-    `lap` only after blocking on the work it should count.
+    Evaluation and the steps that compile a program (a process's first step,
+    the first step without the teacher) are left out. Call `lap` only after
+    blocking on the work it should count.
     """
 
     def __init__(self, already: float = 0.0):
@@ -109,6 +110,18 @@ def evaluate(steps: CompiledSteps, params, eval_set: list[np.ndarray], batch_siz
     return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n, "tokens": totals["tokens"]}
 
 
+def _check_finite(step_metrics: list[dict], done: int, ckpt) -> None:
+    """Stops the run (keeping the last good checkpoint) if any step's loss or gradient norm was not finite."""
+    host = jax.device_get([(m["loss"], m["grad_norm"]) for m in step_metrics])
+    bad = [done - len(host) + i + 1 for i, (loss, grad) in enumerate(host)
+           if not (np.isfinite(loss) and np.isfinite(grad))]
+    if bad:
+        ckpt.wait()
+        last = ckpt.latest_step()
+        raise UserError(f"training diverged: non-finite loss or gradients at step {bad[0]}; lower "
+                        f"config.optim.learning_rate (the last good checkpoint, step {last}, is kept)")
+
+
 def _end_kd_phase(steps: CompiledSteps, teacher, step: int) -> None:
     """From `step` on, train with the teacher-free step and free the teacher's memory."""
     steps.drop_teacher()
@@ -138,59 +151,63 @@ def _selected_batches(config, cache, teacher, mesh, pad_id: int, kd_end: int, wo
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the final summary."""
     validate(config)
+    schedules.resolve(config.salt, config.train.steps)  # config.json records the step counts used
     os.makedirs(workdir, exist_ok=True)
-    cfg_d, cfg_t = config.data, config.train
+    cfg_d, cfg_t, salt = config.data, config.train, config.salt
 
     cache, tok = data.build_cache(cfg_d)
     check_vocab(config, tok.vocab_size)
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch(cfg_d.batch_size, mesh)
 
-    salt = config.salt
-    teacher = None
-    if salt.method in ("rkd", "salt", "salt_ds"):  # vocabulary checks happen here, before anything is compiled
-        teacher = teacher_lib.load_teacher(salt, config.model, tok.fingerprint(), mesh)
-        logging.info("teacher %s: %s parameters, fingerprint %s", teacher.checkpoint,
-                     f"{param_count(teacher.config):,}", teacher.fingerprint)
-
-    model = Transformer(config.model)
-    tx, lr_schedule = optim.make_optimizer(config.optim, cfg_t.steps)
-    abstract, shardings = state_lib.abstract_state(model, tx, cfg_d.seq_len, mesh)
     ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), cfg_t.checkpoint_every,
                                     cfg_t.keep_checkpoints)
     start = ckpt.latest_step()
-    resumed_seconds = 0.0
-    if start is None:
-        state = state_lib.create_state(model, tx, cfg_d.seq_len, mesh, config.seed)
-        start = 0
-    else:
-        state, record = ckpt.restore(start, abstract, shardings)
-        resumed_seconds = float(record.get("train_seconds", 0.0))
-        logging.info("resuming %s from step %d", workdir, start)
-        was = record.get("teacher") or {}
-        if teacher is not None and was and was.get("fingerprint") != teacher.fingerprint:
+    previous = ckpt.record(start) if start is not None else {}
+    if previous.get("model") and previous["model"] != config.model.to_dict():
+        changed = sorted(k for k in previous["model"] if previous["model"][k] != config.model.to_dict().get(k))
+        raise UserError(f"config.model.{changed[0] if changed else 'preset'}: differs from the model of the "
+                        f"checkpoints in {ckpt.directory}; use the run's original model config or a fresh --workdir")
+    kd_end = schedules.kd_end_step(salt, cfg_t.steps)
+    kd_over = bool(previous) and (start >= kd_end or 0 < previous.get("kd_phase_end", 0) <= start)
+
+    teacher = None
+    if salt.method in ("rkd", "salt", "salt_ds") and not kd_over:
+        # vocabulary checks happen here, before anything is compiled
+        teacher = teacher_lib.load_teacher(salt, config.model, tok.fingerprint(), mesh)
+        logging.info("teacher %s: %s parameters, fingerprint %s", teacher.checkpoint,
+                     f"{param_count(teacher.config):,}", teacher.fingerprint)
+        was = previous.get("teacher") or {}
+        if was and was.get("fingerprint") != teacher.fingerprint:
             raise UserError(f"config.salt.teacher={salt.teacher}: this run was trained with teacher "
                             f"{was.get('checkpoint')} (fingerprint {was.get('fingerprint')}), not "
                             f"{teacher.checkpoint} (fingerprint {teacher.fingerprint}); resume with the same "
                             "teacher or use a fresh --workdir")
+
+    model = Transformer(config.model)
+    tx, lr_schedule = optim.make_optimizer(config.optim, cfg_t.steps)
+    abstract, shardings = state_lib.abstract_state(model, tx, cfg_d.seq_len, mesh)
+    if start is None:
+        state = state_lib.create_state(model, tx, cfg_d.seq_len, mesh, config.seed)
+        start = 0
+    else:
+        state, _ = ckpt.restore(start, abstract, shardings)
+        logging.info("resuming %s from step %d", workdir, start)
+    resumed_seconds = float(previous.get("train_seconds", 0.0))
     if jax.process_index() == 0:
         _write_config(config, workdir)
-    writer = metrics.MetricsWriter(workdir, resume_step=start if start else None)
+    writer = metrics.MetricsWriter(workdir, resume_step=start)
 
     n_params = param_count(config.model)
     logging.info("model %s: %s parameters; mesh %s; %d devices", config.model.preset, f"{n_params:,}",
                  dict(mesh.shape), mesh.size)
-    kd_end = schedules.kd_end_step(salt, cfg_t.steps)
     switch_step = int(jax.device_get(state.kd["switch_step"]))
-    if teacher is not None and (start >= kd_end or switch_step >= 0):
-        teacher.release()  # resumed after the KD phase: the teacher is not needed
-        teacher = None
     steps = CompiledSteps(model, tx, lr_schedule, tok.pad_id, mesh, shardings, teacher=teacher, salt=salt,
                           kd_weight=schedules.kd_weight_schedule(salt, cfg_t.steps),
                           kd_share=schedules.kd_share_schedule(salt, cfg_t.steps))
     record = {"data_seed": cfg_d.seed, "method": salt.method, "model": config.model.to_dict(),
               "tokenizer": tok.fingerprint(), "vocab_size": tok.vocab_size,
-              "teacher": teacher.identity() if teacher is not None else None}
+              "teacher": teacher.identity() if teacher is not None else previous.get("teacher")}
     kd_phase_end = 0 if salt.method in ("baseline", "teacher") else switch_step if switch_step >= 0 else kd_end
     batches = data.Batches(cache.train, cfg_d.batch_size, cfg_d.seed)
     kd_batches = batches
@@ -205,11 +222,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     tokens_per_step = cfg_d.batch_size * cfg_d.seq_len
     clock = TrainClock(resumed_seconds)
-    pending, interval, untimed, t_rate, steps_timed = [], 0.0, 0, time.time(), 0
+    pending, unchecked, interval, untimed, t_rate, steps_timed = [], [], 0.0, 0, time.time(), 0
+    compile_next = True  # the next step compiles a program: keep it off the clock
     for step in range(start, cfg_t.steps):
+        compiling, compile_next = compile_next, False
         if teacher is not None and step >= kd_end:
-            teacher = _end_kd_phase(steps, teacher, step)
+            teacher, compiling = _end_kd_phase(steps, teacher, step), True
         tokens = (kd_batches if teacher is not None else batches).device(step, steps.batch_sharding)
+        if compiling:
+            jax.block_until_ready(pending)
+            interval += clock.lap()
+            t_compile = time.time()
         if teacher is not None:
             state, step_metrics = steps.kd_train(state, tokens, teacher.params)
             if salt.switch == "adaptive":
@@ -217,31 +240,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if switch_step >= 0:
                     kd_phase_end = switch_step
                     logging.info("adaptive switch: the student caught up with the teacher at step %d", switch_step)
-                    teacher = _end_kd_phase(steps, teacher, step + 1)
+                    teacher, compile_next = _end_kd_phase(steps, teacher, step + 1), True
         else:
             state, step_metrics = steps.train(state, tokens)
         pending.append(step_metrics)
+        unchecked.append(step_metrics)
         done = step + 1
-        if step == start:  # the first step includes compilation: keep it out of the clock
+        if compiling:
             jax.block_until_ready(step_metrics)
-            logging.info("first step (compile + run) took %.1fs", clock.skip())
-            untimed, t_rate = 1, time.time()
+            logging.info("step %d compiled and ran in %.1fs", done, clock.skip())
+            untimed, t_rate = untimed + 1, t_rate + (time.time() - t_compile)
         if done % cfg_t.log_every == 0 or done == cfg_t.steps:
             jax.block_until_ready(pending)  # steps run asynchronously: wait before reading the clock
             interval += clock.lap()
             timed = len(pending) - untimed
             steps_timed += timed
             line = train_line(pending, interval, tokens_per_step, timed)
-            loss = line["loss"]
-            if not np.isfinite(loss):
-                ckpt.wait()
-                raise UserError(f"training diverged: loss is {loss} at step {done}; lower "
-                                "config.optim.learning_rate (the last good checkpoint is kept)")
             writer.write("train", done, dict(line, train_seconds=clock.total))
             if cfg_t.progress and jax.process_index() == 0:
                 rate = steps_timed / max(time.time() - t_rate, 1e-9)
                 logging.info("step %d/%d | loss %.4f | %.0f tok/s | %.2f steps/s | ETA %s", done, cfg_t.steps,
-                             loss, line["tokens_per_sec"] or 0.0, line["steps_per_sec"] or 0.0,
+                             line["loss"], line["tokens_per_sec"] or 0.0, line["steps_per_sec"] or 0.0,
                              _fmt_time((cfg_t.steps - done) / rate) if rate > 0 else "?")
             pending, interval, untimed = [], 0.0, 0
         if done % cfg_t.eval_every == 0 or done == cfg_t.steps:
@@ -252,8 +271,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             logging.info("eval at step %d | held-out loss %.4f | accuracy %.4f", done, last_eval["loss"],
                          last_eval["accuracy"])
             clock.skip()  # evaluation time is not training time
-        ckpt.save(done, state, dict(record, step=done, kd_phase_end=kd_phase_end, train_seconds=clock.total),
-                  force=done == cfg_t.steps)
+        if done % cfg_t.checkpoint_every == 0 or done == cfg_t.steps:
+            _check_finite(unchecked, done, ckpt)  # never checkpoint a poisoned state
+            unchecked = []
+            interval += clock.lap()  # (the checks blocked on every step so far)
+            ckpt.save(done, state, dict(record, step=done, kd_phase_end=kd_phase_end, train_seconds=clock.total),
+                      force=True)
     ckpt.wait()
     ckpt.close()
     writer.close()

@@ -20,16 +20,13 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture
 def tiny_config(cache_dir):
-    """The test-tiny run config on a slice of the standard library, with a shared cache."""
-    from salt_jax.config import base_config
+    """The test-tiny run config (configs/test_tiny.py) made smaller still, with the shared cache."""
+    from salt_jax.recipes import test_tiny_run
 
-    c = base_config("test-tiny")
-    c.data.tokenizer.kind = "bytes"
+    c = test_tiny_run("baseline")
     c.data.cache_dir = cache_dir
     c.data.seq_len = 32
-    c.data.batch_size = 8
     c.data.max_files = 60
-    c.data.heldout_fraction = 0.1
     c.data.eval_batches = 2
     c.train.steps = 12
     c.train.log_every = 4

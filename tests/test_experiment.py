@@ -119,3 +119,21 @@ def test_interrupted_experiment_finishes_the_missing_run(experiment_dir, tmp_pat
     old = json.load(open(os.path.join(copy, "results.old.json")))
     new = json.load(open(os.path.join(copy, "results.json")))
     assert new["methods"]["salt"]["eval_loss_mean"] == old["methods"]["salt"]["eval_loss_mean"]
+
+
+def test_method_specs_with_several_overrides():
+    from salt_jax import experiment
+    from salt_jax.errors import UserError
+
+    specs = experiment.split_methods("baseline, salt[kd_steps=50,kd_weight=0.8],salt-linear")
+    assert specs == ["baseline", "salt[kd_steps=50,kd_weight=0.8]", "salt-linear"]
+    assert experiment.parse_method(specs[1]) == ("salt", {"kd_steps": 50, "kd_weight": 0.8})
+    assert experiment.run_name(specs[1]) == "salt-kd_steps50-kd_weight0.8"
+    from salt_jax.recipes import test_tiny_run
+    import ml_collections
+
+    exp = ml_collections.ConfigDict({"student": test_tiny_run(), "progress": False})
+    c = experiment.student_config(exp, specs[1], 2, "/t", 1e-3)
+    assert (c.salt.method, c.salt.kd_steps, c.salt.kd_weight, c.seed, c.data.seed) == ("salt", 50, 0.8, 2, 2)
+    with pytest.raises(UserError, match="salt.kd_steps=2.5"):
+        experiment.student_config(exp, "salt[kd_steps=2.5]", 0, "/t", 1e-3)

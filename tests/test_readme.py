@@ -24,5 +24,6 @@ def test_ci_runs_the_readmes_install_and_test_commands():
         ci = fh.read()
     assert 'pip install -e ".[test]" && python -m pytest -q tests' in readme
     assert 'pip install -e ".[test]"\npython -m pytest -q tests' in ci
-    assert "python -m salt_jax.main --config=configs/demo.py --workdir=runs/demo" in readme
-    assert os.path.exists(os.path.join(REPO, "configs", "demo.py"))
+    assert ("pip install -e . && python -m salt_jax.experiment --config=configs/experiments/demo.py "
+            "--workdir=runs/demo") in readme
+    assert os.path.exists(os.path.join(REPO, "configs", "experiments", "demo.py"))

@@ -160,11 +160,13 @@ def test_switch_at_n_kd_and_exact_resume_across_it(student_config, tmp_path):
 
 def test_resume_with_another_teacher_is_refused(student_config, tmp_path, teacher_dir):
     c = student_config
-    c.train.steps, c.train.checkpoint_every = 6, 3
+    c.train.checkpoint_every, c.train.keep_checkpoints = 3, 10
     train.run(c, str(tmp_path / "run"))
+    for step in ("6", "9", "12"):  # as if the run had stopped at step 3, inside the KD phase (n_KD = 7)
+        shutil.rmtree(tmp_path / "run" / "checkpoints" / step)
     other = str(tmp_path / "other_teacher")
     shutil.copytree(teacher_dir, other)
-    # same shapes, different values: perturb the teacher by training it 1 more step in place
+    # same shapes, different values: train the copied teacher one more step in place
     from salt_jax.config import base_config
 
     t = base_config("test-tiny-teacher")
@@ -173,7 +175,6 @@ def test_resume_with_another_teacher_is_refused(student_config, tmp_path, teache
     set_method(t, "teacher")
     train.run(t, other)
     c.salt.teacher = other
-    c.train.steps = 9
     with pytest.raises(UserError, match="config.salt.teacher=.*this run was trained with teacher"):
         train.run(c, str(tmp_path / "run"))
 

@@ -107,3 +107,12 @@ def test_resume_after_checkpoint_is_bitwise_identical(tiny_config, tmp_path):
     la = [r for r in read_metrics(os.path.join(full, "metrics.jsonl")) if r["split"] == "eval"]
     lb = [r for r in read_metrics(os.path.join(resumed, "metrics.jsonl")) if r["split"] == "eval"]
     assert la[-1]["loss"] == lb[-1]["loss"]
+
+
+def test_divergence_stops_without_checkpointing_a_poisoned_state(tiny_config, tmp_path):
+    c = tiny_config
+    c.optim.learning_rate, c.optim.warmup_steps, c.optim.grad_clip = 1e30, 0, 0.0
+    with pytest.raises(UserError, match="training diverged: non-finite loss or gradients at step"):
+        train.run(c, str(tmp_path / "run"))
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    assert not ckpt_dir.exists() or not [d for d in os.listdir(ckpt_dir) if d.isdigit()]
