@@ -73,21 +73,30 @@ def _text_files(patterns: str) -> list[str]:
 
 
 class FileSource:
-    """Documents from files: one document per file, or one per JSONL record."""
+    """Documents from files: one document per file, or one per JSONL record.
+
+    Plain files are split by a hash of their path; JSONL files are read by both
+    splits and their records split by a hash of (path, line), so a single JSONL
+    file has a held-out part too.
+    """
 
     def __init__(self, kind: str, root: str, files: list[str], heldout_fraction: float,
                  text_field: str = "text", max_files: int = 0):
-        self.kind, self.root, self.text_field = kind, root, text_field
+        self.kind, self.root, self.text_field, self.fraction = kind, root, text_field, heldout_fraction
         if max_files > 0:
             files = files[:max_files]
         self.files = {s: [] for s in SPLITS}
         for f in files:
             rel = os.path.relpath(f, root)
-            self.files["heldout" if _in_heldout(rel, heldout_fraction) else "train"].append(f)
+            if f.endswith(".jsonl"):
+                self.files["train"].append(f)
+                self.files["heldout"].append(f)
+            else:
+                self.files["heldout" if _in_heldout(rel, heldout_fraction) else "train"].append(f)
 
     def fingerprint(self) -> str:
         """Identifies the files (paths and sizes) and the split; keys the caches."""
-        h = hashlib.sha256(f"{self.kind}:{self.text_field}".encode())
+        h = hashlib.sha256(f"{self.kind}:{self.text_field}:{self.fraction}".encode())
         for split in SPLITS:
             for f in self.files[split]:
                 h.update(f"{split}:{os.path.relpath(f, self.root)}:{os.path.getsize(f)}\n".encode())
@@ -107,7 +116,7 @@ class FileSource:
             except UnicodeDecodeError:
                 stats.skipped_undecodable += 1
                 continue
-            for doc in self._split_docs(text, path):
+            for doc in self._split_docs(text, path, split):
                 if not doc.strip():
                     stats.skipped_empty += 1
                     continue
@@ -115,12 +124,13 @@ class FileSource:
                 stats.chars += len(doc)
                 yield doc
 
-    def _split_docs(self, text: str, path: str) -> Iterator[str]:
+    def _split_docs(self, text: str, path: str, split: str) -> Iterator[str]:
         if not path.endswith(".jsonl"):
             yield text
             return
+        rel = os.path.relpath(path, self.root)
         for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
+            if not line.strip() or _in_heldout(f"{rel}:{lineno}", self.fraction) != (split == "heldout"):
                 continue
             try:
                 record = json.loads(line)

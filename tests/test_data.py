@@ -60,9 +60,12 @@ def test_jsonl_source_reads_the_text_field(tmp_path):
     lines = [json.dumps({"text": f"record {i}", "id": i}) for i in range(30)]
     (tmp_path / "a.jsonl").write_text("\n".join(lines))
     cfg = _text_cfg(str(tmp_path / "a.jsonl"), "")
-    cfg.heldout_fraction = 0.01
-    docs = list(corpus.make_source(cfg).documents("train"))
-    assert docs == [f"record {i}" for i in range(30)]
+    cfg.heldout_fraction = 0.3
+    src = corpus.make_source(cfg)
+    train, heldout = list(src.documents("train")), list(src.documents("heldout"))
+    # one file, split by record: every record lands in exactly one split, in file order
+    assert sorted(train + heldout, key=lambda d: int(d.split()[1])) == [f"record {i}" for i in range(30)]
+    assert 3 <= len(heldout) <= 15 and train == sorted(train, key=lambda d: int(d.split()[1]))
     cfg.text_field = "body"
     with pytest.raises(UserError, match="text_field"):
         list(corpus.make_source(cfg).documents("train"))
