@@ -16,6 +16,7 @@ CORE = [
     "protobuf==7.36.2",
     "sentencepiece==0.2.3",
     "tensorboardX==2.6.5",
+    "matplotlib==3.11.2",  # the experiment report's plots
 ]
 # The data stack: only the TFDS / seqio / grain sources import these, lazily.
 DATA = [
@@ -40,7 +41,6 @@ NOTEBOOK = [
     "nbconvert==7.17.2",
     "nbclient==0.11.0",
     "ipykernel==7.4.0",
-    "matplotlib==3.11.2",
 ]
 LOGGING = ["tensorboard==2.21.0", "tqdm==4.70.1", "rich==15.0.0"]
 
