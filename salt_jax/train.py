@@ -239,7 +239,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 switch_step = int(jax.device_get(state.kd["switch_step"]))  # a scalar; syncs this step
                 if switch_step >= 0:
                     kd_phase_end = switch_step
-                    logging.info("adaptive switch: the student caught up with the teacher at step %d", switch_step)
+                    why = ("reached config.salt.adaptive_max_steps" if switch_step >= salt.adaptive_max_steps
+                           else "the student caught up with the teacher")
+                    logging.info("adaptive switch at step %d: %s", switch_step, why)
                     teacher, compile_next = _end_kd_phase(steps, teacher, step + 1), True
         else:
             state, step_metrics = steps.train(state, tokens)
