@@ -7,6 +7,7 @@ is restored straight into the target shardings (any mesh / host count).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -15,6 +16,15 @@ import jax
 import orbax.checkpoint as ocp
 
 from salt_jax.errors import UserError
+
+
+def read_record(directory: str, step: int) -> dict | None:
+    """The JSON record saved beside the state of checkpoint `directory/step` (None if missing or torn)."""
+    try:
+        with open(os.path.join(directory, str(step), "record", "metadata")) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
 
 
 class Checkpointer:
@@ -40,13 +50,7 @@ class Checkpointer:
 
     def record(self, step: int) -> dict:
         """The JSON record saved with checkpoint `step` ({} if unreadable)."""
-        import json
-
-        try:
-            with open(os.path.join(self.directory, str(step), "record", "metadata")) as fh:
-                return json.load(fh)
-        except (OSError, ValueError):
-            return {}
+        return read_record(self.directory, step) or {}
 
     def restore(self, step: int, abstract_state: Any, shardings: Any) -> tuple[Any, dict]:
         """(state placed in `shardings`, record) of checkpoint `step`."""

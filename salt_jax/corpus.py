@@ -37,6 +37,15 @@ class ReadStats:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def keep(self, doc: str) -> bool:
+        """Counts a decoded document: kept, or skipped as empty (whitespace only)."""
+        if not doc.strip():
+            self.skipped_empty += 1
+            return False
+        self.documents += 1
+        self.chars += len(doc)
+        return True
+
 
 def stdlib_root() -> str:
     """Directory of the running interpreter's standard library sources."""
@@ -116,13 +125,7 @@ class FileSource:
             except UnicodeDecodeError:
                 stats.skipped_undecodable += 1
                 continue
-            for doc in self._split_docs(text, path, split):
-                if not doc.strip():
-                    stats.skipped_empty += 1
-                    continue
-                stats.documents += 1
-                stats.chars += len(doc)
-                yield doc
+            yield from filter(stats.keep, self._split_docs(text, path, split))
 
     def _split_docs(self, text: str, path: str, split: str) -> Iterator[str]:
         if not path.endswith(".jsonl"):

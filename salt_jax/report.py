@@ -135,11 +135,12 @@ def analyse(runs: dict[str, list[Run]], teacher_cfg, baseline: str = "baseline")
         secs = np.array([[e.get("train_seconds", np.nan) + (r.selection or {}).get("scoring_seconds", 0.0)
                           for e in r.evals] for r in group], np.float64)
         mean = losses.mean(0)
-        stud, teach, upfront = group[0].step_flops(teacher_cfg)
+        flops = [r.step_flops(teacher_cfg) for r in group]  # (student, teacher, upfront) per run
+        stud, teach, _ = flops[0]
         kd_end = int(round(np.mean([r.kd_phase_end for r in group])))
         base_flops = base_runs[0].step_flops(None)[0]
-        compute = np.mean([compute_curve(steps, *r.step_flops(teacher_cfg)[:2], r.kd_phase_end,
-                                         r.step_flops(teacher_cfg)[2]) for r in group], axis=0) / base_flops
+        compute = np.mean([compute_curve(steps, s_f, t_f, r.kd_phase_end, up) for r, (s_f, t_f, up)
+                           in zip(group, flops)], axis=0) / base_flops
         reach = steps_to_reach(steps, mean, target)
         idx = steps.index(reach) if reach is not None else None
         kd_secs = sum((r.seconds_per_step(kd=True) for r in group), []) if kd_end > 0 else []

@@ -74,12 +74,8 @@ class _Source:
             except UnicodeDecodeError:
                 stats.skipped_undecodable += 1
                 continue
-            if not text.strip():
-                stats.skipped_empty += 1
-                continue
-            stats.documents += 1
-            stats.chars += len(text)
-            yield text
+            if stats.keep(text):
+                yield text
 
 
 class TFDSSource(_Source):

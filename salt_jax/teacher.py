@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from salt_jax import sharding
+from salt_jax import checkpoints, sharding
 from salt_jax.errors import UserError
 from salt_jax.model import Transformer
 
@@ -68,13 +66,12 @@ def resolve_checkpoint(path: str) -> tuple[str, int]:
 
 
 def read_record(root: str, step: int) -> dict:
-    path = os.path.join(root, str(step), "record", "metadata")
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, json.JSONDecodeError):
+    """The teacher checkpoint's record (model config, tokenizer), or a clear error."""
+    record = checkpoints.read_record(root, step)
+    if record is None:
         raise UserError(f"{os.path.join(root, str(step))}: teacher checkpoint has no readable record "
-                        "(model config); was it written by salt_jax?") from None
+                        "(model config); was it written by salt_jax?")
+    return record
 
 
 def checkpoint_fingerprint(ckpt_dir: str) -> str:

@@ -127,7 +127,6 @@ def _end_kd_phase(steps: CompiledSteps, teacher, step: int) -> None:
     steps.drop_teacher()
     teacher.release()
     logging.info("KD phase over at step %d: teacher released, training continues without it", step)
-    return None
 
 
 def _selected_batches(config, cache, teacher, mesh, pad_id: int, kd_end: int, workdir: str) -> data.Batches:
@@ -227,7 +226,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for step in range(start, cfg_t.steps):
         compiling, compile_next = compile_next, False
         if teacher is not None and step >= kd_end:
-            teacher, compiling = _end_kd_phase(steps, teacher, step), True
+            _end_kd_phase(steps, teacher, step)
+            teacher, compiling = None, True
         tokens = (kd_batches if teacher is not None else batches).device(step, steps.batch_sharding)
         if compiling:
             jax.block_until_ready(pending)
@@ -242,7 +242,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     why = ("reached config.salt.adaptive_max_steps" if switch_step >= salt.adaptive_max_steps
                            else "the student caught up with the teacher")
                     logging.info("adaptive switch at step %d: %s", switch_step, why)
-                    teacher, compile_next = _end_kd_phase(steps, teacher, step + 1), True
+                    _end_kd_phase(steps, teacher, step + 1)
+                    teacher, compile_next = None, True
         else:
             state, step_metrics = steps.train(state, tokens)
         pending.append(step_metrics)

@@ -4,7 +4,6 @@ Everything is built locally from files the test writes: no network.
 """
 
 import json
-import os
 import sys
 
 import numpy as np
