@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from salt_jax import presets
+from salt_jax.attention import IMPLEMENTATIONS
 from salt_jax.errors import UserError, check
 from salt_jax.model import DTYPES, REMAT_POLICIES
 
@@ -137,6 +138,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for f in ("dtype", "param_dtype"):
         check(m[f] in DTYPES, f"config.model.{f}={m[f]!r}: use one of {', '.join(DTYPES)}")
     check(m.remat in REMAT_POLICIES, f"config.model.remat={m.remat!r}: use one of {', '.join(REMAT_POLICIES)}")
+    check(m.get("attention", "auto") in IMPLEMENTATIONS,
+          f"config.model.attention={m.get('attention')!r}: use one of {', '.join(IMPLEMENTATIONS)}")
 
     d = c.data
     check(d.seq_len > 0, f"config.data.seq_len={d.seq_len}: must be positive")

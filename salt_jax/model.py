@@ -7,7 +7,7 @@ logical axis names; `salt_jax.sharding` maps them onto the mesh.
 
 The model config fields (see `salt_jax.presets`):
     vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim, mlp_dim,
-    max_len, rope_base, norm_eps, tie_embeddings, param_dtype, dtype, remat.
+    max_len, rope_base, norm_eps, tie_embeddings, param_dtype, dtype, remat, attention.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.ad_checkpoint import checkpoint_name
 from flax import linen as nn
+
+from salt_jax import attention
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -26,6 +29,8 @@ REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Keeps each block's attention and MLP outputs (2 x [b, t, d]); recomputes the rest.
+    "save_out_proj": jax.checkpoint_policies.save_only_these_names("attn_out", "mlp_out"),
 }
 
 
@@ -83,12 +88,9 @@ class Attention(nn.Module):
         v = jnp.einsum("btd,dnh->btnh", x, wv.astype(dt))
         q = nn.with_logical_constraint(rotary(q, positions, c.rope_base), ("batch", "length", "act_heads", None))
         k = rotary(k, positions, c.rope_base)
-        # jax.nn.dot_product_attention handles GQA (n_heads a multiple of n_kv_heads)
-        # and picks the XLA implementation here; backend kernels come with the
-        # performance work.
-        y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        y = attention.attend(q, k, v, implementation=c.get("attention", "auto"))
         y = nn.with_logical_constraint(y, ("batch", "length", "act_heads", None))
-        return jnp.einsum("btnh,nhd->btd", y, wo.astype(dt))
+        return checkpoint_name(jnp.einsum("btnh,nhd->btd", y, wo.astype(dt)), "attn_out")
 
 
 class MLP(nn.Module):
@@ -107,7 +109,7 @@ class MLP(nn.Module):
         w_down = _param(self, "down", down_init, (c.mlp_dim, c.d_model), ("mlp", "embed"), pdt)
         h = nn.silu(x @ w_gate.astype(dt)) * (x @ w_up.astype(dt))
         h = nn.with_logical_constraint(h, ("batch", "length", "act_mlp"))
-        return h @ w_down.astype(dt)
+        return checkpoint_name(h @ w_down.astype(dt), "mlp_out")
 
 
 class Block(nn.Module):

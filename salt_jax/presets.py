@@ -57,7 +57,8 @@ def model_config(name: str) -> ml_collections.ConfigDict:
     c.tie_embeddings = tie  # share the input embedding with the output projection
     c.param_dtype = "float32"  # dtype parameters (and optimizer state) are stored in
     c.dtype = "float32"  # compute dtype of activations and matmuls ("bfloat16" for speed)
-    c.remat = "none"  # rematerialisation policy per block: none | full | save_dots
+    c.remat = "none"  # rematerialisation policy per block: none | full | save_dots | save_out_proj
+    c.attention = "auto"  # attention kernel: auto (cudnn on GPU, splash on TPU, xla on CPU) | xla | cudnn | splash
     return c
 
 

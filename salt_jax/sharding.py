@@ -19,11 +19,12 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from salt_jax.errors import UserError, check
 
 MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the mesh axes the global batch is split over
 
 # Logical axis name -> mesh axes. Parameters: vocab, embed, heads, kv_heads,
 # head_dim, mlp, norm, layers. Activations: batch, length, act_*.
 LOGICAL_RULES = (
-    ("batch", ("data", "fsdp")),
+    ("batch", BATCH_AXES),
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("heads", "tensor"),
@@ -98,7 +99,7 @@ def shardings_for(boxed_tree: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Rows split over data*fsdp, columns (sequence) whole."""
-    return NamedSharding(mesh, P(("data", "fsdp"), None))
+    return NamedSharding(mesh, P(BATCH_AXES, None))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
