@@ -70,6 +70,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     k.method = "baseline"  # baseline | teacher (a baseline run that makes a teacher) | rkd | salt | salt_ds
     k.teacher = ""  # the teacher: its run's workdir, or one checkpoint directory (<workdir>/checkpoints/<step>)
     k.teacher_sharding = "sharded"  # teacher parameters on the mesh: "sharded" (same rules) or "replicated"
+    k.teacher_dtype = ""  # hold the teacher's parameters and compute in this dtype ("bfloat16" on accelerators; "" = as trained)
     k.kd_weight = 0.5  # w0, the KD weight while distilling (ours: the paper does not give it)
     k.temperature = 1.0  # tau for the KD term (ours: the paper does not give it)
     k.kd_loss = "forward_kl"  # forward_kl: tau^2 KL(teacher||student); reverse_kl; topk_kl (teacher's top-k, renormalised)
@@ -100,6 +101,9 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     r.checkpoint_every = 100  # save a checkpoint every N steps (and at the last step)
     r.keep_checkpoints = 3  # keep the last K checkpoints
     r.progress = True  # print a one-line progress report every log_every steps
+    r.loss = "dense"  # dense (full [batch, seq, vocab] logits; the reference) | chunked (salt_jax.chunked_loss)
+    r.loss_chunk = 256  # loss=chunked: sequence positions per chunk (logits held: batch x chunk x vocab per model)
+    r.peak_tflops = 0.0  # per-device peak for MFU in metrics.jsonl; 0 = from the device kind (null if unknown)
     return c
 
 
@@ -201,8 +205,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
               f"config.salt.adaptive_min_steps={k.adaptive_min_steps} exceeds adaptive_max_steps="
               f"{k.adaptive_max_steps}")
 
+    k_dt = k.get("teacher_dtype", "")
+    check(k_dt == "" or k_dt in DTYPES, f"config.salt.teacher_dtype={k_dt!r}: use '' or one of {', '.join(DTYPES)}")
+
     r = c.train
     check(r.steps > 0, f"config.train.steps={r.steps}: must be positive")
+    check(r.get("loss", "dense") in ("dense", "chunked"),
+          f"config.train.loss={r.get('loss')!r}: use 'dense' or 'chunked'")
+    check(r.get("loss_chunk", 1) > 0, f"config.train.loss_chunk={r.get('loss_chunk')}: must be positive")
     for f in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
         check(r[f] > 0, f"config.train.{f}={r[f]}: must be positive")
 

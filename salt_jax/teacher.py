@@ -111,6 +111,9 @@ def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_coll
         raise UserError(f"{ckpt_dir}: the checkpoint record has no model config; re-train the teacher with "
                         "this version of salt_jax")
     cfg = ml_collections.ConfigDict(record["model"])
+    held_dtype = salt_cfg.get("teacher_dtype", "")
+    if held_dtype:  # a frozen teacher needs no float32 master copy: hold and run it in (e.g.) bfloat16
+        cfg.param_dtype = cfg.dtype = held_dtype
     if cfg.vocab_size != student_model_cfg.vocab_size:
         raise UserError(f"config.salt.teacher: the teacher's vocabulary ({cfg.vocab_size}) differs from the "
                         f"student's config.model.vocab_size ({student_model_cfg.vocab_size}); teacher and "
@@ -133,7 +136,8 @@ def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_coll
     try:
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
             item={"params": target},
-            restore_args=jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), {"params": target}),
+            restore_args=jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype),
+                                      {"params": target}),
             partial_restore=True)))
     except Exception as e:  # orbax raises many types for unreadable / mismatched files
         raise UserError(f"{ckpt_dir}: teacher checkpoint cannot be restored ({type(e).__name__}: "

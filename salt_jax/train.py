@@ -19,10 +19,11 @@ import ml_collections
 import numpy as np
 
 from salt_jax import checkpoints, data, metrics, optim, schedules, selection, sharding, state as state_lib
-from salt_jax import teacher as teacher_lib
+from salt_jax import teacher as teacher_lib, throughput
+from salt_jax.chunked_loss import options_from_config
 from salt_jax.config import check_vocab, validate
 from salt_jax.errors import UserError
-from salt_jax.model import Transformer, param_count
+from salt_jax.model import Transformer, flops_per_token, param_count
 from salt_jax.train_step import CompiledSteps
 
 
@@ -75,11 +76,16 @@ def _sum(records: list[dict]) -> dict:
     return {k: float(np.sum([r[k] for r in host])) for k in host[0]}
 
 
-def train_line(records: list[dict], seconds: float, tokens_per_step: int, timed_steps: int) -> dict:
+def train_line(records: list[dict], seconds: float, tokens_per_step: int, timed_steps: int,
+               flops: dict | None = None) -> dict:
     """One metrics.jsonl train line from the per-step sums of a log interval.
 
     Steps with and without the teacher may be mixed (the interval of the switch):
     KD-only quantities average over the KD steps, and are null when there were none.
+    `flops` ({"student", "teacher", "devices", "peak"}: FLOPs per token of the
+    student's training and of the teacher's forward, device count, per-device
+    peak or None) adds model TFLOP/s and MFU, for the student alone and with
+    the teacher's forward (see salt_jax.throughput).
     """
     host = jax.device_get(records)
     total = lambda key, rs=host: float(np.sum([r[key] for r in rs]))  # noqa: E731
@@ -98,7 +104,18 @@ def train_line(records: list[dict], seconds: float, tokens_per_step: int, timed_
         "grad_norm": total("grad_norm") / len(host),
         "tokens_per_sec": timed_steps * tokens_per_step / seconds if timed_steps else None,
         "steps_per_sec": timed_steps / seconds if timed_steps else None,
-    }
+    } | _throughput(timed_steps * tokens_per_step / seconds if timed_steps else None, len(kd_steps) / len(host),
+                    flops)
+
+
+def _throughput(tokens_per_sec: float | None, kd_share: float, flops: dict | None) -> dict:
+    """Model TFLOP/s (teacher forward included) and MFU of the student alone and with the teacher."""
+    if flops is None or not tokens_per_sec:
+        return {"model_tflops_per_sec": None, "mfu": None, "mfu_with_teacher": None}
+    per_tok = flops["student"] + kd_share * flops["teacher"]
+    return {"model_tflops_per_sec": tokens_per_sec * per_tok / 1e12,
+            "mfu": throughput.mfu(tokens_per_sec, flops["student"], flops["devices"], flops["peak"]),
+            "mfu_with_teacher": throughput.mfu(tokens_per_sec, per_tok, flops["devices"], flops["peak"])}
 
 
 def evaluate(steps: CompiledSteps, params, eval_set: list[np.ndarray], batch_size: int) -> dict:
@@ -203,7 +220,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     switch_step = int(jax.device_get(state.kd["switch_step"]))
     steps = CompiledSteps(model, tx, lr_schedule, tok.pad_id, mesh, shardings, teacher=teacher, salt=salt,
                           kd_weight=schedules.kd_weight_schedule(salt, cfg_t.steps),
-                          kd_share=schedules.kd_share_schedule(salt, cfg_t.steps))
+                          kd_share=schedules.kd_share_schedule(salt, cfg_t.steps),
+                          loss_opts=options_from_config(config) if cfg_t.get("loss") == "chunked" else None)
+    flops = {"student": throughput.train_flops_per_token(config.model, cfg_d.seq_len),
+             "teacher": flops_per_token(teacher.config, cfg_d.seq_len) if teacher else 0.0,
+             "devices": mesh.size, "peak": throughput.peak_flops(override_tflops=cfg_t.get("peak_tflops", 0.0))}
     record = {"data_seed": cfg_d.seed, "method": salt.method, "model": config.model.to_dict(),
               "tokenizer": tok.fingerprint(), "vocab_size": tok.vocab_size,
               "teacher": teacher.identity() if teacher is not None else previous.get("teacher")}
@@ -258,7 +279,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             interval += clock.lap()
             timed = len(pending) - untimed
             steps_timed += timed
-            line = train_line(pending, interval, tokens_per_step, timed)
+            line = train_line(pending, interval, tokens_per_step, timed, flops)
             writer.write("train", done, dict(line, train_seconds=clock.total))
             if cfg_t.progress and jax.process_index() == 0:
                 rate = steps_timed / max(time.time() - t_rate, 1e-9)

@@ -13,17 +13,30 @@ import optax
 from flax import linen as nn
 
 from salt_jax import losses, sharding
+from salt_jax.chunked_loss import LossOptions, chunked_loss
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_schedule, pad_id: int):
-    """One next-token training step: forward, backward, clip, AdamW update."""
+def ntp_stats(model: nn.Module, params, inputs, targets, mask, loss_opts: LossOptions | None):
+    """Next-token loss sums of `model` on one batch: dense logits, or chunked from hidden states."""
+    if loss_opts is None:
+        return losses.next_token_stats(model.apply({"params": params}, inputs), targets, mask)
+    hidden, head = model.apply({"params": params}, inputs, return_hidden=True)
+    stats = chunked_loss(hidden, head, targets, mask, loss_opts)
+    return {k: stats[k] for k in ("loss_sum", "correct", "tokens")}
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_schedule, pad_id: int,
+                    loss_opts: LossOptions | None = None):
+    """One next-token training step: forward, backward, clip, AdamW update.
+
+    `loss_opts` selects the chunked loss (salt_jax.chunked_loss); None is the dense reference.
+    """
 
     def train_step(state, tokens):
         inputs, targets, mask = losses.split_tokens(tokens, pad_id)
 
         def loss_fn(params):
-            logits = model.apply({"params": params}, inputs)
-            stats = losses.next_token_stats(logits, targets, mask)
+            stats = ntp_stats(model, params, inputs, targets, mask, loss_opts)
             return stats["loss_sum"] / jnp.maximum(stats["tokens"], 1.0), stats
 
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -37,7 +50,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_sched
 
 
 def make_kd_train_step(model: nn.Module, teacher_model: nn.Module, tx: optax.GradientTransformation,
-                       lr_schedule, pad_id: int, salt, kd_weight, kd_share):
+                       lr_schedule, pad_id: int, salt, kd_weight, kd_share, loss_opts: LossOptions | None = None):
     """One SALT step: frozen teacher forward, student forward/backward, AdamW update.
 
     `kd_weight` and `kd_share` are optax schedules (see salt_jax.schedules) read
@@ -45,25 +58,34 @@ def make_kd_train_step(model: nn.Module, teacher_model: nn.Module, tx: optax.Gra
     stop_gradient: it has no gradients and no optimizer state. With
     salt.switch == "adaptive", w drops to 0 from the step at which the smoothed
     student NTP loss reaches the smoothed teacher NTP loss (+ margin).
+    `loss_opts` selects the chunked loss (from hidden states); None is the dense reference.
     """
 
-    def kd_weights(state, t_logits, targets):
-        """w_t per position: w(step) where KD applies (KD share of rows, selected tokens), else 0."""
+    def row_weights(state, targets):
+        """w per position before token selection: w(step) in the KD share of rows, else 0; and its batch mean."""
         w = kd_weight(state.step)
         if salt.switch == "adaptive":
             w = jnp.where(state.kd["switch_step"] >= 0, 0.0, salt.kd_weight)
         batch = targets.shape[0]
         n_kd_rows = jnp.round(kd_share(state.step) * batch)
         in_share = (jnp.arange(batch) < n_kd_rows)[:, None]
-        selected = losses.teacher_selection(t_logits, targets, salt.token_select, salt.token_select_k,
-                                            salt.token_select_threshold)
-        return w * (in_share & selected).astype(jnp.float32), w * n_kd_rows / batch
+        return jnp.broadcast_to(w * in_share.astype(jnp.float32), targets.shape), w * n_kd_rows / batch
 
     def step_loss(params, teacher_params, state, tokens):
         """The SALT objective for this step: ((1 - w_t) NTP + w_t KD) averaged over real tokens."""
         inputs, targets, mask = losses.split_tokens(tokens, pad_id)
+        w_rows, w_mean = row_weights(state, targets)
+        if loss_opts is not None:
+            h_t, head_t = jax.lax.stop_gradient(
+                teacher_model.apply({"params": teacher_params}, inputs, return_hidden=True))
+            h_s, head_s = model.apply({"params": params}, inputs, return_hidden=True)
+            stats = chunked_loss(h_s, head_s, targets, mask, loss_opts, h_t, head_t, w_rows)
+            stats["kd_weight"] = w_mean
+            return stats["loss_sum"] / jnp.maximum(stats["tokens"], 1.0), stats
         t_logits = jax.lax.stop_gradient(teacher_model.apply({"params": teacher_params}, inputs))
-        w_tok, w_mean = kd_weights(state, t_logits, targets)
+        selected = losses.teacher_selection(t_logits, targets, salt.token_select, salt.token_select_k,
+                                            salt.token_select_threshold)
+        w_tok = w_rows * selected
         s_logits = model.apply({"params": params}, inputs)
         ntp = losses.token_ce(s_logits, targets)
         kd = losses.kd_per_token(t_logits, s_logits, salt.temperature, salt.kd_loss, salt.kd_topk)
@@ -106,12 +128,12 @@ def _adaptive_update(kd, step, student_ntp, teacher_ntp, salt):
             "ema_student": ema_s, "ema_teacher": ema_t}
 
 
-def make_eval_step(model: nn.Module, pad_id: int):
+def make_eval_step(model: nn.Module, pad_id: int, loss_opts: LossOptions | None = None):
     """Held-out next-token loss and accuracy on one batch, as sums and counts."""
 
     def eval_step(params, tokens):
         inputs, targets, mask = losses.split_tokens(tokens, pad_id)
-        return losses.next_token_stats(model.apply({"params": params}, inputs), targets, mask)
+        return ntp_stats(model, params, inputs, targets, mask, loss_opts)
 
     return eval_step
 
@@ -125,18 +147,19 @@ class CompiledSteps:
     """
 
     def __init__(self, model, tx, lr_schedule, pad_id: int, mesh, state_shardings, teacher=None, salt=None,
-                 kd_weight=None, kd_share=None):
+                 kd_weight=None, kd_share=None, loss_opts: LossOptions | None = None):
         self.mesh = mesh
         self.batch_sharding = sharding.batch_sharding(mesh)
         rep = sharding.replicated(mesh)
-        self._train = jax.jit(make_train_step(model, tx, lr_schedule, pad_id),
+        self._train = jax.jit(make_train_step(model, tx, lr_schedule, pad_id, loss_opts),
                               in_shardings=(state_shardings, self.batch_sharding),
                               out_shardings=(state_shardings, rep), donate_argnums=0)
-        self._eval = jax.jit(make_eval_step(model, pad_id),
+        self._eval = jax.jit(make_eval_step(model, pad_id, loss_opts),
                              in_shardings=(state_shardings.params, self.batch_sharding), out_shardings=rep)
         self._kd_train = None
         if teacher is not None:
-            step = make_kd_train_step(model, teacher.model, tx, lr_schedule, pad_id, salt, kd_weight, kd_share)
+            step = make_kd_train_step(model, teacher.model, tx, lr_schedule, pad_id, salt, kd_weight, kd_share,
+                                      loss_opts)
             self._kd_train = jax.jit(step, in_shardings=(state_shardings, self.batch_sharding, teacher.shardings),
                                      out_shardings=(state_shardings, rep), donate_argnums=0)
 

@@ -109,6 +109,42 @@ def test_token_selection_that_keeps_every_token_equals_plain_kd(student_config):
     assert float(top_m["loss"]) != float(plain_m["loss"])
 
 
+def test_chunked_kd_step_equals_the_dense_step(student_config):
+    """The whole SALT step (tied-embedding teacher, untied student) with the chunked loss vs dense logits."""
+    from salt_jax.chunked_loss import LossOptions
+
+    c = student_config
+    c.salt.kd_loss, c.salt.temperature, c.salt.token_select, c.salt.token_select_k = "reverse_kl", 2.0, "topk", 3
+    _, teacher, model, tx, sched, _, st, batches = _pieces(c)
+    tokens = batches.numpy(2)
+    salt, steps = c.salt, c.train.steps
+    opts = LossOptions(chunk=5, temperature=2.0, kd_loss="reverse_kl", token_select="topk", token_select_k=3)
+    chunked = make_kd_train_step(model, teacher.model, tx, sched, 0, salt, schedules.kd_weight_schedule(salt, steps),
+                                 schedules.kd_share_schedule(salt, steps), loss_opts=opts)
+    dense = _kd_step(c, model, teacher, tx, sched)
+    (lc, mc), gc = jax.jit(jax.value_and_grad(chunked.loss, has_aux=True))(st.params, teacher.params, st, tokens)
+    (ld, md), gd = jax.jit(jax.value_and_grad(dense.loss, has_aux=True))(st.params, teacher.params, st, tokens)
+    assert float(lc) == pytest.approx(float(ld), rel=1e-6)
+    for key in ("ntp_sum", "kd_sum", "kd_tokens", "teacher_ntp_sum", "correct"):
+        assert float(mc[key]) == pytest.approx(float(md[key]), rel=1e-5), key
+    assert 0 < float(mc["kd_tokens"]) < float(mc["tokens"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6), gc, gd)  # embed, lm_head, layers
+
+
+def test_teacher_held_in_bfloat16(student_config):
+    mesh, teacher, *_ , batches = _pieces(student_config)
+    student_config.salt.teacher_dtype = "bfloat16"
+    half = load_teacher(student_config.salt, student_config.model, teacher.tokenizer, mesh)
+    assert {x.dtype for x in jax.tree.leaves(half.params)} == {np.dtype("bfloat16")}
+    assert half.fingerprint == teacher.fingerprint
+    inputs = batches.numpy(0)[:, :-1]
+    full = jax.jit(teacher.model.apply)({"params": teacher.params}, inputs)
+    low = jax.jit(half.model.apply)({"params": half.params}, inputs)
+    # bf16 weights and activations: logits of O(5) agree to a few 1e-2
+    assert float(np.abs(np.asarray(full) - np.asarray(low)).max()) < 0.15
+    assert float(np.abs(np.asarray(full) - np.asarray(low)).mean()) < 0.02
+
+
 def test_phase_two_step_contains_no_teacher(student_config):
     mesh, teacher, model, tx, sched, shardings, st, batches = _pieces(student_config)
     steps = CompiledSteps(model, tx, sched, 0, mesh, shardings, teacher=teacher, salt=student_config.salt,
@@ -137,6 +173,8 @@ def test_switch_at_n_kd_and_exact_resume_across_it(student_config, tmp_path):
     assert summary["kd_phase_end"] == 7
     lines = {r["step"]: r for r in read_metrics(os.path.join(full, "metrics.jsonl")) if r["split"] == "train"}
     assert lines[4]["kd_weight"] == 0.5 and lines[4]["kd_loss"] > 0 and lines[4]["teacher_ntp_loss"] > 0
+    assert lines[4]["mfu"] is None  # CPU: no peak in the table
+    assert lines[12]["model_tflops_per_sec"] > 0
     assert lines[8]["kd_weight"] == pytest.approx(0.5 * 3 / 4)  # steps 4, 5, 6 distil; step 7 does not
     assert lines[12]["kd_weight"] == 0.0 and lines[12]["kd_loss"] is None
 
