@@ -1,13 +1,24 @@
-"""Step-time benchmark: baseline step vs fused KD step, in one process, same shapes.
+"""Benchmarks, in one process with the same shapes: baseline vs KD step, dense vs chunked loss.
 
     python -m salt_jax.bench --student=demo-student --teacher=demo-teacher --batch=16 --seq=128 \
-        [--repeats=20] [--dtype=float32] [--out=bench.json]
+        [--vocab=0] [--dtype=float32] [--teacher-dtype=] [--loss=dense] [--chunk=256] [--remat=none] \
+        [--attention=auto] [--repeats=20] [--loss-only] [--no-loss-bench] [--out=bench.json]
 
-Prints a table and writes JSON: compile times, median step times, the measured
-KD/baseline ratio next to the FLOP model (1 + N_T / (3 N_S) from parameter
-counts, and the same with attention and the output projection counted via
-`salt_jax.model.flops_per_token`). Parameters are random: speed does not depend
-on their values.
+Steps: compile time and median step time of the baseline step and of the KD
+step (the teacher's forward on every step), their ratio next to the FLOP model
+1 + F_T / (3 F_S) (`salt_jax.throughput`), tokens/s and MFU (when the device's
+peak is known), and each compiled step's memory from XLA's memory analysis.
+
+Loss: forward + backward of the SALT loss alone from random hidden states
+(student and teacher widths, the vocabulary given), dense logits vs
+`salt_jax.chunked_loss`: compile time, median time, the compiled program's
+temporary memory, and on GPU the device's peak bytes in use (chunked runs
+first, so its peak is not inflated by the dense one).
+
+Timing: one call to compile and warm up, then `repeats` calls, each blocked on
+its result; the median is reported (the baseline is timed before and after the
+KD step, against drift). Parameters are random: speed does not depend on them.
+Prints a table and writes everything to --out as JSON.
 """
 
 from __future__ import annotations
@@ -23,14 +34,14 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from salt_jax import optim, presets, schedules, sharding, state as state_lib
+from salt_jax import chunked_loss, losses, optim, presets, schedules, sharding, state as state_lib, throughput
 from salt_jax.config import base_config, set_method
-from salt_jax.model import Transformer, flops_per_token, param_count
+from salt_jax.model import Transformer, dtype_of, flops_per_token, param_count
 from salt_jax.teacher import Teacher
 from salt_jax.train_step import CompiledSteps
 
 
-def _timed(fn, repeats: int) -> tuple[float, list[float]]:
+def timed(fn, repeats: int) -> tuple[float, list[float]]:
     """(first call incl. compile, per-call times of `repeats` later calls), each blocked on its result."""
     t0 = time.perf_counter()
     jax.block_until_ready(fn())
@@ -43,17 +54,43 @@ def _timed(fn, repeats: int) -> tuple[float, list[float]]:
     return first, times
 
 
-def bench(student: str, teacher: str, batch: int, seq: int, repeats: int, dtype: str) -> dict:
-    config = base_config(student)
-    config.model.dtype = dtype
-    config.data.seq_len, config.data.batch_size = seq, batch
+def memory(compiled) -> dict:
+    """Bytes from XLA's memory analysis of a compiled program (per device)."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return {}
+    peak = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+    return {"temp_bytes": int(m.temp_size_in_bytes), "peak_bytes": int(peak)}
+
+
+def device_peak_bytes() -> int | None:
+    """The device's peak bytes in use so far (GPU / TPU runtimes report it; CPU does not)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def model_configs(a) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+    """Student run config and teacher model config from the command line."""
+    config = base_config(a.student)
+    m = config.model
+    m.dtype, m.remat, m.attention = a.dtype, a.remat, a.attention
+    if a.vocab:
+        m.vocab_size = a.vocab
+    config.data.seq_len, config.data.batch_size = a.seq, a.batch
+    config.train.loss, config.train.loss_chunk = a.loss, a.chunk
     set_method(config, "rkd")  # w0 on every step: the KD step is the one being timed
-    t_cfg = presets.model_config(teacher)
-    t_cfg.dtype = dtype
-    t_cfg.vocab_size = config.model.vocab_size
+    t_cfg = presets.model_config(a.teacher)
+    t_cfg.dtype, t_cfg.attention, t_cfg.vocab_size = a.dtype, a.attention, m.vocab_size
+    if a.teacher_dtype:
+        t_cfg.dtype = t_cfg.param_dtype = a.teacher_dtype
+    return config, t_cfg
+
+
+def bench_steps(config, t_cfg, repeats: int) -> dict:
+    """Baseline and KD step times, their ratio, the FLOP model, MFU and compiled memory."""
+    batch, seq = config.data.batch_size, config.data.seq_len
     mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
     sharding.check_batch(batch, mesh, "--batch")
-
     model, t_model = Transformer(config.model), Transformer(t_cfg)
     tx, sched = optim.make_optimizer(config.optim, 1000)
     _, shardings = state_lib.abstract_state(model, tx, seq, mesh)
@@ -62,13 +99,19 @@ def bench(student: str, teacher: str, batch: int, seq: int, repeats: int, dtype:
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         t_params = jax.jit(lambda r: nn.meta.unbox(t_model.init(r, jnp.zeros((1, 8), jnp.int32))["params"]),
                            out_shardings=t_shard)(jax.random.key(1))
-    teacher_obj = Teacher(t_model, t_cfg, t_params, t_shard, "random", "random", "")
-    steps = CompiledSteps(model, tx, sched, 0, mesh, shardings, teacher=teacher_obj, salt=config.salt,
+    teacher = Teacher(t_model, t_cfg, t_params, t_shard, "random", "random", "")
+    opts = chunked_loss.options_from_config(config) if config.train.loss == "chunked" else None
+    steps = CompiledSteps(model, tx, sched, 0, mesh, shardings, teacher=teacher, salt=config.salt,
                           kd_weight=schedules.kd_weight_schedule(config.salt, 1000),
-                          kd_share=schedules.kd_share_schedule(config.salt, 1000))
+                          kd_share=schedules.kd_share_schedule(config.salt, 1000), loss_opts=opts)
     tokens = jax.device_put(np.random.default_rng(0).integers(3, config.model.vocab_size, (batch, seq + 1),
                                                               dtype=np.int32), steps.batch_sharding)
     holder = {"state": state_lib.create_state(model, tx, seq, mesh, 0)}
+    t0 = time.perf_counter()
+    mem_base = memory(steps.lower_train(holder["state"], tokens).compile())
+    base_compile = time.perf_counter() - t0
+    mem_kd = memory(steps.lower_kd_train(holder["state"], tokens, t_params).compile())
+    kd_compile = time.perf_counter() - t0 - base_compile
 
     def base_step():
         holder["state"], m = steps.train(holder["state"], tokens)
@@ -78,48 +121,132 @@ def bench(student: str, teacher: str, batch: int, seq: int, repeats: int, dtype:
         holder["state"], m = steps.kd_train(holder["state"], tokens, t_params)
         return m
 
-    base_first, base_times = _timed(base_step, repeats)
-    kd_first, kd_times = _timed(kd_step, repeats)
-    base_first2, base_times2 = _timed(base_step, repeats)  # interleaved: guards against drift
-    base_med = statistics.median(base_times + base_times2)
-    kd_med = statistics.median(kd_times)
+    _, base_times = timed(base_step, repeats)
+    _, kd_times = timed(kd_step, repeats)
+    _, base_times2 = timed(base_step, repeats)  # interleaved: guards against drift
+    base_med, kd_med = statistics.median(base_times + base_times2), statistics.median(kd_times)
     n_s, n_t = param_count(config.model), param_count(t_cfg)
     f_s, f_t = flops_per_token(config.model, seq), flops_per_token(t_cfg, seq)
+    peak = throughput.peak_flops()
+    tok = batch * seq
     return {
-        "student": student, "teacher": teacher, "batch": batch, "seq_len": seq, "dtype": dtype,
-        "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
         "student_params": n_s, "teacher_params": n_t,
-        "baseline_compile_s": base_first, "kd_compile_s": kd_first,
+        "baseline_compile_s": base_compile, "kd_compile_s": kd_compile,  # lowering + XLA compilation
         "baseline_step_s": base_med, "kd_step_s": kd_med,
         "measured_ratio": kd_med / base_med,
         "flop_model_ratio_params": 1 + n_t / (3 * n_s),
-        "flop_model_ratio_full": 1 + f_t / (3 * f_s),
-        "baseline_tokens_per_s": batch * seq / base_med,
-        "repeats": repeats,
+        "flop_model_ratio": 1 + f_t / (3 * f_s),
+        "baseline_tokens_per_s": tok / base_med, "kd_tokens_per_s": tok / kd_med,
+        "baseline_mfu": throughput.mfu(tok / base_med, 3 * f_s, jax.device_count(), peak),
+        "kd_mfu_student": throughput.mfu(tok / kd_med, 3 * f_s, jax.device_count(), peak),
+        "kd_mfu_with_teacher": throughput.mfu(tok / kd_med, 3 * f_s + f_t, jax.device_count(), peak),
+        "baseline_memory": mem_base, "kd_memory": mem_kd,
     }
 
 
-def main() -> None:
+def bench_loss(config, t_cfg, repeats: int) -> dict:
+    """Forward + backward of the SALT loss from hidden states: dense logits vs the chunked loss."""
+    b, t, v = config.data.batch_size, config.data.seq_len, config.model.vocab_size
+    dt = dtype_of(config.model.dtype)
+    r = np.random.default_rng(0)
+    h_s = jnp.asarray(r.normal(size=(b, t, config.model.d_model)), dt)
+    w_s = jnp.asarray(r.normal(size=(config.model.d_model, v)) * config.model.d_model ** -0.5, jnp.float32)
+    h_t = jnp.asarray(r.normal(size=(b, t, t_cfg.d_model)), dt)
+    w_t = jnp.asarray(r.normal(size=(t_cfg.d_model, v)) * t_cfg.d_model ** -0.5, dtype_of(t_cfg.param_dtype))
+    y = jnp.asarray(r.integers(0, v, size=(b, t)), jnp.int32)
+    mask = jnp.ones((b, t), jnp.float32)
+    kd_w = jnp.full((b, t), 0.5, jnp.float32)
+    opts = chunked_loss.options_from_config(config)
+
+    def dense(h, w):
+        s = jnp.einsum("btd,dv->btv", h.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
+        tl = jnp.einsum("btd,dv->btv", h_t.astype(dt), w_t.astype(dt), preferred_element_type=jnp.float32)
+        kd = losses.kd_per_token(tl, s, opts.temperature, opts.kd_loss, opts.kd_topk)
+        return losses.mixture_stats(losses.token_ce(s, y), kd, kd_w, mask)["loss_sum"]
+
+    def chunked(h, w):
+        return chunked_loss.chunked_loss(h, w, y, mask, opts, h_t, w_t, kd_w)["loss_sum"]
+
+    out = {}
+    for name, fn in (("chunked", chunked), ("dense", dense)):  # chunked first: see device_peak_bytes
+        step = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))
+        t0 = time.perf_counter()
+        compiled = step.lower(h_s, w_s).compile()
+        compile_s = time.perf_counter() - t0
+        _, times = timed(lambda c=compiled: c(h_s, w_s), repeats)
+        out[name] = dict(memory(compiled), compile_s=compile_s, step_s=statistics.median(times),
+                         device_peak_bytes=device_peak_bytes())
+    out["time_ratio"] = out["chunked"]["step_s"] / out["dense"]["step_s"]
+    if out["dense"].get("temp_bytes"):
+        out["temp_ratio"] = out["chunked"]["temp_bytes"] / out["dense"]["temp_bytes"]
+        out["peak_ratio"] = out["chunked"]["peak_bytes"] / out["dense"]["peak_bytes"]
+    return out
+
+
+def _mib(n) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n else "-"
+
+
+def print_table(r: dict) -> None:
+    print(f"device {r['device']} x{r['devices']} | {r['student']} <- {r['teacher']} | batch {r['batch']} x seq "
+          f"{r['seq_len']} | vocab {r['vocab']} | {r['dtype']} (teacher {r['teacher_dtype']}) | loss {r['loss']}")
+    s = r.get("steps")
+    if s:
+        mfu = lambda x: f"{100 * x:.1f}%" if x is not None else "n/a"  # noqa: E731
+        print("| step | compile s | median ms | tokens/s | MFU | temp memory |")
+        print("|---|---|---|---|---|---|")
+        print(f"| baseline | {s['baseline_compile_s']:.1f} | {s['baseline_step_s'] * 1e3:.1f} | "
+              f"{s['baseline_tokens_per_s']:,.0f} | {mfu(s['baseline_mfu'])} | "
+              f"{_mib(s['baseline_memory'].get('temp_bytes'))} |")
+        print(f"| KD | {s['kd_compile_s']:.1f} | {s['kd_step_s'] * 1e3:.1f} | {s['kd_tokens_per_s']:,.0f} | "
+              f"{mfu(s['kd_mfu_student'])} student, {mfu(s['kd_mfu_with_teacher'])} with teacher | "
+              f"{_mib(s['kd_memory'].get('temp_bytes'))} |")
+        print(f"KD/baseline measured {s['measured_ratio']:.3f} | FLOP model 1+F_T/(3F_S) {s['flop_model_ratio']:.3f} "
+              f"(from parameter counts {s['flop_model_ratio_params']:.3f})")
+    lo = r.get("loss_bench")
+    if lo:
+        print("| loss fwd+bwd | compile s | median ms | temp memory | peak memory (analysis) | device peak |")
+        print("|---|---|---|---|---|---|")
+        for name in ("dense", "chunked"):
+            x = lo[name]
+            print(f"| {name} | {x['compile_s']:.1f} | {x['step_s'] * 1e3:.1f} | {_mib(x.get('temp_bytes'))} | "
+                  f"{_mib(x.get('peak_bytes'))} | {_mib(x.get('device_peak_bytes'))} |")
+        extra = f" | temp {lo['temp_ratio']:.3f}, peak {lo['peak_ratio']:.3f}" if "temp_ratio" in lo else ""
+        print(f"chunked/dense: time {lo['time_ratio']:.3f}{extra}")
+
+
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--student", default="demo-student")
     p.add_argument("--teacher", default="demo-teacher")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--vocab", type=int, default=0, help="override both models' vocabulary (0 = the student's)")
+    p.add_argument("--dtype", default="float32", help="compute dtype of both models")
+    p.add_argument("--teacher-dtype", default="", help="hold the teacher in this dtype ('' = float32 params)")
+    p.add_argument("--loss", default="dense", choices=("dense", "chunked"), help="loss used by the timed steps")
+    p.add_argument("--chunk", type=int, default=256, help="chunked loss: positions per chunk")
+    p.add_argument("--remat", default="none")
+    p.add_argument("--attention", default="auto")
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--loss-only", action="store_true", help="only the dense vs chunked loss benchmark")
+    p.add_argument("--no-loss-bench", action="store_true", help="only the step benchmark")
     p.add_argument("--out", default="")
-    a = p.parse_args()
-    r = bench(a.student, a.teacher, a.batch, a.seq, a.repeats, a.dtype)
-    print(f"device {r['device']} x{r['devices']} | {a.student} ({r['student_params']:,}) <- {a.teacher} "
-          f"({r['teacher_params']:,}) | batch {a.batch} x seq {a.seq} | {a.dtype}")
-    print(f"baseline step {r['baseline_step_s'] * 1e3:.1f} ms (compile {r['baseline_compile_s']:.1f}s) | "
-          f"KD step {r['kd_step_s'] * 1e3:.1f} ms (compile {r['kd_compile_s']:.1f}s)")
-    print(f"KD/baseline measured {r['measured_ratio']:.3f} | FLOP model 1+N_T/(3N_S) "
-          f"{r['flop_model_ratio_params']:.3f} | with attention + output projection "
-          f"{r['flop_model_ratio_full']:.3f}")
+    a = p.parse_args(argv)
+    config, t_cfg = model_configs(a)
+    r = {"student": a.student, "teacher": a.teacher, "batch": a.batch, "seq_len": a.seq,
+         "vocab": config.model.vocab_size, "dtype": a.dtype, "teacher_dtype": t_cfg.param_dtype, "loss": a.loss,
+         "chunk": a.chunk, "remat": a.remat, "attention": a.attention, "repeats": a.repeats,
+         "device": jax.devices()[0].device_kind, "devices": jax.device_count(), "backend": jax.default_backend()}
+    if not a.loss_only:
+        r["steps"] = bench_steps(config, t_cfg, a.repeats)
+    if not a.no_loss_bench:
+        r["loss_bench"] = bench_loss(config, t_cfg, a.repeats)
+    print_table(r)
     if a.out:
         with open(a.out, "w") as fh:
             json.dump(r, fh, indent=1)
+    return r
 
 
 if __name__ == "__main__":

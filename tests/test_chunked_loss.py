@@ -1,5 +1,7 @@
 """The chunked CE+KD loss equals the dense reference; it holds one chunk of logits; FLOPs and MFU."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,3 +180,23 @@ def test_train_line_reports_model_flops_and_mfu():
     assert line["mfu_with_teacher"] == pytest.approx(400 * 7e9 / 4e14)
     cpu = train_line([one], 1.0, 100, 1, dict(flops, peak=None))
     assert cpu["mfu"] is None and cpu["model_tflops_per_sec"] == pytest.approx(100 * 6e9 / 1e12)
+
+
+def test_bench_reports_the_flop_model_and_a_memory_saving(tmp_path):
+    from salt_jax import bench
+
+    out = tmp_path / "bench.json"
+    r = bench.main(["--student=test-tiny", "--teacher=test-tiny-teacher", "--batch=8", "--seq=64", "--vocab=4096",
+                    "--chunk=16", "--loss=chunked", "--repeats=2", f"--out={out}"])
+    s, lo = r["steps"], r["loss_bench"]
+    student, teacher = presets.model_config("test-tiny"), presets.model_config("test-tiny-teacher")
+    student.vocab_size = teacher.vocab_size = 4096
+    assert s["flop_model_ratio"] == pytest.approx(1 + flops_per_token(teacher, 64) / (3 * flops_per_token(student, 64)))
+    assert s["measured_ratio"] == pytest.approx(s["kd_step_s"] / s["baseline_step_s"])
+    assert s["baseline_tokens_per_s"] == pytest.approx(8 * 64 / s["baseline_step_s"])
+    # float32 logits: 8 MiB per model for 8 x 64 positions, 2 MiB for a 16-position chunk. Both programs
+    # hold about four logits-sized temporaries (logits, softmaxes, their gradient): 4 x 8 vs 4 x 2 MiB.
+    full, chunk = 8 * 64 * 4096 * 4, 8 * 16 * 4096 * 4
+    assert lo["dense"]["temp_bytes"] > 3 * full and lo["chunked"]["temp_bytes"] < 5 * chunk
+    assert lo["temp_ratio"] == pytest.approx(lo["chunked"]["temp_bytes"] / lo["dense"]["temp_bytes"])
+    assert json.loads(out.read_text())["loss_bench"]["dense"]["temp_bytes"] == lo["dense"]["temp_bytes"]
