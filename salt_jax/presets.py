@@ -26,6 +26,9 @@ _SIZES = {
     "gpu-50m": (32000, 512, 11, 8, 4, 64, 1408, 1024, True),
     "gpu-100m": (32000, 768, 12, 12, 4, 64, 2048, 1024, True),
     "gpu-350m": (32000, 1024, 24, 16, 8, 64, 2816, 2048, False),
+    # The performance benchmarks' students (docs/performance.md): ~125M (teacher gpu-50m) and ~1B (gpu-350m).
+    "gpu-125m": (32000, 768, 12, 12, 4, 64, 2048, 2048, False),
+    "gpu-1b": (32000, 2048, 18, 16, 8, 128, 5632, 2048, False),
     # The paper's sizes: ~1.5B teacher, ~2.8B and ~8.6B students.
     "paper-1.5b": (32000, 2048, 26, 16, 16, 128, 5632, 2048, False),
     "paper-2.8b": (32000, 2560, 34, 20, 20, 128, 6912, 2048, False),
