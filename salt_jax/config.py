@@ -103,6 +103,11 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     r.progress = True  # print a one-line progress report every log_every steps
     r.loss = "dense"  # dense (full [batch, seq, vocab] logits; the reference) | chunked (salt_jax.chunked_loss)
     r.loss_chunk = 256  # loss=chunked: sequence positions per chunk (logits held: batch x chunk x vocab per model)
+    r.nan_policy = "stop"  # non-finite loss or gradients: stop (keep the last good checkpoint) | skip (drop that update)
+    r.max_skipped_steps = 20  # nan_policy=skip: stop after this many non-finite steps in a row
+    r.preemption_grace_s = 30.0  # on SIGTERM: checkpoint the step reached and exit 0; exit 3 if that takes longer
+    r.debug_nan_steps = ""  # fault injection: comma-separated steps whose loss is made NaN (drills and tests)
+    r.debug_kill = ""  # fault injection: comma-separated step:N (SIGKILL after step N) / save:N (while checkpoint N is written)
     r.peak_tflops = 0.0  # per-device peak for MFU in metrics.jsonl; 0 = from the device kind (null if unknown)
     return c
 
@@ -212,6 +217,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check(r.steps > 0, f"config.train.steps={r.steps}: must be positive")
     check(r.get("loss", "dense") in ("dense", "chunked"),
           f"config.train.loss={r.get('loss')!r}: use 'dense' or 'chunked'")
+    check(r.get("nan_policy", "stop") in ("stop", "skip"),
+          f"config.train.nan_policy={r.get('nan_policy')!r}: use 'stop' or 'skip'")
+    check(r.get("max_skipped_steps", 1) > 0,
+          f"config.train.max_skipped_steps={r.get('max_skipped_steps')}: must be positive")
+    check(r.get("preemption_grace_s", 1.0) > 0,
+          f"config.train.preemption_grace_s={r.get('preemption_grace_s')}: must be positive")
     check(r.get("loss_chunk", 1) > 0, f"config.train.loss_chunk={r.get('loss_chunk')}: must be positive")
     for f in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
         check(r[f] > 0, f"config.train.{f}={r[f]}: must be positive")

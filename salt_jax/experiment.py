@@ -23,7 +23,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from salt_jax import report, schedules, train
+from salt_jax import distributed, faults, report, schedules, train
 from salt_jax.config import set_method
 from salt_jax.errors import UserError
 from salt_jax.cli import fail, load_config, parse_flags, setup_logging
@@ -130,7 +130,8 @@ def _train(config, workdir: str, label: str) -> None:
         logging.info("[%s] already finished in %s: skipped", label, workdir)
         return
     logging.info("[%s] training in %s", label, workdir)
-    train.run(config, workdir)
+    if train.run(config, workdir).get("preempted"):
+        raise faults.Preempted(f"[{label}] preempted; re-run the same command to resume the experiment")
 
 
 def _choose_lr(exp, workdir: str, teacher_dir: str) -> tuple[float, str]:
@@ -205,9 +206,13 @@ def _main(argv) -> None:
     if not _WORKDIR.value:
         fail("--workdir is required: the directory for the experiment's runs and report")
     try:
+        distributed.initialize()
         results = run_experiment(exp, _WORKDIR.value)
     except UserError as e:
         fail(str(e))
+    except faults.Preempted as e:
+        logging.info("%s", e)
+        return  # exit 0: every finished run and the interrupted run's checkpoint are kept
     logging.info("%s", results["conclusion"])
     print(f"report: {os.path.join(os.path.abspath(_WORKDIR.value), 'report.md')}", file=sys.stdout, flush=True)
 

@@ -13,6 +13,7 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
+from salt_jax import distributed
 from salt_jax.cli import fail, load_config, parse_flags, setup_logging
 from salt_jax.errors import UserError
 
@@ -29,9 +30,12 @@ def _main(argv) -> None:
     from salt_jax import train
 
     try:
+        distributed.initialize()
         summary = train.run(config, _WORKDIR.value)
     except UserError as e:
         fail(str(e))
+    if summary.get("preempted"):
+        return  # exit 0: the checkpoint at the step reached is written; the same command resumes
     logging.info("done: final held-out loss %.4f, accuracy %.4f", summary["final_eval_loss"],
                  summary["final_eval_accuracy"])
 

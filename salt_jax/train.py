@@ -19,12 +19,12 @@ import ml_collections
 import numpy as np
 
 from salt_jax import checkpoints, data, metrics, optim, schedules, selection, sharding, state as state_lib
-from salt_jax import teacher as teacher_lib, throughput
+from salt_jax import faults, teacher as teacher_lib, throughput
 from salt_jax.chunked_loss import options_from_config
 from salt_jax.config import check_vocab, validate
 from salt_jax.errors import UserError
 from salt_jax.model import Transformer, flops_per_token, param_count
-from salt_jax.train_step import CompiledSteps
+from salt_jax.train_step import CompiledSteps, Guard
 
 
 def _fmt_time(seconds: float) -> str:
@@ -92,6 +92,7 @@ def train_line(records: list[dict], seconds: float, tokens_per_step: int, timed_
     tokens = max(total("tokens"), 1.0)
     kd_steps = [r for r in host if "kd_sum" in r]
     kd_tokens = max(total("tokens", kd_steps), 1.0)
+    finite_norms = [float(r["grad_norm"]) for r in host if np.isfinite(r["grad_norm"])]
     return {
         "loss": total("loss_sum") / tokens,
         "ntp_loss": total("ntp_sum") / tokens,
@@ -101,7 +102,8 @@ def train_line(records: list[dict], seconds: float, tokens_per_step: int, timed_
         "kd_token_fraction": (total("kd_tokens", kd_steps) / tokens) if kd_steps else 0.0,
         "accuracy": total("correct") / tokens,
         "learning_rate": float(host[-1]["learning_rate"]),
-        "grad_norm": total("grad_norm") / len(host),
+        "grad_norm": float(np.mean(finite_norms)) if finite_norms else None,
+        "skipped_steps": int(sum(float(r.get("skipped", 0.0)) for r in host)),
         "tokens_per_sec": timed_steps * tokens_per_step / seconds if timed_steps else None,
         "steps_per_sec": timed_steps / seconds if timed_steps else None,
     } | _throughput(timed_steps * tokens_per_step / seconds if timed_steps else None, len(kd_steps) / len(host),
@@ -127,16 +129,36 @@ def evaluate(steps: CompiledSteps, params, eval_set: list[np.ndarray], batch_siz
     return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n, "tokens": totals["tokens"]}
 
 
-def _check_finite(step_metrics: list[dict], done: int, ckpt) -> None:
-    """Stops the run (keeping the last good checkpoint) if any step's loss or gradient norm was not finite."""
-    host = jax.device_get([(m["loss"], m["grad_norm"]) for m in step_metrics])
-    bad = [done - len(host) + i + 1 for i, (loss, grad) in enumerate(host)
-           if not (np.isfinite(loss) and np.isfinite(grad))]
-    if bad:
-        ckpt.wait()
-        last = ckpt.latest_step()
-        raise UserError(f"training diverged: non-finite loss or gradients at step {bad[0]}; lower "
-                        f"config.optim.learning_rate (the last good checkpoint, step {last}, is kept)")
+class SkipCounter:
+    """Host side of the non-finite-step policy (config.train.nan_policy), checked before every checkpoint.
+
+    stop: the first non-finite loss or gradient ends the run with a UserError,
+    before the poisoned state can be saved (the last good checkpoint is kept).
+    skip: the step already dropped its update in-graph (train_step.Guard); each
+    one is logged, and `max_skipped` in a row ends the run the same way.
+    """
+
+    def __init__(self, policy: str, max_skipped: int, ckpt):
+        self.policy, self.max_skipped, self.ckpt, self.in_a_row = policy, max_skipped, ckpt, 0
+
+    def check(self, step_metrics: list[dict], done: int) -> None:
+        host = jax.device_get([(m["loss"], m["grad_norm"]) for m in step_metrics])
+        for i, (loss, grad) in enumerate(host):
+            step = done - len(host) + i + 1
+            if np.isfinite(loss) and np.isfinite(grad):
+                self.in_a_row = 0
+                continue
+            self.in_a_row += 1
+            if self.policy == "skip" and self.in_a_row < self.max_skipped:
+                logging.warning("step %d: non-finite loss or gradients; update skipped (config.train.nan_policy="
+                                "skip)", step)
+                continue
+            self.ckpt.wait()
+            last = self.ckpt.latest_step()
+            what = (f"{self.in_a_row} steps in a row (config.train.max_skipped_steps={self.max_skipped})"
+                    if self.policy == "skip" else f"step {step}")
+            raise UserError(f"training diverged: non-finite loss or gradients at {what}; lower "
+                            f"config.optim.learning_rate (the last good checkpoint, step {last}, is kept)")
 
 
 def _end_kd_phase(steps: CompiledSteps, teacher, step: int) -> None:
@@ -176,14 +198,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch(cfg_d.batch_size, mesh)
 
+    model = Transformer(config.model)
+    tx, lr_schedule = optim.make_optimizer(config.optim, cfg_t.steps)
+    abstract, shardings = state_lib.abstract_state(model, tx, cfg_d.seq_len, mesh)
     ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), cfg_t.checkpoint_every,
                                     cfg_t.keep_checkpoints)
-    start = ckpt.latest_step()
-    previous = ckpt.record(start) if start is not None else {}
-    if previous.get("model") and previous["model"] != config.model.to_dict():
-        changed = sorted(k for k in previous["model"] if previous["model"][k] != config.model.to_dict().get(k))
-        raise UserError(f"config.model.{changed[0] if changed else 'preset'}: differs from the model of the "
-                        f"checkpoints in {ckpt.directory}; use the run's original model config or a fresh --workdir")
+
+    def same_model(record: dict) -> None:
+        if record.get("model") and record["model"] != config.model.to_dict():
+            changed = sorted(k for k in record["model"] if record["model"][k] != config.model.to_dict().get(k))
+            raise UserError(f"config.model.{changed[0] if changed else 'preset'}: differs from the model of the "
+                            f"checkpoints in {ckpt.directory}; use the run's original model config or a fresh "
+                            "--workdir")
+
+    start, state, previous = ckpt.restore_latest(abstract, shardings, same_model)
+    if start is None:
+        state = state_lib.create_state(model, tx, cfg_d.seq_len, mesh, config.seed)
+        start = 0
+    else:
+        logging.info("resuming %s from step %d", workdir, start)
     kd_end = schedules.kd_end_step(salt, cfg_t.steps)
     kd_over = bool(previous) and (start >= kd_end or 0 < previous.get("kd_phase_end", 0) <= start)
 
@@ -200,15 +233,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             f"{teacher.checkpoint} (fingerprint {teacher.fingerprint}); resume with the same "
                             "teacher or use a fresh --workdir")
 
-    model = Transformer(config.model)
-    tx, lr_schedule = optim.make_optimizer(config.optim, cfg_t.steps)
-    abstract, shardings = state_lib.abstract_state(model, tx, cfg_d.seq_len, mesh)
-    if start is None:
-        state = state_lib.create_state(model, tx, cfg_d.seq_len, mesh, config.seed)
-        start = 0
-    else:
-        state, _ = ckpt.restore(start, abstract, shardings)
-        logging.info("resuming %s from step %d", workdir, start)
     resumed_seconds = float(previous.get("train_seconds", 0.0))
     if jax.process_index() == 0:
         _write_config(config, workdir)
@@ -221,7 +245,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     steps = CompiledSteps(model, tx, lr_schedule, tok.pad_id, mesh, shardings, teacher=teacher, salt=salt,
                           kd_weight=schedules.kd_weight_schedule(salt, cfg_t.steps),
                           kd_share=schedules.kd_share_schedule(salt, cfg_t.steps),
-                          loss_opts=options_from_config(config) if cfg_t.get("loss") == "chunked" else None)
+                          loss_opts=options_from_config(config) if cfg_t.get("loss") == "chunked" else None,
+                          guard=Guard(skip_nonfinite=cfg_t.get("nan_policy", "stop") == "skip",
+                                      nan_steps=faults.parse_steps(cfg_t.get("debug_nan_steps", ""),
+                                                                   "config.train.debug_nan_steps")))
     flops = {"student": throughput.train_flops_per_token(config.model, cfg_d.seq_len),
              "teacher": flops_per_token(teacher.config, cfg_d.seq_len) if teacher else 0.0,
              "devices": mesh.size, "peak": throughput.peak_flops(override_tflops=cfg_t.get("peak_tflops", 0.0))}
@@ -244,67 +271,92 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     clock = TrainClock(resumed_seconds)
     pending, unchecked, interval, untimed, t_rate, steps_timed = [], [], 0.0, 0, time.time(), 0
     compile_next = True  # the next step compiles a program: keep it off the clock
-    for step in range(start, cfg_t.steps):
-        compiling, compile_next = compile_next, False
-        if teacher is not None and step >= kd_end:
-            _end_kd_phase(steps, teacher, step)
-            teacher, compiling = None, True
-        tokens = (kd_batches if teacher is not None else batches).device(step, steps.batch_sharding)
-        if compiling:
-            jax.block_until_ready(pending)
-            interval += clock.lap()
-            t_compile = time.time()
-        if teacher is not None:
-            state, step_metrics = steps.kd_train(state, tokens, teacher.params)
-            if salt.switch == "adaptive":
-                switch_step = int(jax.device_get(state.kd["switch_step"]))  # a scalar; syncs this step
-                if switch_step >= 0:
-                    kd_phase_end = switch_step
-                    why = ("reached config.salt.adaptive_max_steps" if switch_step >= salt.adaptive_max_steps
-                           else "the student caught up with the teacher")
-                    logging.info("adaptive switch at step %d: %s", switch_step, why)
-                    _end_kd_phase(steps, teacher, step + 1)
-                    teacher, compile_next = None, True
-        else:
-            state, step_metrics = steps.train(state, tokens)
-        pending.append(step_metrics)
-        unchecked.append(step_metrics)
-        done = step + 1
-        if compiling:
-            jax.block_until_ready(step_metrics)
-            logging.info("step %d compiled and ran in %.1fs", done, clock.skip())
-            untimed, t_rate = untimed + 1, t_rate + (time.time() - t_compile)
-        if done % cfg_t.log_every == 0 or done == cfg_t.steps:
-            jax.block_until_ready(pending)  # steps run asynchronously: wait before reading the clock
-            interval += clock.lap()
-            timed = len(pending) - untimed
-            steps_timed += timed
-            line = train_line(pending, interval, tokens_per_step, timed, flops)
-            writer.write("train", done, dict(line, train_seconds=clock.total))
-            if cfg_t.progress and jax.process_index() == 0:
-                rate = steps_timed / max(time.time() - t_rate, 1e-9)
-                logging.info("step %d/%d | loss %.4f | %.0f tok/s | %.2f steps/s | ETA %s", done, cfg_t.steps,
-                             line["loss"], line["tokens_per_sec"] or 0.0, line["steps_per_sec"] or 0.0,
-                             _fmt_time((cfg_t.steps - done) / rate) if rate > 0 else "?")
-            pending, interval, untimed = [], 0.0, 0
-        if done % cfg_t.eval_every == 0 or done == cfg_t.steps:
-            jax.block_until_ready(state.step)
-            interval += clock.lap()
-            last_eval = evaluate(steps, state.params, eval_set, cfg_d.batch_size)
-            writer.write("eval", done, dict(last_eval, train_seconds=clock.total))
-            logging.info("eval at step %d | held-out loss %.4f | accuracy %.4f", done, last_eval["loss"],
-                         last_eval["accuracy"])
-            clock.skip()  # evaluation time is not training time
-        if done % cfg_t.checkpoint_every == 0 or done == cfg_t.steps:
-            _check_finite(unchecked, done, ckpt)  # never checkpoint a poisoned state
-            unchecked = []
-            interval += clock.lap()  # (the checks blocked on every step so far)
-            ckpt.save(done, state, dict(record, step=done, kd_phase_end=kd_phase_end, train_seconds=clock.total),
-                      force=True)
+    kill = faults.KillHooks(cfg_t.get("debug_kill", ""))
+    skips = SkipCounter(cfg_t.get("nan_policy", "stop"), cfg_t.get("max_skipped_steps", 20), ckpt)
+
+    def save(done: int) -> None:
+        skips.check(unchecked, done)  # never checkpoint a poisoned state
+        unchecked.clear()
+        ckpt.save(done, state, dict(record, step=done, kd_phase_end=kd_phase_end, train_seconds=clock.total),
+                  force=True)
+        kill.maybe_kill("save", done)
+
+    preempted = None
+    with faults.Preemption(cfg_t.get("preemption_grace_s", 30.0)) as preemption:
+        for step in range(start, cfg_t.steps):
+            if step > start and preemption.should_stop(sync=step % cfg_t.log_every == 0):
+                jax.block_until_ready(state.step)
+                interval += clock.lap()
+                if step % cfg_t.checkpoint_every:  # (a step on the interval is saved already)
+                    save(step)
+                ckpt.wait()
+                preemption.finished()
+                preempted = step
+                logging.info("preempted: checkpoint at step %d written; re-run the same command to resume", step)
+                break
+            compiling, compile_next = compile_next, False
+            if teacher is not None and step >= kd_end:
+                _end_kd_phase(steps, teacher, step)
+                teacher, compiling = None, True
+            tokens = (kd_batches if teacher is not None else batches).device(step, steps.batch_sharding)
+            if compiling:
+                jax.block_until_ready(pending)
+                interval += clock.lap()
+                t_compile = time.time()
+            if teacher is not None:
+                state, step_metrics = steps.kd_train(state, tokens, teacher.params)
+                if salt.switch == "adaptive":
+                    switch_step = int(jax.device_get(state.kd["switch_step"]))  # a scalar; syncs this step
+                    if switch_step >= 0:
+                        kd_phase_end = switch_step
+                        why = ("reached config.salt.adaptive_max_steps" if switch_step >= salt.adaptive_max_steps
+                               else "the student caught up with the teacher")
+                        logging.info("adaptive switch at step %d: %s", switch_step, why)
+                        _end_kd_phase(steps, teacher, step + 1)
+                        teacher, compile_next = None, True
+            else:
+                state, step_metrics = steps.train(state, tokens)
+            pending.append(step_metrics)
+            unchecked.append(step_metrics)
+            done = step + 1
+            if kill.wants("step", done):
+                jax.block_until_ready(state.step)
+                ckpt.wait()  # the drill names where the resume starts: earlier checkpoints are on disk
+                kill.maybe_kill("step", done)
+            if compiling:
+                jax.block_until_ready(step_metrics)
+                logging.info("step %d compiled and ran in %.1fs", done, clock.skip())
+                untimed, t_rate = untimed + 1, t_rate + (time.time() - t_compile)
+            if done % cfg_t.log_every == 0 or done == cfg_t.steps:
+                jax.block_until_ready(pending)  # steps run asynchronously: wait before reading the clock
+                interval += clock.lap()
+                timed = len(pending) - untimed
+                steps_timed += timed
+                line = train_line(pending, interval, tokens_per_step, timed, flops)
+                writer.write("train", done, dict(line, train_seconds=clock.total))
+                if cfg_t.progress and jax.process_index() == 0:
+                    rate = steps_timed / max(time.time() - t_rate, 1e-9)
+                    logging.info("step %d/%d | loss %.4f | %.0f tok/s | %.2f steps/s | ETA %s", done, cfg_t.steps,
+                                 line["loss"], line["tokens_per_sec"] or 0.0, line["steps_per_sec"] or 0.0,
+                                 _fmt_time((cfg_t.steps - done) / rate) if rate > 0 else "?")
+                pending, interval, untimed = [], 0.0, 0
+            if done % cfg_t.eval_every == 0 or done == cfg_t.steps:
+                jax.block_until_ready(state.step)
+                interval += clock.lap()
+                last_eval = evaluate(steps, state.params, eval_set, cfg_d.batch_size)
+                writer.write("eval", done, dict(last_eval, train_seconds=clock.total))
+                logging.info("eval at step %d | held-out loss %.4f | accuracy %.4f", done, last_eval["loss"],
+                             last_eval["accuracy"])
+                clock.skip()  # evaluation time is not training time
+            if done % cfg_t.checkpoint_every == 0 or done == cfg_t.steps:
+                save(done)
+                interval += clock.lap()  # (the checks blocked on every step so far)
     ckpt.wait()
     ckpt.close()
     writer.close()
 
+    if preempted is not None:
+        return {"preempted": True, "step": preempted, "steps": cfg_t.steps, "method": salt.method}
     if last_eval is None:  # resumed after the run had already finished
         last_eval = evaluate(steps, state.params, eval_set, cfg_d.batch_size)
     summary = {"steps": cfg_t.steps, "final_eval_loss": last_eval["loss"],

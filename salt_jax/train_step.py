@@ -7,6 +7,8 @@ Metrics are sums and counts (see salt_jax.losses), reduced over the global batch
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -14,6 +16,41 @@ from flax import linen as nn
 
 from salt_jax import losses, sharding
 from salt_jax.chunked_loss import LossOptions, chunked_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class Guard:
+    """What a step does about a non-finite loss or gradient, and the NaN fault-injection hook.
+
+    With `skip_nonfinite` a step whose loss or gradient norm is not finite
+    leaves parameters, optimizer and KD state as they were (only the step
+    counter advances, so the data order is unchanged) and reports
+    `skipped` = 1 with zeroed sums. Without it the update is applied and the
+    host stops the run before the poisoned state is checkpointed.
+    `nan_steps` multiplies the loss of those steps by NaN (config.train.debug_nan_steps;
+    step n is the n-th step, the one after which the step counter reads n).
+    """
+
+    skip_nonfinite: bool = False
+    nan_steps: tuple[int, ...] = ()
+
+
+def _poison(loss, step, guard: Guard):
+    if not guard.nan_steps:
+        return loss
+    return loss * jnp.where(jnp.any(step + 1 == jnp.asarray(guard.nan_steps)), jnp.nan, 1.0)
+
+
+def _guarded(state, new_state, metrics: dict, guard: Guard):
+    """(state after the step, metrics with `skipped`): the update is dropped when skipping a non-finite step."""
+    ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    metrics = dict(metrics, skipped=1.0 - ok.astype(jnp.float32))
+    if not guard.skip_nonfinite:
+        return new_state, metrics
+    kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state.replace(step=state.step), state)
+    sums = ("loss_sum", "ntp_sum", "kd_sum", "kd_weight_sum", "kd_tokens", "teacher_ntp_sum", "correct", "tokens")
+    metrics.update({k: jnp.where(ok, metrics[k], 0.0) for k in sums if k in metrics})
+    return kept.replace(step=state.step + 1), metrics
 
 
 def ntp_stats(model: nn.Module, params, inputs, targets, mask, loss_opts: LossOptions | None):
@@ -26,10 +63,11 @@ def ntp_stats(model: nn.Module, params, inputs, targets, mask, loss_opts: LossOp
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_schedule, pad_id: int,
-                    loss_opts: LossOptions | None = None):
+                    loss_opts: LossOptions | None = None, guard: Guard = Guard()):
     """One next-token training step: forward, backward, clip, AdamW update.
 
     `loss_opts` selects the chunked loss (salt_jax.chunked_loss); None is the dense reference.
+    `guard` says what to do about non-finite steps (see Guard).
     """
 
     def train_step(state, tokens):
@@ -37,20 +75,22 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_sched
 
         def loss_fn(params):
             stats = ntp_stats(model, params, inputs, targets, mask, loss_opts)
-            return stats["loss_sum"] / jnp.maximum(stats["tokens"], 1.0), stats
+            return _poison(stats["loss_sum"] / jnp.maximum(stats["tokens"], 1.0), state.step, guard), stats
 
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(stats, ntp_sum=stats["loss_sum"], loss=loss, grad_norm=optax.tree.norm(grads),
                        learning_rate=lr_schedule(state.step))
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return _guarded(state, state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics,
+                        guard)
 
     return train_step
 
 
 def make_kd_train_step(model: nn.Module, teacher_model: nn.Module, tx: optax.GradientTransformation,
-                       lr_schedule, pad_id: int, salt, kd_weight, kd_share, loss_opts: LossOptions | None = None):
+                       lr_schedule, pad_id: int, salt, kd_weight, kd_share, loss_opts: LossOptions | None = None,
+                       guard: Guard = Guard()):
     """One SALT step: frozen teacher forward, student forward/backward, AdamW update.
 
     `kd_weight` and `kd_share` are optax schedules (see salt_jax.schedules) read
@@ -81,7 +121,7 @@ def make_kd_train_step(model: nn.Module, teacher_model: nn.Module, tx: optax.Gra
             h_s, head_s = model.apply({"params": params}, inputs, return_hidden=True)
             stats = chunked_loss(h_s, head_s, targets, mask, loss_opts, h_t, head_t, w_rows)
             stats["kd_weight"] = w_mean
-            return stats["loss_sum"] / jnp.maximum(stats["tokens"], 1.0), stats
+            return _poison(stats["loss_sum"] / jnp.maximum(stats["tokens"], 1.0), state.step, guard), stats
         t_logits = jax.lax.stop_gradient(teacher_model.apply({"params": teacher_params}, inputs))
         selected = losses.teacher_selection(t_logits, targets, salt.token_select, salt.token_select_k,
                                             salt.token_select_threshold)
@@ -93,7 +133,7 @@ def make_kd_train_step(model: nn.Module, teacher_model: nn.Module, tx: optax.Gra
         stats.update(correct=jnp.sum((jnp.argmax(s_logits, -1) == targets) * mask),
                      tokens=jnp.sum(mask.astype(jnp.float32)), kd_weight=w_mean,
                      teacher_ntp_sum=jnp.sum(losses.token_ce(t_logits, targets) * mask))
-        return stats["loss_sum"] / jnp.maximum(stats["tokens"], 1.0), stats
+        return _poison(stats["loss_sum"] / jnp.maximum(stats["tokens"], 1.0), state.step, guard), stats
 
     def kd_train_step(state, tokens, teacher_params):
         (loss, stats), grads = jax.value_and_grad(step_loss, has_aux=True)(state.params, teacher_params, state,
@@ -107,7 +147,7 @@ def make_kd_train_step(model: nn.Module, teacher_model: nn.Module, tx: optax.Gra
                                         salt)
         metrics = dict(stats, loss=loss, grad_norm=optax.tree.norm(grads), learning_rate=lr_schedule(state.step))
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, kd=kd_state)
-        return new_state, metrics
+        return _guarded(state, new_state, metrics, guard)
 
     kd_train_step.loss = step_loss  # exposed for tests (e.g. no gradient reaches the teacher)
     return kd_train_step
@@ -147,11 +187,11 @@ class CompiledSteps:
     """
 
     def __init__(self, model, tx, lr_schedule, pad_id: int, mesh, state_shardings, teacher=None, salt=None,
-                 kd_weight=None, kd_share=None, loss_opts: LossOptions | None = None):
+                 kd_weight=None, kd_share=None, loss_opts: LossOptions | None = None, guard: Guard = Guard()):
         self.mesh = mesh
         self.batch_sharding = sharding.batch_sharding(mesh)
         rep = sharding.replicated(mesh)
-        self._train = jax.jit(make_train_step(model, tx, lr_schedule, pad_id, loss_opts),
+        self._train = jax.jit(make_train_step(model, tx, lr_schedule, pad_id, loss_opts, guard),
                               in_shardings=(state_shardings, self.batch_sharding),
                               out_shardings=(state_shardings, rep), donate_argnums=0)
         self._eval = jax.jit(make_eval_step(model, pad_id, loss_opts),
@@ -159,7 +199,7 @@ class CompiledSteps:
         self._kd_train = None
         if teacher is not None:
             step = make_kd_train_step(model, teacher.model, tx, lr_schedule, pad_id, salt, kd_weight, kd_share,
-                                      loss_opts)
+                                      loss_opts, guard)
             self._kd_train = jax.jit(step, in_shardings=(state_shardings, self.batch_sharding, teacher.shardings),
                                      out_shardings=(state_shardings, rep), donate_argnums=0)
 

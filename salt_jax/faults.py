@@ -1,0 +1,117 @@
+"""Surviving faults: the preemption notice (SIGTERM) and the fault-injection hooks used by drills.
+
+Preemptible TPU VMs and GPU nodes send SIGTERM some seconds before they go
+away. `Preemption` turns it into a request the training loop sees between
+steps: the loop checkpoints the step it reached and exits 0, and re-running
+the same command resumes there. If that takes longer than the grace period a
+watchdog ends the process with status 3 (the last complete checkpoint is
+still there; a half-written one is never picked up).
+
+`KillHooks` (config.train.debug_kill) sends SIGKILL to the process at named
+points, so tests and drills can crash a run exactly mid-KD-phase, at the phase
+switch, in phase two or while a checkpoint is being written, without editing code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import jax
+import numpy as np
+
+from salt_jax.errors import UserError
+
+GRACE_EXCEEDED_STATUS = 3
+
+
+class Preempted(Exception):
+    """A run stopped on a preemption notice after checkpointing (not an error: exit status 0)."""
+
+
+class Preemption:
+    """SIGTERM -> a stop request, agreed on by every process, answered within a grace period."""
+
+    def __init__(self, grace_s: float):
+        self.grace_s = grace_s
+        self.requested_at: float | None = None
+        self._previous = None
+        self._done = threading.Event()
+
+    def __enter__(self) -> "Preemption":
+        if threading.current_thread() is threading.main_thread():  # signals can only be set there
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        if self.requested_at is not None:
+            return
+        self.requested_at = time.monotonic()
+        logging.warning("SIGTERM received: checkpointing and exiting within %.0fs", self.grace_s)
+        threading.Thread(target=self._watchdog, daemon=True).start()
+
+    def _watchdog(self) -> None:
+        if not self._done.wait(self.grace_s):
+            logging.error("preemption: the checkpoint did not finish within config.train.preemption_grace_s=%.0fs; "
+                          "exiting (the last complete checkpoint is kept)", self.grace_s)
+            os._exit(GRACE_EXCEEDED_STATUS)
+
+    def finished(self) -> None:
+        """The checkpoint is written: the watchdog stands down."""
+        self._done.set()
+
+    def should_stop(self, sync: bool) -> bool:
+        """Whether to stop now. With several processes every one must agree, so they
+        exchange their flags (a host sync) when `sync` is true and keep going otherwise."""
+        local = self.requested_at is not None
+        if jax.process_count() == 1:
+            return local
+        if not sync:
+            return False
+        from jax.experimental import multihost_utils
+
+        return bool(np.max(multihost_utils.process_allgather(np.int32(local))))
+
+
+def parse_steps(spec: str, field: str) -> tuple[int, ...]:
+    """"3,7" -> (3, 7): the steps named by a comma-separated config field."""
+    try:
+        return tuple(int(x) for x in spec.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"{field}={spec!r}: give comma-separated step numbers, e.g. '3,7'") from None
+
+
+class KillHooks:
+    """SIGKILL at "step:N" (after step N has run, once earlier checkpoints are on disk) or "save:N"
+    (while checkpoint N is being written, before it is complete)."""
+
+    POINTS = ("step", "save")
+
+    def __init__(self, spec: str):
+        self.points = set()
+        for item in filter(None, (x.strip() for x in spec.split(","))):
+            kind, _, n = item.partition(":")
+            if kind not in self.POINTS or not n.isdigit():
+                raise UserError(f"config.train.debug_kill={spec!r}: use comma-separated step:N or save:N")
+            self.points.add((kind, int(n)))
+
+    def __bool__(self) -> bool:
+        return bool(self.points)
+
+    def wants(self, kind: str, step: int) -> bool:
+        return (kind, step) in self.points
+
+    def maybe_kill(self, kind: str, step: int) -> None:
+        if self.wants(kind, step):
+            logging.warning("debug_kill: SIGKILL at %s:%d", kind, step)
+            for h in logging.getLogger().handlers:
+                h.flush()
+            os.kill(os.getpid(), signal.SIGKILL)

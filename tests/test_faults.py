@@ -1,0 +1,214 @@
+"""Faults: kill -9 anywhere then resume, SIGTERM, NaN/inf policies, unreadable checkpoints."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from salt_jax import checkpoints, data, optim, sharding, state as state_lib, train
+from salt_jax.errors import UserError
+from salt_jax.metrics import read_metrics
+from salt_jax.model import Transformer
+from salt_jax.train_step import CompiledSteps, Guard
+
+from conftest import REPO
+
+# One small SALT run shared by the kill / resume tests: KD for steps 1-7, then plain training to 12.
+RUN = {"data.seq_len": 32, "data.max_files": 60, "data.eval_batches": 2, "train.steps": 12,
+       "train.log_every": 4, "train.eval_every": 6, "train.checkpoint_every": 3, "train.keep_checkpoints": 10,
+       "train.progress": False, "optim.warmup_steps": 2, "salt.kd_steps": 7}
+
+
+def _config(tiny_config, teacher_dir, **extra):
+    c = tiny_config
+    from salt_jax.config import set_method
+
+    set_method(c, "salt")
+    c.salt.teacher = teacher_dir
+    for key, value in {**RUN, **extra}.items():
+        section, field = key.split(".")
+        c[section][field] = value
+    return c
+
+
+def _cli(workdir, cache_dir, teacher_dir, extra=(), wait=True):
+    args = [sys.executable, "-m", "salt_jax.main", f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}:salt",
+            f"--workdir={workdir}", f"--config.salt.teacher={teacher_dir}"]
+    args += [f"--config.{k}={v}" for k, v in RUN.items()] + list(extra)
+    env = dict(os.environ, SALT_JAX_CACHE=cache_dir)
+    if wait:
+        return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _params(workdir, step=None):
+    root = os.path.join(workdir, "checkpoints")
+    step = step if step is not None else max(int(d) for d in os.listdir(root) if d.isdigit())
+    with ocp.CheckpointManager(root, item_names=("state",)) as m:
+        restored = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return restored["state"]["params"]
+
+
+def _assert_same_params(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, cache_dir):
+    from salt_jax.config import base_config, set_method
+
+    c = base_config("test-tiny-teacher")
+    c.data.cache_dir, c.data.seq_len, c.data.batch_size, c.data.max_files = cache_dir, 32, 8, 60
+    c.data.heldout_fraction, c.data.eval_batches = 0.1, 2
+    c.train.steps, c.train.eval_every, c.train.checkpoint_every, c.train.progress = 20, 20, 20, False
+    set_method(c, "teacher")
+    workdir = str(tmp_path_factory.mktemp("teacher"))
+    train.run(c, workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, teacher_dir, cache_dir):
+    """The uninterrupted run, through the CLI like the interrupted ones."""
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    out = _cli(workdir, cache_dir, teacher_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir
+
+
+def test_kill_9_at_every_phase_then_resume_gives_identical_parameters(tmp_path, cache_dir, teacher_dir, reference):
+    """SIGKILL mid KD phase (after step 4), at the switch (after step 7, the last KD step), while checkpoint 9
+    is being written, and in phase two (after step 11); each time the same command resumes."""
+    workdir = str(tmp_path / "killed")
+    expect = [("step:4", 3), ("step:7", 6), ("save:9", None), ("step:11", 9)]
+    for point, latest in expect:
+        out = _cli(workdir, cache_dir, teacher_dir, [f"--config.train.debug_kill={point}"])
+        assert out.returncode == -signal.SIGKILL, (point, out.returncode, out.stderr[-2000:])
+        steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+        if latest is not None:
+            assert steps[-1] == latest, (point, steps)
+        else:  # killed mid-write: 9 is either complete or absent, never half there
+            assert steps[-1] in (6, 9), steps
+    out = _cli(workdir, cache_dir, teacher_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming" in out.stdout
+    _assert_same_params(_params(workdir), _params(reference))
+    assert not [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if "tmp" in d]
+    ref_lines = [r for r in read_metrics(os.path.join(reference, "metrics.jsonl")) if r["split"] == "eval"]
+    got_lines = [r for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "eval"]
+    assert [(r["step"], r["loss"]) for r in got_lines] == [(r["step"], r["loss"]) for r in ref_lines]
+
+
+def test_sigterm_checkpoints_the_step_reached_and_exits_0(tmp_path, cache_dir, teacher_dir, reference):
+    workdir = str(tmp_path / "preempted")
+    proc = _cli(workdir, cache_dir, teacher_dir, ["--config.train.steps=100000", "--config.train.progress=true",
+                                                  "--config.train.log_every=1", "--config.train.checkpoint_every=1000"], wait=False)
+    lines = []
+    for line in proc.stdout:  # wait until it trains
+        lines.append(line)
+        if "step 5/" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert "preempted: checkpoint at step" in rest
+    step = int(rest.split("preempted: checkpoint at step ")[1].split()[0])
+    assert step >= 5
+    root = os.path.join(workdir, "checkpoints")
+    assert max(int(d) for d in os.listdir(root) if d.isdigit()) == step
+    assert checkpoints.read_record(root, step)["step"] == step
+    restored = _params(workdir, step)  # restorable
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored))
+    assert not os.path.exists(os.path.join(workdir, "summary.json"))
+
+
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, cache_dir, teacher_dir, reference):
+    workdir = str(tmp_path / "corrupt")
+    shutil.copytree(reference, workdir)
+    os.remove(os.path.join(workdir, "summary.json"))
+    for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "12", "state")):
+        for f in files:
+            with open(os.path.join(root, f), "wb") as fh:
+                fh.write(b"garbage")
+    out = _cli(workdir, cache_dir, teacher_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert "checkpoints/12 is unreadable" in log and "resuming from step 9 instead" in log, log[-3000:]
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "unreadable-12"))  # set aside, not deleted
+    _assert_same_params(_params(workdir), _params(reference))  # steps 10-12 re-run from checkpoint 9
+
+
+def _steps(config, guard):
+    mesh = sharding.make_mesh(config.mesh)
+    cache, tok = data.build_cache(config.data)
+    model = Transformer(config.model)
+    tx, sched = optim.make_optimizer(config.optim, config.train.steps)
+    _, shardings = state_lib.abstract_state(model, tx, config.data.seq_len, mesh)
+    st = state_lib.create_state(model, tx, config.data.seq_len, mesh, config.seed)
+    steps = CompiledSteps(model, tx, sched, tok.pad_id, mesh, shardings, guard=guard)
+    return st, steps, data.Batches(cache.train, config.data.batch_size, 0)
+
+
+def test_a_skipped_step_leaves_parameters_and_optimizer_untouched(tiny_config):
+    st, steps, batches = _steps(tiny_config, Guard(skip_nonfinite=True, nan_steps=(3,)))
+    st = jax.tree.map(np.asarray, jax.device_get(st))
+    history = [st]
+    for s in range(4):
+        new, m = steps.train(jax.device_put(history[-1]), batches.device(s, steps.batch_sharding))
+        history.append(jax.device_get(new))
+        assert float(m["skipped"]) == (1.0 if s == 2 else 0.0)
+        assert np.isfinite(float(m["loss_sum"]))  # zeroed for the skipped step, not NaN
+    before, after = history[2], history[3]  # step 3 was poisoned
+    jax.tree.map(np.testing.assert_array_equal, after.params, before.params)
+    jax.tree.map(np.testing.assert_array_equal, after.opt_state, before.opt_state)
+    assert int(after.step) == 3  # the counter advances: the data order stays step-indexed
+    assert optax.tree.norm(jax.tree.map(lambda a, b: a - b, history[4].params, after.params)) > 0
+
+
+def test_nan_policy_skip_finishes_and_reports_skips(tiny_config, tmp_path):
+    c = tiny_config
+    c.train.nan_policy, c.train.debug_nan_steps = "skip", "3,5"
+    summary = train.run(c, str(tmp_path / "skip"))
+    assert np.isfinite(summary["final_eval_loss"])
+    lines = {r["step"]: r for r in read_metrics(str(tmp_path / "skip" / "metrics.jsonl")) if r["split"] == "train"}
+    assert lines[4]["skipped_steps"] == 1 and lines[8]["skipped_steps"] == 1 and lines[12]["skipped_steps"] == 0
+    assert np.isfinite(lines[4]["loss"]) and np.isfinite(lines[4]["grad_norm"])
+
+
+def test_nan_policy_stop_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
+    c = tiny_config  # checkpoints at 6 and 12; NaN at step 8
+    c.train.debug_nan_steps = "8"
+    workdir = tmp_path / "stop"
+    with pytest.raises(UserError, match=r"non-finite loss or gradients at step 8;.*checkpoint, step 6, is kept"):
+        train.run(c, str(workdir))
+    assert sorted(d for d in os.listdir(workdir / "checkpoints") if d.isdigit()) == ["6"]
+
+
+def test_too_many_skips_in_a_row_stop_the_run(tiny_config, tmp_path):
+    c = tiny_config
+    c.train.nan_policy, c.train.max_skipped_steps, c.train.debug_nan_steps = "skip", 3, "2,3,4"
+    with pytest.raises(UserError, match=r"3 steps in a row \(config.train.max_skipped_steps=3\)"):
+        train.run(c, str(tmp_path / "skips"))
+
+
+def test_preemption_grace_period_watchdog_exits_3(tmp_path):
+    """A save that outlasts config.train.preemption_grace_s ends the process with status 3."""
+    script = ("import os, signal, time\n"
+              "from salt_jax import faults\n"
+              "with faults.Preemption(0.5) as p:\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    assert p.should_stop(sync=True)\n"
+              "    time.sleep(30)  # a checkpoint that never finishes\n")
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3, out.stderr
+    assert time.monotonic() - t0 < 25
+    assert "preemption_grace_s" in out.stderr
