@@ -12,7 +12,7 @@ import ml_collections
 from salt_jax import presets
 from salt_jax.attention import IMPLEMENTATIONS
 from salt_jax.errors import UserError, check
-from salt_jax.model import DTYPES, REMAT_POLICIES
+from salt_jax.model import ACTIVATIONS, DTYPES, OPTIONS, REMAT_POLICIES
 
 METHODS = ("baseline", "teacher", "rkd", "salt", "salt_ds")
 VARIANTS = ("teacher", "baseline", "rkd", "salt", "salt_ds", "salt-linear", "salt-ratio", "salt-adaptive",
@@ -134,7 +134,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
         check(isinstance(m[f], int) and m[f] > 0, f"config.model.{f}={m[f]!r}: must be a positive integer")
     check(m.n_heads % m.n_kv_heads == 0,
           f"config.model.n_kv_heads={m.n_kv_heads}: must divide n_heads={m.n_heads}")
-    check(m.head_dim % 2 == 0, f"config.model.head_dim={m.head_dim}: must be even (rotary embedding)")
+    check(m.get("positions", "rope") != "rope" or m.head_dim % 2 == 0,
+          f"config.model.head_dim={m.head_dim}: must be even (rotary embedding)")
+    for f, allowed in (("norm", ("rms", "layer")), ("mlp", ("gated", "plain")), ("positions", ("rope", "learned")),
+                       ("activation", tuple(ACTIVATIONS))):
+        check(m.get(f, OPTIONS[f]) in allowed, f"config.model.{f}={m.get(f)!r}: use one of {', '.join(allowed)}")
+    pattern = m.get("local_layers", "")
+    check(not pattern or (len(pattern) == m.n_layers and set(pattern) <= {"L", "G"}),
+          f"config.model.local_layers={pattern!r}: give one letter per layer ({m.n_layers}), L or G, or \"\"")
     for f in ("dtype", "param_dtype"):
         check(m[f] in DTYPES, f"config.model.{f}={m[f]!r}: use one of {', '.join(DTYPES)}")
     check(m.remat in REMAT_POLICIES, f"config.model.remat={m.remat!r}: use one of {', '.join(REMAT_POLICIES)}")
