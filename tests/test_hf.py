@@ -1,0 +1,228 @@
+"""Hugging Face interop against transformers itself (torch CPU, float32), fully offline.
+
+Every model here is a tiny random transformers model built from a config and
+saved with save_pretrained; nothing is downloaded. Weights are re-drawn at a
+scale where every option matters (softcaps bite, norms are not 1).
+Tolerance for logits: 1e-4 absolute and relative (float32 on both sides).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from transformers import AutoModelForCausalLM
+
+from salt_jax import hf, sharding
+from salt_jax.errors import UserError
+from salt_jax.model import Transformer, param_count
+
+from conftest import REPO
+
+ATOL = RTOL = 1e-4
+SEQ = 12  # longer than the sliding windows (4) below
+
+
+def _rope(theta):
+    return {"rope_type": "default", "rope_theta": theta}
+
+
+FAMILIES = {
+    # GQA, untied, biases on attention and MLP, non-default rope base
+    "llama": lambda: transformers.LlamaConfig(
+        vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, rope_parameters=_rope(5000.0), tie_word_embeddings=False,
+        attention_bias=True, mlp_bias=True, rms_norm_eps=1e-5),
+    # SmolLM2-like: tied embeddings, no biases
+    "llama_tied": lambda: transformers.LlamaConfig(
+        vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, max_position_embeddings=64, rope_parameters=_rope(100000.0), tie_word_embeddings=True),
+    # q/k/v biases, tied
+    "qwen2": lambda: transformers.Qwen2Config(
+        vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, rope_parameters=_rope(20000.0), tie_word_embeddings=True),
+    # query/key norms, head_dim != d_model / heads, untied
+    "qwen3": lambda: transformers.Qwen3Config(
+        vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=64, rope_parameters=_rope(30000.0),
+        tie_word_embeddings=False),
+    # softcaps, post norms, (1 + w) norms, GeGLU (tanh), embedding scale, query_pre_attn_scalar, sliding/global layers
+    "gemma2": lambda: transformers.Gemma2Config(
+        vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=64, rope_parameters=_rope(5000.0),
+        query_pre_attn_scalar=12, sliding_window=4, attn_logit_softcapping=1.5, final_logit_softcapping=2.0),
+    # query/key norms with (1 + w), local rope base, sliding pattern, untied
+    "gemma3_text": lambda: transformers.Gemma3TextConfig(
+        vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=8, max_position_embeddings=64, query_pre_attn_scalar=8, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"], tie_word_embeddings=False,
+        rope_parameters={"full_attention": _rope(100000.0), "sliding_attention": _rope(500.0)}),
+    # LayerNorm, learned positions, biases, plain GELU MLP, fused Conv1D q/k/v, tied
+    "gpt2": lambda: transformers.GPT2Config(
+        vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=32, n_inner=48, activation_function="gelu_new",
+        bos_token_id=95, eos_token_id=95),
+}
+
+
+def _randomize(model, seed=0):
+    """Re-draws every parameter: matrices ~ N(0, 1/fan), norm weights and biases visibly non-trivial."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if p.ndim >= 2:
+                p.copy_(noise * p.shape[-1] ** -0.5)
+            elif "bias" in name or "gemma" in type(model).__name__.lower():
+                p.copy_(0.3 * noise)  # biases, and Gemma's (1 + w) norm weights around 0
+            else:
+                p.copy_(1.0 + 0.3 * noise)
+    return model.eval()
+
+
+def _hf_model(name, directory, seed=0):
+    model = AutoModelForCausalLM.from_config(FAMILIES[name](), attn_implementation="eager")
+    _randomize(model, seed).save_pretrained(directory)
+    return model
+
+
+def _torch_logits(model, tokens):
+    with torch.no_grad():
+        return model(torch.tensor(np.asarray(tokens), dtype=torch.long)).logits.float().numpy()
+
+
+def _jax_logits(cfg, params, tokens):
+    return np.asarray(Transformer(cfg).apply({"params": params}, jnp.asarray(tokens)))
+
+
+def _tokens(seed=0, vocab=96):
+    return np.random.default_rng(seed).integers(0, vocab, (2, SEQ))
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory):
+    """Each family saved once: name -> (directory, the torch model)."""
+    root = tmp_path_factory.mktemp("hf")
+    return {name: (str(root / name), _hf_model(name, str(root / name), seed=i)) for i, name in enumerate(FAMILIES)}
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_imported_logits_equal_transformers(hf_dirs, name):
+    directory, model = hf_dirs[name]
+    cfg, params = hf.load_params(directory)
+    tokens = _tokens()
+    want = _torch_logits(model, tokens)
+    got = _jax_logits(cfg, params, tokens)
+    assert np.abs(want).max() > 0.5  # real numbers, not all-near-zero logits
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=RTOL)
+    counted = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    assert counted == param_count(cfg) == sum(p.numel() for p in model.parameters())
+
+
+def test_family_options_are_set(hf_dirs):
+    cfgs = {name: hf.model_config_from_hf(hf.read_hf_config(d)) for name, (d, _) in hf_dirs.items()}
+    assert cfgs["llama"].n_kv_heads == 2 and cfgs["llama"].rope_base == 5000.0 and cfgs["llama"].qkv_bias
+    assert cfgs["llama_tied"].tie_embeddings and not cfgs["llama"].tie_embeddings
+    assert cfgs["qwen2"].qkv_bias and not cfgs["qwen2"].o_bias
+    assert cfgs["qwen3"].qk_norm and cfgs["qwen3"].head_dim == 16
+    g2 = cfgs["gemma2"]
+    assert (g2.norm_plus_one, g2.post_norms, g2.attn_softcap, g2.final_softcap, g2.sliding_window,
+            g2.local_layers, g2.activation) == (True, True, 1.5, 2.0, 4, "LG", "gelu_tanh")
+    g3 = cfgs["gemma3_text"]
+    assert (g3.qk_norm, g3.rope_base, g3.rope_local_base, g3.local_layers) == (True, 1e5, 500.0, "LGL")
+    assert (cfgs["gpt2"].norm, cfgs["gpt2"].positions, cfgs["gpt2"].mlp) == ("layer", "learned", "plain")
+
+
+def test_import_places_parameters_in_their_shardings(hf_dirs):
+    import ml_collections
+    from jax.sharding import PartitionSpec as P
+
+    directory, model = hf_dirs["qwen3"]
+    cfg = hf.model_config_from_hf(hf.read_hf_config(directory))
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 4, "tensor": 2}))
+    _, boxed = hf._abstract_params(cfg)
+    shardings = sharding.shardings_for(boxed, mesh)
+    _, params = hf.load_params(directory, cfg, shardings)
+    for leaf, want in zip(jax.tree.leaves(params), jax.tree.leaves(shardings)):
+        assert leaf.sharding == want
+    # stacked q [layers, d_model, heads, head_dim]: d_model over fsdp, heads over tensor
+    assert params["layers"]["attn"]["q"].sharding.spec == P(None, "fsdp", "tensor", None)
+    tokens = _tokens(1)
+    np.testing.assert_allclose(_jax_logits(cfg, params, tokens), _torch_logits(model, tokens), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3_text", "gpt2"])
+def test_import_export_round_trip_gives_identical_tensors(hf_dirs, tmp_path, name):
+    from safetensors.numpy import load_file
+
+    directory, _ = hf_dirs[name]
+    hf.import_hf(directory, str(tmp_path / "ckpt"))
+    hf.export_hf(str(tmp_path / "ckpt"), str(tmp_path / "out"))
+    a, b = load_file(os.path.join(directory, "model.safetensors")), load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert set(b) <= set(a) and set(a) - set(b) <= {"lm_head.weight"}  # tied heads are not written twice
+    for key in b:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    exported = json.load(open(tmp_path / "out" / "config.json"))
+    assert exported["model_type"] == json.load(open(os.path.join(directory, "config.json")))["model_type"]
+
+
+# ----------------------------------------------------------------------------- errors
+
+def _copy(directory, tmp_path):
+    dst = str(tmp_path / "copy")
+    shutil.copytree(directory, dst)
+    return dst
+
+
+def test_missing_safetensors_is_a_clear_error(hf_dirs, tmp_path):
+    d = _copy(hf_dirs["llama"][0], tmp_path)
+    os.remove(os.path.join(d, "model.safetensors"))
+    with pytest.raises(UserError, match=r"no \*\.safetensors files"):
+        hf.load_params(d)
+
+
+def test_unknown_model_type_is_a_clear_error(hf_dirs, tmp_path):
+    d = _copy(hf_dirs["llama"][0], tmp_path)
+    conf = json.load(open(os.path.join(d, "config.json")))
+    json.dump(dict(conf, model_type="mamba"), open(os.path.join(d, "config.json"), "w"))
+    with pytest.raises(UserError, match=r"model_type='mamba' is not supported"):
+        hf.load_params(d)
+
+
+def test_unsupported_option_names_the_field(hf_dirs, tmp_path):
+    d = _copy(hf_dirs["llama"][0], tmp_path)
+    conf = json.load(open(os.path.join(d, "config.json")))
+    conf["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 5000.0, "factor": 4.0}
+    json.dump(conf, open(os.path.join(d, "config.json"), "w"))
+    with pytest.raises(UserError, match=r"rope_parameters.rope_type='yarn' is not supported"):
+        hf.load_params(d)
+
+
+def test_tensor_shape_mismatch_names_the_tensor_and_both_shapes(hf_dirs, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    d = _copy(hf_dirs["llama"][0], tmp_path)
+    path = os.path.join(d, "model.safetensors")
+    tensors = load_file(path)
+    tensors["model.layers.1.mlp.up_proj.weight"] = np.zeros((40, 32), np.float32)
+    save_file(tensors, path)
+    with pytest.raises(UserError, match=r"'model\.layers\.1\.mlp\.up_proj\.weight' has shape \(40, 32\), "
+                                        r"the config implies \(48, 32\)"):
+        hf.load_params(d)
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, path)
+    with pytest.raises(UserError, match=r"'model\.layers\.1\.mlp\.up_proj\.weight' is missing"):
+        hf.load_params(d)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "salt_jax.hf", "import", "--hf-dir", str(tmp_path / "nope"),
+                          "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "no such directory" in out.stderr
