@@ -226,3 +226,123 @@ def test_cli_errors_are_one_line(tmp_path):
                           "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "no such directory" in out.stderr
+
+
+# ----------------------------------------------------------------------------- a SALT run with an HF teacher
+
+def _train_tokenizer(directory):
+    """A byte-level BPE (~280 ids) trained offline on a few standard-library files, saved like a HF tokenizer."""
+    import tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [open(os.path.join(os.path.dirname(os.__file__), f), encoding="utf-8").read()
+             for f in ("os.py", "textwrap.py", "glob.py")]
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=280, special_tokens=["<|endoftext|>"],
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    fast.save_pretrained(directory)
+    return fast
+
+
+@pytest.fixture(scope="module")
+def hf_teacher(tmp_path_factory):
+    """A tiny Llama teacher (vocab 288 > its tokenizer's 280) with its tokenizer in one directory."""
+    directory = str(tmp_path_factory.mktemp("hf_teacher"))
+    fast = _train_tokenizer(directory)
+    cfg = transformers.LlamaConfig(vocab_size=288, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                                   tie_word_embeddings=True, eos_token_id=fast.eos_token_id, bos_token_id=None)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    _randomize(model, seed=7).save_pretrained(directory)
+    return directory, model, fast
+
+
+def test_salt_run_with_an_hf_teacher_then_export(hf_teacher, tiny_config, tmp_path):
+    from salt_jax import data, train
+    from salt_jax.config import set_method
+    from salt_jax.metrics import read_metrics
+    from salt_jax.teacher import load_teacher
+    from salt_jax.tokenizer import HFTokenizer
+
+    directory, torch_teacher, fast = hf_teacher
+    c = tiny_config
+    set_method(c, "salt")
+    c.salt.teacher, c.salt.kd_steps = directory, 7
+    workdir = str(tmp_path / "run")
+    train.run(c, workdir)
+
+    # the run tokenized with the teacher's tokenizer and took its vocabulary size
+    assert c.data.tokenizer.kind == "hf" and c.data.tokenizer.hf_dir == directory
+    assert c.model.vocab_size == 288
+    tok = HFTokenizer(directory)
+    assert tok.vocab_size == 280 and tok.eos_id == fast.eos_token_id
+    assert tok.encode(["def f(x):\n    return x"]) == [fast("def f(x):\n    return x")["input_ids"]]
+    train_lines = [m for m in read_metrics(os.path.join(workdir, "metrics.jsonl")) if m["split"] == "train"]
+    weights = [m["kd_weight"] for m in train_lines]
+    assert weights[0] > 0 and weights[-1] == 0  # both phases ran
+    assert train_lines[0]["teacher_ntp_loss"] > 0
+
+    # the teacher the run used computes transformers' loss on the run's own batch
+    cache, _ = data.build_cache(c.data)
+    tokens = data.Batches(cache.train, c.data.batch_size, c.data.seed).numpy(0)
+    mesh = sharding.make_mesh(c.mesh)
+    teacher = load_teacher(c.salt, c.model, tok.fingerprint(), mesh)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    mask = targets != tok.pad_id
+
+    def masked_ce(logits):
+        logits = np.asarray(logits, np.float64)
+        lp = logits - logits.max(-1, keepdims=True)
+        lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
+        ce = -np.take_along_axis(lp, targets[..., None], -1)[..., 0]
+        return (ce * mask).sum() / mask.sum()
+
+    ours = masked_ce(teacher.model.apply({"params": teacher.params}, jnp.asarray(inputs)))
+    theirs = masked_ce(_torch_logits(torch_teacher, inputs))
+    assert abs(ours - theirs) < 1e-5, (ours, theirs)
+
+    # export the student: transformers loads it, its logits equal salt_jax's, the tokenizer came along
+    out = str(tmp_path / "student_hf")
+    assert hf.export_hf(workdir, out) == "llama"
+    assert os.path.isfile(os.path.join(out, "tokenizer.json"))
+    loaded = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    from salt_jax.teacher import resolve_checkpoint
+
+    root, step = resolve_checkpoint(workdir)
+    params = hf._restore_params(root, step, c.model)
+    want = _jax_logits(c.model, params, inputs[:2, :SEQ])
+    np.testing.assert_allclose(_torch_logits(loaded, inputs[:2, :SEQ]), want, atol=ATOL, rtol=RTOL)
+    reloaded = transformers.AutoTokenizer.from_pretrained(out)
+    assert reloaded("import os")["input_ids"] == tok.encode(["import os"])[0]
+
+
+def test_imported_checkpoint_is_a_teacher_and_names_its_tokenizer(hf_teacher, tmp_path, cache_dir):
+    import ml_collections
+
+    from salt_jax.config import base_config
+    from salt_jax.teacher import load_teacher
+
+    directory, torch_teacher, _ = hf_teacher
+    out = subprocess.run([sys.executable, "-m", "salt_jax.hf", "import", "--hf-dir", directory, "--out",
+                          str(tmp_path / "imported")], capture_output=True, text=True, cwd=REPO,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO))
+    assert out.returncode == 0, out.stderr
+    c = base_config("test-tiny")
+    c.salt.method, c.salt.teacher = "salt", str(tmp_path / "imported")
+    hf.adopt_teacher_vocabulary(c)
+    assert c.data.tokenizer.hf_dir == str(tmp_path / "imported" / "hf_tokenizer") and c.model.vocab_size == 288
+    from salt_jax.tokenizer import HFTokenizer
+
+    tok = HFTokenizer(c.data.tokenizer.hf_dir)
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
+    teacher = load_teacher(c.salt, c.model, tok.fingerprint(), mesh)
+    tokens = _tokens(3, vocab=288)
+    np.testing.assert_allclose(_jax_logits(teacher.config, teacher.params, tokens),
+                               _torch_logits(torch_teacher, tokens), atol=ATOL, rtol=RTOL)
+    c.model.vocab_size = 300  # set by the user and different: refused with the number to use
+    with pytest.raises(UserError, match=r"config.model.vocab_size=300: .* set config.model.vocab_size=288"):
+        hf.adopt_teacher_vocabulary(c)
