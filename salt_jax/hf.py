@@ -739,9 +739,10 @@ def teacher_hf_info(teacher: str) -> tuple[str | None, int] | None:
 def adopt_teacher_vocabulary(config: ml_collections.ConfigDict) -> None:
     """With an HF teacher: tokenize with its tokenizer and give the student its vocabulary size.
 
-    data.tokenizer.kind "bytes" (the default) becomes "hf" with hf_dir the
-    teacher's tokenizer; model.vocab_size, when still the preset's, becomes the
-    teacher's (the HF config's vocab_size, which may exceed the tokenizer's).
+    data.tokenizer.kind becomes "hf" with hf_dir the teacher's tokenizer (a
+    student must share its teacher's tokenizer); model.vocab_size, when still
+    the preset's, becomes the teacher's (the HF config's vocab_size, which may
+    exceed the tokenizer's).
     """
     from salt_jax import presets
 
@@ -752,13 +753,9 @@ def adopt_teacher_vocabulary(config: ml_collections.ConfigDict) -> None:
         return
     tok_dir, vocab = info
     t, m = config.data.tokenizer, config.model
-    if tok_dir:
-        if t.kind == "sentencepiece":
-            raise UserError("config.data.tokenizer.kind='sentencepiece': the teacher comes from Hugging Face and "
-                            "the student must use its tokenizer; set config.data.tokenizer.kind=hf")
-        if t.kind != "hf" or not t.get("hf_dir"):
-            logging.info("Hugging Face teacher: tokenizing with its tokenizer (%s)", tok_dir)
-            t.kind, t.hf_dir = "hf", t.get("hf_dir") or tok_dir
+    if tok_dir and (t.kind != "hf" or not t.get("hf_dir")):  # any other tokenizer would fail the teacher's check
+        logging.info("Hugging Face teacher: tokenizing with its tokenizer (%s) instead of kind=%s", tok_dir, t.kind)
+        t.kind, t.hf_dir = "hf", t.get("hf_dir") or tok_dir
     if m.vocab_size != vocab:
         preset_vocab = presets.model_config(m.preset).vocab_size if m.preset in presets.PRESETS else None
         if m.vocab_size != preset_vocab:

@@ -346,3 +346,31 @@ def test_imported_checkpoint_is_a_teacher_and_names_its_tokenizer(hf_teacher, tm
     c.model.vocab_size = 300  # set by the user and different: refused with the number to use
     with pytest.raises(UserError, match=r"config.model.vocab_size=300: .* set config.model.vocab_size=288"):
         hf.adopt_teacher_vocabulary(c)
+
+
+def test_sharded_bfloat16_checkpoints_import_and_export(tmp_path):
+    """save_pretrained shards (with an index) in bf16 import exactly; export shards and bf16 load in transformers."""
+    model = _hf_model("qwen2", str(tmp_path / "f32"), seed=3).to(torch.bfloat16)
+    model.save_pretrained(str(tmp_path / "bf16"), max_shard_size="20KB")
+    assert os.path.isfile(tmp_path / "bf16" / "model.safetensors.index.json")
+    cfg, params = hf.load_params(str(tmp_path / "bf16"))
+    want = model.state_dict()["model.layers.1.mlp.down_proj.weight"].float().numpy().T
+    np.testing.assert_array_equal(np.asarray(params["layers"]["mlp"]["down"][1]), want)
+
+    hf.import_hf(str(tmp_path / "bf16"), str(tmp_path / "ckpt"))
+    hf.export_hf(str(tmp_path / "ckpt"), str(tmp_path / "out"), dtype="bfloat16", shard_bytes=20_000)
+    assert os.path.isfile(tmp_path / "out" / "model.safetensors.index.json")
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"), attn_implementation="eager")
+    ours, theirs = loaded.state_dict(), model.state_dict()
+    assert set(ours) == set(theirs)
+    for key in theirs:
+        assert ours[key].dtype == torch.bfloat16 and torch.equal(ours[key], theirs[key]), key
+
+
+def test_import_and_training_path_do_not_load_torch_or_transformers():
+    script = ("import sys; import salt_jax.train, salt_jax.hf, salt_jax.main, salt_jax.teacher, salt_jax.tokenizer; "
+              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
