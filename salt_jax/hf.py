@@ -200,16 +200,27 @@ def _qwen3_from_hf(hf: dict) -> dict:
 
 def _gemma2_from_hf(hf: dict) -> dict:
     out = _common(hf, tie_default=True)
+    if hf.get("layer_types") is None:  # v4 configs: Gemma 2 alternates, Gemma 3 has sliding_window_pattern
+        every = int(_field(hf, "sliding_window_pattern", 6 if hf.get("model_type") == "gemma3_text" else 2))
+        hf = dict(hf, layer_types=["sliding_attention" if (i + 1) % every else "full_attention"
+                                   for i in range(out["n_layers"])])
     window, pattern = _layer_pattern(hf, out["n_layers"])
     if hf.get("use_bidirectional_attention"):
         raise _unsupported("use_bidirectional_attention", True, "causal attention only")
     return dict(out, rope_base=_rope_theta(hf, 10000.0), norm_plus_one=True, post_norms=True,
                 activation=_activation(hf, "hidden_activation", _field(hf, "hidden_act", "gelu_pytorch_tanh")),
                 embed_scale=float(out["d_model"]) ** 0.5,
-                attn_scale=float(_field(hf, "query_pre_attn_scalar", out["head_dim"])) ** -0.5,
-                attn_softcap=float(_field(hf, "attn_logit_softcapping", 0.0)),
-                final_softcap=float(_field(hf, "final_logit_softcapping", 0.0)),
+                attn_scale=float(_field(hf, "query_pre_attn_scalar", 256)) ** -0.5,
+                attn_softcap=_softcap(hf, "attn_logit_softcapping", 50.0),
+                final_softcap=_softcap(hf, "final_logit_softcapping", 30.0),
                 sliding_window=window, local_layers=pattern)
+
+
+def _softcap(hf: dict, field: str, gemma2_default: float) -> float:
+    """A soft-cap: absent -> the family's default (Gemma 2 caps, Gemma 3 does not); null -> off."""
+    default = gemma2_default if hf.get("model_type") == "gemma2" else None
+    value = hf.get(field, default)
+    return float(value or 0.0)
 
 
 def _gemma3_from_hf(hf: dict) -> dict:
@@ -904,7 +915,8 @@ def main(argv: list[str] | None = None) -> None:
     imp = sub.add_parser("import", help="HF model directory -> salt_jax teacher checkpoint")
     imp.add_argument("--hf-dir", required=True, help="local Hugging Face model directory (config.json + safetensors)")
     imp.add_argument("--out", required=True, help="new directory for the checkpoint (use it as config.salt.teacher)")
-    imp.add_argument("--dtype", default="float32", help="compute dtype recorded in the model config")
+    imp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                     help="compute dtype recorded in the model config (parameters stay float32)")
     exp = sub.add_parser("export", help="salt_jax run -> HF model directory")
     exp.add_argument("--workdir", required=True, help="the run's workdir (or a checkpoints directory)")
     exp.add_argument("--out", required=True, help="directory to write config.json + safetensors into")

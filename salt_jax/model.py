@@ -120,9 +120,9 @@ class RMSNorm(nn.Module):
         return y.astype(self.dtype)
 
 
-def norm(cfg: ml_collections.ConfigDict, name: str, eps: float | None = None) -> RMSNorm:
+def norm(cfg: ml_collections.ConfigDict, name: str) -> RMSNorm:
     """The config's norm layer (RMSNorm, (1 + w) RMSNorm or LayerNorm) named `name`."""
-    return RMSNorm(cfg.norm_eps if eps is None else eps, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype),
+    return RMSNorm(cfg.norm_eps, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype),
                    kind=option(cfg, "norm"), plus_one=option(cfg, "norm_plus_one"), name=name)
 
 

@@ -161,7 +161,7 @@ def test_import_places_parameters_in_their_shardings(hf_dirs):
 def test_import_export_round_trip_gives_identical_tensors(hf_dirs, tmp_path, name):
     from safetensors.numpy import load_file
 
-    directory, _ = hf_dirs[name]
+    directory, model = hf_dirs[name]
     hf.import_hf(directory, str(tmp_path / "ckpt"))
     hf.export_hf(str(tmp_path / "ckpt"), str(tmp_path / "out"))
     a, b = load_file(os.path.join(directory, "model.safetensors")), load_file(str(tmp_path / "out" / "model.safetensors"))
@@ -170,6 +170,9 @@ def test_import_export_round_trip_gives_identical_tensors(hf_dirs, tmp_path, nam
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     exported = json.load(open(tmp_path / "out" / "config.json"))
     assert exported["model_type"] == json.load(open(os.path.join(directory, "config.json")))["model_type"]
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"), attn_implementation="eager").eval()
+    tokens = _tokens(5)
+    np.testing.assert_allclose(_torch_logits(loaded, tokens), _torch_logits(model, tokens), atol=1e-6, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- errors
