@@ -830,10 +830,14 @@ def export_hf(workdir: str, out: str, step: int | None = None, dtype: str = "flo
     from salt_jax.teacher import resolve_checkpoint
 
     workdir = os.path.abspath(workdir)
-    if step is not None:
-        root, step = os.path.join(workdir, "checkpoints"), int(step)
-    else:
-        root, step = resolve_checkpoint(workdir)
+    try:
+        root, latest = resolve_checkpoint(workdir)
+    except UserError as e:
+        raise UserError(f"--workdir {workdir}: {str(e).split(': ', 1)[-1]}") from None
+    if step is None:
+        step = latest
+    elif not os.path.isdir(os.path.join(root, str(step))):
+        raise UserError(f"--step {step}: no such checkpoint in {root}; the latest is {latest}")
     record = checkpoints.read_record(root, step) or {}
     if "model" not in record:
         raise UserError(f"{os.path.join(root, str(step))}: no readable record with the model config; "

@@ -377,3 +377,8 @@ def test_import_and_training_path_do_not_load_torch_or_transformers():
                          env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_export_of_a_workdir_without_checkpoints_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match=r"--workdir .*: no finished checkpoint"):
+        hf.export_hf(str(tmp_path), str(tmp_path / "out"))
