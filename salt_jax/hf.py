@@ -662,12 +662,20 @@ def load_teacher(hf_dir: str, salt_cfg, student_model_cfg, tokenizer_fp: str, me
 
     from salt_jax import sharding
     from salt_jax.model import Transformer
-    from salt_jax.teacher import Teacher, check_compatible
+    from salt_jax.teacher import Teacher
 
     hf_dir = os.path.abspath(hf_dir)
     cfg = model_config_from_hf(read_hf_config(hf_dir), os.path.join(hf_dir, "config.json"))
+    if salt_cfg.get("teacher_dtype", ""):  # a frozen teacher needs no float32 master copy
+        cfg.param_dtype = cfg.dtype = salt_cfg.teacher_dtype
     tok_fp = tokenizer_fingerprint(hf_dir)
-    check_compatible(cfg, tok_fp, student_model_cfg, tokenizer_fp)
+    if cfg.vocab_size != student_model_cfg.vocab_size:
+        raise UserError(f"config.salt.teacher={hf_dir}: its vocab_size ({cfg.vocab_size}) differs from "
+                        f"config.model.vocab_size ({student_model_cfg.vocab_size}); leave the student's at the "
+                        "preset's value (it then takes the teacher's) or set it to the teacher's")
+    if tok_fp and tok_fp != tokenizer_fp:
+        raise UserError(f"config.salt.teacher={hf_dir}: the run tokenizes with {tokenizer_fp}, not the teacher's "
+                        f"tokenizer ({tok_fp}); set config.data.tokenizer.kind=hf and hf_dir={hf_dir}")
     _, boxed = _abstract_params(cfg)
     if salt_cfg.teacher_sharding == "replicated":
         shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), nn.meta.unbox(boxed))

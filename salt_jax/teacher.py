@@ -101,19 +101,6 @@ def checkpoint_fingerprint(ckpt_dir: str) -> str:
     return h.hexdigest()[:16]
 
 
-def check_compatible(cfg: ml_collections.ConfigDict, teacher_tokenizer: str,
-                     student_model_cfg: ml_collections.ConfigDict, tokenizer_fingerprint: str) -> None:
-    """Teacher and student must share the vocabulary and the tokenizer."""
-    if cfg.vocab_size != student_model_cfg.vocab_size:
-        raise UserError(f"config.salt.teacher: the teacher's vocabulary ({cfg.vocab_size}) differs from the "
-                        f"student's config.model.vocab_size ({student_model_cfg.vocab_size}); teacher and "
-                        "student must share one tokenizer and vocabulary")
-    if teacher_tokenizer and teacher_tokenizer != tokenizer_fingerprint:
-        raise UserError(f"config.salt.teacher: the teacher was trained with tokenizer {teacher_tokenizer}, "
-                        f"the student uses {tokenizer_fingerprint}; use the teacher's config.data.tokenizer "
-                        "settings (same source and vocab_size, or its model_file)")
-
-
 def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_collections.ConfigDict,
                  tokenizer_fingerprint: str, mesh) -> Teacher:
     """Reads the teacher's config, checks it against the student, restores its parameters.
@@ -131,7 +118,14 @@ def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_coll
         raise UserError(f"{ckpt_dir}: the checkpoint record has no model config; re-train the teacher with "
                         "this version of salt_jax")
     cfg = ml_collections.ConfigDict(record["model"])
-    check_compatible(cfg, record.get("tokenizer", ""), student_model_cfg, tokenizer_fingerprint)
+    if cfg.vocab_size != student_model_cfg.vocab_size:
+        raise UserError(f"config.salt.teacher: the teacher's vocabulary ({cfg.vocab_size}) differs from the "
+                        f"student's config.model.vocab_size ({student_model_cfg.vocab_size}); teacher and "
+                        "student must share one tokenizer and vocabulary")
+    if record.get("tokenizer") and record["tokenizer"] != tokenizer_fingerprint:
+        raise UserError(f"config.salt.teacher: the teacher was trained with tokenizer {record['tokenizer']}, "
+                        f"the student uses {tokenizer_fingerprint}; use the teacher's config.data.tokenizer "
+                        "settings (same source and vocab_size, or its model_file)")
 
     model = Transformer(cfg)
     boxed = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"], jax.random.key(0))

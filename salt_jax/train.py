@@ -18,9 +18,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from salt_jax import checkpoints, data, hf, metrics, optim, schedules, selection, sharding, state as state_lib
+from salt_jax import checkpoints, data, metrics, optim, schedules, selection, sharding, state as state_lib
 from salt_jax import teacher as teacher_lib
 from salt_jax.config import check_vocab, validate
+from salt_jax.hf import adopt_teacher_vocabulary
 from salt_jax.errors import UserError
 from salt_jax.model import Transformer, param_count
 from salt_jax.train_step import CompiledSteps
@@ -150,7 +151,7 @@ def _selected_batches(config, cache, teacher, mesh, pad_id: int, kd_end: int, wo
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the final summary."""
     validate(config)
-    hf.adopt_teacher_vocabulary(config)  # a Hugging Face teacher: its tokenizer and vocabulary size
+    adopt_teacher_vocabulary(config)  # a Hugging Face teacher: its tokenizer and vocabulary size
     schedules.resolve(config.salt, config.train.steps)  # config.json records the step counts used
     os.makedirs(workdir, exist_ok=True)
     cfg_d, cfg_t, salt = config.data, config.train, config.salt
