@@ -55,7 +55,7 @@ setup(
         "hf": HF,
         "notebook": NOTEBOOK,
         "logging": LOGGING,
-        "test": ["pytest==9.2.0"] + NOTEBOOK,
+        "test": ["pytest==9.2.0"] + NOTEBOOK + HF,  # tests/test_hf.py compares against transformers
         "all": HF + NOTEBOOK + LOGGING + ["pytest==9.2.0"],
     },
 )

@@ -52,7 +52,7 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, sof
     i = jnp.arange(t)[:, None]
     j = jnp.arange(t)[None, :]
     allowed = j <= i
-    if window > 0:
+    if not isinstance(window, int) or window > 0:  # a traced window (per-layer data under nn.scan) too
         allowed &= j > i - window
     scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
@@ -103,15 +103,22 @@ def _splash(q, k, v, scale, window):
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str = "auto", scale: float | None = None,
-           softcap: float = 0.0, window: int = 0) -> jax.Array:
-    """Causal grouped-query attention [b, t, n, h] x [b, t, kv, h] -> [b, t, n, h]."""
+           softcap: float = 0.0, window: int | jax.Array = 0) -> jax.Array:
+    """Causal grouped-query attention [b, t, n, h] x [b, t, kv, h] -> [b, t, n, h].
+
+    `window` may be a traced int (local and global layers scanned together).
+    """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     impl = default_implementation() if implementation == "auto" else implementation
     if softcap > 0 and impl != "xla":
         _warn_once(f"attention: soft-capping needs the XLA path; not using {impl}")
         impl = "xla"
+    traced_window = not isinstance(window, int)  # differs per scanned layer: only the XLA path takes it
+    if traced_window and impl != "xla":
+        _warn_once(f"attention: a per-layer sliding window needs the XLA path; not using {impl}")
+        impl = "xla"
     if impl == "xla":
-        if window > 0 or softcap > 0:
+        if traced_window or window > 0 or softcap > 0:
             return xla_attention(q, k, v, scale=scale, softcap=softcap, window=window)
         return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, implementation="xla")
     kernel = {"cudnn": _cudnn, "splash": _splash}[impl]

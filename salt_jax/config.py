@@ -12,7 +12,7 @@ import ml_collections
 from salt_jax import presets
 from salt_jax.attention import IMPLEMENTATIONS
 from salt_jax.errors import UserError, check
-from salt_jax.model import DTYPES, REMAT_POLICIES
+from salt_jax.model import ACTIVATIONS, DTYPES, OPTIONS, REMAT_POLICIES
 
 METHODS = ("baseline", "teacher", "rkd", "salt", "salt_ds")
 VARIANTS = ("teacher", "baseline", "rkd", "salt", "salt_ds", "salt-linear", "salt-ratio", "salt-adaptive",
@@ -44,11 +44,12 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     d.cache_dir = ""  # token / tokenizer cache; "" = $SALT_JAX_CACHE or ~/.cache/salt_jax
     d.eval_batches = 8  # held-out batches per evaluation (fixed, in order), 0 = the whole split
     d.tokenizer = t = ml_collections.ConfigDict()
-    t.kind = "bytes"  # "bytes" (259 ids) or "sentencepiece" (trained on the train split, cached)
+    t.kind = "bytes"  # "bytes" (259 ids), "sentencepiece" (trained on the train split, cached) or "hf" (hf_dir's)
     t.vocab_size = 2048  # SentencePiece vocabulary size (must not exceed model.vocab_size)
     t.model_type = "bpe"  # SentencePiece algorithm: "bpe" or "unigram"
     t.max_train_lines = 200_000  # lines sampled from the train split to train SentencePiece on
     t.model_file = ""  # use this existing SentencePiece .model instead of training one
+    t.hf_dir = ""  # kind=hf: a local Hugging Face directory with tokenizer.json; set from a Hugging Face teacher
 
     c.optim = o = ml_collections.ConfigDict()
     o.learning_rate = 3e-3  # peak learning rate
@@ -68,7 +69,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
 
     c.salt = k = ml_collections.ConfigDict()
     k.method = "baseline"  # baseline | teacher (a baseline run that makes a teacher) | rkd | salt | salt_ds
-    k.teacher = ""  # the teacher: its run's workdir, or one checkpoint directory (<workdir>/checkpoints/<step>)
+    k.teacher = ""  # the teacher: its run's workdir, a checkpoint directory, or a Hugging Face model directory
     k.teacher_sharding = "sharded"  # teacher parameters on the mesh: "sharded" (same rules) or "replicated"
     k.teacher_dtype = ""  # hold the teacher's parameters and compute in this dtype ("bfloat16" on accelerators; "" = as trained)
     k.kd_weight = 0.5  # w0, the KD weight while distilling (ours: the paper does not give it)
@@ -143,7 +144,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
         check(isinstance(m[f], int) and m[f] > 0, f"config.model.{f}={m[f]!r}: must be a positive integer")
     check(m.n_heads % m.n_kv_heads == 0,
           f"config.model.n_kv_heads={m.n_kv_heads}: must divide n_heads={m.n_heads}")
-    check(m.head_dim % 2 == 0, f"config.model.head_dim={m.head_dim}: must be even (rotary embedding)")
+    check(m.get("positions", "rope") != "rope" or m.head_dim % 2 == 0,
+          f"config.model.head_dim={m.head_dim}: must be even (rotary embedding)")
+    for f, allowed in (("norm", ("rms", "layer")), ("mlp", ("gated", "plain")), ("positions", ("rope", "learned")),
+                       ("activation", tuple(ACTIVATIONS))):
+        check(m.get(f, OPTIONS[f]) in allowed, f"config.model.{f}={m.get(f)!r}: use one of {', '.join(allowed)}")
+    pattern = m.get("local_layers", "")
+    check(not pattern or (len(pattern) == m.n_layers and set(pattern) <= {"L", "G"}),
+          f"config.model.local_layers={pattern!r}: give one letter per layer ({m.n_layers}), L or G, or \"\"")
     for f in ("dtype", "param_dtype"):
         check(m[f] in DTYPES, f"config.model.{f}={m[f]!r}: use one of {', '.join(DTYPES)}")
     check(m.remat in REMAT_POLICIES, f"config.model.remat={m.remat!r}: use one of {', '.join(REMAT_POLICIES)}")
@@ -157,8 +165,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check(d.batch_size > 0, f"config.data.batch_size={d.batch_size}: must be positive")
     check(0.0 < d.heldout_fraction < 1.0,
           f"config.data.heldout_fraction={d.heldout_fraction}: must be strictly between 0 and 1")
-    check(d.tokenizer.kind in ("bytes", "sentencepiece"),
-          f"config.data.tokenizer.kind={d.tokenizer.kind!r}: use 'bytes' or 'sentencepiece'")
+    check(d.tokenizer.kind in ("bytes", "sentencepiece", "hf"),
+          f"config.data.tokenizer.kind={d.tokenizer.kind!r}: use 'bytes', 'sentencepiece' or 'hf'")
     if d.tokenizer.kind == "sentencepiece" and not d.tokenizer.model_file:
         check(d.tokenizer.vocab_size <= m.vocab_size,
               f"config.data.tokenizer.vocab_size={d.tokenizer.vocab_size}: exceeds config.model.vocab_size="

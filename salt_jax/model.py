@@ -7,7 +7,15 @@ logical axis names; `salt_jax.sharding` maps them onto the mesh.
 
 The model config fields (see `salt_jax.presets`):
     vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim, mlp_dim,
-    max_len, rope_base, norm_eps, tie_embeddings, param_dtype, dtype, remat, attention.
+    max_len, rope_base, norm_eps, tie_embeddings, param_dtype, dtype, remat, attention,
+and the architecture options of `OPTIONS` (defaults: the Llama model above), which
+let the one module express the Hugging Face families `salt_jax.hf` reads
+(Llama, Qwen2/3, Gemma 2/3, GPT-2): LayerNorm or (1 + w) RMSNorm, biases, GELU
+and non-gated MLPs, query/key norms, Gemma's extra norms, embedding scaling,
+soft-capping, learned positions and sliding-window layers. Per-layer
+differences (local vs global layers) are data scanned with the layers, not
+structure. Records of older checkpoints lack these fields: `option` supplies
+the defaults.
 """
 
 from __future__ import annotations
@@ -34,6 +42,47 @@ REMAT_POLICIES = {
 }
 
 
+# Architecture options and their defaults (the Llama-style model); see salt_jax.presets for each field.
+OPTIONS = {
+    "norm": "rms",  # rms | layer (LayerNorm with a bias)
+    "norm_plus_one": False,  # norms multiply by (1 + scale) (Gemma)
+    "qkv_bias": False,  # biases on the query/key/value projections
+    "o_bias": False,  # bias on the attention output projection
+    "mlp_bias": False,  # biases on the MLP projections
+    "mlp": "gated",  # gated (act(x W_gate) * x W_up) | plain (act(x W_up))
+    "activation": "silu",  # silu | gelu_tanh | gelu
+    "qk_norm": False,  # RMSNorm over head_dim on queries and keys (Qwen3, Gemma 3)
+    "post_norms": False,  # norms on the attention and MLP outputs before the residual add (Gemma 2/3)
+    "embed_scale": 1.0,  # input embeddings are multiplied by this (Gemma: sqrt(d_model))
+    "attn_scale": 0.0,  # attention score scale; 0 = head_dim ** -0.5
+    "attn_softcap": 0.0,  # attention logits -> c * tanh(logits / c); 0 = off
+    "final_softcap": 0.0,  # output logits -> c * tanh(logits / c); 0 = off
+    "positions": "rope",  # rope | learned (an absolute table of max_len rows, GPT-2)
+    "sliding_window": 0,  # local layers attend to the last this-many positions; 0 = no local layers
+    "local_layers": "",  # one letter per layer, L (local) or G (global); "" = all local if sliding_window
+    "rope_local_base": 0.0,  # rotary base of local layers; 0 = rope_base
+}
+ACTIVATIONS = {
+    "silu": nn.silu,
+    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+}
+
+
+def option(cfg: ml_collections.ConfigDict, name: str) -> Any:
+    """An architecture option of a model config, with its default when the config predates it."""
+    return cfg.get(name, OPTIONS[name])
+
+
+def local_layer_flags(cfg: ml_collections.ConfigDict) -> list[bool] | None:
+    """Which layers are local (sliding-window); None when all layers are alike."""
+    if not option(cfg, "sliding_window"):
+        return None
+    pattern = option(cfg, "local_layers") or "L" * cfg.n_layers
+    flags = [ch == "L" for ch in pattern]
+    return None if all(flags) else flags
+
+
 def dtype_of(name: str) -> Any:
     return DTYPES[name]
 
@@ -43,22 +92,50 @@ def _param(module: nn.Module, name: str, init, shape, axes, dtype):
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm with a learned scale; statistics in float32."""
+    """Root-mean-square norm with a learned scale; statistics in float32.
+
+    `kind="layer"` makes it a LayerNorm (mean removed, learned bias);
+    `plus_one` multiplies by (1 + scale), with scale initialised to 0 (Gemma).
+    """
 
     eps: float
     dtype: Any
     param_dtype: Any
+    kind: str = "rms"
+    plus_one: bool = False
 
     @nn.compact
     def __call__(self, x):
-        scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("norm",), self.param_dtype)
+        init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
+        scale = _param(self, "scale", init, (x.shape[-1],), ("norm",), self.param_dtype)
         x32 = x.astype(jnp.float32)
+        if self.kind == "layer":
+            x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+        scale = scale.astype(jnp.float32)
+        y = y * (1.0 + scale if self.plus_one else scale)
+        if self.kind == "layer":
+            y = y + _param(self, "bias", nn.initializers.zeros, (x.shape[-1],), ("norm",),
+                           self.param_dtype).astype(jnp.float32)
+        return y.astype(self.dtype)
 
 
-def rotary(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
-    """Rotary position embedding (rotate-half form) on [batch, len, heads, head_dim]."""
+def norm(cfg: ml_collections.ConfigDict, name: str) -> RMSNorm:
+    """The config's norm layer (RMSNorm, (1 + w) RMSNorm or LayerNorm) named `name`."""
+    return RMSNorm(cfg.norm_eps, dtype_of(cfg.dtype), dtype_of(cfg.param_dtype),
+                   kind=option(cfg, "norm"), plus_one=option(cfg, "norm_plus_one"), name=name)
+
+
+def softcap(x: jax.Array, cap: float) -> jax.Array:
+    """cap * tanh(x / cap): bounds logits smoothly to (-cap, cap) (Gemma 2)."""
+    return cap * jnp.tanh(x / cap)
+
+
+def rotary(x: jax.Array, positions: jax.Array, base) -> jax.Array:
+    """Rotary position embedding (rotate-half form) on [batch, len, heads, head_dim].
+
+    `base` may be a traced scalar (local and global layers differ under nn.scan).
+    """
     half = x.shape[-1] // 2
     freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
     angle = positions[..., None].astype(jnp.float32) * freq  # [batch, len, half]
@@ -69,12 +146,16 @@ def rotary(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
 
 
 class Attention(nn.Module):
-    """Causal grouped-query self-attention with rotary positions."""
+    """Causal grouped-query self-attention with rotary positions.
+
+    `is_local` (a traced bool, one per layer) picks the sliding window and the
+    local rotary base when layers differ; None when all layers are alike.
+    """
 
     cfg: ml_collections.ConfigDict
 
     @nn.compact
-    def __call__(self, x, positions):
+    def __call__(self, x, positions, is_local=None):
         c = self.cfg
         dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
         init = nn.initializers.normal(stddev=c.d_model**-0.5)
@@ -86,15 +167,37 @@ class Attention(nn.Module):
         q = jnp.einsum("btd,dnh->btnh", x, wq.astype(dt))
         k = jnp.einsum("btd,dnh->btnh", x, wk.astype(dt))
         v = jnp.einsum("btd,dnh->btnh", x, wv.astype(dt))
-        q = nn.with_logical_constraint(rotary(q, positions, c.rope_base), ("batch", "length", "act_heads", None))
-        k = rotary(k, positions, c.rope_base)
-        y = attention.attend(q, k, v, implementation=c.get("attention", "auto"))
+        if option(c, "qkv_bias"):
+            zeros = nn.initializers.zeros
+            q = q + _param(self, "q_bias", zeros, (c.n_heads, c.head_dim), ("heads", "head_dim"), pdt).astype(dt)
+            k = k + _param(self, "k_bias", zeros, (c.n_kv_heads, c.head_dim), ("kv_heads", "head_dim"),
+                           pdt).astype(dt)
+            v = v + _param(self, "v_bias", zeros, (c.n_kv_heads, c.head_dim), ("kv_heads", "head_dim"),
+                           pdt).astype(dt)
+        if option(c, "qk_norm"):
+            q = norm(c, "q_norm")(q)
+            k = norm(c, "k_norm")(k)
+        window, base = option(c, "sliding_window"), c.rope_base
+        if is_local is not None:  # layers differ: window and base are per-layer data
+            window = jnp.where(is_local, window, x.shape[1] + 1)
+            base = jnp.where(is_local, option(c, "rope_local_base") or c.rope_base, c.rope_base)
+        elif window:  # every layer is local
+            base = option(c, "rope_local_base") or c.rope_base
+        if option(c, "positions") == "rope":
+            q, k = rotary(q, positions, base), rotary(k, positions, base)
+        q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", None))
+        y = attention.attend(q, k, v, implementation=c.get("attention", "auto"),
+                             scale=option(c, "attn_scale") or None, softcap=option(c, "attn_softcap"),
+                             window=window)
         y = nn.with_logical_constraint(y, ("batch", "length", "act_heads", None))
-        return checkpoint_name(jnp.einsum("btnh,nhd->btd", y, wo.astype(dt)), "attn_out")
+        out = jnp.einsum("btnh,nhd->btd", y, wo.astype(dt))
+        if option(c, "o_bias"):
+            out = out + _param(self, "o_bias", nn.initializers.zeros, (c.d_model,), ("norm",), pdt).astype(dt)
+        return checkpoint_name(out, "attn_out")
 
 
 class MLP(nn.Module):
-    """SwiGLU feed-forward block."""
+    """Feed-forward block: gated (SwiGLU / GeGLU) or plain (GPT-2), optional biases."""
 
     cfg: ml_collections.ConfigDict
 
@@ -103,28 +206,46 @@ class MLP(nn.Module):
         c = self.cfg
         dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
         init = nn.initializers.normal(stddev=c.d_model**-0.5)
-        w_gate = _param(self, "gate", init, (c.d_model, c.mlp_dim), ("embed", "mlp"), pdt)
-        w_up = _param(self, "up", init, (c.d_model, c.mlp_dim), ("embed", "mlp"), pdt)
-        down_init = nn.initializers.normal(stddev=c.mlp_dim**-0.5 / (2 * c.n_layers) ** 0.5)
-        w_down = _param(self, "down", down_init, (c.mlp_dim, c.d_model), ("mlp", "embed"), pdt)
-        h = nn.silu(x @ w_gate.astype(dt)) * (x @ w_up.astype(dt))
+        act = ACTIVATIONS[option(c, "activation")]
+        bias = option(c, "mlp_bias")
+
+        def proj(name, w_init, shape, axes, h):
+            y = h @ _param(self, name, w_init, shape, axes, pdt).astype(dt)
+            if bias:
+                b_axes = ("mlp",) if axes[-1] == "mlp" else ("norm",)
+                y = y + _param(self, f"{name}_bias", nn.initializers.zeros, shape[-1:], b_axes, pdt).astype(dt)
+            return y
+
+        if option(c, "mlp") == "gated":  # (gate first: parameter initialisation order)
+            gate = proj("gate", init, (c.d_model, c.mlp_dim), ("embed", "mlp"), x)
+            h = act(gate) * proj("up", init, (c.d_model, c.mlp_dim), ("embed", "mlp"), x)
+        else:
+            h = act(proj("up", init, (c.d_model, c.mlp_dim), ("embed", "mlp"), x))
         h = nn.with_logical_constraint(h, ("batch", "length", "act_mlp"))
-        return checkpoint_name(h @ w_down.astype(dt), "mlp_out")
+        down_init = nn.initializers.normal(stddev=c.mlp_dim**-0.5 / (2 * c.n_layers) ** 0.5)
+        return checkpoint_name(proj("down", down_init, (c.mlp_dim, c.d_model), ("mlp", "embed"), h), "mlp_out")
 
 
 class Block(nn.Module):
-    """Pre-norm residual block; shaped (carry, positions) -> (carry, None) for nn.scan."""
+    """Pre-norm residual block; shaped (carry, positions[, is_local]) -> (carry, None) for nn.scan.
+
+    With `post_norms` the attention and MLP outputs are normed before the
+    residual add (Gemma 2/3).
+    """
 
     cfg: ml_collections.ConfigDict
 
     @nn.compact
-    def __call__(self, x, positions):
+    def __call__(self, x, positions, is_local=None):
         c = self.cfg
-        dt, pdt = dtype_of(c.dtype), dtype_of(c.param_dtype)
-        h = RMSNorm(c.norm_eps, dt, pdt, name="attn_norm")(x)
-        x = x + Attention(c, name="attn")(h, positions)
-        h = RMSNorm(c.norm_eps, dt, pdt, name="mlp_norm")(x)
-        x = x + MLP(c, name="mlp")(h)
+        y = Attention(c, name="attn")(norm(c, "attn_norm")(x), positions, is_local)
+        if option(c, "post_norms"):
+            y = norm(c, "attn_post_norm")(y)
+        x = x + y
+        y = MLP(c, name="mlp")(norm(c, "mlp_norm")(x))
+        if option(c, "post_norms"):
+            y = norm(c, "mlp_post_norm")(y)
+        x = x + y
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         return x, None
 
@@ -133,7 +254,8 @@ class Transformer(nn.Module):
     """Token ids [batch, len] -> logits [batch, len, vocab] (float32).
 
     `return_hidden=True` returns (final normed hidden states, output projection
-    [d_model, vocab]) instead, for losses that apply the projection themselves.
+    [d_model, vocab]) instead, for losses that apply the projection themselves
+    (they must then apply `final_softcap` when the config sets one).
     """
 
     cfg: ml_collections.ConfigDict
@@ -150,21 +272,31 @@ class Transformer(nn.Module):
         # over d_model cannot produce batch-sharded rows without a full remat.
         table = nn.with_logical_constraint(embed.astype(dt), (None, None))
         x = jnp.take(table, tokens, axis=0)
+        if option(c, "embed_scale") != 1.0:
+            x = x * jnp.asarray(option(c, "embed_scale"), dt)
+        if option(c, "positions") == "learned":
+            pos = _param(self, "pos_embed", nn.initializers.normal(stddev=0.01), (c.max_len, c.d_model),
+                         (None, "embed"), pdt)
+            x = x + jnp.take(nn.with_logical_constraint(pos.astype(dt), (None, None)), positions, axis=0)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
         block = Block
         if c.remat != "none":
             block = nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=False)
+        flags = local_layer_flags(c)
         stack = nn.scan(
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=nn.broadcast,
+            in_axes=nn.broadcast if flags is None else (nn.broadcast, 0),
             length=c.n_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x, _ = stack(c, name="layers")(x, positions)
-        hidden = RMSNorm(c.norm_eps, dt, pdt, name="final_norm")(x)
+        if flags is None:
+            x, _ = stack(c, name="layers")(x, positions)
+        else:  # local / global layers differ: one flag per layer, scanned with the layers
+            x, _ = stack(c, name="layers")(x, positions, jnp.asarray(flags))
+        hidden = norm(c, "final_norm")(x)
 
         if c.tie_embeddings:
             head = embed.T
@@ -173,7 +305,10 @@ class Transformer(nn.Module):
                           (c.d_model, c.vocab_size), ("embed", "vocab"), pdt)
         if return_hidden:
             return hidden, head
-        return output_logits(hidden, head, dt)
+        logits = output_logits(hidden, head, dt)
+        if option(c, "final_softcap"):
+            logits = softcap(logits, option(c, "final_softcap"))
+        return logits
 
 
 def output_logits(hidden: jax.Array, head: jax.Array, dtype=jnp.float32) -> jax.Array:
@@ -184,12 +319,19 @@ def output_logits(hidden: jax.Array, head: jax.Array, dtype=jnp.float32) -> jax.
 
 
 def param_count(cfg: ml_collections.ConfigDict) -> int:
-    """Closed-form parameter count of a model config."""
-    d, v, f = cfg.d_model, cfg.vocab_size, cfg.mlp_dim
-    attn = d * cfg.head_dim * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)
-    per_layer = 2 * d + attn + 3 * d * f
+    """Closed-form parameter count of a model config (architecture options included)."""
+    d, v, f, h = cfg.d_model, cfg.vocab_size, cfg.mlp_dim, cfg.head_dim
+    attn = d * h * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)
+    attn += h * (cfg.n_heads + 2 * cfg.n_kv_heads) if option(cfg, "qkv_bias") else 0
+    attn += d if option(cfg, "o_bias") else 0
+    attn += 2 * h if option(cfg, "qk_norm") else 0
+    gated = option(cfg, "mlp") == "gated"
+    mlp = (3 if gated else 2) * d * f + ((2 if gated else 1) * f + d if option(cfg, "mlp_bias") else 0)
+    norm_size = d * (2 if option(cfg, "norm") == "layer" else 1)  # scale (+ bias)
+    per_layer = (4 if option(cfg, "post_norms") else 2) * norm_size + attn + mlp
     embed = v * d * (1 if cfg.tie_embeddings else 2)
-    return embed + cfg.n_layers * per_layer + d
+    embed += cfg.max_len * d if option(cfg, "positions") == "learned" else 0
+    return embed + cfg.n_layers * per_layer + norm_size
 
 
 def flops_per_token(cfg: ml_collections.ConfigDict, seq_len: int) -> float:
@@ -201,7 +343,8 @@ def flops_per_token(cfg: ml_collections.ConfigDict, seq_len: int) -> float:
     A training step costs 3x this (forward + backward).
     """
     d, f = cfg.d_model, cfg.mlp_dim
-    matmul = cfg.n_layers * (d * cfg.head_dim * (2 * cfg.n_heads + 2 * cfg.n_kv_heads) + 3 * d * f)
+    mlp = (3 if option(cfg, "mlp") == "gated" else 2) * d * f
+    matmul = cfg.n_layers * (d * cfg.head_dim * (2 * cfg.n_heads + 2 * cfg.n_kv_heads) + mlp)
     matmul += d * cfg.vocab_size
     attn = 2 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
     return 2.0 * matmul + attn

@@ -27,9 +27,10 @@ def lr_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sched
 
 
 def _decay_mask(params):
-    """Weight decay on matrices only (not norm scales)."""
+    """Weight decay on matrices only (not norm scales or biases)."""
     def keep(path, _):
-        return not any(getattr(k, "key", None) == "scale" for k in path)
+        return not any(str(getattr(k, "key", "")) in ("scale", "bias") or str(getattr(k, "key", "")).endswith("_bias")
+                       for k in path)
     return jax.tree_util.tree_map_with_path(keep, params)
 
 

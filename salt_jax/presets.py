@@ -56,12 +56,30 @@ def model_config(name: str) -> ml_collections.ConfigDict:
     c.mlp_dim = f  # SwiGLU hidden width
     c.max_len = max_len  # longest sequence the model is configured for (>= data.seq_len)
     c.rope_base = 10000.0  # rotary position embedding base
-    c.norm_eps = 1e-6  # RMSNorm epsilon
+    c.norm_eps = 1e-6  # norm epsilon (RMSNorm / LayerNorm)
     c.tie_embeddings = tie  # share the input embedding with the output projection
     c.param_dtype = "float32"  # dtype parameters (and optimizer state) are stored in
     c.dtype = "float32"  # compute dtype of activations and matmuls ("bfloat16" for speed)
     c.remat = "none"  # rematerialisation policy per block: none | full | save_dots | save_out_proj
     c.attention = "auto"  # attention kernel: auto (cudnn on GPU, splash on TPU, xla on CPU) | xla | cudnn | splash
+    # Architecture options (defaults: the Llama-style model); Hugging Face imports set them (salt_jax.hf).
+    c.norm = "rms"  # norm layers: rms (RMSNorm) | layer (LayerNorm with a bias, GPT-2)
+    c.norm_plus_one = False  # norms multiply by (1 + scale) instead of scale (Gemma)
+    c.qkv_bias = False  # biases on the query / key / value projections (Qwen2, GPT-2)
+    c.o_bias = False  # bias on the attention output projection (GPT-2)
+    c.mlp_bias = False  # biases on the MLP projections (GPT-2)
+    c.mlp = "gated"  # MLP form: gated (act(x W_gate) * x W_up, SwiGLU / GeGLU) | plain (act(x W_up), GPT-2)
+    c.activation = "silu"  # MLP activation: silu | gelu_tanh | gelu
+    c.qk_norm = False  # RMSNorm over head_dim on queries and keys before rotary (Qwen3, Gemma 3)
+    c.post_norms = False  # also norm the attention / MLP outputs before each residual add (Gemma 2 / 3)
+    c.embed_scale = 1.0  # multiply input embeddings by this (Gemma: sqrt(d_model))
+    c.attn_scale = 0.0  # attention score scale; 0 = head_dim ** -0.5 (Gemma: query_pre_attn_scalar ** -0.5)
+    c.attn_softcap = 0.0  # attention logits -> c * tanh(logits / c); 0 = off (Gemma 2)
+    c.final_softcap = 0.0  # output logits -> c * tanh(logits / c); 0 = off (Gemma 2)
+    c.positions = "rope"  # position encoding: rope | learned (a max_len x d_model table, GPT-2)
+    c.sliding_window = 0  # local layers attend only to the last this-many positions; 0 = no local layers
+    c.local_layers = ""  # per-layer letters, L = local (sliding window), G = global; "" = all local if sliding_window
+    c.rope_local_base = 0.0  # rotary base of local layers; 0 = rope_base (Gemma 3: 10000, global 1e6)
     return c
 
 

@@ -1,5 +1,8 @@
 """The frozen teacher: found from config.salt.teacher, restored once onto the mesh.
 
+config.salt.teacher may also be a Hugging Face model directory (read by
+`salt_jax.hf`, straight into the sharded layout).
+
 The teacher's model config and tokenizer come from its checkpoint's record, so
 a student run names only the teacher's workdir (or one checkpoint directory).
 Only the parameters are restored (no optimizer state). A fingerprint of the
@@ -104,6 +107,10 @@ def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_coll
 
     Vocabulary checks happen before anything is compiled or restored.
     """
+    from salt_jax import hf
+
+    if hf.is_hf_dir(os.path.abspath(os.path.expanduser(salt_cfg.teacher))):  # a Hugging Face model directory
+        return hf.load_teacher(salt_cfg.teacher, salt_cfg, student_model_cfg, tokenizer_fingerprint, mesh)
     root, step = resolve_checkpoint(salt_cfg.teacher)
     ckpt_dir = os.path.join(root, str(step))
     record = read_record(root, step)

@@ -1,6 +1,6 @@
-"""Tokenizers: a byte-level one and a SentencePiece model trained on the train split.
+"""Tokenizers: a byte-level one, a SentencePiece model trained on the train split, a Hugging Face one.
 
-Both share the special ids pad=0, eos=1, bos=2. The SentencePiece model is
+The first two share the special ids pad=0, eos=1, bos=2 (HFTokenizer reads its own). The SentencePiece model is
 trained once per (source fingerprint, settings) and cached as a .model file;
 it keeps whitespace and newlines (source code), with byte fallback so every
 string round-trips.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import json
 import logging
 import os
 import random
@@ -80,6 +81,74 @@ class SentencePieceTokenizer:
         return self._fp
 
 
+class HFTokenizer:
+    """A Hugging Face tokenizer (tokenizer.json, read by the `tokenizers` library; no network).
+
+    Encodes without special tokens (documents are separated by EOS in the
+    token cache); pad is the tokenizer's pad token, else its EOS. The ids of
+    special tokens come from tokenizer_config.json / special_tokens_map.json,
+    else config.json.
+    """
+
+    def __init__(self, directory: str):
+        from tokenizers import Tokenizer
+
+        path = os.path.join(directory, "tokenizer.json")
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: missing; config.data.tokenizer.hf_dir must hold a Hugging Face tokenizer.json "
+                            "(save it with tokenizer.save_pretrained)")
+        try:
+            self.tok = Tokenizer.from_file(path)
+        except Exception as e:  # tokenizers raises its own exception type on bad files
+            raise UserError(f"{path}: not a readable tokenizer.json ({e})") from None
+        self.directory = directory
+        self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+        special = self._special_tokens(directory)
+        self.eos_id = special.get("eos")
+        if self.eos_id is None:
+            raise UserError(f"{directory}: the tokenizer has no EOS token (eos_token in tokenizer_config.json or "
+                            "eos_token_id in config.json); documents need a separator")
+        self.bos_id = special.get("bos")
+        self.pad_id = special["pad"] if special.get("pad") is not None else self.eos_id
+        with open(path, "rb") as fh:
+            self._fp = "hf-tok-" + hashlib.sha256(fh.read()).hexdigest()[:16]
+
+    def _special_tokens(self, directory: str) -> dict:
+        """{'eos'|'bos'|'pad': id} from the tokenizer's config files, then the model's config.json."""
+        out: dict = {}
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            try:
+                with open(os.path.join(directory, name)) as fh:
+                    conf = json.load(fh)
+            except (OSError, ValueError):
+                continue
+            for kind in ("eos", "bos", "pad"):
+                token = conf.get(f"{kind}_token")
+                token = token.get("content") if isinstance(token, dict) else token
+                if out.get(kind) is None and isinstance(token, str):
+                    out[kind] = self.tok.token_to_id(token)
+        try:
+            with open(os.path.join(directory, "config.json")) as fh:
+                conf = json.load(fh)
+        except (OSError, ValueError):
+            conf = {}
+        for kind in ("eos", "bos", "pad"):
+            value = conf.get(f"{kind}_token_id")
+            value = value[0] if isinstance(value, list) and value else value
+            if out.get(kind) is None and isinstance(value, int):
+                out[kind] = value
+        return out
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def fingerprint(self) -> str:
+        return self._fp
+
+
 def _training_lines(docs: Iterable[str], max_lines: int, seed: int) -> list[str]:
     """A reproducible sample of at most max_lines non-empty lines."""
     lines = [ln for doc in docs for ln in doc.split("\n") if ln.strip()]
@@ -119,8 +188,13 @@ def make_tokenizer(tok_cfg: ml_collections.ConfigDict, source, cache_dir: str) -
     kind = tok_cfg.kind
     if kind == "bytes":
         return ByteTokenizer()
+    if kind == "hf":
+        if not tok_cfg.get("hf_dir"):
+            raise UserError("config.data.tokenizer.hf_dir is empty; name a local Hugging Face model directory "
+                            "(or use a Hugging Face teacher, whose tokenizer is then used)")
+        return HFTokenizer(tok_cfg.hf_dir)
     if kind != "sentencepiece":
-        raise UserError(f"config.data.tokenizer.kind={kind!r}: use 'bytes' or 'sentencepiece'")
+        raise UserError(f"config.data.tokenizer.kind={kind!r}: use 'bytes', 'sentencepiece' or 'hf'")
     if tok_cfg.get("model_file"):
         if not os.path.isfile(tok_cfg.model_file):
             raise UserError(f"config.data.tokenizer.model_file={tok_cfg.model_file}: no such file")

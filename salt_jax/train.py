@@ -22,6 +22,7 @@ from salt_jax import checkpoints, data, metrics, optim, schedules, selection, sh
 from salt_jax import faults, teacher as teacher_lib, throughput
 from salt_jax.chunked_loss import options_from_config
 from salt_jax.config import check_vocab, validate
+from salt_jax.hf import adopt_teacher_vocabulary
 from salt_jax.errors import UserError
 from salt_jax.model import Transformer, flops_per_token, param_count
 from salt_jax.train_step import CompiledSteps, Guard
@@ -189,6 +190,7 @@ def _selected_batches(config, cache, teacher, mesh, pad_id: int, kd_end: int, wo
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the final summary."""
     validate(config)
+    adopt_teacher_vocabulary(config)  # a Hugging Face teacher: its tokenizer and vocabulary size
     schedules.resolve(config.salt, config.train.steps)  # config.json records the step counts used
     os.makedirs(workdir, exist_ok=True)
     cfg_d, cfg_t, salt = config.data, config.train, config.salt
