@@ -21,8 +21,9 @@ the student's logits s (q = softmax(s / tau), p = softmax(t / tau)):
     forward_kl:  tau (q - p)
     reverse_kl:  tau q * (log q - log p - KL(q || p))
     topk_kl:     tau (q - p_k), p_k the teacher's renormalised top-k scattered into V
-Matmul operands are in the compute dtype with float32 accumulation; softmaxes
-and the loss are float32.
+A final logit soft-cap (Gemma 2) is applied per chunk, and its derivative
+1 - (capped / c)^2 chains into the student's gradient. Matmul operands are in
+the compute dtype with float32 accumulation; softmaxes and the loss are float32.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class LossOptions:
     token_select_k: int = 10
     token_select_threshold: float = 0.5
     dtype: Any = jnp.float32  # matmul operand dtype (the model's compute dtype)
+    student_softcap: float = 0.0  # the student's final logit soft-cap c (c tanh(z / c)); 0 = none
+    teacher_softcap: float = 0.0  # the teacher's (Gemma 2 uses 30)
 
 
 def options_from_config(config) -> LossOptions:
@@ -93,6 +96,8 @@ def _chunk(opts: LossOptions, with_grad: bool, w_s, w_t, xs):
     h_s, h_t, y, m, kw = xs
     dt = opts.dtype
     s = jnp.einsum("bcd,dv->bcv", h_s.astype(dt), w_s.astype(dt), preferred_element_type=jnp.float32)
+    if opts.student_softcap:
+        s = opts.student_softcap * jnp.tanh(s / opts.student_softcap)
     log_q1 = jax.nn.log_softmax(s, axis=-1)
     ce = -jnp.take_along_axis(log_q1, y[..., None], axis=-1)[..., 0]
     sums = {"ntp_sum": jnp.sum(m * ce), "tokens": jnp.sum(m),
@@ -103,6 +108,8 @@ def _chunk(opts: LossOptions, with_grad: bool, w_s, w_t, xs):
         d_s = m[..., None] * d_s
     else:
         t = jnp.einsum("bcd,dv->bcv", h_t.astype(dt), w_t.astype(dt), preferred_element_type=jnp.float32)
+        if opts.teacher_softcap:
+            t = opts.teacher_softcap * jnp.tanh(t / opts.teacher_softcap)
         selected = losses.teacher_selection(t, y, opts.token_select, opts.token_select_k,
                                             opts.token_select_threshold)
         w = kw * selected * m
@@ -113,6 +120,8 @@ def _chunk(opts: LossOptions, with_grad: bool, w_s, w_t, xs):
         d_s = (m - w)[..., None] * d_s + w[..., None] * d_kd
     if not with_grad:
         return sums, None, None
+    if opts.student_softcap:  # d(c tanh(z / c)) / dz = 1 - tanh^2 = 1 - (capped / c)^2
+        d_s = d_s * (1.0 - jnp.square(s / opts.student_softcap))
     d_s = d_s.astype(dt)
     d_h = jnp.einsum("bcv,dv->bcd", d_s, w_s.astype(dt), preferred_element_type=jnp.float32).astype(h_s.dtype)
     d_w = jnp.einsum("bcd,bcv->dv", h_s.astype(dt), d_s, preferred_element_type=jnp.float32)

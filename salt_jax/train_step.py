@@ -16,6 +16,7 @@ from flax import linen as nn
 
 from salt_jax import losses, sharding
 from salt_jax.chunked_loss import LossOptions, chunked_loss
+from salt_jax.model import option
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,7 @@ def ntp_stats(model: nn.Module, params, inputs, targets, mask, loss_opts: LossOp
     """Next-token loss sums of `model` on one batch: dense logits, or chunked from hidden states."""
     if loss_opts is None:
         return losses.next_token_stats(model.apply({"params": params}, inputs), targets, mask)
+    loss_opts = dataclasses.replace(loss_opts, student_softcap=float(option(model.cfg, "final_softcap")))
     hidden, head = model.apply({"params": params}, inputs, return_hidden=True)
     stats = chunked_loss(hidden, head, targets, mask, loss_opts)
     return {k: stats[k] for k in ("loss_sum", "correct", "tokens")}
@@ -100,6 +102,9 @@ def make_kd_train_step(model: nn.Module, teacher_model: nn.Module, tx: optax.Gra
     student NTP loss reaches the smoothed teacher NTP loss (+ margin).
     `loss_opts` selects the chunked loss (from hidden states); None is the dense reference.
     """
+    if loss_opts is not None:  # the models' final soft-caps are applied inside the chunked loss
+        loss_opts = dataclasses.replace(loss_opts, student_softcap=float(option(model.cfg, "final_softcap")),
+                                        teacher_softcap=float(option(teacher_model.cfg, "final_softcap")))
 
     def row_weights(state, targets):
         """w per position before token selection: w(step) in the KD share of rows, else 0; and its batch mean."""

@@ -72,6 +72,30 @@ def test_chunked_equals_dense_in_value_and_gradients_float32(kind, topk, tau, se
         assert float(jnp.abs(z).max()) > 1e-2  # the gradients being compared are not trivially zero
 
 
+def test_chunked_applies_final_softcaps_like_the_dense_path():
+    """Gemma-2-style final soft-caps on both models (c tanh(z / c)), small enough to bite."""
+    hs, ws, ht, wt, y, mask, kd_w = _inputs(seed=4)
+    hs, ht = hs * 3, ht * 3  # logits of O(10) against caps of 2.5 and 4
+    o = cl.LossOptions(chunk=4, temperature=2.0, student_softcap=2.5, teacher_softcap=4.0)
+
+    def dense(h, w):
+        s = 2.5 * jnp.tanh(jnp.einsum("btd,dv->btv", h, w) / 2.5)
+        t = 4.0 * jnp.tanh(jnp.einsum("btd,dv->btv", ht, wt) / 4.0)
+        st = losses.mixture_stats(losses.token_ce(s, y), losses.kd_per_token(t, s, 2.0), kd_w, mask)
+        st["teacher_ntp_sum"] = jnp.sum(losses.token_ce(t, y) * mask)
+        return st
+
+    (a, sa), ga = _value_and_grads(lambda h, w: cl.chunked_loss(h, w, y, mask, o, ht, wt, kd_w), hs, ws)
+    (b, sb), gb = _value_and_grads(dense, hs, ws)
+    np.testing.assert_allclose(a, b, rtol=2e-6)
+    np.testing.assert_allclose(sa["teacher_ntp_sum"], sb["teacher_ntp_sum"], rtol=2e-6)
+    for x, z in zip(ga, gb):
+        np.testing.assert_allclose(x, z, atol=1e-5)
+    (c, _), _ = _value_and_grads(lambda h, w: cl.chunked_loss(h, w, y, mask, cl.LossOptions(chunk=4, temperature=2.0),
+                                                              ht, wt, kd_w), hs, ws)
+    assert abs(float(c) - float(a)) > 1.0  # the caps change the loss: the comparison above is not vacuous
+
+
 def test_chunked_equals_dense_in_bfloat16():
     """bf16 operands with float32 accumulation, as in a bf16 run: agreement to bf16 precision."""
     hs, ws, ht, wt, y, mask, kd_w = _inputs(seed=1, dtype=jnp.bfloat16)
