@@ -35,3 +35,31 @@ def tiny_config(cache_dir):
     c.train.progress = False
     c.optim.warmup_steps = 2
     return c
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory, cache_dir):
+    """A trained test-tiny-teacher run (20 steps), shared by every SALT test."""
+    from salt_jax import train
+    from salt_jax.config import base_config, set_method
+
+    c = base_config("test-tiny-teacher")
+    c.data.cache_dir, c.data.seq_len, c.data.batch_size, c.data.max_files = cache_dir, 32, 8, 60
+    c.data.heldout_fraction, c.data.eval_batches = 0.1, 2
+    c.train.steps, c.train.eval_every, c.train.checkpoint_every, c.train.progress = 20, 20, 20, False
+    set_method(c, "teacher")
+    workdir = str(tmp_path_factory.mktemp("teacher"))
+    train.run(c, workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def salt_reference(tmp_path_factory, teacher_dir, cache_dir):
+    """The uninterrupted salt_run.RUN through the CLI in one process with 8 devices: what fault drills
+    and the multi-process run must reproduce."""
+    import salt_run
+
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    out = salt_run.cli(workdir, cache_dir, teacher_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir

@@ -10,7 +10,6 @@ import time
 import jax
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 
 from salt_jax import checkpoints, data, optim, sharding, state as state_lib, train
@@ -20,71 +19,10 @@ from salt_jax.model import Transformer
 from salt_jax.train_step import CompiledSteps, Guard
 
 from conftest import REPO
-
-# One small SALT run shared by the kill / resume tests: KD for steps 1-7, then plain training to 12.
-RUN = {"data.seq_len": 32, "data.max_files": 60, "data.eval_batches": 2, "train.steps": 12,
-       "train.log_every": 4, "train.eval_every": 6, "train.checkpoint_every": 3, "train.keep_checkpoints": 10,
-       "train.progress": False, "optim.warmup_steps": 2, "salt.kd_steps": 7}
+from salt_run import cli as _cli, params as _params, same_params as _assert_same_params
 
 
-def _config(tiny_config, teacher_dir, **extra):
-    c = tiny_config
-    from salt_jax.config import set_method
-
-    set_method(c, "salt")
-    c.salt.teacher = teacher_dir
-    for key, value in {**RUN, **extra}.items():
-        section, field = key.split(".")
-        c[section][field] = value
-    return c
-
-
-def _cli(workdir, cache_dir, teacher_dir, extra=(), wait=True):
-    args = [sys.executable, "-m", "salt_jax.main", f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}:salt",
-            f"--workdir={workdir}", f"--config.salt.teacher={teacher_dir}"]
-    args += [f"--config.{k}={v}" for k, v in RUN.items()] + list(extra)
-    env = dict(os.environ, SALT_JAX_CACHE=cache_dir)
-    if wait:
-        return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _params(workdir, step=None):
-    root = os.path.join(workdir, "checkpoints")
-    step = step if step is not None else max(int(d) for d in os.listdir(root) if d.isdigit())
-    with ocp.CheckpointManager(root, item_names=("state",)) as m:
-        restored = m.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return restored["state"]["params"]
-
-
-def _assert_same_params(a, b):
-    jax.tree.map(np.testing.assert_array_equal, a, b)
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory, cache_dir):
-    from salt_jax.config import base_config, set_method
-
-    c = base_config("test-tiny-teacher")
-    c.data.cache_dir, c.data.seq_len, c.data.batch_size, c.data.max_files = cache_dir, 32, 8, 60
-    c.data.heldout_fraction, c.data.eval_batches = 0.1, 2
-    c.train.steps, c.train.eval_every, c.train.checkpoint_every, c.train.progress = 20, 20, 20, False
-    set_method(c, "teacher")
-    workdir = str(tmp_path_factory.mktemp("teacher"))
-    train.run(c, workdir)
-    return workdir
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, teacher_dir, cache_dir):
-    """The uninterrupted run, through the CLI like the interrupted ones."""
-    workdir = str(tmp_path_factory.mktemp("reference"))
-    out = _cli(workdir, cache_dir, teacher_dir)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return workdir
-
-
-def test_kill_9_at_every_phase_then_resume_gives_identical_parameters(tmp_path, cache_dir, teacher_dir, reference):
+def test_kill_9_at_every_phase_then_resume_gives_identical_parameters(tmp_path, cache_dir, teacher_dir, salt_reference):
     """SIGKILL mid KD phase (after step 4), at the switch (after step 7, the last KD step), while checkpoint 9
     is being written, and in phase two (after step 11); each time the same command resumes."""
     workdir = str(tmp_path / "killed")
@@ -100,14 +38,14 @@ def test_kill_9_at_every_phase_then_resume_gives_identical_parameters(tmp_path, 
     out = _cli(workdir, cache_dir, teacher_dir)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resuming" in out.stdout
-    _assert_same_params(_params(workdir), _params(reference))
+    _assert_same_params(_params(workdir), _params(salt_reference))
     assert not [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if "tmp" in d]
-    ref_lines = [r for r in read_metrics(os.path.join(reference, "metrics.jsonl")) if r["split"] == "eval"]
+    ref_lines = [r for r in read_metrics(os.path.join(salt_reference, "metrics.jsonl")) if r["split"] == "eval"]
     got_lines = [r for r in read_metrics(os.path.join(workdir, "metrics.jsonl")) if r["split"] == "eval"]
     assert [(r["step"], r["loss"]) for r in got_lines] == [(r["step"], r["loss"]) for r in ref_lines]
 
 
-def test_sigterm_checkpoints_the_step_reached_and_exits_0(tmp_path, cache_dir, teacher_dir, reference):
+def test_sigterm_checkpoints_the_step_reached_and_exits_0(tmp_path, cache_dir, teacher_dir, salt_reference):
     workdir = str(tmp_path / "preempted")
     proc = _cli(workdir, cache_dir, teacher_dir, ["--config.train.steps=100000", "--config.train.progress=true",
                                                   "--config.train.log_every=1", "--config.train.checkpoint_every=1000"], wait=False)
@@ -130,9 +68,9 @@ def test_sigterm_checkpoints_the_step_reached_and_exits_0(tmp_path, cache_dir, t
     assert not os.path.exists(os.path.join(workdir, "summary.json"))
 
 
-def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, cache_dir, teacher_dir, reference):
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, cache_dir, teacher_dir, salt_reference):
     workdir = str(tmp_path / "corrupt")
-    shutil.copytree(reference, workdir)
+    shutil.copytree(salt_reference, workdir)
     os.remove(os.path.join(workdir, "summary.json"))
     for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "12", "state")):
         for f in files:
@@ -143,7 +81,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, c
     log = out.stdout + out.stderr
     assert "checkpoints/12 is unreadable" in log and "resuming from step 9 instead" in log, log[-3000:]
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "unreadable-12"))  # set aside, not deleted
-    _assert_same_params(_params(workdir), _params(reference))  # steps 10-12 re-run from checkpoint 9
+    _assert_same_params(_params(workdir), _params(salt_reference))  # steps 10-12 re-run from checkpoint 9
 
 
 def _steps(config, guard):

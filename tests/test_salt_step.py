@@ -22,20 +22,6 @@ from salt_jax.train_step import CompiledSteps, make_kd_train_step, make_train_st
 from conftest import REPO
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory, cache_dir):
-    from salt_jax.config import base_config
-
-    c = base_config("test-tiny-teacher")
-    c.data.cache_dir, c.data.seq_len, c.data.batch_size, c.data.max_files = cache_dir, 32, 8, 60
-    c.data.heldout_fraction, c.data.eval_batches = 0.1, 2
-    c.train.steps, c.train.eval_every, c.train.checkpoint_every, c.train.progress = 20, 20, 20, False
-    set_method(c, "teacher")
-    workdir = str(tmp_path_factory.mktemp("teacher"))
-    train.run(c, workdir)
-    return workdir
-
-
 @pytest.fixture
 def student_config(tiny_config, teacher_dir):
     c = tiny_config

@@ -17,7 +17,6 @@ from salt_jax.teacher import load_teacher
 
 from conftest import REPO
 from reference import log_softmax
-from test_salt_step import teacher_dir  # noqa: F401  (module fixture: a trained test-tiny teacher)
 
 
 def _np_scores(logits, targets, mask, k):

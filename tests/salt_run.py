@@ -1,0 +1,51 @@
+"""One small SALT run through the CLI, shared by the fault drills and the multi-process test.
+
+KD for steps 1-7 (test-tiny student, test-tiny-teacher), then plain training to step 12;
+checkpoints every 3 steps.
+"""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from conftest import REPO
+
+RUN = {"data.seq_len": 32, "data.max_files": 60, "data.eval_batches": 2, "train.steps": 12,
+       "train.log_every": 4, "train.eval_every": 6, "train.checkpoint_every": 3, "train.keep_checkpoints": 10,
+       "train.progress": False, "optim.warmup_steps": 2, "salt.kd_steps": 7}
+
+
+def args(workdir, teacher_dir, extra=()) -> list[str]:
+    a = [sys.executable, "-m", "salt_jax.main", f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}:salt",
+         f"--workdir={workdir}", f"--config.salt.teacher={teacher_dir}"]
+    return a + [f"--config.{k}={v}" for k, v in RUN.items()] + list(extra)
+
+
+def cli(workdir, cache_dir, teacher_dir, extra=(), wait=True, env=None):
+    """Runs the CLI on RUN (+ extra flags): the finished process, or the Popen when wait=False."""
+    env = dict(os.environ if env is None else env, SALT_JAX_CACHE=cache_dir)
+    if wait:
+        return subprocess.run(args(workdir, teacher_dir, extra), cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=600)
+    return subprocess.Popen(args(workdir, teacher_dir, extra), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def params(workdir, step=None):
+    """The parameters of a run's checkpoint (default: the latest), as host arrays."""
+    root = os.path.join(workdir, "checkpoints")
+    step = step if step is not None else max(int(d) for d in os.listdir(root) if d.isdigit())
+    path = os.path.join(root, str(step), "state")
+    one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # whatever topology wrote it
+    with ocp.StandardCheckpointer() as ck:
+        meta = ck.metadata(path).item_metadata
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device), meta)
+        return jax.device_get(ck.restore(path, target)["params"])
+
+
+def same_params(a, b) -> None:
+    jax.tree.map(np.testing.assert_array_equal, a, b)

@@ -1,0 +1,73 @@
+"""Two processes on localhost (JAX's distributed runtime, Gloo CPU collectives, 4 devices each) train
+the same SALT run as one process with 8 devices, through both phases, to the same numbers."""
+
+import os
+import shutil
+import socket
+
+import jax
+import numpy as np
+import pytest
+
+from salt_jax import distributed
+from salt_jax.errors import UserError
+from salt_jax.metrics import read_metrics
+
+import salt_run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path, cache_dir, teacher_dir, salt_reference):
+    workdir = str(tmp_path / "two")
+    port = _free_port()
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    procs = [salt_run.cli(workdir, cache_dir, teacher_dir, [f"--coordinator_address=localhost:{port}",
+                                                           "--num_processes=2", f"--process_id={i}"],
+                          wait=False, env=env) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    assert "process 0 of 2; 4 local / 8 global devices" in outs[0]
+    assert "process 1 of 2; 4 local / 8 global devices" in outs[1]
+
+    one = read_metrics(os.path.join(salt_reference, "metrics.jsonl"))
+    two = read_metrics(os.path.join(workdir, "metrics.jsonl"))  # written by process 0 only: no duplicates
+    assert [(r["split"], r["step"]) for r in two] == [(r["split"], r["step"]) for r in one]
+    for a, b in zip(one, two):
+        for key in ("loss", "kd_loss", "kd_weight", "accuracy"):
+            if a.get(key) is not None:
+                # the all-reduces run in another order (Gloo across processes): float32 rounding only
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["split"], a["step"], key)
+    kd = [r for r in two if r["split"] == "train"]
+    assert kd[0]["kd_weight"] > 0 and kd[-1]["kd_weight"] == 0  # both phases ran
+    p1, p2 = salt_run.params(salt_reference), salt_run.params(workdir)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, p2)
+
+    # the 2-host checkpoint at step 6 (mid KD phase) resumes in one process with 4 devices
+    for step in ("9", "12"):
+        shutil.rmtree(os.path.join(workdir, "checkpoints", step))
+    os.remove(os.path.join(workdir, "summary.json"))
+    out = salt_run.cli(workdir, cache_dir, teacher_dir, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming" in out.stdout and "4 devices" in out.stdout
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, salt_run.params(workdir))
+
+
+def test_distributed_arguments_from_flags_environment_or_cluster():
+    assert distributed.resolve(env={}) is None  # one process: nothing to join
+    assert distributed.resolve("h:1", 2, 1, env={}) == {"coordinator_address": "h:1", "num_processes": 2,
+                                                      "process_id": 1}
+    env = {"SALT_JAX_COORDINATOR": "10.0.0.2:8476", "SALT_JAX_NUM_PROCESSES": "4", "SALT_JAX_PROCESS_ID": "3"}
+    assert distributed.resolve(env=env) == {"coordinator_address": "10.0.0.2:8476", "num_processes": 4,
+                                            "process_id": 3}
+    assert distributed.resolve(env={"SLURM_NTASKS": "16"}) == {}  # JAX detects SLURM itself
+    assert distributed.resolve(env={"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"}) == {}
+    assert distributed.resolve(env={"TPU_WORKER_HOSTNAMES": "w0", "SLURM_NTASKS": "1"}) is None
+    with pytest.raises(UserError, match="go together"):
+        distributed.resolve("h:1", None, 0, env={})
+    with pytest.raises(UserError, match=r"--process_id=2: must be in \[0, --num_processes=2\)"):
+        distributed.resolve("h:1", 2, 2, env={})
