@@ -44,12 +44,12 @@ def model_config(name: str) -> ml_collections.ConfigDict:
         from salt_jax.errors import UserError
 
         raise UserError(f"config.model.preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    v, d, l, h, kv, hd, f, max_len, tie = _SIZES[name]
+    v, d, n_layers, h, kv, hd, f, max_len, tie = _SIZES[name]
     c = ml_collections.ConfigDict()
     c.preset = name  # the preset these sizes came from (a label: overriding it changes no size)
     c.vocab_size = v  # token ids are in [0, vocab_size); must cover the tokenizer's vocabulary
     c.d_model = d  # residual stream width
-    c.n_layers = l  # number of Transformer blocks (scanned)
+    c.n_layers = n_layers  # number of Transformer blocks (scanned)
     c.n_heads = h  # query heads
     c.n_kv_heads = kv  # key/value heads (grouped-query attention); divides n_heads
     c.head_dim = hd  # width of one attention head

@@ -158,8 +158,9 @@ class SkipCounter:
             last = self.ckpt.latest_step()
             what = (f"{self.in_a_row} steps in a row (config.train.max_skipped_steps={self.max_skipped})"
                     if self.policy == "skip" else f"step {step}")
+            kept = f"the last good checkpoint, step {last}, is kept" if last is not None else "no checkpoint yet"
             raise UserError(f"training diverged: non-finite loss or gradients at {what}; lower "
-                            f"config.optim.learning_rate (the last good checkpoint, step {last}, is kept)")
+                            f"config.optim.learning_rate or set config.train.nan_policy=skip ({kept})")
 
 
 def _end_kd_phase(steps: CompiledSteps, teacher, step: int) -> None:

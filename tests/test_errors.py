@@ -1,0 +1,77 @@
+"""Every row of docs/errors.md, through the command line: exit status 2, no traceback, one line naming it."""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+TINY = [f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}", "--config.train.steps=6",
+        "--config.train.eval_every=6", "--config.train.checkpoint_every=6", "--config.data.max_files=60",
+        "--config.data.seq_len=32", "--config.data.eval_batches=2"]
+
+
+def _rows() -> list[dict]:
+    rows = []
+    with open(os.path.join(REPO, "docs", "errors.md")) as fh:
+        for line in fh:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == 5 and cells[0] not in ("id", "---") and not cells[0].startswith("-"):
+                code = re.findall(r"`([^`]*)`", cells[2])
+                rows.append({"id": cells[0], "area": cells[1], "args": shlex.split(code[-1]) if code else [],
+                             "setup": "*setup" in cells[2], "needle": re.findall(r"`([^`]*)`", cells[3])[0]})
+    return rows
+
+
+ROWS = _rows()
+
+
+def _run(module, args, cache_dir):
+    env = dict(os.environ, SALT_JAX_CACHE=cache_dir)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_the_catalogue_is_read():
+    assert len(ROWS) >= 20 and len({r["id"] for r in ROWS}) == len(ROWS)
+    assert {r["area"] for r in ROWS} >= {"config", "mesh", "data", "teacher", "checkpoint", "hf"}
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r["id"] for r in ROWS])
+def test_error_row(row, tmp_path, cache_dir, request):
+    workdir = str(tmp_path / "run")
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in row["args"]]
+    if row["area"] == "hf":
+        out = _run("salt_jax.hf", args, cache_dir)
+    else:
+        if "{teacher}" in " ".join(args):
+            teacher = request.getfixturevalue("teacher_dir")
+            args = [a.replace("{teacher}", teacher) for a in args]
+        base = TINY + [f"--workdir={workdir}"]
+        if row["id"] == "no-workdir":
+            base = TINY
+        elif row["id"] == "teacher-untrained":
+            os.makedirs(tmp_path / "empty")
+            args = ["--config.salt.method=salt", f"--config.salt.teacher={tmp_path / 'empty'}"]
+        elif row["id"] in ("corrupt", "model-changed"):
+            first = _run("salt_jax.main", base, cache_dir)
+            assert first.returncode == 0, first.stderr[-2000:]
+            if row["id"] == "corrupt":
+                for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "6", "state")):
+                    for f in files:
+                        with open(os.path.join(root, f), "wb") as fh:
+                            fh.write(b"garbage")
+                args = ["--config.train.steps=8"]
+            else:
+                args = ["--config.model.d_model=48"]
+        out = _run("salt_jax.main", base + args, cache_dir)
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and row["needle"] in last, last
+    if row["id"] == "corrupt":  # named, and left where it was
+        assert "checkpoints/6" in last and os.path.isdir(os.path.join(workdir, "checkpoints", "6"))
