@@ -20,6 +20,10 @@ if python -c "import jax, sys; sys.exit(jax.default_backend() != 'cpu')"; then
   run demo-dense --student=demo-student --teacher=demo-teacher --batch=16 --seq=128 --repeats=10 --loss=dense
   run demo-chunked --student=demo-student --teacher=demo-teacher --batch=16 --seq=128 --repeats=10 \
     --loss=chunked --chunk=32 --no-loss-bench
+  run demo32k-dense --student=demo-student --teacher=demo-teacher --batch=8 --seq=128 --vocab=32000 --repeats=5 \
+    --loss=dense --no-loss-bench
+  run demo32k-chunked --student=demo-student --teacher=demo-teacher --batch=8 --seq=128 --vocab=32000 --repeats=5 \
+    --loss=chunked --chunk=32 --no-loss-bench
   run loss-125m-32k --student=gpu-125m --teacher=gpu-50m --batch=4 --seq=256 --chunk=64 --repeats=3 --loss-only
   run loss-125m-256k --student=gpu-125m --teacher=gpu-50m --batch=2 --seq=256 --vocab=256000 --chunk=32 \
     --repeats=3 --loss-only
