@@ -1,6 +1,7 @@
 """Two processes on localhost (JAX's distributed runtime, Gloo CPU collectives, 4 devices each) train
 the same SALT run as one process with 8 devices, through both phases, to the same numbers."""
 
+import json
 import os
 import shutil
 import socket
@@ -22,19 +23,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(tmp_path, cache_dir, teacher_dir, salt_reference):
+@pytest.mark.parametrize("method", ["salt", "salt_ds"])
+def test_two_processes_match_one_process(method, tmp_path, cache_dir, teacher_dir, salt_reference):
+    """salt: both phases; salt_ds also scores the pool with the teacher (each process its rows) and
+    trains the KD phase on the selected sequences."""
+    extra = [f"--config.salt.method={method}"]
+    reference = salt_reference
+    if method == "salt_ds":
+        reference = str(tmp_path / "one")
+        out = salt_run.cli(reference, cache_dir, teacher_dir, extra)
+        assert out.returncode == 0, out.stderr[-3000:]
     workdir = str(tmp_path / "two")
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    procs = [salt_run.cli(workdir, cache_dir, teacher_dir, [f"--coordinator_address=localhost:{port}",
-                                                           "--num_processes=2", f"--process_id={i}"],
+    procs = [salt_run.cli(workdir, cache_dir, teacher_dir, extra + [f"--coordinator_address=localhost:{port}",
+                                                                   "--num_processes=2", f"--process_id={i}"],
                           wait=False, env=env) for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     assert "process 0 of 2; 4 local / 8 global devices" in outs[0]
     assert "process 1 of 2; 4 local / 8 global devices" in outs[1]
 
-    one = read_metrics(os.path.join(salt_reference, "metrics.jsonl"))
+    one = read_metrics(os.path.join(reference, "metrics.jsonl"))
     two = read_metrics(os.path.join(workdir, "metrics.jsonl"))  # written by process 0 only: no duplicates
     assert [(r["split"], r["step"]) for r in two] == [(r["split"], r["step"]) for r in one]
     for a, b in zip(one, two):
@@ -44,8 +54,15 @@ def test_two_processes_match_one_process(tmp_path, cache_dir, teacher_dir, salt_
                 assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["split"], a["step"], key)
     kd = [r for r in two if r["split"] == "train"]
     assert kd[0]["kd_weight"] > 0 and kd[-1]["kd_weight"] == 0  # both phases ran
-    p1, p2 = salt_run.params(salt_reference), salt_run.params(workdir)
+    p1, p2 = salt_run.params(reference), salt_run.params(workdir)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, p2)
+    if method == "salt_ds":
+        with open(os.path.join(reference, "selection.json")) as f1, open(os.path.join(workdir, "selection.json")) as f2:
+            sel1, sel2 = json.load(f1), json.load(f2)
+        assert sel2["kept"] == sel1["kept"] > 0 and sel2["pool"] == sel1["pool"]
+        for q in ("p10", "p50", "p90"):  # the same teacher scores, computed on two hosts' rows
+            assert sel2["score_quantiles_kept"][q] == pytest.approx(sel1["score_quantiles_kept"][q], rel=1e-5)
+        return
 
     # the 2-host checkpoint at step 6 (mid KD phase) resumes in one process with 4 devices
     for step in ("9", "12"):
