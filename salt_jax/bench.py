@@ -94,8 +94,7 @@ def bench_steps(config, t_cfg, repeats: int) -> dict:
     model, t_model = Transformer(config.model), Transformer(t_cfg)
     tx, sched = optim.make_optimizer(config.optim, 1000)
     _, shardings = state_lib.abstract_state(model, tx, seq, mesh)
-    boxed = jax.eval_shape(lambda r: t_model.init(r, jnp.zeros((1, 8), jnp.int32))["params"], jax.random.key(1))
-    t_shard = sharding.shardings_for(boxed, mesh)
+    t_shard = sharding.shardings_for(state_lib.abstract_params(t_model), mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         t_params = jax.jit(lambda r: nn.meta.unbox(t_model.init(r, jnp.zeros((1, 8), jnp.int32))["params"]),
                            out_shardings=t_shard)(jax.random.key(1))

@@ -35,6 +35,25 @@ def read_record(directory: str, step: int) -> dict | None:
         return None
 
 
+def restore_params(root: str, step: int, target: Any, what: str = "checkpoint") -> Any:
+    """Only the parameters of checkpoint root/step (no optimizer state), placed and cast as `target`
+    (a tree of ShapeDtypeStructs with shardings) says; a UserError naming the checkpoint if unreadable."""
+    manager = ocp.CheckpointManager(root, item_names=("state", "record"),
+                                    options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item={"params": target},
+            restore_args=jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype),
+                                      {"params": target}),
+            partial_restore=True)))
+    except Exception as e:  # orbax raises many types for unreadable / mismatched files
+        raise UserError(f"{os.path.join(root, str(step))}: {what} cannot be restored ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]})") from None
+    finally:
+        manager.close()
+    return restored["state"]["params"]
+
+
 class Checkpointer:
     """Saves every `every` steps, keeps the last `keep`, restores the latest."""
 
@@ -58,10 +77,6 @@ class Checkpointer:
             return False
         return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                                record=ocp.args.JsonSave(record)), force=True)
-
-    def record(self, step: int) -> dict:
-        """The JSON record saved with checkpoint `step` ({} if unreadable)."""
-        return read_record(self.directory, step) or {}
 
     def restore(self, step: int, abstract_state: Any, shardings: Any) -> tuple[Any, dict]:
         """(state placed in `shardings`, record) of checkpoint `step`."""

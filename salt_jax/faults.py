@@ -103,9 +103,6 @@ class KillHooks:
                 raise UserError(f"config.train.debug_kill={spec!r}: use comma-separated step:N or save:N")
             self.points.add((kind, int(n)))
 
-    def __bool__(self) -> bool:
-        return bool(self.points)
-
     def wants(self, kind: str, step: int) -> bool:
         return (kind, step) in self.points
 

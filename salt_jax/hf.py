@@ -556,15 +556,11 @@ def _tree_set(tree: dict, path, value) -> None:
 
 
 def _abstract_params(cfg):
-    """(model, boxed abstract params) of a model config, without allocating anything."""
-    import jax
-    import jax.numpy as jnp
-
+    """The boxed abstract parameters of a model config (salt_jax.state.abstract_params)."""
     from salt_jax.model import Transformer
+    from salt_jax.state import abstract_params
 
-    model = Transformer(cfg)
-    boxed = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"], jax.random.key(0))
-    return model, boxed
+    return abstract_params(Transformer(cfg))
 
 
 def _place(host: np.ndarray, sharding):
@@ -590,7 +586,7 @@ def load_params(hf_dir: str, cfg: ml_collections.ConfigDict | None = None, shard
     hf = read_hf_config(hf_dir)
     cfg = cfg or model_config_from_hf(hf, os.path.join(hf_dir, "config.json"))
     family = family_of(hf)
-    _, boxed = _abstract_params(cfg)
+    boxed = _abstract_params(cfg)
     abstract = nn.meta.unbox(boxed)
     dtype = np.dtype(dtype_of(cfg.param_dtype))
     reader = SafetensorsReader(hf_dir)
@@ -656,18 +652,11 @@ def tokenizer_fingerprint(tok_dir: str | None) -> str:
 
 def load_teacher(hf_dir: str, salt_cfg, student_model_cfg, tokenizer_fp: str, mesh):
     """A `teacher.Teacher` read straight from an HF directory (config.salt.teacher=DIR)."""
-    import jax
-    from flax import linen as nn
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    from salt_jax import sharding
-    from salt_jax.model import Transformer
-    from salt_jax.teacher import Teacher
+    from salt_jax import teacher as teacher_lib
 
     hf_dir = os.path.abspath(hf_dir)
     cfg = model_config_from_hf(read_hf_config(hf_dir), os.path.join(hf_dir, "config.json"))
-    if salt_cfg.get("teacher_dtype", ""):  # a frozen teacher needs no float32 master copy
-        cfg.param_dtype = cfg.dtype = salt_cfg.teacher_dtype
+    cfg = teacher_lib.held_config(cfg, salt_cfg)
     tok_fp = tokenizer_fingerprint(hf_dir)
     if cfg.vocab_size != student_model_cfg.vocab_size:
         raise UserError(f"config.salt.teacher={hf_dir}: its vocab_size ({cfg.vocab_size}) differs from "
@@ -676,13 +665,9 @@ def load_teacher(hf_dir: str, salt_cfg, student_model_cfg, tokenizer_fp: str, me
     if tok_fp and tok_fp != tokenizer_fp:
         raise UserError(f"config.salt.teacher={hf_dir}: the run tokenizes with {tokenizer_fp}, not the teacher's "
                         f"tokenizer ({tok_fp}); set config.data.tokenizer.kind=hf and hf_dir={hf_dir}")
-    _, boxed = _abstract_params(cfg)
-    if salt_cfg.teacher_sharding == "replicated":
-        shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), nn.meta.unbox(boxed))
-    else:
-        shardings = sharding.shardings_for(boxed, mesh)
+    model, shardings = teacher_lib.layout(cfg, salt_cfg, mesh)
     _, params = load_params(hf_dir, cfg, shardings)
-    return Teacher(model=Transformer(cfg), config=cfg, params=params, shardings=shardings, checkpoint=hf_dir,
+    return teacher_lib.Teacher(model=model, config=cfg, params=params, shardings=shardings, checkpoint=hf_dir,
                    fingerprint=fingerprint(hf_dir), tokenizer=tok_fp)
 
 
@@ -712,7 +697,7 @@ def import_hf(hf_dir: str, out: str, mesh=None, dtype: str = "float32") -> str:
     if os.path.isdir(os.path.join(out, "checkpoints")):
         raise UserError(f"--out {out}: already holds checkpoints; choose a new directory")
     mesh = mesh or sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1}))
-    _, boxed = _abstract_params(cfg)
+    boxed = _abstract_params(cfg)
     _, params = load_params(hf_dir, cfg, sharding.shardings_for(boxed, mesh))
     tok_files = _copy_tokenizer(hf_dir, os.path.join(out, "hf_tokenizer"))
     tok_dir = os.path.join(out, "hf_tokenizer") if "tokenizer.json" in tok_files else None
@@ -789,26 +774,15 @@ def adopt_teacher_vocabulary(config: ml_collections.ConfigDict) -> None:
 def _restore_params(root: str, step: int, cfg) -> Any:
     """The parameters of checkpoint root/step on one device (no optimizer state)."""
     import jax
-    import orbax.checkpoint as ocp
     from flax import linen as nn
     from jax.sharding import SingleDeviceSharding
 
-    _, boxed = _abstract_params(cfg)
+    from salt_jax.checkpoints import restore_params
+
     dev = SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), nn.meta.unbox(boxed))
-    manager = ocp.CheckpointManager(root, item_names=("state", "record"),
-                                    options=ocp.CheckpointManagerOptions(create=False))
-    try:
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item={"params": target},
-            restore_args=jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=dev), {"params": target}),
-            partial_restore=True)))
-    except Exception as e:  # orbax raises many types for unreadable / mismatched files
-        raise UserError(f"{os.path.join(root, str(step))}: checkpoint cannot be restored ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]})") from None
-    finally:
-        manager.close()
-    return restored["state"]["params"]
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev),
+                          nn.meta.unbox(_abstract_params(cfg)))
+    return restore_params(root, step, target)
 
 
 def _run_tokenizer_dir(workdir: str, record: dict) -> str | None:

@@ -39,6 +39,11 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seq_len: int):
     return init
 
 
+def abstract_params(model: nn.Module) -> Any:
+    """The model's parameters as an abstract tree of boxed leaves (shapes, dtypes, logical axes)."""
+    return jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"], jax.random.key(0))
+
+
 def abstract_state(model, tx, seq_len: int, mesh) -> tuple[TrainState, TrainState]:
     """(abstract unboxed state, matching NamedShardings), without allocating anything."""
     boxed = jax.eval_shape(_init_fn(model, tx, seq_len), jax.random.key(0))

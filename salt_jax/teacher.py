@@ -18,13 +18,11 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import orbax.checkpoint as ocp
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from salt_jax import checkpoints, sharding
+from salt_jax import checkpoints, sharding, state as state_lib
 from salt_jax.errors import UserError
 from salt_jax.model import Transformer
 
@@ -101,6 +99,23 @@ def checkpoint_fingerprint(ckpt_dir: str) -> str:
     return h.hexdigest()[:16]
 
 
+def held_config(cfg: ml_collections.ConfigDict, salt_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The teacher's model config as it is held: a frozen teacher needs no float32 master copy, so
+    config.salt.teacher_dtype (e.g. bfloat16) sets its parameter and compute dtype."""
+    if salt_cfg.get("teacher_dtype", ""):
+        cfg.param_dtype = cfg.dtype = salt_cfg.teacher_dtype
+    return cfg
+
+
+def layout(cfg: ml_collections.ConfigDict, salt_cfg: ml_collections.ConfigDict, mesh) -> tuple[Transformer, Any]:
+    """(teacher model, its parameters' shardings): config.salt.teacher_sharding's layout on the mesh."""
+    model = Transformer(cfg)
+    boxed = state_lib.abstract_params(model)
+    if salt_cfg.teacher_sharding == "replicated":
+        return model, jax.tree.map(lambda _: NamedSharding(mesh, P()), nn.meta.unbox(boxed))
+    return model, sharding.shardings_for(boxed, mesh)
+
+
 def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_collections.ConfigDict,
                  tokenizer_fingerprint: str, mesh) -> Teacher:
     """Reads the teacher's config, checks it against the student, restores its parameters.
@@ -117,10 +132,7 @@ def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_coll
     if "model" not in record:
         raise UserError(f"{ckpt_dir}: the checkpoint record has no model config; re-train the teacher with "
                         "this version of salt_jax")
-    cfg = ml_collections.ConfigDict(record["model"])
-    held_dtype = salt_cfg.get("teacher_dtype", "")
-    if held_dtype:  # a frozen teacher needs no float32 master copy: hold and run it in (e.g.) bfloat16
-        cfg.param_dtype = cfg.dtype = held_dtype
+    cfg = held_config(ml_collections.ConfigDict(record["model"]), salt_cfg)
     if cfg.vocab_size != student_model_cfg.vocab_size:
         raise UserError(f"config.salt.teacher: the teacher's vocabulary ({cfg.vocab_size}) differs from the "
                         f"student's config.model.vocab_size ({student_model_cfg.vocab_size}); teacher and "
@@ -130,27 +142,9 @@ def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_coll
                         f"the student uses {tokenizer_fingerprint}; use the teacher's config.data.tokenizer "
                         "settings (same source and vocab_size, or its model_file)")
 
-    model = Transformer(cfg)
-    boxed = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32))["params"], jax.random.key(0))
-    if salt_cfg.teacher_sharding == "replicated":
-        shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), nn.meta.unbox(boxed))
-    else:
-        shardings = sharding.shardings_for(boxed, mesh)
+    model, shardings = layout(cfg, salt_cfg, mesh)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          nn.meta.unbox(boxed), shardings)
-    manager = ocp.CheckpointManager(root, item_names=("state", "record"),
-                                    options=ocp.CheckpointManagerOptions(create=False))
-    try:
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item={"params": target},
-            restore_args=jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype),
-                                      {"params": target}),
-            partial_restore=True)))
-    except Exception as e:  # orbax raises many types for unreadable / mismatched files
-        raise UserError(f"{ckpt_dir}: teacher checkpoint cannot be restored ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]})") from None
-    finally:
-        manager.close()
-    params = restored["state"]["params"]
+                          nn.meta.unbox(state_lib.abstract_params(model)), shardings)
+    params = checkpoints.restore_params(root, step, target, "teacher checkpoint")
     return Teacher(model=model, config=cfg, params=params, shardings=shardings, checkpoint=ckpt_dir,
                    fingerprint=checkpoint_fingerprint(ckpt_dir), tokenizer=record.get("tokenizer", ""))

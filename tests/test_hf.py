@@ -146,7 +146,7 @@ def test_import_places_parameters_in_their_shardings(hf_dirs):
     directory, model = hf_dirs["qwen3"]
     cfg = hf.model_config_from_hf(hf.read_hf_config(directory))
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 4, "tensor": 2}))
-    _, boxed = hf._abstract_params(cfg)
+    boxed = hf._abstract_params(cfg)
     shardings = sharding.shardings_for(boxed, mesh)
     _, params = hf.load_params(directory, cfg, shardings)
     for leaf, want in zip(jax.tree.leaves(params), jax.tree.leaves(shardings)):
