@@ -6,12 +6,12 @@
 
 Steps: compile time and median step time of the baseline step and of the KD
 step (the teacher's forward on every step), their ratio next to the FLOP model
-1 + F_T / (3 F_S) (`salt_jax.throughput`), tokens/s and MFU (when the device's
+1 + F_T / (3 F_S) (`salt_jax.model.flops`), tokens/s and MFU (when the device's
 peak is known), and each compiled step's memory from XLA's memory analysis.
 
 Loss: forward + backward of the SALT loss alone from random hidden states
 (student and teacher widths, the vocabulary given), dense logits vs
-`salt_jax.chunked_loss`: compile time, median time, the compiled program's
+`salt_jax.kd.chunked_loss`: compile time, median time, the compiled program's
 temporary memory, and on GPU the device's peak bytes in use (chunked runs
 first, so its peak is not inflated by the dense one).
 
@@ -34,11 +34,16 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from salt_jax import chunked_loss, losses, optim, presets, schedules, sharding, state as state_lib, throughput
 from salt_jax.config import base_config, set_method
-from salt_jax.model import Transformer, dtype_of, flops_per_token, param_count
-from salt_jax.teacher import Teacher
-from salt_jax.train_step import CompiledSteps
+from salt_jax.kd import chunked_loss, losses, objective
+from salt_jax.kd.schedules import KDPhase
+from salt_jax.kd.teacher import Teacher
+from salt_jax.model import flops, presets, sharding
+from salt_jax.model.flops import flops_per_token, param_count
+from salt_jax.model.transformer import Transformer, abstract_params, dtype_of
+from salt_jax.train import optim
+from salt_jax.train import state as state_lib
+from salt_jax.train.step import CompiledSteps
 
 
 def timed(fn, repeats: int) -> tuple[float, list[float]]:
@@ -94,22 +99,21 @@ def bench_steps(config, t_cfg, repeats: int) -> dict:
     model, t_model = Transformer(config.model), Transformer(t_cfg)
     tx, sched = optim.make_optimizer(config.optim, 1000)
     _, shardings = state_lib.abstract_state(model, tx, seq, mesh)
-    t_shard = sharding.shardings_for(state_lib.abstract_params(t_model), mesh)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    t_shard = sharding.shardings_for(abstract_params(t_model), mesh)
+    with sharding.on_mesh(mesh):
         t_params = jax.jit(lambda r: nn.meta.unbox(t_model.init(r, jnp.zeros((1, 8), jnp.int32))["params"]),
                            out_shardings=t_shard)(jax.random.key(1))
     teacher = Teacher(t_model, t_cfg, t_params, t_shard, "random", "random", "")
-    opts = chunked_loss.options_from_config(config) if config.train.loss == "chunked" else None
-    steps = CompiledSteps(model, tx, sched, 0, mesh, shardings, teacher=teacher, salt=config.salt,
-                          kd_weight=schedules.kd_weight_schedule(config.salt, 1000),
-                          kd_share=schedules.kd_share_schedule(config.salt, 1000), loss_opts=opts)
+    phase = KDPhase.from_config(config.salt, 1000, batch)
+    steps = CompiledSteps(model, tx, sched, 0, mesh, shardings, objective.make_loss(config), teacher=teacher,
+                          phase=phase)
     tokens = jax.device_put(np.random.default_rng(0).integers(3, config.model.vocab_size, (batch, seq + 1),
                                                               dtype=np.int32), steps.batch_sharding)
     holder = {"state": state_lib.create_state(model, tx, seq, mesh, 0)}
     t0 = time.perf_counter()
-    mem_base = memory(steps.lower_train(holder["state"], tokens).compile())
+    mem_base = memory(steps.lower(holder["state"], tokens).compile())
     base_compile = time.perf_counter() - t0
-    mem_kd = memory(steps.lower_kd_train(holder["state"], tokens, t_params).compile())
+    mem_kd = memory(steps.lower(holder["state"], tokens, t_params).compile())
     kd_compile = time.perf_counter() - t0 - base_compile
 
     def base_step():
@@ -117,7 +121,7 @@ def bench_steps(config, t_cfg, repeats: int) -> dict:
         return m
 
     def kd_step():
-        holder["state"], m = steps.kd_train(holder["state"], tokens, t_params)
+        holder["state"], m = steps.train(holder["state"], tokens, t_params)
         return m
 
     _, base_times = timed(base_step, repeats)
@@ -126,7 +130,7 @@ def bench_steps(config, t_cfg, repeats: int) -> dict:
     base_med, kd_med = statistics.median(base_times + base_times2), statistics.median(kd_times)
     n_s, n_t = param_count(config.model), param_count(t_cfg)
     f_s, f_t = flops_per_token(config.model, seq), flops_per_token(t_cfg, seq)
-    peak = throughput.peak_flops()
+    peak = flops.peak_flops()
     tok = batch * seq
     return {
         "student_params": n_s, "teacher_params": n_t,
@@ -134,11 +138,11 @@ def bench_steps(config, t_cfg, repeats: int) -> dict:
         "baseline_step_s": base_med, "kd_step_s": kd_med,
         "measured_ratio": kd_med / base_med,
         "flop_model_ratio_params": 1 + n_t / (3 * n_s),
-        "flop_model_ratio": 1 + f_t / (3 * f_s),
+        "flop_model_ratio": flops.kd_cost_ratio(config.model, t_cfg, seq),
         "baseline_tokens_per_s": tok / base_med, "kd_tokens_per_s": tok / kd_med,
-        "baseline_mfu": throughput.mfu(tok / base_med, 3 * f_s, jax.device_count(), peak),
-        "kd_mfu_student": throughput.mfu(tok / kd_med, 3 * f_s, jax.device_count(), peak),
-        "kd_mfu_with_teacher": throughput.mfu(tok / kd_med, 3 * f_s + f_t, jax.device_count(), peak),
+        "baseline_mfu": flops.mfu(tok / base_med, 3 * f_s, jax.device_count(), peak),
+        "kd_mfu_student": flops.mfu(tok / kd_med, 3 * f_s, jax.device_count(), peak),
+        "kd_mfu_with_teacher": flops.mfu(tok / kd_med, 3 * f_s + f_t, jax.device_count(), peak),
         "baseline_memory": mem_base, "kd_memory": mem_kd,
     }
 
@@ -155,7 +159,7 @@ def bench_loss(config, t_cfg, repeats: int) -> dict:
     y = jnp.asarray(r.integers(0, v, size=(b, t)), jnp.int32)
     mask = jnp.ones((b, t), jnp.float32)
     kd_w = jnp.full((b, t), 0.5, jnp.float32)
-    opts = chunked_loss.options_from_config(config)
+    opts = objective.chunked_options(config)
 
     args = (h_s, w_s, h_t, w_t, y, mask, kd_w)  # all arguments: constants would be folded at compile time
 

@@ -1,6 +1,6 @@
 """Shared command-line plumbing: logging setup and one-line errors for user mistakes.
 
-Entry points (salt_jax.main, salt_jax.experiment) define their own flags and
+Entry points (salt_jax.main, salt_jax.experiment.pipeline) define their own flags and
 use these helpers so every user-fixable error exits with status 2 and one line.
 """
 

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import ml_collections
 
-from salt_jax import presets
-from salt_jax.attention import IMPLEMENTATIONS
+from salt_jax.model import presets
+from salt_jax.model.attention import IMPLEMENTATIONS
 from salt_jax.errors import UserError, check
-from salt_jax.model import ACTIVATIONS, DTYPES, OPTIONS, REMAT_POLICIES
-
-METHODS = ("baseline", "teacher", "rkd", "salt", "salt_ds")
-VARIANTS = ("teacher", "baseline", "rkd", "salt", "salt_ds", "salt-linear", "salt-ratio", "salt-adaptive",
-            "salt-tokensel")
+from salt_jax.kd import methods
+from salt_jax.model.transformer import ACTIVATIONS, DTYPES, REMAT_POLICIES, option
 
 
 def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
+    """Every field of a run config with its default: the one place defaults are stated.
+
+    The model section comes from `preset` (salt_jax.model.presets); each other
+    field carries a one-line comment. Code reads fields directly
+    (config.train.loss), never with a fallback default.
+    """
     c = ml_collections.ConfigDict()
     c.seed = 0  # parameter-initialisation seed
 
@@ -102,7 +105,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     r.checkpoint_every = 100  # save a checkpoint every N steps (and at the last step)
     r.keep_checkpoints = 3  # keep the last K checkpoints
     r.progress = True  # print a one-line progress report every log_every steps
-    r.loss = "dense"  # dense (full [batch, seq, vocab] logits; the reference) | chunked (salt_jax.chunked_loss)
+    r.loss = "dense"  # dense (full [batch, seq, vocab] logits; the reference) | chunked (salt_jax.kd.chunked_loss)
     r.loss_chunk = 256  # loss=chunked: sequence positions per chunk (logits held: batch x chunk x vocab per model)
     r.nan_policy = "stop"  # non-finite loss or gradients: stop (keep the last good checkpoint) | skip (drop that update)
     r.max_skipped_steps = 20  # nan_policy=skip: stop after this many non-finite steps in a row
@@ -114,26 +117,16 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
 
 
 def set_method(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-    """Applies a named method variant (the `:ARG` of configs/demo.py) to a run config.
+    """Applies a named variant of the method table (salt_jax.kd.methods) to a run config.
 
-    teacher, baseline, rkd, salt (step transition), salt-linear, salt-ratio,
-    salt-adaptive, salt-tokensel. Step counts derived from the run's length
-    stay -1 here and are resolved by `schedules.resolve` when the run starts,
-    so overriding train.steps later keeps them proportional.
+    Step counts derived from the run's length stay -1 here and are resolved by
+    `salt_jax.kd.schedules.resolve` when the run starts, so overriding
+    train.steps later keeps them proportional.
     """
-    k = c.salt
-    if variant in ("teacher", "baseline", "rkd", "salt", "salt_ds"):
-        k.method = variant
-        return c
-    if variant not in VARIANTS:
-        raise UserError(f"config variant {variant!r}: use one of {', '.join(VARIANTS)}")
-    k.method = "salt"
-    if variant in ("salt-linear", "salt-ratio"):
-        k.transition = variant.split("-")[1]
-    elif variant == "salt-adaptive":
-        k.switch = "adaptive"
-    elif variant == "salt-tokensel":
-        k.token_select = "topk"
+    row = methods.variant(variant)
+    c.salt.method = row.method
+    for field, value in row.overrides.items():
+        c.salt[field] = value
     return c
 
 
@@ -144,19 +137,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
         check(isinstance(m[f], int) and m[f] > 0, f"config.model.{f}={m[f]!r}: must be a positive integer")
     check(m.n_heads % m.n_kv_heads == 0,
           f"config.model.n_kv_heads={m.n_kv_heads}: must divide n_heads={m.n_heads}")
-    check(m.get("positions", "rope") != "rope" or m.head_dim % 2 == 0,
+    check(option(m, "positions") != "rope" or m.head_dim % 2 == 0,
           f"config.model.head_dim={m.head_dim}: must be even (rotary embedding)")
     for f, allowed in (("norm", ("rms", "layer")), ("mlp", ("gated", "plain")), ("positions", ("rope", "learned")),
                        ("activation", tuple(ACTIVATIONS))):
-        check(m.get(f, OPTIONS[f]) in allowed, f"config.model.{f}={m.get(f)!r}: use one of {', '.join(allowed)}")
-    pattern = m.get("local_layers", "")
+        check(option(m, f) in allowed, f"config.model.{f}={option(m, f)!r}: use one of {', '.join(allowed)}")
+    pattern = option(m, "local_layers")
     check(not pattern or (len(pattern) == m.n_layers and set(pattern) <= {"L", "G"}),
           f"config.model.local_layers={pattern!r}: give one letter per layer ({m.n_layers}), L or G, or \"\"")
     for f in ("dtype", "param_dtype"):
         check(m[f] in DTYPES, f"config.model.{f}={m[f]!r}: use one of {', '.join(DTYPES)}")
     check(m.remat in REMAT_POLICIES, f"config.model.remat={m.remat!r}: use one of {', '.join(REMAT_POLICIES)}")
-    check(m.get("attention", "auto") in IMPLEMENTATIONS,
-          f"config.model.attention={m.get('attention')!r}: use one of {', '.join(IMPLEMENTATIONS)}")
+    check(m.attention in IMPLEMENTATIONS,
+          f"config.model.attention={m.attention!r}: use one of {', '.join(IMPLEMENTATIONS)}")
 
     d = c.data
     check(d.seq_len > 0, f"config.data.seq_len={d.seq_len}: must be positive")
@@ -179,7 +172,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check(o.warmup_steps >= 0, f"config.optim.warmup_steps={o.warmup_steps}: must be >= 0")
 
     k = c.salt
-    check(k.method in METHODS, f"config.salt.method={k.method!r}: use one of {', '.join(METHODS)}")
+    check(k.method in methods.METHODS, f"config.salt.method={k.method!r}: use one of {', '.join(methods.METHODS)}")
+    kind = methods.method(k.method)
     check(k.teacher_sharding in ("sharded", "replicated"),
           f"config.salt.teacher_sharding={k.teacher_sharding!r}: use 'sharded' or 'replicated'")
     check(k.transition in ("step", "linear", "ratio"),
@@ -189,7 +183,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
           f"config.salt.kd_loss={k.kd_loss!r}: use 'forward_kl', 'reverse_kl' or 'topk_kl'")
     check(k.token_select in ("none", "topk", "confidence"),
           f"config.salt.token_select={k.token_select!r}: use 'none', 'topk' or 'confidence'")
-    if k.method in ("rkd", "salt", "salt_ds"):
+    if kind.teacher:
         check(bool(k.teacher), f"config.salt.teacher is empty; method {k.method!r} needs the teacher's workdir "
               "or checkpoint directory")
         check(0.0 < k.kd_weight <= 1.0, f"config.salt.kd_weight={k.kd_weight}: must be in (0, 1]")
@@ -198,15 +192,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
               f"config.salt.kd_topk={k.kd_topk}: must be in [1, vocab_size] for kd_loss=topk_kl")
         check(k.token_select != "topk" or 0 < k.token_select_k <= m.vocab_size,
               f"config.salt.token_select_k={k.token_select_k}: must be in [1, config.model.vocab_size]")
-    check(k.switch == "fixed" or k.method in ("salt", "salt_ds"),
+    check(k.switch == "fixed" or kind.kd_ends,
           f"config.salt.switch=adaptive applies to methods salt and salt_ds, not {k.method!r}")
-    if k.method == "salt_ds":
+    if kind.selects_data:
         check(0.0 < k.ds_keep_fraction <= 1.0, f"config.salt.ds_keep_fraction={k.ds_keep_fraction}: must be in (0, 1]")
         check(0.0 <= k.ds_band_low < k.ds_band_high <= 100.0,
               f"config.salt.ds_band_low={k.ds_band_low} / ds_band_high={k.ds_band_high}: need 0 <= low < high <= 100")
         check(k.ds_topk > 0, f"config.salt.ds_topk={k.ds_topk}: must be positive")
         check(k.ds_pool_size >= -1, f"config.salt.ds_pool_size={k.ds_pool_size}: must be >= -1")
-    if k.method in ("salt", "salt_ds"):
+    if kind.kd_ends:
         check(k.kd_steps >= -1, f"config.salt.kd_steps={k.kd_steps}: must be >= 0 (or -1 for kd_fraction)")
         check(0.0 < k.kd_fraction <= 1.0, f"config.salt.kd_fraction={k.kd_fraction}: must be in (0, 1]")
         check(k.transition_steps == -1 or k.transition_steps > 0,
@@ -218,20 +212,20 @@ def validate(c: ml_collections.ConfigDict) -> None:
               f"config.salt.adaptive_min_steps={k.adaptive_min_steps} exceeds adaptive_max_steps="
               f"{k.adaptive_max_steps}")
 
-    k_dt = k.get("teacher_dtype", "")
+    k_dt = k.teacher_dtype
     check(k_dt == "" or k_dt in DTYPES, f"config.salt.teacher_dtype={k_dt!r}: use '' or one of {', '.join(DTYPES)}")
 
     r = c.train
     check(r.steps > 0, f"config.train.steps={r.steps}: must be positive")
-    check(r.get("loss", "dense") in ("dense", "chunked"),
-          f"config.train.loss={r.get('loss')!r}: use 'dense' or 'chunked'")
-    check(r.get("nan_policy", "stop") in ("stop", "skip"),
-          f"config.train.nan_policy={r.get('nan_policy')!r}: use 'stop' or 'skip'")
-    check(r.get("max_skipped_steps", 1) > 0,
-          f"config.train.max_skipped_steps={r.get('max_skipped_steps')}: must be positive")
-    check(r.get("preemption_grace_s", 1.0) > 0,
-          f"config.train.preemption_grace_s={r.get('preemption_grace_s')}: must be positive")
-    check(r.get("loss_chunk", 1) > 0, f"config.train.loss_chunk={r.get('loss_chunk')}: must be positive")
+    check(r.loss in ("dense", "chunked"),
+          f"config.train.loss={r.loss!r}: use 'dense' or 'chunked'")
+    check(r.nan_policy in ("stop", "skip"),
+          f"config.train.nan_policy={r.nan_policy!r}: use 'stop' or 'skip'")
+    check(r.max_skipped_steps > 0,
+          f"config.train.max_skipped_steps={r.max_skipped_steps}: must be positive")
+    check(r.preemption_grace_s > 0,
+          f"config.train.preemption_grace_s={r.preemption_grace_s}: must be positive")
+    check(r.loss_chunk > 0, f"config.train.loss_chunk={r.loss_chunk}: must be positive")
     for f in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
         check(r[f] > 0, f"config.train.{f}={r[f]}: must be positive")
 

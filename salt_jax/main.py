@@ -13,7 +13,7 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from salt_jax import distributed
+from salt_jax.train import distributed
 from salt_jax.cli import fail, load_config, parse_flags, setup_logging
 from salt_jax.errors import UserError
 
@@ -27,11 +27,11 @@ def _main(argv) -> None:
     config = load_config(_CONFIG)
     if not _WORKDIR.value:
         fail("--workdir is required: the directory for checkpoints and metrics")
-    from salt_jax import train
+    from salt_jax.train import loop
 
     try:
         distributed.initialize()
-        summary = train.run(config, _WORKDIR.value)
+        summary = loop.run(config, _WORKDIR.value)
     except UserError as e:
         fail(str(e))
     if summary.get("preempted"):

@@ -40,7 +40,7 @@ def tiny_config(cache_dir):
 @pytest.fixture(scope="session")
 def teacher_dir(tmp_path_factory, cache_dir):
     """A trained test-tiny-teacher run (20 steps), shared by every SALT test."""
-    from salt_jax import train
+    from salt_jax.train import loop
     from salt_jax.config import base_config, set_method
 
     c = base_config("test-tiny-teacher")
@@ -49,7 +49,7 @@ def teacher_dir(tmp_path_factory, cache_dir):
     c.train.steps, c.train.eval_every, c.train.checkpoint_every, c.train.progress = 20, 20, 20, False
     set_method(c, "teacher")
     workdir = str(tmp_path_factory.mktemp("teacher"))
-    train.run(c, workdir)
+    loop.run(c, workdir)
     return workdir
 
 

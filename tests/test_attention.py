@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from salt_jax import attention
+from salt_jax.model import attention
 
 
 def _reference(q, k, v, scale, softcap=0.0, window=0):

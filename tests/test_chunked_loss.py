@@ -7,8 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from salt_jax import chunked_loss as cl, losses, presets, throughput
-from salt_jax.model import flops_per_token
+from salt_jax.kd import chunked_loss as cl
+from salt_jax.kd import losses
+from salt_jax.model import presets
+from salt_jax.model import flops
+from salt_jax.model.flops import flops_per_token
 
 B, T, D_S, D_T, V = 3, 11, 16, 12, 53
 
@@ -27,7 +30,7 @@ def _inputs(seed=0, dtype=jnp.float32):
 
 
 def _dense(hs, ws, ht, wt, y, mask, kd_w, o: cl.LossOptions):
-    """The dense path of salt_jax.train_step: full logits, losses.kd_per_token, losses.mixture_stats."""
+    """The dense path of salt_jax.train.step: full logits, losses.kd_per_token, losses.mixture_stats."""
     s = jnp.einsum("btd,dv->btv", hs.astype(o.dtype), ws.astype(o.dtype), preferred_element_type=jnp.float32)
     t = jnp.einsum("btd,dv->btv", ht.astype(o.dtype), wt.astype(o.dtype), preferred_element_type=jnp.float32)
     w = kd_w * losses.teacher_selection(t, y, o.token_select, o.token_select_k, o.token_select_threshold)
@@ -173,24 +176,24 @@ def test_flops_per_token_matches_a_hand_count_for_test_tiny():
     attention = 2 * 2 * 4 * 8 * seq  # layers x (QK^T + AV: 2 x 2 flops x heads x head_dim x seq/2 causal)
     assert matmul_params == 26720 and attention == 4096
     assert flops_per_token(c, seq) == 2 * 26720 + 4096 == 57536
-    assert throughput.train_flops_per_token(c, seq) == 3 * 57536
+    assert flops.train_flops_per_token(c, seq) == 3 * 57536
     t = presets.model_config("test-tiny-teacher")
-    assert throughput.train_flops_per_token(c, seq, t) == 3 * 57536 + flops_per_token(t, seq)
+    assert flops.train_flops_per_token(c, seq, t) == 3 * 57536 + flops_per_token(t, seq)
 
 
 def test_mfu_on_a_synthetic_timing():
     # 1B-parameter-like step: 6e9 FLOPs/token at 40,000 tokens/s on 8 H100s = 2.4e14 / 7.912e15
-    peak = throughput.peak_flops("NVIDIA H100 80GB HBM3")
+    peak = flops.peak_flops("NVIDIA H100 80GB HBM3")
     assert peak == 989e12
-    assert throughput.mfu(40_000, 6e9, 8, peak) == pytest.approx(2.4e14 / (8 * 989e12))
-    assert throughput.peak_flops("NVIDIA H200") == 989e12
-    assert throughput.peak_flops("TPU v5 lite") == 197e12 and throughput.peak_flops("TPU v5") == 459e12
-    assert throughput.peak_flops("cpu") is None and throughput.mfu(1000, 1e9, 1, None) is None
-    assert throughput.peak_flops("cpu", override_tflops=2.0) == 2e12
+    assert flops.mfu(40_000, 6e9, 8, peak) == pytest.approx(2.4e14 / (8 * 989e12))
+    assert flops.peak_flops("NVIDIA H200") == 989e12
+    assert flops.peak_flops("TPU v5 lite") == 197e12 and flops.peak_flops("TPU v5") == 459e12
+    assert flops.peak_flops("cpu") is None and flops.mfu(1000, 1e9, 1, None) is None
+    assert flops.peak_flops("cpu", override_tflops=2.0) == 2e12
 
 
 def test_train_line_reports_model_flops_and_mfu():
-    from salt_jax.train import train_line
+    from salt_jax.train.loop import train_line
 
     one = {"loss_sum": 10.0, "ntp_sum": 10.0, "tokens": 100.0, "correct": 5.0, "learning_rate": 1e-3,
            "grad_norm": 1.0}

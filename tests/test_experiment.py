@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from salt_jax import report, train
-from salt_jax.metrics import read_metrics
+from salt_jax.experiment import report
+from salt_jax.train import loop
+from salt_jax.train.metrics import read_metrics
 
 from conftest import REPO
 
@@ -64,8 +65,8 @@ def test_report_matches_the_runs_metrics(experiment_dir):
     assert salt["kd_phase_end_mean"] == round(0.175 * 24)
     # compute: salt's extra over the baseline is exactly the teacher forward on the KD steps
     extra = np.array(salt["compute_baseline_steps"]) - np.array(base["compute_baseline_steps"])
-    from salt_jax import presets
-    from salt_jax.model import flops_per_token
+    from salt_jax.model import presets
+    from salt_jax.model.flops import flops_per_token
 
     ratio = flops_per_token(presets.model_config("test-tiny-teacher"), 32) / (
         3 * flops_per_token(presets.model_config("test-tiny"), 32))
@@ -84,7 +85,7 @@ def test_rerun_skips_finished_runs_and_gives_the_same_results(experiment_dir, mo
 
     monkeypatch.setattr(train, "run", no_training)
     from ml_collections import config_flags  # noqa: F401
-    from salt_jax import experiment
+    from salt_jax.experiment import pipeline
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("exp_cfg", os.path.join(REPO, "configs", "experiments",
@@ -93,7 +94,7 @@ def test_rerun_skips_finished_runs_and_gives_the_same_results(experiment_dir, mo
     spec.loader.exec_module(mod)
     cfg = mod.get_config()
     cfg.student.data.max_files = cfg.teacher.data.max_files = 60
-    after = experiment.run_experiment(cfg, experiment_dir)
+    after = pipeline.run_experiment(cfg, experiment_dir)
     after = json.loads(json.dumps(after))
     assert after["methods"] == before["methods"] and after["target_loss"] == before["target_loss"]
 
@@ -122,18 +123,18 @@ def test_interrupted_experiment_finishes_the_missing_run(experiment_dir, tmp_pat
 
 
 def test_method_specs_with_several_overrides():
-    from salt_jax import experiment
+    from salt_jax.experiment import pipeline
     from salt_jax.errors import UserError
 
-    specs = experiment.split_methods("baseline, salt[kd_steps=50,kd_weight=0.8],salt-linear")
+    specs = pipeline.split_methods("baseline, salt[kd_steps=50,kd_weight=0.8],salt-linear")
     assert specs == ["baseline", "salt[kd_steps=50,kd_weight=0.8]", "salt-linear"]
-    assert experiment.parse_method(specs[1]) == ("salt", {"kd_steps": 50, "kd_weight": 0.8})
-    assert experiment.run_name(specs[1]) == "salt-kd_steps50-kd_weight0.8"
+    assert pipeline.parse_method(specs[1]) == ("salt", {"kd_steps": 50, "kd_weight": 0.8})
+    assert pipeline.run_name(specs[1]) == "salt-kd_steps50-kd_weight0.8"
     from salt_jax.recipes import test_tiny_run
     import ml_collections
 
     exp = ml_collections.ConfigDict({"student": test_tiny_run(), "progress": False})
-    c = experiment.student_config(exp, specs[1], 2, "/t", 1e-3)
+    c = pipeline.student_config(exp, specs[1], 2, "/t", 1e-3)
     assert (c.salt.method, c.salt.kd_steps, c.salt.kd_weight, c.seed, c.data.seed) == ("salt", 50, 0.8, 2, 2)
     with pytest.raises(UserError, match="salt.kd_steps=2.5"):
-        experiment.student_config(exp, "salt[kd_steps=2.5]", 0, "/t", 1e-3)
+        pipeline.student_config(exp, "salt[kd_steps=2.5]", 0, "/t", 1e-3)

@@ -12,11 +12,16 @@ import numpy as np
 import optax
 import pytest
 
-from salt_jax import checkpoints, data, optim, sharding, state as state_lib, train
+from salt_jax.model import checkpoints
+from salt_jax.data import store
+from salt_jax.train import optim
+from salt_jax.model import sharding
+from salt_jax.train import state as state_lib
+from salt_jax.train import loop
 from salt_jax.errors import UserError
-from salt_jax.metrics import read_metrics
-from salt_jax.model import Transformer
-from salt_jax.train_step import CompiledSteps, Guard
+from salt_jax.train.metrics import read_metrics
+from salt_jax.model.transformer import Transformer
+from salt_jax.train.step import CompiledSteps, Guard
 
 from conftest import REPO
 from salt_run import cli as _cli, params as _params, same_params as _assert_same_params
@@ -86,13 +91,13 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, c
 
 def _steps(config, guard):
     mesh = sharding.make_mesh(config.mesh)
-    cache, tok = data.build_cache(config.data)
+    cache, tok = store.build_cache(config.data)
     model = Transformer(config.model)
     tx, sched = optim.make_optimizer(config.optim, config.train.steps)
     _, shardings = state_lib.abstract_state(model, tx, config.data.seq_len, mesh)
     st = state_lib.create_state(model, tx, config.data.seq_len, mesh, config.seed)
     steps = CompiledSteps(model, tx, sched, tok.pad_id, mesh, shardings, guard=guard)
-    return st, steps, data.Batches(cache.train, config.data.batch_size, 0)
+    return st, steps, store.Batches(cache.train, config.data.batch_size, 0)
 
 
 def test_a_skipped_step_leaves_parameters_and_optimizer_untouched(tiny_config):
@@ -114,7 +119,7 @@ def test_a_skipped_step_leaves_parameters_and_optimizer_untouched(tiny_config):
 def test_nan_policy_skip_finishes_and_reports_skips(tiny_config, tmp_path):
     c = tiny_config
     c.train.nan_policy, c.train.debug_nan_steps = "skip", "3,5"
-    summary = train.run(c, str(tmp_path / "skip"))
+    summary = loop.run(c, str(tmp_path / "skip"))
     assert np.isfinite(summary["final_eval_loss"])
     lines = {r["step"]: r for r in read_metrics(str(tmp_path / "skip" / "metrics.jsonl")) if r["split"] == "train"}
     assert lines[4]["skipped_steps"] == 1 and lines[8]["skipped_steps"] == 1 and lines[12]["skipped_steps"] == 0
@@ -126,7 +131,7 @@ def test_nan_policy_stop_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
     c.train.debug_nan_steps = "8"
     workdir = tmp_path / "stop"
     with pytest.raises(UserError, match=r"non-finite loss or gradients at step 8;.*checkpoint, step 6, is kept"):
-        train.run(c, str(workdir))
+        loop.run(c, str(workdir))
     assert sorted(d for d in os.listdir(workdir / "checkpoints") if d.isdigit()) == ["6"]
 
 
@@ -134,7 +139,7 @@ def test_too_many_skips_in_a_row_stop_the_run(tiny_config, tmp_path):
     c = tiny_config
     c.train.nan_policy, c.train.max_skipped_steps, c.train.debug_nan_steps = "skip", 3, "2,3,4"
     with pytest.raises(UserError, match=r"3 steps in a row \(config.train.max_skipped_steps=3\)"):
-        train.run(c, str(tmp_path / "skips"))
+        loop.run(c, str(tmp_path / "skips"))
 
 
 def test_preemption_grace_period_watchdog_exits_3(tmp_path):

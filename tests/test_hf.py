@@ -20,9 +20,11 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-from salt_jax import hf, sharding
+from salt_jax.hf import convert
+from salt_jax.model import sharding
 from salt_jax.errors import UserError
-from salt_jax.model import Transformer, param_count
+from salt_jax.model.transformer import Transformer
+from salt_jax.model.flops import param_count
 
 from conftest import REPO
 
@@ -115,7 +117,7 @@ def hf_dirs(tmp_path_factory):
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_imported_logits_equal_transformers(hf_dirs, name):
     directory, model = hf_dirs[name]
-    cfg, params = hf.load_params(directory)
+    cfg, params = convert.load_params(directory)
     tokens = _tokens()
     want = _torch_logits(model, tokens)
     got = _jax_logits(cfg, params, tokens)
@@ -126,7 +128,7 @@ def test_imported_logits_equal_transformers(hf_dirs, name):
 
 
 def test_family_options_are_set(hf_dirs):
-    cfgs = {name: hf.model_config_from_hf(hf.read_hf_config(d)) for name, (d, _) in hf_dirs.items()}
+    cfgs = {name: convert.model_config_from_hf(convert.read_hf_config(d)) for name, (d, _) in hf_dirs.items()}
     assert cfgs["llama"].n_kv_heads == 2 and cfgs["llama"].rope_base == 5000.0 and cfgs["llama"].qkv_bias
     assert cfgs["llama_tied"].tie_embeddings and not cfgs["llama"].tie_embeddings
     assert cfgs["qwen2"].qkv_bias and not cfgs["qwen2"].o_bias
@@ -144,11 +146,11 @@ def test_import_places_parameters_in_their_shardings(hf_dirs):
     from jax.sharding import PartitionSpec as P
 
     directory, model = hf_dirs["qwen3"]
-    cfg = hf.model_config_from_hf(hf.read_hf_config(directory))
+    cfg = convert.model_config_from_hf(convert.read_hf_config(directory))
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 4, "tensor": 2}))
-    boxed = hf._abstract_params(cfg)
+    boxed = convert._abstract_params(cfg)
     shardings = sharding.shardings_for(boxed, mesh)
-    _, params = hf.load_params(directory, cfg, shardings)
+    _, params = convert.load_params(directory, cfg, shardings)
     for leaf, want in zip(jax.tree.leaves(params), jax.tree.leaves(shardings)):
         assert leaf.sharding == want
     # stacked q [layers, d_model, heads, head_dim]: d_model over fsdp, heads over tensor
@@ -162,8 +164,8 @@ def test_import_export_round_trip_gives_identical_tensors(hf_dirs, tmp_path, nam
     from safetensors.numpy import load_file
 
     directory, model = hf_dirs[name]
-    hf.import_hf(directory, str(tmp_path / "ckpt"))
-    hf.export_hf(str(tmp_path / "ckpt"), str(tmp_path / "out"))
+    convert.import_hf(directory, str(tmp_path / "ckpt"))
+    convert.export_hf(str(tmp_path / "ckpt"), str(tmp_path / "out"))
     a, b = load_file(os.path.join(directory, "model.safetensors")), load_file(str(tmp_path / "out" / "model.safetensors"))
     assert set(b) <= set(a) and set(a) - set(b) <= {"lm_head.weight"}  # tied heads are not written twice
     for key in b:
@@ -187,7 +189,7 @@ def test_missing_safetensors_is_a_clear_error(hf_dirs, tmp_path):
     d = _copy(hf_dirs["llama"][0], tmp_path)
     os.remove(os.path.join(d, "model.safetensors"))
     with pytest.raises(UserError, match=r"no \*\.safetensors files"):
-        hf.load_params(d)
+        convert.load_params(d)
 
 
 def test_unknown_model_type_is_a_clear_error(hf_dirs, tmp_path):
@@ -195,7 +197,7 @@ def test_unknown_model_type_is_a_clear_error(hf_dirs, tmp_path):
     conf = json.load(open(os.path.join(d, "config.json")))
     json.dump(dict(conf, model_type="mamba"), open(os.path.join(d, "config.json"), "w"))
     with pytest.raises(UserError, match=r"model_type='mamba' is not supported"):
-        hf.load_params(d)
+        convert.load_params(d)
 
 
 def test_unsupported_option_names_the_field(hf_dirs, tmp_path):
@@ -204,7 +206,7 @@ def test_unsupported_option_names_the_field(hf_dirs, tmp_path):
     conf["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 5000.0, "factor": 4.0}
     json.dump(conf, open(os.path.join(d, "config.json"), "w"))
     with pytest.raises(UserError, match=r"rope_parameters.rope_type='yarn' is not supported"):
-        hf.load_params(d)
+        convert.load_params(d)
 
 
 def test_tensor_shape_mismatch_names_the_tensor_and_both_shapes(hf_dirs, tmp_path):
@@ -217,11 +219,11 @@ def test_tensor_shape_mismatch_names_the_tensor_and_both_shapes(hf_dirs, tmp_pat
     save_file(tensors, path)
     with pytest.raises(UserError, match=r"'model\.layers\.1\.mlp\.up_proj\.weight' has shape \(40, 32\), "
                                         r"the config implies \(48, 32\)"):
-        hf.load_params(d)
+        convert.load_params(d)
     del tensors["model.layers.1.mlp.up_proj.weight"]
     save_file(tensors, path)
     with pytest.raises(UserError, match=r"'model\.layers\.1\.mlp\.up_proj\.weight' is missing"):
-        hf.load_params(d)
+        convert.load_params(d)
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -265,18 +267,19 @@ def hf_teacher(tmp_path_factory):
 
 
 def test_salt_run_with_an_hf_teacher_then_export(hf_teacher, tiny_config, tmp_path):
-    from salt_jax import data, train
+    from salt_jax.data import store
+    from salt_jax.train import loop
     from salt_jax.config import set_method
-    from salt_jax.metrics import read_metrics
-    from salt_jax.teacher import load_teacher
-    from salt_jax.tokenizer import HFTokenizer
+    from salt_jax.train.metrics import read_metrics
+    from salt_jax.kd.teacher import load_teacher
+    from salt_jax.data.tokenizer import HFTokenizer
 
     directory, torch_teacher, fast = hf_teacher
     c = tiny_config
     set_method(c, "salt")
     c.salt.teacher, c.salt.kd_steps = directory, 7
     workdir = str(tmp_path / "run")
-    train.run(c, workdir)
+    loop.run(c, workdir)
 
     # the run tokenized with the teacher's tokenizer and took its vocabulary size
     assert c.data.tokenizer.kind == "hf" and c.data.tokenizer.hf_dir == directory
@@ -290,8 +293,8 @@ def test_salt_run_with_an_hf_teacher_then_export(hf_teacher, tiny_config, tmp_pa
     assert train_lines[0]["teacher_ntp_loss"] > 0
 
     # the teacher the run used computes transformers' loss on the run's own batch
-    cache, _ = data.build_cache(c.data)
-    tokens = data.Batches(cache.train, c.data.batch_size, c.data.seed).numpy(0)
+    cache, _ = store.build_cache(c.data)
+    tokens = store.Batches(cache.train, c.data.batch_size, c.data.seed).numpy(0)
     mesh = sharding.make_mesh(c.mesh)
     teacher = load_teacher(c.salt, c.model, tok.fingerprint(), mesh)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
@@ -310,13 +313,13 @@ def test_salt_run_with_an_hf_teacher_then_export(hf_teacher, tiny_config, tmp_pa
 
     # export the student: transformers loads it, its logits equal salt_jax's, the tokenizer came along
     out = str(tmp_path / "student_hf")
-    assert hf.export_hf(workdir, out) == "llama"
+    assert convert.export_hf(workdir, out) == "llama"
     assert os.path.isfile(os.path.join(out, "tokenizer.json"))
     loaded = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
-    from salt_jax.teacher import resolve_checkpoint
+    from salt_jax.kd.teacher import resolve_checkpoint
 
     root, step = resolve_checkpoint(workdir)
-    params = hf._restore_params(root, step, c.model)
+    params = convert._restore_params(root, step, c.model)
     want = _jax_logits(c.model, params, inputs[:2, :SEQ])
     np.testing.assert_allclose(_torch_logits(loaded, inputs[:2, :SEQ]), want, atol=ATOL, rtol=RTOL)
     reloaded = transformers.AutoTokenizer.from_pretrained(out)
@@ -327,7 +330,7 @@ def test_imported_checkpoint_is_a_teacher_and_names_its_tokenizer(hf_teacher, tm
     import ml_collections
 
     from salt_jax.config import base_config
-    from salt_jax.teacher import load_teacher
+    from salt_jax.kd.teacher import load_teacher
 
     directory, torch_teacher, _ = hf_teacher
     out = subprocess.run([sys.executable, "-m", "salt_jax.hf", "import", "--hf-dir", directory, "--out",
@@ -336,9 +339,9 @@ def test_imported_checkpoint_is_a_teacher_and_names_its_tokenizer(hf_teacher, tm
     assert out.returncode == 0, out.stderr
     c = base_config("test-tiny")
     c.salt.method, c.salt.teacher = "salt", str(tmp_path / "imported")
-    hf.adopt_teacher_vocabulary(c)
+    convert.adopt_teacher_vocabulary(c)
     assert c.data.tokenizer.hf_dir == str(tmp_path / "imported" / "hf_tokenizer") and c.model.vocab_size == 288
-    from salt_jax.tokenizer import HFTokenizer
+    from salt_jax.data.tokenizer import HFTokenizer
 
     tok = HFTokenizer(c.data.tokenizer.hf_dir)
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
@@ -348,7 +351,7 @@ def test_imported_checkpoint_is_a_teacher_and_names_its_tokenizer(hf_teacher, tm
                                _torch_logits(torch_teacher, tokens), atol=ATOL, rtol=RTOL)
     c.model.vocab_size = 300  # set by the user and different: refused with the number to use
     with pytest.raises(UserError, match=r"config.model.vocab_size=300: .* set config.model.vocab_size=288"):
-        hf.adopt_teacher_vocabulary(c)
+        convert.adopt_teacher_vocabulary(c)
 
 
 def test_sharded_bfloat16_checkpoints_import_and_export(tmp_path):
@@ -356,12 +359,12 @@ def test_sharded_bfloat16_checkpoints_import_and_export(tmp_path):
     model = _hf_model("qwen2", str(tmp_path / "f32"), seed=3).to(torch.bfloat16)
     model.save_pretrained(str(tmp_path / "bf16"), max_shard_size="20KB")
     assert os.path.isfile(tmp_path / "bf16" / "model.safetensors.index.json")
-    cfg, params = hf.load_params(str(tmp_path / "bf16"))
+    cfg, params = convert.load_params(str(tmp_path / "bf16"))
     want = model.state_dict()["model.layers.1.mlp.down_proj.weight"].float().numpy().T
     np.testing.assert_array_equal(np.asarray(params["layers"]["mlp"]["down"][1]), want)
 
-    hf.import_hf(str(tmp_path / "bf16"), str(tmp_path / "ckpt"))
-    hf.export_hf(str(tmp_path / "ckpt"), str(tmp_path / "out"), dtype="bfloat16", shard_bytes=20_000)
+    convert.import_hf(str(tmp_path / "bf16"), str(tmp_path / "ckpt"))
+    convert.export_hf(str(tmp_path / "ckpt"), str(tmp_path / "out"), dtype="bfloat16", shard_bytes=20_000)
     assert os.path.isfile(tmp_path / "out" / "model.safetensors.index.json")
     loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"), attn_implementation="eager")
     ours, theirs = loaded.state_dict(), model.state_dict()
@@ -371,7 +374,7 @@ def test_sharded_bfloat16_checkpoints_import_and_export(tmp_path):
 
 
 def test_import_and_training_path_do_not_load_torch_or_transformers():
-    script = ("import sys; import salt_jax.train, salt_jax.hf, salt_jax.main, salt_jax.teacher, salt_jax.tokenizer; "
+    script = ("import sys; import salt_jax.train.loop, salt_jax.hf.convert, salt_jax.main, salt_jax.kd.teacher, salt_jax.data.tokenizer; "
               "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))")
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
                          env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO))
@@ -381,4 +384,4 @@ def test_import_and_training_path_do_not_load_torch_or_transformers():
 
 def test_export_of_a_workdir_without_checkpoints_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match=r"--workdir .*: no finished checkpoint"):
-        hf.export_hf(str(tmp_path), str(tmp_path / "out"))
+        convert.export_hf(str(tmp_path), str(tmp_path / "out"))

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from salt_jax import losses, optim
+from salt_jax.kd import losses
+from salt_jax.train import optim
 from salt_jax.config import base_config
 from salt_jax.errors import UserError
 

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from salt_jax import presets
-from salt_jax.model import Transformer, param_count
+from salt_jax.model import presets
+from salt_jax.model.transformer import Transformer
+from salt_jax.model.flops import param_count
 
 from reference import transformer_logits
 

@@ -13,7 +13,7 @@ def _readme():
 
 
 def test_preset_table_is_the_codes_output():
-    table = subprocess.run([sys.executable, "-m", "salt_jax.presets"], cwd=REPO, capture_output=True,
+    table = subprocess.run([sys.executable, "-m", "salt_jax.model.presets"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.strip()
     assert table in _readme()
 

@@ -4,10 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from salt_jax import losses, schedules
+from salt_jax.kd import losses
+from salt_jax.kd import schedules
 from salt_jax.config import base_config, set_method
-from salt_jax.state import initial_kd_state
-from salt_jax.train_step import _adaptive_update
+from salt_jax.train.state import initial_kd_state
+from salt_jax.train.step import _adaptive_update
 
 from reference import log_softmax
 

@@ -11,13 +11,20 @@ import numpy as np
 import optax
 import pytest
 
-from salt_jax import checkpoints, data, optim, schedules, sharding, state as state_lib, train
+from salt_jax.model import checkpoints
+from salt_jax.data import store
+from salt_jax.train import optim
+from salt_jax.kd import schedules
+from salt_jax.model import sharding
+from salt_jax.train import state as state_lib
+from salt_jax.train import loop
 from salt_jax.config import set_method
 from salt_jax.errors import UserError
-from salt_jax.metrics import read_metrics
-from salt_jax.model import Transformer, flops_per_token
-from salt_jax.teacher import load_teacher
-from salt_jax.train_step import CompiledSteps, make_kd_train_step, make_train_step
+from salt_jax.train.metrics import read_metrics
+from salt_jax.model.transformer import Transformer
+from salt_jax.model.flops import flops_per_token
+from salt_jax.kd.teacher import load_teacher
+from salt_jax.train.step import CompiledSteps, make_kd_train_step, make_train_step
 
 from conftest import REPO
 
@@ -33,13 +40,13 @@ def student_config(tiny_config, teacher_dir):
 
 def _pieces(config, mesh=None):
     mesh = mesh or sharding.make_mesh(config.mesh)
-    cache, tok = data.build_cache(config.data)
+    cache, tok = store.build_cache(config.data)
     teacher = load_teacher(config.salt, config.model, tok.fingerprint(), mesh)
     model = Transformer(config.model)
     tx, sched = optim.make_optimizer(config.optim, config.train.steps)
     _, shardings = state_lib.abstract_state(model, tx, config.data.seq_len, mesh)
     st = state_lib.create_state(model, tx, config.data.seq_len, mesh, config.seed)
-    batches = data.Batches(cache.train, config.data.batch_size, 0)
+    batches = store.Batches(cache.train, config.data.batch_size, 0)
     return mesh, teacher, model, tx, sched, shardings, st, batches
 
 
@@ -97,7 +104,7 @@ def test_token_selection_that_keeps_every_token_equals_plain_kd(student_config):
 
 def test_chunked_kd_step_equals_the_dense_step(student_config):
     """The whole SALT step (tied-embedding teacher, untied student) with the chunked loss vs dense logits."""
-    from salt_jax.chunked_loss import LossOptions
+    from salt_jax.kd.chunked_loss import LossOptions
 
     c = student_config
     c.salt.kd_loss, c.salt.temperature, c.salt.token_select, c.salt.token_select_k = "reverse_kl", 2.0, "topk", 3
@@ -155,7 +162,7 @@ def test_switch_at_n_kd_and_exact_resume_across_it(student_config, tmp_path):
     c = student_config
     c.train.checkpoint_every = 5  # checkpoints at 5, 10, 12; the switch is at 7
     full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
-    summary = train.run(c, full)
+    summary = loop.run(c, full)
     assert summary["kd_phase_end"] == 7
     lines = {r["step"]: r for r in read_metrics(os.path.join(full, "metrics.jsonl")) if r["split"] == "train"}
     assert lines[4]["kd_weight"] == 0.5 and lines[4]["kd_loss"] > 0 and lines[4]["teacher_ntp_loss"] > 0
@@ -166,7 +173,7 @@ def test_switch_at_n_kd_and_exact_resume_across_it(student_config, tmp_path):
 
     os.makedirs(os.path.join(resumed, "checkpoints"))
     shutil.copytree(os.path.join(full, "checkpoints", "5"), os.path.join(resumed, "checkpoints", "5"))
-    train.run(c, resumed)
+    loop.run(c, resumed)
     model = Transformer(c.model)
     tx, _ = optim.make_optimizer(c.optim, c.train.steps)
     abstract, shardings = state_lib.abstract_state(model, tx, c.data.seq_len, sharding.make_mesh(c.mesh))
@@ -185,7 +192,7 @@ def test_switch_at_n_kd_and_exact_resume_across_it(student_config, tmp_path):
 def test_resume_with_another_teacher_is_refused(student_config, tmp_path, teacher_dir):
     c = student_config
     c.train.checkpoint_every, c.train.keep_checkpoints = 3, 10
-    train.run(c, str(tmp_path / "run"))
+    loop.run(c, str(tmp_path / "run"))
     for step in ("6", "9", "12"):  # as if the run had stopped at step 3, inside the KD phase (n_KD = 7)
         shutil.rmtree(tmp_path / "run" / "checkpoints" / step)
     other = str(tmp_path / "other_teacher")
@@ -197,25 +204,25 @@ def test_resume_with_another_teacher_is_refused(student_config, tmp_path, teache
     t.data = c.data
     t.train.steps, t.train.checkpoint_every, t.train.eval_every, t.train.progress = 21, 21, 21, False
     set_method(t, "teacher")
-    train.run(t, other)
+    loop.run(t, other)
     c.salt.teacher = other
     with pytest.raises(UserError, match="config.salt.teacher=.*this run was trained with teacher"):
-        train.run(c, str(tmp_path / "run"))
+        loop.run(c, str(tmp_path / "run"))
 
 
 def test_vocab_and_missing_teacher_errors(student_config, tmp_path):
     c = student_config
     c.model.vocab_size = 300
     with pytest.raises(UserError, match=r"vocabulary \(259\) differs .*vocab_size \(300\)"):
-        train.run(c, str(tmp_path / "a"))
+        loop.run(c, str(tmp_path / "a"))
     c.model.vocab_size = 259
     c.salt.teacher = str(tmp_path / "nope")
     with pytest.raises(UserError, match="config.salt.teacher=.*no such directory"):
-        train.run(c, str(tmp_path / "b"))
+        loop.run(c, str(tmp_path / "b"))
     os.makedirs(tmp_path / "empty")
     c.salt.teacher = str(tmp_path / "empty")
     with pytest.raises(UserError, match="no finished checkpoint"):
-        train.run(c, str(tmp_path / "c"))
+        loop.run(c, str(tmp_path / "c"))
     assert not os.path.exists(tmp_path / "a" / "checkpoints" / "1")
 
 

@@ -10,10 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from salt_jax import data, selection, sharding, train
+from salt_jax.data import store
+from salt_jax.kd import selection
+from salt_jax.model import sharding
+from salt_jax.train import loop
 from salt_jax.config import set_method
 from salt_jax.errors import UserError
-from salt_jax.teacher import load_teacher
+from salt_jax.kd.teacher import load_teacher
 
 from conftest import REPO
 from reference import log_softmax
@@ -108,18 +111,18 @@ def _ds_config(tiny_config, teacher_dir):  # noqa: F811
 def test_salt_ds_kd_batches_come_only_from_the_selection(tiny_config, teacher_dir, tmp_path, monkeypatch):  # noqa: F811
     c = _ds_config(tiny_config, teacher_dir)
     seen = []
-    original = data.Batches.device
+    original = store.Batches.device
 
     def recording(self, step, sharding_):
         seen.append((step, self.rows is not None, set(self.indices(step).tolist())))
         return original(self, step, sharding_)
 
-    monkeypatch.setattr(data.Batches, "device", recording)
-    train.run(c, str(tmp_path / "run"))
+    monkeypatch.setattr(store.Batches, "device", recording)
+    loop.run(c, str(tmp_path / "run"))
     info = json.load(open(tmp_path / "run" / "selection.json"))
     assert info["pool"] == 6 * 8 * 2 and info["kept"] == 48  # auto pool: n_KD * batch / keep_fraction
     assert info["score_quantiles_kept"]["p0"] >= info["score_quantiles_pool"]["p50"] - 1e-6
-    cache, tok = data.build_cache(c.data)
+    cache, tok = store.build_cache(c.data)
     mesh = sharding.make_mesh(c.mesh)
     teacher = load_teacher(c.salt, c.model, tok.fingerprint(), mesh)
     rows = selection.pool_rows(cache.train.n_rows, 96, 0)
@@ -136,7 +139,7 @@ def test_salt_ds_kd_batches_come_only_from_the_selection(tiny_config, teacher_di
 
 def test_interrupted_scoring_resumes_to_the_same_scores(tiny_config, teacher_dir, monkeypatch):  # noqa: F811
     c = _ds_config(tiny_config, teacher_dir)
-    cache, tok = data.build_cache(c.data)
+    cache, tok = store.build_cache(c.data)
     mesh = sharding.make_mesh(c.mesh)
     teacher = load_teacher(c.salt, c.model, tok.fingerprint(), mesh)
     rows = selection.pool_rows(cache.train.n_rows, 40, 5)

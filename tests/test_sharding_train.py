@@ -8,10 +8,15 @@ import ml_collections
 import numpy as np
 import pytest
 
-from salt_jax import checkpoints, data, optim, sharding, state as state_lib, train
+from salt_jax.model import checkpoints
+from salt_jax.data import store
+from salt_jax.train import optim
+from salt_jax.model import sharding
+from salt_jax.train import state as state_lib
+from salt_jax.train import loop
 from salt_jax.errors import UserError
-from salt_jax.model import Transformer
-from salt_jax.train_step import CompiledSteps
+from salt_jax.model.transformer import Transformer
+from salt_jax.train.step import CompiledSteps
 
 
 def _mesh_cfg(d, f, t):
@@ -50,8 +55,8 @@ def _run_steps(config, mesh, batches, n):
 
 
 def test_sharded_2x2x2_step_equals_single_device(tiny_config):
-    cache, _ = data.build_cache(tiny_config.data)
-    batches = data.Batches(cache.train, 8, seed=0)
+    cache, _ = store.build_cache(tiny_config.data)
+    batches = store.Batches(cache.train, 8, seed=0)
     one = sharding.make_mesh(_mesh_cfg(1, 1, 1), jax.devices()[:1])
     eight = sharding.make_mesh(_mesh_cfg(2, 2, 2))
     l1, p1, _ = _run_steps(tiny_config, one, batches, 3)
@@ -68,8 +73,8 @@ def test_tiny_model_overfits_one_batch(tiny_config):
     cfg = tiny_config
     cfg.optim.learning_rate, cfg.optim.warmup_steps, cfg.optim.schedule = 1e-2, 5, "constant"
     cfg.optim.weight_decay = 0.0
-    cache, _ = data.build_cache(cfg.data)
-    fixed = data.Batches(cache.train, 8, seed=0).numpy(0)
+    cache, _ = store.build_cache(cfg.data)
+    fixed = store.Batches(cache.train, 8, seed=0).numpy(0)
     mesh = sharding.make_mesh(_mesh_cfg(-1, 1, 1))
     st, steps, _ = _setup(cfg, mesh)
     batch = jax.device_put(fixed, steps.batch_sharding)
@@ -83,11 +88,11 @@ def test_tiny_model_overfits_one_batch(tiny_config):
 
 def test_resume_after_checkpoint_is_bitwise_identical(tiny_config, tmp_path):
     full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
-    train.run(tiny_config, full)  # 12 steps, checkpoints at 6 and 12
+    loop.run(tiny_config, full)  # 12 steps, checkpoints at 6 and 12
     # Simulate a crash right after the step-6 checkpoint: a workdir holding only that checkpoint.
     os.makedirs(os.path.join(resumed, "checkpoints"))
     shutil.copytree(os.path.join(full, "checkpoints", "6"), os.path.join(resumed, "checkpoints", "6"))
-    train.run(tiny_config, resumed)
+    loop.run(tiny_config, resumed)
 
     model = Transformer(tiny_config.model)
     tx, _ = optim.make_optimizer(tiny_config.optim, tiny_config.train.steps)
@@ -102,7 +107,7 @@ def test_resume_after_checkpoint_is_bitwise_identical(tiny_config, tmp_path):
     a, b = final(full), final(resumed)
     jax.tree.map(np.testing.assert_array_equal, a, b)  # bitwise
     assert int(a.step) == 12
-    from salt_jax.metrics import read_metrics
+    from salt_jax.train.metrics import read_metrics
 
     la = [r for r in read_metrics(os.path.join(full, "metrics.jsonl")) if r["split"] == "eval"]
     lb = [r for r in read_metrics(os.path.join(resumed, "metrics.jsonl")) if r["split"] == "eval"]
@@ -113,6 +118,6 @@ def test_divergence_stops_without_checkpointing_a_poisoned_state(tiny_config, tm
     c = tiny_config
     c.optim.learning_rate, c.optim.warmup_steps, c.optim.grad_clip = 1e30, 0, 0.0
     with pytest.raises(UserError, match="training diverged: non-finite loss or gradients at step"):
-        train.run(c, str(tmp_path / "run"))
+        loop.run(c, str(tmp_path / "run"))
     ckpt_dir = tmp_path / "run" / "checkpoints"
     assert not ckpt_dir.exists() or not [d for d in os.listdir(ckpt_dir) if d.isdigit()]

@@ -1,0 +1,12 @@
+"""Data: text sources -> tokenizer -> token store -> step-indexed batches.
+
+    documents.py  the Source base (documents per split, read statistics, the hash split)
+    files.py      file sources: the built-in corpus (the Python standard library) and text / JSONL
+    datasets.py   dataset sources: TFDS, seqio, ArrayRecord (TensorFlow / seqio / grain imported lazily)
+    sources.py    config.data.source -> a Source
+    tokenizer.py  byte, SentencePiece and Hugging Face tokenizers
+    store.py      the token store: each split tokenized once into a memory-mapped stream
+    batches.py    the batch of step s as a pure function of (store, seed, s); the held-out set
+
+Imports only salt_jax.errors: data is the bottom stage.
+"""

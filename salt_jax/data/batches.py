@@ -1,0 +1,74 @@
+"""Step-indexed batches: the batch of step s is a pure function of (token store, seed, s).
+
+Global example index i = s*B + j maps to epoch i // n_rows and to position
+i % n_rows of that epoch's permutation, seeded by (seed, epoch). Resuming needs
+only s, on any number of hosts; each host reads only its own rows of the
+global batch (`host_rows`). The held-out set is read in order (`eval_batches`).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+
+from salt_jax.data.store import TokenSplit
+from salt_jax.errors import UserError
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(step: int, batch_size: int, n_rows: int, seed: int) -> np.ndarray:
+    """Row indices of the global batch for `step`: a pure function of its arguments."""
+    i = step * batch_size + np.arange(batch_size, dtype=np.int64)
+    epochs, pos = i // n_rows, i % n_rows
+    return np.array([_permutation(seed, int(e), n_rows)[p] for e, p in zip(epochs, pos)], np.int64)
+
+
+def host_rows(global_batch: int) -> slice:
+    """This process's contiguous slice of a global batch's rows."""
+    n, p = jax.process_count(), jax.process_index()
+    per = global_batch // n
+    return slice(p * per, (p + 1) * per)
+
+
+class Batches:
+    """Step-indexed training batches of one split (or of a subset of its rows), sharded onto the mesh."""
+
+    def __init__(self, split: TokenSplit, batch_size: int, seed: int, rows: np.ndarray | None = None):
+        if split.n_rows < 1:
+            raise UserError(f"config.data.seq_len={split.seq_len}: the training split has fewer tokens than "
+                            "one sequence; lower seq_len or add data")
+        self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.rows = None if rows is None else np.asarray(rows, np.int64)
+        self.n_rows = split.n_rows if rows is None else len(self.rows)
+
+    def indices(self, step: int) -> np.ndarray:
+        """Row indices (into the split) of the global batch for `step`."""
+        idx = batch_indices(step, self.batch_size, self.n_rows, self.seed)
+        return idx if self.rows is None else self.rows[idx]
+
+    def numpy(self, step: int) -> np.ndarray:
+        """This host's rows of the global batch for `step`, [rows, seq_len + 1] int32."""
+        return self.split.rows(self.indices(step)[host_rows(self.batch_size)])
+
+    def device(self, step: int, sharding) -> jax.Array:
+        return jax.make_array_from_process_local_data(sharding, self.numpy(step),
+                                                      (self.batch_size, self.split.seq_len + 1))
+
+
+def eval_batches(split: TokenSplit, batch_size: int, max_batches: int, pad_id: int) -> list[np.ndarray]:
+    """The held-out set in order, as full batches (the last padded with pad rows, which are masked)."""
+    n = split.n_rows if max_batches <= 0 else min(split.n_rows, max_batches * batch_size)
+    if n == 0:
+        raise UserError(f"config.data: the held-out split has fewer tokens than one sequence of "
+                        f"{split.seq_len}; raise config.data.heldout_fraction or lower config.data.seq_len")
+    rows = split.rows(np.arange(n))
+    n_batches = -(-n // batch_size)
+    padded = np.full((n_batches * batch_size, split.seq_len + 1), pad_id, np.int32)
+    padded[:n] = rows
+    return [padded[b * batch_size:(b + 1) * batch_size][host_rows(batch_size)] for b in range(n_batches)]

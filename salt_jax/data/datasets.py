@@ -1,0 +1,199 @@
+"""Dataset sources: a seqio Task, a TFDS dataset by name, ArrayRecord files via grain.
+
+Each yields raw text documents per split ("train", "heldout") into the same
+tokenize -> pack -> token cache path as the built-in corpus (salt_jax.data.store).
+TensorFlow, seqio and TFDS are imported here, lazily, only when such a source
+is configured: the training path itself never needs them.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib
+import os
+from typing import Iterator
+
+import ml_collections
+
+from salt_jax.data.documents import Source, in_heldout
+from salt_jax.errors import UserError
+
+
+def _require(module: str, source: str):
+    """Imports an optional dependency of a data source, or says which package to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = {"tensorflow": "tensorflow", "tensorflow_datasets": "tensorflow-datasets", "seqio": "seqio",
+                   "grain.python": "grain"}[module]
+        raise UserError(f"config.data.source={source} needs the {package} package, which is not installed; "
+                        f"pip install {package} (see setup.py for the tested version)") from None
+
+
+def _quiet_tensorflow(source: str):
+    """Imports TensorFlow for data reading only: quiet, and kept off any GPU JAX needs."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    tf = _require("tensorflow", source)
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # already initialised: devices can no longer change
+        pass
+    return tf
+
+
+def _text_of(example, field: str) -> str:
+    """The document text of one example (a dict with `field`, or a bare string / bytes)."""
+    if isinstance(example, dict):
+        if field not in example:
+            raise UserError(f"config.data.text_field={field!r}: the examples have fields {sorted(example)}; "
+                            "set text_field to the one holding the text")
+        example = example[field]
+    if hasattr(example, "numpy"):
+        example = example.numpy()
+    if hasattr(example, "item") and not isinstance(example, (bytes, str)):
+        example = example.item()
+    return example.decode("utf-8") if isinstance(example, bytes) else str(example)
+
+
+class _DatasetSource(Source):
+    """A source whose read units are examples: each is one document (its `text_field`)."""
+
+    def _texts(self, example, split: str) -> list[str]:
+        return [_text_of(example, self.text_field)]
+
+
+class TFDSSource(_DatasetSource):
+    """A TFDS dataset by name (registered, or prepared under data_dir), read in order."""
+
+    kind = "tfds"
+
+    def __init__(self, d: ml_collections.ConfigDict):
+        _quiet_tensorflow("tfds")
+        tfds = _require("tensorflow_datasets", "tfds")
+
+        self.text_field, self.splits = d.text_field, {"train": d.train_split, "heldout": d.heldout_split}
+        try:
+            self.builder = tfds.builder(d.tfds_name, data_dir=d.tfds_data_dir or None)
+        except Exception as e:  # noqa: BLE001 -- tfds raises DatasetNotFoundError and friends
+            raise UserError(f"config.data.tfds_name={d.tfds_name!r}: no such TFDS dataset "
+                            f"({type(e).__name__}); check the name or config.data.tfds_data_dir") from None
+        info_splits = set(self.builder.info.splits.keys())
+        for ours, name in self.splits.items():
+            if name.split("[")[0] not in info_splits:
+                raise UserError(f"config.data.{'train_split' if ours == 'train' else 'heldout_split'}={name!r}: "
+                                f"{d.tfds_name} has splits {sorted(info_splits)}")
+        self.name = d.tfds_name
+
+    def fingerprint(self) -> str:
+        info = self.builder.info
+        key = f"tfds:{self.name}:{info.version}:{self.splits}:{self.text_field}:" + ",".join(
+            f"{k}={v.num_examples}" for k, v in sorted(info.splits.items()))
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def _units(self, split: str) -> Iterator:
+        ds = self.builder.as_dataset(split=self.splits[split], shuffle_files=False)
+        yield from ds.as_numpy_iterator()
+
+
+class SeqioSource(_DatasetSource):
+    """The raw text of a registered seqio Task's source (before its preprocessors and vocabulary)."""
+
+    kind = "seqio"
+
+    def __init__(self, d: ml_collections.ConfigDict):
+        _quiet_tensorflow("seqio")
+        seqio = _require("seqio", "seqio")
+
+        for module in filter(None, (m.strip() for m in d.seqio_module.split(","))):
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise UserError(f"config.data.seqio_module={module!r}: cannot import it ({e}); it must be "
+                                "importable (on PYTHONPATH) and register the task") from None
+        try:
+            self.task = seqio.TaskRegistry.get(d.seqio_task)
+        except ValueError:
+            kind = "a mixture (give one of its tasks)" if d.seqio_task in seqio.MixtureRegistry.names() else \
+                "not a registered seqio task"
+            raise UserError(f"config.data.seqio_task={d.seqio_task!r}: {kind}; set config.data.seqio_module to "
+                            "the module that registers it") from None
+        self.text_field, self.splits = d.text_field, {"train": d.train_split, "heldout": d.heldout_split}
+        for ours, name in self.splits.items():
+            if name not in self.task.splits:
+                raise UserError(f"config.data.{'train_split' if ours == 'train' else 'heldout_split'}={name!r}: "
+                                f"task {d.seqio_task} has splits {list(self.task.splits)}")
+        self.name = d.seqio_task
+
+    def fingerprint(self) -> str:
+        src = self.task.source
+        files = []
+        for split in self.splits.values():
+            try:
+                files += [f"{f}:{os.path.getsize(f)}" for f in src.list_shards(split) if os.path.exists(f)]
+            except (AttributeError, NotImplementedError):
+                pass
+        key = f"seqio:{self.name}:{self.splits}:{self.text_field}:{files}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def _units(self, split: str) -> Iterator:
+        ds = self.task.source.get_dataset(split=self.splits[split], shuffle=False)
+        yield from ds.as_numpy_iterator()
+
+
+class ArrayRecordSource(_DatasetSource):
+    """ArrayRecord files read through grain; each record is UTF-8 text or a JSON object with text_field."""
+
+    kind = "arrayrecord"
+
+    def __init__(self, d: ml_collections.ConfigDict):
+        grain = _require("grain.python", "arrayrecord")
+        self.text_field, self.fraction = d.text_field, d.heldout_fraction
+        self.paths = {"train": self._expand(d.path, "config.data.path"),
+                      "heldout": self._expand(d.heldout_path, "config.data.heldout_path") if d.heldout_path else []}
+        self.grain = grain
+
+    @staticmethod
+    def _expand(patterns: str, field: str) -> list[str]:
+        if not patterns:
+            raise UserError(f"{field} is empty; give the ArrayRecord files for config.data.source=arrayrecord")
+        files = []
+        for p in filter(None, (x.strip() for x in patterns.split(","))):
+            found = sorted(glob.glob(os.path.expanduser(p)))
+            if not found:
+                raise UserError(f"{field}: no file matches {p!r}")
+            files += found
+        return files
+
+    def fingerprint(self) -> str:
+        key = f"arrayrecord:{self.text_field}:{self.fraction}:" + ";".join(
+            f"{s}={f}:{os.path.getsize(f)}" for s, fs in self.paths.items() for f in fs)
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def _records(self, files: list[str]) -> Iterator[tuple[str, int, bytes]]:
+        for f in files:
+            try:
+                src = self.grain.ArrayRecordDataSource([f])
+            except Exception as e:  # noqa: BLE001 -- array_record raises plain RuntimeErrors
+                raise UserError(f"{f}: not a readable ArrayRecord file ({str(e).splitlines()[0][:120]})") from None
+            for i in range(len(src)):
+                yield f, i, src[i]
+
+    def _units(self, split: str) -> Iterator:
+        import json
+
+        if self.paths["heldout"]:  # explicit held-out files
+            records = (r for _, _, r in self._records(self.paths[split]))
+        else:  # split the train files' records by a hash of (file, index)
+            want_heldout = split == "heldout"
+            records = (r for f, i, r in self._records(self.paths["train"])
+                       if in_heldout(f"{os.path.basename(f)}:{i}", self.fraction) == want_heldout)
+        for record in records:
+            if record[:1] == b"{":
+                try:
+                    yield json.loads(record)
+                    continue
+                except json.JSONDecodeError:
+                    pass
+            yield record

@@ -1,0 +1,76 @@
+"""What every data source is: documents (str) per split, counted as they are read.
+
+A source names its splits "train" and "heldout"; `Source.documents` yields the
+non-empty documents of one split and counts what it read and skipped in a
+`ReadStats`. Subclasses say what their read units are (a file, a dataset
+example) and how a unit becomes text. `in_heldout` is the hash split shared by
+every source that splits its own records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Iterable, Iterator
+
+SPLITS = ("train", "heldout")
+
+
+@dataclasses.dataclass
+class ReadStats:
+    """What a pass over a source read and skipped."""
+
+    files: int = 0  # read units: files, or examples of a dataset
+    documents: int = 0
+    skipped_undecodable: int = 0
+    skipped_empty: int = 0
+    chars: int = 0
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def keep(self, doc: str) -> bool:
+        """Counts a decoded document: kept, or skipped as empty (whitespace only)."""
+        if not doc.strip():
+            self.skipped_empty += 1
+            return False
+        self.documents += 1
+        self.chars += len(doc)
+        return True
+
+
+def in_heldout(key: str, fraction: float) -> bool:
+    """Whether the record named `key` is held out: a hash of the key below `fraction` (stable across runs)."""
+    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return h / 2**64 < fraction
+
+
+class Source:
+    """A text source: `fingerprint()` keys the caches, `documents(split)` yields its documents.
+
+    Subclasses implement `_units(split)` (the read units of a split, in a fixed
+    order) and `_texts(unit, split)` (the documents of one unit; raising
+    UnicodeDecodeError skips the unit, counted as undecodable).
+    """
+
+    kind = ""
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def _units(self, split: str) -> Iterable:
+        raise NotImplementedError
+
+    def _texts(self, unit, split: str) -> Iterable[str]:
+        raise NotImplementedError
+
+    def documents(self, split: str, stats: ReadStats | None = None) -> Iterator[str]:
+        stats = stats if stats is not None else ReadStats()
+        for unit in self._units(split):
+            stats.files += 1
+            try:
+                texts = list(self._texts(unit, split))
+            except UnicodeDecodeError:
+                stats.skipped_undecodable += 1
+                continue
+            yield from filter(stats.keep, texts)

@@ -1,0 +1,138 @@
+"""File sources: the built-in corpus (the Python standard library) and text/JSONL files.
+
+Both are a `FileSource` (one document per file, or one per JSONL record). The split
+is by file and deterministic: a file is held out when a hash of its path falls
+below `heldout_fraction`, so adding or removing files never moves other files
+between splits. Files that do not decode as UTF-8 are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import sysconfig
+from typing import Iterator
+
+import ml_collections
+
+from salt_jax.data.documents import SPLITS, Source, in_heldout
+from salt_jax.errors import UserError
+
+
+def stdlib_root() -> str:
+    """Directory of the running interpreter's standard library sources."""
+    return sysconfig.get_paths()["stdlib"]
+
+
+def _stdlib_files(root: str) -> list[str]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        # site-packages holds installed third-party code, not the standard library.
+        dirnames[:] = sorted(d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__"))
+        files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py"))
+    return files
+
+
+def _text_files(patterns: str) -> list[str]:
+    files = []
+    for pattern in [p for p in patterns.split(",") if p.strip()]:
+        matches = sorted(glob.glob(os.path.expanduser(pattern.strip()), recursive=True))
+        if not matches:
+            raise UserError(f"config.data.path: no file matches {pattern.strip()!r}; "
+                            "give existing files, directories or glob patterns (comma-separated)")
+        for m in matches:
+            if os.path.isdir(m):
+                files.extend(sorted(glob.glob(os.path.join(m, "**", "*"), recursive=True)))
+            else:
+                files.append(m)
+    return [f for f in files if os.path.isfile(f)]
+
+
+class FileSource(Source):
+    """Documents from files: one document per file, or one per JSONL record.
+
+    Plain files are split by a hash of their path; JSONL files are read by both
+    splits and their records split by a hash of (path, line), so a single JSONL
+    file has a held-out part too.
+    """
+
+    def __init__(self, kind: str, root: str, files: list[str], heldout_fraction: float,
+                 text_field: str = "text", max_files: int = 0):
+        self.kind, self.root, self.text_field, self.fraction = kind, root, text_field, heldout_fraction
+        if max_files > 0:
+            files = files[:max_files]
+        self.files = {s: [] for s in SPLITS}
+        for f in files:
+            rel = os.path.relpath(f, root)
+            if f.endswith(".jsonl"):
+                self.files["train"].append(f)
+                self.files["heldout"].append(f)
+            else:
+                self.files["heldout" if in_heldout(rel, heldout_fraction) else "train"].append(f)
+
+    def fingerprint(self) -> str:
+        """Identifies the files (paths and sizes) and the split; keys the caches."""
+        h = hashlib.sha256(f"{self.kind}:{self.text_field}:{self.fraction}".encode())
+        for split in SPLITS:
+            for f in self.files[split]:
+                h.update(f"{split}:{os.path.relpath(f, self.root)}:{os.path.getsize(f)}\n".encode())
+        return h.hexdigest()[:16]
+
+    def _units(self, split: str) -> list[str]:
+        return self.files[split]
+
+    def _texts(self, path: str, split: str) -> Iterator[str]:
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except OSError as e:
+            raise UserError(f"{path}: cannot read ({e.strerror}); fix its permissions or remove it") from None
+        return self._split_docs(raw.decode("utf-8"), path, split)
+
+    def _split_docs(self, text: str, path: str, split: str) -> Iterator[str]:
+        if not path.endswith(".jsonl"):
+            yield text
+            return
+        rel = os.path.relpath(path, self.root)
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or in_heldout(f"{rel}:{lineno}", self.fraction) != (split == "heldout"):
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"{path}:{lineno}: not valid JSON; fix the line or remove the file") from None
+            value = record.get(self.text_field) if isinstance(record, dict) else None
+            if not isinstance(value, str):
+                raise UserError(f"{path}:{lineno}: no string field {self.text_field!r}; "
+                                "set config.data.text_field to the field holding the text")
+            yield value
+
+
+def file_source(data_cfg: ml_collections.ConfigDict) -> FileSource:
+    """The files of config.data.source=stdlib (the built-in corpus) or text (config.data.path)."""
+    kind = data_cfg.source
+    if kind == "stdlib":
+        root = stdlib_root()
+        if not os.path.isdir(root):
+            raise UserError(f"config.data.source=stdlib: the standard library directory {root} is missing; "
+                            "use config.data.source=text with config.data.path")
+        files = _stdlib_files(root)
+    elif kind == "text":
+        if not data_cfg.path:
+            raise UserError("config.data.path is empty; give the text/JSONL files for config.data.source=text")
+        files = _text_files(data_cfg.path)
+        root = os.path.commonpath([os.path.abspath(f) for f in files]) if files else "/"
+        if len(files) == 1:
+            root = os.path.dirname(os.path.abspath(files[0]))
+    else:
+        raise ValueError(f"file_source: not a file source: {kind!r}")
+    if not files:
+        raise UserError(f"config.data: source {kind!r} has no files; check config.data.path")
+    source = FileSource(kind, root, [os.path.abspath(f) for f in files], data_cfg.heldout_fraction,
+                        data_cfg.get("text_field", "text"), data_cfg.get("max_files", 0))
+    if len(source.files) and not source.files["train"]:
+        raise UserError(f"config.data: every file of source {kind!r} fell in the held-out split; "
+                        "add files or lower config.data.heldout_fraction")
+    return source

@@ -1,0 +1,191 @@
+"""The comparison pipeline: teacher, then the student under each method and seed, then the report.
+
+Each run is an ordinary training run in DIR/<method>-s<seed>/ (the teacher in
+DIR/teacher/ unless the config names one), so each resumes on its own; runs
+that already finished are skipped, so re-running the command after an
+interruption continues where it stopped. Writes DIR/results.json,
+DIR/report.md and the PNG plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+
+import jax
+import ml_collections
+
+from salt_jax.config import set_method
+from salt_jax.errors import UserError
+from salt_jax.experiment import report
+from salt_jax.kd import schedules
+from salt_jax.kd.teacher import read_record
+from salt_jax.model import checkpoints
+from salt_jax.model.flops import param_count
+from salt_jax.train import faults, loop
+
+_SPEC = re.compile(r"^([a-z_\-]+)(?:\[(.*)\])?$")
+
+
+def parse_method(spec: str) -> tuple[str, dict]:
+    """'salt[kd_steps=50,kd_weight=0.8]' -> ('salt', {'kd_steps': 50, 'kd_weight': 0.8})."""
+    m = _SPEC.match(spec.strip())
+    if not m:
+        raise UserError(f"config.methods: cannot read {spec!r}; write VARIANT or VARIANT[field=value,...]")
+    overrides = {}
+    for item in filter(None, (m.group(2) or "").split(",")):
+        key, _, value = item.partition("=")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value.strip()
+    return m.group(1), overrides
+
+
+def split_methods(methods: str) -> list[str]:
+    """Splits 'baseline,salt[kd_steps=50,kd_weight=0.8]' on the commas outside brackets."""
+    return [m.strip() for m in re.split(r",(?![^\[]*\])", methods) if m.strip()]
+
+
+def run_name(spec: str) -> str:
+    variant, overrides = parse_method(spec)
+    return variant + "".join(f"-{k}{v}" for k, v in overrides.items())
+
+
+def student_config(exp: ml_collections.ConfigDict, spec: str, seed: int, teacher_dir: str,
+                   learning_rate: float) -> ml_collections.ConfigDict:
+    """The run config of one (method, seed): the shared student config plus the method's KD settings."""
+    c = copy.deepcopy(exp.student)
+    variant, overrides = parse_method(spec)
+    set_method(c, variant)
+    for key, value in overrides.items():
+        if key not in c.salt:
+            raise UserError(f"config.methods: {spec!r} sets salt.{key}, which does not exist")
+        want = type(c.salt[key])
+        ok = isinstance(value, want) or (want is float and isinstance(value, int) and not isinstance(value, bool))
+        if not ok:
+            raise UserError(f"config.methods: {spec!r} sets salt.{key}={value!r}; it must be a {want.__name__}")
+        c.salt[key] = want(value)
+    c.seed = seed
+    c.data.seed = seed
+    c.optim.learning_rate = learning_rate
+    c.salt.teacher = teacher_dir
+    c.train.progress = exp.progress
+    return c
+
+
+def _diff(a, b, prefix="config") -> str | None:
+    """The first differing field path of two config dicts (None if equal)."""
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            found = _diff(x, y, f"{prefix}.{key}")
+            if found:
+                return found
+        elif x != y:
+            return f"{prefix}.{key} ({x!r} there, {y!r} now)"
+    return None
+
+
+def _check_same_config(config, workdir: str) -> None:
+    """A run directory is reused only for the very config the experiment wants there."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    intended = copy.deepcopy(config)
+    schedules.resolve(intended.salt, intended.train.steps)
+    with open(path) as fh:
+        saved = json.load(fh)
+    now = json.loads(intended.to_json_best_effort())
+    for c in (saved, now):  # where things live and how chatty a run is do not change what it computes
+        c["salt"].pop("teacher", None)  # (the teacher itself is checked by fingerprint on resume)
+        c["data"].pop("cache_dir", None)
+        c["train"].pop("progress", None)
+    found = _diff(saved, now)
+    if found:
+        raise UserError(f"{workdir} holds a run with another config: {found}; use a fresh --workdir for "
+                        "changed settings (or remove that run directory)")
+
+
+def _finished(workdir: str, steps: int) -> bool:
+    path = os.path.join(workdir, "summary.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as fh:
+        return json.load(fh).get("steps") == steps
+
+
+def _train(config, workdir: str, label: str) -> None:
+    _check_same_config(config, workdir)
+    if _finished(workdir, config.train.steps):
+        logging.info("[%s] already finished in %s: skipped", label, workdir)
+        return
+    logging.info("[%s] training in %s", label, workdir)
+    if loop.run(config, workdir).get("preempted"):
+        raise faults.Preempted(f"[{label}] preempted; re-run the same command to resume the experiment")
+
+
+def _choose_lr(exp, workdir: str, teacher_dir: str) -> tuple[float, str]:
+    """The baseline's best learning rate over exp.lr_sweep (seed 0), or the configured one."""
+    default = float(exp.student.optim.learning_rate)
+    grid = [float(x) for x in str(exp.lr_sweep).split(",") if x.strip()]
+    if not grid:
+        return default, exp.lr_note or "fixed in the experiment config."
+    finals = {}
+    for lr in grid:
+        c = student_config(exp, "baseline", 0, teacher_dir, lr)
+        d = os.path.join(workdir, "lr_sweep", f"baseline-lr{lr:g}")
+        _train(c, d, f"lr sweep {lr:g}")
+        finals[lr] = report.Run(d).evals[-1]["loss"]
+    best = min(finals, key=finals.get)
+    detail = ", ".join(f"{lr:g}: {loss:.4f}" for lr, loss in finals.items())
+    return best, f"the best final held-out loss of the baseline (seed 0) over a sweep ({detail})."
+
+
+def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains whatever is missing and writes results.json, report.md and the plots."""
+    os.makedirs(workdir, exist_ok=True)
+    methods = split_methods(exp.methods)
+    seeds = [int(s) for s in str(exp.seeds).split(",") if s.strip()]
+    if "baseline" not in methods:
+        raise UserError("config.methods must include 'baseline': every method is compared against it")
+    if not seeds:
+        raise UserError("config.seeds is empty; give at least one seed, e.g. '0'")
+    for spec in methods:
+        parse_method(spec)
+
+    teacher_dir = os.path.abspath(exp.teacher_path) if exp.teacher_path else os.path.join(workdir, "teacher")
+    if not exp.teacher_path:
+        _train(exp.teacher, teacher_dir, "teacher")
+    lr, lr_note = _choose_lr(exp, workdir, teacher_dir)
+
+    runs: dict[str, list[report.Run]] = {}
+    for spec in methods:
+        for seed in seeds:
+            d = os.path.join(workdir, f"{run_name(spec)}-s{seed}")
+            _train(student_config(exp, spec, seed, teacher_dir, lr), d, f"{spec} seed {seed}")
+            runs.setdefault(run_name(spec), []).append(report.Run(d))
+
+    root, step = checkpoints.resolve_checkpoint(teacher_dir)
+    teacher_cfg = ml_collections.ConfigDict(read_record(root, step)["model"])
+    results = report.analyse(runs, teacher_cfg)
+    meta = {"name": exp.name, "student_preset": exp.student.model.preset,
+            "student_params": param_count(exp.student.model), "teacher_preset": teacher_cfg.preset,
+            "teacher_params": param_count(teacher_cfg), "teacher_dir": teacher_dir,
+            "batch_size": exp.student.data.batch_size, "seq_len": exp.student.data.seq_len,
+            "data": exp.student.data.source if exp.student.data.source != "stdlib"
+            else "the Python standard library (built-in corpus)",
+            "seeds": ", ".join(map(str, seeds)), "learning_rate": lr, "lr_choice": lr_note,
+            "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}"}
+    results["meta"] = meta
+    results["conclusion"] = report.conclusion(results)
+    if jax.process_index() == 0:
+        report.plot(results, workdir)
+        with open(os.path.join(workdir, "results.json"), "w") as fh:
+            json.dump(results, fh, indent=1)
+        with open(os.path.join(workdir, "report.md"), "w") as fh:
+            fh.write(report.markdown(results, meta))
+    return results

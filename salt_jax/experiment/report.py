@@ -1,0 +1,293 @@
+"""Analysis of an experiment's runs: curves, compute, time to the baseline's quality, report.
+
+Pure functions of the runs' outputs (config.json, metrics.jsonl, summary.json,
+selection.json), so a report can be rebuilt from any set of workdirs.
+
+Rules (written into the report too):
+- Target: the baseline's final held-out loss, averaged over seeds.
+- Reached at step s: the first evaluation step from which the method's
+  seed-averaged held-out loss stays at or below the target for every later
+  evaluation. A curve that dips below and comes back up has not reached it
+  until it stays; one that never stays below is "not reached".
+- Time: measured seconds in training steps (evaluation and compilation
+  excluded), plus, for salt_ds, the wall time of the teacher's scoring pass.
+- Compute per step: the student's training step costs 3 * F_S(seq) FLOPs per
+  token (forward + backward), the teacher's forward F_T(seq) per token on each
+  step where the teacher ran (steps before the KD phase ended), plus, for
+  salt_ds, one teacher forward over every scored pool sequence. F is
+  `salt_jax.model.transformer.flops_per_token` (matmuls + causal attention). Compute is
+  reported in baseline-step equivalents (cumulative FLOPs / baseline FLOPs per
+  step). The teacher's own training is not counted (SALT assumes it exists).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable
+
+import ml_collections
+import numpy as np
+
+from salt_jax.train.metrics import read_metrics
+from salt_jax.model.flops import flops_per_token, train_flops_per_token
+
+FRACTIONS = (0.25, 0.5, 0.7, 1.0)
+
+
+def steps_to_reach(steps: Iterable[int], losses: Iterable[float], target: float) -> int | None:
+    """First step from which the loss stays <= target at every later evaluation (None: never)."""
+    steps, losses = list(steps), list(losses)
+    reached = None
+    for s, loss in zip(steps, losses):
+        if loss <= target:
+            if reached is None:
+                reached = s
+        else:
+            reached = None
+    return reached
+
+
+def compute_curve(steps: Iterable[int], student_step_flops: float, teacher_step_flops: float,
+                  kd_phase_end: int, upfront_flops: float = 0.0) -> np.ndarray:
+    """Cumulative FLOPs after each of `steps` training steps (teacher ran on steps < kd_phase_end)."""
+    s = np.asarray(list(steps), np.float64)
+    return upfront_flops + s * student_step_flops + np.minimum(s, kd_phase_end) * teacher_step_flops
+
+
+class Run:
+    """One finished (or partial) run's outputs."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        with open(os.path.join(workdir, "config.json")) as fh:
+            self.config = ml_collections.ConfigDict(json.load(fh))
+        records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+        self.evals = sorted((r for r in records if r["split"] == "eval"), key=lambda r: r["step"])
+        self.trains = sorted((r for r in records if r["split"] == "train"), key=lambda r: r["step"])
+        self.summary = _load_json(os.path.join(workdir, "summary.json")) or {}
+        self.selection = _load_json(os.path.join(workdir, "selection.json"))
+
+    @property
+    def kd_phase_end(self) -> int:
+        return int(self.summary.get("kd_phase_end", 0))
+
+    def step_flops(self, teacher_cfg) -> tuple[float, float, float]:
+        """(student FLOPs per step, teacher forward FLOPs per step, upfront teacher FLOPs for scoring)."""
+        c = self.config
+        tokens = c.data.batch_size * c.data.seq_len
+        student = train_flops_per_token(c.model, c.data.seq_len) * tokens
+        if teacher_cfg is None or self.kd_phase_end == 0:
+            return student, 0.0, 0.0
+        teacher = flops_per_token(teacher_cfg, c.data.seq_len) * tokens
+        upfront = 0.0
+        if self.selection:
+            upfront = self.selection["pool"] * c.data.seq_len * flops_per_token(teacher_cfg, c.data.seq_len)
+        return student, teacher, upfront
+
+    def seconds_per_step(self, kd: bool) -> list[float]:
+        """Measured seconds per step of log intervals entirely inside (kd) or outside (not kd) the KD phase."""
+        out, prev = [], 0
+        for r in self.trains:
+            if r.get("steps_per_sec"):
+                inside = r["step"] <= self.kd_phase_end
+                outside = prev >= self.kd_phase_end
+                if (kd and inside) or (not kd and outside):
+                    out.append(1.0 / r["steps_per_sec"])
+            prev = r["step"]
+        return out
+
+
+def _load_json(path: str):
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _at_step(evals: list[dict], step: int) -> dict:
+    """The first evaluation at or after `step` (the last one if none)."""
+    for r in evals:
+        if r["step"] >= step:
+            return r
+    return evals[-1]
+
+
+def analyse(runs: dict[str, list[Run]], teacher_cfg, baseline: str = "baseline") -> dict:
+    """results.json content from runs grouped by method (each a list over seeds)."""
+    if baseline not in runs:
+        raise ValueError("the experiment needs a baseline method to compare against")
+    base_runs = runs[baseline]
+    total_steps = base_runs[0].config.train.steps
+    target = float(np.mean([r.evals[-1]["loss"] for r in base_runs]))
+    base_seconds = float(np.mean([r.evals[-1].get("train_seconds", np.nan) for r in base_runs]))
+    base_step_s = float(np.median(sum((r.seconds_per_step(kd=False) for r in base_runs), [])))
+    out = {"total_steps": total_steps, "target_loss": target, "baseline_train_seconds": base_seconds,
+           "baseline_seconds_per_step": base_step_s, "methods": {}}
+    for name, group in runs.items():
+        steps = [r["step"] for r in group[0].evals]
+        for r in group:
+            if [e["step"] for e in r.evals] != steps:
+                raise ValueError(f"{r.workdir}: evaluation steps differ from its method's other seeds")
+        losses = np.array([[e["loss"] for e in r.evals] for r in group])
+        accs = np.array([[e["accuracy"] for e in r.evals] for r in group])
+        # salt_ds pays its scoring pass up front: add it to the measured training time
+        secs = np.array([[e.get("train_seconds", np.nan) + (r.selection or {}).get("scoring_seconds", 0.0)
+                          for e in r.evals] for r in group], np.float64)
+        mean = losses.mean(0)
+        flops = [r.step_flops(teacher_cfg) for r in group]  # (student, teacher, upfront) per run
+        stud, teach, _ = flops[0]
+        kd_end = int(round(np.mean([r.kd_phase_end for r in group])))
+        base_flops = base_runs[0].step_flops(None)[0]
+        compute = np.mean([compute_curve(steps, s_f, t_f, r.kd_phase_end, up) for r, (s_f, t_f, up)
+                           in zip(group, flops)], axis=0) / base_flops
+        reach = steps_to_reach(steps, mean, target)
+        idx = steps.index(reach) if reach is not None else None
+        kd_secs = sum((r.seconds_per_step(kd=True) for r in group), []) if kd_end > 0 else []
+        m = {
+            "seeds": [int(r.config.seed) for r in group],
+            "workdirs": [r.workdir for r in group],
+            "steps": steps,
+            "eval_loss_mean": mean.tolist(),
+            "eval_loss_min": losses.min(0).tolist(),
+            "eval_loss_max": losses.max(0).tolist(),
+            "eval_accuracy_mean": accs.mean(0).tolist(),
+            "train_seconds_mean": np.nanmean(secs, 0).tolist(),
+            "compute_baseline_steps": compute.tolist(),
+            "final_loss_mean": float(mean[-1]),
+            "final_loss_std": float(losses[:, -1].std()),
+            "final_accuracy_mean": float(accs[:, -1].mean()),
+            "kd_phase_end_mean": kd_end,
+            "at_fraction": {},
+            "reach_step": reach,
+            "reach_step_fraction": reach / total_steps if reach is not None else None,
+            "reach_seconds": float(np.nanmean(secs[:, idx])) if idx is not None else None,
+            "reach_time_fraction": float(np.nanmean(secs[:, idx]) / base_seconds) if idx is not None else None,
+            "reach_compute_fraction": float(compute[idx] / total_steps) if idx is not None else None,
+            "kd_seconds_per_step": float(np.median(kd_secs)) if kd_secs else None,
+            "kd_step_time_ratio": float(np.median(kd_secs) / base_step_s) if kd_secs else None,
+            "flop_model_ratio": float(1 + teach / stud) if teach else None,
+        }
+        for f in FRACTIONS:
+            at = [_at_step(r.evals, int(round(f * total_steps))) for r in group]
+            m["at_fraction"][f"{int(f * 100)}"] = {"step": at[0]["step"],
+                                                   "loss": float(np.mean([a["loss"] for a in at])),
+                                                   "accuracy": float(np.mean([a["accuracy"] for a in at]))}
+        out["methods"][name] = m
+    return out
+
+
+def conclusion(results: dict, baseline: str = "baseline") -> str:
+    """One plain paragraph: did the paper's headline (baseline quality in ~70% of steps) reproduce?"""
+    salt_like = {k: v for k, v in results["methods"].items() if k != baseline}
+    if not salt_like:
+        return "Only the baseline was run; there is nothing to compare."
+    parts = []
+    for name, m in salt_like.items():
+        if m["reach_step"] is None:
+            parts.append(f"{name} did not reach the baseline's final held-out loss "
+                         f"({results['target_loss']:.4f}) within the run (final {m['final_loss_mean']:.4f})")
+        else:
+            time_part = (f" and {m['reach_time_fraction']:.0%} of its training time"
+                         if m["reach_time_fraction"] is not None else "")
+            parts.append(f"{name} reached it at step {m['reach_step']} ({m['reach_step_fraction']:.0%} of the "
+                         f"baseline's steps{time_part})")
+    reached = [m for m in salt_like.values() if m["reach_step_fraction"] is not None]
+    best = min(reached, key=lambda m: m["reach_step_fraction"], default=None)
+    if best is None:
+        verdict = "The paper's headline (baseline quality in ~70% of the steps) did not reproduce at this scale."
+    elif best["reach_step_fraction"] >= 1.0:
+        verdict = "No method reached the baseline's quality before the baseline itself did."
+    else:
+        steps_part = (f"in {best['reach_step_fraction']:.0%} of the steps"
+                      f" ({best['reach_compute_fraction']:.0%} of the baseline's compute, teacher included)")
+        time_fraction = best["reach_time_fraction"]
+        if time_fraction is None or time_fraction >= 1.0:
+            time_part = "but without a measured wall-clock saving"
+        else:
+            time_part = f"and in {time_fraction:.0%} of its measured training time"
+        size = ("roughly the paper's size (~70% of the steps, ~72% of the time)"
+                if best["reach_step_fraction"] <= 0.8 and time_fraction is not None and time_fraction <= 0.85
+                else "a smaller saving than the paper's (~70% of the steps, ~72% of the time)")
+        verdict = (f"The paper's headline reproduced in direction: the best method reached baseline quality "
+                   f"{steps_part} {time_part}; that is {size}.")
+    return "; ".join(parts) + ". " + verdict
+
+
+def plot(results: dict, out_dir: str) -> list[str]:
+    """loss_vs_step.png and loss_vs_compute.png (mean over seeds, min-max band)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for x_key, x_label, fname in (("steps", "training step", "loss_vs_step.png"),
+                                  ("compute_baseline_steps", "compute (baseline-step equivalents, teacher included)",
+                                   "loss_vs_compute.png")):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for name, m in results["methods"].items():
+            x = np.asarray(m[x_key])
+            line, = ax.plot(x[1:], m["eval_loss_mean"][1:], marker="o", ms=3, label=name)
+            if len(m["seeds"]) > 1:
+                ax.fill_between(x[1:], m["eval_loss_min"][1:], m["eval_loss_max"][1:], color=line.get_color(),
+                                alpha=0.15)
+        ax.axhline(results["target_loss"], color="gray", ls="--", lw=1, label="baseline final")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("held-out loss (nats/token)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = os.path.join(out_dir, fname)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _fmt(x, pattern="{:.4f}", none="not reached"):
+    return none if x is None else pattern.format(x)
+
+
+def markdown(results: dict, meta: dict) -> str:
+    """report.md: setup, fairness rules, tables, plots and the conclusion."""
+    lines = [f"# SALT experiment: {meta['name']}", ""]
+    lines += [f"Student {meta['student_preset']} ({meta['student_params']:,} parameters), teacher "
+              f"{meta['teacher_preset']} ({meta['teacher_params']:,} parameters, from {meta['teacher_dir']}); "
+              f"{results['total_steps']} steps of batch {meta['batch_size']} x {meta['seq_len']} tokens on "
+              f"{meta['data']}; seeds {meta['seeds']}; device {meta['device']}.", ""]
+    lines += ["## Fairness rules", "",
+              "- Baseline and students share every hyper-parameter (model, data order per seed, optimizer, "
+              "schedule, steps, evaluation set) except the KD settings.",
+              f"- Learning rate {meta['learning_rate']:g}: {meta['lr_choice']}",
+              "- Held-out data (files whose path hash falls in the held-out fraction) is never trained on; "
+              "evaluation uses the same fixed held-out batches for every run.",
+              "- Reached = the first evaluation from which the seed-averaged held-out loss stays at or below the "
+              "baseline's final held-out loss for the rest of the run.",
+              "- Compute counts the student step (3 x forward FLOPs) and the teacher forward on every KD-phase "
+              "step (and, for salt_ds, over the scored pool); the teacher's own training is not counted.", ""]
+    lines += ["## Held-out loss / accuracy at fractions of the run", "",
+              "| method | " + " | ".join(f"{k}% (step {results['methods']['baseline']['at_fraction'][k]['step']})"
+                                       for k in ("25", "50", "70", "100")) + " |",
+              "|---|---|---|---|---|"]
+    for name, m in results["methods"].items():
+        cells = [f"{m['at_fraction'][k]['loss']:.4f} / {m['at_fraction'][k]['accuracy']:.3f}"
+                 for k in ("25", "50", "70", "100")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"## Time to the baseline's final held-out loss ({results['target_loss']:.4f})", "",
+              "| method | KD phase end (step) | reached at step | fraction of steps | train time (s) | "
+              "fraction of baseline time | final loss (mean ± std) | KD/baseline step time | FLOP model |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, m in results["methods"].items():
+        lines.append(
+            f"| {name} | {m['kd_phase_end_mean']} | {_fmt(m['reach_step'], '{}')} | "
+            f"{_fmt(m['reach_step_fraction'], '{:.0%}', '-')} | {_fmt(m['reach_seconds'], '{:.0f}', '-')} | "
+            f"{_fmt(m['reach_time_fraction'], '{:.0%}', '-')} | {m['final_loss_mean']:.4f} ± {m['final_loss_std']:.4f} | "
+            f"{_fmt(m['kd_step_time_ratio'], '{:.3f}', '-')} | {_fmt(m['flop_model_ratio'], '{:.3f}', '-')} |")
+    lines += ["", "KD/baseline step time is the median measured seconds per step of log intervals wholly inside "
+              "the KD phase over the baseline run's median (different processes; `python -m salt_jax.bench` "
+              "measures it in one process). The FLOP model is 1 + F_T / (3 F_S).", "",
+              "## Curves", "", "![held-out loss vs step](loss_vs_step.png)", "",
+              "![held-out loss vs compute](loss_vs_compute.png)", "", "## Conclusion", "",
+              conclusion(results), ""]
+    return "\n".join(lines)

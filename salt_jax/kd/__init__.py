@@ -1,0 +1,12 @@
+"""Knowledge distillation: what SALT adds to next-token training.
+
+    methods.py       the method table: baseline, teacher, rkd, salt, salt_ds and their variants
+    losses.py        per-token NTP / KD losses and the mixture sums (pure functions of logits)
+    chunked_loss.py  the same sums from hidden states, one chunk of logits at a time (custom gradient)
+    objective.py     the SALT objective behind one call: DenseLoss | ChunkedLoss
+    schedules.py     KDPhase: w(step), the KD share of sequences, and where KD ends
+    teacher.py       the frozen teacher: found, checked against the student, restored onto the mesh
+    selection.py     SALT_DS: the teacher scores sequences, the KD phase trains on the chosen ones
+
+May import salt_jax.data, salt_jax.model and salt_jax.hf; never train/ or experiment/.
+"""

@@ -1,0 +1,194 @@
+"""The SALT loss from hidden states, one chunk of logits at a time (memory-light).
+
+At realistic vocabularies the student's and the teacher's [batch, seq, vocab]
+float32 logits dominate a KD step's memory. `chunked_loss` takes the final
+hidden states and output projections of both models instead, walks the
+sequence in chunks of `chunk` positions with `lax.scan`, and never holds more
+than one chunk of either model's logits. It returns the same sums as the dense
+path (`salt_jax.kd.losses.mixture_stats` plus accuracy and the teacher's NTP loss).
+
+The gradient is defined with `jax.custom_vjp` and computed in the forward pass
+(per chunk: d loss / d logits in closed form, then d hidden = d logits W^T and
+d W += hidden^T d logits), so the backward pass only scales the saved
+gradients by the incoming cotangent. Nothing is recomputed: per token this
+costs the student's logits, two gradient matmuls and the teacher's logits,
+against five matmuls for a recompute-in-backward design. Only `loss_sum`
+carries a gradient; the other outputs are statistics.
+
+Closed-form gradients of one token's loss (1 - w) CE + w KD with respect to
+the student's logits s (q = softmax(s / tau), p = softmax(t / tau)):
+    CE:          softmax(s) - onehot(target)
+    forward_kl:  tau (q - p)
+    reverse_kl:  tau q * (log q - log p - KL(q || p))
+    topk_kl:     tau (q - p_k), p_k the teacher's renormalised top-k scattered into V
+A final logit soft-cap (Gemma 2) is applied per chunk, and its derivative
+1 - (capped / c)^2 chains into the student's gradient. Matmul operands are in
+the compute dtype with float32 accumulation; softmaxes and the loss are float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from salt_jax.kd import losses
+
+
+@dataclasses.dataclass(frozen=True)
+class LossOptions:
+    """Static options of the chunked loss (hashable: they select the compiled program)."""
+
+    chunk: int = 256  # sequence positions per chunk (logits held: batch x chunk x vocab per model)
+    temperature: float = 1.0  # tau of the KD term
+    kd_loss: str = "forward_kl"  # forward_kl | reverse_kl | topk_kl
+    kd_topk: int = 0  # k for topk_kl
+    token_select: str = "none"  # none | topk | confidence: KD only where the teacher is good
+    token_select_k: int = 10
+    token_select_threshold: float = 0.5
+    dtype: Any = jnp.float32  # matmul operand dtype (the model's compute dtype)
+    student_softcap: float = 0.0  # the student's final logit soft-cap c (c tanh(z / c)); 0 = none
+    teacher_softcap: float = 0.0  # the teacher's (Gemma 2 uses 30)
+
+
+def kd_value_and_grad(t_logits: jax.Array, s_logits: jax.Array, tau: float, kind: str, topk: int = 0):
+    """Per-token KD loss [..] (as `losses.kd_per_token`) and its gradient w.r.t. the student logits [.., V]."""
+    t = t_logits / tau
+    s = s_logits / tau
+    log_q = jax.nn.log_softmax(s, axis=-1)
+    q = jnp.exp(log_q)
+    if kind == "forward_kl":
+        log_p = jax.nn.log_softmax(t, axis=-1)
+        p = jnp.exp(log_p)
+        kl = jnp.sum(p * (log_p - log_q), axis=-1)
+        grad = q - p
+    elif kind == "reverse_kl":
+        log_p = jax.nn.log_softmax(t, axis=-1)
+        kl = jnp.sum(q * (log_q - log_p), axis=-1)
+        grad = q * (log_q - log_p - kl[..., None])
+    elif kind == "topk_kl":
+        top_t, idx = jax.lax.top_k(t, topk)
+        log_pk = jax.nn.log_softmax(top_t, axis=-1)
+        pk = jnp.exp(log_pk)
+        kl = jnp.sum(pk * (log_pk - jnp.take_along_axis(log_q, idx, axis=-1)), axis=-1)
+        scattered = jnp.sum(jax.nn.one_hot(idx, s.shape[-1], dtype=pk.dtype) * pk[..., None], axis=-2)
+        grad = q - scattered
+    else:
+        raise ValueError(f"unknown KD loss {kind!r}")
+    return tau * tau * kl, tau * grad
+
+
+def _chunk(opts: LossOptions, with_grad: bool, w_s, w_t, xs):
+    """Sums (and gradients) for one chunk of positions: xs = (h_s, h_t, targets, mask, kd_weight)."""
+    h_s, h_t, y, m, kw = xs
+    dt = opts.dtype
+    s = jnp.einsum("bcd,dv->bcv", h_s.astype(dt), w_s.astype(dt), preferred_element_type=jnp.float32)
+    if opts.student_softcap:
+        s = opts.student_softcap * jnp.tanh(s / opts.student_softcap)
+    log_q1 = jax.nn.log_softmax(s, axis=-1)
+    ce = -jnp.take_along_axis(log_q1, y[..., None], axis=-1)[..., 0]
+    sums = {"ntp_sum": jnp.sum(m * ce), "tokens": jnp.sum(m),
+            "correct": jnp.sum(m * (jnp.argmax(s, axis=-1) == y))}
+    d_s = jnp.exp(log_q1) - jax.nn.one_hot(y, s.shape[-1], dtype=jnp.float32)
+    if h_t is None:
+        sums["loss_sum"] = sums["ntp_sum"]
+        d_s = m[..., None] * d_s
+    else:
+        t = jnp.einsum("bcd,dv->bcv", h_t.astype(dt), w_t.astype(dt), preferred_element_type=jnp.float32)
+        if opts.teacher_softcap:
+            t = opts.teacher_softcap * jnp.tanh(t / opts.teacher_softcap)
+        selected = losses.teacher_selection(t, y, opts.token_select, opts.token_select_k,
+                                            opts.token_select_threshold)
+        w = kw * selected * m
+        kd, d_kd = kd_value_and_grad(t, s, opts.temperature, opts.kd_loss, opts.kd_topk)
+        t_ce = -jnp.take_along_axis(jax.nn.log_softmax(t, axis=-1), y[..., None], axis=-1)[..., 0]
+        sums.update(loss_sum=jnp.sum(m * ce + w * (kd - ce)), kd_sum=jnp.sum(m * kd), kd_weight_sum=jnp.sum(w),
+                    kd_tokens=jnp.sum(m * (kw * selected > 0)), teacher_ntp_sum=jnp.sum(m * t_ce))
+        d_s = (m - w)[..., None] * d_s + w[..., None] * d_kd
+    if not with_grad:
+        return sums, None, None
+    if opts.student_softcap:  # d(c tanh(z / c)) / dz = 1 - tanh^2 = 1 - (capped / c)^2
+        d_s = d_s * (1.0 - jnp.square(s / opts.student_softcap))
+    d_s = d_s.astype(dt)
+    d_h = jnp.einsum("bcv,dv->bcd", d_s, w_s.astype(dt), preferred_element_type=jnp.float32).astype(h_s.dtype)
+    d_w = jnp.einsum("bcd,bcv->dv", h_s.astype(dt), d_s, preferred_element_type=jnp.float32)
+    return sums, d_h, d_w
+
+
+def _to_chunks(x, chunk: int, n_chunks: int):
+    """[b, t, ...] -> [n_chunks, b, chunk, ...], zero-padding t up to n_chunks * chunk."""
+    if x is None:
+        return None
+    pad = n_chunks * chunk - x.shape[1]
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    x = x.reshape(x.shape[0], n_chunks, chunk, *x.shape[2:])
+    return jnp.moveaxis(x, 1, 0)
+
+
+def _scan(opts: LossOptions, with_grad: bool, h_s, w_s, h_t, w_t, targets, mask, kd_weight):
+    b, t = targets.shape
+    chunk = max(1, min(opts.chunk, t))
+    n = -(-t // chunk)
+    xs = tuple(_to_chunks(x, chunk, n) for x in (h_s, h_t, targets, mask.astype(jnp.float32),
+                                                 kd_weight.astype(jnp.float32)))
+    keys = ("loss_sum", "ntp_sum", "tokens", "correct")
+    if h_t is not None:
+        keys += ("kd_sum", "kd_weight_sum", "kd_tokens", "teacher_ntp_sum")
+    zero = jnp.zeros((), jnp.float32)
+    init = ({k: zero for k in keys}, jnp.zeros(w_s.shape, jnp.float32) if with_grad else None)
+
+    def body(carry, x):
+        sums, d_w = carry
+        s, d_h, d_w_c = _chunk(opts, with_grad, w_s, w_t, x)
+        sums = {k: sums[k] + s[k] for k in keys}
+        return (sums, None if d_w is None else d_w + d_w_c), d_h
+
+    (sums, d_w), d_h = jax.lax.scan(body, init, xs)
+    if with_grad:
+        d_h = jnp.moveaxis(d_h, 0, 1).reshape(b, n * chunk, -1)[:, :t]
+    return sums, d_h, d_w
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _loss(opts, h_s, w_s, h_t, w_t, targets, mask, kd_weight):
+    return _scan(opts, False, h_s, w_s, h_t, w_t, targets, mask, kd_weight)[0]
+
+
+def _loss_fwd(opts, h_s, w_s, h_t, w_t, targets, mask, kd_weight):
+    sums, d_h, d_w = _scan(opts, True, h_s, w_s, h_t, w_t, targets, mask, kd_weight)
+    return sums, (d_h, d_w.astype(w_s.dtype), h_t, w_t, targets, mask, kd_weight)
+
+
+def _loss_bwd(opts, res, ct):
+    d_h, d_w, h_t, w_t, targets, mask, kd_weight = res
+    g = ct["loss_sum"]
+    zeros = jax.tree.map(jnp.zeros_like, (h_t, w_t, mask, kd_weight))
+    int_zero = None if targets is None else jnp.zeros(targets.shape, jax.dtypes.float0)
+    return ((g * d_h).astype(d_h.dtype), (g * d_w).astype(d_w.dtype), zeros[0], zeros[1], int_zero,
+            zeros[2], zeros[3])
+
+
+_loss.defvjp(_loss_fwd, _loss_bwd)
+
+
+def chunked_loss(h_s: jax.Array, w_s: jax.Array, targets: jax.Array, mask: jax.Array,
+                 opts: LossOptions = LossOptions(), h_t: jax.Array | None = None, w_t: jax.Array | None = None,
+                 kd_weight: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Sums of the (SALT) next-token loss over masked positions, from hidden states.
+
+    h_s [b, t, d] and w_s [d, V]: the student's final hidden states and output
+    projection; targets [b, t] int; mask [b, t] (0/1). Without a teacher it is
+    the plain next-token loss: {"loss_sum", "ntp_sum", "tokens", "correct"}.
+    With the teacher's h_t [b, t, d_T] and w_t [d_T, V] and kd_weight [b, t]
+    (w_t per position before token selection: w(step) in the KD share, else 0)
+    it is sum over tokens of (1 - w) CE + w KD, plus "kd_sum", "kd_weight_sum",
+    "kd_tokens" and "teacher_ntp_sum", exactly as the dense path computes them.
+    """
+    if h_t is None:
+        kd_weight = jnp.zeros(targets.shape, jnp.float32)
+    elif kd_weight is None:
+        raise ValueError("chunked_loss: a teacher needs kd_weight")
+    return _loss(opts, h_s, w_s, h_t, w_t, targets, mask, kd_weight)

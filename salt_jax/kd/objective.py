@@ -1,0 +1,84 @@
+"""The SALT objective behind one call: the loss sums of one batch, with or without the teacher.
+
+`loss(student, params, inputs, targets, mask)` is the next-token loss;
+`loss(student, params, inputs, targets, mask, teacher=(model, params), kd_weight=w)`
+is sum over real tokens of (1 - w_t) NTP + w_t KD, with w_t the per-position
+KD weight before token selection (salt_jax.train.step computes it from the
+schedules). Both return sums and counts (salt_jax.kd.losses): "loss_sum",
+"correct", "tokens", and with a teacher "ntp_sum", "kd_sum", "kd_weight_sum",
+"kd_tokens" and "teacher_ntp_sum". The teacher's forward runs under
+stop_gradient. Two implementations of the same call:
+
+    DenseLoss    full [batch, seq, vocab] logits of both models (the reference)
+    ChunkedLoss  from final hidden states, one chunk of logits at a time
+                 (salt_jax.kd.chunked_loss; equal values and gradients)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from salt_jax.kd import losses
+from salt_jax.kd.chunked_loss import LossOptions, chunked_loss
+from salt_jax.model.transformer import dtype_of, option
+
+
+class DenseLoss:
+    """The reference objective from full logits; `salt` holds the KD settings (config.salt)."""
+
+    def __init__(self, salt: ml_collections.ConfigDict | None = None):
+        self.salt = salt
+
+    def __call__(self, student, params, inputs, targets, mask, teacher=None, kd_weight=None) -> dict:
+        if teacher is None:
+            return losses.next_token_stats(student.apply({"params": params}, inputs), targets, mask)
+        t_model, t_params = teacher
+        s = self.salt
+        t_logits = jax.lax.stop_gradient(t_model.apply({"params": t_params}, inputs))
+        selected = losses.teacher_selection(t_logits, targets, s.token_select, s.token_select_k,
+                                            s.token_select_threshold)
+        w_tok = kd_weight * selected
+        s_logits = student.apply({"params": params}, inputs)
+        ntp = losses.token_ce(s_logits, targets)
+        kd = losses.kd_per_token(t_logits, s_logits, s.temperature, s.kd_loss, s.kd_topk)
+        stats = losses.mixture_stats(ntp, kd, w_tok, mask)
+        stats.update(correct=jnp.sum((jnp.argmax(s_logits, -1) == targets) * mask),
+                     tokens=jnp.sum(mask.astype(jnp.float32)),
+                     teacher_ntp_sum=jnp.sum(losses.token_ce(t_logits, targets) * mask))
+        return stats
+
+
+class ChunkedLoss:
+    """The same objective from hidden states (salt_jax.kd.chunked_loss), with the models' final soft-caps."""
+
+    def __init__(self, opts: LossOptions):
+        self.opts = opts
+
+    def __call__(self, student, params, inputs, targets, mask, teacher=None, kd_weight=None) -> dict:
+        opts = dataclasses.replace(self.opts, student_softcap=float(option(student.cfg, "final_softcap")))
+        if teacher is None:
+            hidden, head = student.apply({"params": params}, inputs, return_hidden=True)
+            stats = chunked_loss(hidden, head, targets, mask, opts)
+            return {k: stats[k] for k in ("loss_sum", "correct", "tokens")}
+        t_model, t_params = teacher
+        opts = dataclasses.replace(opts, teacher_softcap=float(option(t_model.cfg, "final_softcap")))
+        h_t, head_t = jax.lax.stop_gradient(t_model.apply({"params": t_params}, inputs, return_hidden=True))
+        h_s, head_s = student.apply({"params": params}, inputs, return_hidden=True)
+        return chunked_loss(h_s, head_s, targets, mask, opts, h_t, head_t, kd_weight)
+
+
+def chunked_options(config: ml_collections.ConfigDict) -> LossOptions:
+    """LossOptions from a run config (train.loss_chunk, model.dtype and the salt.* KD fields)."""
+    s = config.salt
+    return LossOptions(chunk=int(config.train.loss_chunk), temperature=float(s.temperature), kd_loss=s.kd_loss,
+                       kd_topk=int(s.kd_topk), token_select=s.token_select, token_select_k=int(s.token_select_k),
+                       token_select_threshold=float(s.token_select_threshold), dtype=dtype_of(config.model.dtype))
+
+
+def make_loss(config: ml_collections.ConfigDict) -> DenseLoss | ChunkedLoss:
+    """The objective config.train.loss names: dense (the reference) or chunked."""
+    return ChunkedLoss(chunked_options(config)) if config.train.loss == "chunked" else DenseLoss(config.salt)

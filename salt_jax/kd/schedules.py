@@ -1,0 +1,151 @@
+"""The KD phase of a run: the KD weight w(step), the KD share of sequences, and where KD ends.
+
+`KDPhase.from_config` resolves config.salt against the run's length once and
+holds everything the step and the loop ask about KD. w and the share are optax
+schedules (callables of the step), evaluated in-graph from the step counter.
+See salt-method.md:
+
+    baseline / teacher   w = 0; no teacher
+    rkd                  w = w0 for the whole run
+    salt, step           w = w0 for step < n_KD, then 0
+    salt, linear         w0 until n_KD, then linearly to 0 at n_KD + transition_steps
+    salt, ratio          w = w0 on a share of the batch's sequences; the share is 1 until
+                         n_KD, then decays linearly to 0 at n_KD + transition_steps
+    salt, adaptive       w = w0 until the student's smoothed NTP loss reaches the teacher's
+                         (decided in-graph, salt_jax.train.step), at adaptive_max_steps at the latest
+    salt_ds              as salt (the KD phase also draws its batches from the selected subset)
+
+`KDPhase.end` is the one owner of the KD-phase boundary: the first step that
+runs without the teacher. It is the scheduled end (where w, or for the ratio
+transition the number of KD rows of a batch, is 0 for good) until the
+adaptive switch moves it earlier (`KDPhase.switched_at`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from salt_jax.kd import methods
+
+
+def kd_steps(salt: ml_collections.ConfigDict, total_steps: int) -> int:
+    """n_KD in steps (config.salt.kd_steps, or kd_fraction of the run)."""
+    return salt.kd_steps if salt.kd_steps >= 0 else int(round(salt.kd_fraction * total_steps))
+
+
+def resolve(salt: ml_collections.ConfigDict, total_steps: int) -> None:
+    """Replaces the run-relative defaults (-1) of config.salt by step counts, in place.
+
+    kd_steps (-1: kd_fraction of the run), transition_steps (-1: half of n_KD),
+    adaptive_min_steps (-1: 5% of the run), adaptive_max_steps (-1: half the
+    run; 0: no limit, stored as total_steps + 1). Idempotent; runs call it once
+    so config.json holds the numbers actually used.
+    """
+    n = kd_steps(salt, total_steps)
+    salt.kd_steps = n
+    if salt.transition_steps < 0:
+        salt.transition_steps = max(1, int(round(n / 2)))
+    if salt.adaptive_min_steps < 0:
+        salt.adaptive_min_steps = int(round(0.05 * total_steps))
+    if salt.adaptive_max_steps < 0:
+        salt.adaptive_max_steps = int(round(0.5 * total_steps))
+    elif salt.adaptive_max_steps == 0:
+        salt.adaptive_max_steps = total_steps + 1
+
+
+def _weight(salt, kind: methods.Method) -> optax.Schedule:
+    """w(step) of a resolved config.salt: the weight of the KD term in (1 - w) * NTP + w * KD."""
+    w0 = float(salt.kd_weight)
+    if not kind.teacher:
+        return optax.constant_schedule(0.0)
+    if not kind.kd_ends:
+        return optax.constant_schedule(w0)
+    n = salt.kd_steps
+    if salt.transition == "linear":
+        return optax.join_schedules([optax.constant_schedule(w0),
+                                     optax.linear_schedule(w0, 0.0, salt.transition_steps)], [n])
+    end = n + (salt.transition_steps if salt.transition == "ratio" else 0)
+    return optax.join_schedules([optax.constant_schedule(w0), optax.constant_schedule(0.0)], [end])
+
+
+def _share(salt, kind: methods.Method) -> optax.Schedule:
+    """Share of each batch's sequences that get the KD term (1 except for the ratio transition)."""
+    if not kind.kd_ends or salt.transition != "ratio":
+        return optax.constant_schedule(1.0)
+    return optax.join_schedules([optax.constant_schedule(1.0),
+                                 optax.linear_schedule(1.0, 0.0, salt.transition_steps)], [salt.kd_steps])
+
+
+def kd_rows(share: optax.Schedule, steps, batch_size: int):
+    """Sequences of a batch that get the KD term at `steps`: round(share * batch), as the step computes it."""
+    return jnp.round(share(steps) * batch_size)
+
+
+@dataclasses.dataclass
+class KDPhase:
+    """The KD side of one run, resolved once: schedules, n_KD, and the phase's end.
+
+    `end` is the first step that runs without the teacher (0 when the method
+    has none, the run's length for rkd). `active(step)` says whether step
+    `step` runs the teacher.
+    """
+
+    kind: methods.Method  # the method's row of the method table
+    salt: ml_collections.ConfigDict  # config.salt with the run-relative defaults resolved
+    n_kd: int  # n_KD: steps at full KD weight
+    weight: optax.Schedule  # w(step)
+    share: optax.Schedule  # KD share of a batch's sequences at step
+    scheduled_end: int  # where the schedule (or the adaptive upper bound) ends KD
+    end: int  # the first step without the teacher: scheduled_end, or the adaptive switch's step
+
+    @classmethod
+    def from_config(cls, salt: ml_collections.ConfigDict, total_steps: int, batch_size: int,
+                    switch_step: int = -1) -> "KDPhase":
+        """The phase of a run of `total_steps` steps; `switch_step` >= 0: the adaptive switch already fired there."""
+        salt = copy.deepcopy(salt)
+        resolve(salt, total_steps)
+        kind = methods.method(salt.method)
+        weight, share = _weight(salt, kind), _share(salt, kind)
+        if not kind.teacher:
+            end = 0
+        elif not kind.kd_ends:
+            end = total_steps
+        elif salt.switch == "adaptive":
+            end = salt.adaptive_max_steps
+        elif salt.transition == "ratio":  # KD ends with the last step that has a KD row, not when the share is 0
+            steps = np.arange(salt.kd_steps, salt.kd_steps + salt.transition_steps + 1)
+            has_rows = np.asarray(kd_rows(share, jnp.asarray(steps, jnp.int32), batch_size)) > 0
+            end = int(steps[np.flatnonzero(has_rows)[-1]] + 1) if has_rows.any() else salt.kd_steps
+        elif salt.transition == "linear":
+            end = salt.kd_steps + salt.transition_steps
+        else:
+            end = salt.kd_steps
+        end = min(end, total_steps)
+        phase = cls(kind, salt, salt.kd_steps, weight, share, end, end)
+        if switch_step >= 0:
+            phase.switched_at(switch_step)
+        return phase
+
+    @property
+    def adaptive(self) -> bool:
+        return self.kind.kd_ends and self.salt.switch == "adaptive"
+
+    def active(self, step: int) -> bool:
+        """Whether step `step` runs the teacher."""
+        return step < self.end
+
+    def switched_at(self, step: int) -> None:
+        """The adaptive switch ended KD: steps from `step` on run without the teacher."""
+        self.end = min(self.end, step)
+
+    def why_ended(self) -> str:
+        if self.adaptive:
+            return ("reached config.salt.adaptive_max_steps" if self.end >= self.salt.adaptive_max_steps
+                    else "the student caught up with the teacher")
+        return "the schedule's KD weight reached 0"

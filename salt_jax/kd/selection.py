@@ -1,0 +1,196 @@
+"""SALT_DS: the teacher scores training sequences; the KD phase trains on the chosen ones.
+
+For a sequence with targets y_t and teacher logits z_t (salt-method.md):
+
+    l_t      = -log softmax(z_t)[y_t]                     the teacher's per-token loss
+    K        = { t : y_t is among the teacher's top-k }   "learnable" tokens
+    score    = median of l_t over K                       high = "challenging yet learnable"
+
+"Among the top-k" means fewer than k vocabulary entries have a strictly larger
+logit than the target's (`losses.target_rank`, the rule token-selective KD
+uses too: ties count in the target's favour; k >= vocabulary size keeps every
+token). A sequence with an empty K gets score NaN and is never
+selected. The median of an even count is the mean of the two middle values
+(as numpy.median).
+
+Scores of a pool are computed by a jitted, sharded teacher pass, saved next to
+the token cache (keyed by teacher fingerprint, k and pool) and reused; a pass
+that stops half-way resumes from its last saved chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from salt_jax.data.batches import host_rows
+from salt_jax.data.store import TokenCache
+from salt_jax.errors import UserError
+from salt_jax.kd import losses
+from salt_jax.model import sharding
+
+
+def sequence_scores(logits: jax.Array, targets: jax.Array, mask: jax.Array, k: int) -> dict[str, jax.Array]:
+    """Per-sequence {"score", "topk_fraction", "mean_loss"} from teacher logits [b, t, V]."""
+    logits = logits.astype(jnp.float32)
+    loss = losses.token_ce(logits, targets)  # [b, t]
+    rank = losses.target_rank(logits, targets)  # entries strictly above the target
+    mask = mask.astype(bool)
+    learnable = (rank < k) & mask
+    n = jnp.sum(learnable, axis=-1)  # [b]
+    ordered = jnp.sort(jnp.where(learnable, loss, jnp.inf), axis=-1)
+    lo = jnp.take_along_axis(ordered, jnp.maximum((n - 1) // 2, 0)[:, None], axis=-1)[:, 0]
+    hi = jnp.take_along_axis(ordered, jnp.maximum(n // 2, 0)[:, None], axis=-1)[:, 0]
+    n_real = jnp.maximum(jnp.sum(mask, axis=-1), 1)
+    return {
+        "score": jnp.where(n > 0, (lo + hi) / 2, jnp.nan),
+        "topk_fraction": n / n_real,
+        "mean_loss": jnp.sum(jnp.where(mask, loss, 0.0), axis=-1) / n_real,
+    }
+
+
+def pool_rows(n_rows: int, pool_size: int, seed: int) -> np.ndarray:
+    """The pool: `pool_size` distinct train rows drawn with `seed` (sorted), or all rows if pool_size <= 0."""
+    if pool_size <= 0:
+        return np.arange(n_rows)
+    if pool_size > n_rows:
+        raise UserError(f"config.salt.ds_pool_size={pool_size} exceeds the {n_rows} training sequences; "
+                        "lower it (or use 0 for the whole split)")
+    return np.sort(np.random.default_rng([seed, 0x5A17]).choice(n_rows, pool_size, replace=False))
+
+
+def _score_file(cache: TokenCache, teacher_fp: str, k: int, rows: np.ndarray) -> str:
+    pool_key = hashlib.sha256(rows.astype(np.int64).tobytes()).hexdigest()[:12]
+    return os.path.join(cache.directory, "scores", f"{teacher_fp}-k{k}-pool{len(rows)}-{pool_key}.npz")
+
+
+def score_pool(teacher, cache: TokenCache, rows: np.ndarray, k: int, batch_size: int, mesh, pad_id: int,
+               save_every: int = 50) -> dict[str, np.ndarray]:
+    """Scores of `rows` of the train split (cached; resumable).
+
+    Returns arrays indexed like `rows` ("score", "topk_fraction", "mean_loss")
+    and "seconds", the wall time the scoring pass took (kept with the cache,
+    so runs reusing it still account for it).
+    """
+    path = _score_file(cache, teacher.fingerprint, k, rows)
+    if os.path.exists(path):
+        with np.load(path) as f:
+            return {name: f[name] for name in f.files}
+    partial = path + ".partial.npz"
+    n = len(rows)
+    out = {name: np.full(n, np.nan, np.float32) for name in ("score", "topk_fraction", "mean_loss")}
+    done, spent = 0, 0.0
+    if os.path.exists(partial):
+        try:
+            with np.load(partial) as f:
+                done, spent = int(f["done"]), float(f["seconds"])
+                for name in out:
+                    out[name][:done] = f[name][:done]
+            logging.info("scoring: resuming at %d of %d sequences", done, n)
+        except (OSError, ValueError, KeyError):
+            done = 0  # an unreadable partial file (crash mid-write) is just started over
+
+    batch_sharding = sharding.batch_sharding(mesh)
+    model = teacher.model
+
+    def scores_fn(params, tokens):
+        inputs, targets, mask = losses.split_tokens(tokens, pad_id)
+        return sequence_scores(model.apply({"params": params}, inputs), targets, mask, k)
+
+    fn = jax.jit(scores_fn, in_shardings=(teacher.shardings, batch_sharding), out_shardings=sharding.replicated(mesh))
+    seq = cache.train.seq_len
+    t0, last_log = time.time(), time.time()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    batches_since_save = 0
+    while done < n:
+        take = min(batch_size, n - done)
+        chunk = np.full((batch_size, seq + 1), pad_id, np.int32)  # the last batch is padded (fully masked)
+        chunk[:take] = cache.train.rows(rows[done:done + take])
+        local = chunk[host_rows(batch_size)]
+        tokens = jax.make_array_from_process_local_data(batch_sharding, local, chunk.shape)
+        with sharding.on_mesh(mesh):
+            result = jax.device_get(fn(teacher.params, tokens))
+        for name in out:
+            out[name][done:done + take] = result[name][:take]
+        done += take
+        batches_since_save += 1
+        if batches_since_save >= save_every or done == n:
+            _save_npz(partial, done=np.int64(done), seconds=np.float64(spent + time.time() - t0), **out)
+            batches_since_save = 0
+        if time.time() - last_log > 10 or done == n:
+            rate = done / max(time.time() - t0, 1e-9)
+            logging.info("scoring pool: %d/%d sequences (%.0f seq/s)", done, n, rate)
+            last_log = time.time()
+    out["seconds"] = np.float64(spent + time.time() - t0)  # wall time of the whole pass (all attempts)
+    _save_npz(path, **out)
+    if os.path.exists(partial):
+        os.remove(partial)
+    return out
+
+
+def _save_npz(path: str, **arrays) -> None:
+    """Writes atomically (temp file + rename) so a crash never leaves a torn file behind."""
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    if jax.process_index() == 0:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+
+
+def select(scores: np.ndarray, keep_fraction: float, band_low: float = 0.0, band_high: float = 100.0,
+           seed: int = 0) -> np.ndarray:
+    """Positions (into the pool) of the kept sequences, in a seeded random order.
+
+    Eligible: a finite score within the [band_low, band_high] percentiles of the
+    finite scores. Kept: the round(keep_fraction * pool) highest-scoring eligible
+    sequences (all eligible ones if fewer); ties broken by the seed.
+    """
+    if not 0.0 < keep_fraction <= 1.0:
+        raise UserError(f"config.salt.ds_keep_fraction={keep_fraction}: must be in (0, 1]")
+    if not 0.0 <= band_low < band_high <= 100.0:
+        raise UserError(f"config.salt.ds_band_low={band_low} / ds_band_high={band_high}: need "
+                        "0 <= low < high <= 100 (percentiles)")
+    finite = np.isfinite(scores)
+    if not finite.any():
+        raise UserError("SALT_DS selection is empty: no pooled sequence has a target in the teacher's top-k; "
+                        "raise config.salt.ds_topk or check the teacher")
+    lo, hi = np.percentile(scores[finite], [band_low, band_high])
+    eligible = np.flatnonzero(finite & (scores >= lo) & (scores <= hi))
+    n_keep = min(int(round(keep_fraction * len(scores))), len(eligible))
+    if n_keep == 0:
+        raise UserError(f"SALT_DS selection is empty (pool {len(scores)}, eligible {len(eligible)}); raise "
+                        "config.salt.ds_keep_fraction or widen the percentile band")
+    rng = np.random.default_rng([seed, 0xD5])
+    shuffled = eligible[rng.permutation(len(eligible))]
+    by_score = shuffled[np.argsort(-scores[shuffled], kind="stable")]  # ties keep the seeded order
+    kept = by_score[:n_keep]
+    return kept[rng.permutation(n_keep)]
+
+
+def summary(scores: dict[str, np.ndarray], kept: np.ndarray, k: int, keep_fraction: float, band: tuple) -> dict:
+    """Selection statistics for the run's outputs."""
+    s = scores["score"]
+    finite = s[np.isfinite(s)]
+    q = lambda x: {f"p{p}": float(np.percentile(x, p)) for p in (0, 10, 25, 50, 75, 90, 100)}  # noqa: E731
+    return {
+        "pool": int(len(s)), "kept": int(len(kept)), "no_topk_tokens": int(np.sum(~np.isfinite(s))),
+        "topk": k, "keep_fraction": keep_fraction, "band_percentiles": list(band),
+        "score_quantiles_pool": q(finite), "score_quantiles_kept": q(s[kept]),
+        "scoring_seconds": float(scores.get("seconds", 0.0)),
+        "mean_loss_pool": float(np.nanmean(scores["mean_loss"])),
+        "mean_loss_kept": float(np.nanmean(scores["mean_loss"][kept])),
+        "topk_fraction_pool": float(np.nanmean(scores["topk_fraction"])),
+        "topk_fraction_kept": float(np.nanmean(scores["topk_fraction"][kept])),
+    }
+
+
+def write_summary(workdir: str, info: dict) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "selection.json"), "w") as fh:
+            json.dump(info, fh, indent=1)

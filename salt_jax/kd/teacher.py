@@ -1,0 +1,189 @@
+"""The frozen teacher: found from config.salt.teacher, restored once onto the mesh.
+
+config.salt.teacher may also be a Hugging Face model directory, or a checkpoint
+imported from one (read by `salt_jax.hf.convert`, straight into the sharded
+layout); `adopt_teacher_vocabulary` then gives the student its tokenizer.
+
+The teacher's model config and tokenizer come from its checkpoint's record, so
+a student run names only the teacher's workdir (or one checkpoint directory).
+Only the parameters are restored (no optimizer state). A fingerprint of the
+teacher checkpoint goes into the student's checkpoints so a resume with
+another teacher is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from typing import Any
+
+import jax
+import ml_collections
+from flax import linen as nn
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from salt_jax.errors import UserError
+from salt_jax.hf import files as hf_files
+from salt_jax.hf.convert import load_params, teacher_hf_info
+from salt_jax.hf.families import model_config_from_hf
+from salt_jax.kd import methods
+from salt_jax.model import checkpoints, presets, sharding
+from salt_jax.model.transformer import Transformer, abstract_params
+
+
+@dataclasses.dataclass
+class Teacher:
+    """A frozen teacher on the mesh: its model, parameters and their shardings, and where it came from.
+
+    The KD step takes `params` as an argument (under stop_gradient); `release`
+    frees them when the KD phase ends. `fingerprint` identifies the weights
+    (a student refuses to resume with another teacher); `tokenizer` is the
+    fingerprint of the tokenizer the teacher was trained with.
+    """
+
+    model: Transformer
+    config: ml_collections.ConfigDict  # the teacher's model config
+    params: Any  # on the mesh
+    shardings: Any
+    checkpoint: str  # the checkpoint directory it came from
+    fingerprint: str
+    tokenizer: str  # the fingerprint of the tokenizer it was trained with
+
+    def identity(self) -> dict:
+        return {"checkpoint": self.checkpoint, "fingerprint": self.fingerprint}
+
+    def release(self) -> None:
+        """Frees the teacher's device memory (after the KD phase)."""
+        for leaf in jax.tree.leaves(self.params):
+            leaf.delete()
+        self.params = None
+
+
+def read_record(root: str, step: int) -> dict:
+    """The teacher checkpoint's record (model config, tokenizer), or a clear error."""
+    record = checkpoints.read_record(root, step)
+    if record is None:
+        raise UserError(f"{os.path.join(root, str(step))}: teacher checkpoint has no readable record "
+                        "(model config); was it written by salt_jax?")
+    return record
+
+
+def checkpoint_fingerprint(ckpt_dir: str) -> str:
+    """A short hash of a checkpoint's saved parameters, from its files.
+
+    Hashes the record and every metadata / manifest file of the saved state
+    (and the sizes of the data files), so it identifies the checkpoint's
+    contents wherever it is copied, and does not depend on the mesh or the
+    number of devices it is read onto.
+    """
+    h = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(ckpt_dir)):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, ckpt_dir)
+            if rel == "commit_success.txt" or rel.endswith("/commit_success.txt") or name == "_CHECKPOINT_METADATA":
+                continue  # written at save time (timestamps), not content
+            size = os.path.getsize(path)
+            h.update(f"{rel}:{size}\n".encode())
+            if size <= 1 << 20:
+                with open(path, "rb") as fh:
+                    h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def held_config(cfg: ml_collections.ConfigDict, salt_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The teacher's model config as it is held: a frozen teacher needs no float32 master copy, so
+    config.salt.teacher_dtype (e.g. bfloat16) sets its parameter and compute dtype."""
+    if salt_cfg.get("teacher_dtype", ""):
+        cfg.param_dtype = cfg.dtype = salt_cfg.teacher_dtype
+    return cfg
+
+
+def layout(cfg: ml_collections.ConfigDict, salt_cfg: ml_collections.ConfigDict, mesh) -> tuple[Transformer, Any]:
+    """(teacher model, its parameters' shardings): config.salt.teacher_sharding's layout on the mesh."""
+    model = Transformer(cfg)
+    boxed = abstract_params(model)
+    if salt_cfg.teacher_sharding == "replicated":
+        return model, jax.tree.map(lambda _: NamedSharding(mesh, P()), nn.meta.unbox(boxed))
+    return model, sharding.shardings_for(boxed, mesh)
+
+
+def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_collections.ConfigDict,
+                 tokenizer_fingerprint: str, mesh) -> Teacher:
+    """Reads the teacher's config, checks it against the student, restores its parameters.
+
+    Vocabulary checks happen before anything is compiled or restored.
+    """
+    if hf_files.is_hf_dir(os.path.abspath(os.path.expanduser(salt_cfg.teacher))):  # a Hugging Face model directory
+        return _load_hf_teacher(salt_cfg.teacher, salt_cfg, student_model_cfg, tokenizer_fingerprint, mesh)
+    root, step = checkpoints.resolve_checkpoint(salt_cfg.teacher)
+    ckpt_dir = os.path.join(root, str(step))
+    record = read_record(root, step)
+    if "model" not in record:
+        raise UserError(f"{ckpt_dir}: the checkpoint record has no model config; re-train the teacher with "
+                        "this version of salt_jax")
+    cfg = held_config(ml_collections.ConfigDict(record["model"]), salt_cfg)
+    if cfg.vocab_size != student_model_cfg.vocab_size:
+        raise UserError(f"config.salt.teacher: the teacher's vocabulary ({cfg.vocab_size}) differs from the "
+                        f"student's config.model.vocab_size ({student_model_cfg.vocab_size}); teacher and "
+                        "student must share one tokenizer and vocabulary")
+    if record.get("tokenizer") and record["tokenizer"] != tokenizer_fingerprint:
+        raise UserError(f"config.salt.teacher: the teacher was trained with tokenizer {record['tokenizer']}, "
+                        f"the student uses {tokenizer_fingerprint}; use the teacher's config.data.tokenizer "
+                        "settings (same source and vocab_size, or its model_file)")
+
+    model, shardings = layout(cfg, salt_cfg, mesh)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.meta.unbox(abstract_params(model)), shardings)
+    params = checkpoints.restore_params(root, step, target, "teacher checkpoint")
+    return Teacher(model=model, config=cfg, params=params, shardings=shardings, checkpoint=ckpt_dir,
+                   fingerprint=checkpoint_fingerprint(ckpt_dir), tokenizer=record.get("tokenizer", ""))
+
+
+def _load_hf_teacher(hf_dir: str, salt_cfg, student_model_cfg, tokenizer_fp: str, mesh) -> Teacher:
+    """A Teacher read straight from a Hugging Face directory (config.salt.teacher=DIR) into its layout."""
+    hf_dir = os.path.abspath(hf_dir)
+    cfg = model_config_from_hf(hf_files.read_hf_config(hf_dir), os.path.join(hf_dir, "config.json"))
+    cfg = held_config(cfg, salt_cfg)
+    tok_fp = hf_files.tokenizer_fingerprint(hf_dir)
+    if cfg.vocab_size != student_model_cfg.vocab_size:
+        raise UserError(f"config.salt.teacher={hf_dir}: its vocab_size ({cfg.vocab_size}) differs from "
+                        f"config.model.vocab_size ({student_model_cfg.vocab_size}); leave the student's at the "
+                        "preset's value (it then takes the teacher's) or set it to the teacher's")
+    if tok_fp and tok_fp != tokenizer_fp:
+        raise UserError(f"config.salt.teacher={hf_dir}: the run tokenizes with {tokenizer_fp}, not the teacher's "
+                        f"tokenizer ({tok_fp}); set config.data.tokenizer.kind=hf and hf_dir={hf_dir}")
+    model, shardings = layout(cfg, salt_cfg, mesh)
+    _, params = load_params(hf_dir, cfg, shardings)
+    return Teacher(model=model, config=cfg, params=params, shardings=shardings, checkpoint=hf_dir,
+                   fingerprint=hf_files.fingerprint(hf_dir), tokenizer=tok_fp)
+
+
+def adopt_teacher_vocabulary(config: ml_collections.ConfigDict) -> None:
+    """With an HF teacher: tokenize with its tokenizer and give the student its vocabulary size.
+
+    data.tokenizer.kind becomes "hf" with hf_dir the teacher's tokenizer (a
+    student must share its teacher's tokenizer); model.vocab_size, when still
+    the preset's, becomes the teacher's (the HF config's vocab_size, which may
+    exceed the tokenizer's).
+    """
+    if not methods.method(config.salt.method).teacher or not config.salt.teacher:
+        return
+    info = teacher_hf_info(config.salt.teacher)
+    if info is None:
+        return
+    tok_dir, vocab = info
+    t, m = config.data.tokenizer, config.model
+    if tok_dir and (t.kind != "hf" or not t.hf_dir):  # any other tokenizer would fail the teacher's check
+        logging.info("Hugging Face teacher: tokenizing with its tokenizer (%s) instead of kind=%s", tok_dir, t.kind)
+        t.kind, t.hf_dir = "hf", t.hf_dir or tok_dir
+    if m.vocab_size != vocab:
+        preset_vocab = presets.model_config(m.preset).vocab_size if m.preset in presets.PRESETS else None
+        if m.vocab_size != preset_vocab:
+            raise UserError(f"config.model.vocab_size={m.vocab_size}: the Hugging Face teacher's vocabulary is "
+                            f"{vocab}; set config.model.vocab_size={vocab} (or leave the preset's)")
+        logging.info("Hugging Face teacher: config.model.vocab_size %d -> %d (the teacher's)", m.vocab_size, vocab)
+        m.vocab_size = vocab

@@ -1,0 +1,164 @@
+"""Orbax checkpoints of the train state, plus a small JSON record per step.
+
+Orbax writes each step into a temporary directory and renames it when complete,
+so a crash mid-save never leaves a step that `latest_step` picks up (leftover
+temporary directories are cleaned up on the next start). A checkpoint that is
+complete on disk but cannot be read (a truncated or corrupted file) is set
+aside as `unreadable-<step>` when an earlier one exists, and the run resumes
+from that one, saying so; when there is none, the error names it. The state
+is restored straight into the target shardings (any mesh / host count).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from salt_jax.errors import UserError
+
+
+class UnreadableCheckpoint(UserError):
+    """A checkpoint directory whose files cannot be read back (torn, truncated or corrupted)."""
+
+
+def read_record(directory: str, step: int) -> dict | None:
+    """The JSON record saved beside the state of checkpoint `directory/step` (None if missing or torn)."""
+    try:
+        with open(os.path.join(directory, str(step), "record", "metadata")) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def restore_params(root: str, step: int, target: Any, what: str = "checkpoint") -> Any:
+    """Only the parameters of checkpoint root/step (no optimizer state), placed and cast as `target`
+    (a tree of ShapeDtypeStructs with shardings) says; a UserError naming the checkpoint if unreadable."""
+    manager = ocp.CheckpointManager(root, item_names=("state", "record"),
+                                    options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item={"params": target},
+            restore_args=jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype),
+                                      {"params": target}),
+            partial_restore=True)))
+    except Exception as e:  # orbax raises many types for unreadable / mismatched files
+        raise UserError(f"{os.path.join(root, str(step))}: {what} cannot be restored ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]})") from None
+    finally:
+        manager.close()
+    return restored["state"]["params"]
+
+
+def resolve_checkpoint(path: str) -> tuple[str, int]:
+    """(checkpoints directory, step) for a teacher workdir or a single checkpoint directory."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(path):
+        raise UserError(f"config.salt.teacher={path}: no such directory; give the teacher run's workdir "
+                        "or one of its checkpoint directories")
+    if os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")) or os.path.isdir(os.path.join(path, "state")):
+        base, step = os.path.split(path)
+        if step.isdigit():
+            return base, int(step)
+    root = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+    steps = sorted(int(d) for d in os.listdir(root)
+                   if d.isdigit() and os.path.exists(os.path.join(root, d, "_CHECKPOINT_METADATA")))
+    if not steps:
+        raise UserError(f"config.salt.teacher={path}: no finished checkpoint in it; train the teacher first "
+                        "(a run with config.salt.method=teacher) or point at its workdir")
+    return root, steps[-1]
+
+
+class Checkpointer:
+    """Saves every `every` steps, keeps the last `keep`, restores the latest."""
+
+    def __init__(self, directory: str, every: int, keep: int):
+        self.directory, self.every, self.keep = os.path.abspath(directory), max(every, 1), keep
+        self.manager = self._manager()
+
+    def _manager(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True, cleanup_tmp_directories=True),
+            item_names=("state", "record"),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, record: dict, force: bool = False) -> bool:
+        """Saves (asynchronously) if `step` is on the interval or `force`; returns whether it did."""
+        if not force and step % self.every:
+            return False
+        return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                               record=ocp.args.JsonSave(record)), force=True)
+
+    def restore(self, step: int, abstract_state: Any, shardings: Any) -> tuple[Any, dict]:
+        """(state placed in `shardings`, record) of checkpoint `step`."""
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                              abstract_state, shardings)
+        path = os.path.join(self.directory, str(step))
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                     record=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax raises many types for unreadable / mismatched files
+            raise UnreadableCheckpoint(f"{path}: checkpoint cannot be restored ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200]}); remove it to resume from an earlier step, "
+                            "or use a fresh --workdir") from None
+        logging.info("restored checkpoint %s", path)
+        return out["state"], out["record"]
+
+    def restore_latest(self, abstract_state: Any, shardings: Any, check_record=None) -> tuple[int | None, Any, dict]:
+        """(step, state, record) of the newest readable checkpoint, or (None, None, {}) when there is none.
+
+        `check_record(record)` may raise a UserError (e.g. a different model):
+        that is the user's to fix, never a reason to fall back. An unreadable
+        checkpoint with an earlier one behind it is set aside and the earlier
+        one is used; the newest checkpoint being unreadable with nothing behind
+        it is a UserError naming it.
+        """
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for i, step in enumerate(steps):
+            record = read_record(self.directory, step)
+            try:
+                if record is None:
+                    raise UnreadableCheckpoint(f"{os.path.join(self.directory, str(step))}: checkpoint record is "
+                                               "missing or unreadable; remove the directory to resume from an "
+                                               "earlier step, or use a fresh --workdir")
+                if check_record is not None:
+                    check_record(record)
+                state, _ = self.restore(step, abstract_state, shardings)
+                return step, state, record
+            except UnreadableCheckpoint as e:
+                if i + 1 == len(steps):
+                    raise
+                self._set_aside(step, steps[i + 1], str(e))
+        return None, None, {}
+
+    def _set_aside(self, step: int, fallback: int, why: str) -> None:
+        """Renames an unreadable checkpoint out of Orbax's sight (nothing is deleted)."""
+        src = os.path.join(self.directory, str(step))
+        dst = os.path.join(self.directory, f"unreadable-{step}")
+        if jax.process_index() == 0:
+            n = 1
+            while os.path.exists(dst):
+                dst, n = os.path.join(self.directory, f"unreadable-{step}.{n}"), n + 1
+            os.replace(src, dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"set_aside_{step}")
+        logging.warning("checkpoint %s is unreadable (%s); moved it to %s and resuming from step %d instead",
+                        src, why, dst, fallback)
+        self.manager.close()
+        self.manager = self._manager()
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

@@ -1,0 +1,131 @@
+"""One training run, top to bottom: setup, then the loop of steps and the periodic work as hooks.
+
+Each step trains on the batch of step s (salt_jax.data.batches) with the fused
+teacher+student step while the KD phase lasts and the teacher-free step after
+it. After each step the hooks run, in this order: the kill drill, the
+adaptive switch, the non-finite check's bookkeeping, a metrics line every
+log_every steps, a held-out evaluation every eval_every steps, a checkpoint
+every checkpoint_every steps, and the preemption check. Re-running on the same
+workdir resumes from the latest checkpoint and, because batches are
+step-indexed, ends with the same parameters as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import ml_collections
+
+from salt_jax.train import faults
+from salt_jax.train.hooks import Hooks, NonFiniteCheck, StepMeter, fmt_time
+from salt_jax.train.metrics import train_line
+from salt_jax.train.setup import Run, setup
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (or resumes) the run in `workdir`; returns the final summary."""
+    r = setup(config, workdir)
+    cfg_t = config.train
+    meter = StepMeter(float(r.previous.get("train_seconds", 0.0)))
+    nan_check = NonFiniteCheck(cfg_t.nan_policy, cfg_t.max_skipped_steps, r.ckpt)
+    kill = faults.KillHooks(cfg_t.debug_kill)
+    last_eval = {}
+    preempted = None
+
+    def save(done: int) -> None:
+        nan_check.check(done)  # never checkpoint a poisoned state
+        r.ckpt.save(done, r.state, dict(r.record, step=done, kd_phase_end=r.phase.end,
+                                        train_seconds=meter.clock.total), force=True)
+        kill.maybe_kill("save", done)
+
+    def kill_drill(done: int, _) -> None:
+        if kill.wants("step", done):
+            jax.block_until_ready(r.state.step)
+            r.ckpt.wait()  # the drill names where the resume starts: earlier checkpoints are on disk
+            kill.maybe_kill("step", done)
+
+    def adaptive_switch(done: int, _) -> None:
+        if r.teacher is not None and r.phase.adaptive:
+            switch_step = int(jax.device_get(r.state.kd["switch_step"]))  # a scalar; syncs this step
+            if switch_step >= 0:
+                r.phase.switched_at(switch_step)
+                logging.info("adaptive switch at step %d: %s", switch_step, r.phase.why_ended())
+
+    def log_line(done: int, _) -> None:
+        records, seconds, timed = meter.interval_done()
+        line = train_line(records, seconds, config.data.batch_size * config.data.seq_len, timed, r.flops)
+        r.writer.write("train", done, dict(line, train_seconds=meter.clock.total))
+        if cfg_t.progress and jax.process_index() == 0:
+            rate = meter.steps_per_sec()
+            logging.info("step %d/%d | loss %.4f | %.0f tok/s | %.2f steps/s | ETA %s", done, r.total_steps,
+                         line["loss"], line["tokens_per_sec"] or 0.0, line["steps_per_sec"] or 0.0,
+                         fmt_time((r.total_steps - done) / rate) if rate > 0 else "?")
+
+    def evaluate(done: int, _=None) -> None:
+        if done:  # (the evaluation before step 1 comes before the clock starts)
+            meter.lap(r.state.step)
+        last_eval.update(r.evaluate())
+        r.writer.write("eval", done, dict(last_eval, train_seconds=meter.clock.total))
+        if done:
+            logging.info("eval at step %d | held-out loss %.4f | accuracy %.4f", done, last_eval["loss"],
+                         last_eval["accuracy"])
+        meter.clock.skip()  # evaluation time is not training time
+
+    def checkpoint(done: int, _) -> None:
+        save(done)
+        meter.lap()  # (the checks blocked on every step so far)
+
+    def preemption_check(done: int, _) -> None:
+        nonlocal preempted
+        if done < r.total_steps and preemption.should_stop(sync=done % cfg_t.log_every == 0):
+            meter.lap(r.state.step)
+            if done % cfg_t.checkpoint_every:  # (a step on the interval is saved already)
+                save(done)
+            r.ckpt.wait()
+            preemption.finished()
+            preempted = done
+            logging.info("preempted: checkpoint at step %d written; re-run the same command to resume", done)
+
+    hooks = Hooks(r.total_steps)
+    for fn, every in ((kill_drill, 1), (adaptive_switch, 1), (nan_check.add, 1), (log_line, cfg_t.log_every),
+                      (evaluate, cfg_t.eval_every), (checkpoint, cfg_t.checkpoint_every), (preemption_check, 1)):
+        hooks.add(fn, every)
+
+    if r.start == 0:
+        evaluate(0)
+    with faults.Preemption(cfg_t.preemption_grace_s) as preemption:
+        for step in range(r.start, r.total_steps):
+            if r.teacher is not None and not r.phase.active(step):
+                r.end_kd_phase(step)
+                meter.compiles()
+            meter.before_step()
+            r.state, step_metrics = r.steps.train(r.state, r.batch(step), r.teacher_params())
+            meter.after_step(step + 1, step_metrics)
+            hooks.run(step + 1, step_metrics)
+            if preempted is not None:
+                break
+    r.ckpt.wait()
+    r.ckpt.close()
+    r.writer.close()
+    return _summary(r, last_eval, meter.clock.total, preempted)
+
+
+def _summary(r: Run, last_eval: dict, train_seconds: float, preempted: int | None) -> dict:
+    """The run's summary (written to summary.json when it finished; returned either way)."""
+    method = r.config.salt.method
+    if preempted is not None:
+        return {"preempted": True, "step": preempted, "steps": r.total_steps, "method": method}
+    if not last_eval:  # resumed after the run had already finished
+        last_eval = r.evaluate()
+    resumed_finished = r.start >= r.total_steps
+    summary = {"steps": r.total_steps, "final_eval_loss": last_eval["loss"],
+               "final_eval_accuracy": last_eval["accuracy"], "parameters": r.n_params, "method": method,
+               "kd_phase_end": r.phase.end,
+               "train_seconds": float(r.previous.get("train_seconds", 0.0)) if resumed_finished else train_seconds}
+    if jax.process_index() == 0:
+        with open(os.path.join(r.workdir, "summary.json"), "w") as fh:
+            json.dump(summary, fh, indent=1)
+    return summary

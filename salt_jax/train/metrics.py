@@ -1,0 +1,112 @@
+"""Run outputs: metrics.jsonl (one JSON object per line) and TensorBoard events.
+
+Every line has `step` and `split` ("train" or "eval"). Only process 0 writes.
+On resume, lines past the restored step (written by the interrupted run after
+its last checkpoint) are dropped, and a fresh start (step 0) starts a fresh
+file, so the file always reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+
+import jax
+import numpy as np
+
+from salt_jax.model.flops import RunFlops
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/inf; null marks a non-finite value
+    return value
+
+
+def read_metrics(path: str) -> list[dict]:
+    """All records of a metrics.jsonl (skipping a torn last line)."""
+    out = []
+    if not os.path.exists(path):
+        return out
+    with open(path) as fh:
+        for line in fh:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+class MetricsWriter:
+    """Appends records to workdir/metrics.jsonl and mirrors scalars to TensorBoard."""
+
+    def __init__(self, workdir: str, resume_step: int = 0):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if not self.enabled:
+            return
+        if os.path.exists(self.path):  # drop what the interrupted run wrote after its checkpoint (and torn lines)
+            kept = [r for r in read_metrics(self.path) if resume_step and r.get("step", 0) <= resume_step]
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in kept)
+            os.replace(tmp, self.path)
+        try:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        except ImportError:  # TensorBoard events are optional; metrics.jsonl is the record
+            logging.warning("tensorboardX is not installed: no TensorBoard events")
+
+    def write(self, split: str, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "split": split, **{k: _clean(v) for k, v in values.items()}}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
+                    self._tb.add_scalar(f"{split}/{k}", v, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def train_line(records: list[dict], seconds: float, tokens_per_step: int, timed_steps: int,
+               flops: RunFlops | None = None) -> dict:
+    """One metrics.jsonl train line from the per-step sums of a log interval.
+
+    Steps with and without the teacher may be mixed (the interval of the switch):
+    KD-only quantities average over the KD steps, and are null when there were none.
+    `flops` adds model TFLOP/s and MFU, for the student alone and with the
+    teacher's forward (salt_jax.model.flops.RunFlops).
+    """
+    host = jax.device_get(records)
+    total = lambda key, rs=host: float(np.sum([r[key] for r in rs]))  # noqa: E731
+    tokens = max(total("tokens"), 1.0)
+    kd_steps = [r for r in host if "kd_sum" in r]
+    kd_tokens = max(total("tokens", kd_steps), 1.0)
+    finite_norms = [float(r["grad_norm"]) for r in host if np.isfinite(r["grad_norm"])]
+    tokens_per_sec = timed_steps * tokens_per_step / seconds if timed_steps else None
+    line = {
+        "loss": total("loss_sum") / tokens,
+        "ntp_loss": total("ntp_sum") / tokens,
+        "kd_loss": total("kd_sum", kd_steps) / kd_tokens if kd_steps else None,
+        "teacher_ntp_loss": total("teacher_ntp_sum", kd_steps) / kd_tokens if kd_steps else None,
+        "kd_weight": float(np.mean([float(r.get("kd_weight", 0.0)) for r in host])),  # teacher-free steps: 0
+        "kd_token_fraction": (total("kd_tokens", kd_steps) / tokens) if kd_steps else 0.0,
+        "accuracy": total("correct") / tokens,
+        "learning_rate": float(host[-1]["learning_rate"]),
+        "grad_norm": float(np.mean(finite_norms)) if finite_norms else None,
+        "skipped_steps": int(sum(float(r["skipped"]) for r in host)),
+        "tokens_per_sec": tokens_per_sec,
+        "steps_per_sec": timed_steps / seconds if timed_steps else None,
+    }
+    if flops is None:
+        return line | {"model_tflops_per_sec": None, "mfu": None, "mfu_with_teacher": None}
+    return line | flops.throughput(tokens_per_sec, len(kd_steps) / len(host))

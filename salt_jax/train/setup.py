@@ -1,0 +1,193 @@
+"""Everything a training run needs before its first step, built once: `setup(config, workdir) -> Run`.
+
+Order matters and is the order below: validate the config, build (or open)
+the token store, make the mesh, restore the latest checkpoint or create the
+state, load the teacher only when the KD phase has steps left (vocabulary
+checks before anything is compiled), compile the steps, and, for SALT_DS,
+select the KD phase's sequences.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from salt_jax.config import check_vocab, validate
+from salt_jax.data import batches as batches_lib
+from salt_jax.data import store
+from salt_jax.errors import UserError
+from salt_jax.kd import objective, schedules, selection
+from salt_jax.kd import teacher as teacher_lib
+from salt_jax.kd.schedules import KDPhase
+from salt_jax.model import checkpoints, sharding
+from salt_jax.model.flops import RunFlops, param_count
+from salt_jax.model.transformer import Transformer
+from salt_jax.train import faults, metrics, optim
+from salt_jax.train import state as state_lib
+from salt_jax.train.step import CompiledSteps, Guard
+
+
+@dataclasses.dataclass
+class Run:
+    """One run's moving parts. The loop reads and replaces `state` and `teacher`; the rest is fixed."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    cache: store.TokenCache
+    pad_id: int
+    mesh: Any
+    state: Any  # salt_jax.train.state.TrainState, on the mesh
+    start: int  # the first step this process runs (the restored checkpoint's step)
+    previous: dict  # the restored checkpoint's record ({} on a fresh start)
+    phase: KDPhase  # the KD phase: schedules and the step it ends at
+    teacher: teacher_lib.Teacher | None  # held while the KD phase has steps left
+    steps: CompiledSteps
+    batches: batches_lib.Batches  # the training batches of step s
+    kd_batches: batches_lib.Batches  # the KD phase's (SALT_DS: the teacher-selected sequences)
+    eval_set: list[np.ndarray]
+    ckpt: checkpoints.Checkpointer
+    writer: metrics.MetricsWriter
+    record: dict  # saved beside every checkpoint
+    flops: RunFlops
+    n_params: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.train.steps
+
+    def batch(self, step: int) -> jax.Array:
+        """The global batch of `step` on the mesh (this host's rows)."""
+        source = self.kd_batches if self.teacher is not None else self.batches
+        return source.device(step, self.steps.batch_sharding)
+
+    def teacher_params(self):
+        return None if self.teacher is None else self.teacher.params
+
+    def end_kd_phase(self, step: int) -> None:
+        """From `step` on, train with the teacher-free step and free the teacher's memory."""
+        self.steps.drop_teacher()
+        self.teacher.release()
+        self.teacher = None
+        logging.info("KD phase over at step %d (%s): teacher released, training continues without it", step,
+                     self.phase.why_ended())
+
+    def evaluate(self) -> dict:
+        """Mean held-out next-token loss (nats/token) and accuracy over the fixed eval set."""
+        batch_size = self.config.data.batch_size
+        shape = (batch_size, self.eval_set[0].shape[1])
+        sums = jax.device_get([self.steps.eval(self.state.params, jax.make_array_from_process_local_data(
+            self.steps.batch_sharding, b, shape)) for b in self.eval_set])
+        totals = {k: float(np.sum([s[k] for s in sums])) for k in sums[0]}
+        n = max(totals["tokens"], 1.0)
+        return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n, "tokens": totals["tokens"]}
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    path = os.path.join(workdir, "config.json")
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    if os.path.exists(path):
+        with open(path) as fh:
+            if fh.read() != text:
+                logging.warning("%s differs from this run's config; resuming with the new config and "
+                                "keeping the old file as config.prev.json", path)
+                os.replace(path, os.path.join(workdir, "config.prev.json"))
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+def _check_same_model(config, ckpt: checkpoints.Checkpointer):
+    def same_model(record: dict) -> None:
+        if record.get("model") and record["model"] != config.model.to_dict():
+            changed = sorted(k for k in record["model"] if record["model"][k] != config.model.to_dict().get(k))
+            raise UserError(f"config.model.{changed[0] if changed else 'preset'}: differs from the model of the "
+                            f"checkpoints in {ckpt.directory}; use the run's original model config or a fresh "
+                            "--workdir")
+    return same_model
+
+
+def _load_teacher(config, tok, mesh, previous: dict) -> teacher_lib.Teacher:
+    teacher = teacher_lib.load_teacher(config.salt, config.model, tok.fingerprint(), mesh)
+    logging.info("teacher %s: %s parameters, fingerprint %s", teacher.checkpoint,
+                 f"{param_count(teacher.config):,}", teacher.fingerprint)
+    was = previous.get("teacher") or {}
+    if was and was.get("fingerprint") != teacher.fingerprint:
+        raise UserError(f"config.salt.teacher={config.salt.teacher}: this run was trained with teacher "
+                        f"{was.get('checkpoint')} (fingerprint {was.get('fingerprint')}), not "
+                        f"{teacher.checkpoint} (fingerprint {teacher.fingerprint}); resume with the same "
+                        "teacher or use a fresh --workdir")
+    return teacher
+
+
+def _selected_batches(config, cache, teacher, mesh, pad_id: int, phase: KDPhase, workdir: str):
+    """SALT_DS: score the pool with the teacher, select, and batch the KD phase from the selection."""
+    salt, cfg_d = config.salt, config.data
+    pool_size = salt.ds_pool_size
+    if pool_size == -1:  # enough sequences that the KD phase sees each kept one about once
+        pool_size = min(cache.train.n_rows, int(np.ceil(phase.end * cfg_d.batch_size / salt.ds_keep_fraction)))
+    rows = selection.pool_rows(cache.train.n_rows, pool_size, salt.ds_seed)
+    scores = selection.score_pool(teacher, cache, rows, salt.ds_topk, cfg_d.batch_size, mesh, pad_id)
+    kept = selection.select(scores["score"], salt.ds_keep_fraction, salt.ds_band_low, salt.ds_band_high,
+                            salt.ds_seed)
+    info = selection.summary(scores, kept, salt.ds_topk, salt.ds_keep_fraction, (salt.ds_band_low,
+                                                                                 salt.ds_band_high))
+    selection.write_summary(workdir, info)
+    logging.info("SALT_DS: kept %d of %d pooled sequences (median score %.3f kept vs %.3f pool)", info["kept"],
+                 info["pool"], info["score_quantiles_kept"]["p50"], info["score_quantiles_pool"]["p50"])
+    return batches_lib.Batches(cache.train, cfg_d.batch_size, cfg_d.seed, rows=rows[kept])
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+    """Builds (or restores) everything the loop of the run in `workdir` needs."""
+    validate(config)
+    teacher_lib.adopt_teacher_vocabulary(config)  # a Hugging Face teacher: its tokenizer and vocabulary size
+    schedules.resolve(config.salt, config.train.steps)  # config.json records the step counts used
+    os.makedirs(workdir, exist_ok=True)
+    cfg_d, cfg_t = config.data, config.train
+
+    cache, tok = store.build_cache(cfg_d)
+    check_vocab(config, tok.vocab_size)
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch(cfg_d.batch_size, mesh)
+
+    model = Transformer(config.model)
+    tx, lr_schedule = optim.make_optimizer(config.optim, cfg_t.steps)
+    abstract, shardings = state_lib.abstract_state(model, tx, cfg_d.seq_len, mesh)
+    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), cfg_t.checkpoint_every,
+                                    cfg_t.keep_checkpoints)
+    start, state, previous = ckpt.restore_latest(abstract, shardings, _check_same_model(config, ckpt))
+    if start is None:
+        state, start, previous = state_lib.create_state(model, tx, cfg_d.seq_len, mesh, config.seed), 0, {}
+    else:
+        logging.info("resuming %s from step %d", workdir, start)
+    phase = KDPhase.from_config(config.salt, cfg_t.steps, cfg_d.batch_size,
+                                switch_step=int(jax.device_get(state.kd["switch_step"])))
+    teacher = _load_teacher(config, tok, mesh, previous) if phase.active(start) else None
+
+    if jax.process_index() == 0:
+        _write_config(config, workdir)
+    n_params = param_count(config.model)
+    logging.info("model %s: %s parameters; mesh %s; %d devices", config.model.preset, f"{n_params:,}",
+                 dict(mesh.shape), mesh.size)
+    guard = Guard(skip_nonfinite=cfg_t.nan_policy == "skip",
+                  nan_steps=faults.parse_steps(cfg_t.debug_nan_steps, "config.train.debug_nan_steps"))
+    steps = CompiledSteps(model, tx, lr_schedule, tok.pad_id, mesh, shardings, objective.make_loss(config), guard,
+                          teacher=teacher, phase=phase)
+    record = {"data_seed": cfg_d.seed, "method": config.salt.method, "model": config.model.to_dict(),
+              "tokenizer": tok.fingerprint(), "vocab_size": tok.vocab_size,
+              "teacher": teacher.identity() if teacher is not None else previous.get("teacher")}
+    batches = batches_lib.Batches(cache.train, cfg_d.batch_size, cfg_d.seed)
+    kd_batches = batches
+    if phase.kind.selects_data and teacher is not None:
+        kd_batches = _selected_batches(config, cache, teacher, mesh, tok.pad_id, phase, workdir)
+    return Run(config=config, workdir=workdir, cache=cache, pad_id=tok.pad_id, mesh=mesh, state=state, start=start,
+               previous=previous, phase=phase, teacher=teacher, steps=steps, batches=batches, kd_batches=kd_batches,
+               eval_set=batches_lib.eval_batches(cache.heldout, cfg_d.batch_size, cfg_d.eval_batches, tok.pad_id),
+               ckpt=ckpt, writer=metrics.MetricsWriter(workdir, resume_step=start), record=record,
+               flops=RunFlops.of(config.model, cfg_d.seq_len, teacher.config if teacher else None, mesh.size,
+                                 cfg_t.peak_tflops), n_params=n_params)

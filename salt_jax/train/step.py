@@ -1,0 +1,199 @@
+"""The compiled steps: pure functions of (state, batch[, teacher params]) -> (state, metrics).
+
+`make_train_step` builds one training step; given a teacher model it is the
+fused SALT step (frozen teacher forward, student forward/backward, AdamW
+update in one program), without one the plain next-token step. The loss is
+one call (salt_jax.kd.objective: dense or chunked). `CompiledSteps` jits the
+steps with explicit shardings over the mesh and donates the state. Metrics are
+sums and counts (salt_jax.kd.losses), reduced over the global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+
+from salt_jax.kd.losses import split_tokens
+from salt_jax.kd.schedules import KDPhase, kd_rows
+from salt_jax.model import sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class Guard:
+    """What a step does about a non-finite loss or gradient, and the NaN fault-injection hook.
+
+    With `skip_nonfinite` a step whose loss or gradient norm is not finite
+    leaves parameters, optimizer and KD state as they were (only the step
+    counter advances, so the data order is unchanged) and reports
+    `skipped` = 1 with zeroed sums. Without it the update is applied and the
+    host stops the run before the poisoned state is checkpointed.
+    `nan_steps` multiplies the loss of those steps by NaN (config.train.debug_nan_steps;
+    step n is the n-th step, the one after which the step counter reads n).
+    """
+
+    skip_nonfinite: bool = False
+    nan_steps: tuple[int, ...] = ()
+
+
+def _poison(loss, step, guard: Guard):
+    if not guard.nan_steps:
+        return loss
+    return loss * jnp.where(jnp.any(step + 1 == jnp.asarray(guard.nan_steps)), jnp.nan, 1.0)
+
+
+def _guarded(state, new_state, metrics: dict, guard: Guard):
+    """(state after the step, metrics with `skipped`): the update is dropped when skipping a non-finite step."""
+    ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    metrics = dict(metrics, skipped=1.0 - ok.astype(jnp.float32))
+    if not guard.skip_nonfinite:
+        return new_state, metrics
+    kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state.replace(step=state.step), state)
+    sums = ("loss_sum", "ntp_sum", "kd_sum", "kd_weight_sum", "kd_tokens", "teacher_ntp_sum", "correct", "tokens")
+    metrics.update({k: jnp.where(ok, metrics[k], 0.0) for k in sums if k in metrics})
+    return kept.replace(step=state.step + 1), metrics
+
+
+def kd_row_weights(phase: KDPhase, state, targets):
+    """(w per position before token selection, its batch mean): w(step) on the KD share of rows, else 0.
+
+    With the adaptive switch w drops to 0 once state.kd["switch_step"] is set.
+    """
+    w = phase.weight(state.step)
+    if phase.adaptive:
+        w = jnp.where(state.kd["switch_step"] >= 0, 0.0, phase.salt.kd_weight)
+    batch = targets.shape[0]
+    n_kd_rows = kd_rows(phase.share, state.step, batch)
+    in_share = (jnp.arange(batch) < n_kd_rows)[:, None]
+    return jnp.broadcast_to(w * in_share.astype(jnp.float32), targets.shape), w * n_kd_rows / batch
+
+
+def make_objective(model: nn.Module, loss, pad_id: int, guard: Guard = Guard(), teacher_model=None,
+                   phase: KDPhase | None = None):
+    """The step's objective `(params, teacher_params, state, tokens) -> (mean loss, sums)`.
+
+    With a teacher: ((1 - w_t) NTP + w_t KD) averaged over real tokens, w_t from
+    `phase`; without: the next-token loss (teacher_params is ignored).
+    """
+
+    def objective(params, teacher_params, state, tokens):
+        inputs, targets, mask = split_tokens(tokens, pad_id)
+        if teacher_model is None:
+            stats = loss(model, params, inputs, targets, mask)
+        else:
+            w_rows, w_mean = kd_row_weights(phase, state, targets)
+            stats = loss(model, params, inputs, targets, mask, (teacher_model, teacher_params), w_rows)
+            stats["kd_weight"] = w_mean
+        return _poison(stats["loss_sum"] / jnp.maximum(stats["tokens"], 1.0), state.step, guard), stats
+
+    return objective
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_schedule, pad_id: int, loss,
+                    guard: Guard = Guard(), teacher_model=None, phase: KDPhase | None = None):
+    """One training step: (state, tokens[, teacher_params]) -> (state, metrics).
+
+    Forward, backward, clipping and the AdamW update of the student. With
+    `teacher_model` (and the run's KD `phase`) it is the SALT step: the frozen
+    teacher enters as an argument under stop_gradient (no gradients, no
+    optimizer state), w(step) and the KD share are read in-graph from the step
+    counter, and with salt.switch=adaptive the step records when the smoothed
+    student NTP loss reaches the smoothed teacher NTP loss (+ margin).
+    `guard` says what to do about non-finite steps (see Guard).
+    """
+    objective = make_objective(model, loss, pad_id, guard, teacher_model, phase)
+
+    def step(state, tokens, teacher_params=None):
+        (value, stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params, teacher_params, state,
+                                                                           tokens)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        kd_state = state.kd
+        if teacher_model is None:
+            stats = dict(stats, ntp_sum=stats["loss_sum"])
+        elif phase.adaptive:
+            n = jnp.maximum(stats["tokens"], 1.0)
+            kd_state = _adaptive_update(state.kd, state.step, stats["ntp_sum"] / n, stats["teacher_ntp_sum"] / n,
+                                        phase.salt)
+        metrics = dict(stats, loss=value, grad_norm=optax.tree.norm(grads), learning_rate=lr_schedule(state.step))
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, kd=kd_state)
+        return _guarded(state, new_state, metrics, guard)
+
+    if teacher_model is None:
+        return lambda state, tokens: step(state, tokens)
+    return step
+
+
+def _adaptive_update(kd, step, student_ntp, teacher_ntp, salt):
+    """Updates the loss EMAs and records the switch step once the student has caught up."""
+    d = salt.adaptive_ema
+    ema_s = d * kd["ema_student"] + (1 - d) * student_ntp
+    ema_t = d * kd["ema_teacher"] + (1 - d) * teacher_ntp
+    debias = 1 - d ** (step + 1).astype(jnp.float32)
+    done = step + 1
+    caught_up = ema_s / debias <= ema_t / debias + salt.adaptive_margin
+    allowed = done >= salt.adaptive_min_steps
+    forced = (salt.adaptive_max_steps >= 0) & (done >= salt.adaptive_max_steps)
+    switch_now = (kd["switch_step"] < 0) & ((caught_up & allowed) | forced)
+    return {"switch_step": jnp.where(switch_now, done, kd["switch_step"]).astype(jnp.int32),
+            "ema_student": ema_s, "ema_teacher": ema_t}
+
+
+def make_eval_step(model: nn.Module, pad_id: int, loss):
+    """Held-out next-token loss and accuracy on one batch, as sums and counts."""
+
+    def eval_step(params, tokens):
+        inputs, targets, mask = split_tokens(tokens, pad_id)
+        return loss(model, params, inputs, targets, mask)
+
+    return eval_step
+
+
+class CompiledSteps:
+    """The jitted steps of one run on one mesh: train (with the teacher while it is held) and eval.
+
+    `train(state, tokens, teacher_params)` runs the fused SALT step,
+    `train(state, tokens)` the teacher-free one; `drop_teacher` forgets the
+    SALT step's program when the KD phase ends. Calls run under the mesh and
+    the logical-axis rules (sharding.on_mesh).
+    """
+
+    def __init__(self, model, tx, lr_schedule, pad_id: int, mesh, state_shardings, loss, guard: Guard = Guard(),
+                 teacher=None, phase: KDPhase | None = None):
+        self.mesh = mesh
+        self.batch_sharding = sharding.batch_sharding(mesh)
+        rep = sharding.replicated(mesh)
+        self._train = jax.jit(make_train_step(model, tx, lr_schedule, pad_id, loss, guard),
+                              in_shardings=(state_shardings, self.batch_sharding),
+                              out_shardings=(state_shardings, rep), donate_argnums=0)
+        self._eval = jax.jit(make_eval_step(model, pad_id, loss),
+                             in_shardings=(state_shardings.params, self.batch_sharding), out_shardings=rep)
+        self._kd_train = None
+        if teacher is not None:
+            self._kd_train = jax.jit(make_train_step(model, tx, lr_schedule, pad_id, loss, guard, teacher.model,
+                                                     phase),
+                                     in_shardings=(state_shardings, self.batch_sharding, teacher.shardings),
+                                     out_shardings=(state_shardings, rep), donate_argnums=0)
+
+    def _program(self, teacher_params):
+        return self._train if teacher_params is None else self._kd_train
+
+    def train(self, state, tokens, teacher_params=None):
+        with sharding.on_mesh(self.mesh):
+            return self._program(teacher_params)(state, tokens, *(() if teacher_params is None else (teacher_params,)))
+
+    def lower(self, state, tokens, teacher_params=None):
+        """The lowered train step (the SALT step when `teacher_params` is given), to inspect its cost."""
+        with sharding.on_mesh(self.mesh):
+            return self._program(teacher_params).lower(state, tokens,
+                                                       *(() if teacher_params is None else (teacher_params,)))
+
+    def eval(self, params, tokens):
+        with sharding.on_mesh(self.mesh):
+            return self._eval(params, tokens)
+
+    def drop_teacher(self) -> None:
+        self._kd_train = None
