@@ -193,19 +193,22 @@ def test_mfu_on_a_synthetic_timing():
 
 
 def test_train_line_reports_model_flops_and_mfu():
-    from salt_jax.train.loop import train_line
+    import dataclasses
+
+    from salt_jax.model.flops import RunFlops
+    from salt_jax.train.metrics import train_line
 
     one = {"loss_sum": 10.0, "ntp_sum": 10.0, "tokens": 100.0, "correct": 5.0, "learning_rate": 1e-3,
            "grad_norm": 1.0}
     kd = dict(one, kd_sum=4.0, kd_tokens=50.0, teacher_ntp_sum=8.0, kd_weight=0.5)
-    flops = {"student": 6e9, "teacher": 2e9, "devices": 4, "peak": 1e14}
+    flops = RunFlops(student=6e9, teacher=2e9, devices=4, peak=1e14)
     # 2 steps of 100 tokens in 0.5 s: 400 tokens/s; half the steps ran the teacher -> 7e9 FLOPs/token
     line = train_line([kd, one], 0.5, 100, 2, flops)
     assert line["tokens_per_sec"] == 400.0
     assert line["model_tflops_per_sec"] == pytest.approx(400 * 7e9 / 1e12)
     assert line["mfu"] == pytest.approx(400 * 6e9 / 4e14)
     assert line["mfu_with_teacher"] == pytest.approx(400 * 7e9 / 4e14)
-    cpu = train_line([one], 1.0, 100, 1, dict(flops, peak=None))
+    cpu = train_line([one], 1.0, 100, 1, dataclasses.replace(flops, peak=None))
     assert cpu["mfu"] is None and cpu["model_tflops_per_sec"] == pytest.approx(100 * 6e9 / 1e12)
 
 

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from salt_jax.data import files
+from salt_jax.data import documents, sources
+from salt_jax.data import batches as batches_lib
 from salt_jax.data import store
 from salt_jax.data import tokenizer
 from salt_jax.config import base_config
@@ -35,7 +36,7 @@ def test_packing_rows_are_the_eos_separated_stream(tmp_path):
     assert meta["train"]["skipped_undecodable"] + meta["heldout"]["skipped_undecodable"] == 1
     assert meta["train"]["skipped_empty"] + meta["heldout"]["skipped_empty"] == 1
     # the train stream is exactly the train documents' bytes, each followed by EOS, in file order
-    src = files.make_source(cfg)
+    src = sources.make_source(cfg)
     want = []
     for doc in src.documents("train"):
         want += [b + 3 for b in doc.encode()] + [tokenizer.EOS_ID]
@@ -50,9 +51,9 @@ def test_heldout_split_is_by_path_hash_and_stable(tmp_path):
     for i in range(40):
         (tmp_path / f"f{i:02d}.txt").write_text(f"text {i}")
     cfg = _text_cfg(str(tmp_path), "")
-    a = files.make_source(cfg)
+    a = sources.make_source(cfg)
     os.remove(tmp_path / "f00.txt")
-    b = files.make_source(cfg)
+    b = sources.make_source(cfg)
     assert set(b.files["heldout"]) <= set(a.files["heldout"])
     assert not set(a.files["heldout"]) & set(a.files["train"])
     assert 4 <= len(a.files["heldout"]) <= 20  # ~30% of 40
@@ -63,19 +64,19 @@ def test_jsonl_source_reads_the_text_field(tmp_path):
     (tmp_path / "a.jsonl").write_text("\n".join(lines))
     cfg = _text_cfg(str(tmp_path / "a.jsonl"), "")
     cfg.heldout_fraction = 0.3
-    src = files.make_source(cfg)
+    src = sources.make_source(cfg)
     train, heldout = list(src.documents("train")), list(src.documents("heldout"))
     # one file, split by record: every record lands in exactly one split, in file order
     assert sorted(train + heldout, key=lambda d: int(d.split()[1])) == [f"record {i}" for i in range(30)]
     assert 3 <= len(heldout) <= 15 and train == sorted(train, key=lambda d: int(d.split()[1]))
     cfg.text_field = "body"
     with pytest.raises(UserError, match="text_field"):
-        list(files.make_source(cfg).documents("train"))
+        list(sources.make_source(cfg).documents("train"))
 
 
 def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="config.data.path: no file matches"):
-        files.make_source(_text_cfg(str(tmp_path / "nope*.txt"), ""))
+        sources.make_source(_text_cfg(str(tmp_path / "nope*.txt"), ""))
     (tmp_path / "x.txt").write_bytes(b"\xff\xff")
     with pytest.raises(UserError, match="no usable"):
         store.build_cache(_text_cfg(str(tmp_path / "x.txt"), str(tmp_path / "c")))
@@ -84,11 +85,11 @@ def test_missing_source_is_a_clear_error(tmp_path):
 def test_stdlib_corpus_counts_undecodable_files(tiny_config):
     cfg = tiny_config.data
     cfg.max_files = 0
-    src = files.make_source(cfg)
+    src = sources.make_source(cfg)
     assert len(src.files["train"]) > 1000
-    stats = files.ReadStats()
+    stats = documents.ReadStats()
     # scan the held-out and train splits' file reads without tokenizing
-    for split in files.SPLITS:
+    for split in documents.SPLITS:
         for _ in src.documents(split, stats):
             pass
     assert stats.skipped_undecodable >= 1  # the stdlib ships a few non-UTF-8 test files
@@ -101,7 +102,7 @@ def test_sentencepiece_tokenizer_round_trips_code(tmp_path):
         (tmp_path / f"m{i}.py").write_text(text.replace("f", f"f{i}"))
     cfg = _text_cfg(str(tmp_path), str(tmp_path / "c"))
     cfg.tokenizer.kind, cfg.tokenizer.vocab_size = "sentencepiece", 300
-    src = files.make_source(cfg)
+    src = sources.make_source(cfg)
     tok = tokenizer.make_tokenizer(cfg.tokenizer, src, cfg.cache_dir)
     sample = "def f3(x):\n    return x + 1\n\u00e9\n"
     ids = tok.encode([sample])[0]
@@ -114,11 +115,11 @@ def test_sentencepiece_tokenizer_round_trips_code(tmp_path):
 
 def test_batch_indices_visit_every_row_once_per_epoch():
     n, b = 50, 8
-    idx = np.concatenate([store.batch_indices(s, b, n, seed=3) for s in range(25)])  # 200 = 4 epochs
+    idx = np.concatenate([batches_lib.batch_indices(s, b, n, seed=3) for s in range(25)])  # 200 = 4 epochs
     for e in range(4):
         assert sorted(idx[e * n:(e + 1) * n]) == list(range(n))
     assert not np.array_equal(idx[:n], idx[n:2 * n])  # a new order each epoch
-    np.testing.assert_array_equal(store.batch_indices(7, b, n, 3), idx[56:64])  # pure in the step
+    np.testing.assert_array_equal(batches_lib.batch_indices(7, b, n, 3), idx[56:64])  # pure in the step
 
 
 _PRINT_BATCH = """
@@ -128,7 +129,7 @@ from salt_jax.config import base_config
 c = base_config().data
 c.max_files, c.seq_len, c.cache_dir = 60, 32, sys.argv[1]
 cache, _ = store.build_cache(c)
-b = store.Batches(cache.train, 8, seed=5)
+b = batches_lib.Batches(cache.train, 8, seed=5)
 print(hashlib.sha256(b.numpy(int(sys.argv[2])).tobytes()).hexdigest())
 """
 
@@ -146,4 +147,4 @@ def test_batch_for_a_step_is_identical_across_fresh_processes(tmp_path, cache_di
     cache, _ = store.build_cache(c)
     import hashlib
 
-    assert hashlib.sha256(store.Batches(cache.train, 8, seed=5).numpy(123).tobytes()).hexdigest() == first
+    assert hashlib.sha256(batches_lib.Batches(cache.train, 8, seed=5).numpy(123).tobytes()).hexdigest() == first

@@ -46,7 +46,7 @@ def test_error_row(row, tmp_path, cache_dir, request):
     workdir = str(tmp_path / "run")
     args = [a.replace("OUT", str(tmp_path / "out")) for a in row["args"]]
     if row["area"] == "hf":
-        out = _run("salt_jax.hf.convert", args, cache_dir)
+        out = _run("salt_jax.hf", args, cache_dir)
     else:
         if "{teacher}" in " ".join(args):
             teacher = request.getfixturevalue("teacher_dir")

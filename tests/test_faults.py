@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from salt_jax.model import checkpoints
+from salt_jax.data import batches as batches_lib
 from salt_jax.data import store
 from salt_jax.train import optim
 from salt_jax.model import sharding
@@ -21,6 +22,7 @@ from salt_jax.train import loop
 from salt_jax.errors import UserError
 from salt_jax.train.metrics import read_metrics
 from salt_jax.model.transformer import Transformer
+from salt_jax.kd.objective import DenseLoss
 from salt_jax.train.step import CompiledSteps, Guard
 
 from conftest import REPO
@@ -96,8 +98,8 @@ def _steps(config, guard):
     tx, sched = optim.make_optimizer(config.optim, config.train.steps)
     _, shardings = state_lib.abstract_state(model, tx, config.data.seq_len, mesh)
     st = state_lib.create_state(model, tx, config.data.seq_len, mesh, config.seed)
-    steps = CompiledSteps(model, tx, sched, tok.pad_id, mesh, shardings, guard=guard)
-    return st, steps, store.Batches(cache.train, config.data.batch_size, 0)
+    steps = CompiledSteps(model, tx, sched, tok.pad_id, mesh, shardings, DenseLoss(), guard)
+    return st, steps, batches_lib.Batches(cache.train, config.data.batch_size, 0)
 
 
 def test_a_skipped_step_leaves_parameters_and_optimizer_untouched(tiny_config):

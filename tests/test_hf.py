@@ -20,7 +20,9 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-from salt_jax.hf import convert
+from salt_jax.hf import convert, families
+from salt_jax.hf import files as hf_files
+from salt_jax.kd import teacher as teacher_lib
 from salt_jax.model import sharding
 from salt_jax.errors import UserError
 from salt_jax.model.transformer import Transformer
@@ -128,7 +130,7 @@ def test_imported_logits_equal_transformers(hf_dirs, name):
 
 
 def test_family_options_are_set(hf_dirs):
-    cfgs = {name: convert.model_config_from_hf(convert.read_hf_config(d)) for name, (d, _) in hf_dirs.items()}
+    cfgs = {name: families.model_config_from_hf(hf_files.read_hf_config(d)) for name, (d, _) in hf_dirs.items()}
     assert cfgs["llama"].n_kv_heads == 2 and cfgs["llama"].rope_base == 5000.0 and cfgs["llama"].qkv_bias
     assert cfgs["llama_tied"].tie_embeddings and not cfgs["llama"].tie_embeddings
     assert cfgs["qwen2"].qkv_bias and not cfgs["qwen2"].o_bias
@@ -146,7 +148,7 @@ def test_import_places_parameters_in_their_shardings(hf_dirs):
     from jax.sharding import PartitionSpec as P
 
     directory, model = hf_dirs["qwen3"]
-    cfg = convert.model_config_from_hf(convert.read_hf_config(directory))
+    cfg = families.model_config_from_hf(hf_files.read_hf_config(directory))
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 4, "tensor": 2}))
     boxed = convert._abstract_params(cfg)
     shardings = sharding.shardings_for(boxed, mesh)
@@ -267,7 +269,8 @@ def hf_teacher(tmp_path_factory):
 
 
 def test_salt_run_with_an_hf_teacher_then_export(hf_teacher, tiny_config, tmp_path):
-    from salt_jax.data import store
+    from salt_jax.data import batches as batches_lib
+from salt_jax.data import store
     from salt_jax.train import loop
     from salt_jax.config import set_method
     from salt_jax.train.metrics import read_metrics
@@ -294,7 +297,7 @@ def test_salt_run_with_an_hf_teacher_then_export(hf_teacher, tiny_config, tmp_pa
 
     # the teacher the run used computes transformers' loss on the run's own batch
     cache, _ = store.build_cache(c.data)
-    tokens = store.Batches(cache.train, c.data.batch_size, c.data.seed).numpy(0)
+    tokens = batches_lib.Batches(cache.train, c.data.batch_size, c.data.seed).numpy(0)
     mesh = sharding.make_mesh(c.mesh)
     teacher = load_teacher(c.salt, c.model, tok.fingerprint(), mesh)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
@@ -339,7 +342,7 @@ def test_imported_checkpoint_is_a_teacher_and_names_its_tokenizer(hf_teacher, tm
     assert out.returncode == 0, out.stderr
     c = base_config("test-tiny")
     c.salt.method, c.salt.teacher = "salt", str(tmp_path / "imported")
-    convert.adopt_teacher_vocabulary(c)
+    teacher_lib.adopt_teacher_vocabulary(c)
     assert c.data.tokenizer.hf_dir == str(tmp_path / "imported" / "hf_tokenizer") and c.model.vocab_size == 288
     from salt_jax.data.tokenizer import HFTokenizer
 
@@ -351,7 +354,7 @@ def test_imported_checkpoint_is_a_teacher_and_names_its_tokenizer(hf_teacher, tm
                                _torch_logits(torch_teacher, tokens), atol=ATOL, rtol=RTOL)
     c.model.vocab_size = 300  # set by the user and different: refused with the number to use
     with pytest.raises(UserError, match=r"config.model.vocab_size=300: .* set config.model.vocab_size=288"):
-        convert.adopt_teacher_vocabulary(c)
+        teacher_lib.adopt_teacher_vocabulary(c)
 
 
 def test_sharded_bfloat16_checkpoints_import_and_export(tmp_path):

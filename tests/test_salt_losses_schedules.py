@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from salt_jax.kd import losses
-from salt_jax.kd import schedules
+from salt_jax.kd import losses, schedules, selection
+from salt_jax.kd.chunked_loss import LossOptions, chunked_loss
 from salt_jax.config import base_config, set_method
 from salt_jax.train.state import initial_kd_state
 from salt_jax.train.step import _adaptive_update
@@ -70,30 +70,73 @@ def _salt(variant, steps=1000, **kw):
     return c.salt
 
 
+def _phase(salt, steps=1000, batch=16):
+    return schedules.KDPhase.from_config(salt, steps, batch)
+
+
 def test_schedules_at_boundaries():
     w0 = 0.5
-    assert float(schedules.kd_weight_schedule(_salt("baseline"), 1000)(0)) == 0.0
-    rkd = schedules.kd_weight_schedule(_salt("rkd"), 1000)
-    assert [float(rkd(s)) for s in (0, 999)] == [w0, w0]
-    assert schedules.kd_end_step(_salt("rkd"), 1000) == 1000
+    base = _phase(_salt("baseline"))
+    assert float(base.weight(0)) == 0.0 and base.end == 0 and not base.active(0)
+    rkd = _phase(_salt("rkd"))
+    assert [float(rkd.weight(s)) for s in (0, 999)] == [w0, w0]
+    assert rkd.end == 1000 and rkd.active(999)
 
-    step = _salt("salt", kd_steps=170)
-    w = schedules.kd_weight_schedule(step, 1000)
-    assert [float(w(s)) for s in (0, 169, 170, 171)] == [w0, w0, 0.0, 0.0]
-    assert schedules.kd_end_step(step, 1000) == 170
+    step = _phase(_salt("salt", kd_steps=170))
+    assert [float(step.weight(s)) for s in (0, 169, 170, 171)] == [w0, w0, 0.0, 0.0]
+    assert step.end == 170 and step.active(169) and not step.active(170)
     # default n_KD: 17.5% of the run
-    assert schedules.kd_steps(_salt("salt"), 1000) == 175
+    assert schedules.kd_steps(_salt("salt"), 1000) == 175 and _phase(_salt("salt")).n_kd == 175
 
-    lin = _salt("salt-linear", kd_steps=100, transition_steps=40)
-    w = schedules.kd_weight_schedule(lin, 1000)
-    assert [float(w(s)) for s in (99, 100, 110, 120, 140, 141)] == pytest.approx([w0, w0, 0.375, 0.25, 0.0, 0.0])
-    assert schedules.kd_end_step(lin, 1000) == 140
+    lin = _phase(_salt("salt-linear", kd_steps=100, transition_steps=40))
+    assert [float(lin.weight(s)) for s in (99, 100, 110, 120, 140, 141)] == pytest.approx(
+        [w0, w0, 0.375, 0.25, 0.0, 0.0])
+    assert lin.end == 140
 
-    ratio = _salt("salt-ratio", kd_steps=100, transition_steps=40)
-    w, share = schedules.kd_weight_schedule(ratio, 1000), schedules.kd_share_schedule(ratio, 1000)
-    assert [float(w(s)) for s in (0, 139, 140)] == [w0, w0, 0.0]
-    assert [float(share(s)) for s in (99, 100, 110, 130, 140)] == pytest.approx([1.0, 1.0, 0.75, 0.25, 0.0])
-    assert schedules.kd_end_step(ratio, 1000) == 140
+    ratio = _phase(_salt("salt-ratio", kd_steps=100, transition_steps=40), batch=16)
+    assert [float(ratio.weight(s)) for s in (0, 139, 140)] == [w0, w0, 0.0]
+    assert [float(ratio.share(s)) for s in (99, 100, 110, 130, 140)] == pytest.approx([1.0, 1.0, 0.75, 0.25, 0.0])
+    # the teacher stops with the last step that has a KD row: round(16 * 0.05) = 1 at step 138, 0.4 -> 0 at 139
+    assert [int(schedules.kd_rows(ratio.share, s, 16)) for s in (136, 138, 139)] == [2, 1, 0]
+    assert ratio.end == 139
+
+
+def test_a_kd_phase_of_zero_steps_never_loads_the_teacher():
+    """n_KD = 0: no step runs the teacher, so no teacher is loaded and SALT_DS scores nothing."""
+    for variant in ("salt", "salt_ds"):
+        phase = _phase(_salt(variant, kd_steps=0))
+        assert phase.end == 0 and not phase.active(0) and phase.kind.teacher
+
+
+def test_the_adaptive_switch_moves_the_end_earlier():
+    phase = _phase(_salt("salt-adaptive", adaptive_max_steps=600))
+    assert phase.adaptive and phase.end == 600
+    phase.switched_at(321)
+    assert phase.end == 321 and not phase.active(321) and phase.active(320)
+    assert _phase(_salt("salt-adaptive", adaptive_max_steps=600), batch=16).end == 600
+    resumed = schedules.KDPhase.from_config(_salt("salt-adaptive", adaptive_max_steps=600), 1000, 16,
+                                            switch_step=250)
+    assert resumed.end == 250
+
+
+def test_one_top_k_rule_for_ties_in_token_selection_and_salt_ds():
+    """Entries tied with the target count in its favour: with logits [3, 2, 2, 1] the target at index 2
+    is in the top-2 (one entry is strictly larger), though lax.top_k's index order would drop it."""
+    logits = jnp.array([[[3.0, 2.0, 2.0, 1.0]]])
+    target = jnp.array([[2]])
+    assert int(losses.target_rank(logits, target)[0, 0]) == 1
+    assert losses.teacher_selection(logits, target, "topk", k=2).tolist() == [[True]]
+    assert losses.teacher_selection(logits, target, "topk", k=1).tolist() == [[False]]
+    scores = selection.sequence_scores(logits, target, jnp.ones((1, 1)), k=2)
+    assert float(scores["topk_fraction"][0]) == 1.0
+    assert float(selection.sequence_scores(logits, target, jnp.ones((1, 1)), k=1)["topk_fraction"][0]) == 0.0
+    # the chunked loss selects the same tokens: KD applies at the tied target for k=2, not for k=1
+    h = jnp.eye(4)[None, :1]  # hidden = e_0, so logits = the first row of the projection
+    w_t = jnp.array([[3.0, 2.0, 2.0, 1.0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    for k, want in ((2, 1.0), (1, 0.0)):
+        opts = LossOptions(chunk=1, token_select="topk", token_select_k=k)
+        stats = chunked_loss(h, w_t, target, jnp.ones((1, 1)), opts, h, w_t, jnp.full((1, 1), 0.5))
+        assert float(stats["kd_tokens"]) == want
 
 
 def test_adaptive_switch_fires_when_the_student_overtakes():

@@ -1,5 +1,6 @@
 """The fused KD step, the phase switch, the teacher's isolation, resume across the switch."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import optax
 import pytest
 
 from salt_jax.model import checkpoints
+from salt_jax.data import batches as batches_lib
 from salt_jax.data import store
 from salt_jax.train import optim
 from salt_jax.kd import schedules
@@ -24,7 +26,9 @@ from salt_jax.train.metrics import read_metrics
 from salt_jax.model.transformer import Transformer
 from salt_jax.model.flops import flops_per_token
 from salt_jax.kd.teacher import load_teacher
-from salt_jax.train.step import CompiledSteps, make_kd_train_step, make_train_step
+from salt_jax.kd.objective import ChunkedLoss, DenseLoss
+from salt_jax.kd.schedules import KDPhase
+from salt_jax.train.step import CompiledSteps, make_objective, make_train_step
 
 from conftest import REPO
 
@@ -46,32 +50,40 @@ def _pieces(config, mesh=None):
     tx, sched = optim.make_optimizer(config.optim, config.train.steps)
     _, shardings = state_lib.abstract_state(model, tx, config.data.seq_len, mesh)
     st = state_lib.create_state(model, tx, config.data.seq_len, mesh, config.seed)
-    batches = store.Batches(cache.train, config.data.batch_size, 0)
+    batches = batches_lib.Batches(cache.train, config.data.batch_size, 0)
     return mesh, teacher, model, tx, sched, shardings, st, batches
 
 
+def _phase(config, weight=None) -> KDPhase:
+    phase = KDPhase.from_config(config.salt, config.train.steps, config.data.batch_size)
+    return phase if weight is None else dataclasses.replace(phase, weight=weight)
+
+
 def _kd_step(config, model, teacher, tx, sched, weight=None):
-    salt = config.salt
-    return make_kd_train_step(model, teacher.model, tx, sched, 0, salt,
-                              weight or schedules.kd_weight_schedule(salt, config.train.steps),
-                              schedules.kd_share_schedule(salt, config.train.steps))
+    return make_train_step(model, tx, sched, 0, DenseLoss(config.salt), teacher_model=teacher.model,
+                           phase=_phase(config, weight))
+
+
+def _objective(config, model, teacher, loss=None):
+    """The SALT step's objective (params, teacher_params, state, tokens) -> (loss, sums)."""
+    return make_objective(model, loss or DenseLoss(config.salt), 0, teacher_model=teacher.model,
+                          phase=_phase(config))
 
 
 def test_no_gradient_reaches_the_teacher_and_it_never_changes(student_config):
     mesh, teacher, model, tx, sched, shardings, st, batches = _pieces(student_config)
-    kd_step = _kd_step(student_config, model, teacher, tx, sched)
+    objective = _objective(student_config, model, teacher)
     tokens = batches.numpy(0)
-    g = jax.jit(jax.grad(kd_step.loss, argnums=1, has_aux=True))(st.params, teacher.params, st, tokens)[0]
+    g = jax.jit(jax.grad(objective, argnums=1, has_aux=True))(st.params, teacher.params, st, tokens)[0]
     assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(g))
-    g_student = jax.jit(jax.grad(kd_step.loss, has_aux=True))(st.params, teacher.params, st, tokens)[0]
+    g_student = jax.jit(jax.grad(objective, has_aux=True))(st.params, teacher.params, st, tokens)[0]
     assert optax.tree.norm(g_student) > 0
 
     before = jax.device_get(teacher.params)
-    steps = CompiledSteps(model, tx, sched, 0, mesh, shardings, teacher=teacher, salt=student_config.salt,
-                          kd_weight=schedules.kd_weight_schedule(student_config.salt, 12),
-                          kd_share=schedules.kd_share_schedule(student_config.salt, 12))
+    steps = CompiledSteps(model, tx, sched, 0, mesh, shardings, DenseLoss(student_config.salt), teacher=teacher,
+                          phase=_phase(student_config))
     for s in range(8):
-        st, m = steps.kd_train(st, jax.device_put(batches.numpy(s), steps.batch_sharding), teacher.params)
+        st, m = steps.train(st, jax.device_put(batches.numpy(s), steps.batch_sharding), teacher.params)
     jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(teacher.params))
     assert float(m["kd_sum"]) > 0 and float(m["teacher_ntp_sum"]) > 0
 
@@ -81,7 +93,7 @@ def test_kd_step_with_zero_weight_equals_the_baseline_step(student_config):
     tokens = batches.numpy(0)
     zero = _kd_step(student_config, model, teacher, tx, sched, weight=optax.constant_schedule(0.0))
     kd_state, kd_m = jax.jit(zero)(st, tokens, teacher.params)
-    base_state, base_m = jax.jit(make_train_step(model, tx, sched, 0))(st, tokens)
+    base_state, base_m = jax.jit(make_train_step(model, tx, sched, 0, DenseLoss()))(st, tokens)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9),
                  jax.device_get(kd_state.params), jax.device_get(base_state.params))
     assert float(kd_m["loss"]) == pytest.approx(float(base_m["loss"]), rel=1e-6)
@@ -110,13 +122,11 @@ def test_chunked_kd_step_equals_the_dense_step(student_config):
     c.salt.kd_loss, c.salt.temperature, c.salt.token_select, c.salt.token_select_k = "reverse_kl", 2.0, "topk", 3
     _, teacher, model, tx, sched, _, st, batches = _pieces(c)
     tokens = batches.numpy(2)
-    salt, steps = c.salt, c.train.steps
     opts = LossOptions(chunk=5, temperature=2.0, kd_loss="reverse_kl", token_select="topk", token_select_k=3)
-    chunked = make_kd_train_step(model, teacher.model, tx, sched, 0, salt, schedules.kd_weight_schedule(salt, steps),
-                                 schedules.kd_share_schedule(salt, steps), loss_opts=opts)
-    dense = _kd_step(c, model, teacher, tx, sched)
-    (lc, mc), gc = jax.jit(jax.value_and_grad(chunked.loss, has_aux=True))(st.params, teacher.params, st, tokens)
-    (ld, md), gd = jax.jit(jax.value_and_grad(dense.loss, has_aux=True))(st.params, teacher.params, st, tokens)
+    chunked = _objective(c, model, teacher, ChunkedLoss(opts))
+    dense = _objective(c, model, teacher)
+    (lc, mc), gc = jax.jit(jax.value_and_grad(chunked, has_aux=True))(st.params, teacher.params, st, tokens)
+    (ld, md), gd = jax.jit(jax.value_and_grad(dense, has_aux=True))(st.params, teacher.params, st, tokens)
     assert float(lc) == pytest.approx(float(ld), rel=1e-6)
     for key in ("ntp_sum", "kd_sum", "kd_tokens", "teacher_ntp_sum", "correct"):
         assert float(mc[key]) == pytest.approx(float(md[key]), rel=1e-5), key
@@ -140,12 +150,11 @@ def test_teacher_held_in_bfloat16(student_config):
 
 def test_phase_two_step_contains_no_teacher(student_config):
     mesh, teacher, model, tx, sched, shardings, st, batches = _pieces(student_config)
-    steps = CompiledSteps(model, tx, sched, 0, mesh, shardings, teacher=teacher, salt=student_config.salt,
-                          kd_weight=schedules.kd_weight_schedule(student_config.salt, 12),
-                          kd_share=schedules.kd_share_schedule(student_config.salt, 12))
+    steps = CompiledSteps(model, tx, sched, 0, mesh, shardings, DenseLoss(student_config.salt), teacher=teacher,
+                          phase=_phase(student_config))
     tokens = jax.device_put(batches.numpy(0), steps.batch_sharding)
-    plain = steps.lower_train(st, tokens).compile()
-    fused = steps.lower_kd_train(st, tokens, teacher.params).compile()
+    plain = steps.lower(st, tokens).compile()
+    fused = steps.lower(st, tokens, teacher.params).compile()
     n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
     teacher_forward = flops_per_token(teacher.config, tokens.shape[1] - 1) * n_tokens / mesh.size
     extra = fused.cost_analysis()["flops"] - plain.cost_analysis()["flops"]  # per device (SPMD program)

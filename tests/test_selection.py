@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from salt_jax.data import batches as batches_lib
 from salt_jax.data import store
 from salt_jax.kd import selection
 from salt_jax.model import sharding
@@ -111,13 +112,13 @@ def _ds_config(tiny_config, teacher_dir):  # noqa: F811
 def test_salt_ds_kd_batches_come_only_from_the_selection(tiny_config, teacher_dir, tmp_path, monkeypatch):  # noqa: F811
     c = _ds_config(tiny_config, teacher_dir)
     seen = []
-    original = store.Batches.device
+    original = batches_lib.Batches.device
 
     def recording(self, step, sharding_):
         seen.append((step, self.rows is not None, set(self.indices(step).tolist())))
         return original(self, step, sharding_)
 
-    monkeypatch.setattr(store.Batches, "device", recording)
+    monkeypatch.setattr(batches_lib.Batches, "device", recording)
     loop.run(c, str(tmp_path / "run"))
     info = json.load(open(tmp_path / "run" / "selection.json"))
     assert info["pool"] == 6 * 8 * 2 and info["kept"] == 48  # auto pool: n_KD * batch / keep_fraction

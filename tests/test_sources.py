@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from salt_jax.data import files
+from salt_jax.data import documents, sources
 from salt_jax.data import store
 from salt_jax.data import tokenizer
 from salt_jax.config import base_config
@@ -70,9 +70,9 @@ def test_tfds_dataset_by_name_from_a_local_data_dir(tmp_path, reference):
     assert _documents(train) == _documents(reference[0])
     assert _documents(heldout) == _documents(reference[1])
     with pytest.raises(UserError, match="config.data.tfds_name='no_such_dataset_xyz': no such TFDS dataset"):
-        files.make_source(_cfg(tmp_path, "tfds", tfds_name="no_such_dataset_xyz", tfds_data_dir=data_dir))
+        sources.make_source(_cfg(tmp_path, "tfds", tfds_name="no_such_dataset_xyz", tfds_data_dir=data_dir))
     with pytest.raises(UserError, match="heldout_split='test'"):
-        files.make_source(_cfg(tmp_path, "tfds", tfds_name="salt_tiny_texts", tfds_data_dir=data_dir,
+        sources.make_source(_cfg(tmp_path, "tfds", tfds_name="salt_tiny_texts", tfds_data_dir=data_dir,
                                 heldout_split="test"))
 
 
@@ -97,7 +97,7 @@ def test_seqio_textline_task(tmp_path, reference):
     np.testing.assert_array_equal(train, reference[0])
     np.testing.assert_array_equal(heldout, reference[1])
     with pytest.raises(UserError, match="config.data.seqio_task='nope'"):
-        files.make_source(_cfg(tmp_path, "seqio", seqio_task="nope"))
+        sources.make_source(_cfg(tmp_path, "seqio", seqio_task="nope"))
 
 
 def test_arrayrecord_files_through_grain(tmp_path, reference):
@@ -125,7 +125,7 @@ def test_arrayrecord_files_through_grain(tmp_path, reference):
 def test_jsonl_text_source_gives_the_same_tokens(tmp_path, reference):
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "docs.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in TRAIN))
-    src = files.make_source(_cfg(tmp_path, "text", path=str(tmp_path / "train"), heldout_fraction=0.2))
+    src = sources.make_source(_cfg(tmp_path, "text", path=str(tmp_path / "train"), heldout_fraction=0.2))
     tok = tokenizer.ByteTokenizer()
     docs = list(src.documents("train")) + list(src.documents("heldout"))  # records are split one by one
     ids = np.concatenate([np.array(x + [tok.eos_id]) for x in tok.encode(docs)])
@@ -139,7 +139,7 @@ def test_seqio_sentencepiece_vocabulary_is_interchangeable_with_ours(tmp_path):
         (tmp_path / f"m{i}.py").write_text("\n".join(TRAIN) * 3)
     cfg = _cfg(tmp_path, "text", path=str(tmp_path / "*.py"))
     cfg.tokenizer.kind, cfg.tokenizer.vocab_size = "sentencepiece", 300
-    ours = tokenizer.make_tokenizer(cfg.tokenizer, files.make_source(cfg), cfg.cache_dir)
+    ours = tokenizer.make_tokenizer(cfg.tokenizer, sources.make_source(cfg), cfg.cache_dir)
     theirs = seqio.SentencePieceVocabulary(ours.model_file)
     text = TRAIN[3] + "\n  indented\n"
     assert list(theirs.encode(text)) == ours.encode([text])[0]

@@ -103,7 +103,7 @@ def train_line(records: list[dict], seconds: float, tokens_per_step: int, timed_
         "accuracy": total("correct") / tokens,
         "learning_rate": float(host[-1]["learning_rate"]),
         "grad_norm": float(np.mean(finite_norms)) if finite_norms else None,
-        "skipped_steps": int(sum(float(r["skipped"]) for r in host)),
+        "skipped_steps": int(sum(float(r.get("skipped", 0.0)) for r in host)),
         "tokens_per_sec": tokens_per_sec,
         "steps_per_sec": timed_steps / seconds if timed_steps else None,
     }
