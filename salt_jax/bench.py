@@ -39,7 +39,7 @@ from salt_jax.kd import chunked_loss, losses, objective
 from salt_jax.kd.schedules import KDPhase
 from salt_jax.kd.teacher import Teacher
 from salt_jax.model import flops, presets, sharding
-from salt_jax.model.flops import flops_per_token, param_count
+from salt_jax.model.flops import param_count
 from salt_jax.model.transformer import Transformer, abstract_params, dtype_of
 from salt_jax.train import optim
 from salt_jax.train import state as state_lib
@@ -129,8 +129,7 @@ def bench_steps(config, t_cfg, repeats: int) -> dict:
     _, base_times2 = timed(base_step, repeats)  # interleaved: guards against drift
     base_med, kd_med = statistics.median(base_times + base_times2), statistics.median(kd_times)
     n_s, n_t = param_count(config.model), param_count(t_cfg)
-    f_s, f_t = flops_per_token(config.model, seq), flops_per_token(t_cfg, seq)
-    peak = flops.peak_flops()
+    run = flops.RunFlops.of(config.model, seq, t_cfg, jax.device_count())
     tok = batch * seq
     return {
         "student_params": n_s, "teacher_params": n_t,
@@ -140,9 +139,9 @@ def bench_steps(config, t_cfg, repeats: int) -> dict:
         "flop_model_ratio_params": 1 + n_t / (3 * n_s),
         "flop_model_ratio": flops.kd_cost_ratio(config.model, t_cfg, seq),
         "baseline_tokens_per_s": tok / base_med, "kd_tokens_per_s": tok / kd_med,
-        "baseline_mfu": flops.mfu(tok / base_med, 3 * f_s, jax.device_count(), peak),
-        "kd_mfu_student": flops.mfu(tok / kd_med, 3 * f_s, jax.device_count(), peak),
-        "kd_mfu_with_teacher": flops.mfu(tok / kd_med, 3 * f_s + f_t, jax.device_count(), peak),
+        "baseline_mfu": run.throughput(tok / base_med, kd_share=0.0)["mfu"],
+        "kd_mfu_student": run.throughput(tok / kd_med, kd_share=1.0)["mfu"],
+        "kd_mfu_with_teacher": run.throughput(tok / kd_med, kd_share=1.0)["mfu_with_teacher"],
         "baseline_memory": mem_base, "kd_memory": mem_kd,
     }
 

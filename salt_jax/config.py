@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from salt_jax.model import presets
-from salt_jax.model.attention import IMPLEMENTATIONS
 from salt_jax.errors import UserError, check
 from salt_jax.kd import methods
+from salt_jax.model import presets
+from salt_jax.model.attention import IMPLEMENTATIONS
 from salt_jax.model.transformer import ACTIVATIONS, DTYPES, REMAT_POLICIES, option
 
 
@@ -26,7 +26,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # parameter-initialisation seed
 
-    c.model = presets.model_config(preset)  # the Transformer; see salt_jax/presets.py
+    c.model = presets.model_config(preset)  # the Transformer; see salt_jax/model/presets.py
 
     c.data = d = ml_collections.ConfigDict()
     d.source = "stdlib"  # stdlib (the running Python's standard library) | text (files / JSONL) | tfds | seqio | arrayrecord

@@ -13,9 +13,9 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from salt_jax.train import distributed
 from salt_jax.cli import fail, load_config, parse_flags, setup_logging
 from salt_jax.errors import UserError
+from salt_jax.train import distributed, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
@@ -27,8 +27,6 @@ def _main(argv) -> None:
     config = load_config(_CONFIG)
     if not _WORKDIR.value:
         fail("--workdir is required: the directory for checkpoints and metrics")
-    from salt_jax.train import loop
-
     try:
         distributed.initialize()
         summary = loop.run(config, _WORKDIR.value)

@@ -9,8 +9,7 @@ import pytest
 
 from salt_jax.kd import chunked_loss as cl
 from salt_jax.kd import losses
-from salt_jax.model import presets
-from salt_jax.model import flops
+from salt_jax.model import flops, presets
 from salt_jax.model.flops import flops_per_token
 
 B, T, D_S, D_T, V = 3, 11, 16, 12, 53
@@ -179,6 +178,21 @@ def test_flops_per_token_matches_a_hand_count_for_test_tiny():
     assert flops.train_flops_per_token(c, seq) == 3 * 57536
     t = presets.model_config("test-tiny-teacher")
     assert flops.train_flops_per_token(c, seq, t) == 3 * 57536 + flops_per_token(t, seq)
+
+
+def test_sliding_window_layers_count_only_the_keys_in_their_window():
+    """test-tiny with one local layer (window 8) and one global layer at seq 32: the local layer's
+    attention covers T*W - W^2/2 = 224 of the T^2/2 = 512 causal query-key pairs."""
+    c = presets.model_config("test-tiny")
+    seq, per_key = 32, 2 * 2 * 4 * 8  # QK^T + AV, 2 flops each, 4 heads x head_dim 8, per attended key
+    dense = flops_per_token(c, seq)
+    c.sliding_window, c.local_layers = 8, "LG"
+    assert flops_per_token(c, seq) == dense - per_key * (seq / 2) + per_key * (32 * 8 - 8 * 8 / 2) / seq
+    assert flops_per_token(c, seq) == 57536 - 128 * 16 + 128 * 7  # 16 keys per query -> 7
+    c.local_layers = ""  # every layer local
+    assert flops_per_token(c, seq) == 57536 - 2 * 128 * (16 - 7)
+    c.sliding_window = 64  # a window longer than the sequence changes nothing
+    assert flops_per_token(c, seq) == dense
 
 
 def test_mfu_on_a_synthetic_timing():

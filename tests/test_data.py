@@ -8,11 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from salt_jax.data import documents, sources
-from salt_jax.data import batches as batches_lib
-from salt_jax.data import store
-from salt_jax.data import tokenizer
 from salt_jax.config import base_config
+from salt_jax.data import batches as batches_lib
+from salt_jax.data import documents, sources, store, tokenizer
 from salt_jax.errors import UserError
 
 from conftest import REPO
@@ -124,8 +122,9 @@ def test_batch_indices_visit_every_row_once_per_epoch():
 
 _PRINT_BATCH = """
 import hashlib, os, sys
-from salt_jax.data import store
 from salt_jax.config import base_config
+from salt_jax.data import batches as batches_lib
+from salt_jax.data import store
 c = base_config().data
 c.max_files, c.seq_len, c.cache_dir = 60, 32, sys.argv[1]
 cache, _ = store.build_cache(c)

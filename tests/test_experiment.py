@@ -83,7 +83,7 @@ def test_rerun_skips_finished_runs_and_gives_the_same_results(experiment_dir, mo
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(train, "run", no_training)
+    monkeypatch.setattr(loop, "run", no_training)
     from ml_collections import config_flags  # noqa: F401
     from salt_jax.experiment import pipeline
     import importlib.util
@@ -138,3 +138,15 @@ def test_method_specs_with_several_overrides():
     assert (c.salt.method, c.salt.kd_steps, c.salt.kd_weight, c.seed, c.data.seed) == ("salt", 50, 0.8, 2, 2)
     with pytest.raises(UserError, match="salt.kd_steps=2.5"):
         pipeline.student_config(exp, "salt[kd_steps=2.5]", 0, "/t", 1e-3)
+
+
+def test_a_misspelled_method_is_refused_before_anything_trains(tmp_path):
+    import ml_collections
+
+    from salt_jax.errors import UserError
+    from salt_jax.experiment import pipeline
+
+    exp = ml_collections.ConfigDict(dict(methods="baseline,salty", seeds="0"))  # no teacher config: nothing can train
+    with pytest.raises(UserError, match="config.methods: unknown method 'salty'"):
+        pipeline.run_experiment(exp, str(tmp_path))
+    assert os.listdir(tmp_path) == []

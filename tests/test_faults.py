@@ -12,17 +12,15 @@ import numpy as np
 import optax
 import pytest
 
-from salt_jax.model import checkpoints
 from salt_jax.data import batches as batches_lib
 from salt_jax.data import store
-from salt_jax.train import optim
-from salt_jax.model import sharding
-from salt_jax.train import state as state_lib
-from salt_jax.train import loop
 from salt_jax.errors import UserError
-from salt_jax.train.metrics import read_metrics
-from salt_jax.model.transformer import Transformer
 from salt_jax.kd.objective import DenseLoss
+from salt_jax.model import checkpoints, sharding
+from salt_jax.model.transformer import Transformer
+from salt_jax.train import loop, optim
+from salt_jax.train import state as state_lib
+from salt_jax.train.metrics import read_metrics
 from salt_jax.train.step import CompiledSteps, Guard
 
 from conftest import REPO
@@ -147,7 +145,7 @@ def test_too_many_skips_in_a_row_stop_the_run(tiny_config, tmp_path):
 def test_preemption_grace_period_watchdog_exits_3(tmp_path):
     """A save that outlasts config.train.preemption_grace_s ends the process with status 3."""
     script = ("import os, signal, time\n"
-              "from salt_jax import faults\n"
+              "from salt_jax.train import faults\n"
               "with faults.Preemption(0.5) as p:\n"
               "    os.kill(os.getpid(), signal.SIGTERM)\n"
               "    assert p.should_stop(sync=True)\n"

@@ -20,13 +20,13 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
+from salt_jax.errors import UserError
 from salt_jax.hf import convert, families
 from salt_jax.hf import files as hf_files
 from salt_jax.kd import teacher as teacher_lib
 from salt_jax.model import sharding
-from salt_jax.errors import UserError
-from salt_jax.model.transformer import Transformer
 from salt_jax.model.flops import param_count
+from salt_jax.model.transformer import Transformer
 
 from conftest import REPO
 
@@ -270,7 +270,7 @@ def hf_teacher(tmp_path_factory):
 
 def test_salt_run_with_an_hf_teacher_then_export(hf_teacher, tiny_config, tmp_path):
     from salt_jax.data import batches as batches_lib
-from salt_jax.data import store
+    from salt_jax.data import store
     from salt_jax.train import loop
     from salt_jax.config import set_method
     from salt_jax.train.metrics import read_metrics
@@ -319,7 +319,7 @@ from salt_jax.data import store
     assert convert.export_hf(workdir, out) == "llama"
     assert os.path.isfile(os.path.join(out, "tokenizer.json"))
     loaded = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
-    from salt_jax.kd.teacher import resolve_checkpoint
+    from salt_jax.model.checkpoints import resolve_checkpoint
 
     root, step = resolve_checkpoint(workdir)
     params = convert._restore_params(root, step, c.model)

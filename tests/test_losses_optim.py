@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from salt_jax.kd import losses
-from salt_jax.train import optim
 from salt_jax.config import base_config
 from salt_jax.errors import UserError
+from salt_jax.kd import losses
+from salt_jax.train import optim
 
 from reference import next_token_ce
 

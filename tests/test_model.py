@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from salt_jax.model import presets
-from salt_jax.model.transformer import Transformer
 from salt_jax.model.flops import param_count
+from salt_jax.model.transformer import Transformer
 
 from reference import transformer_logits
 

@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from salt_jax.train import distributed
 from salt_jax.errors import UserError
+from salt_jax.train import distributed
 from salt_jax.train.metrics import read_metrics
 
 import salt_run

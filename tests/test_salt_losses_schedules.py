@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from salt_jax.config import base_config, set_method
 from salt_jax.kd import losses, schedules, selection
 from salt_jax.kd.chunked_loss import LossOptions, chunked_loss
-from salt_jax.config import base_config, set_method
 from salt_jax.train.state import initial_kd_state
 from salt_jax.train.step import _adaptive_update
 

@@ -12,22 +12,19 @@ import numpy as np
 import optax
 import pytest
 
-from salt_jax.model import checkpoints
+from salt_jax.config import set_method
 from salt_jax.data import batches as batches_lib
 from salt_jax.data import store
-from salt_jax.train import optim
-from salt_jax.kd import schedules
-from salt_jax.model import sharding
-from salt_jax.train import state as state_lib
-from salt_jax.train import loop
-from salt_jax.config import set_method
 from salt_jax.errors import UserError
-from salt_jax.train.metrics import read_metrics
-from salt_jax.model.transformer import Transformer
-from salt_jax.model.flops import flops_per_token
-from salt_jax.kd.teacher import load_teacher
 from salt_jax.kd.objective import ChunkedLoss, DenseLoss
 from salt_jax.kd.schedules import KDPhase
+from salt_jax.kd.teacher import load_teacher
+from salt_jax.model import checkpoints, sharding
+from salt_jax.model.flops import flops_per_token
+from salt_jax.model.transformer import Transformer
+from salt_jax.train import loop, optim
+from salt_jax.train import state as state_lib
+from salt_jax.train.metrics import read_metrics
 from salt_jax.train.step import CompiledSteps, make_objective, make_train_step
 
 from conftest import REPO

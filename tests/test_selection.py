@@ -1,5 +1,6 @@
 """SALT_DS: sequence scores against NumPy, selection rules, salt_ds batches, resumable scoring."""
 
+import copy
 import json
 import os
 import subprocess
@@ -10,14 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from salt_jax.config import set_method
 from salt_jax.data import batches as batches_lib
 from salt_jax.data import store
+from salt_jax.errors import UserError
 from salt_jax.kd import selection
+from salt_jax.kd.teacher import load_teacher
 from salt_jax.model import sharding
 from salt_jax.train import loop
-from salt_jax.config import set_method
-from salt_jax.errors import UserError
-from salt_jax.kd.teacher import load_teacher
 
 from conftest import REPO
 from reference import log_softmax
@@ -84,7 +85,7 @@ def test_select_obeys_fraction_band_and_excludes_empty():
 
 
 def test_select_is_identical_across_processes():
-    code = ("import numpy as np; from salt_jax import selection; s = np.random.default_rng(7).normal(size=500); "
+    code = ("import numpy as np; from salt_jax.kd import selection; s = np.random.default_rng(7).normal(size=500); "
             "s[::9] = np.nan; print(selection.select(s, 0.4, 5, 95, seed=11).tolist())")
     runs = [subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
             for _ in range(2)]
@@ -167,3 +168,19 @@ def test_interrupted_scoring_resumes_to_the_same_scores(tiny_config, teacher_dir
         np.testing.assert_array_equal(ref[name], again[name])
     assert float(again["seconds"]) > 0  # the time of both attempts is kept for the report
     assert not os.path.exists(final + ".partial.npz")
+
+
+def test_salt_ds_with_no_kd_steps_neither_loads_the_teacher_nor_scores(tiny_config, teacher_dir, tmp_path,
+                                                                       monkeypatch):  # noqa: F811
+    """n_KD = 0: every step is teacher-free, so nothing is scored (the auto pool would otherwise be the whole
+    split) and the run equals the baseline's step for step."""
+    c = _ds_config(tiny_config, teacher_dir)
+    c.salt.kd_steps, c.train.steps = 0, 4
+    monkeypatch.setattr(selection, "score_pool", lambda *a, **k: pytest.fail("scored a pool"))
+    from salt_jax.kd import teacher as teacher_lib
+    monkeypatch.setattr(teacher_lib, "load_teacher", lambda *a, **k: pytest.fail("loaded the teacher"))
+    summary = loop.run(c, str(tmp_path / "ds"))
+    assert summary["kd_phase_end"] == 0 and not os.path.exists(tmp_path / "ds" / "selection.json")
+    base = copy.deepcopy(c)
+    set_method(base, "baseline")
+    assert loop.run(base, str(tmp_path / "base"))["final_eval_loss"] == summary["final_eval_loss"]

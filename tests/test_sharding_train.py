@@ -8,16 +8,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from salt_jax.model import checkpoints
 from salt_jax.data import batches as batches_lib
 from salt_jax.data import store
-from salt_jax.train import optim
-from salt_jax.model import sharding
-from salt_jax.train import state as state_lib
-from salt_jax.train import loop
 from salt_jax.errors import UserError
-from salt_jax.model.transformer import Transformer
 from salt_jax.kd.objective import DenseLoss
+from salt_jax.model import checkpoints, sharding
+from salt_jax.model.transformer import Transformer
+from salt_jax.train import loop, optim
+from salt_jax.train import state as state_lib
 from salt_jax.train.step import CompiledSteps
 
 

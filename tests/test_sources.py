@@ -9,10 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from salt_jax.data import documents, sources
-from salt_jax.data import store
-from salt_jax.data import tokenizer
 from salt_jax.config import base_config
+from salt_jax.data import sources, store, tokenizer
 from salt_jax.errors import UserError
 
 TRAIN = [f"def f{i}(x):  # document {i} \u00e9\u00e8 " + "x * 2 + 1 " * (i % 5 + 1) for i in range(40)]

@@ -20,11 +20,13 @@ from flax import linen as nn
 
 from conftest import REPO
 from salt_jax.config import base_config, set_method
-from salt_jax.kd import objective, teacher as teacher_lib
+from salt_jax.kd import objective
+from salt_jax.kd import teacher as teacher_lib
 from salt_jax.kd.schedules import KDPhase
 from salt_jax.model import sharding
 from salt_jax.model.transformer import Transformer
-from salt_jax.train import optim, state as state_lib
+from salt_jax.train import optim
+from salt_jax.train import state as state_lib
 from salt_jax.train.step import CompiledSteps
 
 GOLDEN = json.load(open(os.path.join(REPO, "tests", "data", "step_golden.json")))

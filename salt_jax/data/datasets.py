@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import importlib
 import os
 from typing import Iterator
@@ -181,8 +182,6 @@ class ArrayRecordSource(_DatasetSource):
                 yield f, i, src[i]
 
     def _units(self, split: str) -> Iterator:
-        import json
-
         if self.paths["heldout"]:  # explicit held-out files
             records = (r for _, _, r in self._records(self.paths[split]))
         else:  # split the train files' records by a hash of (file, index)

@@ -131,7 +131,7 @@ def file_source(data_cfg: ml_collections.ConfigDict) -> FileSource:
     if not files:
         raise UserError(f"config.data: source {kind!r} has no files; check config.data.path")
     source = FileSource(kind, root, [os.path.abspath(f) for f in files], data_cfg.heldout_fraction,
-                        data_cfg.get("text_field", "text"), data_cfg.get("max_files", 0))
+                        data_cfg.text_field, data_cfg.max_files)
     if len(source.files) and not source.files["train"]:
         raise UserError(f"config.data: every file of source {kind!r} fell in the held-out split; "
                         "add files or lower config.data.heldout_fraction")

@@ -26,9 +26,18 @@ PAD_ID, EOS_ID, BOS_ID = 0, 1, 2
 
 
 class Tokenizer(Protocol):
-    vocab_size: int
-    pad_id: int
-    eos_id: int
+    """What the token store, the student and its teacher need of a tokenizer.
+
+    `encode` maps a batch of documents to id lists (no EOS: the store appends
+    `eos_id` after each document); `pad_id` marks padding, which the loss masks;
+    `vocab_size` bounds the ids (the model's vocab_size may be larger);
+    `fingerprint` identifies the vocabulary, keys the token store and must
+    match between a student and its teacher.
+    """
+
+    vocab_size: int  # ids are in [0, vocab_size)
+    pad_id: int  # padding id (masked in every loss)
+    eos_id: int  # appended after every document in the token store
 
     def encode(self, texts: list[str]) -> list[list[int]]: ...
 

@@ -21,6 +21,7 @@ import ml_collections
 from salt_jax.config import set_method
 from salt_jax.errors import UserError
 from salt_jax.experiment import report
+from salt_jax.kd import methods as kd_methods
 from salt_jax.kd import schedules
 from salt_jax.kd.teacher import read_record
 from salt_jax.model import checkpoints
@@ -154,8 +155,11 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
         raise UserError("config.methods must include 'baseline': every method is compared against it")
     if not seeds:
         raise UserError("config.seeds is empty; give at least one seed, e.g. '0'")
-    for spec in methods:
-        parse_method(spec)
+    for spec in methods:  # every name is checked before anything trains
+        name, _ = parse_method(spec)
+        if name not in kd_methods.VARIANTS:
+            raise UserError(f"config.methods: unknown method {name!r} in {spec!r}; use one of "
+                            f"{', '.join(kd_methods.VARIANTS)}")
 
     teacher_dir = os.path.abspath(exp.teacher_path) if exp.teacher_path else os.path.join(workdir, "teacher")
     if not exp.teacher_path:

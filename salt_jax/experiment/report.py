@@ -29,8 +29,8 @@ from typing import Iterable
 import ml_collections
 import numpy as np
 
-from salt_jax.train.metrics import read_metrics
 from salt_jax.model.flops import flops_per_token, train_flops_per_token
+from salt_jax.train.metrics import read_metrics
 
 FRACTIONS = (0.25, 0.5, 0.7, 1.0)
 

@@ -221,8 +221,16 @@ def _gpt2_to_hf(c) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    model_type: str
-    architecture: str
+    """One Hugging Face model family: its config mappings both ways and its tensor rules.
+
+    `from_hf(config.json dict)` gives salt_jax model fields, `to_hf(model config)`
+    the config.json fields; `hf_config_for` accepts a family for export only if
+    the round trip gives back the same model. `rules(cfg, ...)` lists the tensor
+    rules (salt_jax.hf.tensors) for a model of that config.
+    """
+
+    model_type: str  # config.json's model_type
+    architecture: str  # config.json's architectures[0] on export
     from_hf: Callable[[dict], dict]  # HF config.json -> salt_jax model fields
     to_hf: Callable[[Any], dict]  # salt_jax model config -> HF config.json fields
     rules: Callable[..., list[Rule]]

@@ -3,7 +3,7 @@
 `KDPhase.from_config` resolves config.salt against the run's length once and
 holds everything the step and the loop ask about KD. w and the share are optax
 schedules (callables of the step), evaluated in-graph from the step counter.
-See salt-method.md:
+Per method (Rawat et al. 2024 for salt and rkd; the rest are ours):
 
     baseline / teacher   w = 0; no teacher
     rkd                  w = w0 for the whole run

@@ -1,6 +1,6 @@
 """SALT_DS: the teacher scores training sequences; the KD phase trains on the chosen ones.
 
-For a sequence with targets y_t and teacher logits z_t (salt-method.md):
+For a sequence with targets y_t and teacher logits z_t (Rawat et al. 2024, SALT_DS):
 
     l_t      = -log softmax(z_t)[y_t]                     the teacher's per-token loss
     K        = { t : y_t is among the teacher's top-k }   "learnable" tokens

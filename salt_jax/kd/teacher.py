@@ -97,7 +97,7 @@ def checkpoint_fingerprint(ckpt_dir: str) -> str:
 def held_config(cfg: ml_collections.ConfigDict, salt_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The teacher's model config as it is held: a frozen teacher needs no float32 master copy, so
     config.salt.teacher_dtype (e.g. bfloat16) sets its parameter and compute dtype."""
-    if salt_cfg.get("teacher_dtype", ""):
+    if salt_cfg.teacher_dtype:
         cfg.param_dtype = cfg.dtype = salt_cfg.teacher_dtype
     return cfg
 

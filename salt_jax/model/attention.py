@@ -21,6 +21,8 @@ import logging
 import jax
 import jax.numpy as jnp
 
+from salt_jax.model.sharding import BATCH_AXES  # the mesh axes the batch is split over
+
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 
 
@@ -97,7 +99,6 @@ def _splash(q, k, v, scale, window):
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return rows(q, k, v)
-    from salt_jax.model.sharding import BATCH_AXES  # the mesh axes the batch is split over
     spec = jax.sharding.PartitionSpec(BATCH_AXES)
     return jax.shard_map(rows, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
 

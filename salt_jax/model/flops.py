@@ -9,7 +9,7 @@ step adds the frozen teacher's forward once:
     step FLOPs / token = 3 F_S + F_T
 
 so the KD/baseline cost ratio is 1 + F_T / (3 F_S) ~ 1 + N_T / (3 N_S), the
-FLOP model of docs/salt-method.md. Remat recomputation is not counted (MFU,
+FLOP model of SALT (Rawat et al. 2024). Remat recomputation is not counted (MFU,
 not hardware FLOP utilisation).
 
 MFU = achieved model FLOP/s / (devices x peak FLOP/s per device). Peaks are

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from salt_jax.errors import UserError
+from salt_jax.model.flops import param_count
+
 # name -> (vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim, mlp_dim, max_len, tie_embeddings)
 _SIZES = {
     # Compile in seconds on CPU; used by the tests.
@@ -41,7 +44,6 @@ PRESETS = tuple(_SIZES)
 def model_config(name: str) -> ml_collections.ConfigDict:
     """The model config of a named preset (a fresh, mutable ConfigDict)."""
     if name not in _SIZES:
-        from salt_jax.errors import UserError
 
         raise UserError(f"config.model.preset: unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     v, d, n_layers, h, kv, hd, f, max_len, tie = _SIZES[name]
@@ -85,8 +87,6 @@ def model_config(name: str) -> ml_collections.ConfigDict:
 
 def main() -> None:
     """Prints the preset table (markdown) with counts computed by the code."""
-    from salt_jax.model.flops import param_count
-
     print("| preset | vocab | d_model | layers | heads (kv) | head_dim | mlp_dim | tied | parameters |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in PRESETS:
