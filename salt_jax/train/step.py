@@ -122,7 +122,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_sched
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, kd=kd_state)
         return _guarded(state, new_state, metrics, guard)
 
-    if teacher_model is None:
+    if teacher_model is None:  # the teacher-free program takes no teacher argument (nothing to shard or donate)
         return lambda state, tokens: step(state, tokens)
     return step
 
@@ -178,18 +178,18 @@ class CompiledSteps:
                                      in_shardings=(state_shardings, self.batch_sharding, teacher.shardings),
                                      out_shardings=(state_shardings, rep), donate_argnums=0)
 
-    def _program(self, teacher_params):
-        return self._train if teacher_params is None else self._kd_train
-
     def train(self, state, tokens, teacher_params=None):
         with sharding.on_mesh(self.mesh):
-            return self._program(teacher_params)(state, tokens, *(() if teacher_params is None else (teacher_params,)))
+            if teacher_params is None:
+                return self._train(state, tokens)
+            return self._kd_train(state, tokens, teacher_params)
 
     def lower(self, state, tokens, teacher_params=None):
         """The lowered train step (the SALT step when `teacher_params` is given), to inspect its cost."""
         with sharding.on_mesh(self.mesh):
-            return self._program(teacher_params).lower(state, tokens,
-                                                       *(() if teacher_params is None else (teacher_params,)))
+            if teacher_params is None:
+                return self._train.lower(state, tokens)
+            return self._kd_train.lower(state, tokens, teacher_params)
 
     def eval(self, params, tokens):
         with sharding.on_mesh(self.mesh):
