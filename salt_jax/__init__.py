@@ -11,5 +11,6 @@ The subpackages follow the data flow, and imports point only down this list:
     experiment/  the comparison pipeline and its report
 
 errors.py (UserError) is shared by all. Entry points: `python -m salt_jax.main`
-(one run), `salt_jax.experiment`, `salt_jax.hf` and `salt_jax.bench`.
+(one run), `salt_jax.experiment`, `salt_jax.hf`, `salt_jax.prepare` (the token store ahead
+of training) and `salt_jax.bench`.
 """

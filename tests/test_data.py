@@ -38,7 +38,7 @@ def test_packing_rows_are_the_eos_separated_stream(tmp_path):
     want = []
     for doc in src.documents("train"):
         want += [b + 3 for b in doc.encode()] + [tokenizer.EOS_ID]
-    np.testing.assert_array_equal(np.asarray(cache.train.stream), want)
+    np.testing.assert_array_equal(cache.train.tokens(), want)
     rows = cache.train.rows(np.arange(cache.train.n_rows))
     assert cache.train.n_rows == (len(want) - 1) // 8
     np.testing.assert_array_equal(rows[3], want[24:33])  # row i = stream[8i : 8i + 9]

@@ -27,7 +27,7 @@ def _cfg(tmp_path, source, **kw):
 
 def _train_stream(cfg):
     cache, _ = store.build_cache(cfg)
-    return np.asarray(cache.train.stream), np.asarray(cache.heldout.stream)
+    return cache.train.tokens(), cache.heldout.tokens()
 
 
 def _documents(stream):

@@ -5,7 +5,7 @@
     datasets.py   dataset sources: TFDS, seqio, ArrayRecord (TensorFlow / seqio / grain imported lazily)
     sources.py    config.data.source -> a Source
     tokenizer.py  byte, SentencePiece and Hugging Face tokenizers
-    store.py      the token store: each split tokenized once into a memory-mapped stream
+    store.py      the token store: each split tokenized once (in parallel, resumably) into memory-mapped shards
     batches.py    the batch of step s as a pure function of (store, seed, s); the held-out set
 
 Imports only salt_jax.errors: data is the bottom stage.

@@ -49,8 +49,8 @@ class Source:
     """A text source: `fingerprint()` keys the caches, `documents(split)` yields its documents.
 
     Subclasses implement `_units(split)` (the read units of a split, in a fixed
-    order) and `_texts(unit, split)` (the documents of one unit; raising
-    UnicodeDecodeError skips the unit, counted as undecodable).
+    order) and `_texts(unit, split)` (the documents of one unit, possibly
+    streamed; UnicodeDecodeError ends the unit there, counted as undecodable).
     """
 
     kind = ""
@@ -69,8 +69,8 @@ class Source:
         for unit in self._units(split):
             stats.files += 1
             try:
-                texts = list(self._texts(unit, split))
+                for text in self._texts(unit, split):  # lazily: a unit may hold many documents
+                    if stats.keep(text):
+                        yield text
             except UnicodeDecodeError:
                 stats.skipped_undecodable += 1
-                continue
-            yield from filter(stats.keep, texts)

@@ -80,23 +80,31 @@ class FileSource(Source):
                 h.update(f"{split}:{os.path.relpath(f, self.root)}:{os.path.getsize(f)}\n".encode())
         return h.hexdigest()[:16]
 
+    def total_chars(self, split: str) -> int:
+        """Bytes of the split's files: the size of the text to tokenize, for the build's ETA."""
+        return sum(os.path.getsize(f) for f in self.files[split])
+
     def _units(self, split: str) -> list[str]:
         return self.files[split]
 
     def _texts(self, path: str, split: str) -> Iterator[str]:
         try:
-            with open(path, "rb") as fh:
-                raw = fh.read()
+            if not path.endswith(".jsonl"):
+                with open(path, "rb") as fh:
+                    return iter([fh.read().decode("utf-8")])
+            return self._records(open(path, "rb"), path, split)
         except OSError as e:
             raise UserError(f"{path}: cannot read ({e.strerror}); fix its permissions or remove it") from None
-        return self._split_docs(raw.decode("utf-8"), path, split)
 
-    def _split_docs(self, text: str, path: str, split: str) -> Iterator[str]:
-        if not path.endswith(".jsonl"):
-            yield text
-            return
+    def _records(self, fh, path: str, split: str) -> Iterator[str]:
+        """A JSONL file's texts of `split`, streamed line by line (a file of any size in constant memory).
+        A line that is not UTF-8 ends the file there (counted as one undecodable file)."""
         rel = os.path.relpath(path, self.root)
-        for lineno, line in enumerate(text.splitlines(), 1):
+        with fh:
+            yield from self._parse(((n, raw.decode("utf-8")) for n, raw in enumerate(fh, 1)), path, rel, split)
+
+    def _parse(self, lines, path: str, rel: str, split: str) -> Iterator[str]:
+        for lineno, line in lines:
             if not line.strip() or in_heldout(f"{rel}:{lineno}", self.fraction) != (split == "heldout"):
                 continue
             try:

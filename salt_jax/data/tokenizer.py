@@ -75,13 +75,14 @@ class SentencePieceTokenizer:
             raise UserError(f"{model_file}: not a readable SentencePiece model ({e}); "
                             "delete it to retrain, or point config.data.tokenizer.model_file elsewhere") from None
         self.model_file = model_file
+        self.threads = None  # encode threads; None = SentencePiece's default (all cores); 1 in a store worker
         self.vocab_size = self.sp.get_piece_size()
         self.pad_id, self.eos_id = self.sp.pad_id(), self.sp.eos_id()
         with open(model_file, "rb") as fh:
             self._fp = "sp-" + hashlib.sha256(fh.read()).hexdigest()[:16]
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        return self.sp.encode(texts)
+        return self.sp.encode(texts, num_threads=self.threads)
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.decode([int(i) for i in ids if int(i) not in (self.pad_id, self.eos_id)])

@@ -1,0 +1,139 @@
+"""Token-store benchmark: build throughput and its scaling with workers, peak memory vs corpus size, loader rate.
+
+    python scripts/bench_store.py [--out=DIR] [--sizes_mb=100,400] [--workers=1,2]
+
+Writes synthetic JSONL corpora (Zipf-distributed words of a fixed pseudo-language,
+so SentencePiece has real work), then for each (size, workers) runs
+`python -m salt_jax.prepare` in a fresh process and records wall time, tokens
+and the peak RSS of the largest process (the builder, or a worker). The
+SentencePiece tokenizer is trained once, on the smallest corpus, and reused.
+Finally it times the step-indexed loader (`Batches.numpy`) at seq 2048 and
+compares it with the tokens per second the paper's 2.8B student consumes on
+one TPU v5p host at 50% MFU (salt_jax.model.flops). Prints a table and writes
+DIR/bench_store.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from salt_jax.config import base_config  # noqa: E402
+from salt_jax.data import batches, store  # noqa: E402
+from salt_jax.model import flops, presets  # noqa: E402
+
+
+def write_corpus(path: str, mb: int, seed: int = 0) -> None:
+    """`mb` MB of JSONL records of ~2 KB each: Zipf-distributed words of a 20K-word pseudo-language."""
+    if os.path.exists(path) and os.path.getsize(path) >= mb * 1e6:
+        return
+    rng = np.random.default_rng(seed)
+    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]  # a pseudo-language: 70 syllables
+    words = np.array(sorted({"".join(rng.choice(syllables, rng.integers(1, 4))) for _ in range(30000)}))[:20000]
+    p = 1.0 / np.arange(1, len(words) + 1)
+    p /= p.sum()
+    with open(path + ".tmp", "w") as fh:
+        written = 0
+        while written < mb * 1e6:
+            for line in (" ".join(words[rng.choice(len(words), 300, p=p)]) for _ in range(1000)):
+                rec = json.dumps({"text": line}) + "\n"
+                fh.write(rec)
+                written += len(rec)
+    os.replace(path + ".tmp", path)
+
+
+def build(corpus: str, cache: str, workers: int, model_file: str) -> dict:
+    """One prepare run in a fresh process: wall seconds, tokens, peak RSS (MB) of its largest process."""
+    args = [sys.executable, "-m", "salt_jax.prepare", "--config=configs/test_tiny.py",
+            "--config.data.source=text", f"--config.data.path={corpus}", f"--config.data.cache_dir={cache}",
+            "--config.data.tokenizer.kind=sentencepiece", f"--config.data.tokenizer.model_file={model_file}",
+            "--config.data.max_files=0", "--config.data.shard_chars=8000000", f"--workers={workers}"]
+    wrapper = ("import resource, subprocess, sys, time; t = time.time(); r = subprocess.run(sys.argv[1:], "
+               "capture_output=True, text=True); print(r.returncode, time.time() - t, "
+               "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.stderr.write(r.stderr[-2000:])")
+    out = subprocess.run([sys.executable, "-c", wrapper, *args], cwd=REPO, capture_output=True, text=True)
+    rc, seconds, rss_kb = out.stdout.split()[:3]
+    if int(rc) != 0:
+        raise SystemExit(f"prepare failed:\n{out.stderr}")
+    meta_dir = [d for d in os.listdir(os.path.join(cache, "tokens")) if "." not in d][0]
+    with open(os.path.join(cache, "tokens", meta_dir, "meta.json")) as fh:
+        meta = json.load(fh)
+    tokens = sum(meta["splits"][s]["tokens"] for s in ("train", "heldout"))
+    return {"seconds": float(seconds), "tokens": tokens, "tokens_per_s": tokens / float(seconds),
+            "peak_rss_mb": int(rss_kb) / 1024, "directory": os.path.join(cache, "tokens", meta_dir)}
+
+
+def train_tokenizer(corpus: str, out: str) -> str:
+    from salt_jax.data import sources, tokenizer
+
+    c = base_config().data
+    c.source, c.path, c.max_files = "text", corpus, 0
+    c.tokenizer.kind, c.tokenizer.vocab_size, c.tokenizer.max_train_lines = "sentencepiece", 8192, 50_000
+    tok = tokenizer.make_tokenizer(c.tokenizer, sources.make_source(c), out)
+    return tok.model_file
+
+
+def loader_rate(directory: str, batch: int, seq: int, steps: int = 200) -> float:
+    """Tokens per second of Batches.numpy (this host's rows of the global batch of step s)."""
+    cache = store.TokenCache(directory, seq)
+    b = batches.Batches(cache.train, batch, seed=0)
+    b.numpy(0)
+    t0 = time.perf_counter()
+    for s in range(1, steps + 1):
+        b.numpy(s)
+    return steps * batch * (seq + 1) / (time.perf_counter() - t0)
+
+
+def paper_demand(host_chips: int = 4, mfu: float = 0.5, seq: int = 2048) -> dict:
+    """Tokens/s one TPU v5p host trains the paper's 2.8B student at (no teacher: the most tokens per second)."""
+    student = presets.model_config("paper-2.8b")
+    per_token = flops.train_flops_per_token(student, seq)
+    peak = flops.peak_flops("TPU v5")
+    return {"flops_per_token": per_token, "host_peak_flops": host_chips * peak,
+            "tokens_per_s": mfu * host_chips * peak / per_token}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="/tmp/bench_store")
+    ap.add_argument("--sizes_mb", default="100,400")
+    ap.add_argument("--workers", default="0,1,2")  # 0: in the builder process, with SentencePiece's threads
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    sizes = [int(x) for x in a.sizes_mb.split(",")]
+    workers = [int(x) for x in a.workers.split(",")]
+    corpora = {mb: os.path.join(a.out, f"corpus-{mb}mb.jsonl") for mb in sizes}
+    for mb, path in corpora.items():
+        write_corpus(path, mb)
+    model_file = train_tokenizer(corpora[sizes[0]], os.path.join(a.out, "tok"))
+    runs = []
+    for mb in sizes:
+        for w in workers if mb == sizes[0] else [max(workers)]:
+            cache = os.path.join(a.out, f"cache-{mb}mb-w{w}")
+            subprocess.run(["rm", "-rf", cache])
+            r = build(corpora[mb], cache, w, model_file)
+            runs.append(dict(r, corpus_mb=mb, workers=w))
+            print(f"{mb:>5} MB  workers {w}  {r['seconds']:7.1f} s  {r['tokens'] / 1e6:8.1f}M tokens  "
+                  f"{r['tokens_per_s'] / 1e6:6.2f}M tok/s  ({r['tokens_per_s'] / max(w, 1) / 1e6:.2f}M per process)  "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    demand = paper_demand()
+    host_batch = 256 // 16  # the paper's global batch 256 over a v5p-64 slice's 16 hosts
+    rate = loader_rate(runs[-1]["directory"], host_batch, 2048)
+    print(f"loader: {rate / 1e6:.1f}M tokens/s per host (batch {host_batch} x 2048); the paper's 2.8B student on "
+          f"one v5p host at 50% MFU needs {demand['tokens_per_s']:,.0f} tokens/s -> {rate / demand['tokens_per_s']:.0f}x")
+    with open(os.path.join(a.out, "bench_store.json"), "w") as fh:
+        json.dump({"builds": runs, "loader_tokens_per_s": rate, "loader_host_batch": host_batch,
+                   "paper_host_demand": demand, "cpu_count": os.cpu_count()}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

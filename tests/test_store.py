@@ -1,0 +1,160 @@
+"""The sharded token store: equal to the one-stream store, parallel and resumable builds, bounded memory."""
+
+import json
+import os
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from salt_jax.config import base_config
+from salt_jax.data import sources, store, tokenizer
+from salt_jax.errors import UserError
+
+
+def _corpus(tmp_path, n_files=8, words=400):
+    d = tmp_path / "corpus"
+    d.mkdir(exist_ok=True)
+    for i in range(n_files):
+        (d / f"f{i:02d}.txt").write_text(" ".join(f"w{i}x{j}" for j in range(words * (i + 1))))
+    return str(d)
+
+
+def _cfg(path, cache, shard_chars, seq_len=16):
+    c = base_config().data
+    c.source, c.path, c.cache_dir, c.seq_len, c.heldout_fraction = "text", path, cache, seq_len, 0.2
+    c.shard_chars = shard_chars
+    return c
+
+
+def _stream(cfg):
+    """The reference: every train document's bytes + EOS, concatenated in source order (the v1 store's stream)."""
+    out = []
+    for doc in sources.make_source(cfg).documents("train"):
+        out += [b + 3 for b in doc.encode()] + [tokenizer.EOS_ID]
+    return np.asarray(out, np.int32)
+
+
+def test_small_shards_give_the_same_stream_and_rows_across_boundaries(tmp_path):
+    path = _corpus(tmp_path)
+    one, _ = store.build_cache(_cfg(path, str(tmp_path / "a"), 10**9))
+    many, _ = store.build_cache(_cfg(path, str(tmp_path / "b"), 3000))
+    assert len(one.meta["splits"]["train"]["shards"]) == 1 and len(many.meta["splits"]["train"]["shards"]) >= 5
+    want = _stream(_cfg(path, "", 1))
+    np.testing.assert_array_equal(one.train.tokens(), want)
+    np.testing.assert_array_equal(many.train.tokens(), want)
+    all_rows = np.arange(many.train.n_rows)
+    np.testing.assert_array_equal(many.train.rows(all_rows), one.train.rows(all_rows))
+    L = many.train.seq_len
+    np.testing.assert_array_equal(many.train.rows(np.array([7]))[0], want[7 * L:8 * L + 1])
+    # a row that straddles the first shard boundary
+    edge = int(many.train.offsets[1]) // L
+    np.testing.assert_array_equal(many.train.rows(np.array([edge]))[0], want[edge * L:(edge + 1) * L + 1])
+
+
+def test_parallel_build_writes_byte_identical_shards(tmp_path):
+    path = _corpus(tmp_path)
+    a, _ = store.build_cache(_cfg(path, str(tmp_path / "a"), 3000), workers=0)
+    b, _ = store.build_cache(_cfg(path, str(tmp_path / "b"), 3000), workers=2)
+    assert a.meta == b.meta
+    for shard in a.meta["splits"]["train"]["shards"] + a.meta["splits"]["heldout"]["shards"]:
+        with open(os.path.join(a.directory, shard["file"]), "rb") as fa, \
+                open(os.path.join(b.directory, shard["file"]), "rb") as fb:
+            assert fa.read() == fb.read(), shard["file"]
+
+
+def test_an_interrupted_build_keeps_its_shards_and_resumes_to_the_same_store(tmp_path, monkeypatch):
+    path = _corpus(tmp_path)
+    clean, _ = store.build_cache(_cfg(path, str(tmp_path / "clean"), 3000))
+    real, calls = store._write_shard, []
+
+    def dies_after_three(docs, shard_path, tok=None):
+        if len(calls) == 3:
+            open(shard_path + ".tmp999", "wb").write(b"torn")  # a writer killed mid-shard
+            raise KeyboardInterrupt
+        calls.append(shard_path)
+        return real(docs, shard_path, tok)
+
+    monkeypatch.setattr(store, "_write_shard", dies_after_three)
+    cfg = _cfg(path, str(tmp_path / "resumed"), 3000)
+    with pytest.raises(KeyboardInterrupt):
+        store.build_cache(cfg)
+    partial = os.path.dirname(calls[0])
+    assert partial.endswith(".partial") and not os.path.exists(partial.removesuffix(".partial"))
+    kept = {p: os.stat(p).st_mtime_ns for p in calls}
+    monkeypatch.setattr(store, "_write_shard", real)
+    resumed, _ = store.build_cache(cfg)
+    for p, mtime in kept.items():  # the finished shards were not rewritten
+        assert os.stat(os.path.join(resumed.directory, os.path.basename(p))).st_mtime_ns == mtime
+    assert resumed.meta == clean.meta and not any(".tmp" in f for f in os.listdir(resumed.directory))
+    np.testing.assert_array_equal(resumed.train.tokens(), clean.train.tokens())
+
+
+def _peak_bytes(cfg) -> int:
+    tracemalloc.start()
+    try:
+        store.build_cache(cfg)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_build_memory_does_not_grow_with_the_corpus(tmp_path):
+    """One JSONL file of 1.5 MB vs 6 MB, 200 KB shards: the build's peak Python allocation is the same (it
+    streams records and holds one shard), while the v1 store held the whole stream (> 2 bytes/token)."""
+    peaks = {}
+    for scale in (1, 4):
+        d = tmp_path / f"x{scale}"
+        d.mkdir()
+        with open(d / "data.jsonl", "w") as fh:
+            for i in range(1500 * scale):
+                fh.write(json.dumps({"text": f"record {i} " + "lorem ipsum dolor " * 55}) + "\n")
+        peaks[scale] = _peak_bytes(_cfg(str(d / "data.jsonl"), str(tmp_path / f"c{scale}"), 200_000))
+        tokens = store.build_cache(_cfg(str(d / "data.jsonl"), str(tmp_path / f"c{scale}"), 200_000))[0].train.n_tokens
+        assert tokens > 1_000_000 * scale
+    assert peaks[4] < 1.3 * peaks[1], peaks
+    assert peaks[4] < 2 * 4_000_000  # well under the 4x corpus's ~4.8M tokens held as one array
+
+
+def test_a_damaged_store_is_one_clear_error(tmp_path):
+    path = _corpus(tmp_path)
+    cfg = _cfg(path, str(tmp_path / "c"), 3000)
+    cache, _ = store.build_cache(cfg)
+    shard = os.path.join(cache.directory, cache.meta["splits"]["train"]["shards"][1]["file"])
+    with open(shard, "r+b") as fh:
+        fh.truncate(10)
+    with pytest.raises(UserError, match=r"train-00001.bin: unreadable token store shard .*delete .* to rebuild"):
+        store.build_cache(cfg)
+    meta = os.path.join(cache.directory, "meta.json")
+    good = open(meta).read()
+    open(meta, "w").write("{not json")
+    with pytest.raises(UserError, match="meta.json: unreadable token store index"):
+        store.build_cache(cfg)
+    open(meta, "w").write(good.replace('"tokenizer": "bytes-v1"', '"tokenizer": "sp-0123456789abcdef"'))
+    with pytest.raises(UserError, match="built with tokenizer sp-0123456789abcdef, this run tokenizes with bytes-v1"):
+        store.build_cache(cfg)
+
+
+def test_prepare_builds_the_store_the_run_opens(tmp_path, tiny_config):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cache = str(tmp_path / "cache")
+    args = [sys.executable, "-m", "salt_jax.prepare", f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}",
+            f"--config.data.cache_dir={cache}", "--config.data.max_files=60", "--config.data.shard_chars=50000"]
+    out = subprocess.run(args + ["--workers=2"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    directory = [ln for ln in out.stdout.splitlines() if ln.startswith("token store: ")][-1].split(": ", 1)[1]
+    assert "token store train: " in out.stdout and "tokens/s, ETA" in out.stdout  # the progress line
+    # the run's config (same data fields) opens that store: nothing is rebuilt
+    cfg = tiny_config.data
+    cfg.cache_dir, cfg.max_files, cfg.shard_chars = cache, 60, 50000
+    mtime = os.stat(os.path.join(directory, "meta.json")).st_mtime_ns
+    opened, _ = store.build_cache(cfg)
+    assert opened.directory == directory and os.stat(os.path.join(directory, "meta.json")).st_mtime_ns == mtime
+    assert len(opened.meta["splits"]["train"]["shards"]) > 2
+    bad = subprocess.run(args + ["--workers=-1"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
+        "error: --workers=-1: must be 0 (this process) or more")
