@@ -45,6 +45,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     d.batch_size = 16  # global batch size in sequences (divisible by mesh data*fsdp)
     d.seed = 0  # data-order seed: the batch of step s depends only on (cache, seed, s)
     d.cache_dir = ""  # token / tokenizer cache; "" = $SALT_JAX_CACHE or ~/.cache/salt_jax
+    d.prefetch = 2  # steps of batches read ahead in a background thread; 0 = read each batch when its step runs
     d.shard_chars = 16_000_000  # text per token-store shard (one worker's task; a document is never split)
     d.eval_batches = 8  # held-out batches per evaluation (fixed, in order), 0 = the whole split
     d.tokenizer = t = ml_collections.ConfigDict()
@@ -153,6 +154,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
           f"config.model.attention={m.attention!r}: use one of {', '.join(IMPLEMENTATIONS)}")
 
     d = c.data
+    check(d.prefetch >= 0, f"config.data.prefetch={d.prefetch}: must be >= 0")
     check(d.shard_chars > 0, f"config.data.shard_chars={d.shard_chars}: must be positive")
     check(d.seq_len > 0, f"config.data.seq_len={d.seq_len}: must be positive")
     check(d.seq_len <= m.max_len, f"config.data.seq_len={d.seq_len}: exceeds config.model.max_len={m.max_len}; "

@@ -147,3 +147,25 @@ def test_batch_for_a_step_is_identical_across_fresh_processes(tmp_path, cache_di
     import hashlib
 
     assert hashlib.sha256(batches_lib.Batches(cache.train, 8, seed=5).numpy(123).tobytes()).hexdigest() == first
+
+
+def test_prefetched_batches_are_the_batches_of_each_step(tmp_path):
+    """The background reader hands over exactly Batches.numpy(step), in order; a step whose source changed
+    after it was read ahead (the adaptive switch) is read again from the right source; errors surface."""
+    path = str(tmp_path / "c")
+    for i in range(6):
+        (tmp_path / f"d{i}.txt").write_text(f"document {i} " * 40)
+    cache, _ = store.build_cache(_text_cfg(str(tmp_path / "*.txt"), path))
+    full = batches_lib.Batches(cache.train, 4, seed=1)
+    subset = batches_lib.Batches(cache.train, 4, seed=1, rows=np.arange(0, cache.train.n_rows, 2))
+    end = {"kd": 5}
+    pre = batches_lib.Prefetcher(lambda s: subset if s < end["kd"] else full, 3, 12, depth=2)
+    for step in range(3, 12):
+        if step == 6:
+            end["kd"] = 7  # too late for the steps already read: step 6 was read from `full`
+        want = subset if step < 7 else full
+        np.testing.assert_array_equal(pre.take(step, want), want.numpy(step))
+    pre.close()
+    broken = batches_lib.Prefetcher(lambda s: None, 0, 5, depth=2)  # a source that fails to read
+    with pytest.raises(AttributeError):
+        broken.take(0, full)

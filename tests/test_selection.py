@@ -115,9 +115,9 @@ def test_salt_ds_kd_batches_come_only_from_the_selection(tiny_config, teacher_di
     seen = []
     original = batches_lib.Batches.device
 
-    def recording(self, step, sharding_):
+    def recording(self, step, sharding_, rows=None):
         seen.append((step, self.rows is not None, set(self.indices(step).tolist())))
-        return original(self, step, sharding_)
+        return original(self, step, sharding_, rows)
 
     monkeypatch.setattr(batches_lib.Batches, "device", recording)
     loop.run(c, str(tmp_path / "run"))

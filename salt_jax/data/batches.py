@@ -3,12 +3,16 @@
 Global example index i = s*B + j maps to epoch i // n_rows and to position
 i % n_rows of that epoch's permutation, seeded by (seed, epoch). Resuming needs
 only s, on any number of hosts; each host reads only its own rows of the
-global batch (`host_rows`). The held-out set is read in order (`eval_batches`).
+global batch (`host_rows`). A `Prefetcher` reads the coming steps' rows in a
+background thread. The held-out set is read in order (`eval_batches`).
 """
 
 from __future__ import annotations
 
 import functools
+import queue
+import threading
+from typing import Callable
 
 import jax
 import numpy as np
@@ -56,9 +60,56 @@ class Batches:
         """This host's rows of the global batch for `step`, [rows, seq_len + 1] int32."""
         return self.split.rows(self.indices(step)[host_rows(self.batch_size)])
 
-    def device(self, step: int, sharding) -> jax.Array:
-        return jax.make_array_from_process_local_data(sharding, self.numpy(step),
+    def device(self, step: int, sharding, rows: np.ndarray | None = None) -> jax.Array:
+        """The global batch of `step` on the mesh; `rows`: this host's rows, if already read (Prefetcher)."""
+        return jax.make_array_from_process_local_data(sharding, self.numpy(step) if rows is None else rows,
                                                       (self.batch_size, self.split.seq_len + 1))
+
+
+class Prefetcher:
+    """Reads this host's rows of the coming steps in a background thread, `depth` steps ahead.
+
+    `source(step)` names the Batches a step reads (the KD phase's or the rest's).
+    `take(step, batches)` returns step `step`'s rows as read by the thread, or
+    reads them now when the thread read another source for that step (the
+    adaptive switch can end the KD phase after the thread has read past it).
+    Batches are pure functions of the step, so the run sees the same batches as
+    without it; steps must be taken in order.
+    """
+
+    def __init__(self, source: Callable[[int], "Batches"], start: int, stop: int, depth: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(source, start, stop), daemon=True,
+                                        name="salt_jax-prefetch")
+        self._thread.start()
+
+    def _read(self, source, start: int, stop: int) -> None:
+        try:
+            for step in range(start, stop):
+                batches = source(step)
+                self._put((step, batches, batches.numpy(step)))
+        except BaseException as e:  # noqa: BLE001 -- handed to the training loop, which raises it
+            self._put((None, None, e))
+
+    def _put(self, item) -> None:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def take(self, step: int, batches: "Batches") -> np.ndarray:
+        got, read_from, rows = self._queue.get()
+        if got is None:
+            raise rows
+        if got != step:
+            raise RuntimeError(f"prefetch: step {got} read, step {step} asked for (steps must be taken in order)")
+        return rows if read_from is batches else batches.numpy(step)
+
+    def close(self) -> None:
+        self._closed.set()
 
 
 def eval_batches(split: TokenSplit, batch_size: int, max_batches: int, pad_id: int) -> list[np.ndarray]:

@@ -96,17 +96,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     if r.start == 0:
         evaluate(0)
-    with faults.Preemption(cfg_t.preemption_grace_s) as preemption:
-        for step in range(r.start, r.total_steps):
-            if r.teacher is not None and not r.phase.active(step):
-                r.end_kd_phase(step)
-                meter.compiles()
-            meter.before_step()
-            r.state, step_metrics = r.steps.train(r.state, r.batch(step), r.teacher_params())
-            meter.after_step(step + 1, step_metrics)
-            hooks.run(step + 1, step_metrics)
-            if preempted is not None:
-                break
+    r.start_prefetch()
+    try:
+        with faults.Preemption(cfg_t.preemption_grace_s) as preemption:
+            for step in range(r.start, r.total_steps):
+                if r.teacher is not None and not r.phase.active(step):
+                    r.end_kd_phase(step)
+                    meter.compiles()
+                meter.before_step()
+                r.state, step_metrics = r.steps.train(r.state, r.batch(step), r.teacher_params())
+                meter.after_step(step + 1, step_metrics)
+                hooks.run(step + 1, step_metrics)
+                if preempted is not None:
+                    break
+    finally:
+        r.stop_prefetch()
     r.ckpt.wait()
     r.ckpt.close()
     r.writer.close()

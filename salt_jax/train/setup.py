@@ -56,15 +56,32 @@ class Run:
     record: dict  # saved beside every checkpoint
     flops: RunFlops
     n_params: int
+    prefetch: batches_lib.Prefetcher | None = None  # set by start_prefetch
 
     @property
     def total_steps(self) -> int:
         return self.config.train.steps
 
+    def source(self, step: int) -> batches_lib.Batches:
+        """The batches step `step` reads: the KD phase's while it lasts, else the training split's."""
+        return self.kd_batches if self.phase.active(step) else self.batches
+
+    def start_prefetch(self) -> None:
+        """Reads the coming steps' rows ahead in a thread (config.data.prefetch steps; 0 = off)."""
+        if self.config.data.prefetch > 0:
+            self.prefetch = batches_lib.Prefetcher(self.source, self.start, self.total_steps,
+                                                   self.config.data.prefetch)
+
+    def stop_prefetch(self) -> None:
+        if self.prefetch is not None:
+            self.prefetch.close()
+            self.prefetch = None
+
     def batch(self, step: int) -> jax.Array:
         """The global batch of `step` on the mesh (this host's rows)."""
         source = self.kd_batches if self.teacher is not None else self.batches
-        return source.device(step, self.steps.batch_sharding)
+        rows = self.prefetch.take(step, source) if self.prefetch is not None else None
+        return source.device(step, self.steps.batch_sharding, rows)
 
     def teacher_params(self):
         return None if self.teacher is None else self.teacher.params
