@@ -79,7 +79,7 @@ class Run:
 
     def batch(self, step: int) -> jax.Array:
         """The global batch of `step` on the mesh (this host's rows)."""
-        source = self.kd_batches if self.teacher is not None else self.batches
+        source = self.source(step)  # (the teacher is held exactly while the phase is active)
         rows = self.prefetch.take(step, source) if self.prefetch is not None else None
         return source.device(step, self.steps.batch_sharding, rows)
 
