@@ -47,6 +47,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     d.cache_dir = ""  # token / tokenizer cache; "" = $SALT_JAX_CACHE or ~/.cache/salt_jax
     d.prefetch = 2  # steps of batches read ahead in a background thread; 0 = read each batch when its step runs
     d.shard_chars = 16_000_000  # text per token-store shard (one worker's task; a document is never split)
+    d.shared_cache = False  # cache_dir is a file system all hosts mount (NFS): they build one store together (gs:// always)
     d.eval_batches = 8  # held-out batches per evaluation (fixed, in order), 0 = the whole split
     d.tokenizer = t = ml_collections.ConfigDict()
     t.kind = "bytes"  # "bytes" (259 ids), "sentencepiece" (trained on the train split, cached) or "hf" (hf_dir's)

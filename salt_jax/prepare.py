@@ -1,11 +1,17 @@
 """Builds the token store (and the tokenizer) a run config trains on, ahead of training.
 
     python -m salt_jax.prepare --config=configs/demo.py [--config.data.*] [--workers=N]
+        [--process_index=P --process_count=H]
 
 It builds exactly the store `python -m salt_jax.main` with the same config
 would build on demand (same source, tokenizer and key, so the run then just
 opens it), tokenizing shards in N processes. Re-running after an interruption
 keeps the finished shards. Prints one line per split and the store's path.
+
+A store in a shared cache_dir (gs://, s3://, or config.data.shared_cache=true)
+can be built by H machines at once: start the same command on each with its
+--process_index (e.g. from a job array's task id); machine P tokenizes shards
+P, P + H, ... and machine 0 completes the store.
 """
 
 from __future__ import annotations
@@ -26,13 +32,18 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (conf
 _WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1,
                                 "Tokenizer processes, one thread each (0 = in this process, with the tokenizer's "
                                 "own threads).")
+_INDEX = flags.DEFINE_integer("process_index", 0, "This machine's index among --process_count machines building "
+                              "one shared store together.")
+_COUNT = flags.DEFINE_integer("process_count", 1, "Machines building one shared store together (each runs this "
+                              "command with its --process_index).")
 
 
-def prepare(config, workers: int) -> store.TokenCache:
-    """The run's token store, built with `workers` processes if it is missing."""
+def prepare(config, workers: int, host: tuple[int, int] = (0, 1)) -> store.TokenCache:
+    """The run's token store, built with `workers` processes if it is missing (this machine's part of it,
+    `host` = (index, count), when several machines build a shared store)."""
     validate(config)
     adopt_teacher_vocabulary(config)  # a Hugging Face teacher's tokenizer, as the run would use it
-    cache, _ = store.build_cache(config.data, workers=workers)
+    cache, _ = store.build_cache(config.data, workers=workers, host=host)
     return cache
 
 
@@ -42,8 +53,14 @@ def _main(argv) -> None:
     config = load_config(_CONFIG)
     if _WORKERS.value < 0:
         fail(f"--workers={_WORKERS.value}: must be 0 (this process) or more")
+    if not 0 <= _INDEX.value < _COUNT.value:
+        fail(f"--process_index={_INDEX.value}: must be in [0, --process_count={_COUNT.value})")
+    cache_dir = config.data.cache_dir or store.default_cache_dir()
+    if _COUNT.value > 1 and not store.is_shared(config.data, cache_dir):
+        fail(f"--process_count={_COUNT.value}: the machines must share the store; use a gs:// or s3:// "
+             f"config.data.cache_dir, or set config.data.shared_cache=true for a mounted file system ({cache_dir})")
     try:
-        cache = prepare(config, _WORKERS.value)
+        cache = prepare(config, _WORKERS.value, (_INDEX.value, _COUNT.value))
     except UserError as e:
         fail(str(e))
     for split in ("train", "heldout"):

@@ -93,6 +93,19 @@ def loader_rate(directory: str, batch: int, seq: int, steps: int = 200) -> float
     return steps * batch * (seq + 1) / (time.perf_counter() - t0)
 
 
+def index_cost(n_rows: int, batch: int, steps: int = 100) -> dict:
+    """Seconds per step of the global batch's row indices at `n_rows` (the seeded bijective shuffle),
+    against building one epoch's permutation of all rows (the data order before it)."""
+    t0 = time.perf_counter()
+    for s in range(steps):
+        batches.batch_indices(s, batch, n_rows, seed=0)
+    shuffle_s = (time.perf_counter() - t0) / steps
+    t0 = time.perf_counter()
+    perm = np.random.default_rng([0, 0]).permutation(n_rows)
+    return {"n_rows": n_rows, "global_batch": batch, "shuffle_s_per_step": shuffle_s,
+            "permutation_s": time.perf_counter() - t0, "permutation_mb": perm.nbytes / 1e6}
+
+
 def paper_demand(host_chips: int = 4, mfu: float = 0.5, seq: int = 2048) -> dict:
     """Tokens/s one TPU v5p host trains the paper's 2.8B student at (no teacher: the most tokens per second)."""
     student = presets.model_config("paper-2.8b")
@@ -130,8 +143,11 @@ def main() -> None:
     rate = loader_rate(runs[-1]["directory"], host_batch, 2048)
     print(f"loader: {rate / 1e6:.1f}M tokens/s per host (batch {host_batch} x 2048); the paper's 2.8B student on "
           f"one v5p host at 50% MFU needs {demand['tokens_per_s']:,.0f} tokens/s -> {rate / demand['tokens_per_s']:.0f}x")
+    pile = index_cost(300_000_000_000 // 2048, 256)  # the Pile (~300B tokens) as rows of 2048
+    print(f"row indices of one step at {pile['n_rows']:,} rows (global batch 256): {pile['shuffle_s_per_step'] * 1e3:.2f}"
+          f" ms; one epoch's full permutation instead: {pile['permutation_s']:.1f} s, {pile['permutation_mb']:.0f} MB")
     with open(os.path.join(a.out, "bench_store.json"), "w") as fh:
-        json.dump({"builds": runs, "loader_tokens_per_s": rate, "loader_host_batch": host_batch,
+        json.dump({"builds": runs, "loader_tokens_per_s": rate, "loader_host_batch": host_batch, "indices": pile,
                    "paper_host_demand": demand, "cpu_count": os.cpu_count()}, fh, indent=1)
 
 

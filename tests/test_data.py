@@ -118,6 +118,17 @@ def test_batch_indices_visit_every_row_once_per_epoch():
         assert sorted(idx[e * n:(e + 1) * n]) == list(range(n))
     assert not np.array_equal(idx[:n], idx[n:2 * n])  # a new order each epoch
     np.testing.assert_array_equal(batches_lib.batch_indices(7, b, n, 3), idx[56:64])  # pure in the step
+    assert not np.array_equal(idx[:n], batches_lib.batch_indices(0, n, n, seed=4))  # the seed matters
+
+
+def test_batch_indices_shuffle_well_at_scale_without_a_permutation():
+    """10^9 rows (no permutation could be built per step); neighbours in a batch are unrelated rows."""
+    n = 10**9
+    idx = np.concatenate([batches_lib.batch_indices(s, 500, n, seed=0) for s in range(4)]).astype(np.float64)
+    assert len(np.unique(idx)) == len(idx) and idx.min() >= 0 and idx.max() < n
+    assert abs(np.corrcoef(idx[:-1], idx[1:])[0, 1]) < 0.1  # 4 Feistel rounds give 0.4 here
+    assert abs(np.corrcoef(np.arange(len(idx)), idx)[0, 1]) < 0.1
+    assert 0.4 < np.median(idx) / n < 0.6
 
 
 _PRINT_BATCH = """

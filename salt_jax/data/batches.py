@@ -1,7 +1,11 @@
 """Step-indexed batches: the batch of step s is a pure function of (token store, seed, s).
 
 Global example index i = s*B + j maps to epoch i // n_rows and to position
-i % n_rows of that epoch's permutation, seeded by (seed, epoch). Resuming needs
+i % n_rows of that epoch's shuffle, seeded by (seed, epoch). The shuffle is a
+bijection computed per index (grain's `index_shuffle`, a keyed Feistel
+network), so no permutation of all rows is ever built: a step's indices cost
+O(B) time and memory whatever the corpus size (the Pile at 2048 tokens is
+~150M rows, a 1.2 GB permutation per epoch). Resuming needs
 only s, on any number of hosts; each host reads only its own rows of the
 global batch (`host_rows`). A `Prefetcher` reads the coming steps' rows in a
 background thread. The held-out set is read in order (`eval_batches`).
@@ -9,28 +13,36 @@ background thread. The held-out set is read in order (`eval_batches`).
 
 from __future__ import annotations
 
-import functools
 import queue
 import threading
 from typing import Callable
 
 import jax
 import numpy as np
+from grain.experimental import index_shuffle
 
 from salt_jax.data.store import TokenSplit
 from salt_jax.errors import UserError
 
 
-@functools.lru_cache(maxsize=4)
-def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
+# Feistel rounds. 8, not grain's example value of 4: with 4 rounds, consecutive positions of a
+# 1M-row shuffle land on rows whose indices correlate at r = 0.42 (8 rounds: |r| < 0.02), i.e.
+# neighbouring examples of a batch would come from nearby parts of the corpus.
+SHUFFLE_ROUNDS = 8
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A 31-bit key per (seed, epoch), so every epoch is shuffled differently."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] >> 1)
 
 
 def batch_indices(step: int, batch_size: int, n_rows: int, seed: int) -> np.ndarray:
-    """Row indices of the global batch for `step`: a pure function of its arguments."""
+    """Row indices of the global batch for `step`: a pure function of its arguments, O(batch_size)."""
     i = step * batch_size + np.arange(batch_size, dtype=np.int64)
     epochs, pos = i // n_rows, i % n_rows
-    return np.array([_permutation(seed, int(e), n_rows)[p] for e, p in zip(epochs, pos)], np.int64)
+    keys = {int(e): _epoch_seed(seed, int(e)) for e in np.unique(epochs)}
+    return np.array([index_shuffle(int(p), n_rows - 1, keys[int(e)], SHUFFLE_ROUNDS)
+                     for e, p in zip(epochs, pos)], np.int64)
 
 
 def host_rows(global_batch: int) -> slice:

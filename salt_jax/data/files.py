@@ -8,7 +8,6 @@ between splits. Files that do not decode as UTF-8 are skipped and counted.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -17,6 +16,7 @@ from typing import Iterator
 
 import ml_collections
 
+from salt_jax import paths
 from salt_jax.data.documents import SPLITS, Source, in_heldout
 from salt_jax.errors import UserError
 
@@ -36,18 +36,30 @@ def _stdlib_files(root: str) -> list[str]:
 
 
 def _text_files(patterns: str) -> list[str]:
+    """The files named by comma-separated files, directories (read recursively) and glob patterns,
+    local or URIs (gs://bucket/corpus/*.jsonl)."""
     files = []
-    for pattern in [p for p in patterns.split(",") if p.strip()]:
-        matches = sorted(glob.glob(os.path.expanduser(pattern.strip()), recursive=True))
+    for pattern in [p.strip() for p in patterns.split(",") if p.strip()]:
+        try:
+            matches = paths.glob(pattern)
+        except (OSError, ValueError) as e:
+            raise UserError(f"config.data.path: cannot list {pattern!r} ({e})") from None
         if not matches:
-            raise UserError(f"config.data.path: no file matches {pattern.strip()!r}; "
+            raise UserError(f"config.data.path: no file matches {pattern!r}; "
                             "give existing files, directories or glob patterns (comma-separated)")
         for m in matches:
-            if os.path.isdir(m):
-                files.extend(sorted(glob.glob(os.path.join(m, "**", "*"), recursive=True)))
-            else:
-                files.append(m)
-    return [f for f in files if os.path.isfile(f)]
+            files.extend(paths.walk_files(m) if paths.isdir(m) else [m])
+    return [paths.expand(f) for f in files if paths.is_remote(f) or os.path.isfile(f)]
+
+
+def _common_root(files: list[str]) -> str:
+    """The deepest directory holding every file (paths are split relative to it)."""
+    if len(files) == 1:
+        return files[0].rsplit("/", 1)[0] if paths.is_remote(files[0]) else os.path.dirname(files[0])
+    if not paths.is_remote(files[0]):
+        return os.path.commonpath(files)
+    scheme = files[0].split("://", 1)[0] + "://"
+    return scheme + os.path.commonpath([f.split("://", 1)[1] for f in files])
 
 
 class FileSource(Source):
@@ -77,12 +89,12 @@ class FileSource(Source):
         h = hashlib.sha256(f"{self.kind}:{self.text_field}:{self.fraction}".encode())
         for split in SPLITS:
             for f in self.files[split]:
-                h.update(f"{split}:{os.path.relpath(f, self.root)}:{os.path.getsize(f)}\n".encode())
+                h.update(f"{split}:{os.path.relpath(f, self.root)}:{paths.getsize(f)}\n".encode())
         return h.hexdigest()[:16]
 
     def total_chars(self, split: str) -> int:
         """Bytes of the split's files: the size of the text to tokenize, for the build's ETA."""
-        return sum(os.path.getsize(f) for f in self.files[split])
+        return sum(paths.getsize(f) for f in self.files[split])
 
     def _units(self, split: str) -> list[str]:
         return self.files[split]
@@ -90,11 +102,11 @@ class FileSource(Source):
     def _texts(self, path: str, split: str) -> Iterator[str]:
         try:
             if not path.endswith(".jsonl"):
-                with open(path, "rb") as fh:
+                with paths.open(path, "rb") as fh:
                     return iter([fh.read().decode("utf-8")])
-            return self._records(open(path, "rb"), path, split)
+            return self._records(paths.open(path, "rb"), path, split)
         except OSError as e:
-            raise UserError(f"{path}: cannot read ({e.strerror}); fix its permissions or remove it") from None
+            raise UserError(f"{path}: cannot read ({e.strerror or e}); fix its permissions or remove it") from None
 
     def _records(self, fh, path: str, split: str) -> Iterator[str]:
         """A JSONL file's texts of `split`, streamed line by line (a file of any size in constant memory).
@@ -131,14 +143,12 @@ def file_source(data_cfg: ml_collections.ConfigDict) -> FileSource:
         if not data_cfg.path:
             raise UserError("config.data.path is empty; give the text/JSONL files for config.data.source=text")
         files = _text_files(data_cfg.path)
-        root = os.path.commonpath([os.path.abspath(f) for f in files]) if files else "/"
-        if len(files) == 1:
-            root = os.path.dirname(os.path.abspath(files[0]))
+        root = _common_root(files) if files else "/"
     else:
         raise ValueError(f"file_source: not a file source: {kind!r}")
     if not files:
         raise UserError(f"config.data: source {kind!r} has no files; check config.data.path")
-    source = FileSource(kind, root, [os.path.abspath(f) for f in files], data_cfg.heldout_fraction,
+    source = FileSource(kind, root, files, data_cfg.heldout_fraction,
                         data_cfg.text_field, data_cfg.max_files)
     if len(source.files) and not source.files["train"]:
         raise UserError(f"config.data: every file of source {kind!r} fell in the held-out split; "

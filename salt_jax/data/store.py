@@ -13,30 +13,39 @@ without decoding, on any host.
 Building is streamed and parallel: the parent reads documents in order and
 hands each shard's documents to one of `workers` single-threaded processes
 (or tokenizes them itself when workers = 0), which tokenizes them and writes
-the shard (temp file + rename, so a shard is whole or absent). At most
-2 x workers shards are in flight, so memory does not grow with the corpus. One
-process builds a store at a time (a lock file beside it); others wait for it. The shards go into `<key>.partial/`; a build that stops half-way
-keeps its finished shards and the next build skips them. When every shard is
-written, meta.json is added and the directory renamed to `<key>`, so a
-half-built store is never read.
+the shard (whole or absent: temp file + rename, or one object upload). At most
+2 x workers shards are in flight, so memory does not grow with the corpus.
+
+A local store is built by one process at a time (a lock file beside it;
+others wait, then open it) into `<key>.partial/`, renamed to `<key>` once
+meta.json is written, so a half-built store is never read. A build that stops
+half-way keeps its finished shards and the next build skips them.
+
+A shared store (a gs:// or s3:// cache_dir, or config.data.shared_cache for a
+file system every host mounts) is built by all the run's hosts together: every
+host reads the documents in the same order, so all agree on the shard
+boundaries, and host p tokenizes shards p, p + P, p + 2P, ... Host 0 writes
+meta.json when every shard is present; meta.json is the commit marker (object
+stores have no rename), and the other hosts wait for it. The paths go through
+`salt_jax.paths` (etils.epath for URIs).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import fcntl
 import hashlib
-import json
 import logging
 import multiprocessing
 import os
-import shutil
 import time
 from typing import Iterator
 
 import ml_collections
 import numpy as np
 
+from salt_jax import paths
 from salt_jax.data import documents, sources, tokenizer
 from salt_jax.errors import UserError
 
@@ -47,9 +56,17 @@ def default_cache_dir() -> str:
     return os.environ.get("SALT_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "salt_jax"))
 
 
+def is_shared(data_cfg: ml_collections.ConfigDict, cache_dir: str) -> bool:
+    """Whether every host sees this cache directory (and so the hosts build one store together)."""
+    return paths.is_remote(cache_dir) or bool(data_cfg.shared_cache)
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 when every id fits, else int32 (little-endian on disk)."""
     return np.dtype("<u2") if vocab_size <= 65535 else np.dtype("<i4")
+
+
+_READERS = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="salt_jax-store-read")
 
 
 class TokenSplit:
@@ -58,13 +75,13 @@ class TokenSplit:
     def __init__(self, directory: str, shards: list[dict], dtype: np.dtype, seq_len: int):
         self.parts, sizes = [], []
         for shard in shards:
-            path = os.path.join(directory, shard["file"])
+            path = paths.join(directory, shard["file"])
             want = int(shard["tokens"])
             try:
-                size = os.path.getsize(path)
+                size = paths.getsize(path)
                 if size != want * dtype.itemsize:
                     raise ValueError(f"{size} bytes, meta.json says {want} tokens of {dtype.itemsize} bytes")
-                part = np.memmap(path, dtype, mode="r") if want else np.zeros((0,), dtype)
+                part = paths.ArrayFile(path, dtype, want)
             except (OSError, ValueError) as e:
                 raise UserError(f"{path}: unreadable token store shard ({e}); delete {directory} to rebuild "
                                 "the store") from None
@@ -74,6 +91,7 @@ class TokenSplit:
         self.n_tokens = int(self.offsets[-1])
         self.seq_len = seq_len
         self.n_rows = max((self.n_tokens - 1) // seq_len, 0)
+        self.remote = paths.is_remote(directory)
 
     def tokens(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """stream[start:stop] as int32, across shard boundaries."""
@@ -89,11 +107,19 @@ class TokenSplit:
         return out
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
-        """Rows [len(idx), seq_len + 1] (int32) by row index."""
+        """Rows [len(idx), seq_len + 1] (int32) by row index. A remote store's rows are read concurrently
+        (one ranged read each, so the latency of an object store overlaps)."""
         L = self.seq_len
         out = np.empty((len(idx), L + 1), np.int32)
-        for k, i in enumerate(idx):
-            out[k] = self.tokens(int(i) * L, int(i) * L + L + 1)
+
+        def read(k: int) -> None:
+            out[k] = self.tokens(int(idx[k]) * L, int(idx[k]) * L + L + 1)
+
+        if self.remote and len(idx) > 1:
+            list(_READERS.map(read, range(len(idx))))
+        else:
+            for k in range(len(idx)):
+                read(k)
         return out
 
 
@@ -106,12 +132,11 @@ class TokenCache:
     def __init__(self, directory: str, seq_len: int, tokenizer: str | None = None):
         self.directory = directory
         try:
-            with open(os.path.join(directory, "meta.json")) as fh:
-                self.meta = json.load(fh)
+            self.meta = paths.read_json(paths.join(directory, "meta.json"))
             dtype = np.dtype(self.meta["dtype"])
             splits = {s: self.meta["splits"][s]["shards"] for s in documents.SPLITS}
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{os.path.join(directory, 'meta.json')}: unreadable token store index "
+            raise UserError(f"{paths.join(directory, 'meta.json')}: unreadable token store index "
                             f"({type(e).__name__}); delete {directory} to rebuild the store") from None
         if tokenizer is not None and self.meta.get("tokenizer") != tokenizer:  # copied in by hand, or tampered
             raise UserError(f"{directory}: the token store was built with tokenizer {self.meta.get('tokenizer')}, "
@@ -148,15 +173,13 @@ def _write_shard(docs: list[str], path: str, tok=None, batch_docs: int = 256) ->
     """Tokenizes `docs` (EOS after each) into the shard file `path`, atomically; returns its token count."""
     tok = tok if tok is not None else _WORKER_TOKENIZER
     dtype = token_dtype(tok.vocab_size)
-    tmp = f"{path}.tmp{os.getpid()}"
     n = 0
-    with open(tmp, "wb") as fh:
+    with paths.writer(path) as fh:
         for i in range(0, len(docs), batch_docs):
             for ids in tok.encode(docs[i:i + batch_docs]):
                 arr = np.asarray(ids + [tok.eos_id], dtype)
                 fh.write(arr.tobytes())
                 n += len(arr)
-    os.replace(tmp, path)
     return n
 
 
@@ -183,12 +206,15 @@ class _Progress:
                      self.tokens, rate, "0s" if final else eta)
 
 
-def _build_split(source, split: str, tok, partial: str, workers: int, shard_chars: int) -> dict:
-    """Writes the shards of one split into `partial` (skipping finished ones); returns its meta entry."""
+def _build_split(source, split: str, tok, build_dir: str, workers: int, shard_chars: int,
+                 host: tuple[int, int] = (0, 1)) -> dict:
+    """Writes this host's missing shards of one split into `build_dir`; returns the split's meta entry
+    (shard token counts are None where another host writes the shard)."""
     stats = documents.ReadStats()
     progress = _Progress(split, getattr(source, "total_chars", lambda s: None)(split))
     shards: list[dict] = []
     pending: dict[int, tuple[concurrent.futures.Future, int, int]] = {}
+    itemsize = token_dtype(tok.vocab_size).itemsize
 
     def record(index: int, n_docs: int, n_chars: int, n_tokens: int) -> None:
         shards[index]["tokens"] = n_tokens
@@ -201,11 +227,13 @@ def _build_split(source, split: str, tok, partial: str, workers: int, shard_char
     try:
         for index, docs in enumerate(_chunks(source.documents(split, stats), shard_chars)):
             name = f"{split}-{index:05d}.bin"
-            path = os.path.join(partial, name)
+            path = paths.join(build_dir, name)
             shards.append({"file": name, "tokens": None})
             n_chars = sum(map(len, docs))
-            if os.path.exists(path):  # finished by an earlier, interrupted build
-                record(index, len(docs), n_chars, os.path.getsize(path) // token_dtype(tok.vocab_size).itemsize)
+            if index % host[1] != host[0]:  # another host's shard
+                continue
+            if paths.exists(path):  # finished by an earlier, interrupted build
+                record(index, len(docs), n_chars, paths.getsize(path) // itemsize)
             elif pool is None:
                 record(index, len(docs), n_chars, _write_shard(docs, path, tok))
             else:
@@ -218,7 +246,7 @@ def _build_split(source, split: str, tok, partial: str, workers: int, shard_char
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     progress.update(0, 0, 0, final=True)
-    return dict(stats.as_dict(), tokens=int(sum(s["tokens"] for s in shards)), shards=shards)
+    return dict(stats.as_dict(), shards=shards)
 
 
 def _collect(pending: dict, record) -> None:
@@ -229,24 +257,31 @@ def _collect(pending: dict, record) -> None:
         record(index, n_docs, n_chars, future.result())
 
 
-def _partial_dir(directory: str, shard_chars: int) -> str:
-    """`<store>.partial`, keeping the shards of an interrupted build with the same shard size (and no temp files)."""
-    partial = f"{directory}.partial"
+def _build_dir(directory: str, shard_chars: int, shared: bool, host: tuple[int, int]) -> str:
+    """Where the shards are written, keeping those of an interrupted build with the same shard size.
+
+    Local: `<store>.partial` (renamed to the store at the end). Shared: the store directory itself (its
+    meta.json, written last, marks it complete); host 0 prepares it and the other hosts wait for that.
+    """
+    build_dir = directory if shared else f"{directory}.partial"
     build = {"shard_chars": shard_chars}
+    marker = paths.join(build_dir, "build.json")
+    if host[0] != 0:
+        paths.wait_for(lambda: paths.exists(marker) and paths.read_json(marker) == build, f"{marker} from host 0")
+        return build_dir
     try:
-        with open(os.path.join(partial, "build.json")) as fh:
-            if json.load(fh) != build:
-                raise ValueError("other shard boundaries")
-        for name in os.listdir(partial):
-            if ".tmp" in name:  # a shard whose writer died mid-write
-                os.remove(os.path.join(partial, name))
-        logging.info("token store: resuming the build in %s", partial)
+        if paths.read_json(marker) != build:
+            raise ValueError("other shard boundaries")
+        if not paths.is_remote(build_dir):
+            for name in os.listdir(build_dir):
+                if ".tmp" in name:  # a shard whose writer died mid-write
+                    os.remove(os.path.join(build_dir, name))
+        logging.info("token store: resuming the build in %s", build_dir)
     except (OSError, ValueError):
-        shutil.rmtree(partial, ignore_errors=True)
-        os.makedirs(partial)
-        with open(os.path.join(partial, "build.json"), "w") as fh:
-            json.dump(build, fh)
-    return partial
+        paths.rmtree(build_dir)
+        paths.makedirs(build_dir)
+        paths.write_json(marker, build)
+    return build_dir
 
 
 def store_key(source, tok) -> str:
@@ -254,48 +289,76 @@ def store_key(source, tok) -> str:
     return hashlib.sha256(f"v{STORE_VERSION}:{source.fingerprint()}:{tok.fingerprint()}".encode()).hexdigest()[:16]
 
 
-def _build(source, tok, data_cfg: ml_collections.ConfigDict, directory: str, workers: int) -> None:
-    """Builds the store `directory` (under its lock): shards into `<directory>.partial`, then meta.json, then
-    the rename."""
+def _build(source, tok, data_cfg: ml_collections.ConfigDict, directory: str, workers: int, shared: bool,
+           host: tuple[int, int]) -> None:
+    """Builds this host's part of the store `directory`; host 0 then completes it with meta.json."""
     t0 = time.time()
-    partial = _partial_dir(directory, int(data_cfg.shard_chars))
+    shard_chars = int(data_cfg.shard_chars)
+    build_dir = _build_dir(directory, shard_chars, shared, host)
     meta = {"version": STORE_VERSION, "source": data_cfg.source, "source_fingerprint": source.fingerprint(),
             "tokenizer": tok.fingerprint(), "vocab_size": tok.vocab_size,
             "dtype": token_dtype(tok.vocab_size).str, "splits": {}}
     for split in documents.SPLITS:
-        info = _build_split(source, split, tok, partial, int(workers), int(data_cfg.shard_chars))
-        meta["splits"][split] = info
-        logging.info("token store %s: %d files, %d documents, %d tokens in %d shards; skipped %d undecodable "
-                     "and %d empty files", split, info["files"], info["documents"], info["tokens"],
-                     len(info["shards"]), info["skipped_undecodable"], info["skipped_empty"])
+        meta["splits"][split] = _build_split(source, split, tok, build_dir, int(workers), shard_chars, host)
     if meta["splits"]["train"]["documents"] == 0:
         raise UserError(f"config.data: source {data_cfg.source!r} has no usable (UTF-8, non-empty) "
                         "training documents; check config.data.path")
-    with open(os.path.join(partial, "meta.json.tmp"), "w") as fh:
-        json.dump(meta, fh, indent=1)
-    os.replace(os.path.join(partial, "meta.json.tmp"), os.path.join(partial, "meta.json"))
-    os.replace(partial, directory)  # atomic: a half-built store is never picked up
+    meta_path = paths.join(directory, "meta.json")
+    if host[0] != 0:
+        paths.wait_for(lambda: paths.exists(meta_path), f"host 0 to complete {directory}")
+        return
+    itemsize = token_dtype(tok.vocab_size).itemsize
+    for split, info in meta["splits"].items():
+        missing = [s for s in info["shards"] if s["tokens"] is None]
+        paths.wait_for(lambda: all(paths.exists(paths.join(build_dir, s["file"])) for s in missing),
+                  f"the other hosts' {len(missing)} {split} shards in {build_dir}")
+        for s in missing:
+            s["tokens"] = paths.getsize(paths.join(build_dir, s["file"])) // itemsize
+        info["tokens"] = int(sum(s["tokens"] for s in info["shards"]))
+        logging.info("token store %s: %d files, %d documents, %d tokens in %d shards; skipped %d undecodable "
+                     "and %d empty files", split, info["files"], info["documents"], info["tokens"],
+                     len(info["shards"]), info["skipped_undecodable"], info["skipped_empty"])
+    paths.write_json(paths.join(build_dir, "meta.json"), meta)
+    if not shared:
+        os.replace(build_dir, directory)  # atomic: a half-built store is never picked up
     logging.info("token store written to %s in %.1fs", directory, time.time() - t0)
 
 
-def build_cache(data_cfg: ml_collections.ConfigDict, cache_dir: str | None = None, workers: int = 0):
+@contextlib.contextmanager
+def _build_lock(directory: str, shared: bool):
+    """One local builder per store (others wait, then open it). A shared store's hosts build it together."""
+    if shared:
+        yield
+        return
+    with open(f"{directory}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logging.info("token store %s: another process is building it; waiting", directory)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def build_cache(data_cfg: ml_collections.ConfigDict, cache_dir: str | None = None, workers: int = 0,
+                host: tuple[int, int] | None = None):
     """Returns (TokenCache, tokenizer), building and caching whatever is missing.
 
     `workers` = 0 tokenizes in this process (with the tokenizer's own threads);
     N > 0 in N single-threaded processes (python -m salt_jax.prepare --workers=N).
+    `host` = (index, count) of the processes building a shared store together
+    (default: JAX's process index and count); a local store ignores it.
     """
-    cache_dir = cache_dir or data_cfg.cache_dir or default_cache_dir()
+    cache_dir = paths.expand(cache_dir or data_cfg.cache_dir or default_cache_dir())
+    shared = is_shared(data_cfg, cache_dir)
+    if shared and host is None:
+        import jax  # noqa: PLC0415 -- the process topology, only when a run does not give it
+        host = (jax.process_index(), jax.process_count())
     source = sources.make_source(data_cfg)
-    tok = tokenizer.make_tokenizer(data_cfg.tokenizer, source, cache_dir)
-    directory = os.path.join(cache_dir, "tokens", store_key(source, tok))
-    if not os.path.exists(os.path.join(directory, "meta.json")):
-        os.makedirs(os.path.dirname(directory), exist_ok=True)
-        with open(f"{directory}.lock", "w") as lock:  # one builder per store; others wait, then open it
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                logging.info("token store %s: another process is building it; waiting", directory)
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            if not os.path.exists(os.path.join(directory, "meta.json")):
-                _build(source, tok, data_cfg, directory, workers)
+    tok = tokenizer.make_tokenizer(data_cfg.tokenizer, source, cache_dir, train=not shared or host[0] == 0)
+    directory = paths.join(cache_dir, "tokens", store_key(source, tok))
+    if not paths.exists(paths.join(directory, "meta.json")):
+        paths.makedirs(paths.join(cache_dir, "tokens"))
+        with _build_lock(directory, shared):
+            if not paths.exists(paths.join(directory, "meta.json")):
+                _build(source, tok, data_cfg, directory, workers, shared, host if shared else (0, 1))
     return TokenCache(directory, data_cfg.seq_len, tok.fingerprint()), tok

@@ -20,6 +20,7 @@ from typing import Iterable, Protocol
 import ml_collections
 import numpy as np
 
+from salt_jax import paths
 from salt_jax.errors import UserError
 
 PAD_ID, EOS_ID, BOS_ID = 0, 1, 2
@@ -70,7 +71,9 @@ class SentencePieceTokenizer:
         import sentencepiece as spm
 
         try:
-            self.sp = spm.SentencePieceProcessor(model_file=model_file)
+            with paths.open(model_file, "rb") as fh:
+                proto = fh.read()
+            self.sp = spm.SentencePieceProcessor(model_proto=proto)
         except (OSError, RuntimeError) as e:
             raise UserError(f"{model_file}: not a readable SentencePiece model ({e}); "
                             "delete it to retrain, or point config.data.tokenizer.model_file elsewhere") from None
@@ -78,8 +81,7 @@ class SentencePieceTokenizer:
         self.threads = None  # encode threads; None = SentencePiece's default (all cores); 1 in a store worker
         self.vocab_size = self.sp.get_piece_size()
         self.pad_id, self.eos_id = self.sp.pad_id(), self.sp.eos_id()
-        with open(model_file, "rb") as fh:
-            self._fp = "sp-" + hashlib.sha256(fh.read()).hexdigest()[:16]
+        self._fp = "sp-" + hashlib.sha256(proto).hexdigest()[:16]
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         return self.sp.encode(texts, num_threads=self.threads)
@@ -187,14 +189,15 @@ def train_sentencepiece(docs: Iterable[str], vocab_size: int, model_type: str, m
     except RuntimeError as e:
         raise UserError(f"config.data.tokenizer: SentencePiece training failed ({e}); "
                         "lower config.data.tokenizer.vocab_size or give more text") from None
-    tmp = f"{out_file}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(model.getvalue())
-    os.replace(tmp, out_file)
+    paths.write_atomic(out_file, model.getvalue())
 
 
-def make_tokenizer(tok_cfg: ml_collections.ConfigDict, source, cache_dir: str) -> Tokenizer:
-    """The tokenizer of config.data.tokenizer, training and caching SentencePiece if needed."""
+def make_tokenizer(tok_cfg: ml_collections.ConfigDict, source, cache_dir: str, train: bool = True) -> Tokenizer:
+    """The tokenizer of config.data.tokenizer, training and caching SentencePiece if needed.
+
+    `train=False` waits for another process (host 0 of a shared cache) to train it instead, so every
+    host tokenizes with the same model file.
+    """
     kind = tok_cfg.kind
     if kind == "bytes":
         return ByteTokenizer()
@@ -206,14 +209,16 @@ def make_tokenizer(tok_cfg: ml_collections.ConfigDict, source, cache_dir: str) -
     if kind != "sentencepiece":
         raise UserError(f"config.data.tokenizer.kind={kind!r}: use 'bytes', 'sentencepiece' or 'hf'")
     if tok_cfg.get("model_file"):
-        if not os.path.isfile(tok_cfg.model_file):
+        if not paths.isfile(tok_cfg.model_file):
             raise UserError(f"config.data.tokenizer.model_file={tok_cfg.model_file}: no such file")
         return SentencePieceTokenizer(tok_cfg.model_file)
     key = hashlib.sha256(f"{source.fingerprint()}:{tok_cfg.vocab_size}:{tok_cfg.model_type}:"
                          f"{tok_cfg.max_train_lines}".encode()).hexdigest()[:16]
-    path = os.path.join(cache_dir, "tokenizers", f"sp-{key}.model")
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+    path = paths.join(cache_dir, "tokenizers", f"sp-{key}.model")
+    if not paths.exists(path) and not train:
+        paths.wait_for(lambda: paths.exists(path), f"host 0 to train the tokenizer {path}")
+    if not paths.exists(path):
+        paths.makedirs(paths.join(cache_dir, "tokenizers"))
         logging.info("training a SentencePiece tokenizer (vocab %d) -> %s", tok_cfg.vocab_size, path)
         train_sentencepiece(itertools.islice(source.documents("train"), None), tok_cfg.vocab_size,
                             tok_cfg.model_type, tok_cfg.max_train_lines, path)

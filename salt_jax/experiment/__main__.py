@@ -6,12 +6,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from salt_jax import paths
 from salt_jax.cli import fail, load_config, parse_flags, setup_logging
 from salt_jax.errors import UserError
 from salt_jax.experiment.pipeline import run_experiment
@@ -37,7 +37,7 @@ def _main(argv) -> None:
         logging.info("%s", e)
         return  # exit 0: every finished run and the interrupted run's checkpoint are kept
     logging.info("%s", results["conclusion"])
-    print(f"report: {os.path.join(os.path.abspath(_WORKDIR.value), 'report.md')}", file=sys.stdout, flush=True)
+    print(f"report: {paths.join(paths.expand(_WORKDIR.value), 'report.md')}", file=sys.stdout, flush=True)
 
 
 def main() -> None:

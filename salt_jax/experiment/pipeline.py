@@ -12,12 +12,12 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import re
 
 import jax
 import ml_collections
 
+from salt_jax import paths
 from salt_jax.config import set_method
 from salt_jax.errors import UserError
 from salt_jax.experiment import report
@@ -93,13 +93,12 @@ def _diff(a, b, prefix="config") -> str | None:
 
 def _check_same_config(config, workdir: str) -> None:
     """A run directory is reused only for the very config the experiment wants there."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = paths.join(workdir, "config.json")
+    if not paths.exists(path):
         return
     intended = copy.deepcopy(config)
     schedules.resolve(intended.salt, intended.train.steps)
-    with open(path) as fh:
-        saved = json.load(fh)
+    saved = paths.read_json(path)
     now = json.loads(intended.to_json_best_effort())
     for c in (saved, now):  # where things live and how chatty a run is do not change what it computes
         c["salt"].pop("teacher", None)  # (the teacher itself is checked by fingerprint on resume)
@@ -112,11 +111,8 @@ def _check_same_config(config, workdir: str) -> None:
 
 
 def _finished(workdir: str, steps: int) -> bool:
-    path = os.path.join(workdir, "summary.json")
-    if not os.path.exists(path):
-        return False
-    with open(path) as fh:
-        return json.load(fh).get("steps") == steps
+    path = paths.join(workdir, "summary.json")
+    return paths.exists(path) and paths.read_json(path).get("steps") == steps
 
 
 def _train(config, workdir: str, label: str) -> None:
@@ -138,7 +134,7 @@ def _choose_lr(exp, workdir: str, teacher_dir: str) -> tuple[float, str]:
     finals = {}
     for lr in grid:
         c = student_config(exp, "baseline", 0, teacher_dir, lr)
-        d = os.path.join(workdir, "lr_sweep", f"baseline-lr{lr:g}")
+        d = paths.join(workdir, "lr_sweep", f"baseline-lr{lr:g}")
         _train(c, d, f"lr sweep {lr:g}")
         finals[lr] = report.Run(d).evals[-1]["loss"]
     best = min(finals, key=finals.get)
@@ -148,7 +144,7 @@ def _choose_lr(exp, workdir: str, teacher_dir: str) -> tuple[float, str]:
 
 def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains whatever is missing and writes results.json, report.md and the plots."""
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     methods = split_methods(exp.methods)
     seeds = [int(s) for s in str(exp.seeds).split(",") if s.strip()]
     if "baseline" not in methods:
@@ -161,7 +157,7 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
             raise UserError(f"config.methods: unknown method {name!r} in {spec!r}; use one of "
                             f"{', '.join(kd_methods.VARIANTS)}")
 
-    teacher_dir = os.path.abspath(exp.teacher_path) if exp.teacher_path else os.path.join(workdir, "teacher")
+    teacher_dir = paths.expand(exp.teacher_path) if exp.teacher_path else paths.join(workdir, "teacher")
     if not exp.teacher_path:
         _train(exp.teacher, teacher_dir, "teacher")
     lr, lr_note = _choose_lr(exp, workdir, teacher_dir)
@@ -169,7 +165,7 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
     runs: dict[str, list[report.Run]] = {}
     for spec in methods:
         for seed in seeds:
-            d = os.path.join(workdir, f"{run_name(spec)}-s{seed}")
+            d = paths.join(workdir, f"{run_name(spec)}-s{seed}")
             _train(student_config(exp, spec, seed, teacher_dir, lr), d, f"{spec} seed {seed}")
             runs.setdefault(run_name(spec), []).append(report.Run(d))
 
@@ -188,8 +184,6 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
     results["conclusion"] = report.conclusion(results)
     if jax.process_index() == 0:
         report.plot(results, workdir)
-        with open(os.path.join(workdir, "results.json"), "w") as fh:
-            json.dump(results, fh, indent=1)
-        with open(os.path.join(workdir, "report.md"), "w") as fh:
-            fh.write(report.markdown(results, meta))
+        paths.write_json(paths.join(workdir, "results.json"), results)
+        paths.write_atomic(paths.join(workdir, "report.md"), report.markdown(results, meta))
     return results

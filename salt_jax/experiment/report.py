@@ -22,13 +22,13 @@ Rules (written into the report too):
 
 from __future__ import annotations
 
-import json
-import os
+import io
 from typing import Iterable
 
 import ml_collections
 import numpy as np
 
+from salt_jax import paths as storage  # `paths` names the plots below
 from salt_jax.model.flops import flops_per_token, train_flops_per_token
 from salt_jax.train.metrics import read_metrics
 
@@ -60,13 +60,12 @@ class Run:
 
     def __init__(self, workdir: str):
         self.workdir = workdir
-        with open(os.path.join(workdir, "config.json")) as fh:
-            self.config = ml_collections.ConfigDict(json.load(fh))
-        records = read_metrics(os.path.join(workdir, "metrics.jsonl"))
+        self.config = ml_collections.ConfigDict(storage.read_json(storage.join(workdir, "config.json")))
+        records = read_metrics(storage.join(workdir, "metrics.jsonl"))
         self.evals = sorted((r for r in records if r["split"] == "eval"), key=lambda r: r["step"])
         self.trains = sorted((r for r in records if r["split"] == "train"), key=lambda r: r["step"])
-        self.summary = _load_json(os.path.join(workdir, "summary.json")) or {}
-        self.selection = _load_json(os.path.join(workdir, "selection.json"))
+        self.summary = _load_json(storage.join(workdir, "summary.json")) or {}
+        self.selection = _load_json(storage.join(workdir, "selection.json"))
 
     @property
     def kd_phase_end(self) -> int:
@@ -99,10 +98,7 @@ class Run:
 
 
 def _load_json(path: str):
-    if not os.path.exists(path):
-        return None
-    with open(path) as fh:
-        return json.load(fh)
+    return storage.read_json(path) if storage.exists(path) else None
 
 
 def _at_step(evals: list[dict], step: int) -> dict:
@@ -238,8 +234,10 @@ def plot(results: dict, out_dir: str) -> list[str]:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        path = os.path.join(out_dir, fname)
-        fig.savefig(path, dpi=110)
+        path = storage.join(out_dir, fname)
+        png = io.BytesIO()
+        fig.savefig(png, dpi=110, format="png")
+        storage.write_atomic(path, png.getvalue())
         plt.close(fig)
         paths.append(path)
     return paths

@@ -21,15 +21,15 @@ that stops half-way resumes from its last saved chunk.
 from __future__ import annotations
 
 import hashlib
-import json
+import io
 import logging
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from salt_jax import paths
 from salt_jax.data.batches import host_rows
 from salt_jax.data.store import TokenCache
 from salt_jax.errors import UserError
@@ -68,7 +68,7 @@ def pool_rows(n_rows: int, pool_size: int, seed: int) -> np.ndarray:
 
 def _score_file(cache: TokenCache, teacher_fp: str, k: int, rows: np.ndarray) -> str:
     pool_key = hashlib.sha256(rows.astype(np.int64).tobytes()).hexdigest()[:12]
-    return os.path.join(cache.directory, "scores", f"{teacher_fp}-k{k}-pool{len(rows)}-{pool_key}.npz")
+    return paths.join(cache.directory, "scores", f"{teacher_fp}-k{k}-pool{len(rows)}-{pool_key}.npz")
 
 
 def score_pool(teacher, cache: TokenCache, rows: np.ndarray, k: int, batch_size: int, mesh, pad_id: int,
@@ -80,19 +80,18 @@ def score_pool(teacher, cache: TokenCache, rows: np.ndarray, k: int, batch_size:
     so runs reusing it still account for it).
     """
     path = _score_file(cache, teacher.fingerprint, k, rows)
-    if os.path.exists(path):
-        with np.load(path) as f:
-            return {name: f[name] for name in f.files}
+    if paths.exists(path):
+        return _load_npz(path)
     partial = path + ".partial.npz"
     n = len(rows)
     out = {name: np.full(n, np.nan, np.float32) for name in ("score", "topk_fraction", "mean_loss")}
     done, spent = 0, 0.0
-    if os.path.exists(partial):
+    if paths.exists(partial):
         try:
-            with np.load(partial) as f:
-                done, spent = int(f["done"]), float(f["seconds"])
-                for name in out:
-                    out[name][:done] = f[name][:done]
+            f = _load_npz(partial)
+            done, spent = int(f["done"]), float(f["seconds"])
+            for name in out:
+                out[name][:done] = f[name][:done]
             logging.info("scoring: resuming at %d of %d sequences", done, n)
         except (OSError, ValueError, KeyError):
             done = 0  # an unreadable partial file (crash mid-write) is just started over
@@ -107,7 +106,7 @@ def score_pool(teacher, cache: TokenCache, rows: np.ndarray, k: int, batch_size:
     fn = jax.jit(scores_fn, in_shardings=(teacher.shardings, batch_sharding), out_shardings=sharding.replicated(mesh))
     seq = cache.train.seq_len
     t0, last_log = time.time(), time.time()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    paths.makedirs(paths.join(cache.directory, "scores"))
     batches_since_save = 0
     while done < n:
         take = min(batch_size, n - done)
@@ -130,17 +129,23 @@ def score_pool(teacher, cache: TokenCache, rows: np.ndarray, k: int, batch_size:
             last_log = time.time()
     out["seconds"] = np.float64(spent + time.time() - t0)  # wall time of the whole pass (all attempts)
     _save_npz(path, **out)
-    if os.path.exists(partial):
-        os.remove(partial)
+    if paths.exists(partial) and jax.process_index() == 0:
+        paths.remove(partial)
     return out
 
 
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    with paths.open(path, "rb") as fh:
+        with np.load(io.BytesIO(fh.read())) as f:
+            return {name: f[name] for name in f.files}
+
+
 def _save_npz(path: str, **arrays) -> None:
-    """Writes atomically (temp file + rename) so a crash never leaves a torn file behind."""
-    tmp = f"{path}.tmp{os.getpid()}.npz"
+    """Writes atomically (paths.write_atomic) so a crash never leaves a torn file behind; process 0 only."""
     if jax.process_index() == 0:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        paths.write_atomic(path, buf.getvalue())
 
 
 def select(scores: np.ndarray, keep_fraction: float, band_low: float = 0.0, band_high: float = 100.0,
@@ -192,5 +197,4 @@ def summary(scores: dict[str, np.ndarray], kept: np.ndarray, k: int, keep_fracti
 
 def write_summary(workdir: str, info: dict) -> None:
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "selection.json"), "w") as fh:
-            json.dump(info, fh, indent=1)
+        paths.write_json(paths.join(workdir, "selection.json"), info)

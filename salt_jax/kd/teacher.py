@@ -24,6 +24,7 @@ import ml_collections
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from salt_jax import paths
 from salt_jax.errors import UserError
 from salt_jax.hf import files as hf_files
 from salt_jax.hf.convert import load_params, teacher_hf_info
@@ -65,7 +66,7 @@ def read_record(root: str, step: int) -> dict:
     """The teacher checkpoint's record (model config, tokenizer), or a clear error."""
     record = checkpoints.read_record(root, step)
     if record is None:
-        raise UserError(f"{os.path.join(root, str(step))}: teacher checkpoint has no readable record "
+        raise UserError(f"{paths.join(root, str(step))}: teacher checkpoint has no readable record "
                         "(model config); was it written by salt_jax?")
     return record
 
@@ -79,18 +80,16 @@ def checkpoint_fingerprint(ckpt_dir: str) -> str:
     number of devices it is read onto.
     """
     h = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(ckpt_dir)):
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, ckpt_dir)
-            if rel == "commit_success.txt" or rel.endswith("/commit_success.txt") or name == "_CHECKPOINT_METADATA":
-                continue  # written at save time (timestamps), not content
-            size = os.path.getsize(path)
-            h.update(f"{rel}:{size}\n".encode())
-            if size <= 1 << 20:
-                with open(path, "rb") as fh:
-                    h.update(fh.read())
+    for path in sorted(paths.walk_files(ckpt_dir, hidden=True), key=lambda p: tuple(p.rsplit("/", 1))):
+        rel = path[len(ckpt_dir.rstrip("/")) + 1:]
+        name = rel.rsplit("/", 1)[-1]
+        if name in ("commit_success.txt", "_CHECKPOINT_METADATA"):
+            continue  # written at save time (timestamps), not content
+        size = paths.getsize(path)
+        h.update(f"{rel}:{size}\n".encode())
+        if size <= 1 << 20:
+            with paths.open(path, "rb") as fh:
+                h.update(fh.read())
     return h.hexdigest()[:16]
 
 
@@ -117,10 +116,10 @@ def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_coll
 
     Vocabulary checks happen before anything is compiled or restored.
     """
-    if hf_files.is_hf_dir(os.path.abspath(os.path.expanduser(salt_cfg.teacher))):  # a Hugging Face model directory
+    if not paths.is_remote(salt_cfg.teacher) and hf_files.is_hf_dir(paths.expand(salt_cfg.teacher)):  # a HF model dir
         return _load_hf_teacher(salt_cfg.teacher, salt_cfg, student_model_cfg, tokenizer_fingerprint, mesh)
     root, step = checkpoints.resolve_checkpoint(salt_cfg.teacher)
-    ckpt_dir = os.path.join(root, str(step))
+    ckpt_dir = paths.join(root, str(step))
     record = read_record(root, step)
     if "model" not in record:
         raise UserError(f"{ckpt_dir}: the checkpoint record has no model config; re-train the teacher with "

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from salt_jax import paths
 from salt_jax.errors import UserError
 
 
@@ -29,7 +29,7 @@ class UnreadableCheckpoint(UserError):
 def read_record(directory: str, step: int) -> dict | None:
     """The JSON record saved beside the state of checkpoint `directory/step` (None if missing or torn)."""
     try:
-        with open(os.path.join(directory, str(step), "record", "metadata")) as fh:
+        with paths.open(paths.join(directory, str(step), "record", "metadata")) as fh:
             return json.load(fh)
     except (OSError, ValueError):
         return None
@@ -47,7 +47,7 @@ def restore_params(root: str, step: int, target: Any, what: str = "checkpoint") 
                                       {"params": target}),
             partial_restore=True)))
     except Exception as e:  # orbax raises many types for unreadable / mismatched files
-        raise UserError(f"{os.path.join(root, str(step))}: {what} cannot be restored ({type(e).__name__}: "
+        raise UserError(f"{paths.join(root, str(step))}: {what} cannot be restored ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:200]})") from None
     finally:
         manager.close()
@@ -56,17 +56,17 @@ def restore_params(root: str, step: int, target: Any, what: str = "checkpoint") 
 
 def resolve_checkpoint(path: str) -> tuple[str, int]:
     """(checkpoints directory, step) for a teacher workdir or a single checkpoint directory."""
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isdir(path):
+    path = paths.expand(path)
+    if not paths.isdir(path):
         raise UserError(f"config.salt.teacher={path}: no such directory; give the teacher run's workdir "
                         "or one of its checkpoint directories")
-    if os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")) or os.path.isdir(os.path.join(path, "state")):
-        base, step = os.path.split(path)
+    if paths.exists(paths.join(path, "_CHECKPOINT_METADATA")) or paths.isdir(paths.join(path, "state")):
+        base, step = path.rstrip("/").rsplit("/", 1)
         if step.isdigit():
             return base, int(step)
-    root = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-    steps = sorted(int(d) for d in os.listdir(root)
-                   if d.isdigit() and os.path.exists(os.path.join(root, d, "_CHECKPOINT_METADATA")))
+    root = paths.join(path, "checkpoints") if paths.isdir(paths.join(path, "checkpoints")) else path
+    steps = sorted(int(d) for d in paths.listdir(root)
+                   if d.isdigit() and paths.exists(paths.join(root, d, "_CHECKPOINT_METADATA")))
     if not steps:
         raise UserError(f"config.salt.teacher={path}: no finished checkpoint in it; train the teacher first "
                         "(a run with config.salt.method=teacher) or point at its workdir")
@@ -77,7 +77,7 @@ class Checkpointer:
     """Saves every `every` steps, keeps the last `keep`, restores the latest."""
 
     def __init__(self, directory: str, every: int, keep: int):
-        self.directory, self.every, self.keep = os.path.abspath(directory), max(every, 1), keep
+        self.directory, self.every, self.keep = paths.expand(directory), max(every, 1), keep
         self.manager = self._manager()
 
     def _manager(self) -> ocp.CheckpointManager:
@@ -101,7 +101,7 @@ class Checkpointer:
         """(state placed in `shardings`, record) of checkpoint `step`."""
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                               abstract_state, shardings)
-        path = os.path.join(self.directory, str(step))
+        path = paths.join(self.directory, str(step))
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                                      record=ocp.args.JsonRestore()))
@@ -126,7 +126,7 @@ class Checkpointer:
             record = read_record(self.directory, step)
             try:
                 if record is None:
-                    raise UnreadableCheckpoint(f"{os.path.join(self.directory, str(step))}: checkpoint record is "
+                    raise UnreadableCheckpoint(f"{paths.join(self.directory, str(step))}: checkpoint record is "
                                                "missing or unreadable; remove the directory to resume from an "
                                                "earlier step, or use a fresh --workdir")
                 if check_record is not None:
@@ -141,13 +141,13 @@ class Checkpointer:
 
     def _set_aside(self, step: int, fallback: int, why: str) -> None:
         """Renames an unreadable checkpoint out of Orbax's sight (nothing is deleted)."""
-        src = os.path.join(self.directory, str(step))
-        dst = os.path.join(self.directory, f"unreadable-{step}")
+        src = paths.join(self.directory, str(step))
+        dst = paths.join(self.directory, f"unreadable-{step}")
         if jax.process_index() == 0:
             n = 1
-            while os.path.exists(dst):
-                dst, n = os.path.join(self.directory, f"unreadable-{step}.{n}"), n + 1
-            os.replace(src, dst)
+            while paths.exists(dst):
+                dst, n = paths.join(self.directory, f"unreadable-{step}.{n}"), n + 1
+            paths.rename(src, dst)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 

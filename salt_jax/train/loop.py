@@ -12,13 +12,12 @@ step-indexed, ends with the same parameters as an uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 
 import jax
 import ml_collections
 
+from salt_jax import paths
 from salt_jax.train import faults
 from salt_jax.train.hooks import Hooks, NonFiniteCheck, StepMeter, fmt_time
 from salt_jax.train.metrics import train_line
@@ -130,6 +129,5 @@ def _summary(r: Run, last_eval: dict, train_seconds: float, preempted: int | Non
                "kd_phase_end": r.phase.end,
                "train_seconds": float(r.previous.get("train_seconds", 0.0)) if resumed_finished else train_seconds}
     if jax.process_index() == 0:
-        with open(os.path.join(r.workdir, "summary.json"), "w") as fh:
-            json.dump(summary, fh, indent=1)
+        paths.write_json(paths.join(r.workdir, "summary.json"), summary)
     return summary

@@ -3,19 +3,22 @@
 Every line has `step` and `split` ("train" or "eval"). Only process 0 writes.
 On resume, lines past the restored step (written by the interrupted run after
 its last checkpoint) are dropped, and a fresh start (step 0) starts a fresh
-file, so the file always reads as one uninterrupted run.
+file, so the file always reads as one uninterrupted run. In a gs:// or s3://
+workdir (objects cannot be appended to) the file is rewritten whole at every
+write, so it is never torn.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
-import os
 
 import jax
 import numpy as np
 
+from salt_jax import paths
 from salt_jax.model.flops import RunFlops
 
 
@@ -28,9 +31,9 @@ def _clean(value):
 def read_metrics(path: str) -> list[dict]:
     """All records of a metrics.jsonl (skipping a torn last line)."""
     out = []
-    if not os.path.exists(path):
+    if not paths.exists(path):
         return out
-    with open(path) as fh:
+    with paths.open(path) as fh:
         for line in fh:
             try:
                 out.append(json.loads(line))
@@ -39,34 +42,59 @@ def read_metrics(path: str) -> list[dict]:
     return out
 
 
+# What tensorboardX needs to write events to an object store.
+_TB_CLOUD = {"gs": "google.cloud.storage", "s3": "boto3"}
+
+
+def _tensorboard(workdir: str):
+    """A TensorBoard writer for workdir/tensorboard, or None (with a warning) when it cannot write there;
+    TensorBoard events are optional, metrics.jsonl is the record."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        logging.warning("tensorboardX is not installed: no TensorBoard events")
+        return None
+    if paths.is_remote(workdir):
+        scheme = workdir.split("://", 1)[0]
+        try:
+            missing = scheme not in _TB_CLOUD or importlib.util.find_spec(_TB_CLOUD[scheme]) is None
+        except ModuleNotFoundError:
+            missing = True
+        if missing:
+            logging.warning("no TensorBoard events in %s: tensorboardX writes %s:// only with %s installed",
+                            workdir, scheme, _TB_CLOUD.get(scheme, "(unsupported)"))
+            return None
+    return SummaryWriter(paths.join(workdir, "tensorboard"))
+
+
 class MetricsWriter:
     """Appends records to workdir/metrics.jsonl and mirrors scalars to TensorBoard."""
 
     def __init__(self, workdir: str, resume_step: int = 0):
         self.enabled = jax.process_index() == 0
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = paths.join(workdir, "metrics.jsonl")
+        self.remote = paths.is_remote(workdir)
+        self._lines: list[str] = []  # a remote file's whole text, rewritten at each write
         self._tb = None
         if not self.enabled:
             return
-        if os.path.exists(self.path):  # drop what the interrupted run wrote after its checkpoint (and torn lines)
+        if paths.exists(self.path):  # drop what the interrupted run wrote after its checkpoint (and torn lines)
             kept = [r for r in read_metrics(self.path) if resume_step and r.get("step", 0) <= resume_step]
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as fh:
-                fh.writelines(json.dumps(r) + "\n" for r in kept)
-            os.replace(tmp, self.path)
-        try:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-        except ImportError:  # TensorBoard events are optional; metrics.jsonl is the record
-            logging.warning("tensorboardX is not installed: no TensorBoard events")
+            self._lines = [json.dumps(r) + "\n" for r in kept]
+            paths.write_atomic(self.path, "".join(self._lines))
+        self._tb = _tensorboard(workdir)
 
     def write(self, split: str, step: int, values: dict) -> None:
         if not self.enabled:
             return
         record = {"step": int(step), "split": split, **{k: _clean(v) for k, v in values.items()}}
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        if self.remote:
+            self._lines.append(line)
+            paths.write_atomic(self.path, "".join(self._lines))
+        else:
+            with open(self.path, "a") as fh:
+                fh.write(line)
         if self._tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)) and v is not None and math.isfinite(v):

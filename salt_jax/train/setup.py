@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
+from salt_jax import paths
 from salt_jax.config import check_vocab, validate
 from salt_jax.data import batches as batches_lib
 from salt_jax.data import store
@@ -106,16 +106,16 @@ class Run:
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    path = os.path.join(workdir, "config.json")
+    path = paths.join(workdir, "config.json")
     text = config.to_json_best_effort(indent=2, sort_keys=True)
-    if os.path.exists(path):
-        with open(path) as fh:
-            if fh.read() != text:
-                logging.warning("%s differs from this run's config; resuming with the new config and "
-                                "keeping the old file as config.prev.json", path)
-                os.replace(path, os.path.join(workdir, "config.prev.json"))
-    with open(path, "w") as fh:
-        fh.write(text)
+    if paths.exists(path):
+        with paths.open(path) as fh:
+            old = fh.read()
+        if old != text:
+            logging.warning("%s differs from this run's config; resuming with the new config and "
+                            "keeping the old file as config.prev.json", path)
+            paths.write_atomic(paths.join(workdir, "config.prev.json"), old)
+    paths.write_atomic(path, text)
 
 
 def _check_same_model(config, ckpt: checkpoints.Checkpointer):
@@ -164,7 +164,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     validate(config)
     teacher_lib.adopt_teacher_vocabulary(config)  # a Hugging Face teacher: its tokenizer and vocabulary size
     schedules.resolve(config.salt, config.train.steps)  # config.json records the step counts used
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     cfg_d, cfg_t = config.data, config.train
 
     cache, tok = store.build_cache(cfg_d)
@@ -175,7 +175,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     model = Transformer(config.model)
     tx, lr_schedule = optim.make_optimizer(config.optim, cfg_t.steps)
     abstract, shardings = state_lib.abstract_state(model, tx, cfg_d.seq_len, mesh)
-    ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"), cfg_t.checkpoint_every,
+    ckpt = checkpoints.Checkpointer(paths.join(workdir, "checkpoints"), cfg_t.checkpoint_every,
                                     cfg_t.keep_checkpoints)
     start, state, previous = ckpt.restore_latest(abstract, shardings, _check_same_model(config, ckpt))
     if start is None:

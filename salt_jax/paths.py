@@ -1,0 +1,208 @@
+"""Paths: local files and cloud object stores (gs://, s3://) behind one small set of functions.
+
+Everything salt_jax reads and writes besides checkpoint arrays (Orbax does
+those) goes through here: the raw text/JSONL, the tokenizer and token-store
+caches, and the workdir's JSON files. A local path uses `os` directly (and the
+token store memory-maps its shards). A path with a URI scheme goes through
+etils.epath, the layer Orbax already uses: gs:// by tf.io.gfile (installed with
+salt_jax; it is imported only when such a path is used), s3:// and the rest by
+fsspec (`pip install s3fs` and set EPATH_USE_TF=false, which also moves gs://
+to gcsfs).
+
+Object stores have no atomic rename and no file locks, but a single object
+appears whole when its writer closes it. So `write_atomic` writes a local file
+beside its target and renames it, and writes an object directly; callers that
+need a commit point write one small marker file last (the token store's
+meta.json).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import glob as glob_lib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from typing import IO, Callable, Iterator
+
+import numpy as np
+
+_GLOB_CHARS = "*?["
+
+
+def is_remote(path: str) -> bool:
+    """True for a URI (gs://bucket/x, s3://...): read and written through etils.epath."""
+    return "://" in str(path)
+
+
+def _epath(path: str):
+    from etils import epath  # noqa: PLC0415 -- pulls tf.io.gfile only when a remote path is used
+    return epath.Path(path)
+
+
+def join(path: str, *parts: str) -> str:
+    """`os.path.join` that keeps a URI's scheme (gs://b/x + y = gs://b/x/y)."""
+    return os.path.join(path, *parts)
+
+
+def expand(path: str) -> str:
+    """`~` expanded and made absolute for a local path; a URI unchanged."""
+    return path if is_remote(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def exists(path: str) -> bool:
+    return _epath(path).exists() if is_remote(path) else os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+    return _epath(path).is_dir() if is_remote(path) else os.path.isdir(path)
+
+
+def isfile(path: str) -> bool:
+    return (exists(path) and not isdir(path)) if is_remote(path) else os.path.isfile(path)
+
+
+def getsize(path: str) -> int:
+    return int(_epath(path).stat().length) if is_remote(path) else os.path.getsize(path)
+
+
+def listdir(path: str) -> list[str]:
+    """Names of a directory's entries, sorted."""
+    return sorted(p.name for p in _epath(path).iterdir()) if is_remote(path) else sorted(os.listdir(path))
+
+
+def makedirs(path: str) -> None:
+    if is_remote(path):
+        _epath(path).mkdir(parents=True, exist_ok=True)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def remove(path: str) -> None:
+    _epath(path).unlink() if is_remote(path) else os.remove(path)
+
+
+def rename(src: str, dst: str) -> None:
+    """Moves a file or directory (atomic locally; a copy and delete on most object stores)."""
+    _epath(src).rename(dst) if is_remote(src) else os.replace(src, dst)
+
+
+def rmtree(path: str) -> None:
+    """Deletes a directory tree; a missing one is not an error."""
+    if is_remote(path):
+        if _epath(path).exists():
+            _epath(path).rmtree()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def open(path: str, mode: str = "r") -> IO:  # noqa: A001 -- the builtin's name, for the builtin's job
+    return _epath(path).open(mode) if is_remote(path) else builtins.open(path, mode)
+
+
+def walk_files(root: str, hidden: bool = False) -> list[str]:
+    """Every file under `root`, recursively, sorted; hidden files and directories (.name) are skipped
+    unless `hidden`."""
+    keep = lambda name: hidden or not name.startswith(".")  # noqa: E731
+    walk = _epath(root).walk() if is_remote(root) else os.walk(root)
+    found = []
+    for directory, dirs, files in walk:
+        dirs[:] = [d for d in dirs if keep(d)]  # pruned where the backend allows it
+        rel = str(directory)[len(root.rstrip("/")):].strip("/")
+        if rel and not all(keep(part) for part in rel.split("/")):
+            continue
+        found.extend(join(str(directory), f) for f in files if keep(f))
+    return sorted(found)
+
+
+def glob(pattern: str) -> list[str]:
+    """Paths matching a glob pattern, sorted. `**` (any depth) works for local paths; in a URI
+    name a directory instead, which is read recursively."""
+    if not is_remote(pattern):
+        return sorted(glob_lib.glob(os.path.expanduser(pattern), recursive=True))
+    if not any(c in pattern for c in _GLOB_CHARS):
+        return [pattern] if exists(pattern) else []
+    if "**" in pattern:
+        raise ValueError(f"{pattern}: '**' is not supported in a URI; name the directory, which is read "
+                         "recursively")
+    scheme, rest = pattern.split("://", 1)
+    parts = rest.split("/")
+    fixed = next(i for i, p in enumerate(parts) if any(c in p for c in _GLOB_CHARS))
+    base = f"{scheme}://" + "/".join(parts[:fixed])
+    return sorted(str(p) for p in _epath(base).glob("/".join(parts[fixed:])))
+
+
+def write_atomic(path: str, data: bytes | str) -> None:
+    """Writes a whole file so that a reader sees the old one or the new one, never a torn one."""
+    mode = "wb" if isinstance(data, bytes) else "w"
+    if is_remote(path):  # an object appears whole when its upload closes
+        with _epath(path).open(mode) as fh:
+            fh.write(data)
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with builtins.open(tmp, mode) as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def read_json(path: str):
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def write_json(path: str, obj, indent: int | None = 1) -> None:
+    write_atomic(path, json.dumps(obj, indent=indent))
+
+
+@contextlib.contextmanager
+def writer(path: str, mode: str = "wb") -> Iterator[IO]:
+    """A file opened for writing that appears at `path` only when the block ends without error."""
+    if is_remote(path):
+        with _epath(path).open(mode) as fh:
+            yield fh
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with builtins.open(tmp, mode) as fh:
+            yield fh
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def wait_for(ready: Callable[[], bool], what: str, poll_s: float = 2.0, report_s: float = 60.0) -> None:
+    """Polls `ready()` (another host's file appearing) until it is true, logging every `report_s` seconds."""
+    t0 = last = time.time()
+    while not ready():
+        if time.time() - last >= report_s:
+            last = time.time()
+            logging.info("waiting for %s (%.0fs)", what, last - t0)
+        time.sleep(poll_s)
+
+
+class ArrayFile:
+    """A flat little-endian array in one file, read by element range: memory-mapped when local, by
+    ranged reads (one open handle per thread) when remote."""
+
+    def __init__(self, path: str, dtype: np.dtype, length: int):
+        self.path, self.dtype, self.length = path, np.dtype(dtype), length
+        self._map = None
+        if not is_remote(path) and length:
+            self._map = np.memmap(path, self.dtype, mode="r", shape=(length,))
+        self._local = threading.local()
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        start, stop, _ = s.indices(self.length)
+        if self._map is not None or stop <= start:
+            return self._map[start:stop] if self._map is not None else np.zeros((0,), self.dtype)
+        fh = getattr(self._local, "fh", None)
+        if fh is None:
+            fh = self._local.fh = _epath(self.path).open("rb")
+        size = self.dtype.itemsize
+        fh.seek(start * size)
+        return np.frombuffer(fh.read((stop - start) * size), self.dtype)
