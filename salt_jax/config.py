@@ -46,7 +46,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     d.seed = 0  # data-order seed: the batch of step s depends only on (cache, seed, s)
     d.cache_dir = ""  # token / tokenizer cache; "" = $SALT_JAX_CACHE or ~/.cache/salt_jax
     d.prefetch = 2  # steps of batches read ahead in a background thread; 0 = read each batch when its step runs
-    d.shard_chars = 16_000_000  # text per token-store shard (one worker's task; a document is never split)
+    d.shard_chars = 16_000_000  # text per token-store shard, one worker task (file sources: bytes of files)
     d.shared_cache = False  # cache_dir is a file system all hosts mount (NFS): they build one store together (gs:// always)
     d.eval_batches = 8  # held-out batches per evaluation (fixed, in order), 0 = the whole split
     d.tokenizer = t = ml_collections.ConfigDict()

@@ -1,6 +1,7 @@
 """The token store on an object store: raw data, tokenizer and store on gs:// paths, and hosts building one
-shared store together. gs:// is served from a local directory through etils.epath's mock backend, so every
-call salt_jax makes for a URI goes through epath as it would to GCS, and any call that bypassed epath
+shared store together. gs:// is served from a local directory through etils.epath's mock backend (a file written
+appears whole when closed, as an object does), so every call salt_jax makes for a URI goes through epath
+as it would to GCS, and any call that bypassed epath
 would touch a literal "gs:" directory in the working directory instead (checked)."""
 
 import os
@@ -15,6 +16,28 @@ from salt_jax.config import base_config
 from salt_jax.data import store
 
 
+class _Upload:
+    """A file written like a GCS object: invisible until closed, then whole."""
+
+    def __init__(self, fn, path, mode, uploads):
+        self.path, self.tmp = path, str(uploads / f"{len(os.listdir(uploads))}-{os.getpid()}-{id(self)}")
+        self.fh = fn(self.tmp, mode)
+
+    def write(self, data):
+        return self.fh.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if not self.fh.closed:
+            self.fh.close()
+            os.replace(self.tmp, self.path)
+
+
 @pytest.fixture
 def fake_gcs(tmp_path, monkeypatch):
     root = tmp_path / "gcs"
@@ -24,11 +47,19 @@ def fake_gcs(tmp_path, monkeypatch):
     local = lambda p: str(p).replace("gs://", f"{root}/", 1)  # noqa: E731
     uri = lambda p: str(p).replace(f"{root}/", "gs://", 1)  # noqa: E731
     calls = []
+    uploads = tmp_path / "uploads"  # outside the bucket
+    uploads.mkdir()
 
     def one(fn, p, *a, **k):
         calls.append(str(p))
         assert str(p).startswith("gs://"), p
         return fn(local(p), *a, **k)
+
+    def open_(fn, p, mode="r"):
+        if "w" not in mode:
+            return one(fn, p, mode)
+        one(lambda *_: None, p)  # checked and counted
+        return _Upload(fn, local(p), mode, uploads)
 
     def two(fn, p, d, *a, **k):
         return fn(local(p), local(d), *a, **k)
@@ -37,7 +68,7 @@ def fake_gcs(tmp_path, monkeypatch):
         for r, dirs, files in fn(local(p), **k):
             yield uri(r), dirs, files
 
-    with epath_testing.mock_epath(open=one, exists=one, isdir=one, listdir=one, makedirs=one, mkdir=one,
+    with epath_testing.mock_epath(open=open_, exists=one, isdir=one, listdir=one, makedirs=one, mkdir=one,
                                   remove=one, rmtree=one, stat=one, walk=walk, rename=two, replace=two,
                                   copy=two, glob=lambda fn, p: [uri(x) for x in fn(local(p))]):
         yield root, calls

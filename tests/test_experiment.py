@@ -150,3 +150,22 @@ def test_a_misspelled_method_is_refused_before_anything_trains(tmp_path):
     with pytest.raises(UserError, match="config.methods: unknown method 'salty'"):
         pipeline.run_experiment(exp, str(tmp_path))
     assert os.listdir(tmp_path) == []
+
+
+def test_a_run_saved_before_a_config_field_existed_is_the_same_config(tmp_path, tiny_config):
+    """Upgrading salt_jax adds fields (with defaults that keep the old behaviour): a finished run saved
+    without them is not 'another config'; a changed value still is."""
+    from salt_jax import paths
+    from salt_jax.errors import UserError
+    from salt_jax.experiment import pipeline
+    from salt_jax.kd import schedules
+
+    written = tiny_config.copy_and_resolve_references()
+    schedules.resolve(written.salt, written.train.steps)  # as the run wrote it
+    saved = json.loads(written.to_json_best_effort())
+    del saved["data"]["shared_cache"]  # written by a version without the field
+    paths.write_json(str(tmp_path / "config.json"), saved)
+    pipeline._check_same_config(tiny_config, str(tmp_path))
+    tiny_config.data.shared_cache = True  # not the default: the old run did not do this
+    with pytest.raises(UserError, match=r"config.data.shared_cache \(False there, True now\)"):
+        pipeline._check_same_config(tiny_config, str(tmp_path))

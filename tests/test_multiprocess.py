@@ -26,8 +26,10 @@ def _free_port() -> int:
 @pytest.mark.parametrize("method", ["salt", "salt_ds"])
 def test_two_processes_match_one_process(method, tmp_path, cache_dir, teacher_dir, salt_reference):
     """salt: both phases; salt_ds also scores the pool with the teacher (each process its rows) and
-    trains the KD phase on the selected sequences."""
+    trains the KD phase on the selected sequences, from a token store in a fresh shared cache that the
+    two processes build together (shards 0, 2, ... by process 0 and 1, 3, ... by process 1)."""
     extra = [f"--config.salt.method={method}"]
+    shared = str(tmp_path / "shared-cache")
     reference = salt_reference
     if method == "salt_ds":
         reference = str(tmp_path / "one")
@@ -36,6 +38,9 @@ def test_two_processes_match_one_process(method, tmp_path, cache_dir, teacher_di
     workdir = str(tmp_path / "two")
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    if method == "salt_ds":
+        extra += [f"--config.data.cache_dir={shared}", "--config.data.shared_cache=true",
+                  "--config.data.shard_chars=100000"]
     procs = [salt_run.cli(workdir, cache_dir, teacher_dir, extra + [f"--coordinator_address=localhost:{port}",
                                                                    "--num_processes=2", f"--process_id={i}"],
                           wait=False, env=env) for i in range(2)]
@@ -57,6 +62,10 @@ def test_two_processes_match_one_process(method, tmp_path, cache_dir, teacher_di
     p1, p2 = salt_run.params(reference), salt_run.params(workdir)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, p2)
     if method == "salt_ds":
+        (store_dir,) = [d for d in os.listdir(os.path.join(shared, "tokens")) if "." not in d]
+        with open(os.path.join(shared, "tokens", store_dir, "meta.json")) as fh:
+            assert len(json.load(fh)["splits"]["train"]["shards"]) >= 4
+        assert "token store written" in outs[0] and "token store written" not in outs[1]  # process 0 completed it
         with open(os.path.join(reference, "selection.json")) as f1, open(os.path.join(workdir, "selection.json")) as f2:
             sel1, sel2 = json.load(f1), json.load(f2)
         assert sel2["kept"] == sel1["kept"] > 0 and sel2["pool"] == sel1["pool"]

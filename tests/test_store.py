@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from salt_jax.config import base_config
-from salt_jax.data import sources, store, tokenizer
+from salt_jax.data import documents, sources, store, tokenizer
 from salt_jax.errors import UserError
 
 
@@ -158,3 +158,41 @@ def test_prepare_builds_the_store_the_run_opens(tmp_path, tiny_config):
     bad = subprocess.run(args + ["--workers=-1"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
         "error: --workers=-1: must be 0 (this process) or more")
+
+
+def test_jsonl_byte_ranges_read_each_record_once_in_order(tmp_path):
+    """Tasks cut a JSONL file at arbitrary bytes (mid-line, mid-character): the parts' documents, in order,
+    are exactly the file's records of each split, every record in one split."""
+    d = tmp_path / "j"
+    d.mkdir()
+    texts = [f"record {i} " + "é" * (i % 7) + " x" * (i % 13) for i in range(300)]
+    (d / "a.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
+    (d / "b.txt").write_text("a plain file is one document")
+    cfg = _cfg(str(d), "", 1)
+    cfg.heldout_fraction = 0.3
+    source = sources.make_source(cfg)
+    seen = []
+    split_b = "train" if str(d / "b.txt") in source.files["train"] else "heldout"
+    last = source.tasks(split_b, 97)[-1]
+    assert [p.path.endswith("b.txt") for p in last] == [False, True]  # a.jsonl's last range packed with b.txt
+    for split in ("train", "heldout"):
+        tasks = source.tasks(split, 97)  # 97-byte ranges: most cuts fall inside a line
+        assert len(tasks) > 50  # cut into ranges
+        stats = documents.ReadStats()
+        got = [doc for parts in tasks for doc in source.part_documents(parts, split, stats)]
+        assert got == list(source.documents(split))
+        assert stats.files == len(source.files[split])  # a file counts once, however many ranges it has
+        seen += got
+    assert sorted(seen) == sorted(texts + ["a plain file is one document"])
+    assert 0.15 < len(list(source.documents("heldout"))) / len(texts) < 0.45
+
+
+def test_a_bad_jsonl_line_names_the_file_and_byte(tmp_path):
+    d = tmp_path / "j"
+    d.mkdir()
+    (d / "a.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
+    with pytest.raises(UserError, match=r"a.jsonl: the line at byte 17 is not valid JSON"):
+        store.build_cache(_cfg(str(d), str(tmp_path / "c"), 1000))
+    (d / "a.jsonl").write_text('{"text": "fine"}\n{"body": "x"}\n')
+    with pytest.raises(UserError, match=r"the record at byte 17 has no string field 'text'; set config.data"):
+        store.build_cache(_cfg(str(d), str(tmp_path / "c"), 1000))

@@ -2,7 +2,7 @@
 
 Documents are tokenized, each followed by EOS, and concatenated in source
 order into one token stream per split; the stream is cut into shards at
-document boundaries (about `config.data.shard_chars` characters of text each)
+document boundaries (about `config.data.shard_chars` bytes or characters of text each)
 and each shard is one raw little-endian file (`train-00003.bin`), listed with
 its token count in `meta.json`. Row i of a split is stream[i*L : i*L + L + 1]
 for sequence length L (inputs are the first L tokens, targets the last L); a
@@ -10,11 +10,17 @@ row may span two shards. Fixed-width raw shards (not ArrayRecord) because
 rows are token ranges, not records: a row is a slice of a memory map, read
 without decoding, on any host.
 
-Building is streamed and parallel: the parent reads documents in order and
-hands each shard's documents to one of `workers` single-threaded processes
-(or tokenizes them itself when workers = 0), which tokenizes them and writes
-the shard (whole or absent: temp file + rename, or one object upload). At most
-2 x workers shards are in flight, so memory does not grow with the corpus.
+Building is parallel and streamed. A file source (stdlib, text/JSONL) is cut
+into tasks before anything is read, from the files' sizes alone: consecutive
+files packed to about `shard_chars` bytes, JSONL files cut into byte ranges
+(a record belongs to the range its line starts in). Each task is one shard,
+read and tokenized by one of `workers` single-threaded processes (or by this
+process when workers = 0), so reading is parallel too. A dataset source
+(TFDS, seqio, ArrayRecord) is a stream: this process reads it in order and
+hands each shard's documents to a worker. A shard is whole or absent (temp
+file + rename, or one object upload); a task's record (`<shard>.json`: what it
+read, its token count) is written after it and marks it done. At most
+2 x workers tasks are in flight, so memory does not grow with the corpus.
 
 A local store is built by one process at a time (a lock file beside it;
 others wait, then open it) into `<key>.partial/`, renamed to `<key>` once
@@ -22,12 +28,12 @@ meta.json is written, so a half-built store is never read. A build that stops
 half-way keeps its finished shards and the next build skips them.
 
 A shared store (a gs:// or s3:// cache_dir, or config.data.shared_cache for a
-file system every host mounts) is built by all the run's hosts together: every
-host reads the documents in the same order, so all agree on the shard
-boundaries, and host p tokenizes shards p, p + P, p + 2P, ... Host 0 writes
-meta.json when every shard is present; meta.json is the commit marker (object
-stores have no rename), and the other hosts wait for it. The paths go through
-`salt_jax.paths` (etils.epath for URIs).
+file system every host mounts) is built by all the run's hosts together: host
+p of P writes tasks p, p + P, p + 2P, ... (of a file source it reads only
+those tasks' files; a dataset stream every host reads whole), and host 0
+writes meta.json once every task is done. meta.json is the commit marker
+(object stores have no rename); the other hosts wait for it. The paths go
+through `salt_jax.paths` (etils.epath for URIs).
 """
 
 from __future__ import annotations
@@ -36,11 +42,12 @@ import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import logging
 import multiprocessing
 import os
 import time
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import ml_collections
 import numpy as np
@@ -159,28 +166,41 @@ def _chunks(docs: Iterator[str], shard_chars: int) -> Iterator[list[str]]:
 
 
 _WORKER_TOKENIZER = None
+_WORKER_SOURCE = None
 
 
-def _init_worker(tok) -> None:
+def _init_worker(tok, source=None) -> None:
     """A store worker tokenizes on one thread: the worker processes are the parallelism."""
-    global _WORKER_TOKENIZER
+    global _WORKER_TOKENIZER, _WORKER_SOURCE
     if hasattr(tok, "threads"):
         tok.threads = 1
-    _WORKER_TOKENIZER = tok
+    _WORKER_TOKENIZER, _WORKER_SOURCE = tok, source
 
 
-def _write_shard(docs: list[str], path: str, tok=None, batch_docs: int = 256) -> int:
+def _write_shard(docs: Iterable[str], path: str, tok=None, batch_docs: int = 256) -> int:
     """Tokenizes `docs` (EOS after each) into the shard file `path`, atomically; returns its token count."""
     tok = tok if tok is not None else _WORKER_TOKENIZER
     dtype = token_dtype(tok.vocab_size)
     n = 0
+    docs = iter(docs)
     with paths.writer(path) as fh:
-        for i in range(0, len(docs), batch_docs):
-            for ids in tok.encode(docs[i:i + batch_docs]):
+        while batch := list(itertools.islice(docs, batch_docs)):
+            for ids in tok.encode(batch):
                 arr = np.asarray(ids + [tok.eos_id], dtype)
                 fh.write(arr.tobytes())
                 n += len(arr)
     return n
+
+
+def _write_task(parts: list, split: str, path: str, source=None, tok=None) -> dict:
+    """Reads the documents of `parts` and writes them as the shard `path`, then its record `path`.json
+    (what was read, and the token count): the record marks the task done."""
+    source = source if source is not None else _WORKER_SOURCE
+    stats = documents.ReadStats()
+    tokens = _write_shard(source.part_documents(parts, split, stats), path, tok)
+    record = dict(stats.as_dict(), tokens=tokens)
+    paths.write_json(f"{path}.json", record)
+    return record
 
 
 class _Progress:
@@ -206,55 +226,123 @@ class _Progress:
                      self.tokens, rate, "0s" if final else eta)
 
 
-def _build_split(source, split: str, tok, build_dir: str, workers: int, shard_chars: int,
-                 host: tuple[int, int] = (0, 1)) -> dict:
-    """Writes this host's missing shards of one split into `build_dir`; returns the split's meta entry
-    (shard token counts are None where another host writes the shard)."""
+def _pool(workers: int, tok, source):
+    """`workers` single-threaded tokenizer processes, or None (this process) for 0. Spawned, not forked:
+    the parent may hold JAX's threads, which fork would copy half-initialised."""
+    if workers <= 0:
+        return None
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_init_worker, initargs=(tok, source))
+
+
+def _collect(pending: dict, done) -> None:
+    """Waits for one of the `pending` futures (future -> key) and hands each finished one to done(key, result)."""
+    finished, _ = concurrent.futures.wait(list(pending), return_when=concurrent.futures.FIRST_COMPLETED)
+    for future in finished:
+        done(pending.pop(future), future.result())
+
+
+def _run_tasks(pool, workers: int, jobs: Iterator, done) -> None:
+    """Runs `jobs` ((key, fn, args)) in `pool` (or here), at most 2 x workers in flight; done(key, result)."""
+    pending: dict = {}
+    try:
+        for key, fn, args in jobs:
+            if pool is None:
+                done(key, fn(*args))
+                continue
+            pending[pool.submit(fn, *args)] = key
+            while len(pending) >= 2 * workers:
+                _collect(pending, done)
+        while pending:
+            _collect(pending, done)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _split_entry(shards: list[dict], records: list[dict]) -> dict:
+    """A split's meta.json entry: what was read (summed over the shards' records), tokens, shards."""
+    total = {k: sum(int(r[k]) for r in records) for k in documents.ReadStats().as_dict()}
+    return dict(total, tokens=int(sum(s["tokens"] for s in shards)), shards=shards)
+
+
+def _build_file_split(source, split: str, tok, build_dir: str, workers: int, shard_chars: int,
+                      host: tuple[int, int]) -> dict | None:
+    """A file source's split: each shard is one task (a group of file parts, `source.tasks`) that a worker
+    reads and writes, so reading is parallel too and a host reads only its own tasks' files. Returns the
+    split's meta entry on host 0 (after the other hosts' tasks are done), None on the others."""
+    tasks = source.tasks(split, shard_chars)
+    shards = [{"file": f"{split}-{i:05d}.bin", "tokens": None} for i in range(len(tasks))]
+    records: dict[int, dict] = {}
+    progress = _Progress(split, source.total_chars(split))
+
+    def done(i: int, record: dict) -> None:
+        records[i] = record
+        progress.update(record["documents"], record["chars"], record["tokens"])
+
+    def jobs():
+        for i, parts in enumerate(tasks):
+            path = paths.join(build_dir, shards[i]["file"])
+            if i % host[1] != host[0]:
+                continue  # another host's task
+            if paths.exists(f"{path}.json"):  # finished by an earlier, interrupted build
+                done(i, paths.read_json(f"{path}.json"))
+            else:
+                yield i, _write_task, (parts, split, path) + (() if workers else (source, tok))
+
+    _run_tasks(_pool(workers, tok, source), workers, jobs(), done)
+    progress.update(0, 0, 0, final=True)
+    if host[0] != 0:
+        return None
+    records_of = lambda i: f"{paths.join(build_dir, shards[i]['file'])}.json"  # noqa: E731
+    missing = [i for i in range(len(tasks)) if i not in records]
+    paths.wait_for(lambda: all(paths.exists(records_of(i)) for i in missing),
+                   f"the other hosts' {len(missing)} {split} shards in {build_dir}")
+    for i in missing:
+        records[i] = paths.read_json(records_of(i))
+    for i, shard in enumerate(shards):
+        shard["tokens"] = int(records[i]["tokens"])
+    return _split_entry(shards, [records[i] for i in range(len(tasks))])
+
+
+def _build_stream_split(source, split: str, tok, build_dir: str, workers: int, shard_chars: int,
+                        host: tuple[int, int]) -> dict | None:
+    """A dataset source's split (TFDS, seqio, ArrayRecord: a stream of examples): this process reads the
+    documents in order and hands each shard's documents to a worker; a host writes every H-th shard, but
+    every host reads the whole stream. Returns the meta entry on host 0, None on the others."""
     stats = documents.ReadStats()
-    progress = _Progress(split, getattr(source, "total_chars", lambda s: None)(split))
+    progress = _Progress(split, None)
     shards: list[dict] = []
-    pending: dict[int, tuple[concurrent.futures.Future, int, int]] = {}
     itemsize = token_dtype(tok.vocab_size).itemsize
 
-    def record(index: int, n_docs: int, n_chars: int, n_tokens: int) -> None:
-        shards[index]["tokens"] = n_tokens
-        progress.update(n_docs, n_chars, n_tokens)
+    def done(key: tuple[int, int, int], tokens: int) -> None:
+        index, n_docs, n_chars = key
+        shards[index]["tokens"] = tokens
+        progress.update(n_docs, n_chars, tokens)
 
-    pool = None
-    if workers > 0:  # spawn: the parent may hold JAX's threads, which fork would copy half-initialised
-        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                      initializer=_init_worker, initargs=(tok,))
-    try:
+    def jobs():
         for index, docs in enumerate(_chunks(source.documents(split, stats), shard_chars)):
             name = f"{split}-{index:05d}.bin"
             path = paths.join(build_dir, name)
             shards.append({"file": name, "tokens": None})
-            n_chars = sum(map(len, docs))
-            if index % host[1] != host[0]:  # another host's shard
-                continue
+            if index % host[1] != host[0]:
+                continue  # another host's shard
+            key = (index, len(docs), sum(map(len, docs)))
             if paths.exists(path):  # finished by an earlier, interrupted build
-                record(index, len(docs), n_chars, paths.getsize(path) // itemsize)
-            elif pool is None:
-                record(index, len(docs), n_chars, _write_shard(docs, path, tok))
+                done(key, paths.getsize(path) // itemsize)
             else:
-                pending[index] = (pool.submit(_write_shard, docs, path), len(docs), n_chars)
-                while len(pending) >= 2 * workers:  # bounded: at most 2 x workers shards of text in flight
-                    _collect(pending, record)
-        while pending:
-            _collect(pending, record)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+                yield key, _write_shard, (docs, path) + (() if workers else (tok,))
+
+    _run_tasks(_pool(workers, tok, None), workers, jobs(), done)
     progress.update(0, 0, 0, final=True)
-    return dict(stats.as_dict(), shards=shards)
-
-
-def _collect(pending: dict, record) -> None:
-    done, _ = concurrent.futures.wait([f for f, _, _ in pending.values()],
-                                      return_when=concurrent.futures.FIRST_COMPLETED)
-    for index in [i for i, (f, _, _) in pending.items() if f in done]:
-        future, n_docs, n_chars = pending.pop(index)
-        record(index, n_docs, n_chars, future.result())
+    if host[0] != 0:
+        return None
+    missing = [s for s in shards if s["tokens"] is None]
+    paths.wait_for(lambda: all(paths.exists(paths.join(build_dir, s["file"])) for s in missing),
+                   f"the other hosts' {len(missing)} {split} shards in {build_dir}")
+    for s in missing:
+        s["tokens"] = paths.getsize(paths.join(build_dir, s["file"])) // itemsize
+    return _split_entry(shards, [stats.as_dict()])
 
 
 def _build_dir(directory: str, shard_chars: int, shared: bool, host: tuple[int, int]) -> str:
@@ -298,26 +386,20 @@ def _build(source, tok, data_cfg: ml_collections.ConfigDict, directory: str, wor
     meta = {"version": STORE_VERSION, "source": data_cfg.source, "source_fingerprint": source.fingerprint(),
             "tokenizer": tok.fingerprint(), "vocab_size": tok.vocab_size,
             "dtype": token_dtype(tok.vocab_size).str, "splits": {}}
+    build_split = _build_file_split if hasattr(source, "tasks") else _build_stream_split
     for split in documents.SPLITS:
-        meta["splits"][split] = _build_split(source, split, tok, build_dir, int(workers), shard_chars, host)
-    if meta["splits"]["train"]["documents"] == 0:
-        raise UserError(f"config.data: source {data_cfg.source!r} has no usable (UTF-8, non-empty) "
-                        "training documents; check config.data.path")
+        meta["splits"][split] = build_split(source, split, tok, build_dir, int(workers), shard_chars, host)
     meta_path = paths.join(directory, "meta.json")
     if host[0] != 0:
         paths.wait_for(lambda: paths.exists(meta_path), f"host 0 to complete {directory}")
         return
-    itemsize = token_dtype(tok.vocab_size).itemsize
     for split, info in meta["splits"].items():
-        missing = [s for s in info["shards"] if s["tokens"] is None]
-        paths.wait_for(lambda: all(paths.exists(paths.join(build_dir, s["file"])) for s in missing),
-                  f"the other hosts' {len(missing)} {split} shards in {build_dir}")
-        for s in missing:
-            s["tokens"] = paths.getsize(paths.join(build_dir, s["file"])) // itemsize
-        info["tokens"] = int(sum(s["tokens"] for s in info["shards"]))
         logging.info("token store %s: %d files, %d documents, %d tokens in %d shards; skipped %d undecodable "
                      "and %d empty files", split, info["files"], info["documents"], info["tokens"],
                      len(info["shards"]), info["skipped_undecodable"], info["skipped_empty"])
+    if meta["splits"]["train"]["documents"] == 0:
+        raise UserError(f"config.data: source {data_cfg.source!r} has no usable (UTF-8, non-empty) "
+                        "training documents; check config.data.path")
     paths.write_json(paths.join(build_dir, "meta.json"), meta)
     if not shared:
         os.replace(build_dir, directory)  # atomic: a half-built store is never picked up

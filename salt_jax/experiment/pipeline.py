@@ -18,7 +18,7 @@ import jax
 import ml_collections
 
 from salt_jax import paths
-from salt_jax.config import set_method
+from salt_jax.config import base_config, set_method
 from salt_jax.errors import UserError
 from salt_jax.experiment import report
 from salt_jax.kd import methods as kd_methods
@@ -78,6 +78,17 @@ def student_config(exp: ml_collections.ConfigDict, spec: str, seed: int, teacher
     return c
 
 
+def _with_new_fields(saved: dict, defaults: dict) -> dict:
+    """`saved` with the fields added to salt_jax since it was written set to their defaults (a new field's
+    default keeps the old behaviour), so upgrading salt_jax does not make a finished run look changed."""
+    for key, value in defaults.items():
+        if key not in saved:
+            saved[key] = value
+        elif isinstance(value, dict) and isinstance(saved[key], dict):
+            _with_new_fields(saved[key], value)
+    return saved
+
+
 def _diff(a, b, prefix="config") -> str | None:
     """The first differing field path of two config dicts (None if equal)."""
     for key in sorted(set(a) | set(b)):
@@ -98,7 +109,7 @@ def _check_same_config(config, workdir: str) -> None:
         return
     intended = copy.deepcopy(config)
     schedules.resolve(intended.salt, intended.train.steps)
-    saved = paths.read_json(path)
+    saved = _with_new_fields(paths.read_json(path), json.loads(base_config().to_json_best_effort()))
     now = json.loads(intended.to_json_best_effort())
     for c in (saved, now):  # where things live and how chatty a run is do not change what it computes
         c["salt"].pop("teacher", None)  # (the teacher itself is checked by fingerprint on resume)
