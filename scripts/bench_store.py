@@ -9,7 +9,8 @@ and the peak RSS of the largest process (the builder, or a worker). The
 SentencePiece tokenizer is trained once, on the smallest corpus, and reused.
 Finally it times the step-indexed loader (`Batches.numpy`) at seq 2048 and
 compares it with the tokens per second the paper's 2.8B student consumes on
-one TPU v5p host at 50% MFU (salt_jax.model.flops). Prints a table and writes
+one TPU v5p host at 50% MFU (salt_jax.model.flops), and the cost of one step's row
+indices at the Pile's size against a full permutation. Prints a table and writes
 DIR/bench_store.json.
 """
 
@@ -82,7 +83,7 @@ def train_tokenizer(corpus: str, out: str) -> str:
     return tok.model_file
 
 
-def loader_rate(directory: str, batch: int, seq: int, steps: int = 200) -> float:
+def loader_rate(directory: str, batch: int, seq: int, steps: int = 500) -> float:
     """Tokens per second of Batches.numpy (this host's rows of the global batch of step s)."""
     cache = store.TokenCache(directory, seq)
     b = batches.Batches(cache.train, batch, seed=0)

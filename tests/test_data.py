@@ -119,6 +119,7 @@ def test_batch_indices_visit_every_row_once_per_epoch():
     assert not np.array_equal(idx[:n], idx[n:2 * n])  # a new order each epoch
     np.testing.assert_array_equal(batches_lib.batch_indices(7, b, n, 3), idx[56:64])  # pure in the step
     assert not np.array_equal(idx[:n], batches_lib.batch_indices(0, n, n, seed=4))  # the seed matters
+    np.testing.assert_array_equal(batches_lib.batch_indices(7, b, n, 3, slice(2, 5)), idx[58:61])  # a host's part
 
 
 def test_batch_indices_shuffle_well_at_scale_without_a_permutation():

@@ -158,6 +158,10 @@ def test_prepare_builds_the_store_the_run_opens(tmp_path, tiny_config):
     bad = subprocess.run(args + ["--workers=-1"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
         "error: --workers=-1: must be 0 (this process) or more")
+    bad = subprocess.run(args + ["--process_count=2", "--process_index=1"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(
+        "error: --process_count=2: the machines must share the store; use a gs:// or s3:// config.data.cache_dir")
 
 
 def test_jsonl_byte_ranges_read_each_record_once_in_order(tmp_path):

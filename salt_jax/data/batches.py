@@ -13,6 +13,7 @@ background thread. The held-out set is read in order (`eval_batches`).
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from typing import Callable
@@ -31,18 +32,21 @@ from salt_jax.errors import UserError
 SHUFFLE_ROUNDS = 8
 
 
+@functools.lru_cache(maxsize=64)
 def _epoch_seed(seed: int, epoch: int) -> int:
     """A 31-bit key per (seed, epoch), so every epoch is shuffled differently."""
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] >> 1)
 
 
-def batch_indices(step: int, batch_size: int, n_rows: int, seed: int) -> np.ndarray:
-    """Row indices of the global batch for `step`: a pure function of its arguments, O(batch_size)."""
-    i = step * batch_size + np.arange(batch_size, dtype=np.int64)
-    epochs, pos = i // n_rows, i % n_rows
-    keys = {int(e): _epoch_seed(seed, int(e)) for e in np.unique(epochs)}
-    return np.array([index_shuffle(int(p), n_rows - 1, keys[int(e)], SHUFFLE_ROUNDS)
-                     for e, p in zip(epochs, pos)], np.int64)
+def batch_indices(step: int, batch_size: int, n_rows: int, seed: int, part: slice = slice(None)) -> np.ndarray:
+    """Row indices of the global batch for `step` (only its positions `part`, e.g. this host's): a pure
+    function of its arguments, O(batch_size)."""
+    positions = range(step * batch_size, (step + 1) * batch_size)[part]
+    out = np.empty(len(positions), np.int64)
+    for k, i in enumerate(positions):
+        epoch, pos = divmod(i, n_rows)
+        out[k] = index_shuffle(pos, n_rows - 1, _epoch_seed(seed, epoch), SHUFFLE_ROUNDS)
+    return out
 
 
 def host_rows(global_batch: int) -> slice:
@@ -63,14 +67,14 @@ class Batches:
         self.rows = None if rows is None else np.asarray(rows, np.int64)
         self.n_rows = split.n_rows if rows is None else len(self.rows)
 
-    def indices(self, step: int) -> np.ndarray:
-        """Row indices (into the split) of the global batch for `step`."""
-        idx = batch_indices(step, self.batch_size, self.n_rows, self.seed)
+    def indices(self, step: int, part: slice = slice(None)) -> np.ndarray:
+        """Row indices (into the split) of the global batch for `step` (its positions `part`)."""
+        idx = batch_indices(step, self.batch_size, self.n_rows, self.seed, part)
         return idx if self.rows is None else self.rows[idx]
 
     def numpy(self, step: int) -> np.ndarray:
         """This host's rows of the global batch for `step`, [rows, seq_len + 1] int32."""
-        return self.split.rows(self.indices(step)[host_rows(self.batch_size)])
+        return self.split.rows(self.indices(step, host_rows(self.batch_size)))
 
     def device(self, step: int, sharding, rows: np.ndarray | None = None) -> jax.Array:
         """The global batch of `step` on the mesh; `rows`: this host's rows, if already read (Prefetcher)."""
