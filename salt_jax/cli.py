@@ -7,25 +7,45 @@ use these helpers so every user-fixable error exits with status 2 and one line.
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from typing import Callable
 
 from absl import flags
 
-from salt_jax.errors import UserError
+from salt_jax.errors import INTERRUPTED_STATUS, UserError
 
 
 def setup_logging() -> None:
-    # Progress and info go to stdout; stderr is kept for warnings and the one-line error.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stdout, force=True)
+    """Progress and info lines on stdout; warnings and errors on stderr (as `warning: ...`), where the
+    one-line error of a user mistake also goes."""
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    out.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    err.setFormatter(logging.Formatter("%(asctime)s %(levelname_lower)s: %(message)s", datefmt="%H:%M:%S"))
+    err.addFilter(_lower_level_name)
+    logging.basicConfig(level=logging.INFO, handlers=[out, err], force=True)
     for noisy in ("absl", "orbax", "jax._src"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _lower_level_name(record: logging.LogRecord) -> bool:
+    record.levelname_lower = record.levelname.lower()
+    return True
 
 
 def fail(message: str) -> None:
     """Prints one line on stderr and exits with status 2."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+def interrupted(what: str) -> None:
+    """Ctrl-C outside the training loop (which checkpoints first): one line on stderr, exit status 130."""
+    print(f"interrupted: {what}", file=sys.stderr, flush=True)
+    sys.exit(INTERRUPTED_STATUS)
 
 
 def _first_line(e: BaseException) -> str:
@@ -35,6 +55,26 @@ def _first_line(e: BaseException) -> str:
     return (lines[0] if lines else type(e).__name__)[:300]
 
 
+HELP_FLAGS = ("-h", "--help", "-help", "--helpfull", "--helpshort")
+
+
+def own_flags_help() -> list[str]:
+    """`--name: help` of the flags salt_jax defines (not those of the libraries it imports)."""
+    own = {f.name: f for module, fs in flags.FLAGS.flags_by_module_dict().items()
+           if module.startswith("salt_jax") or module in ("__main__", sys.argv[0]) for f in fs}
+    return [f"  --{name}: {own[name].help}" for name in sorted(own)]
+
+
+def flags_parser(help_text: Callable[[], str]):
+    """absl's flags_parser for app.run: `parse_flags`, with -h / --help printing help_text() and exiting 0."""
+    def parse(argv):
+        if any(a in HELP_FLAGS for a in argv[1:]):
+            print(help_text(), flush=True)
+            sys.exit(0)
+        return parse_flags(argv)
+    return parse
+
+
 def parse_flags(argv):
     """absl flag parsing that turns every command-line mistake into one error line."""
     try:
@@ -42,10 +82,18 @@ def parse_flags(argv):
     except UserError as e:
         fail(str(e))
     except (AttributeError, KeyError) as e:  # an override names a field the config does not have
-        fail(f"command line: the config has no field {_first_line(e).strip(chr(34))}; check the --config.* names "
-             "against the config file")
+        fail(f"command line: {_no_field(e)}; check the --config.* names against the config file")
     except Exception as e:  # noqa: BLE001 -- absl/ml_collections raise several types here
         fail(f"command line: {_first_line(e)}")
+
+
+def _no_field(e: BaseException) -> str:
+    """ml_collections' KeyError ("'stpes'\nDid you mean "steps" ...") as one readable clause."""
+    message = str(e)  # the field's name comes first, quoted (and sometimes escaped twice)
+    name = re.search(r"[A-Za-z_][A-Za-z0-9_]*", message)
+    hint = re.search(r'Did you mean "([^"]+)"', message)
+    return (f"the config has no field {name.group(0) if name else message!r}"
+            + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
 
 
 def load_config(config_flag):

@@ -7,6 +7,8 @@ need; any field can then be overridden on the command line
 
 from __future__ import annotations
 
+import json
+
 import ml_collections
 
 from salt_jax.errors import UserError, check
@@ -239,3 +241,84 @@ def check_vocab(c: ml_collections.ConfigDict, tokenizer_vocab: int) -> None:
     if tokenizer_vocab > c.model.vocab_size:
         raise UserError(f"config.model.vocab_size={c.model.vocab_size} is smaller than the tokenizer's "
                         f"vocabulary ({tokenizer_vocab}); set config.model.vocab_size={tokenizer_vocab}")
+
+
+# Fields a run may be resumed with changed: where things live, how often it logs, evaluates and saves,
+# how it is laid out on the devices (checkpoints restore onto any mesh), and fault drills. None of them
+# changes the parameters a run computes.
+RESUMABLE_CHANGES = ("salt.teacher", "data.cache_dir", "data.prefetch", "data.shard_chars", "data.shared_cache",
+                     "data.eval_batches", "train.log_every", "train.eval_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.progress", "train.preemption_grace_s", "train.debug_kill",
+                     "train.debug_nan_steps", "train.peak_tflops", "mesh")
+
+
+def drift(saved: dict, now: ml_collections.ConfigDict, ignore: tuple[str, ...]) -> list[str]:
+    """The fields (as "config.a.b (x there, y now)") in which config `now` differs from the `saved` config
+    of a run, leaving out the `ignore` fields and sections. A field added to salt_jax since `saved` was
+    written counts as its default (a new field's default keeps the old behaviour)."""
+    as_json = lambda c: json.loads(c.to_json_best_effort())  # noqa: E731 -- as config.json holds it
+    saved = _with_new_fields(saved, as_json(base_config()))
+    found: list[str] = []
+    _diff(saved, as_json(now), "", set(ignore), found)
+    return found
+
+
+def _with_new_fields(saved: dict, defaults: dict) -> dict:
+    out = dict(saved)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = _with_new_fields(out[key], value)
+    return out
+
+
+def _diff(a: dict, b: dict, prefix: str, ignore: set, found: list) -> None:
+    for key in sorted(set(a) | set(b)):
+        name = f"{prefix}{key}"
+        if name in ignore:
+            continue
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            _diff(x, y, f"{name}.", ignore, found)
+        elif x != y and not (isinstance(x, (int, float)) and isinstance(y, (int, float)) and float(x) == float(y)):
+            found.append(f"config.{name} ({x!r} there, {y!r} now)")
+
+
+def field_help() -> list[tuple[str, str, str]]:
+    """(data.seq_len, its default, its comment) for every field of base_config, read from this file's
+    source so the comments stay the one place fields are explained."""
+    import inspect  # noqa: PLC0415
+    import re  # noqa: PLC0415
+
+    defaults = base_config().to_dict()
+    sections, out = {"c": ""}, []
+    for line in inspect.getsource(base_config).splitlines():
+        sub = re.match(r"\s+(\w)\.(\w+) = (\w) = ml_collections\.ConfigDict\(\)", line)
+        if sub:
+            sections[sub.group(3)] = sections[sub.group(1)] + sub.group(2) + "."
+            continue
+        field = re.match(r"\s+(\w)\.(\w+) = .*?(?:  # (.*))?$", line)
+        if field and field.group(1) in sections:
+            name = sections[field.group(1)] + field.group(2)
+            value = defaults
+            for part in name.split("."):
+                value = value[part]
+            if isinstance(value, dict):  # the model section: its fields come from the preset
+                out += [(f"{name}.{k}", repr(v), "from the preset (salt_jax/model/presets.py)")
+                        for k, v in value.items()]
+            else:
+                out.append((name, repr(value), field.group(3) or ""))
+    return out
+
+
+def run_help(doc: str, flag_lines: list[str]) -> str:
+    """A run command's --help: its usage, its flags, the :METHOD variants and every config field with
+    its default and comment."""
+    lines = [(doc or "").strip(), "", "flags:", *flag_lines, "",
+             "--config=FILE:METHOD picks a method variant (configs/demo.py:salt):"]
+    lines += [f"  {m.name:<14} {m.summary}" for m in methods.TABLE]
+    lines += ["", "config fields (override any with --config.SECTION.FIELD=VALUE; default, then what it does):"]
+    lines += [f"  {name} = {default}  # {comment}" if comment else f"  {name} = {default}"
+              for name, default, comment in field_help()]
+    return "\n".join(lines)

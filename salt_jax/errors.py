@@ -13,3 +13,7 @@ def check(condition: bool, message: str) -> None:
     """Raises UserError(message) unless condition holds."""
     if not condition:
         raise UserError(message)
+
+
+# The exit status of a command stopped by Ctrl-C (128 + SIGINT, what a shell reports).
+INTERRUPTED_STATUS = 130

@@ -9,12 +9,14 @@ checkpoint. Mistakes a user can fix exit with status 2 and one line on stderr.
 from __future__ import annotations
 
 import logging
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from salt_jax.cli import fail, load_config, parse_flags, setup_logging
-from salt_jax.errors import UserError
+from salt_jax.cli import fail, flags_parser, interrupted, load_config, own_flags_help, setup_logging
+from salt_jax.config import run_help
+from salt_jax.errors import INTERRUPTED_STATUS, UserError
 from salt_jax.train import distributed, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).", lock_config=True)
@@ -32,14 +34,19 @@ def _main(argv) -> None:
         summary = loop.run(config, _WORKDIR.value)
     except UserError as e:
         fail(str(e))
-    if summary.get("preempted"):
-        return  # exit 0: the checkpoint at the step reached is written; the same command resumes
+    except KeyboardInterrupt:
+        interrupted("Ctrl-C before training started; every saved checkpoint is kept, and the same command "
+                    "resumes")
+    if summary.get("preempted"):  # the checkpoint at the step reached is written; the same command resumes
+        if summary.get("signal") == "SIGINT":
+            sys.exit(INTERRUPTED_STATUS)
+        return  # a preemption notice (SIGTERM): exit 0
     logging.info("done: final held-out loss %.4f, accuracy %.4f", summary["final_eval_loss"],
                  summary["final_eval_accuracy"])
 
 
 def main() -> None:
-    app.run(_main, flags_parser=parse_flags)
+    app.run(_main, flags_parser=flags_parser(lambda: run_help(__doc__, own_flags_help())))
 
 
 if __name__ == "__main__":

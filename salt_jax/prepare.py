@@ -22,8 +22,8 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from salt_jax.cli import fail, load_config, parse_flags, setup_logging
-from salt_jax.config import validate
+from salt_jax.cli import fail, flags_parser, load_config, own_flags_help, setup_logging
+from salt_jax.config import run_help, validate
 from salt_jax.data import store
 from salt_jax.errors import UserError
 from salt_jax.kd.teacher import adopt_teacher_vocabulary
@@ -71,7 +71,7 @@ def _main(argv) -> None:
 
 
 def main() -> None:
-    app.run(_main, flags_parser=parse_flags)
+    app.run(_main, flags_parser=flags_parser(lambda: run_help(__doc__, own_flags_help())))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The training CLI end to end, its outputs, resume, and its one-line errors."""
 
 import json
+import platform
+import re
 import os
 import subprocess
 import sys
@@ -39,6 +41,10 @@ def test_cli_trains_writes_outputs_and_resumes(tmp_path, cache_dir):
     assert 0.0 <= evals[-1]["accuracy"] <= 1.0
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["15", "30"]
     assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+    corpus = json.load(open(os.path.join(workdir, "summary.json")))["corpus"]  # what determined the data
+    assert corpus["source"] == "stdlib" and corpus["python"] == platform.python_version()
+    assert 40 < corpus["train_files"] < 60  # 60 files, a few held out
+    assert corpus["train_tokens"] > 0 and f"corpus: stdlib source {corpus['source_fingerprint']}, Python " in out.stdout
 
     again = _cli(TINY + [f"--workdir={workdir}"], cache_dir)  # same command: resumes, nothing left to do
     assert again.returncode == 0, again.stderr[-2000:]
@@ -48,3 +54,25 @@ def test_cli_trains_writes_outputs_and_resumes(tmp_path, cache_dir):
 
 # Every user error (bad values, mesh, data, checkpoints, ...) is covered row by row from docs/errors.md
 # in tests/test_errors.py.
+
+
+def test_help_lists_flags_methods_and_every_config_field(cache_dir):
+    from salt_jax.config import base_config
+
+    out = _cli(["-h"], cache_dir)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    assert "--workdir: Directory for checkpoints" in text and "--config: Run config file" in text
+    assert "  salt-adaptive  SALT, KD ends when the student catches the teacher" in text
+    assert "  train.steps = 200  # total training steps" in text
+    assert "  data.tokenizer.kind = 'bytes'  # " in text and "  model.d_model = 32  # from the preset" in text
+    fields = [m.group(1) for m in (re.match(r"  ([a-z0-9_.]+) = ", ln) for ln in text.splitlines()) if m]
+    want = []
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            walk(v, f"{prefix}{k}.") if isinstance(v, dict) else want.append(prefix + k)
+
+    walk(base_config().to_dict())
+    assert sorted(fields) == sorted(want)  # every field, once
+    assert _cli(["--help"], cache_dir).stdout == text

@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 import pytest
+from etils.epath import gpath as epath_gpath
 from etils.epath import testing as epath_testing
 
 from salt_jax import paths
@@ -43,6 +44,7 @@ def fake_gcs(tmp_path, monkeypatch):
     root = tmp_path / "gcs"
     root.mkdir()
     monkeypatch.setenv("EPATH_USE_TF", "false")  # epath's own backend table, which the mock replaces
+    monkeypatch.setattr(epath_gpath, "_is_tf_installed", lambda: False)  # (epath caches the first answer)
     monkeypatch.chdir(tmp_path)
     local = lambda p: str(p).replace("gs://", f"{root}/", 1)  # noqa: E731
     uri = lambda p: str(p).replace(f"{root}/", "gs://", 1)  # noqa: E731
@@ -168,27 +170,30 @@ def test_workdir_files_on_gs(fake_gcs, tiny_config):
     """A gs:// workdir's own files: config.json (and its drift copy), metrics.jsonl (rewritten whole, cut
     back on resume) and summary.json, read back by the experiment report. Checkpoints are Orbax's."""
     from salt_jax.experiment import report
-    from salt_jax.train import metrics, setup
+    from salt_jax.train import metrics
+    from salt_jax.train import workdir as workdir_lib
 
     root, _ = fake_gcs
     workdir = "gs://bucket/runs/a"
     paths.makedirs(workdir)
-    setup._write_config(tiny_config, workdir)
+    workdir_lib.write_config(tiny_config, workdir)
     changed = tiny_config.copy_and_resolve_references()
     changed.optim.learning_rate = 0.5
-    setup._write_config(changed, workdir)
+    workdir_lib.write_config(changed, workdir)
     assert paths.read_json(f"{workdir}/config.json")["optim"]["learning_rate"] == 0.5
     assert paths.read_json(f"{workdir}/config.prev.json")["optim"]["learning_rate"] == tiny_config.optim.learning_rate
     w = metrics.MetricsWriter(workdir)
-    for step in (10, 20, 30):
-        w.write("eval", step, {"loss": 5.0 - step / 10})
+    for step in (4, 8, 12):
+        w.write("eval", step, {"loss": 5.0 - step / 4})
     w.close()
-    assert [r["step"] for r in metrics.read_metrics(f"{workdir}/metrics.jsonl")] == [10, 20, 30]
-    metrics.MetricsWriter(workdir, resume_step=20).close()  # resumed from the checkpoint of step 20
+    assert [r["step"] for r in metrics.read_metrics(f"{workdir}/metrics.jsonl")] == [4, 8, 12]
+    w = metrics.MetricsWriter(workdir, resume_step=8)  # resumed from the checkpoint of step 8
     assert (root / "bucket/runs/a/metrics.jsonl").read_text().count("\n") == 2
-    paths.write_json(f"{workdir}/summary.json", {"steps": 20, "kd_phase_end": 0})
+    w.write("eval", 12, {"loss": 1.5})
+    w.close()
+    paths.write_json(f"{workdir}/summary.json", {"steps": 12, "kd_phase_end": 0})
     run = report.Run(workdir)
-    assert [r["loss"] for r in run.evals] == [4.0, 3.0] and run.kd_phase_end == 0
+    assert [r["loss"] for r in run.evals] == [4.0, 3.0, 1.5] and run.kd_phase_end == 0
     assert run.config.optim.learning_rate == 0.5
 
 

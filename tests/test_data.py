@@ -181,3 +181,8 @@ def test_prefetched_batches_are_the_batches_of_each_step(tmp_path):
     broken = batches_lib.Prefetcher(lambda s: None, 0, 5, depth=2)  # a source that fails to read
     with pytest.raises(AttributeError):
         broken.take(0, full)
+    asked = []
+    long_run = batches_lib.Prefetcher(lambda s: asked.append(s) or full, 0, 100_000, depth=2)
+    long_run.take(0, full), long_run.take(1, full)
+    long_run.close()  # a run that stops early (preemption, Ctrl-C): the reader stops too, and is joined
+    assert not long_run._thread.is_alive() and len(asked) <= 6

@@ -57,7 +57,7 @@ def test_error_row(row, tmp_path, cache_dir, request):
         elif row["id"] == "teacher-untrained":
             os.makedirs(tmp_path / "empty")
             args = ["--config.salt.method=salt", f"--config.salt.teacher={tmp_path / 'empty'}"]
-        elif row["id"] in ("corrupt", "model-changed"):
+        elif row["id"] in ("corrupt", "model-changed", "config-drift"):
             first = _run("salt_jax.main", base, cache_dir)
             assert first.returncode == 0, first.stderr[-2000:]
             if row["id"] == "corrupt":
@@ -65,9 +65,21 @@ def test_error_row(row, tmp_path, cache_dir, request):
                     for f in files:
                         with open(os.path.join(root, f), "wb") as fh:
                             fh.write(b"garbage")
-                args = ["--config.train.steps=8"]
-            else:
-                args = ["--config.model.d_model=48"]
+                args = []
+        elif row["id"] == "workdir-file":
+            open(workdir, "w").close()
+        elif row["id"] == "workdir-entry":
+            os.makedirs(os.path.join(workdir, "metrics.jsonl"))
+        elif row["id"] == "teacher-inside":
+            args = ["--config.salt.method=salt", f"--config.salt.teacher={workdir}/checkpoints"]
+        elif row["id"] == "workdir-locked":
+            import fcntl
+            os.makedirs(workdir)
+            holder = open(os.path.join(workdir, ".lock"), "w")  # as a running salt_jax process holds it
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            holder.write("salt_jax pid 4242 on testhost since 2026-12-01 10:00:00")
+            holder.flush()
+            request.addfinalizer(holder.close)
         out = _run("salt_jax.main", base + args, cache_dir)
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
     assert "Traceback" not in out.stderr
@@ -75,3 +87,16 @@ def test_error_row(row, tmp_path, cache_dir, request):
     assert last.startswith("error: ") and row["needle"] in last, last
     if row["id"] == "corrupt":  # named, and left where it was
         assert "checkpoints/6" in last and os.path.isdir(os.path.join(workdir, "checkpoints", "6"))
+
+
+def test_hf_export_without_the_hf_extra_is_one_line(tmp_path, teacher_dir, cache_dir):
+    script = ("import sys\n"
+              "sys.modules['safetensors'] = sys.modules['safetensors.numpy'] = None  # as if not installed\n"
+              "from salt_jax.hf.__main__ import main\n"
+              f"main(['export', '--workdir', {teacher_dir!r}, '--out', {str(tmp_path / 'hf')!r}])\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, SALT_JAX_CACHE=cache_dir))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1] == (
+        'error: safetensors is not installed: Hugging Face interop needs the [hf] extra; run pip install -e ".[hf]" '
+        "(or pip install salt_jax[hf])")

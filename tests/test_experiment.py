@@ -150,6 +150,24 @@ def test_a_misspelled_method_is_refused_before_anything_trains(tmp_path):
     with pytest.raises(UserError, match="config.methods: unknown method 'salty'"):
         pipeline.run_experiment(exp, str(tmp_path))
     assert os.listdir(tmp_path) == []
+    exp = ml_collections.ConfigDict(dict(methods="baseline,salt", seeds="0", teacher_path=str(tmp_path / "nope")))
+    with pytest.raises(UserError, match=r"config.teacher_path=.*nope: no such directory"):
+        pipeline.run_experiment(exp, str(tmp_path))
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_report_refuses_an_unfinished_run(tmp_path, tiny_config):
+    from salt_jax import paths
+    from salt_jax.errors import UserError
+
+    paths.write_json(str(tmp_path / "config.json"), json.loads(tiny_config.to_json_best_effort()))  # 12 steps
+    with pytest.raises(UserError, match=r"metrics.jsonl: it holds no evaluation, so the run is unfinished"):
+        report.Run(str(tmp_path))
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"split": "eval", "step": s, "loss": 5.0}) + "\n"
+                                                    for s in (0, 6)))
+    with pytest.raises(UserError, match=r"its last evaluation is at step 6 of 12, so the run is unfinished or the "
+                                         r"file was cut; re-run the experiment command"):
+        report.Run(str(tmp_path))
 
 
 def test_a_run_saved_before_a_config_field_existed_is_the_same_config(tmp_path, tiny_config):

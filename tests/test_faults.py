@@ -5,7 +5,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -50,8 +49,8 @@ def test_kill_9_at_every_phase_then_resume_gives_identical_parameters(tmp_path, 
     assert [(r["step"], r["loss"]) for r in got_lines] == [(r["step"], r["loss"]) for r in ref_lines]
 
 
-def test_sigterm_checkpoints_the_step_reached_and_exits_0(tmp_path, cache_dir, teacher_dir, salt_reference):
-    workdir = str(tmp_path / "preempted")
+def _signal_a_long_run(workdir, cache_dir, teacher_dir, signum) -> tuple[subprocess.Popen, str]:
+    """Starts a 100000-step run, sends `signum` once it has trained 5 steps; (the process, its output)."""
     proc = _cli(workdir, cache_dir, teacher_dir, ["--config.train.steps=100000", "--config.train.progress=true",
                                                   "--config.train.log_every=1", "--config.train.checkpoint_every=1000"], wait=False)
     lines = []
@@ -59,9 +58,15 @@ def test_sigterm_checkpoints_the_step_reached_and_exits_0(tmp_path, cache_dir, t
         lines.append(line)
         if "step 5/" in line:
             break
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     rest, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, "".join(lines) + rest
+    return proc, "".join(lines) + rest
+
+
+def test_sigterm_checkpoints_the_step_reached_and_exits_0(tmp_path, cache_dir, teacher_dir, salt_reference):
+    workdir = str(tmp_path / "preempted")
+    proc, rest = _signal_a_long_run(workdir, cache_dir, teacher_dir, signal.SIGTERM)
+    assert proc.returncode == 0, rest
     assert "preempted: checkpoint at step" in rest
     step = int(rest.split("preempted: checkpoint at step ")[1].split()[0])
     assert step >= 5
@@ -142,16 +147,64 @@ def test_too_many_skips_in_a_row_stop_the_run(tiny_config, tmp_path):
         loop.run(c, str(tmp_path / "skips"))
 
 
+def test_ctrl_c_checkpoints_the_step_reached_and_exits_130(tmp_path, cache_dir, teacher_dir):
+    """SIGINT is handled like SIGTERM (checkpoint the step reached), then exits 130 with no traceback."""
+    workdir = str(tmp_path / "interrupted")
+    proc, rest = _signal_a_long_run(workdir, cache_dir, teacher_dir, signal.SIGINT)
+    assert proc.returncode == 130, rest
+    assert "Traceback" not in rest and "Ctrl-C received: checkpointing the step reached" in rest
+    step = int(rest.split("interrupted: checkpoint at step ")[1].split()[0])
+    assert step >= 5 and checkpoints.read_record(os.path.join(workdir, "checkpoints"), step)["step"] == step
+    assert not os.path.exists(os.path.join(workdir, "summary.json"))
+
+
+def _signals_during_a_long_save(grace_s: float, *signals: str) -> subprocess.CompletedProcess:
+    """A process whose checkpoint never ends receives `signals` (names) inside Preemption(grace_s); it must
+    exit by itself (the 60 s timeout fails the test otherwise)."""
+    sends = "".join(f"    os.kill(os.getpid(), signal.{name})\n    assert p.should_stop(sync=True)\n"
+                    for name in signals)
+    script = (f"import os, signal, time\nfrom salt_jax.train import faults\nwith faults.Preemption({grace_s}) as p:\n"
+              f"{sends}    time.sleep(600)  # a checkpoint that does not end\n")
+    return subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def test_a_second_ctrl_c_exits_at_once_with_130():
+    out = _signals_during_a_long_save(600, "SIGINT", "SIGINT")
+    assert out.returncode == 130, out.stderr
+    assert "second Ctrl-C: exiting now" in out.stderr
+
+
 def test_preemption_grace_period_watchdog_exits_3(tmp_path):
     """A save that outlasts config.train.preemption_grace_s ends the process with status 3."""
-    script = ("import os, signal, time\n"
-              "from salt_jax.train import faults\n"
-              "with faults.Preemption(0.5) as p:\n"
-              "    os.kill(os.getpid(), signal.SIGTERM)\n"
-              "    assert p.should_stop(sync=True)\n"
-              "    time.sleep(30)  # a checkpoint that never finishes\n")
-    t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    out = _signals_during_a_long_save(0.5, "SIGTERM")
     assert out.returncode == 3, out.stderr
-    assert time.monotonic() - t0 < 25
     assert "preemption_grace_s" in out.stderr
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_checkpoint(tmp_path, tiny_config, monkeypatch):
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    real = ocp.CheckpointManager.save
+
+    def disk_full_at_12(self, step, *args, **kwargs):
+        if step == 12:  # orbax reports the OSError wrapped in its own error
+            raise RuntimeError("checkpoint write failed") from OSError(errno.ENOSPC, "No space left on device")
+        return real(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", disk_full_at_12)
+    workdir = str(tmp_path / "full")
+    with pytest.raises(UserError, match=r"checkpoints: cannot write checkpoint 12 \(No space left on device\); free "
+                                        r"space or fix the disk and re-run the same command"):
+        loop.run(tiny_config, workdir)
+    root = os.path.join(workdir, "checkpoints")
+    assert sorted(d for d in os.listdir(root) if d.isdigit()) == ["6"] and checkpoints.read_record(root, 6)["step"] == 6
+
+
+def test_an_unwritable_workdir_is_one_line(tmp_path, monkeypatch):
+    from salt_jax.train.workdir import Workdir
+
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a non-root user on a read-only mount
+    with pytest.raises(UserError, match=r"--workdir=.*ro: not writable by this user; fix its permissions"):
+        Workdir(str(tmp_path / "ro")).open()

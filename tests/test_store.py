@@ -133,6 +133,19 @@ def test_a_damaged_store_is_one_clear_error(tmp_path):
     open(meta, "w").write(good.replace('"tokenizer": "bytes-v1"', '"tokenizer": "sp-0123456789abcdef"'))
     with pytest.raises(UserError, match="built with tokenizer sp-0123456789abcdef, this run tokenizes with bytes-v1"):
         store.build_cache(cfg)
+    open(meta, "w").write(good)
+    with open(shard, "r+b") as fh:  # the right size, a garbage body: ids beyond the 259-id byte vocabulary
+        fh.truncate(0)
+        fh.write(np.full(cache.meta["splits"]["train"]["shards"][1]["tokens"], 40000, "<u2").tobytes())
+    damaged, _ = store.build_cache(cfg)
+    with pytest.raises(UserError, match=r"train-00001.bin: token id 40000 is outside the vocabulary \(259\) .* "
+                                        r"the shard is damaged; delete .* to rebuild"):
+        damaged.train.rows(np.arange(damaged.train.n_rows))
+    np.testing.assert_array_equal(damaged.train.rows(np.array([0])), cache.train.rows(np.array([0])))
+    os.remove(meta)  # a store that lost its index is rebuilt, whole
+    rebuilt, _ = store.build_cache(cfg)
+    assert rebuilt.directory == cache.directory and rebuilt.meta == cache.meta
+    np.testing.assert_array_equal(rebuilt.train.tokens(), _stream(cfg))
 
 
 def test_prepare_builds_the_store_the_run_opens(tmp_path, tiny_config):

@@ -103,6 +103,8 @@ class Prefetcher:
     def _read(self, source, start: int, stop: int) -> None:
         try:
             for step in range(start, stop):
+                if self._closed.is_set():
+                    return
                 batches = source(step)
                 self._put((step, batches, batches.numpy(step)))
         except BaseException as e:  # noqa: BLE001 -- handed to the training loop, which raises it
@@ -125,7 +127,10 @@ class Prefetcher:
         return rows if read_from is batches else batches.numpy(step)
 
     def close(self) -> None:
+        """Stops the thread and waits for it: no reader may still run when the interpreter exits (a thread
+        inside a C extension then aborts the process)."""
         self._closed.set()
+        self._thread.join(timeout=60)
 
 
 def eval_batches(split: TokenSplit, batch_size: int, max_batches: int, pad_id: int) -> list[np.ndarray]:

@@ -79,7 +79,8 @@ _READERS = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="salt_ja
 class TokenSplit:
     """One split of the store: its shards memory-mapped, read as one token stream."""
 
-    def __init__(self, directory: str, shards: list[dict], dtype: np.dtype, seq_len: int):
+    def __init__(self, directory: str, shards: list[dict], dtype: np.dtype, seq_len: int, vocab_size: int):
+        self.directory, self.vocab_size = directory, vocab_size
         self.parts, sizes = [], []
         for shard in shards:
             path = paths.join(directory, shard["file"])
@@ -109,7 +110,12 @@ class TokenSplit:
         while pos < stop:
             lo = pos - self.offsets[k]
             take = min(stop, self.offsets[k + 1]) - pos
-            out[pos - start:pos - start + take] = self.parts[k][lo:lo + take]
+            chunk = self.parts[k][lo:lo + take]
+            if take and chunk.max() >= self.vocab_size:  # a damaged shard would otherwise train on NaN
+                raise UserError(f"{self.parts[k].path}: token id {int(chunk.max())} is outside the vocabulary "
+                                f"({self.vocab_size}) the store was built with: the shard is damaged; delete "
+                                f"{self.directory} to rebuild the store")
+            out[pos - start:pos - start + take] = chunk
             pos, k = pos + take, k + 1
         return out
 
@@ -141,6 +147,7 @@ class TokenCache:
         try:
             self.meta = paths.read_json(paths.join(directory, "meta.json"))
             dtype = np.dtype(self.meta["dtype"])
+            vocab_size = int(self.meta["vocab_size"])
             splits = {s: self.meta["splits"][s]["shards"] for s in documents.SPLITS}
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"{paths.join(directory, 'meta.json')}: unreadable token store index "
@@ -148,8 +155,8 @@ class TokenCache:
         if tokenizer is not None and self.meta.get("tokenizer") != tokenizer:  # copied in by hand, or tampered
             raise UserError(f"{directory}: the token store was built with tokenizer {self.meta.get('tokenizer')}, "
                             f"this run tokenizes with {tokenizer}; delete the directory to rebuild it")
-        self.train = TokenSplit(directory, splits["train"], dtype, seq_len)
-        self.heldout = TokenSplit(directory, splits["heldout"], dtype, seq_len)
+        self.train = TokenSplit(directory, splits["train"], dtype, seq_len, vocab_size)
+        self.heldout = TokenSplit(directory, splits["heldout"], dtype, seq_len, vocab_size)
 
 
 def _chunks(docs: Iterator[str], shard_chars: int) -> Iterator[list[str]]:
@@ -402,6 +409,9 @@ def _build(source, tok, data_cfg: ml_collections.ConfigDict, directory: str, wor
                         "training documents; check config.data.path")
     paths.write_json(paths.join(build_dir, "meta.json"), meta)
     if not shared:
+        if os.path.isdir(directory):  # a store whose meta.json was lost: this build replaces it
+            logging.warning("token store %s had no meta.json; replaced by the store just built", directory)
+            paths.rmtree(directory)
         os.replace(build_dir, directory)  # atomic: a half-built store is never picked up
     logging.info("token store written to %s in %.1fs", directory, time.time() - t0)
 

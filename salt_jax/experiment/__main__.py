@@ -12,8 +12,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from salt_jax import paths
-from salt_jax.cli import fail, load_config, parse_flags, setup_logging
-from salt_jax.errors import UserError
+from salt_jax.cli import fail, flags_parser, interrupted, load_config, own_flags_help, setup_logging
+from salt_jax.errors import INTERRUPTED_STATUS, UserError
 from salt_jax.experiment.pipeline import run_experiment
 from salt_jax.train import distributed, faults
 
@@ -33,15 +33,21 @@ def _main(argv) -> None:
         results = run_experiment(exp, _WORKDIR.value)
     except UserError as e:
         fail(str(e))
-    except faults.Preempted as e:
+    except faults.Preempted as e:  # every finished run and the stopped run's checkpoint are kept
         logging.info("%s", e)
-        return  # exit 0: every finished run and the interrupted run's checkpoint are kept
+        if isinstance(e, faults.Interrupted):
+            sys.exit(INTERRUPTED_STATUS)
+        return  # a preemption notice: exit 0
+    except KeyboardInterrupt:
+        interrupted("Ctrl-C outside a training run; every finished run and checkpoint is kept, and the same "
+                    "command resumes")
     logging.info("%s", results["conclusion"])
     print(f"report: {paths.join(paths.expand(_WORKDIR.value), 'report.md')}", file=sys.stdout, flush=True)
 
 
 def main() -> None:
-    app.run(_main, flags_parser=parse_flags)
+    app.run(_main, flags_parser=flags_parser(
+        lambda: "\n".join([(__doc__ or "").strip(), "", "flags:", *own_flags_help()])))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import jax
 import ml_collections
 
 from salt_jax import paths
-from salt_jax.config import base_config, set_method
+from salt_jax.config import drift, set_method
 from salt_jax.errors import UserError
 from salt_jax.experiment import report
 from salt_jax.kd import methods as kd_methods
@@ -78,28 +78,10 @@ def student_config(exp: ml_collections.ConfigDict, spec: str, seed: int, teacher
     return c
 
 
-def _with_new_fields(saved: dict, defaults: dict) -> dict:
-    """`saved` with the fields added to salt_jax since it was written set to their defaults (a new field's
-    default keeps the old behaviour), so upgrading salt_jax does not make a finished run look changed."""
-    for key, value in defaults.items():
-        if key not in saved:
-            saved[key] = value
-        elif isinstance(value, dict) and isinstance(saved[key], dict):
-            _with_new_fields(saved[key], value)
-    return saved
-
-
-def _diff(a, b, prefix="config") -> str | None:
-    """The first differing field path of two config dicts (None if equal)."""
-    for key in sorted(set(a) | set(b)):
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            found = _diff(x, y, f"{prefix}.{key}")
-            if found:
-                return found
-        elif x != y:
-            return f"{prefix}.{key} ({x!r} there, {y!r} now)"
-    return None
+# Where things live and how chatty a run is do not change what it computes (the teacher itself is
+# checked by fingerprint on resume). Unlike a single run, an experiment's runs must also keep their
+# evaluation and logging, which the report compares across runs.
+_SAME_ACROSS_RUNS = ("salt.teacher", "data.cache_dir", "train.progress")
 
 
 def _check_same_config(config, workdir: str) -> None:
@@ -109,15 +91,9 @@ def _check_same_config(config, workdir: str) -> None:
         return
     intended = copy.deepcopy(config)
     schedules.resolve(intended.salt, intended.train.steps)
-    saved = _with_new_fields(paths.read_json(path), json.loads(base_config().to_json_best_effort()))
-    now = json.loads(intended.to_json_best_effort())
-    for c in (saved, now):  # where things live and how chatty a run is do not change what it computes
-        c["salt"].pop("teacher", None)  # (the teacher itself is checked by fingerprint on resume)
-        c["data"].pop("cache_dir", None)
-        c["train"].pop("progress", None)
-    found = _diff(saved, now)
+    found = drift(paths.read_json(path), intended, _SAME_ACROSS_RUNS)
     if found:
-        raise UserError(f"{workdir} holds a run with another config: {found}; use a fresh --workdir for "
+        raise UserError(f"{workdir} holds a run with another config: {found[0]}; use a fresh --workdir for "
                         "changed settings (or remove that run directory)")
 
 
@@ -132,8 +108,11 @@ def _train(config, workdir: str, label: str) -> None:
         logging.info("[%s] already finished in %s: skipped", label, workdir)
         return
     logging.info("[%s] training in %s", label, workdir)
-    if loop.run(config, workdir).get("preempted"):
-        raise faults.Preempted(f"[{label}] preempted; re-run the same command to resume the experiment")
+    summary = loop.run(config, workdir)
+    if summary.get("preempted"):
+        stop = faults.Interrupted if summary.get("signal") == "SIGINT" else faults.Preempted
+        raise stop(f"[{label}] {'interrupted' if stop is faults.Interrupted else 'preempted'}; re-run the same "
+                   "command to resume the experiment")
 
 
 def _choose_lr(exp, workdir: str, teacher_dir: str) -> tuple[float, str]:
@@ -153,6 +132,14 @@ def _choose_lr(exp, workdir: str, teacher_dir: str) -> tuple[float, str]:
     return best, f"the best final held-out loss of the baseline (seed 0) over a sweep ({detail})."
 
 
+def _corpus(runs: list[report.Run]) -> str:
+    """The baseline runs' corpus (every run of an experiment trains on the same store), as one line."""
+    found = {json.dumps(r.summary["corpus"], sort_keys=True) for r in runs if r.summary.get("corpus")}
+    if not found:
+        return "not recorded (runs trained before salt_jax recorded it)"
+    return "; ".join(loop.describe_corpus(json.loads(c)) for c in sorted(found))
+
+
 def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains whatever is missing and writes results.json, report.md and the plots."""
     paths.makedirs(workdir)
@@ -168,6 +155,8 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
             raise UserError(f"config.methods: unknown method {name!r} in {spec!r}; use one of "
                             f"{', '.join(kd_methods.VARIANTS)}")
 
+    if exp.teacher_path:  # checked before anything trains
+        checkpoints.resolve_checkpoint(exp.teacher_path, "config.teacher_path")
     teacher_dir = paths.expand(exp.teacher_path) if exp.teacher_path else paths.join(workdir, "teacher")
     if not exp.teacher_path:
         _train(exp.teacher, teacher_dir, "teacher")
@@ -190,7 +179,8 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
             "data": exp.student.data.source if exp.student.data.source != "stdlib"
             else "the Python standard library (built-in corpus)",
             "seeds": ", ".join(map(str, seeds)), "learning_rate": lr, "lr_choice": lr_note,
-            "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}"}
+            "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
+            "corpus": _corpus(runs["baseline"])}
     results["meta"] = meta
     results["conclusion"] = report.conclusion(results)
     if jax.process_index() == 0:

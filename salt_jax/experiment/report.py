@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from salt_jax import paths as storage  # `paths` names the plots below
+from salt_jax.errors import UserError
 from salt_jax.model.flops import flops_per_token, train_flops_per_token
 from salt_jax.train.metrics import read_metrics
 
@@ -64,6 +65,12 @@ class Run:
         records = read_metrics(storage.join(workdir, "metrics.jsonl"))
         self.evals = sorted((r for r in records if r["split"] == "eval"), key=lambda r: r["step"])
         self.trains = sorted((r for r in records if r["split"] == "train"), key=lambda r: r["step"])
+        steps = int(self.config.train.steps)
+        if not self.evals or self.evals[-1]["step"] != steps:
+            last = f"its last evaluation is at step {self.evals[-1]['step']} of {steps}" if self.evals else \
+                "it holds no evaluation"
+            raise UserError(f"{storage.join(workdir, 'metrics.jsonl')}: {last}, so the run is unfinished or the "
+                            "file was cut; re-run the experiment command to finish the run")
         self.summary = _load_json(storage.join(workdir, "summary.json")) or {}
         self.selection = _load_json(storage.join(workdir, "selection.json"))
 
@@ -253,7 +260,8 @@ def markdown(results: dict, meta: dict) -> str:
     lines += [f"Student {meta['student_preset']} ({meta['student_params']:,} parameters), teacher "
               f"{meta['teacher_preset']} ({meta['teacher_params']:,} parameters, from {meta['teacher_dir']}); "
               f"{results['total_steps']} steps of batch {meta['batch_size']} x {meta['seq_len']} tokens on "
-              f"{meta['data']}; seeds {meta['seeds']}; device {meta['device']}.", ""]
+              f"{meta['data']}; seeds {meta['seeds']}; device {meta['device']}.", "",
+              f"Corpus: {meta.get('corpus', 'not recorded')}.", ""]
     lines += ["## Fairness rules", "",
               "- Baseline and students share every hyper-parameter (model, data order per seed, optimizer, "
               "schedule, steps, evaluation set) except the KD settings.",

@@ -40,6 +40,14 @@ def main(argv: list[str] | None = None) -> None:
             logging.info("wrote %s (%s); load it with AutoModelForCausalLM.from_pretrained", args.out, family)
     except UserError as e:
         fail(str(e))
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in _HF_EXTRA:
+            raise
+        fail(f"{(e.name or '').split('.')[0]} is not installed: Hugging Face interop needs the [hf] extra; "
+             "run pip install -e \".[hf]\" (or pip install salt_jax[hf])")
+
+
+_HF_EXTRA = ("safetensors", "tokenizers", "torch", "transformers", "huggingface_hub")
 
 
 if __name__ == "__main__":

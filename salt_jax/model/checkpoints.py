@@ -11,8 +11,11 @@ is restored straight into the target shardings (any mesh / host count).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import os
 from typing import Any
 
 import jax
@@ -20,6 +23,9 @@ import orbax.checkpoint as ocp
 
 from salt_jax import paths
 from salt_jax.errors import UserError
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 class UnreadableCheckpoint(UserError):
@@ -54,11 +60,12 @@ def restore_params(root: str, step: int, target: Any, what: str = "checkpoint") 
     return restored["state"]["params"]
 
 
-def resolve_checkpoint(path: str) -> tuple[str, int]:
-    """(checkpoints directory, step) for a teacher workdir or a single checkpoint directory."""
+def resolve_checkpoint(path: str, field: str = "config.salt.teacher") -> tuple[str, int]:
+    """(checkpoints directory, step) for a teacher workdir or a single checkpoint directory; errors name
+    `field`, the setting that gave the path."""
     path = paths.expand(path)
     if not paths.isdir(path):
-        raise UserError(f"config.salt.teacher={path}: no such directory; give the teacher run's workdir "
+        raise UserError(f"{field}={path}: no such directory; give the teacher run's workdir "
                         "or one of its checkpoint directories")
     if paths.exists(paths.join(path, "_CHECKPOINT_METADATA")) or paths.isdir(paths.join(path, "state")):
         base, step = path.rstrip("/").rsplit("/", 1)
@@ -68,7 +75,7 @@ def resolve_checkpoint(path: str) -> tuple[str, int]:
     steps = sorted(int(d) for d in paths.listdir(root)
                    if d.isdigit() and paths.exists(paths.join(root, d, "_CHECKPOINT_METADATA")))
     if not steps:
-        raise UserError(f"config.salt.teacher={path}: no finished checkpoint in it; train the teacher first "
+        raise UserError(f"{field}={path}: no finished checkpoint in it; train the teacher first "
                         "(a run with config.salt.method=teacher) or point at its workdir")
     return root, steps[-1]
 
@@ -94,8 +101,31 @@ class Checkpointer:
         """Saves (asynchronously) if `step` is on the interval or `force`; returns whether it did."""
         if not force and step % self.every:
             return False
-        return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                               record=ocp.args.JsonSave(record)), force=True)
+        with self._disk_errors(step):
+            return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                                   record=ocp.args.JsonSave(record)), force=True)
+
+    @contextlib.contextmanager
+    def _disk_errors(self, step: int | None):
+        """A full, read-only or over-quota disk while saving is one line (the earlier checkpoints are intact:
+        a step is renamed into place only when complete)."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 -- orbax wraps the OSError in its own types
+            cause = e
+            while cause is not None and not (isinstance(cause, OSError) and cause.errno in _DISK_ERRNOS):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            if step is not None:  # let the earlier, complete saves still in flight finish
+                try:
+                    self.manager.wait_until_finished()
+                except Exception:  # noqa: BLE001 -- the disk error is the one to report
+                    pass
+            which = f"checkpoint {step}" if step is not None else "a checkpoint"
+            raise UserError(f"{self.directory}: cannot write {which} ({os.strerror(cause.errno)}); free space or "
+                            "fix the disk and re-run the same command: it resumes from the last complete "
+                            "checkpoint") from None
 
     def restore(self, step: int, abstract_state: Any, shardings: Any) -> tuple[Any, dict]:
         """(state placed in `shardings`, record) of checkpoint `step`."""
@@ -158,7 +188,8 @@ class Checkpointer:
         self.manager = self._manager()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._disk_errors(None):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.close()

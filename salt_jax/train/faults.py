@@ -1,11 +1,13 @@
-"""Surviving faults: the preemption notice (SIGTERM) and the fault-injection hooks used by drills.
+"""Surviving faults: the preemption notice (SIGTERM), Ctrl-C (SIGINT) and the fault-injection hooks.
 
 Preemptible TPU VMs and GPU nodes send SIGTERM some seconds before they go
 away. `Preemption` turns it into a request the training loop sees between
 steps: the loop checkpoints the step it reached and exits 0, and re-running
 the same command resumes there. If that takes longer than the grace period a
 watchdog ends the process with status 3 (the last complete checkpoint is
-still there; a half-written one is never picked up).
+still there; a half-written one is never picked up). Ctrl-C is the same
+request (the run exits 130, the shell's status for an interrupted command,
+after the checkpoint); a second Ctrl-C exits at once with 130.
 
 `KillHooks` (config.train.debug_kill) sends SIGKILL to the process at named
 points, so tests and drills can crash a run exactly mid-KD-phase, at the phase
@@ -23,7 +25,7 @@ import time
 import jax
 import numpy as np
 
-from salt_jax.errors import UserError
+from salt_jax.errors import INTERRUPTED_STATUS, UserError
 
 GRACE_EXCEEDED_STATUS = 3
 
@@ -32,30 +34,43 @@ class Preempted(Exception):
     """A run stopped on a preemption notice after checkpointing (not an error: exit status 0)."""
 
 
+class Interrupted(Preempted):
+    """A run stopped by Ctrl-C after checkpointing (exit status 130)."""
+
+
 class Preemption:
-    """SIGTERM -> a stop request, agreed on by every process, answered within a grace period."""
+    """SIGTERM or Ctrl-C -> a stop request, agreed on by every process, answered within a grace period."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self, grace_s: float):
         self.grace_s = grace_s
         self.requested_at: float | None = None
-        self._previous = None
+        self.signal: str | None = None  # "SIGTERM" or "SIGINT", once one arrived
+        self._previous: dict = {}
         self._done = threading.Event()
 
     def __enter__(self) -> "Preemption":
         if threading.current_thread() is threading.main_thread():  # signals can only be set there
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
         self._done.set()
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
-    def _on_sigterm(self, signum, frame) -> None:
+    def _on_signal(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
         if self.requested_at is not None:
+            if signum == signal.SIGINT:  # the second Ctrl-C: no waiting
+                logging.warning("second Ctrl-C: exiting now (the last complete checkpoint is kept)")
+                os._exit(INTERRUPTED_STATUS)
             return
-        self.requested_at = time.monotonic()
-        logging.warning("SIGTERM received: checkpointing and exiting within %.0fs", self.grace_s)
+        self.requested_at, self.signal = time.monotonic(), name
+        what = "Ctrl-C" if signum == signal.SIGINT else name
+        logging.warning("%s received: checkpointing the step reached and exiting within %.0fs%s", what,
+                        self.grace_s, " (Ctrl-C again to exit at once)" if signum == signal.SIGINT else "")
         threading.Thread(target=self._watchdog, daemon=True).start()
 
     def _watchdog(self) -> None:

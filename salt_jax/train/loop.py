@@ -22,11 +22,18 @@ from salt_jax.train import faults
 from salt_jax.train.hooks import Hooks, NonFiniteCheck, StepMeter, fmt_time
 from salt_jax.train.metrics import train_line
 from salt_jax.train.setup import Run, setup
+from salt_jax.train.workdir import Workdir
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (or resumes) the run in `workdir`; returns the final summary."""
+    """Trains (or resumes) the run in `workdir`, holding its lock; returns the final summary."""
+    with Workdir(workdir) as w:
+        return _run(config, w.path)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     r = setup(config, workdir)
+    logging.info("corpus: %s", describe_corpus(r.corpus))
     cfg_t = config.train
     meter = StepMeter(float(r.previous.get("train_seconds", 0.0)))
     nan_check = NonFiniteCheck(cfg_t.nan_policy, cfg_t.max_skipped_steps, r.ckpt)
@@ -86,7 +93,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             r.ckpt.wait()
             preemption.finished()
             preempted = done
-            logging.info("preempted: checkpoint at step %d written; re-run the same command to resume", done)
+            logging.info("%s: checkpoint at step %d written; re-run the same command to resume",
+                         "interrupted" if preemption.signal == "SIGINT" else "preempted", done)
 
     hooks = Hooks(r.total_steps)
     for fn, every in ((kill_drill, 1), (adaptive_switch, 1), (nan_check.add, 1), (log_line, cfg_t.log_every),
@@ -113,7 +121,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     r.ckpt.wait()
     r.ckpt.close()
     r.writer.close()
-    return _summary(r, last_eval, meter.clock.total, preempted)
+    summary = _summary(r, last_eval, meter.clock.total, preempted)
+    if preempted is not None:
+        summary["signal"] = preemption.signal
+    return summary
+
+
+def describe_corpus(c: dict) -> str:
+    """One line: what a run's data was, for the log and the report."""
+    python = f", Python {c['python']}'s standard library" if "python" in c else ""
+    return (f"{c['source']} source {c['source_fingerprint']}{python}: {c['train_files']:,} train files, "
+            f"{c['train_tokens']:,} train / {c['heldout_tokens']:,} held-out tokens ({c['tokenizer']}, "
+            f"store {c['store']})")
 
 
 def _summary(r: Run, last_eval: dict, train_seconds: float, preempted: int | None) -> dict:
@@ -126,7 +145,7 @@ def _summary(r: Run, last_eval: dict, train_seconds: float, preempted: int | Non
     resumed_finished = r.start >= r.total_steps
     summary = {"steps": r.total_steps, "final_eval_loss": last_eval["loss"],
                "final_eval_accuracy": last_eval["accuracy"], "parameters": r.n_params, "method": method,
-               "kd_phase_end": r.phase.end,
+               "kd_phase_end": r.phase.end, "corpus": r.corpus,
                "train_seconds": float(r.previous.get("train_seconds", 0.0)) if resumed_finished else train_seconds}
     if jax.process_index() == 0:
         paths.write_json(paths.join(r.workdir, "summary.json"), summary)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import platform
 from typing import Any
 
 import jax
@@ -30,6 +32,7 @@ from salt_jax.model.flops import RunFlops, param_count
 from salt_jax.model.transformer import Transformer
 from salt_jax.train import faults, metrics, optim
 from salt_jax.train import state as state_lib
+from salt_jax.train import workdir as workdir_lib
 from salt_jax.train.step import CompiledSteps, Guard
 
 
@@ -61,6 +64,19 @@ class Run:
     @property
     def total_steps(self) -> int:
         return self.config.train.steps
+
+    @property
+    def corpus(self) -> dict:
+        """What determines the data: the source's fingerprint (its files' paths and sizes, or the dataset),
+        the token store and its counts, and for the built-in corpus the Python whose library it is."""
+        m = self.cache.meta
+        out = {"source": m["source"], "source_fingerprint": m["source_fingerprint"], "tokenizer": m["tokenizer"],
+               "store": self.cache.directory.rstrip("/").rsplit("/", 1)[-1],
+               "train_files": m["splits"]["train"]["files"], "train_tokens": m["splits"]["train"]["tokens"],
+               "heldout_tokens": m["splits"]["heldout"]["tokens"]}
+        if m["source"] == "stdlib":
+            out["python"] = platform.python_version()
+        return out
 
     def source(self, step: int) -> batches_lib.Batches:
         """The batches step `step` reads: the KD phase's while it lasts, else the training split's."""
@@ -105,19 +121,6 @@ class Run:
         return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n, "tokens": totals["tokens"]}
 
 
-def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    path = paths.join(workdir, "config.json")
-    text = config.to_json_best_effort(indent=2, sort_keys=True)
-    if paths.exists(path):
-        with paths.open(path) as fh:
-            old = fh.read()
-        if old != text:
-            logging.warning("%s differs from this run's config; resuming with the new config and "
-                            "keeping the old file as config.prev.json", path)
-            paths.write_atomic(paths.join(workdir, "config.prev.json"), old)
-    paths.write_atomic(path, text)
-
-
 def _check_same_model(config, ckpt: checkpoints.Checkpointer):
     def same_model(record: dict) -> None:
         if record.get("model") and record["model"] != config.model.to_dict():
@@ -159,12 +162,23 @@ def _selected_batches(config, cache, teacher, mesh, pad_id: int, phase: KDPhase,
     return batches_lib.Batches(cache.train, cfg_d.batch_size, cfg_d.seed, rows=rows[kept])
 
 
+def _check_teacher_outside(teacher: str, workdir: str) -> None:
+    """A teacher inside the student's own workdir would be deleted by keep_checkpoints."""
+    if not teacher or paths.is_remote(teacher) or paths.is_remote(workdir):
+        return
+    t, w = os.path.realpath(paths.expand(teacher)), os.path.realpath(paths.expand(workdir))
+    if t == w or t.startswith(w + os.sep):
+        raise UserError(f"config.salt.teacher={teacher}: is inside this run's own --workdir={workdir}, whose "
+                        "checkpoints the run rotates; point at the teacher run's own workdir")
+
+
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Builds (or restores) everything the loop of the run in `workdir` needs."""
     validate(config)
     teacher_lib.adopt_teacher_vocabulary(config)  # a Hugging Face teacher: its tokenizer and vocabulary size
     schedules.resolve(config.salt, config.train.steps)  # config.json records the step counts used
-    paths.makedirs(workdir)
+    workdir_lib.check_config(config, workdir)
+    _check_teacher_outside(config.salt.teacher, workdir)
     cfg_d, cfg_t = config.data, config.train
 
     cache, tok = store.build_cache(cfg_d)
@@ -187,7 +201,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     teacher = _load_teacher(config, tok, mesh, previous) if phase.active(start) else None
 
     if jax.process_index() == 0:
-        _write_config(config, workdir)
+        workdir_lib.write_config(config, workdir)
     n_params = param_count(config.model)
     logging.info("model %s: %s parameters; mesh %s; %d devices", config.model.preset, f"{n_params:,}",
                  dict(mesh.shape), mesh.size)
