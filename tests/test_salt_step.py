@@ -210,6 +210,7 @@ def test_resume_with_another_teacher_is_refused(student_config, tmp_path, teache
     t.data = c.data
     t.train.steps, t.train.checkpoint_every, t.train.eval_every, t.train.progress = 21, 21, 21, False
     set_method(t, "teacher")
+    os.remove(os.path.join(other, "config.json"))  # (a run resumed with more steps is refused; not the point here)
     loop.run(t, other)
     c.salt.teacher = other
     with pytest.raises(UserError, match="config.salt.teacher=.*this run was trained with teacher"):

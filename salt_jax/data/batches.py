@@ -20,7 +20,6 @@ from typing import Callable
 
 import jax
 import numpy as np
-from grain.experimental import index_shuffle
 
 from salt_jax.data.store import TokenSplit
 from salt_jax.errors import UserError
@@ -41,6 +40,8 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 def batch_indices(step: int, batch_size: int, n_rows: int, seed: int, part: slice = slice(None)) -> np.ndarray:
     """Row indices of the global batch for `step` (only its positions `part`, e.g. this host's): a pure
     function of its arguments, O(batch_size)."""
+    from grain.experimental import index_shuffle  # noqa: PLC0415 -- 1.2 s to import; only runs that train pay it
+
     positions = range(step * batch_size, (step + 1) * batch_size)[part]
     out = np.empty(len(positions), np.int64)
     for k, i in enumerate(positions):
