@@ -138,15 +138,8 @@ def glob(pattern: str) -> list[str]:
 
 def write_atomic(path: str, data: bytes | str) -> None:
     """Writes a whole file so that a reader sees the old one or the new one, never a torn one."""
-    mode = "wb" if isinstance(data, bytes) else "w"
-    if is_remote(path):  # an object appears whole when its upload closes
-        with _epath(path).open(mode) as fh:
-            fh.write(data)
-        return
-    tmp = f"{path}.tmp{os.getpid()}"
-    with builtins.open(tmp, mode) as fh:
+    with writer(path, "wb" if isinstance(data, bytes) else "w") as fh:
         fh.write(data)
-    os.replace(tmp, path)
 
 
 def read_json(path: str):
