@@ -43,6 +43,8 @@ NOTEBOOK = [
     "ipykernel==7.4.0",
 ]
 LOGGING = ["tensorboard==2.21.0", "tqdm==4.70.1", "rich==15.0.0"]
+# The TPU compiler: runs on TPU VMs, and on any host compiles for TPU slices (python -m salt_jax.compile).
+TPU = ["libtpu==0.0.42.1"]  # the version jax[tpu]==0.10.2 pins
 
 setup(
     name="salt_jax",
@@ -55,7 +57,9 @@ setup(
         "hf": HF,
         "notebook": NOTEBOOK,
         "logging": LOGGING,
-        "test": ["pytest==9.2.0"] + NOTEBOOK + HF,  # tests/test_hf.py compares against transformers
-        "all": HF + NOTEBOOK + LOGGING + ["pytest==9.2.0"],
+        "tpu": TPU,
+        # tests/test_hf.py compares against transformers; tests/test_compile.py compiles for TPU slices
+        "test": ["pytest==9.2.0"] + NOTEBOOK + HF + TPU,
+        "all": HF + NOTEBOOK + LOGGING + TPU + ["pytest==9.2.0"],
     },
 )

@@ -78,6 +78,8 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     c.salt = k = ml_collections.ConfigDict()
     k.method = "baseline"  # baseline | teacher (a baseline run that makes a teacher) | rkd | salt | salt_ds
     k.teacher = ""  # the teacher: its run's workdir, a checkpoint directory, or a Hugging Face model directory
+    k.teacher_preset = ""  # the teacher's model preset (salt_jax.compile needs no teacher then); a run checks it
+
     k.teacher_sharding = "sharded"  # teacher parameters on the mesh: "sharded" (same rules) or "replicated"
     k.teacher_dtype = ""  # hold the teacher's parameters and compute in this dtype ("bfloat16" on accelerators; "" = as trained)
     k.kd_weight = 0.5  # w0, the KD weight while distilling (ours: the paper does not give it)
@@ -219,6 +221,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
               f"config.salt.adaptive_min_steps={k.adaptive_min_steps} exceeds adaptive_max_steps="
               f"{k.adaptive_max_steps}")
 
+    check(not k.teacher_preset or k.teacher_preset in presets.PRESETS,
+          f"config.salt.teacher_preset={k.teacher_preset!r}: use '' or one of {', '.join(presets.PRESETS)}")
     k_dt = k.teacher_dtype
     check(k_dt == "" or k_dt in DTYPES, f"config.salt.teacher_dtype={k_dt!r}: use '' or one of {', '.join(DTYPES)}")
 
@@ -246,10 +250,10 @@ def check_vocab(c: ml_collections.ConfigDict, tokenizer_vocab: int) -> None:
 # Fields a run may be resumed with changed: where things live, how often it logs, evaluates and saves,
 # how it is laid out on the devices (checkpoints restore onto any mesh), and fault drills. None of them
 # changes the parameters a run computes.
-RESUMABLE_CHANGES = ("salt.teacher", "data.cache_dir", "data.prefetch", "data.shard_chars", "data.shared_cache",
-                     "data.eval_batches", "train.log_every", "train.eval_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.progress", "train.preemption_grace_s", "train.debug_kill",
-                     "train.debug_nan_steps", "train.peak_tflops", "mesh")
+RESUMABLE_CHANGES = ("salt.teacher", "salt.teacher_preset", "data.cache_dir", "data.prefetch", "data.shard_chars",
+                     "data.shared_cache", "data.eval_batches", "train.log_every", "train.eval_every",
+                     "train.checkpoint_every", "train.keep_checkpoints", "train.progress", "train.preemption_grace_s",
+                     "train.debug_kill", "train.debug_nan_steps", "train.peak_tflops", "mesh")
 
 
 def drift(saved: dict, now: ml_collections.ConfigDict, ignore: tuple[str, ...]) -> list[str]:

@@ -17,20 +17,23 @@ TPU = {"TPU_NAME": "salt-v5p", "ZONE": "us-east5-a", "PROJECT": "proj", "BUCKET"
 def test_tpu_pod_dry_run_prints_one_command_for_every_worker():
     out = _bash("tpu_pod.sh", "--dry-run", "run", "--", "--config.train.steps=100", **TPU)
     assert out.returncode == 0, out.stderr
-    (line,) = out.stdout.strip().splitlines()
+    check, line = out.stdout.strip().splitlines()  # the compile check for the slice comes first
+    assert check.startswith("python3 -m salt_jax.compile --config=configs/demo.py:salt --topology=v5p-32 --noestimate")
+    assert check.rstrip().endswith("--config.train.steps=100")
     assert line.startswith("gcloud compute tpus tpu-vm ssh salt-v5p --worker=all --zone=us-east5-a --project=proj")
     assert "salt_jax.main" in line and "--workdir=/gcs/bkt/runs/demo" in line and "--config.train.steps=100" in line
     create = _bash("tpu_pod.sh", "--dry-run", "create", **TPU, ACCELERATOR="v5p-64").stdout
     assert "--accelerator-type=v5p-64" in create and "--spot" in create
     assert "--spot" not in _bash("tpu_pod.sh", "--dry-run", "create", **TPU, SPOT="0").stdout
     assert "jax\\[tpu\\]==0.10.2" in _bash("tpu_pod.sh", "--dry-run", "setup", **TPU).stdout
+    assert len(_bash("tpu_pod.sh", "--dry-run", "run", **TPU, COMPILE_CHECK="0").stdout.strip().splitlines()) == 1
 
 
 def test_tpu_pod_names_what_is_missing():
     out = _bash("tpu_pod.sh", "--dry-run", "run", TPU_NAME="x", ZONE="z", PROJECT="")
     assert out.returncode == 2 and out.stderr.strip() == "error: set PROJECT (see the header of scripts/tpu_pod.sh)"
     bad = _bash("tpu_pod.sh", "--dry-run", "launch", **TPU)
-    assert bad.returncode == 2 and "create | copy | setup | run | logs | delete" in bad.stderr
+    assert bad.returncode == 2 and "compile | create | copy | setup | run | logs | delete" in bad.stderr
 
 
 def test_multinode_dry_run_gives_every_host_its_process_id():

@@ -52,6 +52,7 @@ class LossOptions:
     dtype: Any = jnp.float32  # matmul operand dtype (the model's compute dtype)
     student_softcap: float = 0.0  # the student's final logit soft-cap c (c tanh(z / c)); 0 = none
     teacher_softcap: float = 0.0  # the teacher's (Gemma 2 uses 30)
+    unroll: int = 1  # chunks per scan iteration (salt_jax.aot compiles with 2 to cost one chunk)
 
 
 def kd_value_and_grad(t_logits: jax.Array, s_logits: jax.Array, tau: float, kind: str, topk: int = 0):
@@ -146,7 +147,7 @@ def _scan(opts: LossOptions, with_grad: bool, h_s, w_s, h_t, w_t, targets, mask,
         sums = {k: sums[k] + s[k] for k in keys}
         return (sums, None if d_w is None else d_w + d_w_c), d_h
 
-    (sums, d_w), d_h = jax.lax.scan(body, init, xs)
+    (sums, d_w), d_h = jax.lax.scan(body, init, xs, unroll=opts.unroll)
     if with_grad:
         d_h = jnp.moveaxis(d_h, 0, 1).reshape(b, n * chunk, -1)[:, :t]
     return sums, d_h, d_w

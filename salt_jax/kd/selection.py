@@ -71,6 +71,17 @@ def _score_file(cache: TokenCache, teacher_fp: str, k: int, rows: np.ndarray) ->
     return paths.join(cache.directory, "scores", f"{teacher_fp}-k{k}-pool{len(rows)}-{pool_key}.npz")
 
 
+def scoring_program(model, shardings, k: int, mesh, pad_id: int):
+    """The jitted scoring pass: (teacher params, tokens [batch, seq + 1]) -> per-sequence scores, replicated."""
+
+    def scores_fn(params, tokens):
+        inputs, targets, mask = losses.split_tokens(tokens, pad_id)
+        return sequence_scores(model.apply({"params": params}, inputs), targets, mask, k)
+
+    return jax.jit(scores_fn, in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=sharding.replicated(mesh))
+
+
 def score_pool(teacher, cache: TokenCache, rows: np.ndarray, k: int, batch_size: int, mesh, pad_id: int,
                save_every: int = 50) -> dict[str, np.ndarray]:
     """Scores of `rows` of the train split (cached; resumable).
@@ -97,13 +108,7 @@ def score_pool(teacher, cache: TokenCache, rows: np.ndarray, k: int, batch_size:
             done = 0  # an unreadable partial file (crash mid-write) is just started over
 
     batch_sharding = sharding.batch_sharding(mesh)
-    model = teacher.model
-
-    def scores_fn(params, tokens):
-        inputs, targets, mask = losses.split_tokens(tokens, pad_id)
-        return sequence_scores(model.apply({"params": params}, inputs), targets, mask, k)
-
-    fn = jax.jit(scores_fn, in_shardings=(teacher.shardings, batch_sharding), out_shardings=sharding.replicated(mesh))
+    fn = scoring_program(teacher.model, teacher.shardings, k, mesh, pad_id)
     seq = cache.train.seq_len
     t0, last_log = time.time(), time.time()
     paths.makedirs(paths.join(cache.directory, "scores"))

@@ -101,6 +101,21 @@ def held_config(cfg: ml_collections.ConfigDict, salt_cfg: ml_collections.ConfigD
     return cfg
 
 
+SIZE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_dim")
+
+
+def check_preset(cfg: ml_collections.ConfigDict, preset: str, where: str) -> None:
+    """config.salt.teacher_preset (what the run was compiled and sized for) must be the teacher's size."""
+    if not preset:
+        return
+    want = presets.model_config(preset)
+    differ = [f for f in SIZE_FIELDS if cfg[f] != want[f]]
+    if differ:
+        raise UserError(f"config.salt.teacher_preset={preset}: the teacher {where} has {differ[0]}="
+                        f"{cfg[differ[0]]}, the preset {want[differ[0]]}; set teacher_preset to the teacher's "
+                        "size (or '')")
+
+
 def layout(cfg: ml_collections.ConfigDict, salt_cfg: ml_collections.ConfigDict, mesh) -> tuple[Transformer, Any]:
     """(teacher model, its parameters' shardings): config.salt.teacher_sharding's layout on the mesh."""
     model = Transformer(cfg)
@@ -125,6 +140,7 @@ def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_coll
         raise UserError(f"{ckpt_dir}: the checkpoint record has no model config; re-train the teacher with "
                         "this version of salt_jax")
     cfg = held_config(ml_collections.ConfigDict(record["model"]), salt_cfg)
+    check_preset(cfg, salt_cfg.teacher_preset, ckpt_dir)
     if cfg.vocab_size != student_model_cfg.vocab_size:
         raise UserError(f"config.salt.teacher: the teacher's vocabulary ({cfg.vocab_size}) differs from the "
                         f"student's config.model.vocab_size ({student_model_cfg.vocab_size}); teacher and "

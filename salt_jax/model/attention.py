@@ -71,36 +71,44 @@ def _cudnn(q, k, v, scale, window):
 def _splash(q, k, v, scale, window):
     """Splash attention (Pallas TPU kernel) per batch row; GQA as one MQA call per KV head.
 
-    Under a sharded mesh the kernel runs inside shard_map over the batch axes
-    (heads are replicated per call), since a Pallas call cannot be partitioned
-    by GSPMD.
+    A Pallas call cannot be partitioned by GSPMD, so under a sharded mesh the
+    kernel runs inside shard_map (see `per_shard`).
     """
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
-    b, t, n, h = q.shape
-    kv = k.shape[2]
-    group = n // kv
+    t = q.shape[1]
+    group = q.shape[2] // k.shape[2]  # query heads per KV head: the same in every head shard
     if window > 0:
         mask = sm.LocalMask((t, t), window_size=(window - 1, 0), offset=0)
     else:
         mask = sm.CausalMask((t, t))
     kernel = sk.make_splash_mqa_single_device(mask=sm.MultiHeadMask([mask] * group))
 
-    def one_row(qr, kr, vr):  # qr [t, n, h], kr / vr [t, kv, h]
+    def one_row(qr, kr, vr):  # qr [t, n, h], kr / vr [t, kv, h] (this shard's heads)
+        kv, h = kr.shape[1], kr.shape[2]
         qg = (qr * scale).reshape(t, kv, group, h).transpose(1, 2, 0, 3)  # [kv, group, t, h]
         kg, vg = kr.transpose(1, 0, 2), vr.transpose(1, 0, 2)  # [kv, t, h]
         out = jax.vmap(kernel)(qg, kg, vg)  # [kv, group, t, h]
-        return out.transpose(2, 0, 1, 3).reshape(t, n, h)
+        return out.transpose(2, 0, 1, 3).reshape(t, qr.shape[1], h)
 
-    def rows(qb, kb, vb):
-        return jax.vmap(one_row)(qb, kb, vb)
+    return per_shard(jax.vmap(one_row), q, k, v)
 
+
+def per_shard(fn, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Runs attention `fn` (q, k, v -> out, all [b, t, heads, h]) on each device's block of the mesh.
+
+    Rows are split over the batch axes and heads over `tensor` (when it divides
+    both the query and the KV heads; otherwise every tensor shard attends all
+    heads of its rows). Without a mesh (or on one device) it is `fn` itself.
+    """
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
-        return rows(q, k, v)
-    spec = jax.sharding.PartitionSpec(BATCH_AXES)
-    return jax.shard_map(rows, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
+        return fn(q, k, v)
+    tensor = mesh.shape.get("tensor", 1)
+    heads = "tensor" if tensor > 1 and q.shape[2] % tensor == 0 and k.shape[2] % tensor == 0 else None
+    spec = jax.sharding.PartitionSpec(BATCH_AXES, None, heads, None)
+    return jax.shard_map(fn, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str = "auto", scale: float | None = None,

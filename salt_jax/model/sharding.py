@@ -62,12 +62,48 @@ def mesh_shape(mesh_cfg: ml_collections.ConfigDict, n_devices: int) -> tuple[int
 
 
 def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices=None) -> Mesh:
-    """A Mesh over `devices` (default: all) with the config's axis sizes."""
+    """A Mesh over `devices` (default: all; or a TPU topology's, to compile for it) with the config's sizes.
+
+    On TPUs the axes are laid onto the chips' physical torus (jax.make_mesh), as
+    a real pod lays them out; a shape the torus cannot hold is one clear error
+    that names shapes it can.
+    """
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(mesh_cfg, len(devices))
-    if len(devices) == len(jax.devices()):
-        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
-    return Mesh(np.array(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    try:
+        return _physical_mesh(shape, devices)
+    except (AssertionError, ValueError, NotImplementedError) as e:
+        if devices[0].platform != "tpu":  # CPU / GPU devices (or a subset of them): any order is as good
+            return Mesh(np.array(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        works = [s for s in _alternatives(shape) if _lays_out(s, devices)][:3]
+        raise UserError(f"config.mesh: (data, fsdp, tensor) = {shape} does not fit the physical layout of the "
+                        f"{len(devices)} {devices[0].device_kind} chips ({why}); shapes that do: "
+                        f"{', '.join(str(s) for s in works) or 'none of the nearby ones'}") from None
+
+
+def _physical_mesh(shape: tuple[int, ...], devices) -> Mesh:
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def _lays_out(shape: tuple[int, ...], devices) -> bool:
+    try:
+        _physical_mesh(shape, devices)
+        return True
+    except (AssertionError, ValueError, NotImplementedError):
+        return False
+
+
+def _alternatives(shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+    """Shapes with the same device count and data axis, moving factors of 2 between fsdp and tensor."""
+    data, fsdp, tensor = shape
+    out = []
+    for factor in (2, 4, 8, 16):
+        if fsdp % factor == 0:
+            out.append((data, fsdp // factor, tensor * factor))
+        if tensor % factor == 0:
+            out.append((data, fsdp * factor, tensor // factor))
+    return sorted(out, key=lambda s: abs(s[2] - tensor))
 
 
 def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:

@@ -186,7 +186,9 @@ class Attention(nn.Module):
         if option(c, "positions") == "rope":
             q, k = rotary(q, positions, base), rotary(k, positions, base)
         q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", None))
-        y = attention.attend(q, k, v, implementation=c.get("attention", "auto"),
+        # Initialisation only needs shapes (and runs on tiny dummy inputs): plain XLA attention, no kernel.
+        kernel = "xla" if self.is_initializing() else c.get("attention", "auto")
+        y = attention.attend(q, k, v, implementation=kernel,
                              scale=option(c, "attn_scale") or None, softcap=option(c, "attn_softcap"),
                              window=window)
         y = nn.with_logical_constraint(y, ("batch", "length", "act_heads", None))
@@ -259,6 +261,9 @@ class Transformer(nn.Module):
     """
 
     cfg: ml_collections.ConfigDict
+    # Layers per iteration of the scanned stack (same parameters, same numbers). XLA's cost model counts a
+    # loop body once, so salt_jax.aot compiles with 2 to measure what one more layer costs.
+    scan_unroll: int = 1
 
     @nn.compact
     def __call__(self, tokens, positions=None, return_hidden: bool = False):
@@ -290,6 +295,7 @@ class Transformer(nn.Module):
             split_rngs={"params": True},
             in_axes=nn.broadcast if flags is None else (nn.broadcast, 0),
             length=c.n_layers,
+            unroll=self.scan_unroll,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         if flags is None:

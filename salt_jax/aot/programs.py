@@ -1,0 +1,135 @@
+"""A run's device programs built from abstract shapes only, for any target mesh.
+
+The same code as training builds them (salt_jax.train.step.CompiledSteps and
+salt_jax.kd.selection.scoring_program, with the run's state layout, donation,
+loss and teacher layout), so what compiles here is what a run executes.
+Nothing is allocated: parameters, optimizer state, teacher and batch are
+ShapeDtypeStructs.
+
+Programs: "kd" (the fused SALT step: frozen teacher forward + student update),
+"baseline" (the teacher-free step; SALT runs it after the KD phase) and
+"scoring" (SALT_DS's teacher pass over the pool).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import linen as nn
+
+from salt_jax.config import validate
+from salt_jax.errors import UserError
+from salt_jax.kd import methods, objective, schedules, selection
+from salt_jax.kd import teacher as teacher_lib
+from salt_jax.kd.schedules import KDPhase
+from salt_jax.model import attention, checkpoints, presets, sharding
+from salt_jax.model.transformer import Transformer, abstract_params
+from salt_jax.train import optim, state as state_lib
+from salt_jax.train.step import CompiledSteps, Guard
+
+
+@dataclasses.dataclass(frozen=True)
+class Unroll:
+    """Iterations per loop body: of the student's layer stack, the teacher's, and the chunked loss."""
+
+    student: int = 1
+    teacher: int = 1
+    loss: int = 1
+
+
+def target_config(config: ml_collections.ConfigDict, platform: str) -> ml_collections.ConfigDict:
+    """The run config as the target would run it: validated, step counts resolved, attention="auto" replaced
+    by the target platform's kernel (splash on TPU), not the compiling host's."""
+    config = copy.deepcopy(config)
+    validate(config)
+    schedules.resolve(config.salt, config.train.steps)
+    if config.model.attention == "auto":
+        config.model.attention = attention.default_implementation(platform)
+    return config
+
+
+def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
+    """The teacher's model config as it is held (config.salt.teacher_dtype), or None without a teacher.
+
+    From config.salt.teacher_preset when set, else from the teacher checkpoint's record.
+    """
+    salt = config.salt
+    if not methods.method(salt.method).teacher:
+        return None
+    if salt.teacher_preset:
+        cfg = presets.model_config(salt.teacher_preset)
+    else:
+        try:
+            root, step = checkpoints.resolve_checkpoint(salt.teacher)
+            cfg = ml_collections.ConfigDict(teacher_lib.read_record(root, step)["model"])
+        except (UserError, KeyError):
+            raise UserError(f"config.salt.teacher={salt.teacher!r} has no readable checkpoint here; to compile "
+                            "before the teacher exists, set --config.salt.teacher_preset to its size (e.g. "
+                            "paper-1.5b)") from None
+    cfg = teacher_lib.held_config(cfg, salt)
+    if cfg.attention == "auto":
+        cfg.attention = config.model.attention
+    return cfg
+
+
+class Programs:
+    """Lowers the programs of one run config on one mesh (call `lowered(name, unroll)`)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh, teacher_cfg: ml_collections.ConfigDict | None):
+        self.config, self.mesh, self.teacher_cfg = config, mesh, teacher_cfg
+        self.kind = methods.method(config.salt.method)
+        d, t = config.data, config.train
+        self.tokens = jax.ShapeDtypeStruct((d.batch_size, d.seq_len + 1), jnp.int32)
+        self.tx, self.lr = optim.make_optimizer(config.optim, t.steps)
+        self.phase = KDPhase.from_config(config.salt, t.steps, d.batch_size, switch_step=-1)
+        self.guard = Guard(skip_nonfinite=t.nan_policy == "skip")
+        self.state, self.state_shardings = state_lib.abstract_state(Transformer(config.model), self.tx, d.seq_len,
+                                                                    mesh)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The programs this run executes (a teacher run also gets "baseline", the KD step's reference)."""
+        if not self.kind.teacher:
+            return ("baseline",)
+        return ("kd", "baseline", "scoring") if self.kind.selects_data else ("kd", "baseline")
+
+    def loops(self, name: str) -> dict[str, int]:
+        """Trip counts of the program's loops (a compiler cost model counts each body once)."""
+        c = self.config
+        chunks = -(-c.data.seq_len // max(1, min(c.train.loss_chunk, c.data.seq_len)))
+        student = {"student": c.model.n_layers}
+        if c.train.loss == "chunked":
+            student["loss"] = chunks
+        if name == "baseline":
+            return student
+        if name == "kd":
+            return dict(student, teacher=self.teacher_cfg.n_layers)
+        return {"teacher": self.teacher_cfg.n_layers}
+
+    def _teacher(self, unroll: int):
+        _, shardings = teacher_lib.layout(self.teacher_cfg, self.config.salt, self.mesh)
+        model = Transformer(self.teacher_cfg, scan_unroll=unroll)
+        params = nn.meta.unbox(abstract_params(model))
+        return types.SimpleNamespace(model=model, shardings=shardings), params
+
+    def lowered(self, name: str, unroll: Unroll = Unroll()) -> jax.stages.Lowered:
+        c = self.config
+        model = Transformer(c.model, scan_unroll=unroll.student)
+        loss = objective.make_loss(c)
+        if isinstance(loss, objective.ChunkedLoss):
+            loss = objective.ChunkedLoss(dataclasses.replace(loss.opts, unroll=unroll.loss))
+        pad_id = 0  # only compared against token ids: its value changes no shape or cost
+        if name == "scoring":
+            teacher, params = self._teacher(unroll.teacher)
+            fn = selection.scoring_program(teacher.model, teacher.shardings, c.salt.ds_topk, self.mesh, pad_id)
+            with sharding.on_mesh(self.mesh):
+                return fn.lower(params, self.tokens)
+        teacher, params = self._teacher(unroll.teacher) if name == "kd" else (None, None)
+        steps = CompiledSteps(model, self.tx, self.lr, pad_id, self.mesh, self.state_shardings, loss, self.guard,
+                              teacher=teacher, phase=self.phase)
+        return steps.lower(self.state, self.tokens, params)
