@@ -65,9 +65,10 @@ def print_report(r: dict) -> None:
         print(f"| {name} | {'yes' if p['fits'] else 'no'} | {_gib(m['peak'])} ({_gib(m['argument'])} / "
               f"{_gib(m['output'])} / {_gib(m['temp'])}) | {p['compile_seconds']:.0f} s | "
               f"{_ms(e.get('step_seconds')) if e else '-'} | {mfu} |")
+    estimated = any(p.get("estimate") for p in r["programs"].values())
     if r.get("kd_over_baseline_flop_model"):
-        print(f"KD step / baseline step: {r['kd_over_baseline_estimate'] or 'unavailable'} (estimate) vs "
-              f"{r['kd_over_baseline_flop_model']} (FLOP model)")
+        est = (r["kd_over_baseline_estimate"] or "unavailable") if estimated else "not estimated (--noestimate)"
+        print(f"KD step / baseline step: {est} (estimate) vs {r['kd_over_baseline_flop_model']} (FLOP model)")
     if r.get("run_estimate"):
         h = r["run_estimate"]
         print(f"run: {h['steps']} steps ({h['kd_steps']} with the teacher) ~ {h['hours']} h; the baseline's "

@@ -90,6 +90,20 @@ def test_negative_cost_entries_are_counted():
         "  %d = f32[4] collective-permute(%z), source_target_pairs={{1,0}}",
         '  %e = f32[4] custom-call(%w), custom_call_target="tpu_custom_call"'])
     assert estimate.negative_entries(hlo) == 3  # the start and the plain permute, not the done
+    # The smallest whole number of seconds added back that reaches the compute bound, at most one per entry.
+    assert estimate.corrected_seconds(0.3, 2, 0.5) == pytest.approx(1.3)
+    assert estimate.corrected_seconds(-1.6, 3, 0.2) == pytest.approx(0.4)
+    assert estimate.corrected_seconds(1e-3, 6, 5e-4) == 1e-3  # nothing was subtracted (v5e)
+    assert estimate.corrected_seconds(-3.0, 1, 0.2) is None  # not reachable: unavailable
+
+    class Compiled:  # a compiled program's cost analysis and text
+        def cost_analysis(self):
+            return {"flops": 2e12, "bytes accessed": 5e9, "optimal_seconds": -0.7}
+
+        def as_text(self):
+            return hlo
+
+    assert estimate.cost_of(Compiled(), peak=1e13) == Cost(2e12, 5e9, pytest.approx(0.3), True)
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +123,9 @@ def test_extrapolated_cost_equals_the_fully_unrolled_program(v5e, wide):
 
     progs, compiled = wide
     assert progs.loops("baseline") == {"student": 4}
-    cost = {"base": estimate.cost_of(compiled)}
-    cost.update({name: estimate.cost_of(progs.lowered("baseline", u).compile()) for name, u in (
+    peak = 197e12  # v5e
+    cost = {"base": estimate.cost_of(compiled, peak)}
+    cost.update({name: estimate.cost_of(progs.lowered("baseline", u).compile(), peak) for name, u in (
         ("student", programs.Unroll(student=2)), ("flat", programs.Unroll(student=4)))})
     total = estimate.extrapolate(cost["base"], cost, progs.loops("baseline"))
     assert cost["base"].kernels  # attention="auto" compiled the splash kernel for the TPU target
@@ -213,9 +228,16 @@ def test_compile_cli_writes_its_report(tmp_path):
         "error: config.salt.teacher='runs/test-tiny-teacher' has no readable checkpoint here"), bad.stderr[-2000:]
 
 
-def test_a_cpu_host_with_libtpu_trains_on_the_cpu():
-    """libtpu installed and no TPU: JAX must still come up on the CPU (after libtpu's warnings)."""
+def test_a_cpu_host_with_libtpu_trains_on_the_cpu(monkeypatch):
+    """libtpu installed and no TPU: salt_jax pins JAX to the CPU, so JAX does not first try (and fail, with a
+    page of libtpu warnings) to open a TPU. An explicit JAX_PLATFORMS is left alone."""
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
-    p = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend(), jax.device_count())"],
-                       env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0 and p.stdout.split() == ["cpu", "1"], (p.stdout, p.stderr[-2000:])
+    code = "import salt_jax, jax, os; print(jax.default_backend(), jax.device_count(), os.environ['JAX_PLATFORMS'])"
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.split() == ["cpu", "1", "cpu"], (p.stdout, p.stderr[-2000:])
+    assert "libtpu" not in p.stderr and "TPU_WORKER_HOSTNAMES" not in p.stderr, p.stderr[-2000:]
+    import salt_jax
+
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    salt_jax._keep_jax_off_an_absent_tpu()
+    assert os.environ["JAX_PLATFORMS"] == "cuda"

@@ -3,6 +3,7 @@
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -36,6 +37,15 @@ def _run(module, args, cache_dir):
                           timeout=600)
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, cache_dir):
+    """A finished TINY run (trained once, copied by the rows that resume or damage one)."""
+    workdir = str(tmp_path_factory.mktemp("finished") / "run")
+    first = _run("salt_jax.main", TINY + [f"--workdir={workdir}"], cache_dir)
+    assert first.returncode == 0, first.stderr[-2000:]
+    return workdir
+
+
 def test_the_catalogue_is_read():
     assert len(ROWS) >= 20 and len({r["id"] for r in ROWS}) == len(ROWS)
     assert {r["area"] for r in ROWS} >= {"config", "mesh", "data", "teacher", "checkpoint", "hf"}
@@ -58,8 +68,7 @@ def test_error_row(row, tmp_path, cache_dir, request):
             os.makedirs(tmp_path / "empty")
             args = ["--config.salt.method=salt", f"--config.salt.teacher={tmp_path / 'empty'}"]
         elif row["id"] in ("corrupt", "model-changed", "config-drift"):
-            first = _run("salt_jax.main", base, cache_dir)
-            assert first.returncode == 0, first.stderr[-2000:]
+            shutil.copytree(request.getfixturevalue("finished_run"), workdir)
             if row["id"] == "corrupt":
                 for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "6", "state")):
                     for f in files:

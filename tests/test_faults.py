@@ -49,33 +49,49 @@ def test_kill_9_at_every_phase_then_resume_gives_identical_parameters(tmp_path, 
     assert [(r["step"], r["loss"]) for r in got_lines] == [(r["step"], r["loss"]) for r in ref_lines]
 
 
-def _signal_a_long_run(workdir, cache_dir, teacher_dir, signum) -> tuple[subprocess.Popen, str]:
-    """Starts a 100000-step run, sends `signum` once it has trained 5 steps; (the process, its output)."""
-    proc = _cli(workdir, cache_dir, teacher_dir, ["--config.train.steps=100000", "--config.train.progress=true",
-                                                  "--config.train.log_every=1", "--config.train.checkpoint_every=1000"], wait=False)
-    lines = []
-    for line in proc.stdout:  # wait until it trains
-        lines.append(line)
-        if "step 5/" in line:
-            break
-    proc.send_signal(signum)
-    rest, _ = proc.communicate(timeout=120)
-    return proc, "".join(lines) + rest
+def _signal_long_runs(runs, cache_dir, teacher_dir) -> list[tuple[subprocess.Popen, str]]:
+    """Starts a 100000-step run per (workdir, signal), side by side; sends each its signal once it has trained
+    5 steps; [(the process, its output)]."""
+    procs = [(_cli(workdir, cache_dir, teacher_dir, ["--config.train.steps=100000", "--config.train.progress=true",
+                                                    "--config.train.log_every=1",
+                                                    "--config.train.checkpoint_every=1000"], wait=False), signum)
+             for workdir, signum in runs]
+    out = []
+    for proc, signum in procs:
+        lines = []
+        for line in proc.stdout:  # wait until it trains (a run not yet read from blocks on its pipe, no harm)
+            lines.append(line)
+            if "step 5/" in line:
+                break
+        proc.send_signal(signum)
+        rest, _ = proc.communicate(timeout=120)
+        out.append((proc, "".join(lines) + rest))
+    return out
 
 
-def test_sigterm_checkpoints_the_step_reached_and_exits_0(tmp_path, cache_dir, teacher_dir, salt_reference):
-    workdir = str(tmp_path / "preempted")
-    proc, rest = _signal_a_long_run(workdir, cache_dir, teacher_dir, signal.SIGTERM)
-    assert proc.returncode == 0, rest
-    assert "preempted: checkpoint at step" in rest
-    step = int(rest.split("preempted: checkpoint at step ")[1].split()[0])
+def test_sigterm_exits_0_and_ctrl_c_exits_130_both_checkpointing_the_step_reached(tmp_path, cache_dir,
+                                                                                  teacher_dir):
+    """SIGTERM (a preemption notice) and SIGINT (Ctrl-C) both checkpoint the step reached; SIGTERM then exits
+    0, Ctrl-C 130, neither with a traceback."""
+    preempted, interrupted = str(tmp_path / "preempted"), str(tmp_path / "interrupted")
+    (term, term_out), (intr, intr_out) = _signal_long_runs([(preempted, signal.SIGTERM),
+                                                           (interrupted, signal.SIGINT)], cache_dir, teacher_dir)
+    assert term.returncode == 0, term_out
+    assert "preempted: checkpoint at step" in term_out
+    step = int(term_out.split("preempted: checkpoint at step ")[1].split()[0])
     assert step >= 5
-    root = os.path.join(workdir, "checkpoints")
+    root = os.path.join(preempted, "checkpoints")
     assert max(int(d) for d in os.listdir(root) if d.isdigit()) == step
     assert checkpoints.read_record(root, step)["step"] == step
-    restored = _params(workdir, step)  # restorable
+    restored = _params(preempted, step)  # restorable
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored))
-    assert not os.path.exists(os.path.join(workdir, "summary.json"))
+    assert not os.path.exists(os.path.join(preempted, "summary.json"))
+
+    assert intr.returncode == 130, intr_out
+    assert "Traceback" not in intr_out and "Ctrl-C received: checkpointing the step reached" in intr_out
+    step = int(intr_out.split("interrupted: checkpoint at step ")[1].split()[0])
+    assert step >= 5 and checkpoints.read_record(os.path.join(interrupted, "checkpoints"), step)["step"] == step
+    assert not os.path.exists(os.path.join(interrupted, "summary.json"))
 
 
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, cache_dir, teacher_dir, salt_reference):
@@ -145,17 +161,6 @@ def test_too_many_skips_in_a_row_stop_the_run(tiny_config, tmp_path):
     c.train.nan_policy, c.train.max_skipped_steps, c.train.debug_nan_steps = "skip", 3, "2,3,4"
     with pytest.raises(UserError, match=r"3 steps in a row \(config.train.max_skipped_steps=3\)"):
         loop.run(c, str(tmp_path / "skips"))
-
-
-def test_ctrl_c_checkpoints_the_step_reached_and_exits_130(tmp_path, cache_dir, teacher_dir):
-    """SIGINT is handled like SIGTERM (checkpoint the step reached), then exits 130 with no traceback."""
-    workdir = str(tmp_path / "interrupted")
-    proc, rest = _signal_a_long_run(workdir, cache_dir, teacher_dir, signal.SIGINT)
-    assert proc.returncode == 130, rest
-    assert "Traceback" not in rest and "Ctrl-C received: checkpointing the step reached" in rest
-    step = int(rest.split("interrupted: checkpoint at step ")[1].split()[0])
-    assert step >= 5 and checkpoints.read_record(os.path.join(workdir, "checkpoints"), step)["step"] == step
-    assert not os.path.exists(os.path.join(workdir, "summary.json"))
 
 
 def _signals_during_a_long_save(grace_s: float, *signals: str) -> subprocess.CompletedProcess:

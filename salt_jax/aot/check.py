@@ -45,17 +45,17 @@ def _program(progs: programs.Programs, name: str, sl: Slice, with_estimate: bool
     out = {"fits": memory["peak"] <= sl.hbm_bytes, "compile_seconds": round(took, 1), "memory_bytes": memory}
     if not with_estimate:
         return out
-    base, trips = estimate.cost_of(compiled), progs.loops(name)
+    peak = flops.peak_flops(sl.device_kind)
+    base, trips = estimate.cost_of(compiled, peak), progs.loops(name)
     del compiled
     unrolled = {}
     for loop, n in trips.items():
         if n > 1:
             variant, _ = _compile(progs, name, Unroll(**{loop: 2}))
             if variant is not None:
-                unrolled[loop] = estimate.cost_of(variant)
+                unrolled[loop] = estimate.cost_of(variant, peak)
     total = estimate.extrapolate(base, unrolled, trips)
     c = progs.config
-    peak = flops.peak_flops(sl.device_kind)
     out["estimate"] = estimate.step_estimate(total, name, c.model, progs.teacher_cfg, c.data.batch_size,
                                              c.data.seq_len, sl.chips, peak)
     out["estimate"]["loops"] = trips
