@@ -66,7 +66,7 @@ def print_report(r: dict) -> None:
               f"{_gib(m['output'])} / {_gib(m['temp'])}) | {p['compile_seconds']:.0f} s | "
               f"{_ms(e.get('step_seconds')) if e else '-'} | {mfu} |")
     estimated = any(p.get("estimate") for p in r["programs"].values())
-    if r.get("kd_over_baseline_flop_model"):
+    if r.get("kd_over_baseline_flop_model") and {"kd", "baseline"} <= set(r["programs"]):
         est = (r["kd_over_baseline_estimate"] or "unavailable") if estimated else "not estimated (--noestimate)"
         print(f"KD step / baseline step: {est} (estimate) vs {r['kd_over_baseline_flop_model']} (FLOP model)")
     if r.get("run_estimate"):

@@ -1,9 +1,15 @@
 """Test setup: 8 emulated CPU devices (set before jax is imported) and shared fixtures."""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One XLA compilation cache for the session (this process and every command-line run it starts): most
+# tests compile the same test-tiny programs, and a cached executable is the same code, so the numbers
+# are too. A fresh directory per session keeps runs independent.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="salt_jax_xla_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402
 

@@ -82,6 +82,13 @@ def test_loop_extrapolation_by_hand():
         18.0, 100.0, 1.0)
 
 
+def test_search_tries_the_meshes_the_heads_and_batch_allow():
+    c = _tiny("salt")  # 2 KV heads, batch 8
+    assert check.mesh_candidates(c, 8) == [(1, 8, 1), (2, 4, 1), (1, 4, 2), (2, 2, 2)]
+    c.data.batch_size = 4
+    assert check.mesh_candidates(c, 8) == [(1, 4, 2), (2, 2, 2)]  # 8-way batch splits do not divide 4 rows
+
+
 def test_negative_cost_entries_are_counted():
     hlo = "\n".join([
         '  %a = bf16[8]{0} custom-call(%x), custom_call_target="ConcatBitcast"',
