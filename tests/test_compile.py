@@ -219,7 +219,7 @@ def test_compile_cli_writes_its_report(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # the command pins the CPU itself
     p = subprocess.run([sys.executable, "-m", "salt_jax.compile", "--config=configs/test_tiny.py:salt",
                         "--config.salt.teacher_preset=test-tiny-teacher", "--config.data.seq_len=128",
-                        "--topology=v5e-4", "--noestimate", f"--out={out}"],
+                        "--topology=v5e-4", f"--out={out}"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(out.read_text())
@@ -229,6 +229,11 @@ def test_compile_cli_writes_its_report(tmp_path):
 
     assert arg["kd"] - arg["baseline"] >= 4 * param_count(model_config("test-tiny-teacher"))  # + the teacher
     assert "| kd | yes |" in p.stdout and "compiler estimates, not measurements" in p.stdout
+    for name in ("kd", "baseline"):  # the estimate: both loops of the 2-layer student costed, the splash kernel added
+        e = r["programs"][name]["estimate"]
+        assert e["loops"]["student"] == 2 and e["kernel_attention_seconds"] > 0 and 0 < e["mfu"] < 1, e
+        assert e["step_seconds"] >= e["flops_per_chip"] / 197e12 and e["label"] == estimate.LABEL
+    assert r["kd_over_baseline_estimate"] > 1 and r["run_estimate"]["kd_steps"] == 7
     bad = subprocess.run([sys.executable, "-m", "salt_jax.compile", "--config=configs/test_tiny.py:salt",
                           "--topology=v5e:2x2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith(

@@ -51,9 +51,12 @@ def _program(progs: programs.Programs, name: str, sl: Slice, with_estimate: bool
     unrolled = {}
     for loop, n in trips.items():
         if n > 1:
-            variant, _ = _compile(progs, name, Unroll(**{loop: 2}))
-            if variant is not None:
-                unrolled[loop] = estimate.cost_of(variant, peak)
+            variant, why = _compile(progs, name, Unroll(**{loop: 2}))
+            if variant is None:  # without one loop's cost the estimate would be low: give none
+                out["estimate"] = {"step_seconds": None, "mfu": None, "label": estimate.LABEL,
+                                   "unavailable": f"the variant with the {loop} loop unrolled did not fit: {why}"}
+                return out
+            unrolled[loop] = estimate.cost_of(variant, peak)
     total = estimate.extrapolate(base, unrolled, trips)
     c = progs.config
     out["estimate"] = estimate.step_estimate(total, name, c.model, progs.teacher_cfg, c.data.batch_size,
