@@ -90,6 +90,9 @@ class Programs:
         self.guard = Guard(skip_nonfinite=t.nan_policy == "skip")
         self.state, self.state_shardings = state_lib.abstract_state(Transformer(config.model), self.tx, d.seq_len,
                                                                     mesh)
+        # The teacher's parameter layout does not depend on how its loop is unrolled: found once.
+        self.teacher_shardings = (teacher_lib.layout(teacher_cfg, config.salt, mesh)[1]
+                                  if teacher_cfg is not None else None)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -112,10 +115,9 @@ class Programs:
         return {"teacher": self.teacher_cfg.n_layers}
 
     def _teacher(self, unroll: int):
-        _, shardings = teacher_lib.layout(self.teacher_cfg, self.config.salt, self.mesh)
         model = Transformer(self.teacher_cfg, scan_unroll=unroll)
         params = nn.meta.unbox(abstract_params(model))
-        return types.SimpleNamespace(model=model, shardings=shardings), params
+        return types.SimpleNamespace(model=model, shardings=self.teacher_shardings), params
 
     def lowered(self, name: str, unroll: Unroll = Unroll()) -> jax.stages.Lowered:
         c = self.config
