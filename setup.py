@@ -29,6 +29,13 @@ DATA = [
     "array-record==0.8.6",
     "grain==0.2.18",
 ]
+# Few-shot evaluation (python -m salt_jax.eval, config.eval): lm-evaluation-harness and the datasets library
+# it reads tasks with; no torch. In the core install so the README's main job reports few-shot scores.
+EVAL = [
+    "lm-eval==0.4.13",
+    "datasets==5.2.0",
+    "evaluate==0.4.6",
+]
 HF = [
     "torch==2.13.0",  # exactly this version: the CPU wheel, no CUDA packages
     "transformers==5.23.0",
@@ -52,7 +59,9 @@ setup(
     description="SALT: training a large LM faster with a small LM's help (JAX/Flax).",
     python_requires=">=3.11",
     packages=find_packages(include=["salt_jax", "salt_jax.*"]),
-    install_requires=CORE + DATA,
+    install_requires=CORE + DATA + EVAL,
+    # the offline lm-eval tasks (YAML + JSONL) travel with the package
+    package_data={"salt_jax.eval.tasks": ["*.yaml", "data/*.jsonl", "data/*.json"]},
     extras_require={
         "hf": HF,
         "notebook": NOTEBOOK,

@@ -120,6 +120,15 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     r.debug_nan_steps = ""  # fault injection: comma-separated steps whose loss is made NaN (drills and tests)
     r.debug_kill = ""  # fault injection: comma-separated step:N (SIGKILL after step N) / save:N (while checkpoint N is written)
     r.peak_tflops = 0.0  # per-device peak for MFU in metrics.jsonl; 0 = from the device kind (null if unknown)
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.tasks = ""  # lm-eval tasks scored during training, comma-separated ("" = none); offline: salt_jax/eval/tasks
+    e.every = 0  # few-shot evaluation every N steps, at step 0 and at the last step; 0 = train.eval_every
+    e.num_fewshot = -1  # few-shot examples per prompt; -1 = each task's default
+    e.limit = 0  # documents per task, 0 = all of them
+    e.batch_size = 32  # sequences per forward pass of the scoring engine (rounded up to the mesh's rows)
+    e.include_path = ""  # a directory of extra lm-eval task YAML files
+    e.seed = 1234  # seed of lm-eval's few-shot example sampling (and of sampled generation)
     return c
 
 
@@ -239,6 +248,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check(r.loss_chunk > 0, f"config.train.loss_chunk={r.loss_chunk}: must be positive")
     for f in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
         check(r[f] > 0, f"config.train.{f}={r[f]}: must be positive")
+    e = c.eval
+    for f in ("every", "limit"):
+        check(e[f] >= 0, f"config.eval.{f}={e[f]}: must be 0 or more")
+    check(e.batch_size > 0, f"config.eval.batch_size={e.batch_size}: must be positive")
+    check(e.num_fewshot >= -1, f"config.eval.num_fewshot={e.num_fewshot}: use -1 (the tasks' own) or a count")
 
 
 def check_vocab(c: ml_collections.ConfigDict, tokenizer_vocab: int) -> None:
@@ -253,7 +267,7 @@ def check_vocab(c: ml_collections.ConfigDict, tokenizer_vocab: int) -> None:
 RESUMABLE_CHANGES = ("salt.teacher", "salt.teacher_preset", "data.cache_dir", "data.prefetch", "data.shard_chars",
                      "data.shared_cache", "data.eval_batches", "train.log_every", "train.eval_every",
                      "train.checkpoint_every", "train.keep_checkpoints", "train.progress", "train.preemption_grace_s",
-                     "train.debug_kill", "train.debug_nan_steps", "train.peak_tflops", "mesh")
+                     "train.debug_kill", "train.debug_nan_steps", "train.peak_tflops", "mesh", "eval")
 
 
 def drift(saved: dict, now: ml_collections.ConfigDict, ignore: tuple[str, ...]) -> list[str]:

@@ -17,7 +17,8 @@ from ml_collections import config_flags
 from salt_jax.cli import fail, flags_parser, interrupted, load_config, own_flags_help, setup_logging
 from salt_jax.config import run_help
 from salt_jax.errors import INTERRUPTED_STATUS, UserError
-from salt_jax.train import distributed, loop
+from salt_jax import distributed
+from salt_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from salt_jax.errors import UserError
-from salt_jax.train import distributed
+from salt_jax import distributed
 from salt_jax.train.metrics import read_metrics
 
 import salt_run

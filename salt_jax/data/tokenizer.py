@@ -81,6 +81,8 @@ class SentencePieceTokenizer:
         self.threads = None  # encode threads; None = SentencePiece's default (all cores); 1 in a store worker
         self.vocab_size = self.sp.get_piece_size()
         self.pad_id, self.eos_id = self.sp.pad_id(), self.sp.eos_id()
+        self.bos_id = self.sp.bos_id() if self.sp.bos_id() >= 0 else None
+        self.proto = proto  # the model file's bytes (a run keeps a copy: salt_jax.eval reads it)
         self._fp = "sp-" + hashlib.sha256(proto).hexdigest()[:16]
 
     def encode(self, texts: list[str]) -> list[list[int]]:

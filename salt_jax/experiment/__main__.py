@@ -15,7 +15,8 @@ from salt_jax import paths
 from salt_jax.cli import fail, flags_parser, interrupted, load_config, own_flags_help, setup_logging
 from salt_jax.errors import INTERRUPTED_STATUS, UserError
 from salt_jax.experiment.pipeline import run_experiment
-from salt_jax.train import distributed, faults
+from salt_jax import distributed
+from salt_jax.train import faults
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (configs/experiments/*.py).",
                                           lock_config=True)

@@ -62,6 +62,32 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, sof
     return y.reshape(b, t, n, h).astype(q.dtype)
 
 
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array, k_pos: jax.Array, *,
+                     scale: float | None, softcap: float = 0.0, window: int | jax.Array = 0) -> jax.Array:
+    """Attention of new queries over a KV cache, masked by positions rather than by slots (generation).
+
+    q [b, t, n, h] at positions q_pos [b, t]; k / v [b, s, kv, h] at k_pos
+    [b, s]. A query sees the keys at positions 0 <= k_pos <= q_pos (and within
+    `window` when set): negative positions are padding and empty cache slots.
+    A query without any visible key (padding) gets a uniform average, never NaN.
+    """
+    b, t, n, h = q.shape
+    kv = k.shape[2]
+    scale = h ** -0.5 if scale is None else scale
+    qg = q.reshape(b, t, kv, n // kv, h)
+    scores = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    if softcap > 0:
+        scores = softcap * jnp.tanh(scores / softcap)
+    qp, kp = q_pos[:, :, None], k_pos[:, None, :]  # [b, t, 1], [b, 1, s]
+    allowed = (kp >= 0) & (kp <= qp)
+    if not isinstance(window, int) or window > 0:
+        allowed &= kp > qp - window
+    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    y = jnp.einsum("bkgts,bskh->btkgh", probs, v, preferred_element_type=jnp.float32)
+    return y.reshape(b, t, n, h).astype(q.dtype)
+
+
 def _cudnn(q, k, v, scale, window):
     local = (window - 1, 0) if window > 0 else None
     return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, local_window_size=local,

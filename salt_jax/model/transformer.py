@@ -150,9 +150,15 @@ class Attention(nn.Module):
 
     `is_local` (a traced bool, one per layer) picks the sliding window and the
     local rotary base when layers differ; None when all layers are alike.
+
+    `decode=True` keeps the keys and values in a "cache" collection sized at
+    initialisation (its tokens' length) and appends each call's to it, for
+    generation; a negative position marks a padding token, which no query
+    attends to.
     """
 
     cfg: ml_collections.ConfigDict
+    decode: bool = False
 
     @nn.compact
     def __call__(self, x, positions, is_local=None):
@@ -179,23 +185,45 @@ class Attention(nn.Module):
             k = norm(c, "k_norm")(k)
         window, base = option(c, "sliding_window"), c.rope_base
         if is_local is not None:  # layers differ: window and base are per-layer data
-            window = jnp.where(is_local, window, x.shape[1] + 1)
+            window = jnp.where(is_local, window, c.max_len + x.shape[1] + 1)
             base = jnp.where(is_local, option(c, "rope_local_base") or c.rope_base, c.rope_base)
         elif window:  # every layer is local
             base = option(c, "rope_local_base") or c.rope_base
         if option(c, "positions") == "rope":
-            q, k = rotary(q, positions, base), rotary(k, positions, base)
+            at = jnp.maximum(positions, 0)  # (padding positions are negative in decode mode)
+            q, k = rotary(q, at, base), rotary(k, at, base)
         q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", None))
-        # Initialisation only needs shapes (and runs on tiny dummy inputs): plain XLA attention, no kernel.
-        kernel = "xla" if self.is_initializing() else c.get("attention", "auto")
-        y = attention.attend(q, k, v, implementation=kernel,
-                             scale=option(c, "attn_scale") or None, softcap=option(c, "attn_softcap"),
-                             window=window)
+        scale, cap = option(c, "attn_scale") or None, option(c, "attn_softcap")
+        if self.decode:
+            y = self._cached(q, k, v, positions, scale, cap, window)
+        else:
+            # Initialisation only needs shapes (and runs on tiny dummy inputs): plain XLA attention, no kernel.
+            kernel = "xla" if self.is_initializing() else c.get("attention", "auto")
+            y = attention.attend(q, k, v, implementation=kernel, scale=scale, softcap=cap, window=window)
         y = nn.with_logical_constraint(y, ("batch", "length", "act_heads", None))
         out = jnp.einsum("btnh,nhd->btd", y, wo.astype(dt))
         if option(c, "o_bias"):
             out = out + _param(self, "o_bias", nn.initializers.zeros, (c.d_model,), ("norm",), pdt).astype(dt)
         return checkpoint_name(out, "attn_out")
+
+    def _cached(self, q, k, v, positions, scale, cap, window):
+        """Appends this call's keys / values / positions to the cache, then attends over all of it."""
+        b, t = k.shape[:2]
+        initialised = self.has_variable("cache", "k")
+        ck = self.variable("cache", "k", jnp.zeros, k.shape, k.dtype)
+        cv = self.variable("cache", "v", jnp.zeros, v.shape, v.dtype)
+        cpos = self.variable("cache", "pos", lambda: jnp.full((b, t), -1, jnp.int32))
+        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+        if not initialised:  # initialisation only sizes the cache (its tokens' length is the cache's)
+            return attention.cached_attention(q, k, v, positions, positions, scale=scale, softcap=cap,
+                                              window=window)
+        at = index.value
+        ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, at, 0, 0))
+        cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, at, 0, 0))
+        cpos.value = jax.lax.dynamic_update_slice(cpos.value, positions.astype(jnp.int32), (0, at))
+        index.value = at + t
+        return attention.cached_attention(q, ck.value, cv.value, positions, cpos.value, scale=scale,
+                                          softcap=cap, window=window)
 
 
 class MLP(nn.Module):
@@ -236,11 +264,12 @@ class Block(nn.Module):
     """
 
     cfg: ml_collections.ConfigDict
+    decode: bool = False
 
     @nn.compact
     def __call__(self, x, positions, is_local=None):
         c = self.cfg
-        y = Attention(c, name="attn")(norm(c, "attn_norm")(x), positions, is_local)
+        y = Attention(c, self.decode, name="attn")(norm(c, "attn_norm")(x), positions, is_local)
         if option(c, "post_norms"):
             y = norm(c, "attn_post_norm")(y)
         x = x + y
@@ -258,12 +287,16 @@ class Transformer(nn.Module):
     `return_hidden=True` returns (final normed hidden states, output projection
     [d_model, vocab]) instead, for losses that apply the projection themselves
     (they must then apply `final_softcap` when the config sets one).
+    `decode=True` is the generation mode (salt_jax.eval.engine): `positions`
+    must be given, negative ones mark left padding, and each call appends to
+    the "cache" collection (apply with mutable=["cache"]).
     """
 
     cfg: ml_collections.ConfigDict
     # Layers per iteration of the scanned stack (same parameters, same numbers). XLA's cost model counts a
     # loop body once, so salt_jax.aot compiles with 2 to measure what one more layer costs.
     scan_unroll: int = 1
+    decode: bool = False  # keep a KV cache (see Attention); generation only
 
     @nn.compact
     def __call__(self, tokens, positions=None, return_hidden: bool = False):
@@ -282,16 +315,17 @@ class Transformer(nn.Module):
         if option(c, "positions") == "learned":
             pos = _param(self, "pos_embed", nn.initializers.normal(stddev=0.01), (c.max_len, c.d_model),
                          (None, "embed"), pdt)
-            x = x + jnp.take(nn.with_logical_constraint(pos.astype(dt), (None, None)), positions, axis=0)
+            at = jnp.clip(positions, 0, c.max_len - 1)  # (padding in decode mode is negative)
+            x = x + jnp.take(nn.with_logical_constraint(pos.astype(dt), (None, None)), at, axis=0)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
         block = Block
-        if c.remat != "none":
+        if c.remat != "none" and not self.decode:
             block = nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=False)
         flags = local_layer_flags(c)
         stack = nn.scan(
             block,
-            variable_axes={"params": 0},
+            variable_axes={"params": 0, "cache": 0},
             split_rngs={"params": True},
             in_axes=nn.broadcast if flags is None else (nn.broadcast, 0),
             length=c.n_layers,
@@ -299,9 +333,9 @@ class Transformer(nn.Module):
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
         if flags is None:
-            x, _ = stack(c, name="layers")(x, positions)
+            x, _ = stack(c, self.decode, name="layers")(x, positions)
         else:  # local / global layers differ: one flag per layer, scanned with the layers
-            x, _ = stack(c, name="layers")(x, positions, jnp.asarray(flags))
+            x, _ = stack(c, self.decode, name="layers")(x, positions, jnp.asarray(flags))
         hidden = norm(c, "final_norm")(x)
 
         if c.tie_embeddings:

@@ -4,7 +4,8 @@ Each step trains on the batch of step s (salt_jax.data.batches) with the fused
 teacher+student step while the KD phase lasts and the teacher-free step after
 it. After each step the hooks run, in this order: the kill drill, the
 adaptive switch, the non-finite check's bookkeeping, a metrics line every
-log_every steps, a held-out evaluation every eval_every steps, a checkpoint
+log_every steps, a held-out evaluation every eval_every steps, few-shot
+scores every config.eval.every steps (when config.eval.tasks is set), a checkpoint
 every checkpoint_every steps, and the preemption check. Re-running on the same
 workdir resumes from the latest checkpoint and, because batches are
 step-indexed, ends with the same parameters as an uninterrupted run.
@@ -19,6 +20,7 @@ import ml_collections
 
 from salt_jax import paths
 from salt_jax.train import faults
+from salt_jax.train import fewshot as fewshot_lib
 from salt_jax.train.hooks import Hooks, NonFiniteCheck, StepMeter, fmt_time
 from salt_jax.train.metrics import train_line
 from salt_jax.train.setup import Run, setup
@@ -38,7 +40,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     meter = StepMeter(float(r.previous.get("train_seconds", 0.0)))
     nan_check = NonFiniteCheck(cfg_t.nan_policy, cfg_t.max_skipped_steps, r.ckpt)
     kill = faults.KillHooks(cfg_t.debug_kill)
-    last_eval = {}
+    last_eval, last_fewshot = {}, {}
     preempted = None
 
     def save(done: int) -> None:
@@ -80,6 +82,16 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                          last_eval["accuracy"])
         meter.clock.skip()  # evaluation time is not training time
 
+    def fewshot(done: int, _=None) -> None:
+        if done:
+            meter.lap(r.state.step)
+        scores = r.fewshot.scores(r.state.params)
+        last_fewshot.update(scores)
+        r.writer.write("fewshot", done, dict(scores, train_seconds=meter.clock.total))
+        if scores:
+            logging.info("few-shot at step %d | %s", done, fewshot_lib.describe(scores))
+        meter.clock.skip()  # evaluation time is not training time
+
     def checkpoint(done: int, _) -> None:
         save(done)
         meter.lap()  # (the checks blocked on every step so far)
@@ -100,9 +112,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for fn, every in ((kill_drill, 1), (adaptive_switch, 1), (nan_check.add, 1), (log_line, cfg_t.log_every),
                       (evaluate, cfg_t.eval_every), (checkpoint, cfg_t.checkpoint_every), (preemption_check, 1)):
         hooks.add(fn, every)
+        if fn is evaluate and r.fewshot is not None:
+            hooks.add(fewshot, r.fewshot.every(cfg_t.eval_every))
 
     if r.start == 0:
         evaluate(0)
+        if r.fewshot is not None:
+            fewshot(0)
     r.start_prefetch()
     try:
         with faults.Preemption(cfg_t.preemption_grace_s) as preemption:
@@ -121,7 +137,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     r.ckpt.wait()
     r.ckpt.close()
     r.writer.close()
-    summary = _summary(r, last_eval, meter.clock.total, preempted)
+    summary = _summary(r, last_eval, meter.clock.total, preempted, last_fewshot)
     if preempted is not None:
         summary["signal"] = preemption.signal
     return summary
@@ -135,7 +151,7 @@ def describe_corpus(c: dict) -> str:
             f"store {c['store']})")
 
 
-def _summary(r: Run, last_eval: dict, train_seconds: float, preempted: int | None) -> dict:
+def _summary(r: Run, last_eval: dict, train_seconds: float, preempted: int | None, fewshot: dict) -> dict:
     """The run's summary (written to summary.json when it finished; returned either way)."""
     method = r.config.salt.method
     if preempted is not None:
@@ -147,6 +163,11 @@ def _summary(r: Run, last_eval: dict, train_seconds: float, preempted: int | Non
                "final_eval_accuracy": last_eval["accuracy"], "parameters": r.n_params, "method": method,
                "kd_phase_end": r.phase.end, "corpus": r.corpus,
                "train_seconds": float(r.previous.get("train_seconds", 0.0)) if resumed_finished else train_seconds}
+    old = paths.join(r.workdir, "summary.json")
+    if not fewshot and resumed_finished and paths.exists(old):  # (scored when the run finished)
+        fewshot = paths.read_json(old).get("fewshot") or {}
+    if fewshot:
+        summary["fewshot"] = dict(fewshot)
     if jax.process_index() == 0:
         paths.write_json(paths.join(r.workdir, "summary.json"), summary)
     return summary

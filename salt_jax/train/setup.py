@@ -31,6 +31,7 @@ from salt_jax.model import checkpoints, sharding
 from salt_jax.model.flops import RunFlops, param_count
 from salt_jax.model.transformer import Transformer
 from salt_jax.train import faults, metrics, optim
+from salt_jax.train import fewshot as fewshot_lib
 from salt_jax.train import state as state_lib
 from salt_jax.train import workdir as workdir_lib
 from salt_jax.train.step import CompiledSteps, Guard
@@ -60,6 +61,7 @@ class Run:
     flops: RunFlops
     n_params: int
     prefetch: batches_lib.Prefetcher | None = None  # set by start_prefetch
+    fewshot: Any = None  # salt_jax.train.fewshot.FewShot when config.eval.tasks is set
 
     @property
     def total_steps(self) -> int:
@@ -162,6 +164,14 @@ def _selected_batches(config, cache, teacher, mesh, pad_id: int, phase: KDPhase,
     return batches_lib.Batches(cache.train, cfg_d.batch_size, cfg_d.seed, rows=rows[kept])
 
 
+def _keep_tokenizer(tok, workdir: str) -> None:
+    """A SentencePiece run keeps its model file as workdir/tokenizer.model, so its checkpoints can be
+    evaluated and sampled from (salt_jax.eval) without the token cache it was trained from."""
+    path = paths.join(workdir, "tokenizer.model")
+    if getattr(tok, "proto", None) and not paths.exists(path):
+        paths.write_atomic(path, tok.proto)
+
+
 def _check_teacher_outside(teacher: str, workdir: str) -> None:
     """A teacher inside the student's own workdir would be deleted by keep_checkpoints."""
     if not teacher or paths.is_remote(teacher) or paths.is_remote(workdir):
@@ -185,6 +195,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     check_vocab(config, tok.vocab_size)
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch(cfg_d.batch_size, mesh)
+    fewshot = fewshot_lib.maybe(config, mesh, tok)  # (task names checked before anything trains)
 
     model = Transformer(config.model)
     tx, lr_schedule = optim.make_optimizer(config.optim, cfg_t.steps)
@@ -202,6 +213,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
     if jax.process_index() == 0:
         workdir_lib.write_config(config, workdir)
+        _keep_tokenizer(tok, workdir)
     n_params = param_count(config.model)
     logging.info("model %s: %s parameters; mesh %s; %d devices", config.model.preset, f"{n_params:,}",
                  dict(mesh.shape), mesh.size)
@@ -221,4 +233,4 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                eval_set=batches_lib.eval_batches(cache.heldout, cfg_d.batch_size, cfg_d.eval_batches, tok.pad_id),
                ckpt=ckpt, writer=metrics.MetricsWriter(workdir, resume_step=start), record=record,
                flops=RunFlops.of(config.model, cfg_d.seq_len, teacher.config if teacher else None, mesh.size,
-                                 cfg_t.peak_tflops), n_params=n_params)
+                                 cfg_t.peak_tflops), n_params=n_params, fewshot=fewshot)

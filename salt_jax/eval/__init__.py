@@ -1,0 +1,10 @@
+"""Evaluation beyond held-out loss: few-shot benchmark scores (lm-evaluation-harness) and generation.
+
+    engine.py   a model on the mesh: batched log-likelihoods, KV-cache decoding, multi-process serving
+    harness.py  lm-eval's model API over the engine, task lookup, `evaluate` and flat scores
+    load.py     a run's checkpoint + tokenizer, ready to evaluate
+    tasks/      offline lm-eval tasks built from held-out standard-library files
+    __main__.py python -m salt_jax.eval (and salt_jax.sample for text)
+
+Nothing here is imported by `import salt_jax`; lm-eval is imported only by harness.py.
+"""

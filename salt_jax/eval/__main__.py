@@ -1,0 +1,93 @@
+"""Few-shot evaluation of a run's checkpoint with lm-evaluation-harness.
+
+    python -m salt_jax.eval --workdir=DIR [--step=N] --tasks=stdlib_next_line,hellaswag [--num_fewshot=K]
+                            [--limit=N] [--include_path=DIR] [--batch_size=32]
+
+Writes lm-eval's results (its own JSON format) to DIR/eval_results.json
+(DIR/eval_results-step<N>.json with --step) and prints lm-eval's table. The
+offline tasks in salt_jax/eval/tasks need no network; lm-eval's own tasks
+(LAMBADA, HellaSwag, ...) download their data on first use. With several
+processes (--coordinator_address ...), process 0 drives lm-eval and all run the
+model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from absl import app, flags
+
+from salt_jax import distributed, paths
+from salt_jax.cli import fail, flags_parser, interrupted, own_flags_help, setup_logging
+from salt_jax.errors import UserError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir (or a checkpoint directory) to evaluate.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+_TASKS = flags.DEFINE_string("tasks", None, "Comma-separated lm-eval task (or group) names.")
+_NUM_FEWSHOT = flags.DEFINE_integer("num_fewshot", None, "Few-shot examples per prompt (default: each task's own).")
+_LIMIT = flags.DEFINE_float("limit", None, "Documents per task: a count, or a fraction if below 1 (default: all).")
+_INCLUDE = flags.DEFINE_string("include_path", None, "A directory of extra lm-eval task YAML files.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Sequences per forward pass (rounded up to the mesh's rows).")
+_SEED = flags.DEFINE_integer("seed", 1234, "Seed of lm-eval's few-shot sampling and of sampled generation.")
+_OUT = flags.DEFINE_string("out", None, "Results file (default: eval_results.json in the workdir).")
+
+
+def run(workdir: str, tasks: list[str], step: int | None = None, num_fewshot: int | None = None,
+        limit: float | None = None, include_path: str | None = None, batch_size: int = 32, seed: int = 1234,
+        out: str | None = None) -> dict | None:
+    """Evaluates; returns lm-eval's results on process 0 (None on the others), having written them."""
+    import jax
+    from lm_eval.utils import handle_non_serializable, make_table
+
+    from salt_jax.eval import harness, load
+    from salt_jax.eval.engine import Engine
+
+    manager = harness.task_manager(include_path)
+    harness.check_tasks(tasks, manager)  # before anything is restored
+    loaded = load.load(workdir, step)
+    engine = Engine(loaded.model_cfg, loaded.params, loaded.mesh, batch_size=batch_size)
+    if jax.process_index() != 0:
+        engine.serve()
+        return None
+    try:
+        lm = harness.SaltLM(engine, loaded.tokenizer, seed=seed)
+        results = harness.evaluate(lm, tasks, num_fewshot=num_fewshot, limit=limit, seed=seed, manager=manager)
+    finally:
+        engine.close()
+    results["salt_jax"] = {"workdir": workdir, "checkpoint": loaded.checkpoint, "step": loaded.step}
+    root = workdir.rstrip("/")
+    out = out or paths.join(root, "eval_results.json" if step is None else f"eval_results-step{loaded.step}.json")
+    paths.write_atomic(out, json.dumps(results, indent=2, default=handle_non_serializable))
+    print(make_table(results), flush=True)
+    logging.info("step %d: wrote %s", loaded.step, out)
+    return results
+
+
+def _main(argv) -> None:
+    del argv
+    setup_logging()
+    if not _WORKDIR.value:
+        fail("--workdir is required: the run (or checkpoint directory) to evaluate")
+    tasks = [t.strip() for t in (_TASKS.value or "").split(",") if t.strip()]
+    if not tasks:
+        fail("--tasks is required, e.g. --tasks=stdlib_next_line,stdlib_identifier (salt_jax/eval/tasks)")
+    limit = _LIMIT.value
+    if limit is not None and limit >= 1:
+        limit = int(limit)
+    try:
+        distributed.initialize()
+        run(_WORKDIR.value, tasks, _STEP.value, _NUM_FEWSHOT.value, limit, _INCLUDE.value, _BATCH.value,
+            _SEED.value, _OUT.value)
+    except UserError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        interrupted("Ctrl-C during evaluation; nothing was written")
+
+
+def main() -> None:
+    app.run(_main, flags_parser=flags_parser(lambda: __doc__ + "\nflags:\n" + "\n".join(own_flags_help())))
+
+
+if __name__ == "__main__":
+    main()

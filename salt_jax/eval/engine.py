@@ -1,0 +1,256 @@
+"""A model on the mesh as a scoring and generation engine: the device side of evaluation.
+
+`Engine.score` gives each row's log-likelihood of its marked target tokens
+and whether every one of them is the greedy choice (what lm-eval's
+`loglikelihood` needs). `Engine.generate` decodes with a KV cache (greedy, or
+sampled with temperature / top-k / top-p), checking stop conditions between
+chunks of tokens. Shapes are bucketed (rows to the batch size, lengths to
+powers of two) so an evaluation compiles a handful of programs.
+
+Several processes: process 0 decides what to compute; every other process
+calls `serve()`, which runs each computation with it (inputs are broadcast
+from process 0, outputs are replicated) until process 0 calls `close()`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from salt_jax.model import sharding
+from salt_jax.model.transformer import Transformer, option, output_logits, softcap
+
+_OPS = ("score", "prefill", "decode", "close")
+_DTYPES = (np.int32, np.float32)
+_HEADER = 2 + 6 * 5  # op, array count, then (ndim, 3 dims, dtype) per array
+
+
+def bucket(n: int, lo: int = 16, hi: int | None = None) -> int:
+    """The power of two >= n (at least `lo`, at most `hi`): padded lengths, so few programs compile."""
+    b = max(lo, 1 << max(n - 1, 0).bit_length())
+    return min(b, hi) if hi else b
+
+
+def _logits(cfg, hidden: jax.Array, head: jax.Array) -> jax.Array:
+    logits = output_logits(hidden, head)
+    return softcap(logits, option(cfg, "final_softcap")) if option(cfg, "final_softcap") else logits
+
+
+def pick(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Next tokens [b] from logits [b, V]: argmax when temperature is 0, else a sample at that temperature
+    from the top_k most likely (0 = all) within top-p nucleus (1.0 = all). All arguments may be traced."""
+    vocab = logits.shape[-1]
+    greedy = jnp.argmax(logits, axis=-1)
+    z = logits / jnp.maximum(temperature, 1e-6)
+    ordered = jnp.sort(z, axis=-1)[:, ::-1]  # descending
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+    kth = jnp.take(ordered, k - 1, axis=-1)[:, None]
+    probs = jax.nn.softmax(ordered, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each sorted entry
+    cut = jnp.min(jnp.where(before < top_p, ordered, jnp.inf), axis=-1, keepdims=True)  # nucleus' smallest
+    z = jnp.where((z >= kth) & (z >= cut), z, -jnp.inf)
+    sampled = jax.random.categorical(key, z, axis=-1)
+    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+
+class Engine:
+    """Scoring and KV-cache generation for one model's parameters on a mesh.
+
+    `batch_size` rows per program (a multiple of the mesh's data*fsdp; short
+    batches are padded); `chunk`: tokens decoded between stop checks.
+    """
+
+    def __init__(self, cfg, params: Any, mesh, batch_size: int = 32, chunk: int = 16):
+        rows = mesh.shape["data"] * mesh.shape["fsdp"]
+        self.cfg, self.params, self.mesh, self.chunk = cfg, params, mesh, chunk
+        self.batch_size = -(-max(batch_size, 1) // rows) * rows
+        self.max_len = int(cfg.max_len)
+        self.model = Transformer(cfg)
+        self.decoder = Transformer(cfg, decode=True)
+        self._rows = sharding.batch_sharding(mesh)
+        self._whole = sharding.replicated(mesh)
+        self._state = None  # generation: (cache, next logits, next positions) on the mesh
+        self._score_fn = jax.jit(self._score_impl, out_shardings=self._whole)
+
+    # ------------------------------------------------------------------ processes
+    def _send(self, op: str, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Process 0: tells the other processes what to run next (no-op with one process)."""
+        if jax.process_count() == 1:
+            return arrays
+        from jax.experimental import multihost_utils
+
+        header = np.zeros(_HEADER, np.int32)
+        header[0], header[1] = _OPS.index(op), len(arrays)
+        for i, a in enumerate(arrays):
+            shape = list(a.shape) + [1] * (3 - a.ndim)
+            header[2 + 5 * i: 7 + 5 * i] = [a.ndim, *shape, _DTYPES.index(a.dtype.type)]
+        multihost_utils.broadcast_one_to_all(header)
+        return [np.asarray(multihost_utils.broadcast_one_to_all(a)) for a in arrays]
+
+    def serve(self) -> None:
+        """Processes other than 0: run what process 0 sends until it calls `close()`."""
+        from jax.experimental import multihost_utils
+
+        while True:
+            header = np.asarray(multihost_utils.broadcast_one_to_all(np.zeros(_HEADER, np.int32)))
+            op = _OPS[int(header[0])]
+            arrays = []
+            for i in range(int(header[1])):
+                ndim, d0, d1, d2, dt = (int(x) for x in header[2 + 5 * i: 7 + 5 * i])
+                empty = np.zeros((d0, d1, d2)[:ndim], _DTYPES[dt])
+                arrays.append(np.asarray(multihost_utils.broadcast_one_to_all(empty)))
+            if op == "close":
+                return
+            getattr(self, f"_{op}")(*arrays)
+
+    def close(self) -> None:
+        """Process 0: releases the serving processes (call once, when evaluation is over)."""
+        if jax.process_index() == 0:
+            self._send("close", [])
+
+    def _global(self, host: np.ndarray) -> jax.Array:
+        """A host array every process holds whole, as a global array split by rows."""
+        spec = self._rows if host.ndim == 2 else NamedSharding(self.mesh, P(sharding.BATCH_AXES))
+        return jax.make_array_from_callback(host.shape, spec, lambda idx: host[idx])
+
+    def _pad_rows(self, a: np.ndarray, fill) -> np.ndarray:
+        n = -(-len(a) // self.batch_size) * self.batch_size
+        return np.concatenate([a, np.full((n - len(a),) + a.shape[1:], fill, a.dtype)]) if n > len(a) else a
+
+    # ------------------------------------------------------------------ scoring
+    def _score_impl(self, params, tokens, targets, weights):
+        hidden, head = self.model.apply({"params": params}, tokens, return_hidden=True)
+        b, t, d = hidden.shape
+        c = 128 if t % 128 == 0 else t  # positions per chunk: holds [b, c, V] logits, not [b, t, V]
+
+        def one(args):
+            h, tgt, w = args
+            logits = _logits(self.cfg, h, head)
+            lp = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
+            greedy = (jnp.argmax(logits, axis=-1) == tgt) | (w == 0)
+            return jnp.sum(lp * w, axis=-1), jnp.all(greedy, axis=-1)
+
+        split = lambda x: x.reshape(b, t // c, c, *x.shape[2:]).swapaxes(0, 1)  # noqa: E731
+        lps, greedy = jax.lax.map(one, (split(hidden), split(targets), split(weights)))
+        return jnp.sum(lps, axis=0), jnp.all(greedy, axis=0)
+
+    def _score(self, tokens, targets, weights):
+        with sharding.on_mesh(self.mesh):
+            out = self._score_fn(self.params, self._global(tokens), self._global(targets), self._global(weights))
+        return [np.asarray(x) for x in jax.device_get(out)]
+
+    def score(self, tokens: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: sum of log p(targets[t] | tokens[:t+1]) where weights is 1, and whether each such target
+        is the argmax. tokens / targets int32 [b, t], weights float32 [b, t]; t a multiple of 128 or a power
+        of two (see `bucket`); rows are padded to the batch size here."""
+        n = len(tokens)
+        arrays = [self._pad_rows(np.asarray(tokens, np.int32), 0), self._pad_rows(np.asarray(targets, np.int32), 0),
+                  self._pad_rows(np.asarray(weights, np.float32), 0.0)]
+        logprobs, greedy = self._score(*self._send("score", arrays))
+        return logprobs[:n].astype(np.float64), greedy[:n].astype(bool)
+
+    # ------------------------------------------------------------------ generation
+    def _cache_spec(self, path, leaf) -> NamedSharding:
+        name = getattr(path[-1], "key", "")
+        return self._whole if name == "index" else NamedSharding(self.mesh, P(None, sharding.BATCH_AXES))
+
+    @functools.lru_cache(maxsize=None)
+    def _programs(self, rows: int, length: int):
+        """(prefill, decode) for a cache of `length` positions per row: explicit shardings, cache donated."""
+        shapes = jax.eval_shape(lambda: self.decoder.init(jax.random.key(0), jnp.zeros((rows, length), jnp.int32),
+                                                          jnp.zeros((rows, length), jnp.int32))["cache"])
+        cache_specs = jax.tree_util.tree_map_with_path(self._cache_spec, shapes)
+        specs = (cache_specs, self._rows, NamedSharding(self.mesh, P(sharding.BATCH_AXES)))
+
+        def empty_cache():
+            def one(path, s):
+                return jnp.full(s.shape, -1 if getattr(path[-1], "key", "") == "pos" else 0, s.dtype)
+            return jax.tree_util.tree_map_with_path(one, shapes)
+
+        def prefill(params, tokens, positions):
+            cache = jax.lax.with_sharding_constraint(empty_cache(), cache_specs)
+            (hidden, head), state = self.decoder.apply({"params": params, "cache": cache}, tokens, positions,
+                                                       return_hidden=True, mutable=["cache"])
+            logits = _logits(self.cfg, hidden[:, -1:], head)[:, 0]
+            return state["cache"], logits, jnp.max(positions, axis=-1) + 1
+
+        def decode(params, cache, logits, positions, ints, floats):
+            top_k, seed, start = ints[0], ints[1], ints[2]
+            temperature, top_p = floats[0], floats[1]
+
+            def body(carry, i):
+                cache, logits, positions = carry
+                token = pick(logits, jax.random.fold_in(jax.random.key(seed), start + i), temperature, top_k, top_p)
+                (hidden, head), state = self.decoder.apply({"params": params, "cache": cache}, token[:, None],
+                                                           positions[:, None], return_hidden=True, mutable=["cache"])
+                return (state["cache"], _logits(self.cfg, hidden, head)[:, 0], positions + 1), token
+
+            (cache, logits, positions), tokens = jax.lax.scan(body, (cache, logits, positions),
+                                                              jnp.arange(self.chunk))
+            return cache, logits, positions, tokens.T
+
+        return (jax.jit(prefill, out_shardings=specs),
+                jax.jit(decode, donate_argnums=(1,), out_shardings=specs + (self._whole,)))
+
+    def _prefill(self, tokens, positions, length):
+        prefill, _ = self._programs(tokens.shape[0], int(length[0]))
+        with sharding.on_mesh(self.mesh):
+            self._state = (prefill(self.params, self._global(tokens), self._global(positions)), int(length[0]))
+
+    def _decode(self, ints, floats):
+        (cache, logits, positions), length = self._state
+        _, decode = self._programs(logits.shape[0], length)
+        with sharding.on_mesh(self.mesh):
+            cache, logits, positions, tokens = decode(self.params, cache, logits, positions, jnp.asarray(ints),
+                                                      jnp.asarray(floats))
+        self._state = ((cache, logits, positions), length)
+        return np.asarray(jax.device_get(tokens))
+
+    def generate(self, prompts: list[list[int]], max_new: int, *, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int = 0, eos_id: int | None = None,
+                 stop: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
+        """Up to `max_new` new tokens per prompt: greedy at temperature 0, else sampled (reproducible for a
+        seed and batch). A row ends at `eos_id` (not returned) or when `stop(its new tokens)` is true,
+        checked every `chunk` tokens (the caller trims what follows a stop string). Prompts are cut from
+        the left to leave room in the model's context (max_len)."""
+        out: list[list[int]] = []
+        budget = max(self.max_len - max_new, 1)
+        for start in range(0, len(prompts), self.batch_size):
+            group = [list(p[-budget:]) or [0] for p in prompts[start:start + self.batch_size]]
+            out += self._generate_batch(group, max_new, temperature, top_k, top_p, seed + start, eos_id, stop)
+        return out
+
+    def _generate_batch(self, prompts, max_new, temperature, top_k, top_p, seed, eos_id, stop):
+        rows = self.batch_size
+        width = bucket(max(len(p) for p in prompts))
+        steps = -(-max_new // self.chunk) * self.chunk
+        tokens = np.zeros((rows, width), np.int32)
+        positions = np.full((rows, width), -1, np.int32)  # left padding: negative positions
+        for i, p in enumerate(prompts):
+            tokens[i, width - len(p):] = p
+            positions[i, width - len(p):] = np.arange(len(p))
+        self._prefill(*self._send("prefill", [tokens, positions, np.array([width + steps], np.int32)]))
+        new = [[] for _ in prompts]
+        done = [False] * len(prompts)
+        for start in range(0, steps, self.chunk):
+            ints = np.array([top_k, seed, start], np.int32)
+            floats = np.array([temperature, top_p], np.float32)
+            chunk = self._decode(*self._send("decode", [ints, floats]))
+            for i in range(len(prompts)):
+                if done[i]:
+                    continue
+                for t in chunk[i].tolist():
+                    if (eos_id is not None and t == eos_id) or len(new[i]) >= max_new:
+                        done[i] = True
+                        break
+                    new[i].append(t)
+                done[i] = done[i] or len(new[i]) >= max_new or bool(stop and stop(new[i]))
+            if all(done):
+                break
+        return new
+

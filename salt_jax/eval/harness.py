@@ -1,0 +1,203 @@
+"""lm-evaluation-harness over a salt_jax model: the `LM` adapter and `evaluate(...)`.
+
+`SaltLM` implements lm-eval's three request types on an `Engine`:
+`loglikelihood` (lm-eval's own context/continuation encoding, from
+TemplateLM, then exact per-token log-probabilities of the continuation and
+whether it is the greedy one), `loglikelihood_rolling` (lm-eval's disjoint
+rolling windows of the model's context length) and `generate_until` (KV-cache
+decoding, lm-eval's stop-sequence handling). Requests are sorted by length
+and batched as lm-eval's HF backend does, so scores agree with it on the same
+model.
+
+lm-eval is imported here only: `import salt_jax` and training without
+`config.eval.tasks` never load it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import numpy as np
+from lm_eval import utils as lm_utils
+from lm_eval.api.model import TemplateLM
+from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+
+from salt_jax.errors import UserError
+from salt_jax.eval.engine import Engine, bucket
+
+
+class SaltLM(TemplateLM):
+    """A salt_jax model as an lm-eval model. Only process 0 drives lm-eval (rank 0 of world 1 to it);
+    the other processes run the engine's `serve()` loop meanwhile."""
+
+    def __init__(self, engine: Engine, tokenizer, seed: int = 1234, max_gen_toks: int = 256):
+        super().__init__()
+        self.engine, self.tok, self.seed, self._max_gen_toks = engine, tokenizer, seed, max_gen_toks
+        self.max_length = engine.max_len
+        self.batch_size = engine.batch_size
+
+    # ---------------------------------------------------------------- tokenizer
+    @property
+    def eot_token_id(self) -> int:
+        return int(self.tok.eos_id)
+
+    @property
+    def prefix_token_id(self) -> int:
+        """What an empty context conditions on: BOS when the tokenizer has one, else EOS (as lm-eval's hf)."""
+        bos = getattr(self.tok, "bos_id", None)
+        return int(bos) if bos is not None and bos >= 0 else self.eot_token_id
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        return list(self.tok.encode([string])[0])
+
+    def tok_decode(self, tokens: list[int]) -> str:
+        return self.tok.decode(tokens)
+
+    # ---------------------------------------------------------------- scoring
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        """(sum of log p(continuation | context), greedy?) per ((context, continuation), ctx ids, cont ids).
+
+        Like lm-eval's hf backend: the last max_length + 1 tokens of context + continuation, the
+        continuation scored at the end of the window."""
+        def length(req):
+            return -len(req[1] + req[2]), tuple(req[1] + req[2])
+
+        order = Collator(requests, sort_fn=length)
+        results = []
+        for chunk in order.get_batched(n=self.batch_size):
+            windows = [(ctx + cont)[-(self.max_length + 1):] for _, ctx, cont in chunk]
+            width = bucket(max(len(w) - 1 for w in windows), hi=self.max_length)
+            tokens = np.zeros((len(chunk), width), np.int32)
+            targets = np.zeros_like(tokens)
+            weights = np.zeros((len(chunk), width), np.float32)
+            for i, ((_, _, cont), w) in enumerate(zip(chunk, windows)):
+                n = len(w) - 1
+                tokens[i, :n], targets[i, :n] = w[:-1], w[1:]
+                weights[i, n - min(len(cont), n):n] = 1.0
+            logprobs, greedy = self.engine.score(tokens, targets, weights)
+            for req, lp, g in zip(chunk, logprobs, greedy):
+                answer = (float(lp), bool(g))
+                results.append(answer)
+                if req[0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", req[0], answer)
+        return order.get_original(results)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Total log-likelihood of each document, scored in lm-eval's disjoint windows of max_length."""
+        windows, owner = [], []
+        for i, req in enumerate(requests):
+            (string,) = req.args
+            for ctx, cont in map(lm_utils.make_disjoint_window, lm_utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length, context_len=1)):
+                windows.append((None, ctx, cont))
+                owner.append(i)
+        scores = self._loglikelihood_tokens(windows)
+        totals = [0.0] * len(requests)
+        for i, (lp, _) in zip(owner, scores):
+            totals[i] += lp
+        for req, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+        return totals
+
+    # ---------------------------------------------------------------- generation
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy or sampled continuations, cut at the first stop sequence (lm-eval's `until`) or EOS."""
+        def longest_first(args):
+            ids = self.tok_encode(args[0])
+            return -len(ids), args[0]
+
+        order = Collator([r.args for r in requests], sort_fn=longest_first, group_by="gen_kwargs",
+                         group_fn=lambda args: args[1])
+        results = []
+        for chunk in order.get_batched(n=self.batch_size):
+            contexts, all_kwargs = zip(*chunk)
+            kwargs = normalize_gen_kwargs(dict(all_kwargs[0]), self._max_gen_toks)
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=None)  # EOS ends a row by its id
+            max_new = int(kwargs.pop("max_gen_toks"))
+            if max_new >= self.max_length:
+                raise UserError(f"max_gen_toks={max_new} leaves no room for the prompt in the model's context of "
+                                f"{self.max_length} tokens; lower it in the task's generation_kwargs")
+            temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
+            if kwargs.get("do_sample") and temperature == 0.0:
+                temperature = 1.0
+            stops = [s for s in until if s]
+
+            def stopped(new_ids, stops=stops):
+                text = self.tok_decode(new_ids)
+                return any(s in text for s in stops)
+
+            outputs = self.engine.generate(
+                [self.tok_encode(c) for c in contexts], max_new, temperature=temperature,
+                top_k=int(kwargs.get("top_k") or 0), top_p=float(kwargs.get("top_p") or 1.0), seed=self.seed,
+                eos_id=self.eot_token_id, stop=stopped if stops else None)
+            for context, gen_kwargs, ids in zip(contexts, all_kwargs, outputs):
+                text = postprocess_generated_text(generation=self.tok_decode(ids), stop=until, think_end_token=None)
+                results.append(text)
+                self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+        return order.get_original(results)
+
+
+def task_manager(include_path: str | list[str] | None = None):
+    """lm-eval's TaskManager over its own tasks, the offline tasks shipped here and `include_path`."""
+    from lm_eval.tasks import TaskManager
+
+    from salt_jax.eval.tasks import TASKS_DIR
+
+    extra = [include_path] if isinstance(include_path, str) else list(include_path or [])
+    return TaskManager(include_path=[TASKS_DIR] + [p for p in extra if p])
+
+
+def check_tasks(names: list[str], manager, field: str = "--tasks") -> None:
+    """An unknown task name is one line naming it and the closest known ones."""
+    known = set(manager.all_subtasks) | set(manager.all_groups) | set(manager.all_tags)
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UserError(f"{field}: unknown lm-eval task {name!r}{hint} (offline tasks: "
+                            "salt_jax/eval/tasks; others: lm-eval's list, or --include_path for your own YAML)")
+
+
+def evaluate(lm: SaltLM, tasks: list[str], *, num_fewshot: int | None = None, limit: float | None = None,
+             include_path: str | list[str] | None = None, seed: int = 1234, manager=None) -> dict[str, Any]:
+    """lm-eval's `simple_evaluate` with our model; returns lm-eval's results dict (as eval_results.json)."""
+    from lm_eval import simple_evaluate
+
+    from lm_eval import evaluator
+
+    manager = manager or task_manager(include_path)
+    check_tasks(tasks, manager)
+    # lm-eval records the git commit of the working directory by running git, which prints "fatal: not a
+    # git repository" outside a checkout; record salt_jax's own commit instead, quietly.
+    evaluator.get_git_commit_hash = _source_commit
+    return simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
+                           random_seed=seed, numpy_random_seed=seed, torch_random_seed=None,
+                           fewshot_random_seed=seed, log_samples=False, bootstrap_iters=100, verbosity="ERROR")
+
+
+def _source_commit() -> str | None:
+    """The git commit of salt_jax's source tree (None when it is not a checkout)."""
+    import os
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def scores(results: dict[str, Any]) -> dict[str, float]:
+    """Flat {"task/metric": value} of an lm-eval results dict (with "task/metric_stderr"; filter names
+    dropped), for metrics.jsonl."""
+    flat = {}
+    for task, metrics in results.get("results", {}).items():
+        for key, value in metrics.items():
+            metric, _, _filter = key.partition(",")
+            if metric in ("alias", "sample_len") or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            flat[f"{task}/{metric}"] = float(value)
+    return flat

@@ -1,0 +1,15 @@
+"""Offline lm-evaluation-harness tasks built from held-out files of the built-in corpus (the stdlib).
+
+Four tasks, each a YAML here whose `custom_dataset: !function utils.<task>` hook reads the JSONL
+in data/ (made by scripts/make_eval_tasks.py from files held out at heldout_fraction 0.05), so they
+run with no network: stdlib_next_line and stdlib_identifier (multiple choice, acc / acc_norm),
+stdlib_line_completion (generation, exact_match) and stdlib_perplexity (rolling loglikelihood),
+plus the group stdlib_fewshot of the first three. Pass TASKS_DIR to lm-eval as
+`TaskManager(include_path=TASKS_DIR)` or `--include_path`. This package imports nothing from
+salt_jax and nothing outside the standard library (utils.py imports lm-eval's `datasets` lazily).
+"""
+
+import os
+
+TASKS_DIR = os.path.dirname(os.path.abspath(__file__))
+OFFLINE_TASKS = ("stdlib_next_line", "stdlib_identifier", "stdlib_line_completion", "stdlib_perplexity")
