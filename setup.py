@@ -42,6 +42,7 @@ HF = [
     "safetensors==0.8.0",
     "tokenizers==0.23.3",
     "huggingface-hub==2.4.0",
+    "accelerate==1.15.0",  # lm-eval's own `hf` model (tests compare our adapter with it)
 ]
 NOTEBOOK = [
     "jupyter==1.1.1",

@@ -124,6 +124,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     c.eval = e = ml_collections.ConfigDict()
     e.tasks = ""  # lm-eval tasks scored during training, comma-separated ("" = none); offline: salt_jax/eval/tasks
     e.every = 0  # few-shot evaluation every N steps, at step 0 and at the last step; 0 = train.eval_every
+    e.steps = ""  # instead of `every`: at these steps (comma-separated), at step 0 and at the last step
     e.num_fewshot = -1  # few-shot examples per prompt; -1 = each task's default
     e.limit = 0  # documents per task, 0 = all of them
     e.batch_size = 32  # sequences per forward pass of the scoring engine (rounded up to the mesh's rows)
@@ -252,6 +253,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for f in ("every", "limit"):
         check(e[f] >= 0, f"config.eval.{f}={e[f]}: must be 0 or more")
     check(e.batch_size > 0, f"config.eval.batch_size={e.batch_size}: must be positive")
+    check(all(x.strip().isdigit() for x in e.steps.split(",") if x.strip()),
+          f"config.eval.steps={e.steps!r}: give comma-separated step numbers, e.g. '125,250,350'")
     check(e.num_fewshot >= -1, f"config.eval.num_fewshot={e.num_fewshot}: use -1 (the tasks' own) or a count")
 
 

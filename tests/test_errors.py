@@ -57,6 +57,10 @@ def test_error_row(row, tmp_path, cache_dir, request):
     args = [a.replace("OUT", str(tmp_path / "out")) for a in row["args"]]
     if row["area"] == "hf":
         out = _run("salt_jax.hf", args, cache_dir)
+    elif row["area"] == "eval":
+        if "{finished}" in " ".join(args):
+            args = [a.replace("{finished}", request.getfixturevalue("finished_run")) for a in args]
+        out = _run("salt_jax.eval", args, cache_dir)
     else:
         if "{teacher}" in " ".join(args):
             teacher = request.getfixturevalue("teacher_dir")

@@ -11,6 +11,12 @@ def get_config():
     c.teacher = demo_run("teacher")  # run config of the teacher, trained in DIR/teacher unless teacher_path is set
     c.teacher_path = ""  # reuse this teacher (workdir or checkpoint directory) instead of training one
     c.student = demo_run("baseline")  # run config shared by every student; each method sets only config.salt
+    # Few-shot scores during training (docs/evaluation.md): the offline tasks, 1-shot, 200 documents each,
+    # at the loss table's fractions of the run (25/50/70/100%) and at step 0.
+    c.student.eval.tasks = "stdlib_next_line,stdlib_identifier,stdlib_line_completion,stdlib_perplexity"
+    c.student.eval.num_fewshot = 1
+    c.student.eval.limit = 200
+    c.student.eval.steps = "125,250,350,500"
     c.methods = "baseline,salt"  # comma-separated variants (configs/demo.py), optionally VARIANT[field=value,...]
     c.seeds = "0"  # comma-separated seeds; each sets config.seed and config.data.seed
     c.lr_sweep = ""  # comma-separated learning rates to sweep on the baseline first (best is used for all)

@@ -43,7 +43,7 @@ def run(workdir: str, tasks: list[str], step: int | None = None, num_fewshot: in
     from salt_jax.eval import harness, load
     from salt_jax.eval.engine import Engine
 
-    manager = harness.task_manager(include_path)
+    manager = harness.task_manager(include_path, tasks)
     harness.check_tasks(tasks, manager)  # before anything is restored
     loaded = load.load(workdir, step)
     engine = Engine(loaded.model_cfg, loaded.params, loaded.mesh, batch_size=batch_size)

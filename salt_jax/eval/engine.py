@@ -31,8 +31,13 @@ _HEADER = 2 + 6 * 5  # op, array count, then (ndim, 3 dims, dtype) per array
 
 
 def bucket(n: int, lo: int = 16, hi: int | None = None) -> int:
-    """The power of two >= n (at least `lo`, at most `hi`): padded lengths, so few programs compile."""
+    """A padded length >= n (at least `lo`, at most `hi`): powers of two up to 128, then quarter steps
+    between them (160, 192, 224, 256, 320, ...), so at most 4 programs compile per doubling of length
+    and padding wastes under 25% of a batch."""
     b = max(lo, 1 << max(n - 1, 0).bit_length())
+    if b > 128:
+        step = b // 8  # quarters of the octave (b/2, b]
+        b = -(-n // step) * step
     return min(b, hi) if hi else b
 
 
@@ -126,7 +131,7 @@ class Engine:
     def _score_impl(self, params, tokens, targets, weights):
         hidden, head = self.model.apply({"params": params}, tokens, return_hidden=True)
         b, t, d = hidden.shape
-        c = 128 if t % 128 == 0 else t  # positions per chunk: holds [b, c, V] logits, not [b, t, V]
+        c = next((c for c in (128, 64, 32, 16) if t % c == 0), t)  # holds [b, c, V] logits, not [b, t, V]
 
         def one(args):
             h, tgt, w = args

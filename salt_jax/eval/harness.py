@@ -139,20 +139,40 @@ class SaltLM(TemplateLM):
         return order.get_original(results)
 
 
-def task_manager(include_path: str | list[str] | None = None):
-    """lm-eval's TaskManager over its own tasks, the offline tasks shipped here and `include_path`."""
+def expand(names: list[str]) -> list[str]:
+    """Task names with the suites of salt_jax.eval.tasks.SUITES (paper_suite, stdlib_offline) spelled out."""
+    from salt_jax.eval.tasks import SUITES
+
+    return [t for name in names for t in SUITES.get(name, (name,))]
+
+
+def task_manager(include_path: str | list[str] | None = None, tasks: list[str] | None = None):
+    """lm-eval's TaskManager over the offline tasks shipped here, `include_path` and lm-eval's own tasks.
+
+    When every name in `tasks` is found without lm-eval's own catalogue (thousands of YAML files,
+    seconds to index), that catalogue is left out."""
     from lm_eval.tasks import TaskManager
 
     from salt_jax.eval.tasks import TASKS_DIR
 
     extra = [include_path] if isinstance(include_path, str) else list(include_path or [])
-    return TaskManager(include_path=[TASKS_DIR] + [p for p in extra if p])
+    paths = [TASKS_DIR] + [p for p in extra if p]
+    tasks = expand(tasks or [])
+    if tasks:
+        small = TaskManager(include_path=paths, include_defaults=False)
+        if all(t in _known(small) for t in tasks):
+            return small
+    return TaskManager(include_path=paths)
+
+
+def _known(manager) -> set[str]:
+    return set(manager.all_subtasks) | set(manager.all_groups) | set(manager.all_tags)
 
 
 def check_tasks(names: list[str], manager, field: str = "--tasks") -> None:
     """An unknown task name is one line naming it and the closest known ones."""
-    known = set(manager.all_subtasks) | set(manager.all_groups) | set(manager.all_tags)
-    for name in names:
+    known = _known(manager)
+    for name in expand(names):
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -167,7 +187,8 @@ def evaluate(lm: SaltLM, tasks: list[str], *, num_fewshot: int | None = None, li
 
     from lm_eval import evaluator
 
-    manager = manager or task_manager(include_path)
+    tasks = expand(tasks)
+    manager = manager or task_manager(include_path, tasks)
     check_tasks(tasks, manager)
     # lm-eval records the git commit of the working directory by running git, which prints "fatal: not a
     # git repository" outside a checkout; record salt_jax's own commit instead, quietly.

@@ -64,6 +64,7 @@ class Run:
         self.config = ml_collections.ConfigDict(storage.read_json(storage.join(workdir, "config.json")))
         records = read_metrics(storage.join(workdir, "metrics.jsonl"))
         self.evals = sorted((r for r in records if r["split"] == "eval"), key=lambda r: r["step"])
+        self.fewshot = sorted((r for r in records if r["split"] == "fewshot"), key=lambda r: r["step"])
         self.trains = sorted((r for r in records if r["split"] == "train"), key=lambda r: r["step"])
         steps = int(self.config.train.steps)
         if not self.evals or self.evals[-1]["step"] != steps:
@@ -177,6 +178,52 @@ def analyse(runs: dict[str, list[Run]], teacher_cfg, baseline: str = "baseline")
                                                    "loss": float(np.mean([a["loss"] for a in at])),
                                                    "accuracy": float(np.mean([a["accuracy"] for a in at]))}
         out["methods"][name] = m
+    out["fewshot"] = fewshot(runs, total_steps, baseline)
+    return out
+
+
+# Standard errors go beside their scores; word / byte perplexity are 2 ** bits_per_byte in other units.
+_NOT_REPORTED = ("_stderr", "/word_perplexity", "/byte_perplexity")
+
+
+def _num(x: float) -> str:
+    return f"{x:.4f}" if abs(x) < 1e4 else f"{x:.4g}"
+
+
+def lower_is_better(metric: str) -> bool:
+    """Perplexities and bits per byte fall as a model improves; accuracies and exact match rise."""
+    return "perplexity" in metric or "bits_per_byte" in metric
+
+
+def fewshot(runs: dict[str, list[Run]], total_steps: int, baseline: str = "baseline") -> dict | None:
+    """Few-shot scores (config.eval) per metric and method: the seed mean at each evaluation, at the loss
+    table's fractions, and the step from which the method stays at or past the baseline's final score
+    (the loss rule, with the direction of each metric). None when the runs have no few-shot records."""
+    if not all(r.fewshot for group in runs.values() for r in group):
+        return None
+    final = runs[baseline][0].fewshot[-1]
+    keys = [k for k in final if "/" in k and not k.endswith(_NOT_REPORTED) and isinstance(final[k], (int, float))]
+    out: dict = {}
+    for key in keys:
+        lower = lower_is_better(key)
+        target = float(np.mean([r.fewshot[-1][key] for r in runs[baseline]]))
+        per_method = {}
+        for name, group in runs.items():
+            steps = [r["step"] for r in group[0].fewshot]
+            if any([e["step"] for e in r.fewshot] != steps for r in group):
+                raise ValueError(f"{group[0].workdir}: few-shot evaluation steps differ between seeds")
+            values = np.array([[e[key] for e in r.fewshot] for r in group]).mean(0)
+            signed = values if lower else -values
+            reach = steps_to_reach(steps, signed, target if lower else -target)
+            per_method[name] = {
+                "steps": steps, "mean": values.tolist(),
+                "final": float(values[-1]),
+                "final_stderr": float(np.mean([r.fewshot[-1].get(f"{key}_stderr", np.nan) for r in group])),
+                "at_fraction": {f"{int(f * 100)}": float(np.mean([_at_step(r.fewshot, int(round(f * total_steps)))[key]
+                                                                  for r in group])) for f in FRACTIONS},
+                "reach_step": reach,
+            }
+        out[key] = {"target": target, "lower_is_better": lower, "methods": per_method}
     return out
 
 
@@ -247,7 +294,34 @@ def plot(results: dict, out_dir: str) -> list[str]:
         storage.write_atomic(path, png.getvalue())
         plt.close(fig)
         paths.append(path)
+    if results.get("fewshot"):
+        paths.append(_plot_fewshot(plt, results["fewshot"], out_dir))
     return paths
+
+
+def _plot_fewshot(plt, scores: dict, out_dir: str) -> str:
+    """fewshot_vs_step.png: one panel per few-shot metric, a line per method."""
+    keys = list(scores)
+    cols = min(len(keys), 3)
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for name, m in scores[key]["methods"].items():
+            ax.plot(m["steps"], m["mean"], marker="o", ms=3, label=name)
+        ax.axhline(scores[key]["target"], color="gray", ls="--", lw=1)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("training step", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    path = storage.join(out_dir, "fewshot_vs_step.png")
+    png = io.BytesIO()
+    fig.savefig(png, dpi=110, format="png")
+    storage.write_atomic(path, png.getvalue())
+    plt.close(fig)
+    return path
 
 
 def _fmt(x, pattern="{:.4f}", none="not reached"):
@@ -293,7 +367,33 @@ def markdown(results: dict, meta: dict) -> str:
     lines += ["", "KD/baseline step time is the median measured seconds per step of log intervals wholly inside "
               "the KD phase over the baseline run's median (different processes; `python -m salt_jax.bench` "
               "measures it in one process). The FLOP model is 1 + F_T / (3 F_S).", "",
+              *_fewshot_markdown(results),
               "## Curves", "", "![held-out loss vs step](loss_vs_step.png)", "",
               "![held-out loss vs compute](loss_vs_compute.png)", "", "## Conclusion", "",
               conclusion(results), ""]
     return "\n".join(lines)
+
+
+def _fewshot_markdown(results: dict) -> list[str]:
+    """The few-shot section: scores at the loss table's fractions and when each reaches the baseline's."""
+    scores = results.get("fewshot")
+    if not scores:
+        return []
+    fractions = ("25", "50", "70", "100")
+    lines = ["## Few-shot scores (lm-evaluation-harness)", "",
+             "Scored during training (config.eval) on the offline tasks of salt_jax/eval/tasks (held-out "
+             "standard-library files; docs/evaluation.md). ± is lm-eval's standard error of the final score "
+             "over the task's documents: differences smaller than about twice it are noise. Reached = the first "
+             "evaluation from which the seed-averaged score stays at or past the baseline's final score.", "",
+             "| task / metric | method | " + " | ".join(f"{f}%" for f in fractions) + " | final ± s.e. | "
+             "reaches the baseline's final at step |",
+             "|---|---|" + "---|" * (len(fractions) + 2)]
+    for key, entry in scores.items():
+        arrow = "lower is better" if entry["lower_is_better"] else "higher is better"
+        for name, m in entry["methods"].items():
+            cells = [_num(m["at_fraction"][f]) for f in fractions]
+            stderr = f" ± {m['final_stderr']:.4f}" if np.isfinite(m["final_stderr"]) else ""
+            lines.append(f"| {key} ({arrow}) | {name} | " + " | ".join(cells) + f" | {_num(m['final'])}{stderr} | "
+                         f"{_fmt(m['reach_step'], '{}')} |")
+    lines += ["", "![few-shot scores vs step](fewshot_vs_step.png)", ""]
+    return lines

@@ -27,13 +27,19 @@ class FewShot:
         e = config.eval
         self.cfg, self.harness = e, harness
         self.tasks = [t.strip() for t in e.tasks.split(",") if t.strip()]
-        self.manager = harness.task_manager(e.include_path)
+        self.manager = harness.task_manager(e.include_path, self.tasks)
         harness.check_tasks(self.tasks, self.manager, "config.eval.tasks")
         self.engine = Engine(config.model, None, mesh, batch_size=e.batch_size)
         self.lm = harness.SaltLM(self.engine, tokenizer, seed=e.seed)
 
-    def every(self, eval_every: int) -> int:
-        return self.cfg.every or eval_every
+    def due(self, done: int, eval_every: int, total_steps: int) -> bool:
+        """Whether step `done` is scored: config.eval.steps (when given) or every config.eval.every
+        (default train.eval_every) steps; always the last step (step 0 is scored by the loop)."""
+        if done == total_steps:
+            return True
+        if self.cfg.steps.strip():
+            return done in {int(x) for x in self.cfg.steps.split(",") if x.strip()}
+        return done % (self.cfg.every or eval_every) == 0
 
     def scores(self, params) -> dict[str, float]:
         self.engine.params = params
@@ -63,6 +69,7 @@ def describe(scores: dict[str, float]) -> str:
 def maybe(config: ml_collections.ConfigDict, mesh, tokenizer) -> FewShot | None:
     if not config.eval.tasks.strip():
         return None
-    logging.info("few-shot evaluation: %s every %d steps", config.eval.tasks,
-                 config.eval.every or config.train.eval_every)
+    when = (f"at steps {config.eval.steps}" if config.eval.steps.strip()
+            else f"every {config.eval.every or config.train.eval_every} steps")
+    logging.info("few-shot evaluation: %s %s", config.eval.tasks, when)
     return FewShot(config, mesh, tokenizer)

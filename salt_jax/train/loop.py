@@ -83,6 +83,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         meter.clock.skip()  # evaluation time is not training time
 
     def fewshot(done: int, _=None) -> None:
+        if done and not r.fewshot.due(done, cfg_t.eval_every, r.total_steps):
+            return
         if done:
             meter.lap(r.state.step)
         scores = r.fewshot.scores(r.state.params)
@@ -113,7 +115,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       (evaluate, cfg_t.eval_every), (checkpoint, cfg_t.checkpoint_every), (preemption_check, 1)):
         hooks.add(fn, every)
         if fn is evaluate and r.fewshot is not None:
-            hooks.add(fewshot, r.fewshot.every(cfg_t.eval_every))
+            hooks.add(fewshot, 1)  # (it decides which steps are due)
 
     if r.start == 0:
         evaluate(0)

@@ -13,3 +13,12 @@ import os
 
 TASKS_DIR = os.path.dirname(os.path.abspath(__file__))
 OFFLINE_TASKS = ("stdlib_next_line", "stdlib_identifier", "stdlib_line_completion", "stdlib_perplexity")
+
+# The paper judges SALT by a few-shot average over a GPT-3 / PaLM-style suite (world knowledge, reading
+# comprehension, commonsense, SuperGLUE, LAMBADA). These are lm-eval's versions of those tasks (our
+# reading: the paper's exact list, shots and prompts are not reproduced). They download their data on
+# first use; StoryCloze is left out (lm-eval needs its data downloaded by hand). `--tasks=paper_suite`.
+PAPER_SUITE = ("lambada_openai", "triviaqa", "nq_open", "webqs", "race", "squadv2", "hellaswag", "winogrande",
+               "piqa", "arc_easy", "arc_challenge", "openbookqa", "boolq", "cb", "copa", "multirc", "record", "rte",
+               "wic", "wsc")
+SUITES = {"paper_suite": PAPER_SUITE, "stdlib_offline": OFFLINE_TASKS}
