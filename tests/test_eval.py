@@ -185,17 +185,23 @@ def _results(path):
         return json.load(fh)
 
 
-def test_scores_during_training_equal_the_command_line_on_the_checkpoint(hf_run):
+@pytest.fixture(scope="module")
+def cli_scores(hf_run):
+    """`python -m salt_jax.eval` on the run's last checkpoint, one process: (its stdout, flat scores)."""
+    out = _cli("salt_jax.eval", [f"--workdir={hf_run}"] + EVAL_ARGS)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout, harness.scores(_results(os.path.join(hf_run, "eval_results.json")))
+
+
+def test_scores_during_training_equal_the_command_line_on_the_checkpoint(hf_run, cli_scores):
     from salt_jax.train.metrics import read_metrics
 
     records = [r for r in read_metrics(os.path.join(hf_run, "metrics.jsonl")) if r["split"] == "fewshot"]
     assert [r["step"] for r in records] == [0, 6, 12]
     with open(os.path.join(hf_run, "summary.json")) as fh:
         assert json.load(fh)["fewshot"]["stdlib_next_line/acc"] == records[-1]["stdlib_next_line/acc"]
-    out = _cli("salt_jax.eval", [f"--workdir={hf_run}"] + EVAL_ARGS)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "stdlib_next_line" in out.stdout  # lm-eval's table
-    cli = harness.scores(_results(os.path.join(hf_run, "eval_results.json")))
+    stdout, cli = cli_scores
+    assert "stdlib_next_line" in stdout  # lm-eval's table
     for key, value in cli.items():
         assert records[-1][key] == pytest.approx(value, rel=1e-6), key
     for task in TASKS.split(","):  # every request type ran
@@ -243,12 +249,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_give_the_scores_of_one(hf_run, tmp_path):
+def test_two_processes_give_the_scores_of_one(hf_run, cli_scores, tmp_path):
     """Process 0 drives lm-eval, process 1 serves the model calls (scoring, prefill, decoding), 4 devices
-    each: the scores of the one-process run (written by process 0 only)."""
-    one = str(tmp_path / "one.json")
-    out = _cli("salt_jax.eval", [f"--workdir={hf_run}", f"--out={one}"] + EVAL_ARGS)
-    assert out.returncode == 0, out.stderr[-3000:]
+    each: the scores of the one-process run (8 devices; written by process 0 only)."""
     two = str(tmp_path / "two.json")
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
@@ -258,7 +261,7 @@ def test_two_processes_give_the_scores_of_one(hf_run, tmp_path):
                               text=True) for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
-    a, b = harness.scores(_results(one)), harness.scores(_results(two))
+    a, b = cli_scores[1], harness.scores(_results(two))
     assert a.keys() == b.keys()
     for key in a:
         assert b[key] == pytest.approx(a[key], rel=1e-5), key

@@ -32,6 +32,41 @@ def test_compute_counts_the_teacher_exactly_on_kd_steps():
     np.testing.assert_array_equal(got, [7.0, 7 + 30 + 7.5, 7 + 60 + 15, 7 + 120 + 15])
 
 
+def test_fewshot_scores_at_fractions_and_steps_to_the_baselines_final_score():
+    """Hand-made few-shot records of two seeds per method: seed means at the fractions, the reach rule
+    with each metric's direction (accuracy rises, bits per byte falls), stderr beside the final score."""
+    from types import SimpleNamespace
+
+    def run(acc, bpb):
+        return SimpleNamespace(workdir="w", fewshot=[
+            {"step": s, "split": "fewshot", "t/acc": a, "t/acc_stderr": 0.02, "p/bits_per_byte": b,
+             "p/byte_perplexity": 2 ** b, "g/exact_match": 0.0, "g/exact_match_stderr": 0.0}
+            for s, a, b in zip((0, 25, 50, 70, 100), acc, bpb)])
+
+    runs = {"baseline": [run([.25, .30, .34, .36, .40], [8, 5, 4.5, 4.2, 4.0]),
+                         run([.25, .32, .36, .38, .42], [8, 5, 4.3, 4.0, 3.8])],
+            "salt": [run([.25, .36, .40, .41, .44], [8, 4.6, 4.0, 3.8, 3.7]),
+                     run([.25, .34, .38, .43, .42], [8, 4.6, 4.2, 3.9, 3.8])]}
+    got = report.fewshot(runs, total_steps=100)
+    assert set(got) == {"t/acc", "p/bits_per_byte", "g/exact_match"}  # (stderr, byte perplexity: not rows)
+    assert got["t/acc"]["signal"] and got["p/bits_per_byte"]["signal"] and not got["g/exact_match"]["signal"]
+    acc, bpb = got["t/acc"], got["p/bits_per_byte"]
+    assert acc["target"] == pytest.approx(0.41) and not acc["lower_is_better"]
+    assert acc["methods"]["salt"]["at_fraction"] == pytest.approx({"25": .35, "50": .39, "70": .42, "100": .43})
+    assert acc["methods"]["salt"]["reach_step"] == 70  # 0.42 >= 0.41 from step 70 on
+    assert acc["methods"]["baseline"]["reach_step"] == 100
+    assert acc["methods"]["salt"]["final_stderr"] == pytest.approx(0.02)
+    assert bpb["target"] == pytest.approx(3.9) and bpb["lower_is_better"]
+    assert bpb["methods"]["salt"]["reach_step"] == 70  # 3.85 <= 3.9 at 70, 3.75 at 100
+    rows = report._fewshot_markdown({"fewshot": got})
+    assert "| t/acc (higher is better) | salt | 0.3500 | 0.3900 | 0.4200 | 0.4300 | 0.4300 ± 0.0200 | 70 |" in rows
+    assert "| g/exact_match (higher is better) | salt | 0.0000 | 0.0000 | 0.0000 | 0.0000 | 0.0000 ± 0.0000 | " \
+           "no signal |" in rows
+    text = report.fewshot_conclusion({"fewshot": got})
+    assert "on t/acc salt is ahead at every fraction (0.4300 vs 0.4100 at the end) and reaches the baseline's " \
+           "final 0.4100 at step 70" in text and "No signal at this scale on g/exact_match" in text
+
+
 @pytest.fixture(scope="module")
 def experiment_dir(tmp_path_factory, cache_dir):
     workdir = str(tmp_path_factory.mktemp("exp"))

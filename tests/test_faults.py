@@ -213,3 +213,66 @@ def test_an_unwritable_workdir_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a non-root user on a read-only mount
     with pytest.raises(UserError, match=r"--workdir=.*ro: not writable by this user; fix its permissions"):
         Workdir(str(tmp_path / "ro")).open()
+
+
+def _mount_small_tmpfs(path: str, size: str) -> bool:
+    """A tmpfs of `size` at `path` (root only, and where the container allows mounts)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
+                          capture_output=True).returncode == 0
+
+
+def _tiny_run(workdir: str, cache_dir: str):
+    """configs/test_tiny.py for 12 steps, checkpoints at 6 and 12, through the command line."""
+    cmd = [sys.executable, "-m", "salt_jax.main", f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}",
+           f"--workdir={workdir}", "--config.train.steps=12", "--config.train.checkpoint_every=6",
+           "--config.train.eval_every=6", "--config.data.max_files=60", "--config.data.seq_len=32",
+           "--config.data.eval_batches=2", "--config.train.progress=false"]
+    return subprocess.run(cmd, cwd=REPO, env=dict(os.environ, SALT_JAX_CACHE=cache_dir), capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_a_really_full_disk_stops_with_one_line_and_the_same_command_resumes(tmp_path, cache_dir):
+    """A 1.1 MB filesystem holds the first checkpoint (~0.6 MB) but not the second: the run stops with one
+    line naming the checkpoints directory, checkpoint 6 intact; copied to a disk with room, the same
+    command resumes from step 6 and finishes."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if not _mount_small_tmpfs(str(small), "1100k"):
+        pytest.skip("cannot mount a small filesystem here (needs root); the injected ENOSPC test covers the path")
+    try:
+        full = _tiny_run(str(small / "run"), cache_dir)
+        assert full.returncode == 2, full.stderr[-3000:]
+        assert "Traceback" not in full.stderr, full.stderr[-3000:]
+        last = full.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and "cannot write checkpoint 12 (No space left on device)" in last, last
+        assert sorted(d for d in os.listdir(small / "run" / "checkpoints") if d.isdigit()) == ["6"]
+        shutil.copytree(small / "run", tmp_path / "run")
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
+    resumed = _tiny_run(str(tmp_path / "run"), cache_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout and "from step 6" in resumed.stdout
+    assert checkpoints.read_record(str(tmp_path / "run" / "checkpoints"), 12)["step"] == 12
+
+
+def test_two_runs_started_at_once_on_one_workdir_one_trains_the_other_stops(tmp_path, cache_dir):
+    """The workdir lock, raced for real: two identical commands started together; exactly one trains
+    (exit 0, every metrics record once), the other stops at once with one line naming the holder."""
+    workdir = str(tmp_path / "run")
+    cmd = [sys.executable, "-m", "salt_jax.main", f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}",
+           f"--workdir={workdir}", "--config.train.steps=30", "--config.train.checkpoint_every=10",
+           "--config.train.eval_every=10", "--config.data.max_files=60", "--config.data.seq_len=32",
+           "--config.data.eval_batches=2", "--config.train.progress=false"]
+    env = dict(os.environ, SALT_JAX_CACHE=cache_dir)
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], [o[1][-2000:] for o in outs]
+    loser = next(o for p, o in zip(procs, outs) if p.returncode == 2)
+    last = loser[1].strip().splitlines()[-1]
+    assert last.startswith("error: ") and "in use by salt_jax pid" in last and "Traceback" not in loser[1], last
+    records = [(r["split"], r["step"]) for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))]
+    assert len(records) == len(set(records)) and ("eval", 30) in records

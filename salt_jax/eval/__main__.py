@@ -24,7 +24,8 @@ from salt_jax.errors import UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir (or a checkpoint directory) to evaluate.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
-_TASKS = flags.DEFINE_string("tasks", None, "Comma-separated lm-eval task (or group) names.")
+_TASKS = flags.DEFINE_string("tasks", None, "Comma-separated lm-eval task or group names (suites: paper_suite, "
+                             "stdlib_offline).")
 _NUM_FEWSHOT = flags.DEFINE_integer("num_fewshot", None, "Few-shot examples per prompt (default: each task's own).")
 _LIMIT = flags.DEFINE_float("limit", None, "Documents per task: a count, or a fraction if below 1 (default: all).")
 _INCLUDE = flags.DEFINE_string("include_path", None, "A directory of extra lm-eval task YAML files.")

@@ -129,7 +129,7 @@ class SaltLM(TemplateLM):
                 return any(s in text for s in stops)
 
             outputs = self.engine.generate(
-                [self.tok_encode(c) for c in contexts], max_new, temperature=temperature,
+                [self.tok_encode(c) or [self.prefix_token_id] for c in contexts], max_new, temperature=temperature,
                 top_k=int(kwargs.get("top_k") or 0), top_p=float(kwargs.get("top_p") or 1.0), seed=self.seed,
                 eos_id=self.eot_token_id, stop=stopped if stops else None)
             for context, gen_kwargs, ids in zip(contexts, all_kwargs, outputs):

@@ -223,8 +223,46 @@ def fewshot(runs: dict[str, list[Run]], total_steps: int, baseline: str = "basel
                                                                   for r in group])) for f in FRACTIONS},
                 "reach_step": reach,
             }
-        out[key] = {"target": target, "lower_is_better": lower, "methods": per_method}
+        base = per_method[baseline]
+        moved = abs(base["final"] - base["mean"][0])  # the baseline's own gain over its run
+        noise = 2 * base["final_stderr"]
+        out[key] = {"target": target, "lower_is_better": lower, "methods": per_method,
+                    "signal": bool(moved > noise) if np.isfinite(noise) else bool(moved > 0)}
     return out
+
+
+def fewshot_conclusion(results: dict, baseline: str = "baseline") -> str:
+    """One paragraph on the few-shot scores: where the baseline's own score moved beyond its standard
+    error (signal), who leads at each fraction and when each method reaches the baseline's final;
+    the metrics without signal are named as such."""
+    scores = results.get("fewshot")
+    if not scores:
+        return ""
+    parts, flat = [], []
+    for key, entry in scores.items():
+        if not entry["signal"]:
+            flat.append(key)
+            continue
+        for name, m in entry["methods"].items():
+            if name == baseline:
+                continue
+            b = entry["methods"][baseline]
+            better = [(m["at_fraction"][f] < b["at_fraction"][f]) if entry["lower_is_better"]
+                      else (m["at_fraction"][f] > b["at_fraction"][f]) for f in ("25", "50", "70", "100")]
+            lead = ("ahead at every fraction" if all(better) else "behind at every fraction" if not any(better)
+                    else f"ahead at {sum(better)} of 4 fractions")
+            reach = (f"reaches the baseline's final {b['final']:.4f} at step {m['reach_step']}"
+                     if m["reach_step"] is not None else f"does not reach the baseline's final {b['final']:.4f}")
+            two_se = 2 * b["final_stderr"]
+            noise = (f"; the final difference is within noise (2 s.e. = {two_se:.3f})"
+                     if np.isfinite(two_se) and abs(m["final"] - b["final"]) < two_se else "")
+            parts.append(f"on {key} {name} is {lead} ({_num(m['final'])} vs {_num(b['final'])} at the end) and "
+                         f"{reach}{noise}")
+    text = "Few-shot: " + ("; ".join(parts) + "." if parts else "no metric moved beyond its standard error.")
+    if flat:
+        text += (f" No signal at this scale on {', '.join(flat)}: the baseline's own final score is within two "
+                 "standard errors of its score at step 0 (untrained), so these cannot separate the methods here.")
+    return text
 
 
 def conclusion(results: dict, baseline: str = "baseline") -> str:
@@ -370,7 +408,7 @@ def markdown(results: dict, meta: dict) -> str:
               *_fewshot_markdown(results),
               "## Curves", "", "![held-out loss vs step](loss_vs_step.png)", "",
               "![held-out loss vs compute](loss_vs_compute.png)", "", "## Conclusion", "",
-              conclusion(results), ""]
+              conclusion(results), "", *([fewshot_conclusion(results), ""] if results.get("fewshot") else [])]
     return "\n".join(lines)
 
 
@@ -393,7 +431,10 @@ def _fewshot_markdown(results: dict) -> list[str]:
         for name, m in entry["methods"].items():
             cells = [_num(m["at_fraction"][f]) for f in fractions]
             stderr = f" ± {m['final_stderr']:.4f}" if np.isfinite(m["final_stderr"]) else ""
+            reach = _fmt(m["reach_step"], "{}") if entry["signal"] else "no signal"
             lines.append(f"| {key} ({arrow}) | {name} | " + " | ".join(cells) + f" | {_num(m['final'])}{stderr} | "
-                         f"{_fmt(m['reach_step'], '{}')} |")
-    lines += ["", "![few-shot scores vs step](fewshot_vs_step.png)", ""]
+                         f"{reach} |")
+    lines += ["", "No signal = the baseline's own final score is within two standard errors of its score at "
+              "step 0 (untrained); the reach rule is then noise.", "",
+              fewshot_conclusion(results), "", "![few-shot scores vs step](fewshot_vs_step.png)", ""]
     return lines
