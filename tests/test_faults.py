@@ -234,27 +234,36 @@ def _tiny_run(workdir: str, cache_dir: str):
 
 
 def test_a_really_full_disk_stops_with_one_line_and_the_same_command_resumes(tmp_path, cache_dir):
-    """A 1.1 MB filesystem holds the first checkpoint (~0.6 MB) but not the second: the run stops with one
-    line naming the checkpoints directory, checkpoint 6 intact; copied to a disk with room, the same
-    command resumes from step 6 and finishes."""
+    """A finished run with its last checkpoint removed, moved to a filesystem with 256 KB to spare (a
+    checkpoint needs ~450 KB, twice that while written): re-run, it resumes from step 6 and stops before
+    writing checkpoint 12, with one line saying what is needed and what is free, checkpoint 6 intact; moved back to a disk with room, the same command ends with the parameters of
+    the run that never hit the wall."""
+    clean = tmp_path / "clean"
+    first = _tiny_run(str(clean), cache_dir)
+    assert first.returncode == 0, first.stderr[-3000:]
     small = tmp_path / "small"
     small.mkdir()
-    if not _mount_small_tmpfs(str(small), "1100k"):
+    shutil.copytree(clean, tmp_path / "staged", ignore=shutil.ignore_patterns("12", "summary.json"))
+    used = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp_path / "staged") for f in fs)
+    if not _mount_small_tmpfs(str(small), f"{(used >> 10) + 320}k"):  # 256 KB to spare (+64 KB: directory blocks)
         pytest.skip("cannot mount a small filesystem here (needs root); the injected ENOSPC test covers the path")
     try:
+        shutil.copytree(tmp_path / "staged", small / "run")
         full = _tiny_run(str(small / "run"), cache_dir)
         assert full.returncode == 2, full.stderr[-3000:]
         assert "Traceback" not in full.stderr, full.stderr[-3000:]
         last = full.stderr.strip().splitlines()[-1]
-        assert last.startswith("error: ") and "cannot write checkpoint 12 (No space left on device)" in last, last
+        assert last.startswith("error: ") and "checkpoints: cannot write checkpoint 12 (No space left on device: " \
+            "it needs about" in last and last.endswith("re-run the same command: it resumes from checkpoint 6"), last
+        assert "resuming" in full.stdout
         assert sorted(d for d in os.listdir(small / "run" / "checkpoints") if d.isdigit()) == ["6"]
         shutil.copytree(small / "run", tmp_path / "run")
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
     resumed = _tiny_run(str(tmp_path / "run"), cache_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming" in resumed.stdout and "from step 6" in resumed.stdout
-    assert checkpoints.read_record(str(tmp_path / "run" / "checkpoints"), 12)["step"] == 12
+    assert "from step 6" in resumed.stdout
+    _assert_same_params(_params(str(tmp_path / "run")), _params(str(clean)))
 
 
 def test_two_runs_started_at_once_on_one_workdir_one_trains_the_other_stops(tmp_path, cache_dir):

@@ -16,6 +16,8 @@ import errno
 import json
 import logging
 import os
+import re
+import shutil
 from typing import Any
 
 import jax
@@ -26,6 +28,19 @@ from salt_jax.errors import UserError
 
 
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def _disk_errno(e: BaseException) -> int | None:
+    """The errno of a full, read-only or over-quota disk behind `e`, else None. Orbax wraps the OSError in
+    its own types; tensorstore reports it as a ValueError ("RESOURCE_EXHAUSTED: ... [os_error_code='28']")."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+            return e.errno
+        found = re.search(r"os_error_code='(\d+)'", str(e))
+        if found and int(found.group(1)) in _DISK_ERRNOS:
+            return int(found.group(1))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 class UnreadableCheckpoint(UserError):
@@ -101,9 +116,30 @@ class Checkpointer:
         """Saves (asynchronously) if `step` is on the interval or `force`; returns whether it did."""
         if not force and step % self.every:
             return False
+        self._check_space(step, state)
         with self._disk_errors(step):
             return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                                    record=ocp.args.JsonSave(record)), force=True)
+
+    def _check_space(self, step: int, state: Any) -> None:
+        """Refuses a save the local disk cannot hold, before Orbax starts writing: a write that fails part
+        way is reported by Orbax's threads with pages of tracebacks. A checkpoint is written to a temporary
+        directory and its files are then merged, so about twice the state's bytes are needed at once."""
+        if paths.is_remote(self.directory):
+            return
+        need = 2 * sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state))
+        where = self.directory
+        while not os.path.exists(where) and os.path.dirname(where) != where:
+            where = os.path.dirname(where)
+        free = shutil.disk_usage(where).free
+        if free < need:
+            raise UserError(f"{self.directory}: cannot write checkpoint {step} (No space left on device: it needs "
+                            f"about {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free); free space or fix the "
+                            f"disk and re-run the same command: {self._resume_note()}")
+
+    def _resume_note(self) -> str:
+        last = self.latest_step()
+        return f"it resumes from checkpoint {last}" if last is not None else "no checkpoint was written yet"
 
     @contextlib.contextmanager
     def _disk_errors(self, step: int | None):
@@ -112,20 +148,22 @@ class Checkpointer:
         try:
             yield
         except Exception as e:  # noqa: BLE001 -- orbax wraps the OSError in its own types
-            cause = e
-            while cause is not None and not (isinstance(cause, OSError) and cause.errno in _DISK_ERRNOS):
-                cause = cause.__cause__ or cause.__context__
-            if cause is None:
+            code = _disk_errno(e)
+            if code is None:
                 raise
             if step is not None:  # let the earlier, complete saves still in flight finish
                 try:
                     self.manager.wait_until_finished()
                 except Exception:  # noqa: BLE001 -- the disk error is the one to report
                     pass
+            text, x = [], e
+            while x is not None:
+                text, x = text + [str(x)], x.__cause__ or x.__context__
+            failed = re.search(r"/(\d+)\.orbax-checkpoint-tmp", " ".join(text))  # (an earlier save, in the background)
+            step = int(failed.group(1)) if failed else step
             which = f"checkpoint {step}" if step is not None else "a checkpoint"
-            raise UserError(f"{self.directory}: cannot write {which} ({os.strerror(cause.errno)}); free space or "
-                            "fix the disk and re-run the same command: it resumes from the last complete "
-                            "checkpoint") from None
+            raise UserError(f"{self.directory}: cannot write {which} ({os.strerror(code)}); free space or "
+                            f"fix the disk and re-run the same command: {self._resume_note()}") from None
 
     def restore(self, step: int, abstract_state: Any, shardings: Any) -> tuple[Any, dict]:
         """(state placed in `shardings`, record) of checkpoint `step`."""
