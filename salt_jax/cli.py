@@ -27,7 +27,7 @@ def setup_logging() -> None:
     err.setFormatter(logging.Formatter("%(asctime)s %(levelname_lower)s: %(message)s", datefmt="%H:%M:%S"))
     err.addFilter(_lower_level_name)
     logging.basicConfig(level=logging.INFO, handlers=[out, err], force=True)
-    for noisy in ("absl", "orbax", "jax._src"):
+    for noisy in ("absl", "orbax", "jax._src", "datasets"):  # (datasets: "TensorFlow version ... available")
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -25,14 +25,15 @@ def args(workdir, teacher_dir, extra=()) -> list[str]:
     return a + [f"--config.{k}={v}" for k, v in RUN.items()] + list(extra)
 
 
-def cli(workdir, cache_dir, teacher_dir, extra=(), wait=True, env=None):
-    """Runs the CLI on RUN (+ extra flags): the finished process, or the Popen when wait=False."""
+def cli(workdir, cache_dir, teacher_dir, extra=(), wait=True, env=None, stderr=subprocess.STDOUT):
+    """Runs the CLI on RUN (+ extra flags): the finished process, or the Popen when wait=False (stderr
+    merged into stdout unless `stderr` says otherwise)."""
     env = dict(os.environ if env is None else env, SALT_JAX_CACHE=cache_dir)
     if wait:
         return subprocess.run(args(workdir, teacher_dir, extra), cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=600)
     return subprocess.Popen(args(workdir, teacher_dir, extra), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=stderr, text=True)
 
 
 def params(workdir, step=None):

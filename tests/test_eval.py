@@ -187,10 +187,17 @@ def _results(path):
 
 @pytest.fixture(scope="module")
 def cli_scores(hf_run):
-    """`python -m salt_jax.eval` on the run's last checkpoint, one process: (its stdout, flat scores)."""
-    out = _cli("salt_jax.eval", [f"--workdir={hf_run}"] + EVAL_ARGS)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout, harness.scores(_results(os.path.join(hf_run, "eval_results.json")))
+    """What `python -m salt_jax.eval` runs (its `run`, in this process: 8 devices) on the run's last
+    checkpoint: (lm-eval's table as printed, the flat scores of the eval_results.json written)."""
+    import contextlib
+    import io
+
+    from salt_jax.eval.__main__ import run
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        run(hf_run, TASKS.split(","), limit=12, num_fewshot=1, batch_size=8)
+    return printed.getvalue(), harness.scores(_results(os.path.join(hf_run, "eval_results.json")))
 
 
 def test_scores_during_training_equal_the_command_line_on_the_checkpoint(hf_run, cli_scores):

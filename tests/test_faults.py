@@ -106,6 +106,7 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, c
     assert out.returncode == 0, out.stderr[-3000:]
     log = out.stdout + out.stderr
     assert "checkpoints/12 is unreadable" in log and "resuming from step 9 instead" in log, log[-3000:]
+    assert "Traceback" not in out.stderr and "Event loop is closed" not in out.stderr, out.stderr[-3000:]
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "unreadable-12"))  # set aside, not deleted
     _assert_same_params(_params(workdir), _params(salt_reference))  # steps 10-12 re-run from checkpoint 9
 
@@ -223,60 +224,50 @@ def _mount_small_tmpfs(path: str, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-def _tiny_run(workdir: str, cache_dir: str):
-    """configs/test_tiny.py for 12 steps, checkpoints at 6 and 12, through the command line."""
-    cmd = [sys.executable, "-m", "salt_jax.main", f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}",
-           f"--workdir={workdir}", "--config.train.steps=12", "--config.train.checkpoint_every=6",
-           "--config.train.eval_every=6", "--config.data.max_files=60", "--config.data.seq_len=32",
-           "--config.data.eval_batches=2", "--config.train.progress=false"]
-    return subprocess.run(cmd, cwd=REPO, env=dict(os.environ, SALT_JAX_CACHE=cache_dir), capture_output=True,
-                          text=True, timeout=600)
-
-
-def test_a_really_full_disk_stops_with_one_line_and_the_same_command_resumes(tmp_path, cache_dir):
-    """A finished run with its last checkpoint removed, moved to a filesystem with 256 KB to spare (a
-    checkpoint needs ~450 KB, twice that while written): re-run, it resumes from step 6 and stops before
-    writing checkpoint 12, with one line saying what is needed and what is free, checkpoint 6 intact; moved back to a disk with room, the same command ends with the parameters of
-    the run that never hit the wall."""
-    clean = tmp_path / "clean"
-    first = _tiny_run(str(clean), cache_dir)
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_a_really_full_disk_stops_with_one_line_and_the_same_command_resumes(tmp_path, cache_dir, teacher_dir,
+                                                                              salt_reference):
+    """The reference run without its last checkpoint, on a filesystem with 256 KB to spare (a checkpoint
+    needs ~0.5 MB, twice that while written): re-run, it resumes from step 9 and stops before writing
+    checkpoint 12, with one line saying what is needed and what is free, checkpoint 9 intact; remounted
+    read-only, it stops with one line before writing anything; copied to a disk with room, the same
+    command ends with the reference run's parameters."""
+    staged = tmp_path / "staged"
+    shutil.copytree(salt_reference, staged, ignore=shutil.ignore_patterns("12", "summary.json"))
+    used = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(staged) for f in fs)
     small = tmp_path / "small"
     small.mkdir()
-    shutil.copytree(clean, tmp_path / "staged", ignore=shutil.ignore_patterns("12", "summary.json"))
-    used = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp_path / "staged") for f in fs)
     if not _mount_small_tmpfs(str(small), f"{(used >> 10) + 320}k"):  # 256 KB to spare (+64 KB: directory blocks)
         pytest.skip("cannot mount a small filesystem here (needs root); the injected ENOSPC test covers the path")
     try:
-        shutil.copytree(tmp_path / "staged", small / "run")
-        full = _tiny_run(str(small / "run"), cache_dir)
+        shutil.copytree(staged, small / "run")
+        full = _cli(str(small / "run"), cache_dir, teacher_dir)
         assert full.returncode == 2, full.stderr[-3000:]
         assert "Traceback" not in full.stderr, full.stderr[-3000:]
         last = full.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and "checkpoints: cannot write checkpoint 12 (No space left on device: " \
-            "it needs about" in last and last.endswith("re-run the same command: it resumes from checkpoint 6"), last
+            "it needs about" in last and last.endswith("re-run the same command: it resumes from checkpoint 9"), last
         assert "resuming" in full.stdout
-        assert sorted(d for d in os.listdir(small / "run" / "checkpoints") if d.isdigit()) == ["6"]
+        assert "12" not in os.listdir(small / "run" / "checkpoints") and "9" in os.listdir(small / "run" / "checkpoints")
         shutil.copytree(small / "run", tmp_path / "run")
+        # the same filesystem read-only (as a root user meets it too): one line before anything is written
+        assert subprocess.run(["mount", "-o", "remount,ro", str(small)], capture_output=True).returncode == 0
+        ro = _cli(str(small / "run"), cache_dir, teacher_dir)
+        assert ro.returncode == 2 and "Traceback" not in ro.stderr, ro.stderr[-3000:]
+        last = ro.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: --workdir=") and "not writable on a read-only filesystem" in last, last
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
-    resumed = _tiny_run(str(tmp_path / "run"), cache_dir)
+    resumed = _cli(str(tmp_path / "run"), cache_dir, teacher_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "from step 6" in resumed.stdout
-    _assert_same_params(_params(str(tmp_path / "run")), _params(str(clean)))
+    assert "from step 9" in resumed.stdout
+    _assert_same_params(_params(str(tmp_path / "run")), _params(salt_reference))
 
 
-def test_two_runs_started_at_once_on_one_workdir_one_trains_the_other_stops(tmp_path, cache_dir):
+def test_two_runs_started_at_once_on_one_workdir_one_trains_the_other_stops(tmp_path, cache_dir, teacher_dir):
     """The workdir lock, raced for real: two identical commands started together; exactly one trains
     (exit 0, every metrics record once), the other stops at once with one line naming the holder."""
     workdir = str(tmp_path / "run")
-    cmd = [sys.executable, "-m", "salt_jax.main", f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}",
-           f"--workdir={workdir}", "--config.train.steps=30", "--config.train.checkpoint_every=10",
-           "--config.train.eval_every=10", "--config.data.max_files=60", "--config.data.seq_len=32",
-           "--config.data.eval_batches=2", "--config.train.progress=false"]
-    env = dict(os.environ, SALT_JAX_CACHE=cache_dir)
-    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [_cli(workdir, cache_dir, teacher_dir, wait=False, stderr=subprocess.PIPE) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 2], [o[1][-2000:] for o in outs]
@@ -284,4 +275,5 @@ def test_two_runs_started_at_once_on_one_workdir_one_trains_the_other_stops(tmp_
     last = loser[1].strip().splitlines()[-1]
     assert last.startswith("error: ") and "in use by salt_jax pid" in last and "Traceback" not in loser[1], last
     records = [(r["split"], r["step"]) for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))]
-    assert len(records) == len(set(records)) and ("eval", 30) in records
+    assert len(records) == len(set(records)) and ("eval", 12) in records
+    assert sorted(d for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()) == ["12", "3", "6", "9"]

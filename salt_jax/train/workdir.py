@@ -53,8 +53,11 @@ class Workdir:
             raise UserError(f"--workdir={self.path}: cannot create it ({e.strerror}); choose a writable "
                             "directory") from None
         if not os.access(self.path, os.W_OK | os.X_OK):
-            raise UserError(f"--workdir={self.path}: not writable by this user; fix its permissions or choose "
-                            "another --workdir")
+            read_only = bool(os.statvfs(self.path).f_flag & os.ST_RDONLY)
+            why = "on a read-only filesystem; remount it writable" if read_only else \
+                "by this user; fix its permissions"
+            raise UserError(f"--workdir={self.path}: not writable {why} or choose another --workdir "
+                            "(its checkpoints are kept)")
         for name, kind in _ENTRIES.items():
             entry = os.path.join(self.path, name)
             if os.path.lexists(entry) and (os.path.isdir(entry) != (kind == "directory")):
