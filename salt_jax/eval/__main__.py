@@ -13,14 +13,12 @@ model.
 
 from __future__ import annotations
 
-import json
-import logging
-
 from absl import app, flags
 
-from salt_jax import distributed, paths
+from salt_jax import distributed
 from salt_jax.cli import fail, flags_parser, interrupted, own_flags_help, setup_logging
 from salt_jax.errors import UserError
+from salt_jax.eval import runs
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir (or a checkpoint directory) to evaluate.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
@@ -32,37 +30,6 @@ _INCLUDE = flags.DEFINE_string("include_path", None, "A directory of extra lm-ev
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Sequences per forward pass (rounded up to the mesh's rows).")
 _SEED = flags.DEFINE_integer("seed", 1234, "Seed of lm-eval's few-shot sampling and of sampled generation.")
 _OUT = flags.DEFINE_string("out", None, "Results file (default: eval_results.json in the workdir).")
-
-
-def run(workdir: str, tasks: list[str], step: int | None = None, num_fewshot: int | None = None,
-        limit: float | None = None, include_path: str | None = None, batch_size: int = 32, seed: int = 1234,
-        out: str | None = None) -> dict | None:
-    """Evaluates; returns lm-eval's results on process 0 (None on the others), having written them."""
-    import jax
-    from lm_eval.utils import handle_non_serializable, make_table
-
-    from salt_jax.eval import harness, load
-    from salt_jax.eval.engine import Engine
-
-    manager = harness.task_manager(include_path, tasks)
-    harness.check_tasks(tasks, manager)  # before anything is restored
-    loaded = load.load(workdir, step)
-    engine = Engine(loaded.model_cfg, loaded.params, loaded.mesh, batch_size=batch_size)
-    if jax.process_index() != 0:
-        engine.serve()
-        return None
-    try:
-        lm = harness.SaltLM(engine, loaded.tokenizer, seed=seed)
-        results = harness.evaluate(lm, tasks, num_fewshot=num_fewshot, limit=limit, seed=seed, manager=manager)
-    finally:
-        engine.close()
-    results["salt_jax"] = {"workdir": workdir, "checkpoint": loaded.checkpoint, "step": loaded.step}
-    root = workdir.rstrip("/")
-    out = out or paths.join(root, "eval_results.json" if step is None else f"eval_results-step{loaded.step}.json")
-    paths.write_atomic(out, json.dumps(results, indent=2, default=handle_non_serializable))
-    print(make_table(results), flush=True)
-    logging.info("step %d: wrote %s", loaded.step, out)
-    return results
 
 
 def _main(argv) -> None:
@@ -78,8 +45,8 @@ def _main(argv) -> None:
         limit = int(limit)
     try:
         distributed.initialize()
-        run(_WORKDIR.value, tasks, _STEP.value, _NUM_FEWSHOT.value, limit, _INCLUDE.value, _BATCH.value,
-            _SEED.value, _OUT.value)
+        runs.evaluate(_WORKDIR.value, tasks, _STEP.value, _NUM_FEWSHOT.value, limit, _INCLUDE.value,
+                      _BATCH.value, _SEED.value, _OUT.value)
     except UserError as e:
         fail(str(e))
     except KeyboardInterrupt:
