@@ -104,7 +104,7 @@ def bench_steps(config, t_cfg, repeats: int) -> dict:
         t_params = jax.jit(lambda r: nn.meta.unbox(t_model.init(r, jnp.zeros((1, 8), jnp.int32))["params"]),
                            out_shardings=t_shard)(jax.random.key(1))
     teacher = Teacher(t_model, t_cfg, t_params, t_shard, "random", "random", "")
-    phase = KDPhase.from_config(config.salt, 1000, batch)
+    phase = KDPhase.from_config(config.salt, 1000, batch, lr=sched)
     steps = CompiledSteps(model, tx, sched, 0, mesh, shardings, objective.make_loss(config), teacher=teacher,
                           phase=phase)
     tokens = jax.device_put(np.random.default_rng(0).integers(3, config.model.vocab_size, (batch, seq + 1),

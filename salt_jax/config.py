@@ -13,6 +13,7 @@ import ml_collections
 
 from salt_jax.errors import UserError, check
 from salt_jax.kd import methods
+from salt_jax.kd.schedules import SCHEDULES
 from salt_jax.model import presets
 from salt_jax.model.attention import IMPLEMENTATIONS
 from salt_jax.model.transformer import ACTIVATIONS, DTYPES, REMAT_POLICIES, option
@@ -86,6 +87,13 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     k.temperature = 1.0  # tau for the KD term (ours: the paper does not give it)
     k.kd_loss = "forward_kl"  # forward_kl: tau^2 KL(teacher||student); reverse_kl; topk_kl (teacher's top-k, renormalised)
     k.kd_topk = 0  # k for kd_loss=topk_kl
+    k.weight_schedule = "step"  # w inside the KD phase: step (w0 until n_KD) | linear | cosine (w0 at 0 -> 0 at n_KD) | with_lr (follows the learning rate, 0 at n_KD)
+    k.temperature_schedule = "constant"  # tau over the KD phase: constant | linear | cosine (temperature -> temperature_end at n_KD)
+    k.temperature_end = 1.0  # temperature_schedule=linear / cosine: tau at n_KD
+    k.teacher_logits = "online"  # online (the teacher runs inside the step) | cache (sparse teacher logits read from disk, no teacher forward)
+    k.cache_targets = "topk"  # teacher_logits=cache: topk (renormalised) | topk_other (top-k + one bucket for the rest) | sampled (k ids drawn from the teacher)
+    k.cache_k = 64  # teacher_logits=cache: ids stored per position (the top-k, or the number of samples)
+    k.cache_dtype = "float16"  # teacher_logits=cache: dtype of the stored log-probs (float16 | float32)
     k.kd_steps = -1  # n_KD: distil for the first n_KD steps; -1 = kd_fraction * train.steps
     k.kd_fraction = 0.175  # n_KD as a fraction of the run when kd_steps=-1 (paper: 36K of ~208K steps)
     k.transition = "step"  # after n_KD: step (w -> 0), linear (w decays over transition_steps), ratio (KD share of sequences decays)
@@ -98,6 +106,8 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     k.token_select = "none"  # KD only where the teacher is good: none | topk (target in teacher top-k) | confidence
     k.token_select_k = 10  # token_select=topk: the k
     k.token_select_threshold = 0.5  # token_select=confidence: teacher's top probability must exceed this
+    k.ds_rule = "median_topk"  # salt_ds score (kept: highest): median_topk (paper) | difference (MiniPLM: teacher - reference log-lik.) | loss (teacher loss)
+    k.ds_reference = ""  # ds_rule=difference: the reference model, smaller than the teacher (a run workdir or checkpoint directory)
     k.ds_topk = 10  # salt_ds: a token is learnable when its target is in the teacher's top-k (paper: 10)
     k.ds_pool_size = -1  # salt_ds: sequences scored; -1 = enough for the KD phase at ds_keep_fraction, 0 = all
     k.ds_keep_fraction = 0.5  # salt_ds: share of the pool kept for the KD phase, highest scores first (ours)
@@ -118,7 +128,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     r.max_skipped_steps = 20  # nan_policy=skip: stop after this many non-finite steps in a row
     r.preemption_grace_s = 30.0  # on SIGTERM: checkpoint the step reached and exit 0; exit 3 if that takes longer
     r.debug_nan_steps = ""  # fault injection: comma-separated steps whose loss is made NaN (drills and tests)
-    r.debug_kill = ""  # fault injection: comma-separated step:N (SIGKILL after step N) / save:N (while checkpoint N is written)
+    r.debug_kill = ""  # fault injection: comma-separated step:N (SIGKILL after step N) / save:N (while checkpoint N is written) / cache:N (after teacher-cache step N)
     r.peak_tflops = 0.0  # per-device peak for MFU in metrics.jsonl; 0 = from the device kind (null if unknown)
 
     c.eval = e = ml_collections.ConfigDict()
@@ -200,6 +210,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check(k.switch in ("fixed", "adaptive"), f"config.salt.switch={k.switch!r}: use 'fixed' or 'adaptive'")
     check(k.kd_loss in ("forward_kl", "reverse_kl", "topk_kl"),
           f"config.salt.kd_loss={k.kd_loss!r}: use 'forward_kl', 'reverse_kl' or 'topk_kl'")
+    for f, allowed in (("weight_schedule", SCHEDULES), ("temperature_schedule", ("constant", "linear", "cosine")),
+                       ("teacher_logits", ("online", "cache")), ("cache_targets", ("topk", "topk_other", "sampled")),
+                       ("cache_dtype", ("float16", "float32")), ("ds_rule", ("median_topk", "difference", "loss"))):
+        check(k[f] in allowed, f"config.salt.{f}={k[f]!r}: use one of {', '.join(allowed)}")
     check(k.token_select in ("none", "topk", "confidence"),
           f"config.salt.token_select={k.token_select!r}: use 'none', 'topk' or 'confidence'")
     if kind.teacher:
@@ -211,6 +225,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
               f"config.salt.kd_topk={k.kd_topk}: must be in [1, vocab_size] for kd_loss=topk_kl")
         check(k.token_select != "topk" or 0 < k.token_select_k <= m.vocab_size,
               f"config.salt.token_select_k={k.token_select_k}: must be in [1, config.model.vocab_size]")
+        check(k.temperature_schedule == "constant" or k.temperature_end > 0,
+              f"config.salt.temperature_end={k.temperature_end}: must be positive")
+        if k.teacher_logits == "cache":
+            check(0 < k.cache_k <= m.vocab_size, f"config.salt.cache_k={k.cache_k}: must be in [1, config.model.vocab_size]")
+            for f, want, why in (("kd_loss", "forward_kl", "the cached targets give a forward KL"),
+                                 ("token_select", "none", "the cache holds no ranks"),
+                                 ("temperature_schedule", "constant", "the cache holds log-probs at one temperature")):
+                check(k[f] == want, f"config.salt.{f}={k[f]!r}: teacher_logits=cache needs {f}={want!r} ({why})")
+            check(not kind.selects_data, "config.salt.teacher_logits=cache: not available for salt_ds (its KD "
+                  "batches are chosen by the teacher); use teacher_logits=online")
     check(k.switch == "fixed" or kind.kd_ends,
           f"config.salt.switch=adaptive applies to methods salt and salt_ds, not {k.method!r}")
     if kind.selects_data:
@@ -218,14 +242,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
         check(0.0 <= k.ds_band_low < k.ds_band_high <= 100.0,
               f"config.salt.ds_band_low={k.ds_band_low} / ds_band_high={k.ds_band_high}: need 0 <= low < high <= 100")
         check(k.ds_topk > 0, f"config.salt.ds_topk={k.ds_topk}: must be positive")
+        check(k.ds_rule != "difference" or bool(k.ds_reference), "config.salt.ds_reference is empty; "
+              "ds_rule=difference needs a reference model (a run workdir or checkpoint smaller than the teacher)")
         check(k.ds_pool_size >= -1, f"config.salt.ds_pool_size={k.ds_pool_size}: must be >= -1")
     if kind.kd_ends:
         check(k.kd_steps >= -1, f"config.salt.kd_steps={k.kd_steps}: must be >= 0 (or -1 for kd_fraction)")
         check(0.0 < k.kd_fraction <= 1.0, f"config.salt.kd_fraction={k.kd_fraction}: must be in (0, 1]")
         check(k.transition_steps == -1 or k.transition_steps > 0,
               f"config.salt.transition_steps={k.transition_steps}: must be positive (or -1 for half of n_KD)")
-        check(not (k.switch == "adaptive" and k.transition != "step"),
-              "config.salt.switch=adaptive works with config.salt.transition=step only")
+        check(not (k.switch == "adaptive" and (k.transition != "step" or k.weight_schedule != "step")),
+              "config.salt.switch=adaptive works with config.salt.transition=step and weight_schedule=step only")
+        check(k.transition == "step" or k.weight_schedule == "step",
+              f"config.salt.transition={k.transition!r} applies to weight_schedule='step' only; set transition=step "
+              f"with weight_schedule={k.weight_schedule!r}")
         check(0.0 <= k.adaptive_ema < 1.0, f"config.salt.adaptive_ema={k.adaptive_ema}: must be in [0, 1)")
         check(not (k.adaptive_max_steps > 0 and k.adaptive_min_steps > k.adaptive_max_steps),
               f"config.salt.adaptive_min_steps={k.adaptive_min_steps} exceeds adaptive_max_steps="
@@ -267,7 +296,7 @@ def check_vocab(c: ml_collections.ConfigDict, tokenizer_vocab: int) -> None:
 # Fields a run may be resumed with changed: where things live, how often it logs, evaluates and saves,
 # how it is laid out on the devices (checkpoints restore onto any mesh), and fault drills. None of them
 # changes the parameters a run computes.
-RESUMABLE_CHANGES = ("salt.teacher", "salt.teacher_preset", "data.cache_dir", "data.prefetch", "data.shard_chars",
+RESUMABLE_CHANGES = ("salt.teacher", "salt.teacher_preset", "salt.ds_reference", "data.cache_dir", "data.prefetch", "data.shard_chars",
                      "data.shared_cache", "data.eval_batches", "train.log_every", "train.eval_every",
                      "train.checkpoint_every", "train.keep_checkpoints", "train.progress", "train.preemption_grace_s",
                      "train.debug_kill", "train.debug_nan_steps", "train.peak_tflops", "mesh", "eval")

@@ -86,7 +86,7 @@ class Programs:
         d, t = config.data, config.train
         self.tokens = jax.ShapeDtypeStruct((d.batch_size, d.seq_len + 1), jnp.int32)
         self.tx, self.lr = optim.make_optimizer(config.optim, t.steps)
-        self.phase = KDPhase.from_config(config.salt, t.steps, d.batch_size, switch_step=-1)
+        self.phase = KDPhase.from_config(config.salt, t.steps, d.batch_size, switch_step=-1, lr=self.lr)
         self.guard = Guard(skip_nonfinite=t.nan_policy == "skip")
         self.state, self.state_shardings = state_lib.abstract_state(Transformer(config.model), self.tx, d.seq_len,
                                                                     mesh)

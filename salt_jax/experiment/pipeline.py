@@ -56,24 +56,50 @@ def run_name(spec: str) -> str:
     return variant + "".join(f"-{k}{v}" for k, v in overrides.items())
 
 
+def _teachers(exp: ml_collections.ConfigDict) -> dict:
+    """The experiment's extra named teachers (config.teachers: name -> run config), if any."""
+    return dict(exp.get("teachers") or {})
+
+
+def teacher_workdir(workdir: str, name: str) -> str:
+    """Where the extra teacher `name` of config.teachers is trained."""
+    return paths.join(workdir, f"teacher-{name}")
+
+
 def student_config(exp: ml_collections.ConfigDict, spec: str, seed: int, teacher_dir: str,
-                   learning_rate: float) -> ml_collections.ConfigDict:
-    """The run config of one (method, seed): the shared student config plus the method's KD settings."""
+                   learning_rate: float, workdir: str = "") -> ml_collections.ConfigDict:
+    """The run config of one (method, seed): the shared student config plus the method's settings.
+
+    A method's overrides name config.salt fields (`kd_weight=0.9`) or, with a dot, any field
+    (`train.steps=210`). salt.teacher and salt.ds_reference may name one of config.teachers, which
+    then stands for that teacher's workdir under `workdir`.
+    """
     c = copy.deepcopy(exp.student)
     variant, overrides = parse_method(spec)
     set_method(c, variant)
+    teacher = teacher_dir
     for key, value in overrides.items():
-        if key not in c.salt:
-            raise UserError(f"config.methods: {spec!r} sets salt.{key}, which does not exist")
-        want = type(c.salt[key])
+        section, field = key.rsplit(".", 1) if "." in key else ("salt", key)
+        node = c
+        for part in section.split("."):
+            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+        if not isinstance(node, ml_collections.ConfigDict) or field not in node:
+            raise UserError(f"config.methods: {spec!r} sets {section}.{field}, which does not exist")
+        if section == "salt" and field in ("teacher", "ds_reference") and value in _teachers(exp):
+            value = teacher_workdir(workdir, value)
+        want = type(node[field])
         ok = isinstance(value, want) or (want is float and isinstance(value, int) and not isinstance(value, bool))
         if not ok:
-            raise UserError(f"config.methods: {spec!r} sets salt.{key}={value!r}; it must be a {want.__name__}")
-        c.salt[key] = want(value)
+            raise UserError(f"config.methods: {spec!r} sets {section}.{field}={value!r}; it must be a "
+                            f"{want.__name__}")
+        if section == "salt" and field == "teacher":
+            teacher = value
+        else:
+            node[field] = want(value)
     c.seed = seed
     c.data.seed = seed
     c.optim.learning_rate = learning_rate
-    c.salt.teacher = teacher_dir
+    c.salt.teacher = teacher
     c.train.progress = exp.progress
     return c
 
@@ -81,7 +107,7 @@ def student_config(exp: ml_collections.ConfigDict, spec: str, seed: int, teacher
 # Where things live and how chatty a run is do not change what it computes (the teacher itself is
 # checked by fingerprint on resume). Unlike a single run, an experiment's runs must also keep their
 # evaluation and logging, which the report compares across runs.
-_SAME_ACROSS_RUNS = ("salt.teacher", "data.cache_dir", "train.progress")
+_SAME_ACROSS_RUNS = ("salt.teacher", "salt.ds_reference", "data.cache_dir", "train.progress")
 
 
 def _check_same_config(config, workdir: str) -> None:
@@ -140,6 +166,11 @@ def _corpus(runs: list[report.Run]) -> str:
     return "; ".join(loop.describe_corpus(json.loads(c)) for c in sorted(found))
 
 
+def _teacher_model(teacher_dir: str) -> ml_collections.ConfigDict:
+    root, step = checkpoints.resolve_checkpoint(teacher_dir)
+    return ml_collections.ConfigDict(read_record(root, step)["model"])
+
+
 def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains whatever is missing and writes results.json, report.md and the plots."""
     paths.makedirs(workdir)
@@ -160,17 +191,21 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
     teacher_dir = paths.expand(exp.teacher_path) if exp.teacher_path else paths.join(workdir, "teacher")
     if not exp.teacher_path:
         _train(exp.teacher, teacher_dir, "teacher")
+    for name, config in _teachers(exp).items():  # other teachers the methods may name (teacher=NAME)
+        _train(config, teacher_workdir(workdir, name), f"teacher {name}")
     lr, lr_note = _choose_lr(exp, workdir, teacher_dir)
 
     runs: dict[str, list[report.Run]] = {}
     for spec in methods:
         for seed in seeds:
             d = paths.join(workdir, f"{run_name(spec)}-s{seed}")
-            _train(student_config(exp, spec, seed, teacher_dir, lr), d, f"{spec} seed {seed}")
-            runs.setdefault(run_name(spec), []).append(report.Run(d))
+            _train(student_config(exp, spec, seed, teacher_dir, lr, workdir), d, f"{spec} seed {seed}")
+            run = report.Run(d)
+            if run.config.salt.teacher != teacher_dir and kd_methods.method(run.config.salt.method).teacher:
+                run.teacher_cfg = _teacher_model(run.config.salt.teacher)  # (its FLOPs, not the main teacher's)
+            runs.setdefault(run_name(spec), []).append(run)
 
-    root, step = checkpoints.resolve_checkpoint(teacher_dir)
-    teacher_cfg = ml_collections.ConfigDict(read_record(root, step)["model"])
+    teacher_cfg = _teacher_model(teacher_dir)
     results = report.analyse(runs, teacher_cfg)
     meta = {"name": exp.name, "student_preset": exp.student.model.preset,
             "student_params": param_count(exp.student.model), "teacher_preset": teacher_cfg.preset,

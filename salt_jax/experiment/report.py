@@ -74,6 +74,8 @@ class Run:
                             "file was cut; re-run the experiment command to finish the run")
         self.summary = _load_json(storage.join(workdir, "summary.json")) or {}
         self.selection = _load_json(storage.join(workdir, "selection.json"))
+        self.teacher_cache = _load_json(storage.join(workdir, "teacher_cache.json"))  # teacher_logits=cache
+        self.teacher_cfg = None  # this run's teacher's model config when it is not the experiment's
 
     @property
     def kd_phase_end(self) -> int:
@@ -82,6 +84,7 @@ class Run:
     def step_flops(self, teacher_cfg) -> tuple[float, float, float]:
         """(student FLOPs per step, teacher forward FLOPs per step, upfront teacher FLOPs for scoring)."""
         c = self.config
+        teacher_cfg = self.teacher_cfg or teacher_cfg
         tokens = c.data.batch_size * c.data.seq_len
         student = train_flops_per_token(c.model, c.data.seq_len) * tokens
         if teacher_cfg is None or self.kd_phase_end == 0:
@@ -135,9 +138,10 @@ def analyse(runs: dict[str, list[Run]], teacher_cfg, baseline: str = "baseline")
                 raise ValueError(f"{r.workdir}: evaluation steps differ from its method's other seeds")
         losses = np.array([[e["loss"] for e in r.evals] for r in group])
         accs = np.array([[e["accuracy"] for e in r.evals] for r in group])
-        # salt_ds pays its scoring pass up front: add it to the measured training time
+        # salt_ds pays its scoring pass up front, a cached-logits run its cache build: add them to the time
         secs = np.array([[e.get("train_seconds", np.nan) + (r.selection or {}).get("scoring_seconds", 0.0)
-                          for e in r.evals] for r in group], np.float64)
+                          + (r.teacher_cache or {}).get("build_seconds", 0.0) for e in r.evals] for r in group],
+                        np.float64)
         mean = losses.mean(0)
         flops = [r.step_flops(teacher_cfg) for r in group]  # (student, teacher, upfront) per run
         stud, teach, _ = flops[0]
@@ -164,6 +168,7 @@ def analyse(runs: dict[str, list[Run]], teacher_cfg, baseline: str = "baseline")
             "kd_phase_end_mean": kd_end,
             "at_fraction": {},
             "reach_step": reach,
+            "reach_step_per_seed": [steps_to_reach(steps, row, target) for row in losses],
             "reach_step_fraction": reach / total_steps if reach is not None else None,
             "reach_seconds": float(np.nanmean(secs[:, idx])) if idx is not None else None,
             "reach_time_fraction": float(np.nanmean(secs[:, idx]) / base_seconds) if idx is not None else None,
@@ -334,7 +339,51 @@ def plot(results: dict, out_dir: str) -> list[str]:
         paths.append(path)
     if results.get("fewshot"):
         paths.append(_plot_fewshot(plt, results["fewshot"], out_dir))
+    if len(results["methods"]) > OVERVIEW_FROM:
+        paths.append(_plot_overview(plt, results, out_dir))
     return paths
+
+
+OVERVIEW_FROM = 4  # experiments with more methods than this get ablation_overview.png and its table
+
+
+def _plot_overview(plt, results: dict, out_dir: str) -> str:
+    """ablation_overview.png: per method, the final held-out loss (mean, seed std as error bar) and the
+    step at which it reaches the baseline's final loss (bar: the seed-averaged curve; dots: each seed;
+    hatched at the run's length: not reached)."""
+    names = list(results["methods"])
+    ms = [results["methods"][n] for n in names]
+    total = results["total_steps"]
+    y = np.arange(len(names))[::-1]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 0.32 * len(names) + 1.6), sharey=True)
+    a.barh(y, [m["final_loss_mean"] for m in ms], xerr=[m["final_loss_std"] for m in ms], color="tab:blue",
+           alpha=0.7, capsize=2)
+    a.axvline(results["target_loss"], color="gray", ls="--", lw=1)
+    lo = min(m["final_loss_mean"] - 2 * m["final_loss_std"] for m in ms)
+    hi = max(m["final_loss_mean"] + 2 * m["final_loss_std"] for m in ms)
+    a.set_xlim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
+    a.set_xlabel("final held-out loss (mean ± seed std; dashed: baseline)")
+    reach = [m["reach_step"] if m["reach_step"] is not None else total for m in ms]
+    bars = b.barh(y, reach, color="tab:green", alpha=0.7)
+    for bar, m in zip(bars, ms):
+        if m["reach_step"] is None:
+            bar.set_hatch("xx")
+            bar.set_alpha(0.25)
+    for yi, m in zip(y, ms):
+        seeds = [s if s is not None else total * 1.03 for s in m.get("reach_step_per_seed", [])]
+        b.plot(seeds, [yi] * len(seeds), "k.", ms=4)
+    b.axvline(total, color="gray", ls="--", lw=1)
+    b.set_xlabel(f"step reaching the baseline's final loss (hatched: not reached in {total})")
+    a.set_yticks(y, names, fontsize=8)
+    for ax in (a, b):
+        ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    path = storage.join(out_dir, "ablation_overview.png")
+    png = io.BytesIO()
+    fig.savefig(png, dpi=110, format="png")
+    storage.write_atomic(path, png.getvalue())
+    plt.close(fig)
+    return path
 
 
 def _plot_fewshot(plt, scores: dict, out_dir: str) -> str:
@@ -406,10 +455,27 @@ def markdown(results: dict, meta: dict) -> str:
               "the KD phase over the baseline run's median (different processes; `python -m salt_jax.bench` "
               "measures it in one process). The FLOP model is 1 + F_T / (3 F_S).", "",
               *_fewshot_markdown(results),
+              *_overview_markdown(results),
               "## Curves", "", "![held-out loss vs step](loss_vs_step.png)", "",
               "![held-out loss vs compute](loss_vs_compute.png)", "", "## Conclusion", "",
               conclusion(results), "", *([fewshot_conclusion(results), ""] if results.get("fewshot") else [])]
     return "\n".join(lines)
+
+
+def _overview_markdown(results: dict) -> list[str]:
+    """Per-seed steps to the baseline's final loss, and the overview plot (experiments with many methods)."""
+    if len(results["methods"]) <= OVERVIEW_FROM:
+        return []
+    lines = ["## Per-seed steps to the baseline's final loss", "",
+             "Each seed's own curve against the seed-averaged baseline target (\"-\": not reached); the "
+             "seed-averaged column is the table above's.", "",
+             "| method | seed-averaged | per seed | final loss (mean ± std) | Δ vs baseline |", "|---|---|---|---|---|"]
+    base = results["methods"]["baseline"]["final_loss_mean"]
+    for name, m in results["methods"].items():
+        per = ", ".join(_fmt(s, "{}", "-") for s in m.get("reach_step_per_seed", []))
+        lines.append(f"| {name} | {_fmt(m['reach_step'], '{}', '-')} | {per} | {m['final_loss_mean']:.4f} ± "
+                     f"{m['final_loss_std']:.4f} | {m['final_loss_mean'] - base:+.4f} |")
+    return lines + ["", "![ablation overview](ablation_overview.png)", ""]
 
 
 def _fewshot_markdown(results: dict) -> list[str]:

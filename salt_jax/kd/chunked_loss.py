@@ -35,7 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from salt_jax.kd import losses
+from salt_jax.kd import losses, sparse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,7 @@ class LossOptions:
     student_softcap: float = 0.0  # the student's final logit soft-cap c (c tanh(z / c)); 0 = none
     teacher_softcap: float = 0.0  # the teacher's (Gemma 2 uses 30)
     unroll: int = 1  # chunks per scan iteration (salt_jax.aot compiles with 2 to cost one chunk)
+    sparse: str = "topk"  # how cached sparse teacher targets are read (salt_jax.kd.sparse.KINDS)
 
 
 def kd_value_and_grad(t_logits: jax.Array, s_logits: jax.Array, tau: float, kind: str, topk: int = 0):
@@ -82,8 +83,9 @@ def kd_value_and_grad(t_logits: jax.Array, s_logits: jax.Array, tau: float, kind
     return tau * tau * kl, tau * grad
 
 
-def _chunk(opts: LossOptions, with_grad: bool, w_s, w_t, xs):
-    """Sums (and gradients) for one chunk of positions: xs = (h_s, h_t, targets, mask, kd_weight)."""
+def _chunk(opts: LossOptions, with_grad: bool, w_s, w_t, tau, xs):
+    """Sums (and gradients) for one chunk of positions: xs = (h_s, h_t or sparse targets, targets, mask,
+    kd_weight)."""
     h_s, h_t, y, m, kw = xs
     dt = opts.dtype
     s = jnp.einsum("bcd,dv->bcv", h_s.astype(dt), w_s.astype(dt), preferred_element_type=jnp.float32)
@@ -97,6 +99,12 @@ def _chunk(opts: LossOptions, with_grad: bool, w_s, w_t, xs):
     if h_t is None:
         sums["loss_sum"] = sums["ntp_sum"]
         d_s = m[..., None] * d_s
+    elif isinstance(h_t, sparse.Targets):  # cached teacher: no teacher logits, no token selection
+        w = kw * m
+        kd, d_kd = sparse.kd_value_and_grad(s, h_t, tau, opts.sparse)
+        sums.update(loss_sum=jnp.sum(m * ce + w * (kd - ce)), kd_sum=jnp.sum(m * kd), kd_weight_sum=jnp.sum(w),
+                    kd_tokens=jnp.sum(m * (kw > 0)), teacher_ntp_sum=-jnp.sum(m * h_t.target_logp))
+        d_s = (m - w)[..., None] * d_s + w[..., None] * d_kd
     else:
         t = jnp.einsum("bcd,dv->bcv", h_t.astype(dt), w_t.astype(dt), preferred_element_type=jnp.float32)
         if opts.teacher_softcap:
@@ -104,7 +112,7 @@ def _chunk(opts: LossOptions, with_grad: bool, w_s, w_t, xs):
         selected = losses.teacher_selection(t, y, opts.token_select, opts.token_select_k,
                                             opts.token_select_threshold)
         w = kw * selected * m
-        kd, d_kd = kd_value_and_grad(t, s, opts.temperature, opts.kd_loss, opts.kd_topk)
+        kd, d_kd = kd_value_and_grad(t, s, tau, opts.kd_loss, opts.kd_topk)
         t_ce = -jnp.take_along_axis(jax.nn.log_softmax(t, axis=-1), y[..., None], axis=-1)[..., 0]
         sums.update(loss_sum=jnp.sum(m * ce + w * (kd - ce)), kd_sum=jnp.sum(m * kd), kd_weight_sum=jnp.sum(w),
                     kd_tokens=jnp.sum(m * (kw * selected > 0)), teacher_ntp_sum=jnp.sum(m * t_ce))
@@ -123,13 +131,15 @@ def _to_chunks(x, chunk: int, n_chunks: int):
     """[b, t, ...] -> [n_chunks, b, chunk, ...], zero-padding t up to n_chunks * chunk."""
     if x is None:
         return None
+    if isinstance(x, sparse.Targets):
+        return sparse.Targets(*(_to_chunks(a, chunk, n_chunks) for a in x))
     pad = n_chunks * chunk - x.shape[1]
     x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
     x = x.reshape(x.shape[0], n_chunks, chunk, *x.shape[2:])
     return jnp.moveaxis(x, 1, 0)
 
 
-def _scan(opts: LossOptions, with_grad: bool, h_s, w_s, h_t, w_t, targets, mask, kd_weight):
+def _scan(opts: LossOptions, with_grad: bool, h_s, w_s, h_t, w_t, targets, mask, kd_weight, tau):
     b, t = targets.shape
     chunk = max(1, min(opts.chunk, t))
     n = -(-t // chunk)
@@ -143,7 +153,7 @@ def _scan(opts: LossOptions, with_grad: bool, h_s, w_s, h_t, w_t, targets, mask,
 
     def body(carry, x):
         sums, d_w = carry
-        s, d_h, d_w_c = _chunk(opts, with_grad, w_s, w_t, x)
+        s, d_h, d_w_c = _chunk(opts, with_grad, w_s, w_t, tau, x)
         sums = {k: sums[k] + s[k] for k in keys}
         return (sums, None if d_w is None else d_w + d_w_c), d_h
 
@@ -154,30 +164,36 @@ def _scan(opts: LossOptions, with_grad: bool, h_s, w_s, h_t, w_t, targets, mask,
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _loss(opts, h_s, w_s, h_t, w_t, targets, mask, kd_weight):
-    return _scan(opts, False, h_s, w_s, h_t, w_t, targets, mask, kd_weight)[0]
+def _loss(opts, h_s, w_s, h_t, w_t, targets, mask, kd_weight, tau):
+    return _scan(opts, False, h_s, w_s, h_t, w_t, targets, mask, kd_weight, tau)[0]
 
 
-def _loss_fwd(opts, h_s, w_s, h_t, w_t, targets, mask, kd_weight):
-    sums, d_h, d_w = _scan(opts, True, h_s, w_s, h_t, w_t, targets, mask, kd_weight)
-    return sums, (d_h, d_w.astype(w_s.dtype), h_t, w_t, targets, mask, kd_weight)
+def _loss_fwd(opts, h_s, w_s, h_t, w_t, targets, mask, kd_weight, tau):
+    sums, d_h, d_w = _scan(opts, True, h_s, w_s, h_t, w_t, targets, mask, kd_weight, tau)
+    return sums, (d_h, d_w.astype(w_s.dtype), h_t, w_t, targets, mask, kd_weight, tau)
+
+
+def _zero_cotangent(x):
+    """A zero cotangent for a non-differentiated input (float0 for integer arrays such as token ids)."""
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        return jnp.zeros(x.shape, jax.dtypes.float0)
+    return jnp.zeros_like(x)
 
 
 def _loss_bwd(opts, res, ct):
-    d_h, d_w, h_t, w_t, targets, mask, kd_weight = res
+    d_h, d_w, h_t, w_t, targets, mask, kd_weight, tau = res
     g = ct["loss_sum"]
-    zeros = jax.tree.map(jnp.zeros_like, (h_t, w_t, mask, kd_weight))
-    int_zero = None if targets is None else jnp.zeros(targets.shape, jax.dtypes.float0)
-    return ((g * d_h).astype(d_h.dtype), (g * d_w).astype(d_w.dtype), zeros[0], zeros[1], int_zero,
-            zeros[2], zeros[3])
+    zeros = jax.tree.map(_zero_cotangent, (h_t, w_t, targets, mask, kd_weight, tau))
+    return ((g * d_h).astype(d_h.dtype), (g * d_w).astype(d_w.dtype), *zeros)
 
 
 _loss.defvjp(_loss_fwd, _loss_bwd)
 
 
 def chunked_loss(h_s: jax.Array, w_s: jax.Array, targets: jax.Array, mask: jax.Array,
-                 opts: LossOptions = LossOptions(), h_t: jax.Array | None = None, w_t: jax.Array | None = None,
-                 kd_weight: jax.Array | None = None) -> dict[str, jax.Array]:
+                 opts: LossOptions = LossOptions(), h_t: jax.Array | sparse.Targets | None = None,
+                 w_t: jax.Array | None = None, kd_weight: jax.Array | None = None,
+                 temperature: jax.Array | float | None = None) -> dict[str, jax.Array]:
     """Sums of the (SALT) next-token loss over masked positions, from hidden states.
 
     h_s [b, t, d] and w_s [d, V]: the student's final hidden states and output
@@ -187,9 +203,13 @@ def chunked_loss(h_s: jax.Array, w_s: jax.Array, targets: jax.Array, mask: jax.A
     (w_t per position before token selection: w(step) in the KD share, else 0)
     it is sum over tokens of (1 - w) CE + w KD, plus "kd_sum", "kd_weight_sum",
     "kd_tokens" and "teacher_ntp_sum", exactly as the dense path computes them.
+    Instead of (h_t, w_t), cached sparse teacher targets (salt_jax.kd.sparse.Targets, read as
+    opts.sparse) give the same sums with no teacher logits. `temperature` (traced; default
+    opts.temperature) is tau at this step (config.salt.temperature_schedule).
     """
+    tau = jnp.asarray(opts.temperature if temperature is None else temperature, jnp.float32)
     if h_t is None:
         kd_weight = jnp.zeros(targets.shape, jnp.float32)
     elif kd_weight is None:
         raise ValueError("chunked_loss: a teacher needs kd_weight")
-    return _loss(opts, h_s, w_s, h_t, w_t, targets, mask, kd_weight)
+    return _loss(opts, h_s, w_s, h_t, w_t, targets, mask, kd_weight, tau)

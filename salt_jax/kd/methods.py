@@ -45,6 +45,18 @@ TABLE = (
          switch="adaptive"),
     _row("salt-tokensel", "salt", True, False, True, "SALT, KD only where the target is in the teacher's top-k",
          token_select="topk"),
+    _row("salt-wlinear", "salt", True, False, True, "SALT, w decays linearly from w0 at step 0 to 0 at n_KD",
+         weight_schedule="linear"),
+    _row("salt-wcosine", "salt", True, False, True, "SALT, w follows half a cosine from w0 at step 0 to 0 at n_KD",
+         weight_schedule="cosine"),
+    _row("salt-wlr", "salt", True, False, True, "SALT, w warms up and decays with the learning rate, 0 at n_KD",
+         weight_schedule="with_lr"),
+    _row("salt-cached", "salt", True, False, True, "SALT from cached top-k teacher logits (no teacher forward)",
+         teacher_logits="cache"),
+    _row("salt_ds-difference", "salt_ds", True, True, True, "SALT_DS, sequences ranked by teacher minus "
+         "reference log-likelihood (MiniPLM)", ds_rule="difference"),
+    _row("salt_ds-loss", "salt_ds", True, True, True, "SALT_DS, sequences ranked by the teacher's loss",
+         ds_rule="loss"),
 )
 VARIANTS = {m.name: m for m in TABLE}
 METHODS = {m.method: m for m in TABLE if m.name == m.method}  # config.salt.method -> its row

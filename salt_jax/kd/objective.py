@@ -1,10 +1,12 @@
 """The SALT objective behind one call: the loss sums of one batch, with or without the teacher.
 
 `loss(student, params, inputs, targets, mask)` is the next-token loss;
-`loss(student, params, inputs, targets, mask, teacher=(model, params), kd_weight=w)`
+`loss(student, params, inputs, targets, mask, teacher=(model, params), kd_weight=w, temperature=tau)`
 is sum over real tokens of (1 - w_t) NTP + w_t KD, with w_t the per-position
-KD weight before token selection (salt_jax.train.step computes it from the
-schedules). Both return sums and counts (salt_jax.kd.losses): "loss_sum",
+KD weight before token selection and tau the step's temperature
+(salt_jax.train.step computes both from the schedules). With cached teacher
+logits, `teacher` is the batch's sparse targets (salt_jax.kd.sparse.Targets)
+and no teacher runs. Both return sums and counts (salt_jax.kd.losses): "loss_sum",
 "correct", "tokens", and with a teacher "ntp_sum", "kd_sum", "kd_weight_sum",
 "kd_tokens" and "teacher_ntp_sum". The teacher's forward runs under
 stop_gradient. Two implementations of the same call:
@@ -22,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from salt_jax.kd import losses
+from salt_jax.kd import losses, sparse
 from salt_jax.kd.chunked_loss import LossOptions, chunked_loss
 from salt_jax.model.transformer import dtype_of, option
 
@@ -33,18 +35,28 @@ class DenseLoss:
     def __init__(self, salt: ml_collections.ConfigDict | None = None):
         self.salt = salt
 
-    def __call__(self, student, params, inputs, targets, mask, teacher=None, kd_weight=None) -> dict:
+    def __call__(self, student, params, inputs, targets, mask, teacher=None, kd_weight=None,
+                 temperature=None) -> dict:
         if teacher is None:
             return losses.next_token_stats(student.apply({"params": params}, inputs), targets, mask)
-        t_model, t_params = teacher
         s = self.salt
+        tau = s.temperature if temperature is None else temperature
+        if isinstance(teacher, sparse.Targets):
+            s_logits = student.apply({"params": params}, inputs)
+            stats = losses.mixture_stats(losses.token_ce(s_logits, targets),
+                                         sparse.kd_per_token(s_logits, teacher, tau, s.cache_targets), kd_weight, mask)
+            stats.update(correct=jnp.sum((jnp.argmax(s_logits, -1) == targets) * mask),
+                         tokens=jnp.sum(mask.astype(jnp.float32)),
+                         teacher_ntp_sum=-jnp.sum(teacher.target_logp * mask))
+            return stats
+        t_model, t_params = teacher
         t_logits = jax.lax.stop_gradient(t_model.apply({"params": t_params}, inputs))
         selected = losses.teacher_selection(t_logits, targets, s.token_select, s.token_select_k,
                                             s.token_select_threshold)
         w_tok = kd_weight * selected
         s_logits = student.apply({"params": params}, inputs)
         ntp = losses.token_ce(s_logits, targets)
-        kd = losses.kd_per_token(t_logits, s_logits, s.temperature, s.kd_loss, s.kd_topk)
+        kd = losses.kd_per_token(t_logits, s_logits, tau, s.kd_loss, s.kd_topk)
         stats = losses.mixture_stats(ntp, kd, w_tok, mask)
         stats.update(correct=jnp.sum((jnp.argmax(s_logits, -1) == targets) * mask),
                      tokens=jnp.sum(mask.astype(jnp.float32)),
@@ -58,17 +70,21 @@ class ChunkedLoss:
     def __init__(self, opts: LossOptions):
         self.opts = opts
 
-    def __call__(self, student, params, inputs, targets, mask, teacher=None, kd_weight=None) -> dict:
+    def __call__(self, student, params, inputs, targets, mask, teacher=None, kd_weight=None,
+                 temperature=None) -> dict:
         opts = dataclasses.replace(self.opts, student_softcap=float(option(student.cfg, "final_softcap")))
         if teacher is None:
             hidden, head = student.apply({"params": params}, inputs, return_hidden=True)
             stats = chunked_loss(hidden, head, targets, mask, opts)
             return {k: stats[k] for k in ("loss_sum", "correct", "tokens")}
+        if isinstance(teacher, sparse.Targets):
+            h_s, head_s = student.apply({"params": params}, inputs, return_hidden=True)
+            return chunked_loss(h_s, head_s, targets, mask, opts, teacher, None, kd_weight, temperature)
         t_model, t_params = teacher
         opts = dataclasses.replace(opts, teacher_softcap=float(option(t_model.cfg, "final_softcap")))
         h_t, head_t = jax.lax.stop_gradient(t_model.apply({"params": t_params}, inputs, return_hidden=True))
         h_s, head_s = student.apply({"params": params}, inputs, return_hidden=True)
-        return chunked_loss(h_s, head_s, targets, mask, opts, h_t, head_t, kd_weight)
+        return chunked_loss(h_s, head_s, targets, mask, opts, h_t, head_t, kd_weight, temperature)
 
 
 def chunked_options(config: ml_collections.ConfigDict) -> LossOptions:
@@ -76,7 +92,8 @@ def chunked_options(config: ml_collections.ConfigDict) -> LossOptions:
     s = config.salt
     return LossOptions(chunk=int(config.train.loss_chunk), temperature=float(s.temperature), kd_loss=s.kd_loss,
                        kd_topk=int(s.kd_topk), token_select=s.token_select, token_select_k=int(s.token_select_k),
-                       token_select_threshold=float(s.token_select_threshold), dtype=dtype_of(config.model.dtype))
+                       token_select_threshold=float(s.token_select_threshold), dtype=dtype_of(config.model.dtype),
+                       sparse=s.cache_targets)
 
 
 def make_loss(config: ml_collections.ConfigDict) -> DenseLoss | ChunkedLoss:

@@ -15,6 +15,19 @@ Per method (Rawat et al. 2024 for salt and rkd; the rest are ours):
                          (decided in-graph, salt_jax.train.step), at adaptive_max_steps at the latest
     salt_ds              as salt (the KD phase also draws its batches from the selected subset)
 
+config.salt.weight_schedule shapes w inside the KD phase (MaxText's alpha
+schedules; Peng et al. 2024 for with_lr); `transition` applies to `step` only:
+
+    step      w0 until n_KD (then the transition above)
+    linear    w0 at step 0, linearly to 0 at n_KD
+    cosine    w0 at step 0, half a cosine to 0 at n_KD
+    with_lr   the run's learning-rate curve compressed into [0, n_KD], scaled to go from w0 at its
+              peak to 0 at n_KD: the KD weight warms up and decays with the learning rate
+
+The temperature is a schedule too (config.salt.temperature_schedule): constant
+tau, or linear / cosine from `temperature` at step 0 to `temperature_end` at
+n_KD (and `temperature_end` after it, where only the rkd method still uses it).
+
 `KDPhase.end` is the one owner of the KD-phase boundary: the first step that
 runs without the teacher. It is the scheduled end (where w, or for the ratio
 transition the number of KD rows of a batch, is 0 for good) until the
@@ -32,6 +45,9 @@ import numpy as np
 import optax
 
 from salt_jax.kd import methods
+
+
+SCHEDULES = ("step", "linear", "cosine", "with_lr")  # config.salt.weight_schedule
 
 
 def kd_steps(salt: ml_collections.ConfigDict, total_steps: int) -> int:
@@ -59,7 +75,31 @@ def resolve(salt: ml_collections.ConfigDict, total_steps: int) -> None:
         salt.adaptive_max_steps = total_steps + 1
 
 
-def _weight(salt, kind: methods.Method) -> optax.Schedule:
+def _decay(kind: str, start: float, end: float, steps: int) -> optax.Schedule:
+    """`start` at step 0 to `end` at `steps` (then `end`): linear or half a cosine (optax)."""
+    if kind == "linear":
+        return optax.linear_schedule(start, end, max(steps, 1))
+    if start == 0.0:  # (optax's cosine decay is written relative to its initial value)
+        return lambda s: end * (1.0 - optax.cosine_decay_schedule(1.0, max(steps, 1))(s))
+    return optax.cosine_decay_schedule(start, max(steps, 1), alpha=end / start)
+
+
+def _with_lr(n_kd: int, total_steps: int, lr: optax.Schedule, w0: float) -> optax.Schedule:
+    """The run's learning-rate curve compressed into the KD phase: w0 at its peak, 0 where it ends.
+
+    w(s) = w0 (lr(s T / n_KD) - lr(T)) / (max lr - lr(T)) for s < n_KD, then 0 (T: the run's length).
+    With n_KD = T it is the learning rate's own shape (Peng et al. 2024's WSD pairing of the KD weight
+    and the learning rate); with a shorter KD phase the warmup and the decay shrink in proportion.
+    """
+    n, total = max(n_kd, 1), max(total_steps, 1)
+    curve = np.asarray(lr(jnp.arange(total + 1)), np.float64)
+    end, top = float(curve[total]), float(curve.max())
+    scale = w0 / (top - end) if top > end else 0.0
+    inside = lambda s: jnp.clip((lr(s * (total / n)) - end) * scale, 0.0, w0)  # noqa: E731
+    return optax.join_schedules([inside, optax.constant_schedule(0.0)], [n_kd])
+
+
+def _weight(salt, kind: methods.Method, total_steps: int, lr: optax.Schedule | None = None) -> optax.Schedule:
     """w(step) of a resolved config.salt: the weight of the KD term in (1 - w) * NTP + w * KD."""
     w0 = float(salt.kd_weight)
     if not kind.teacher:
@@ -67,11 +107,26 @@ def _weight(salt, kind: methods.Method) -> optax.Schedule:
     if not kind.kd_ends:
         return optax.constant_schedule(w0)
     n = salt.kd_steps
+    if salt.weight_schedule in ("linear", "cosine"):
+        return optax.join_schedules([_decay(salt.weight_schedule, w0, 0.0, n), optax.constant_schedule(0.0)], [n])
+    if salt.weight_schedule == "with_lr":
+        if lr is None:
+            raise ValueError("weight_schedule=with_lr needs the run's learning-rate schedule")
+        return _with_lr(n, total_steps, lr, w0)
     if salt.transition == "linear":
         return optax.join_schedules([optax.constant_schedule(w0),
                                      optax.linear_schedule(w0, 0.0, salt.transition_steps)], [n])
     end = n + (salt.transition_steps if salt.transition == "ratio" else 0)
     return optax.join_schedules([optax.constant_schedule(w0), optax.constant_schedule(0.0)], [end])
+
+
+def _temperature(salt, kind: methods.Method) -> optax.Schedule:
+    """tau(step): constant, or linear / cosine from `temperature` to `temperature_end` at n_KD."""
+    tau = float(salt.temperature)
+    if salt.temperature_schedule == "constant" or not kind.teacher:
+        return optax.constant_schedule(tau)
+    n = salt.kd_steps if kind.kd_ends else salt.adaptive_max_steps
+    return _decay(salt.temperature_schedule, tau, float(salt.temperature_end), n)
 
 
 def _share(salt, kind: methods.Method) -> optax.Schedule:
@@ -100,24 +155,30 @@ class KDPhase:
     salt: ml_collections.ConfigDict  # config.salt with the run-relative defaults resolved
     n_kd: int  # n_KD: steps at full KD weight
     weight: optax.Schedule  # w(step)
+    temperature: optax.Schedule  # tau(step)
     share: optax.Schedule  # KD share of a batch's sequences at step
     scheduled_end: int  # where the schedule (or the adaptive upper bound) ends KD
     end: int  # the first step without the teacher: scheduled_end, or the adaptive switch's step
 
     @classmethod
     def from_config(cls, salt: ml_collections.ConfigDict, total_steps: int, batch_size: int,
-                    switch_step: int = -1) -> "KDPhase":
-        """The phase of a run of `total_steps` steps; `switch_step` >= 0: the adaptive switch already fired there."""
+                    switch_step: int = -1, lr: optax.Schedule | None = None) -> "KDPhase":
+        """The phase of a run of `total_steps` steps; `switch_step` >= 0: the adaptive switch already fired there.
+
+        `lr`, the run's learning-rate schedule, is needed by weight_schedule=with_lr only.
+        """
         salt = copy.deepcopy(salt)
         resolve(salt, total_steps)
         kind = methods.method(salt.method)
-        weight, share = _weight(salt, kind), _share(salt, kind)
+        weight, share = _weight(salt, kind, total_steps, lr), _share(salt, kind)
         if not kind.teacher:
             end = 0
         elif not kind.kd_ends:
             end = total_steps
         elif salt.switch == "adaptive":
             end = salt.adaptive_max_steps
+        elif salt.weight_schedule != "step":
+            end = salt.kd_steps
         elif salt.transition == "ratio":  # KD ends with the last step that has a KD row, not when the share is 0
             steps = np.arange(salt.kd_steps, salt.kd_steps + salt.transition_steps + 1)
             has_rows = np.asarray(kd_rows(share, jnp.asarray(steps, jnp.int32), batch_size)) > 0
@@ -127,7 +188,7 @@ class KDPhase:
         else:
             end = salt.kd_steps
         end = min(end, total_steps)
-        phase = cls(kind, salt, salt.kd_steps, weight, share, end, end)
+        phase = cls(kind, salt, salt.kd_steps, weight, _temperature(salt, kind), share, end, end)
         if switch_step >= 0:
             phase.switched_at(switch_step)
         return phase

@@ -13,7 +13,16 @@ token). A sequence with an empty K gets score NaN and is never
 selected. The median of an even count is the mean of the two middle values
 (as numpy.median).
 
-Scores of a pool are computed by a jitted, sharded teacher pass, saved next to
+That is the paper's rule (config.salt.ds_rule=median_topk). Two others rank by
+per-sequence means over real tokens (`rule_scores`):
+
+    loss        mean l_t                                          the teacher's plain loss
+    difference  mean (log p_T - log p_R) = mean l^R_t - mean l_t  MiniPLM's difference sampling (Gu et
+                                                                  al., ICLR 2025), R a smaller reference
+                                                                  model: where the teacher has learnt
+                                                                  most beyond it
+
+Every rule keeps the highest scores. Scores of a pool are computed by a jitted, sharded teacher pass, saved next to
 the token cache (keyed by teacher fingerprint, k and pool) and reused; a pass
 that stops half-way resumes from its last saved chunk.
 """
@@ -153,6 +162,23 @@ def _save_npz(path: str, **arrays) -> None:
         paths.write_atomic(path, buf.getvalue())
 
 
+RULES = ("median_topk", "difference", "loss")  # config.salt.ds_rule
+
+
+def rule_scores(rule: str, scores: dict[str, np.ndarray], reference: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """The pool's ranking score under `rule` (higher = kept first); `reference`: the reference model's
+    `score_pool` output (difference only)."""
+    if rule == "median_topk":
+        return scores["score"]
+    if rule == "loss":
+        return scores["mean_loss"]
+    if rule == "difference":
+        if reference is None:
+            raise ValueError("ds_rule=difference needs the reference model's scores")
+        return reference["mean_loss"] - scores["mean_loss"]
+    raise ValueError(f"unknown selection rule {rule!r}")
+
+
 def select(scores: np.ndarray, keep_fraction: float, band_low: float = 0.0, band_high: float = 100.0,
            seed: int = 0) -> np.ndarray:
     """Positions (into the pool) of the kept sequences, in a seeded random order.
@@ -183,13 +209,15 @@ def select(scores: np.ndarray, keep_fraction: float, band_low: float = 0.0, band
     return kept[rng.permutation(n_keep)]
 
 
-def summary(scores: dict[str, np.ndarray], kept: np.ndarray, k: int, keep_fraction: float, band: tuple) -> dict:
-    """Selection statistics for the run's outputs."""
-    s = scores["score"]
+def summary(scores: dict[str, np.ndarray], kept: np.ndarray, k: int, keep_fraction: float, band: tuple,
+            rule: str = "median_topk", ranked: np.ndarray | None = None) -> dict:
+    """Selection statistics for the run's outputs (`ranked`: the rule's scores, default the paper's)."""
+    s = scores["score"] if ranked is None else ranked
     finite = s[np.isfinite(s)]
     q = lambda x: {f"p{p}": float(np.percentile(x, p)) for p in (0, 10, 25, 50, 75, 90, 100)}  # noqa: E731
     return {
-        "pool": int(len(s)), "kept": int(len(kept)), "no_topk_tokens": int(np.sum(~np.isfinite(s))),
+        "rule": rule, "pool": int(len(s)), "kept": int(len(kept)),
+        "no_topk_tokens": int(np.sum(~np.isfinite(scores["score"]))),
         "topk": k, "keep_fraction": keep_fraction, "band_percentiles": list(band),
         "score_quantiles_pool": q(finite), "score_quantiles_kept": q(s[kept]),
         "scoring_seconds": float(scores.get("seconds", 0.0)),

@@ -52,8 +52,15 @@ class Teacher:
     fingerprint: str
     tokenizer: str  # the fingerprint of the tokenizer it was trained with
 
+    cached = False  # (salt_jax.kd.teacher_cache.CachedTeacher stands in for it with cached logits)
+
     def identity(self) -> dict:
         return {"checkpoint": self.checkpoint, "fingerprint": self.fingerprint}
+
+    def inputs(self, step: int):
+        """What the KD step of `step` takes as its teacher argument: the parameters."""
+        del step
+        return self.params
 
     def release(self) -> None:
         """Frees the teacher's device memory (after the KD phase)."""

@@ -24,6 +24,8 @@ _SIZES = {
     # The repro experiment: many short CPU runs (SentencePiece vocabulary of 2048).
     "repro-teacher": (2048, 64, 2, 2, 1, 32, 192, 256, True),
     "repro-student": (2048, 128, 3, 4, 2, 32, 352, 256, True),
+    # The ablation's second, smaller teacher (and MiniPLM reference model).
+    "repro-teacher-small": (2048, 48, 1, 2, 1, 24, 128, 256, True),
     # One accelerator (32K vocabulary).
     "gpu-25m": (32000, 384, 8, 6, 2, 64, 1024, 1024, True),
     "gpu-50m": (32000, 512, 11, 8, 4, 64, 1408, 1024, True),

@@ -105,17 +105,18 @@ def parse_steps(spec: str, field: str) -> tuple[int, ...]:
 
 
 class KillHooks:
-    """SIGKILL at "step:N" (after step N has run, once earlier checkpoints are on disk) or "save:N"
-    (while checkpoint N is being written, before it is complete)."""
+    """SIGKILL at "step:N" (after step N has run, once earlier checkpoints are on disk), "save:N"
+    (while checkpoint N is being written, before it is complete) or "cache:N" (after the teacher cache's
+    file of step N is written, salt_jax.kd.teacher_cache)."""
 
-    POINTS = ("step", "save")
+    POINTS = ("step", "save", "cache")
 
     def __init__(self, spec: str):
         self.points = set()
         for item in filter(None, (x.strip() for x in spec.split(","))):
             kind, _, n = item.partition(":")
             if kind not in self.POINTS or not n.isdigit():
-                raise UserError(f"config.train.debug_kill={spec!r}: use comma-separated step:N or save:N")
+                raise UserError(f"config.train.debug_kill={spec!r}: use comma-separated step:N, save:N or cache:N")
             self.points.add((kind, int(n)))
 
     def wants(self, kind: str, step: int) -> bool:

@@ -129,7 +129,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     r.end_kd_phase(step)
                     meter.compiles()
                 meter.before_step()
-                r.state, step_metrics = r.steps.train(r.state, r.batch(step), r.teacher_params())
+                r.state, step_metrics = r.steps.train(r.state, r.batch(step), r.teacher_input(step))
                 meter.after_step(step + 1, step_metrics)
                 hooks.run(step + 1, step_metrics)
                 if preempted is not None:

@@ -9,6 +9,7 @@ select the KD phase's sequences.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -26,6 +27,7 @@ from salt_jax.data import store
 from salt_jax.errors import UserError
 from salt_jax.kd import objective, schedules, selection
 from salt_jax.kd import teacher as teacher_lib
+from salt_jax.kd import teacher_cache
 from salt_jax.kd.schedules import KDPhase
 from salt_jax.model import checkpoints, sharding
 from salt_jax.model.flops import RunFlops, param_count
@@ -101,8 +103,9 @@ class Run:
         rows = self.prefetch.take(step, source) if self.prefetch is not None else None
         return source.device(step, self.steps.batch_sharding, rows)
 
-    def teacher_params(self):
-        return None if self.teacher is None else self.teacher.params
+    def teacher_input(self, step: int):
+        """The KD step's teacher argument at `step`: the teacher's parameters, or the batch's cached targets."""
+        return None if self.teacher is None else self.teacher.inputs(step)
 
     def end_kd_phase(self, step: int) -> None:
         """From `step` on, train with the teacher-free step and free the teacher's memory."""
@@ -146,18 +149,60 @@ def _load_teacher(config, tok, mesh, previous: dict) -> teacher_lib.Teacher:
     return teacher
 
 
-def _selected_batches(config, cache, teacher, mesh, pad_id: int, phase: KDPhase, workdir: str):
+def _cached_teacher(config, cache, tok, mesh, previous: dict, phase: KDPhase, workdir: str):
+    """teacher_logits=cache: the KD phase's sparse teacher targets, built first where missing (the teacher is
+    loaded for that and released), read step by step while the phase lasts."""
+    online = _load_teacher(config, tok, mesh, previous)
+    spec = teacher_cache.Spec.of(config, online.fingerprint, cache.directory, phase.scheduled_end)
+    directory = spec.directory(cache.directory)
+    kill = faults.KillHooks(config.train.debug_kill)
+    manifest = teacher_cache.build(online, batches_lib.Batches(cache.train, config.data.batch_size, config.data.seed),
+                                   spec, directory, mesh, tok.pad_id, config.model.vocab_size,
+                                   written=lambda step: kill.maybe_kill("cache", step))
+    online.release()
+    if jax.process_index() == 0:
+        paths.write_json(paths.join(workdir, "teacher_cache.json"), dict(manifest, directory=directory))
+    return teacher_cache.CachedTeacher(directory, manifest, spec, mesh, online.checkpoint)
+
+
+def _load_reference(config, teacher: teacher_lib.Teacher, tok_fp: str, mesh) -> teacher_lib.Teacher:
+    """ds_rule=difference: the reference model (config.salt.ds_reference), read like a teacher."""
+    ref_salt = copy.deepcopy(config.salt)
+    ref_salt.teacher, ref_salt.teacher_preset = config.salt.ds_reference, ""
+    try:
+        ref = teacher_lib.load_teacher(ref_salt, config.model, tok_fp, mesh)
+    except UserError as e:  # its errors name the field the reference comes from
+        raise UserError(str(e).replace("config.salt.teacher", "config.salt.ds_reference")) from None
+    if ref.fingerprint == teacher.fingerprint:
+        raise UserError(f"config.salt.ds_reference={config.salt.ds_reference}: is the teacher itself, so every "
+                        "difference score is 0; use a smaller checkpoint than the teacher")
+    logging.info("SALT_DS reference %s: %s parameters", ref.checkpoint, f"{param_count(ref.config):,}")
+    return ref
+
+
+def _selected_batches(config, cache, teacher, mesh, tok, phase: KDPhase, workdir: str):
     """SALT_DS: score the pool with the teacher, select, and batch the KD phase from the selection."""
     salt, cfg_d = config.salt, config.data
+    pad_id, tok_fp = tok.pad_id, tok.fingerprint()
     pool_size = salt.ds_pool_size
     if pool_size == -1:  # enough sequences that the KD phase sees each kept one about once
         pool_size = min(cache.train.n_rows, int(np.ceil(phase.end * cfg_d.batch_size / salt.ds_keep_fraction)))
     rows = selection.pool_rows(cache.train.n_rows, pool_size, salt.ds_seed)
     scores = selection.score_pool(teacher, cache, rows, salt.ds_topk, cfg_d.batch_size, mesh, pad_id)
-    kept = selection.select(scores["score"], salt.ds_keep_fraction, salt.ds_band_low, salt.ds_band_high,
-                            salt.ds_seed)
+    reference = None
+    if salt.ds_rule == "difference":
+        ref = _load_reference(config, teacher, tok_fp, mesh)
+        reference = selection.score_pool(ref, cache, rows, salt.ds_topk, cfg_d.batch_size, mesh, pad_id)
+        ref.release()
+        scores = dict(scores, seconds=scores["seconds"] + reference["seconds"])
+    ranked = selection.rule_scores(salt.ds_rule, scores, reference)
+    kept = selection.select(ranked, salt.ds_keep_fraction, salt.ds_band_low, salt.ds_band_high, salt.ds_seed)
     info = selection.summary(scores, kept, salt.ds_topk, salt.ds_keep_fraction, (salt.ds_band_low,
-                                                                                 salt.ds_band_high))
+                                                                                 salt.ds_band_high),
+                             salt.ds_rule, ranked)
+    if reference is not None:
+        info.update(reference_mean_loss_pool=float(np.nanmean(reference["mean_loss"])),
+                    reference_mean_loss_kept=float(np.nanmean(reference["mean_loss"][kept])))
     selection.write_summary(workdir, info)
     logging.info("SALT_DS: kept %d of %d pooled sequences (median score %.3f kept vs %.3f pool)", info["kept"],
                  info["pool"], info["score_quantiles_kept"]["p50"], info["score_quantiles_pool"]["p50"])
@@ -208,8 +253,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     else:
         logging.info("resuming %s from step %d", workdir, start)
     phase = KDPhase.from_config(config.salt, cfg_t.steps, cfg_d.batch_size,
-                                switch_step=int(jax.device_get(state.kd["switch_step"])))
-    teacher = _load_teacher(config, tok, mesh, previous) if phase.active(start) else None
+                                switch_step=int(jax.device_get(state.kd["switch_step"])), lr=lr_schedule)
+    teacher = None
+    if phase.active(start):
+        teacher = (_cached_teacher(config, cache, tok, mesh, previous, phase, workdir)
+                   if config.salt.teacher_logits == "cache" else _load_teacher(config, tok, mesh, previous))
 
     if jax.process_index() == 0:
         workdir_lib.write_config(config, workdir)
@@ -227,7 +275,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     batches = batches_lib.Batches(cache.train, cfg_d.batch_size, cfg_d.seed)
     kd_batches = batches
     if phase.kind.selects_data and teacher is not None:
-        kd_batches = _selected_batches(config, cache, teacher, mesh, tok.pad_id, phase, workdir)
+        kd_batches = _selected_batches(config, cache, teacher, mesh, tok, phase, workdir)
     return Run(config=config, workdir=workdir, cache=cache, pad_id=tok.pad_id, mesh=mesh, state=state, start=start,
                previous=previous, phase=phase, teacher=teacher, steps=steps, batches=batches, kd_batches=kd_batches,
                eval_set=batches_lib.eval_batches(cache.heldout, cfg_d.batch_size, cfg_d.eval_batches, tok.pad_id),

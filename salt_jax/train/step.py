@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
+from salt_jax.kd import sparse
 from salt_jax.kd.losses import split_tokens
 from salt_jax.kd.schedules import KDPhase, kd_rows
 from salt_jax.model import sharding
@@ -72,20 +73,24 @@ def kd_row_weights(phase: KDPhase, state, targets):
 
 
 def make_objective(model: nn.Module, loss, pad_id: int, guard: Guard = Guard(), teacher_model=None,
-                   phase: KDPhase | None = None):
-    """The step's objective `(params, teacher_params, state, tokens) -> (mean loss, sums)`.
+                   phase: KDPhase | None = None, cached: bool = False):
+    """The step's objective `(params, teacher_input, state, tokens) -> (mean loss, sums)`.
 
-    With a teacher: ((1 - w_t) NTP + w_t KD) averaged over real tokens, w_t from
-    `phase`; without: the next-token loss (teacher_params is ignored).
+    With a teacher: ((1 - w_t) NTP + w_t KD) averaged over real tokens, w_t and
+    tau from `phase`; `teacher_input` is the teacher's parameters, or with
+    `cached` the batch's sparse teacher targets (salt_jax.kd.sparse.Targets).
+    Without: the next-token loss (teacher_input is ignored).
     """
+    kd = teacher_model is not None or cached
 
-    def objective(params, teacher_params, state, tokens):
+    def objective(params, teacher_input, state, tokens):
         inputs, targets, mask = split_tokens(tokens, pad_id)
-        if teacher_model is None:
+        if not kd:
             stats = loss(model, params, inputs, targets, mask)
         else:
             w_rows, w_mean = kd_row_weights(phase, state, targets)
-            stats = loss(model, params, inputs, targets, mask, (teacher_model, teacher_params), w_rows)
+            teacher = sparse.Targets(*teacher_input) if cached else (teacher_model, teacher_input)
+            stats = loss(model, params, inputs, targets, mask, teacher, w_rows, phase.temperature(state.step))
             stats["kd_weight"] = w_mean
         return _poison(stats["loss_sum"] / jnp.maximum(stats["tokens"], 1.0), state.step, guard), stats
 
@@ -93,8 +98,8 @@ def make_objective(model: nn.Module, loss, pad_id: int, guard: Guard = Guard(), 
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_schedule, pad_id: int, loss,
-                    guard: Guard = Guard(), teacher_model=None, phase: KDPhase | None = None):
-    """One training step: (state, tokens[, teacher_params]) -> (state, metrics).
+                    guard: Guard = Guard(), teacher_model=None, phase: KDPhase | None = None, cached: bool = False):
+    """One training step: (state, tokens[, teacher input]) -> (state, metrics).
 
     Forward, backward, clipping and the AdamW update of the student. With
     `teacher_model` (and the run's KD `phase`) it is the SALT step: the frozen
@@ -102,9 +107,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_sched
     optimizer state), w(step) and the KD share are read in-graph from the step
     counter, and with salt.switch=adaptive the step records when the smoothed
     student NTP loss reaches the smoothed teacher NTP loss (+ margin).
-    `guard` says what to do about non-finite steps (see Guard).
+    `guard` says what to do about non-finite steps (see Guard). With `cached`
+    the teacher input is the batch's cached sparse targets instead of the
+    teacher's parameters: the same step with no teacher forward.
     """
-    objective = make_objective(model, loss, pad_id, guard, teacher_model, phase)
+    objective = make_objective(model, loss, pad_id, guard, teacher_model, phase, cached)
+    kd = teacher_model is not None or cached
 
     def step(state, tokens, teacher_params=None):
         (value, stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params, teacher_params, state,
@@ -112,7 +120,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_sched
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         kd_state = state.kd
-        if teacher_model is None:
+        if not kd:
             stats = dict(stats, ntp_sum=stats["loss_sum"])
         elif phase.adaptive:
             n = jnp.maximum(stats["tokens"], 1.0)
@@ -122,7 +130,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_sched
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, kd=kd_state)
         return _guarded(state, new_state, metrics, guard)
 
-    if teacher_model is None:  # the teacher-free program takes no teacher argument (nothing to shard or donate)
+    if not kd:  # the teacher-free program takes no teacher argument (nothing to shard or donate)
         return lambda state, tokens: step(state, tokens)
     return step
 
@@ -172,9 +180,9 @@ class CompiledSteps:
         self._eval = jax.jit(make_eval_step(model, pad_id, loss),
                              in_shardings=(state_shardings.params, self.batch_sharding), out_shardings=rep)
         self._kd_train = None
-        if teacher is not None:
+        if teacher is not None:  # (a cached teacher's input is the batch's sparse targets, sharded like it)
             self._kd_train = jax.jit(make_train_step(model, tx, lr_schedule, pad_id, loss, guard, teacher.model,
-                                                     phase),
+                                                     phase, cached=teacher.cached),
                                      in_shardings=(state_shardings, self.batch_sharding, teacher.shardings),
                                      out_shardings=(state_shardings, rep), donate_argnums=0)
 

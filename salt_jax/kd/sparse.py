@@ -1,0 +1,128 @@
+"""KD from sparse teacher targets: a few ids and log-probs per position instead of the full logits.
+
+Offline ("cached") KD stores, per training position, k teacher ids with their
+log-probs under the tempered teacher p = softmax(z_T / tau) (`from_logits`).
+The student's loss then needs no teacher forward. Three readings of the k
+slots (config.salt.cache_targets), each a target distribution r over the slots:
+
+    topk        r = p renormalised over its top k                (biased: the tail's mass is dropped)
+    topk_other  r = p on the top k, plus one "other" bucket holding the rest of p's mass, matched
+                against the student's mass outside the top k    (= full forward KL when k = V)
+    sampled     k ids drawn from p with replacement, r = 1/k each (Sparse Logit Sampling, ACL 2025:
+                the proposal is p itself, so every importance weight is 1/k; the gradient is unbiased)
+
+Per position, with q = softmax(z_S / tau), c_j the slots' target log-probs
+(log r_j for topk; log p_j for topk_other and sampled, so that the value is
+KL(p || q) when k = V, or its unbiased estimate when sampled), r_o / c_o the
+other bucket and q_o = 1 - sum of q over the top-k ids:
+
+    KD = tau^2 [ sum_j r_j (c_j - log q_{id_j}) + r_o (c_o - log q_o) ]
+    d KD / d z_S = tau (q - r_V),  r_V = r scattered onto the vocabulary (repeated ids add up), plus
+                   r_o q_i / q_o on every id outside the top k (q times sum(r) + r_o, not q, when
+                   float16 storage leaves that sum a little off 1)
+
+`kd_per_token` is the reference (autodiff through full student log-probs);
+`kd_value_and_grad` the closed form used chunk by chunk in
+salt_jax.kd.chunked_loss. Both are pure functions of arrays.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+KINDS = ("topk", "topk_other", "sampled")
+_FAR = -1e30  # stands in for log 0 where a log-sum-exp would otherwise see only -inf (its gradient is NaN)
+
+
+class Targets(NamedTuple):
+    """One batch's sparse teacher targets (leading dims [b, t]; each a jax or NumPy array)."""
+
+    ids: jax.Array  # [b, t, k] int: the top-k (or sampled) vocabulary ids
+    logp: jax.Array  # [b, t, k] float: log p_tau(id) under the tempered teacher
+    other: jax.Array  # [b, t] float: log of p_tau's mass outside the top-k ids (-inf: none; 0 when sampled)
+    target_logp: jax.Array  # [b, t] float: the untempered teacher's log-prob of the target (its NTP loss)
+
+
+def from_logits(teacher_logits: jax.Array, targets: jax.Array, k: int, kind: str, tau: float,
+                key: jax.Array | None = None) -> Targets:
+    """The sparse targets of one batch from the teacher's logits [b, t, V] (what the cache stores)."""
+    z = teacher_logits.astype(jnp.float32)
+    logp = jax.nn.log_softmax(z / tau, axis=-1)
+    target_logp = jnp.take_along_axis(jax.nn.log_softmax(z, axis=-1), targets[..., None], axis=-1)[..., 0]
+    if kind == "sampled":
+        if key is None:
+            raise ValueError("sampled targets need a PRNG key")
+        cdf = jnp.cumsum(jnp.exp(logp), axis=-1)  # inverse-CDF sampling: no [.., k, V] noise tensor
+        u = jax.random.uniform(key, (*z.shape[:-1], k), jnp.float32) * cdf[..., -1:]
+        flat = jax.vmap(jnp.searchsorted)(cdf.reshape(-1, z.shape[-1]), u.reshape(-1, k))
+        ids = jnp.minimum(flat.reshape(u.shape), z.shape[-1] - 1).astype(jnp.int32)
+        return Targets(ids, jnp.take_along_axis(logp, ids, axis=-1), jnp.zeros(z.shape[:-1], jnp.float32),
+                       target_logp)
+    top, ids = jax.lax.top_k(logp, k)
+    rest = _masked_lse(logp, ids)  # log of the mass outside the top k, from the logits (no 1 - sum rounding)
+    return Targets(ids.astype(jnp.int32), top, jnp.where(rest <= _FAR / 2, -jnp.inf, rest), target_logp)
+
+
+def _in_top(ids: jax.Array, vocab: int) -> jax.Array:
+    """[.., V] bool: which vocabulary entries are among `ids` [.., k]."""
+    flat = ids.reshape(-1, ids.shape[-1])
+    hit = jax.vmap(lambda i: jnp.zeros(vocab, bool).at[i].set(True))(flat)
+    return hit.reshape(*ids.shape[:-1], vocab)
+
+
+def _masked_lse(log_probs: jax.Array, ids: jax.Array) -> jax.Array:
+    """log sum exp of `log_probs` [.., V] over the entries not in `ids` (about _FAR when none is left)."""
+    return jax.nn.logsumexp(jnp.where(_in_top(ids, log_probs.shape[-1]), _FAR, log_probs), axis=-1)
+
+
+def slot_weights(t: Targets, kind: str):
+    """(r [.., k], c [.., k], r_o [..], c_o [..]): the target distribution over the slots and the bucket."""
+    logp = t.logp.astype(jnp.float32)
+    if kind == "topk":
+        c = jax.nn.log_softmax(logp, axis=-1)
+        r_o = jnp.zeros(logp.shape[:-1], jnp.float32)
+        return jnp.exp(c), c, r_o, r_o
+    if kind == "sampled":
+        r_o = jnp.zeros(logp.shape[:-1], jnp.float32)
+        return jnp.full(logp.shape, 1.0 / logp.shape[-1], jnp.float32), logp, r_o, r_o
+    if kind == "topk_other":
+        other = t.other.astype(jnp.float32)
+        r_o = jnp.where(jnp.isfinite(other), jnp.exp(other), 0.0)
+        return jnp.exp(logp), logp, r_o, jnp.where(r_o > 0, other, 0.0)
+    raise ValueError(f"unknown sparse targets {kind!r}")
+
+
+def _value(log_q: jax.Array, t: Targets, kind: str) -> jax.Array:
+    """sum_j r_j (c_j - log q_j) + r_o (c_o - log q_o) per position, from the student's log q [.., V]."""
+    r, c, r_o, c_o = slot_weights(t, kind)
+    value = jnp.sum(r * (c - jnp.take_along_axis(log_q, t.ids, axis=-1)), axis=-1)
+    if kind != "topk_other":
+        return value
+    log_qo = _masked_lse(log_q, t.ids)
+    return value + jnp.where(r_o > 0, r_o * (c_o - log_qo), 0.0)
+
+
+def kd_per_token(student_logits: jax.Array, t: Targets, tau, kind: str) -> jax.Array:
+    """The reference: per-position KD [b, t] against sparse targets, scaled by tau^2 (autodiff gradients)."""
+    log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / tau, axis=-1)
+    return tau * tau * _value(log_q, t, kind)
+
+
+def kd_value_and_grad(s_logits: jax.Array, t: Targets, tau, kind: str):
+    """Per-position KD [..] and its gradient w.r.t. the student logits [.., V], in closed form."""
+    vocab = s_logits.shape[-1]
+    log_q = jax.nn.log_softmax(s_logits / tau, axis=-1)
+    q = jnp.exp(log_q)
+    r, _, r_o, _ = slot_weights(t, kind)
+    flat_ids, flat_r = t.ids.reshape(-1, t.ids.shape[-1]), r.reshape(-1, r.shape[-1])
+    r_v = jax.vmap(lambda i, w: jnp.zeros(vocab, jnp.float32).at[i].add(w))(flat_ids, flat_r)
+    r_v = r_v.reshape(q.shape)
+    if kind == "topk_other":  # the bucket's mass spread over the ids outside the top k, in proportion to q
+        log_qo = _masked_lse(log_q, t.ids)
+        spread = r_o[..., None] * jnp.exp(jnp.minimum(log_q - log_qo[..., None], 0.0))
+        r_v = r_v + jnp.where(~_in_top(t.ids, vocab) & (r_o[..., None] > 0), spread, 0.0)
+    total = jnp.sum(r, axis=-1) + r_o  # 1 up to the stored log-probs' rounding; the exact derivative keeps it
+    return tau * tau * _value(log_q, t, kind), tau * (q * total[..., None] - r_v)

@@ -1,0 +1,192 @@
+"""Offline KD: the teacher's sparse targets for every KD-phase batch, computed once, stored beside the tokens.
+
+A run with config.salt.teacher_logits=cache trains its KD phase from these
+files instead of running the teacher inside the step (salt_jax.kd.sparse
+says what is stored and how the loss reads it). Batches are step-indexed, so
+the targets of step s belong to the batch of step s of any run with the same
+token store, data seed, batch size and sequence length: students that differ
+in anything else (model, learning rate, KD weight, ...) share one cache.
+
+Layout: <token store>/teacher_logits/<kind>-k<k>-<key>/ with one file per
+(step, host row range), `step0000012-rows0-8.npz` (ids, logp, other,
+target_logp), each written atomically, and `manifest.json` once every step is
+there. Every host runs the sharded teacher pass together and writes the rows
+it holds; a reader with another host count reads the files covering its rows.
+A build that stops (kill, preemption) resumes at the first missing step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from salt_jax import paths
+from salt_jax.data.batches import Batches, host_rows
+from salt_jax.errors import UserError
+from salt_jax.kd import losses, sparse
+from salt_jax.model import sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """What a cache holds: everything its contents depend on (its directory name hashes these)."""
+
+    teacher: str  # the teacher checkpoint's fingerprint
+    store: str  # the token store's directory name (source, tokenizer and sequence length)
+    data_seed: int
+    batch_size: int
+    seq_len: int
+    steps: int  # the KD-phase steps covered: 0 .. steps - 1
+    kind: str  # topk | topk_other | sampled (topk and topk_other store the same thing)
+    k: int
+    temperature: float
+    dtype: str  # float16 | float32
+
+    @classmethod
+    def of(cls, config, teacher_fingerprint: str, store_dir: str, steps: int) -> "Spec":
+        s, d = config.salt, config.data
+        return cls(teacher_fingerprint, store_dir.rstrip("/").rsplit("/", 1)[-1], int(d.seed), int(d.batch_size),
+                   int(d.seq_len), int(steps), s.cache_targets, int(s.cache_k), float(s.temperature),
+                   s.cache_dtype)
+
+    @property
+    def stored(self) -> str:
+        return "sampled" if self.kind == "sampled" else "topk"
+
+    def directory(self, store_dir: str) -> str:
+        fields = dataclasses.asdict(self)
+        fields.update(kind=self.stored, steps=0)  # one cache serves both top-k readings, and shorter phases
+        key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+        return paths.join(store_dir, "teacher_logits", f"{self.stored}-k{self.k}-{key}")
+
+
+def _file(directory: str, step: int, rows: slice) -> str:
+    return paths.join(directory, f"step{step:07d}-rows{rows.start}-{rows.stop}.npz")
+
+
+def _program(model, shardings, spec: Spec, mesh, pad_id: int):
+    """(teacher params, tokens, step) -> this batch's sparse targets, sharded like the batch."""
+    def targets_fn(params, tokens, step):
+        inputs, targets, _ = losses.split_tokens(tokens, pad_id)
+        key = jax.random.fold_in(jax.random.key(spec.data_seed), step)
+        return sparse.from_logits(model.apply({"params": params}, inputs), targets, spec.k, spec.stored,
+                                  spec.temperature, key)
+
+    batch = sharding.batch_sharding(mesh)
+    return jax.jit(targets_fn, in_shardings=(shardings, batch, None),
+                   out_shardings=sparse.Targets(batch, batch, batch, batch))
+
+
+def _local_rows(x: jax.Array) -> np.ndarray:
+    """This host's rows of a batch-sharded global array, in order."""
+    parts = {}
+    for shard in x.addressable_shards:
+        parts.setdefault(shard.index[0].start or 0, np.asarray(shard.data))
+    return np.concatenate([parts[k] for k in sorted(parts)])
+
+
+def _encode(t: sparse.Targets, spec: Spec, vocab: int) -> bytes:
+    dt = np.dtype(spec.dtype)
+    ids = np.asarray(t.ids, np.uint16 if vocab <= 2 ** 16 else np.int32)
+    buf = io.BytesIO()
+    np.savez(buf, ids=ids, logp=np.asarray(t.logp, dt), other=np.asarray(t.other, dt),
+             target_logp=np.asarray(t.target_logp, dt))
+    return buf.getvalue()
+
+
+def build(teacher, batches: Batches, spec: Spec, directory: str, mesh, pad_id: int, vocab: int,
+          written: Callable[[int], None] = lambda step: None) -> dict:
+    """Writes the targets of steps 0 .. spec.steps - 1 that are missing; returns the manifest.
+
+    `written(step)` runs after each step's file is on disk (the kill drill's hook).
+    """
+    manifest_path = paths.join(directory, "manifest.json")
+    if paths.exists(manifest_path):
+        return paths.read_json(manifest_path)
+    paths.makedirs(directory)
+    rows = host_rows(spec.batch_size)
+    first = next((s for s in range(spec.steps) if not paths.exists(_file(directory, s, rows))), spec.steps)
+    if jax.process_count() > 1:  # every host runs the same (collective) steps: from the earliest missing one
+        first = int(multihost_utils.process_allgather(np.int64(first)).min())
+    if first:
+        logging.info("teacher cache: resuming at step %d of %d", first, spec.steps)
+    fn = _program(teacher.model, teacher.shardings, spec, mesh, pad_id)
+    t0, last = time.time(), time.time()
+    for step in range(first, spec.steps):
+        tokens = batches.device(step, sharding.batch_sharding(mesh))
+        with sharding.on_mesh(mesh):
+            out = fn(teacher.params, tokens, np.int32(step))
+        local = sparse.Targets(*(_local_rows(a) for a in out))
+        paths.write_atomic(_file(directory, step, rows), _encode(local, spec, vocab))
+        written(step)
+        if time.time() - last > 10:
+            logging.info("teacher cache: step %d/%d", step + 1, spec.steps)
+            last = time.time()
+    seconds = time.time() - t0
+    size = paths.getsize(_file(directory, 0, rows)) if spec.steps else 0
+    manifest = {**dataclasses.asdict(spec), "kind": spec.stored, "complete": True,
+                "hosts": jax.process_count(), "build_seconds": seconds,
+                "bytes_per_token": size / max(rows.stop - rows.start, 1) / spec.seq_len}
+    if jax.process_index() == 0:
+        paths.write_json(manifest_path, manifest)
+    logging.info("teacher cache: %d steps in %.1f s, %.0f bytes per token, in %s", spec.steps, seconds,
+                 manifest["bytes_per_token"], directory)
+    return manifest
+
+
+class CachedTeacher:
+    """Stands in for the teacher in the KD step: `inputs(step)` is that batch's sparse targets on the mesh."""
+
+    cached = True
+    model = None
+    config = None  # no teacher FLOPs at training time: they were spent building the cache
+
+    def __init__(self, directory: str, manifest: dict, spec: Spec, mesh, checkpoint: str):
+        need = {"steps": spec.steps}
+        if not manifest.get("complete") or manifest["steps"] < need["steps"]:
+            raise UserError(f"{directory}: the teacher cache covers {manifest.get('steps')} steps, the KD phase "
+                            f"needs {spec.steps}; delete the directory to rebuild it")
+        self.directory, self.manifest, self.spec, self.mesh = directory, manifest, spec, mesh
+        self.fingerprint, self.checkpoint = spec.teacher, checkpoint
+        batch = sharding.batch_sharding(mesh)
+        self.shardings = sparse.Targets(batch, batch, batch, batch)
+        self.params = True  # (held: the loop asks for inputs while the KD phase lasts)
+
+    def identity(self) -> dict:
+        return {"checkpoint": self.checkpoint, "fingerprint": self.fingerprint, "cache": self.directory}
+
+    def _read(self, step: int, rows: slice) -> list[np.ndarray]:
+        """Rows `rows` of step `step` from the files that cover them (one file when the host count is the
+        cache's)."""
+        per = self.spec.batch_size // self.manifest["hosts"]
+        parts = []
+        for first in range(rows.start - rows.start % per, rows.stop, per):
+            path = _file(self.directory, step, slice(first, first + per))
+            try:
+                with paths.open(path, "rb") as fh, np.load(io.BytesIO(fh.read())) as f:
+                    arrays = [f[name] for name in sparse.Targets._fields]
+            except (OSError, ValueError, KeyError) as e:
+                raise UserError(f"{path}: unreadable teacher cache file ({e}); delete {self.directory} to "
+                                "rebuild the cache") from None
+            lo, hi = max(rows.start, first) - first, min(rows.stop, first + per) - first
+            parts.append([a[lo:hi] for a in arrays])
+        return [np.concatenate(p) for p in zip(*parts)]
+
+    def inputs(self, step: int) -> sparse.Targets:
+        rows = host_rows(self.spec.batch_size)
+        arrays = self._read(step, rows)
+        casts = (np.int32, np.float32, np.float32, np.float32)
+        return sparse.Targets(*(jax.make_array_from_process_local_data(
+            sh, a.astype(c), (self.spec.batch_size, *a.shape[1:])) for sh, a, c in zip(self.shardings, arrays, casts)))
+
+    def release(self) -> None:
+        self.params = None
