@@ -2,12 +2,16 @@
 
     python -m salt_jax.bench --student=demo-student --teacher=demo-teacher --batch=16 --seq=128 \
         [--vocab=0] [--dtype=float32] [--teacher-dtype=] [--loss=dense] [--chunk=256] [--remat=none] \
-        [--attention=auto] [--repeats=20] [--loss-only] [--no-loss-bench] [--out=bench.json]
+        [--attention=auto] [--repeats=20] [--loss-only] [--no-loss-bench] [--cache-k=64] \
+        [--cache-targets=topk] [--out=bench.json]
 
 Steps: compile time and median step time of the baseline step and of the KD
 step (the teacher's forward on every step), their ratio next to the FLOP model
 1 + F_T / (3 F_S) (`salt_jax.model.flops`), tokens/s and MFU (when the device's
 peak is known), and each compiled step's memory from XLA's memory analysis.
+With --cache-k > 0 also the KD step from cached sparse teacher targets
+(config.salt.teacher_logits=cache: no teacher forward), its ratio to the
+baseline, and the cache's bytes per token.
 
 Loss: forward + backward of the SALT loss alone from random hidden states
 (student and teacher widths, the vocabulary given), dense logits vs
@@ -27,6 +31,7 @@ import argparse
 import json
 import statistics
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +40,7 @@ import numpy as np
 from flax import linen as nn
 
 from salt_jax.config import base_config, set_method
-from salt_jax.kd import chunked_loss, losses, objective
+from salt_jax.kd import chunked_loss, losses, objective, sparse
 from salt_jax.kd.schedules import KDPhase
 from salt_jax.kd.teacher import Teacher
 from salt_jax.model import flops, presets, sharding
@@ -91,7 +96,16 @@ def model_configs(a) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDi
     return config, t_cfg
 
 
-def bench_steps(config, t_cfg, repeats: int) -> dict:
+def _random_targets(batch: int, seq: int, vocab: int, k: int, sharding_) -> sparse.Targets:
+    """Sparse targets of the shapes and dtypes a cache feeds the step (random: speed does not depend on them)."""
+    r = np.random.default_rng(2)
+    logp = np.log(r.dirichlet(np.ones(k + 1), size=(batch, seq)).astype(np.float32))
+    arrays = (np.stack([r.choice(vocab, k, replace=False) for _ in range(batch * seq)]).reshape(batch, seq, k)
+              .astype(np.int32), logp[..., :k], logp[..., k], logp[..., 0])
+    return sparse.Targets(*(jax.device_put(a, sharding_) for a in arrays))
+
+
+def bench_steps(config, t_cfg, repeats: int, cache_k: int = 0) -> dict:
     """Baseline and KD step times, their ratio, the FLOP model, MFU and compiled memory."""
     batch, seq = config.data.batch_size, config.data.seq_len
     mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
@@ -128,6 +142,30 @@ def bench_steps(config, t_cfg, repeats: int) -> dict:
     _, kd_times = timed(kd_step, repeats)
     _, base_times2 = timed(base_step, repeats)  # interleaved: guards against drift
     base_med, kd_med = statistics.median(base_times + base_times2), statistics.median(kd_times)
+    cached = {}
+    if cache_k:  # the same KD step, its teacher argument the batch's cached sparse targets
+        stand_in = types.SimpleNamespace(cached=True, model=None,
+                                         shardings=sparse.Targets(*(steps.batch_sharding,) * 4))
+        c_steps = CompiledSteps(model, tx, sched, 0, mesh, shardings, objective.make_loss(config),
+                                teacher=stand_in, phase=phase)
+        targets = _random_targets(batch, seq, config.model.vocab_size, cache_k, steps.batch_sharding)
+
+        def cached_step():
+            holder["state"], m = c_steps.train(holder["state"], tokens, targets)
+            return m
+
+        t0 = time.perf_counter()
+        mem_cached = memory(c_steps.lower(holder["state"], tokens, targets).compile())
+        c_compile = time.perf_counter() - t0
+        _, c_times = timed(cached_step, repeats)
+        _, base_times3 = timed(base_step, repeats)
+        c_med = statistics.median(c_times)
+        id_bytes = 2 if config.model.vocab_size <= 2 ** 16 else 4
+        cached = {"cache_k": cache_k, "cached_compile_s": c_compile, "cached_kd_step_s": c_med,
+                  "cached_ratio": c_med / statistics.median(base_times + base_times2 + base_times3),
+                  "cached_memory": mem_cached,
+                  "cache_bytes_per_token_float16": cache_k * (id_bytes + 2) + 4,
+                  "dense_logits_bytes_per_token_float32": config.model.vocab_size * 4}
     n_s, n_t = param_count(config.model), param_count(t_cfg)
     run = flops.RunFlops.of(config.model, seq, t_cfg, jax.device_count())
     tok = batch * seq
@@ -142,7 +180,7 @@ def bench_steps(config, t_cfg, repeats: int) -> dict:
         "baseline_mfu": run.throughput(tok / base_med, kd_share=0.0)["mfu"],
         "kd_mfu_student": run.throughput(tok / kd_med, kd_share=1.0)["mfu"],
         "kd_mfu_with_teacher": run.throughput(tok / kd_med, kd_share=1.0)["mfu_with_teacher"],
-        "baseline_memory": mem_base, "kd_memory": mem_kd,
+        "baseline_memory": mem_base, "kd_memory": mem_kd, **cached,
     }
 
 
@@ -195,6 +233,7 @@ def print_table(r: dict) -> None:
     print(f"device {r['device']} x{r['devices']} | {r['student']} <- {r['teacher']} | batch {r['batch']} x seq "
           f"{r['seq_len']} | vocab {r['vocab']} | {r['dtype']} (teacher {r['teacher_dtype']}) | loss {r['loss']}")
     s = r.get("steps")
+    batch_tokens = r["batch"] * r["seq_len"]
     if s:
         mfu = lambda x: f"{100 * x:.1f}%" if x is not None else "n/a"  # noqa: E731
         print("| step | compile s | median ms | tokens/s | MFU | temp memory |")
@@ -205,8 +244,16 @@ def print_table(r: dict) -> None:
         print(f"| KD | {s['kd_compile_s']:.1f} | {s['kd_step_s'] * 1e3:.1f} | {s['kd_tokens_per_s']:,.0f} | "
               f"{mfu(s['kd_mfu_student'])} student, {mfu(s['kd_mfu_with_teacher'])} with teacher | "
               f"{_mib(s['kd_memory'].get('temp_bytes'))} |")
+        if "cached_kd_step_s" in s:
+            print(f"| KD, cached top-{s['cache_k']} targets | {s['cached_compile_s']:.1f} | "
+                  f"{s['cached_kd_step_s'] * 1e3:.1f} | {batch_tokens / s['cached_kd_step_s']:,.0f} | - | "
+                  f"{_mib(s['cached_memory'].get('temp_bytes'))} |")
         print(f"KD/baseline measured {s['measured_ratio']:.3f} | FLOP model 1+F_T/(3F_S) {s['flop_model_ratio']:.3f} "
               f"(from parameter counts {s['flop_model_ratio_params']:.3f})")
+        if "cached_kd_step_s" in s:
+            print(f"cached KD/baseline measured {s['cached_ratio']:.3f} | cache "
+                  f"{s['cache_bytes_per_token_float16']} bytes/token (float16) vs dense logits "
+                  f"{s['dense_logits_bytes_per_token_float32']:,} bytes/token (float32)")
     lo = r.get("loss_bench")
     if lo:
         print("| loss fwd+bwd | compile s | median ms | temp memory | peak memory (analysis) | device peak |")
@@ -235,6 +282,9 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--loss-only", action="store_true", help="only the dense vs chunked loss benchmark")
     p.add_argument("--no-loss-bench", action="store_true", help="only the step benchmark")
+    p.add_argument("--cache-k", type=int, default=64, help="also time the KD step from cached top-k targets "
+                   "(0 = skip)")
+    p.add_argument("--cache-targets", default="topk", choices=("topk", "topk_other", "sampled"))
     p.add_argument("--out", default="")
     a = p.parse_args(argv)
     config, t_cfg = model_configs(a)
@@ -243,7 +293,8 @@ def main(argv=None) -> dict:
          "chunk": a.chunk, "remat": a.remat, "attention": a.attention, "repeats": a.repeats,
          "device": jax.devices()[0].device_kind, "devices": jax.device_count(), "backend": jax.default_backend()}
     if not a.loss_only:
-        r["steps"] = bench_steps(config, t_cfg, a.repeats)
+        config.salt.cache_targets = a.cache_targets
+        r["steps"] = bench_steps(config, t_cfg, a.repeats, a.cache_k)
     if not a.no_loss_bench:
         r["loss_bench"] = bench_loss(config, t_cfg, a.repeats)
     print_table(r)

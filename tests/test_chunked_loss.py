@@ -238,6 +238,10 @@ def test_bench_reports_the_flop_model_and_a_memory_saving(tmp_path):
     assert s["flop_model_ratio"] == pytest.approx(1 + flops_per_token(teacher, 64) / (3 * flops_per_token(student, 64)))
     assert s["measured_ratio"] == pytest.approx(s["kd_step_s"] / s["baseline_step_s"])
     assert s["baseline_tokens_per_s"] == pytest.approx(8 * 64 / s["baseline_step_s"])
+    # the KD step from cached top-64 targets: 64 x (2-byte id + 2-byte log-prob) + the bucket and target
+    # log-probs, against 4096 x 4 bytes of dense float32 logits per token
+    assert (s["cache_bytes_per_token_float16"], s["dense_logits_bytes_per_token_float32"]) == (260, 16384)
+    assert s["cached_ratio"] > 0 and s["cached_memory"]["temp_bytes"] > 0
     # float32 logits: 8 MiB per model for 8 x 64 positions, 2 MiB for a 16-position chunk. Both programs
     # hold about four logits-sized temporaries (logits, softmaxes, their gradient): 4 x 8 vs 4 x 2 MiB.
     full, chunk = 8 * 64 * 4096 * 4, 8 * 16 * 4096 * 4

@@ -149,10 +149,10 @@ def _load_teacher(config, tok, mesh, previous: dict) -> teacher_lib.Teacher:
     return teacher
 
 
-def _cached_teacher(config, cache, tok, mesh, previous: dict, phase: KDPhase, workdir: str):
-    """teacher_logits=cache: the KD phase's sparse teacher targets, built first where missing (the teacher is
-    loaded for that and released), read step by step while the phase lasts."""
-    online = _load_teacher(config, tok, mesh, previous)
+def build_teacher_cache(config, cache, tok, mesh, phase: KDPhase, previous: dict | None = None):
+    """The KD phase's sparse teacher targets (teacher_logits=cache), built where missing: the teacher is
+    loaded for that and released. Returns (manifest, its directory, the teacher's checkpoint, Spec)."""
+    online = _load_teacher(config, tok, mesh, previous or {})
     spec = teacher_cache.Spec.of(config, online.fingerprint, cache.directory, phase.scheduled_end)
     directory = spec.directory(cache.directory)
     kill = faults.KillHooks(config.train.debug_kill)
@@ -160,9 +160,16 @@ def _cached_teacher(config, cache, tok, mesh, previous: dict, phase: KDPhase, wo
                                    spec, directory, mesh, tok.pad_id, config.model.vocab_size,
                                    written=lambda step: kill.maybe_kill("cache", step))
     online.release()
+    return manifest, directory, online.checkpoint, spec
+
+
+def _cached_teacher(config, cache, tok, mesh, previous: dict, phase: KDPhase, workdir: str):
+    """teacher_logits=cache: the cached targets (built first where missing), read step by step while the KD
+    phase lasts."""
+    manifest, directory, checkpoint, spec = build_teacher_cache(config, cache, tok, mesh, phase, previous)
     if jax.process_index() == 0:
         paths.write_json(paths.join(workdir, "teacher_cache.json"), dict(manifest, directory=directory))
-    return teacher_cache.CachedTeacher(directory, manifest, spec, mesh, online.checkpoint)
+    return teacher_cache.CachedTeacher(directory, manifest, spec, mesh, checkpoint)
 
 
 def _load_reference(config, teacher: teacher_lib.Teacher, tok_fp: str, mesh) -> teacher_lib.Teacher:

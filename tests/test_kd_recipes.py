@@ -1,0 +1,318 @@
+"""KD recipes beyond the paper: weight and temperature schedules, sparse (cached) teacher targets, SALT_DS
+rules, and the experiment's method overrides. Values against hand-computed numbers and NumPy float64."""
+
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from salt_jax.config import base_config, set_method, validate
+from salt_jax.errors import UserError
+from salt_jax.kd import losses, schedules, selection, sparse
+from salt_jax.kd.chunked_loss import LossOptions, chunked_loss
+from salt_jax.train import optim
+
+from conftest import REPO
+from reference import log_softmax
+
+
+def _salt(variant, steps=1000, **kw):
+    c = base_config()
+    c.train.steps = steps
+    set_method(c, variant)
+    for k, v in kw.items():
+        c.salt[k] = v
+    return c
+
+
+def _phase(c, batch=16):
+    return schedules.KDPhase.from_config(c.salt, c.train.steps, batch,
+                                         lr=optim.lr_schedule(c.optim, c.train.steps))
+
+
+def _at(schedule, steps):
+    return [float(schedule(s)) for s in steps]
+
+
+def test_weight_schedules_at_their_boundaries():
+    lin = _phase(_salt("salt-wlinear", kd_steps=100))
+    assert _at(lin.weight, (0, 50, 99, 100, 101)) == pytest.approx([0.5, 0.25, 0.005, 0.0, 0.0], abs=1e-7)
+    assert lin.end == 100 and lin.active(99) and not lin.active(100)
+    cos = _phase(_salt("salt-wcosine", kd_steps=100))
+    assert _at(cos.weight, (0, 25, 50, 100, 500)) == pytest.approx(
+        [0.5, 0.25 * (1 + math.cos(math.pi / 4)), 0.25, 0.0, 0.0], abs=1e-6)
+    assert cos.end == 100
+    # with_lr: the run's learning rate (warmup 20 to 3e-3, cosine to 3e-4 at step 1000) squeezed 10x into
+    # n_KD = 100 steps and mapped from [3e-4, 3e-3] onto [0, 0.5]: step s reads lr(10 s)
+    c = _salt("salt-wlr", kd_steps=100)
+    c.optim.warmup_steps, c.optim.learning_rate, c.optim.final_lr_fraction = 20, 3e-3, 0.1
+    wlr = _phase(c)
+
+    def lr(step):  # optax's warmup-cosine, by hand
+        if step < 20:
+            return 3e-3 * step / 20
+        return 3e-4 + 2.7e-3 * 0.5 * (1 + math.cos(math.pi * (step - 20) / 980))
+
+    want = [0.5 * max(lr(10 * s) - 3e-4, 0) / 2.7e-3 for s in (1, 2, 50, 99)]
+    assert _at(wlr.weight, (0, 1, 2, 50, 99, 100)) == pytest.approx([0.0, *want, 0.0], abs=1e-6)
+    assert want[1] == pytest.approx(0.5) and wlr.end == 100
+    # with n_KD = the run, w is the learning rate's own shape
+    full = _salt("salt-wlr", kd_steps=1000)
+    assert _at(_phase(full).weight, (10, 500)) == pytest.approx(
+        [0.5 * max(lr(10) - 3e-4, 0) / 2.7e-3, 0.5 * (lr(500) - 3e-4) / 2.7e-3], abs=1e-6)
+
+
+def test_temperature_schedules_at_their_boundaries():
+    assert _at(_phase(_salt("salt", kd_steps=100, temperature=2.0)).temperature, (0, 100)) == [2.0, 2.0]
+    lin = _phase(_salt("salt", kd_steps=100, temperature=2.0, temperature_schedule="linear", temperature_end=1.0))
+    assert _at(lin.temperature, (0, 50, 100, 200)) == pytest.approx([2.0, 1.5, 1.0, 1.0])
+    cos = _phase(_salt("salt", kd_steps=100, temperature=2.0, temperature_schedule="cosine", temperature_end=1.0))
+    assert _at(cos.temperature, (0, 25, 50, 100)) == pytest.approx([2.0, 1 + (1 + math.cos(math.pi / 4)) / 2,
+                                                                    1.5, 1.0], abs=1e-6)
+
+
+def test_the_step_reads_the_temperature_in_graph():
+    """The dense objective at step 50 of a 2 -> 1 linear temperature uses tau = 1.5."""
+    from salt_jax.kd.objective import DenseLoss
+    from salt_jax.train.step import make_objective
+    from salt_jax.train.state import initial_kd_state
+
+    c = _salt("salt", kd_steps=100, temperature=2.0, temperature_schedule="linear", temperature_end=1.0)
+    phase = _phase(c, batch=2)
+    rng = np.random.default_rng(0)
+    s_logits = jnp.asarray(rng.normal(size=(2, 5, 11)), jnp.float32)
+    t_logits = jnp.asarray(rng.normal(size=(2, 5, 11)) * 2, jnp.float32)
+
+    class Fixed:  # a "model" that returns fixed logits
+        def __init__(self, z):
+            self.z = z
+
+        def apply(self, variables, inputs):
+            return self.z * variables["params"]
+
+    class State:
+        step = jnp.int32(50)
+        kd = initial_kd_state()
+
+    tokens = jnp.asarray(rng.integers(1, 11, (2, 6)), jnp.int32)
+    objective = make_objective(Fixed(s_logits), DenseLoss(c.salt), pad_id=0, teacher_model=Fixed(t_logits),
+                               phase=phase)
+    _, stats = objective(jnp.float32(1.0), jnp.float32(1.0), State(), tokens)
+    mask = np.asarray(tokens[:, 1:] != 0)
+    want = np.sum(_np_full_kd(t_logits, s_logits, 1.5) * mask)
+    assert float(stats["kd_sum"]) == pytest.approx(want, rel=1e-5)
+
+
+def _np_full_kd(t, s, tau):
+    lt, ls = log_softmax(np.asarray(t, np.float64) / tau), log_softmax(np.asarray(s, np.float64) / tau)
+    return tau ** 2 * np.sum(np.exp(lt) * (lt - ls), -1)
+
+
+def _np_sparse_kd(s, ids, logp, other, tau, kind):
+    """Float64 value per position: the target distribution over the slots (and bucket) by the definitions."""
+    ls = log_softmax(np.asarray(s, np.float64) / tau)
+    logp, other = np.asarray(logp, np.float64), np.asarray(other, np.float64)
+    ls_ids = np.take_along_axis(ls, ids, -1)
+    if kind == "topk":
+        r = np.exp(logp) / np.exp(logp).sum(-1, keepdims=True)
+        return tau ** 2 * np.sum(r * (np.log(r) - ls_ids), -1)
+    if kind == "sampled":
+        return tau ** 2 * np.mean(logp - ls_ids, -1)
+    in_top = np.zeros(ls.shape, bool)
+    np.put_along_axis(in_top, ids, True, -1)
+    q_other = np.sum(np.where(in_top, 0.0, np.exp(ls)), -1)
+    r_other = np.where(np.isfinite(other), np.exp(other), 0.0)
+    bucket = np.where(r_other > 0, r_other * (np.where(r_other > 0, other, 0) - np.log(q_other + 1e-300)), 0.0)
+    return tau ** 2 * (np.sum(np.exp(logp) * (logp - ls_ids), -1) + bucket)
+
+
+def _logits(seed, shape=(2, 3, 11), scale=2.0):
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32) * scale
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+@pytest.mark.parametrize("kind", ["topk", "topk_other"])
+def test_sparse_kd_with_the_whole_vocabulary_is_full_kd(tau, kind):
+    t, s = _logits(0), _logits(1)
+    y = jnp.asarray(np.random.default_rng(2).integers(0, 11, (2, 3)))
+    targets = sparse.from_logits(jnp.asarray(t), y, 11, kind, tau)
+    got = sparse.kd_per_token(jnp.asarray(s), targets, tau, kind)
+    np.testing.assert_allclose(np.asarray(got), _np_full_kd(t, s, tau), rtol=2e-5, atol=1e-6)
+    assert float(jnp.max(targets.other)) == -np.inf  # nothing is left outside the top V
+    np.testing.assert_allclose(np.asarray(targets.target_logp),
+                               np.take_along_axis(log_softmax(t.astype(np.float64)), np.asarray(y)[..., None],
+                                                  -1)[..., 0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", sparse.KINDS)
+def test_sparse_kd_value_and_gradient_match_float64(kind):
+    """Both implementations (autodiff reference, closed form) against a float64 value and its central
+    differences, with k = 4 of 11 ids (the bucket holds real mass)."""
+    tau = 1.5
+    t, s = _logits(3), _logits(4)
+    y = jnp.asarray(np.random.default_rng(5).integers(0, 11, (2, 3)))
+    targets = sparse.from_logits(jnp.asarray(t), y, 4, kind, tau, jax.random.key(0))
+    ids, logp, other = (np.asarray(a) for a in targets[:3])
+    want = _np_sparse_kd(s, ids, logp, other, tau, kind)
+    eps, grad = 1e-6, np.zeros(s.shape)
+    s64 = s.astype(np.float64)
+    for i in np.ndindex(s.shape):
+        up, down = s64.copy(), s64.copy()
+        up[i] += eps
+        down[i] -= eps
+        grad[i] = (_np_sparse_kd(up, ids, logp, other, tau, kind)[i[:-1]]
+                   - _np_sparse_kd(down, ids, logp, other, tau, kind)[i[:-1]]) / (2 * eps)
+    value, closed = sparse.kd_value_and_grad(jnp.asarray(s), targets, tau, kind)
+    auto = jax.grad(lambda z: jnp.sum(sparse.kd_per_token(z, targets, tau, kind)))(jnp.asarray(s))
+    for got in (value, sparse.kd_per_token(jnp.asarray(s), targets, tau, kind)):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+    for got in (closed, auto):
+        np.testing.assert_allclose(np.asarray(got), grad, atol=2e-5)
+
+
+def test_sampled_targets_are_unbiased():
+    """The sampled target's expectation is the tempered teacher (so is the gradient's, q - p): 20000 draws
+    at one position, each id's frequency within 4 standard errors of p."""
+    t = _logits(6, (1, 1, 11))
+    targets = sparse.from_logits(jnp.asarray(t), jnp.zeros((1, 1), jnp.int32), 20000, "sampled", 2.0,
+                                 jax.random.key(1))
+    freq = np.bincount(np.asarray(targets.ids).ravel(), minlength=11) / 20000
+    p = np.exp(log_softmax(t[0, 0].astype(np.float64) / 2.0))
+    assert np.all(np.abs(freq - p) <= 4 * np.sqrt(p * (1 - p) / 20000) + 1e-12)
+    np.testing.assert_allclose(np.asarray(targets.logp)[0, 0], np.log(p)[np.asarray(targets.ids)[0, 0]],
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", sparse.KINDS)
+def test_the_chunked_loss_from_sparse_targets_equals_the_dense_one(kind):
+    """Same sums and gradients (hidden states and head) from cached targets, chunk by chunk or at once."""
+    rng = np.random.default_rng(7)
+    b, t, d, v = 2, 7, 6, 13
+    h = jnp.asarray(rng.normal(size=(b, t, d)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(d, v)) * 0.7, jnp.float32)
+    y = jnp.asarray(rng.integers(0, v, (b, t)))
+    mask = jnp.asarray(rng.random((b, t)) > 0.2, jnp.float32)
+    kw = jnp.full((b, t), 0.4)
+    targets = sparse.from_logits(jnp.asarray(_logits(8, (b, t, v))), y, 5, kind, 2.0, jax.random.key(2))
+
+    def dense(h, w):
+        logits = jnp.einsum("btd,dv->btv", h, w)
+        stats = losses.mixture_stats(losses.token_ce(logits, y), sparse.kd_per_token(logits, targets, 2.0, kind),
+                                     kw, mask)
+        return stats["loss_sum"], stats
+
+    def chunked(h, w):
+        stats = chunked_loss(h, w, y, mask, LossOptions(chunk=3, sparse=kind), targets, None, kw, 2.0)
+        return stats["loss_sum"], stats
+
+    (d_val, d_stats), d_grads = jax.value_and_grad(dense, argnums=(0, 1), has_aux=True)(h, w)
+    (c_val, c_stats), c_grads = jax.value_and_grad(chunked, argnums=(0, 1), has_aux=True)(h, w)
+    for key in ("loss_sum", "kd_sum", "ntp_sum", "kd_weight_sum"):
+        assert float(c_stats[key]) == pytest.approx(float(d_stats[key]), rel=1e-5)
+    assert float(c_stats["teacher_ntp_sum"]) == pytest.approx(-float(jnp.sum(targets.target_logp * mask)), rel=1e-6)
+    for a, e in zip(c_grads, d_grads):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-4, atol=1e-5)
+
+
+def test_difference_and_loss_rules_against_numpy():
+    rng = np.random.default_rng(9)
+    z_t, z_r = rng.normal(size=(4, 6, 9)) * 2, rng.normal(size=(4, 6, 9))
+    y = rng.integers(0, 9, (4, 6))
+    mask = rng.random((4, 6)) > 0.25
+    mask[:, 0] = True
+    got = {name: {k: np.asarray(v) for k, v in selection.sequence_scores(
+        jnp.asarray(z, jnp.float32), jnp.asarray(y), jnp.asarray(mask), 3).items()} for name, z in
+        (("teacher", z_t), ("reference", z_r))}
+
+    def mean_nll(z):
+        nll = -np.take_along_axis(log_softmax(z), y[..., None], -1)[..., 0]
+        return np.sum(nll * mask, -1) / mask.sum(-1)
+
+    np.testing.assert_allclose(selection.rule_scores("loss", got["teacher"]), mean_nll(z_t), rtol=1e-5)
+    np.testing.assert_allclose(selection.rule_scores("difference", got["teacher"], got["reference"]),
+                               mean_nll(z_r) - mean_nll(z_t), rtol=1e-4, atol=1e-5)
+    assert selection.rule_scores("median_topk", got["teacher"]) is got["teacher"]["score"]
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("token_select", "topk", "teacher_logits=cache needs token_select='none'"),
+    ("temperature_schedule", "linear", "teacher_logits=cache needs temperature_schedule='constant'"),
+    ("cache_k", 5000, "config.salt.cache_k=5000"),
+])
+def test_cached_logits_refuse_what_the_cache_cannot_give(field, value, match):
+    c = _salt("salt-cached", teacher="/t")
+    c.salt[field] = value
+    with pytest.raises(UserError, match=match):
+        validate(c)
+
+
+def test_config_refuses_unknown_schedules_and_a_missing_reference():
+    for field, value, match in (("weight_schedule", "exp", "weight_schedule='exp'"),
+                                ("transition", "linear", "applies to weight_schedule='step' only")):
+        c = _salt("salt-wcosine", teacher="/t")
+        c.salt[field] = value
+        with pytest.raises(UserError, match=match):
+            validate(c)
+    with pytest.raises(UserError, match="ds_reference is empty"):
+        validate(_salt("salt_ds-difference", teacher="/t"))
+
+
+def test_experiment_methods_set_any_field_and_name_extra_teachers():
+    import ml_collections
+
+    from salt_jax.experiment import pipeline
+    from salt_jax.recipes import test_tiny_run
+
+    exp = ml_collections.ConfigDict({"student": test_tiny_run(), "progress": False,
+                                     "teachers": {"small": test_tiny_run("teacher")}})
+    c = pipeline.student_config(exp, "baseline[train.steps=28]", 1, "/t", 1e-3, "/exp")
+    assert (c.train.steps, c.salt.method, c.salt.teacher) == (28, "baseline", "/t")
+    c = pipeline.student_config(exp, "salt_ds-difference[teacher=small,ds_reference=small]", 0, "/t", 1e-3, "/exp")
+    assert c.salt.teacher == c.salt.ds_reference == os.path.join("/exp", "teacher-small")
+    assert c.salt.ds_rule == "difference"
+    with pytest.raises(UserError, match="sets train.nope"):
+        pipeline.student_config(exp, "salt[train.nope=1]", 0, "/t", 1e-3)
+
+
+def test_a_cached_logits_run_matches_the_online_run_and_its_cache_resumes_after_a_kill(salt_reference, teacher_dir,
+                                                                                     cache_dir, tmp_path):
+    """salt_run.RUN from cached targets holding the whole vocabulary in float32: the first run is killed
+    (SIGKILL) after the cache's step 3 is written; the same command resumes the build at step 4 and trains
+    to the online reference run's losses and parameters (no teacher forward in its KD step)."""
+    import salt_run
+    from salt_jax.train.metrics import read_metrics
+
+    workdir = str(tmp_path / "cached")
+    flags = ["--config.salt.teacher_logits=cache", "--config.salt.cache_targets=topk_other",
+             "--config.salt.cache_k=259", "--config.salt.cache_dtype=float32"]
+    killed = salt_run.cli(workdir, cache_dir, teacher_dir, flags + ["--config.train.debug_kill=cache:3"])
+    assert killed.returncode == -9, killed.stdout[-2000:]
+    out = salt_run.cli(workdir, cache_dir, teacher_dir, flags)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "teacher cache: resuming at step 4 of 7" in out.stdout
+    info = __import__("json").load(open(os.path.join(workdir, "teacher_cache.json")))
+    # the command line names the very cache the run built (and finds it complete)
+    cli = subprocess.run([sys.executable, "-m", "salt_jax.teacher_cache",
+                          f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}:salt",
+                          f"--config.salt.teacher={teacher_dir}",
+                          *[f"--config.{k}={v}" for k, v in salt_run.RUN.items()], *flags],
+                         cwd=REPO, env=dict(os.environ, SALT_JAX_CACHE=cache_dir), capture_output=True, text=True)
+    assert cli.returncode == 0 and f"teacher cache: {info['directory']}" in cli.stdout, cli.stderr[-2000:]
+    assert info["steps"] == 7 and info["k"] == 259 and info["bytes_per_token"] == pytest.approx(259 * 6 + 8, abs=4)
+
+    def lines(d):
+        return {(r["split"], r["step"]): r for r in read_metrics(os.path.join(d, "metrics.jsonl"))}
+
+    ref, got = lines(salt_reference), lines(workdir)
+    assert set(ref) == set(got)
+    for key, r in ref.items():
+        for field in ("loss", "ntp_loss", "kd_loss", "kd_weight", "teacher_ntp_loss"):
+            if r.get(field) is not None:
+                assert got[key][field] == pytest.approx(r[field], rel=2e-5, abs=1e-6), (key, field)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6), salt_run.params(workdir),
+                 salt_run.params(salt_reference))
