@@ -331,12 +331,7 @@ def plot(results: dict, out_dir: str) -> list[str]:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        path = storage.join(out_dir, fname)
-        png = io.BytesIO()
-        fig.savefig(png, dpi=110, format="png")
-        storage.write_atomic(path, png.getvalue())
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(plt, fig, out_dir, fname))
     if results.get("fewshot"):
         paths.append(_plot_fewshot(plt, results["fewshot"], out_dir))
     if len(results["methods"]) > OVERVIEW_FROM:
@@ -378,7 +373,12 @@ def _plot_overview(plt, results: dict, out_dir: str) -> str:
     for ax in (a, b):
         ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    path = storage.join(out_dir, "ablation_overview.png")
+    return _save(plt, fig, out_dir, "ablation_overview.png")
+
+
+def _save(plt, fig, out_dir: str, name: str) -> str:
+    """Writes `fig` as out_dir/name (PNG, atomically) and closes it."""
+    path = storage.join(out_dir, name)
     png = io.BytesIO()
     fig.savefig(png, dpi=110, format="png")
     storage.write_atomic(path, png.getvalue())
@@ -403,12 +403,7 @@ def _plot_fewshot(plt, scores: dict, out_dir: str) -> str:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
-    path = storage.join(out_dir, "fewshot_vs_step.png")
-    png = io.BytesIO()
-    fig.savefig(png, dpi=110, format="png")
-    storage.write_atomic(path, png.getvalue())
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out_dir, "fewshot_vs_step.png")
 
 
 def _fmt(x, pattern="{:.4f}", none="not reached"):
