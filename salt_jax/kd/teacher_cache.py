@@ -105,13 +105,17 @@ def _encode(t: sparse.Targets, spec: Spec, vocab: int) -> bytes:
 
 def build(teacher, batches: Batches, spec: Spec, directory: str, mesh, pad_id: int, vocab: int,
           written: Callable[[int], None] = lambda step: None) -> dict:
-    """Writes the targets of steps 0 .. spec.steps - 1 that are missing; returns the manifest.
+    """Writes the targets of steps 0 .. spec.steps - 1 that are missing (a cache built for a shorter KD phase
+    is extended); returns the manifest.
 
     `written(step)` runs after each step's file is on disk (the kill drill's hook).
     """
     manifest_path = paths.join(directory, "manifest.json")
     if paths.exists(manifest_path):
-        return paths.read_json(manifest_path)
+        done = paths.read_json(manifest_path)
+        if done.get("steps", 0) >= spec.steps:
+            return done
+        logging.info("teacher cache: %d steps cached, extending to %d", done.get("steps", 0), spec.steps)
     paths.makedirs(directory)
     rows = host_rows(spec.batch_size)
     first = next((s for s in range(spec.steps) if not paths.exists(_file(directory, s, rows))), spec.steps)
