@@ -59,7 +59,8 @@ def _program(progs: programs.Programs, name: str, sl: Slice, with_estimate: bool
             unrolled[loop] = estimate.cost_of(variant, peak)
     total = estimate.extrapolate(base, unrolled, trips)
     c = progs.config
-    out["estimate"] = estimate.step_estimate(total, name, c.model, progs.teacher_cfg, c.data.batch_size,
+    step_teacher = None if progs.cached else progs.teacher_cfg  # (cached logits: no teacher FLOPs in the step)
+    out["estimate"] = estimate.step_estimate(total, name, c.model, step_teacher, c.data.batch_size,
                                              c.data.seq_len, sl.chips, peak)
     out["estimate"]["loops"] = trips
     return out
@@ -104,8 +105,8 @@ def _run_summary(progs: programs.Programs, compiled: dict) -> dict:
     config, teacher_cfg = progs.config, progs.teacher_cfg
     kd, base = _seconds(compiled, "kd"), _seconds(compiled, "baseline")
     if teacher_cfg is not None:
-        out["kd_over_baseline_flop_model"] = round(flops.kd_cost_ratio(config.model, teacher_cfg,
-                                                                       config.data.seq_len), 4)
+        out["kd_over_baseline_flop_model"] = 1.0 if progs.cached else round(  # cached: the teacher ran offline
+            flops.kd_cost_ratio(config.model, teacher_cfg, config.data.seq_len), 4)
         out["kd_over_baseline_estimate"] = round(kd / base, 4) if kd and base else None
     steps = config.train.steps
     n_kd = progs.phase.end

@@ -24,7 +24,7 @@ from flax import linen as nn
 
 from salt_jax.config import validate
 from salt_jax.errors import UserError
-from salt_jax.kd import methods, objective, schedules, selection
+from salt_jax.kd import methods, objective, schedules, selection, sparse
 from salt_jax.kd import teacher as teacher_lib
 from salt_jax.kd.schedules import KDPhase
 from salt_jax.model import attention, checkpoints, presets, sharding
@@ -110,14 +110,26 @@ class Programs:
             student["loss"] = chunks
         if name == "baseline":
             return student
-        if name == "kd":
-            return dict(student, teacher=self.teacher_cfg.n_layers)
+        if name == "kd":  # (from cached teacher logits the KD step has no teacher loop)
+            return student if self.cached else dict(student, teacher=self.teacher_cfg.n_layers)
         return {"teacher": self.teacher_cfg.n_layers}
 
+    @property
+    def cached(self) -> bool:
+        """The KD step reads cached sparse teacher targets (config.salt.teacher_logits=cache)."""
+        return self.config.salt.teacher_logits == "cache"
+
     def _teacher(self, unroll: int):
+        if self.cached:  # the KD step's teacher argument: one batch's cached targets
+            d, k = self.config.data, self.config.salt.cache_k
+            batch = sharding.batch_sharding(self.mesh)
+            shapes = sparse.Targets(*(jax.ShapeDtypeStruct(shape, dtype, sharding=batch) for shape, dtype in (
+                ((d.batch_size, d.seq_len, k), jnp.int32), ((d.batch_size, d.seq_len, k), jnp.float32),
+                ((d.batch_size, d.seq_len), jnp.float32), ((d.batch_size, d.seq_len), jnp.float32))))
+            return types.SimpleNamespace(cached=True, model=None, shardings=sparse.Targets(*(batch,) * 4)), shapes
         model = Transformer(self.teacher_cfg, scan_unroll=unroll)
         params = nn.meta.unbox(abstract_params(model))
-        return types.SimpleNamespace(model=model, shardings=self.teacher_shardings), params
+        return types.SimpleNamespace(cached=False, model=model, shardings=self.teacher_shardings), params
 
     def lowered(self, name: str, unroll: Unroll = Unroll()) -> jax.stages.Lowered:
         c = self.config
@@ -127,7 +139,7 @@ class Programs:
             loss = objective.ChunkedLoss(dataclasses.replace(loss.opts, unroll=unroll.loss))
         pad_id = 0  # only compared against token ids: its value changes no shape or cost
         if name == "scoring":
-            teacher, params = self._teacher(unroll.teacher)
+            teacher, params = self._teacher(unroll.teacher)  # (salt_ds never reads cached logits)
             fn = selection.scoring_program(teacher.model, teacher.shardings, c.salt.ds_topk, self.mesh, pad_id)
             with sharding.on_mesh(self.mesh):
                 return fn.lower(params, self.tokens)
