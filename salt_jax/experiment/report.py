@@ -164,6 +164,7 @@ def analyse(runs: dict[str, list[Run]], teacher_cfg, baseline: str = "baseline")
             "compute_baseline_steps": compute.tolist(),
             "final_loss_mean": float(mean[-1]),
             "final_loss_std": float(losses[:, -1].std()),
+            "final_loss_per_seed": losses[:, -1].tolist(),
             "final_accuracy_mean": float(accs[:, -1].mean()),
             "kd_phase_end_mean": kd_end,
             "at_fraction": {},
@@ -464,13 +465,24 @@ def _overview_markdown(results: dict) -> list[str]:
     lines = ["## Per-seed steps to the baseline's final loss", "",
              "Each seed's own curve against the seed-averaged baseline target (\"-\": not reached); the "
              "seed-averaged column is the table above's.", "",
-             "| method | seed-averaged | per seed | final loss (mean ± std) | Δ vs baseline |", "|---|---|---|---|---|"]
-    base = results["methods"]["baseline"]["final_loss_mean"]
+             "| method | seed-averaged | per seed | final loss (mean ± std) | Δ vs baseline | paired Δ (mean ± std) |",
+             "|---|---|---|---|---|---|"]
+    baseline = results["methods"]["baseline"]
     for name, m in results["methods"].items():
         per = ", ".join(_fmt(s, "{}", "-") for s in m.get("reach_step_per_seed", []))
         lines.append(f"| {name} | {_fmt(m['reach_step'], '{}', '-')} | {per} | {m['final_loss_mean']:.4f} ± "
-                     f"{m['final_loss_std']:.4f} | {m['final_loss_mean'] - base:+.4f} |")
+                     f"{m['final_loss_std']:.4f} | {m['final_loss_mean'] - baseline['final_loss_mean']:+.4f} | "
+                     f"{_paired(m, baseline)} |")
+    lines += ["", "Paired Δ: the method's final loss minus the baseline's of the same seed (same data order and "
+              "initialisation), mean ± std over seeds; it removes the seed-to-seed spread both share."]
     return lines + ["", "![ablation overview](ablation_overview.png)", ""]
+
+
+def _paired(m: dict, baseline: dict) -> str:
+    """Final-loss difference to the baseline paired by seed: 'mean ± std', or '-' without common seeds."""
+    base = dict(zip(baseline.get("seeds", []), baseline.get("final_loss_per_seed", [])))
+    diffs = [x - base[s] for s, x in zip(m.get("seeds", []), m.get("final_loss_per_seed", [])) if s in base]
+    return f"{np.mean(diffs):+.4f} ± {np.std(diffs):.4f}" if diffs else "-"
 
 
 def _fewshot_markdown(results: dict) -> list[str]:
