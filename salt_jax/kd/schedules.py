@@ -26,7 +26,10 @@ schedules; Peng et al. 2024 for with_lr); `transition` applies to `step` only:
 
 The temperature is a schedule too (config.salt.temperature_schedule): constant
 tau, or linear / cosine from `temperature` at step 0 to `temperature_end` at
-n_KD (and `temperature_end` after it, where only the rkd method still uses it).
+n_KD (for rkd, which distils for the whole run: at the run's last step). The
+weight schedules apply to methods whose KD phase ends; rkd keeps w0 throughout
+(`salt-wlr[kd_fraction=1.0]` is KD for the whole run with a weight that follows
+the learning rate).
 
 `KDPhase.end` is the one owner of the KD-phase boundary: the first step that
 runs without the teacher. It is the scheduled end (where w, or for the ratio
@@ -79,9 +82,7 @@ def _decay(kind: str, start: float, end: float, steps: int) -> optax.Schedule:
     """`start` at step 0 to `end` at `steps` (then `end`): linear or half a cosine (optax)."""
     if kind == "linear":
         return optax.linear_schedule(start, end, max(steps, 1))
-    if start == 0.0:  # (optax's cosine decay is written relative to its initial value)
-        return lambda s: end * (1.0 - optax.cosine_decay_schedule(1.0, max(steps, 1))(s))
-    return optax.cosine_decay_schedule(start, max(steps, 1), alpha=end / start)
+    return optax.cosine_decay_schedule(start, max(steps, 1), alpha=end / start)  # (start > 0: w0 and tau are)
 
 
 def _with_lr(n_kd: int, total_steps: int, lr: optax.Schedule, w0: float) -> optax.Schedule:
@@ -120,12 +121,13 @@ def _weight(salt, kind: methods.Method, total_steps: int, lr: optax.Schedule | N
     return optax.join_schedules([optax.constant_schedule(w0), optax.constant_schedule(0.0)], [end])
 
 
-def _temperature(salt, kind: methods.Method) -> optax.Schedule:
-    """tau(step): constant, or linear / cosine from `temperature` to `temperature_end` at n_KD."""
+def _temperature(salt, kind: methods.Method, total_steps: int) -> optax.Schedule:
+    """tau(step): constant, or linear / cosine from `temperature` to `temperature_end` at n_KD (rkd: at the
+    run's end)."""
     tau = float(salt.temperature)
     if salt.temperature_schedule == "constant" or not kind.teacher:
         return optax.constant_schedule(tau)
-    n = salt.kd_steps if kind.kd_ends else salt.adaptive_max_steps
+    n = salt.kd_steps if kind.kd_ends else total_steps
     return _decay(salt.temperature_schedule, tau, float(salt.temperature_end), n)
 
 
@@ -188,7 +190,7 @@ class KDPhase:
         else:
             end = salt.kd_steps
         end = min(end, total_steps)
-        phase = cls(kind, salt, salt.kd_steps, weight, _temperature(salt, kind), share, end, end)
+        phase = cls(kind, salt, salt.kd_steps, weight, _temperature(salt, kind, total_steps), share, end, end)
         if switch_step >= 0:
             phase.switched_at(switch_step)
         return phase
