@@ -344,14 +344,14 @@ OVERVIEW_FROM = 4  # experiments with more methods than this get ablation_overvi
 
 
 def _plot_overview(plt, results: dict, out_dir: str) -> str:
-    """ablation_overview.png: per method, the final held-out loss (mean, seed std as error bar) and the
-    step at which it reaches the baseline's final loss (bar: the seed-averaged curve; dots: each seed;
-    hatched at the run's length: not reached)."""
+    """ablation_overview.png: per method, the final held-out loss (mean, seed std as error bar), its
+    difference to the baseline paired by seed (mean ± std), and the step at which it reaches the
+    baseline's final loss (bar: the seed-averaged curve; dots: each seed; hatched: not reached)."""
     names = list(results["methods"])
     ms = [results["methods"][n] for n in names]
     total = results["total_steps"]
     y = np.arange(len(names))[::-1]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 0.32 * len(names) + 1.6), sharey=True)
+    fig, (a, p, b) = plt.subplots(1, 3, figsize=(15, 0.32 * len(names) + 1.6), sharey=True)
     a.barh(y, [m["final_loss_mean"] for m in ms], xerr=[m["final_loss_std"] for m in ms], color="tab:blue",
            alpha=0.7, capsize=2)
     a.axvline(results["target_loss"], color="gray", ls="--", lw=1)
@@ -359,6 +359,11 @@ def _plot_overview(plt, results: dict, out_dir: str) -> str:
     hi = max(m["final_loss_mean"] + 2 * m["final_loss_std"] for m in ms)
     a.set_xlim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
     a.set_xlabel("final held-out loss (mean ± seed std; dashed: baseline)")
+    paired = [_paired_values(m, results["methods"]["baseline"]) for m in ms]
+    p.barh(y, [np.mean(d) if d else 0.0 for d in paired], xerr=[np.std(d) if d else 0.0 for d in paired],
+           color=["tab:green" if d and np.mean(d) < 0 else "tab:red" for d in paired], alpha=0.7, capsize=2)
+    p.axvline(0.0, color="gray", lw=1)
+    p.set_xlabel("final loss − baseline's, same seed (mean ± std)")
     reach = [m["reach_step"] if m["reach_step"] is not None else total for m in ms]
     bars = b.barh(y, reach, color="tab:green", alpha=0.7)
     for bar, m in zip(bars, ms):
@@ -369,9 +374,9 @@ def _plot_overview(plt, results: dict, out_dir: str) -> str:
         seeds = [s if s is not None else total * 1.03 for s in m.get("reach_step_per_seed", [])]
         b.plot(seeds, [yi] * len(seeds), "k.", ms=4)
     b.axvline(total, color="gray", ls="--", lw=1)
-    b.set_xlabel(f"step reaching the baseline's final loss (hatched: not reached in {total})")
+    b.set_xlabel(f"step reaching the baseline's final loss (hatched: not in {total})")
     a.set_yticks(y, names, fontsize=8)
-    for ax in (a, b):
+    for ax in (a, p, b):
         ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return _save(plt, fig, out_dir, "ablation_overview.png")
@@ -478,10 +483,15 @@ def _overview_markdown(results: dict) -> list[str]:
     return lines + ["", "![ablation overview](ablation_overview.png)", ""]
 
 
+def _paired_values(m: dict, baseline: dict) -> list[float]:
+    """The method's final loss minus the baseline's, for each seed both ran."""
+    base = dict(zip(baseline.get("seeds", []), baseline.get("final_loss_per_seed", [])))
+    return [x - base[s] for s, x in zip(m.get("seeds", []), m.get("final_loss_per_seed", [])) if s in base]
+
+
 def _paired(m: dict, baseline: dict) -> str:
     """Final-loss difference to the baseline paired by seed: 'mean ± std', or '-' without common seeds."""
-    base = dict(zip(baseline.get("seeds", []), baseline.get("final_loss_per_seed", [])))
-    diffs = [x - base[s] for s, x in zip(m.get("seeds", []), m.get("final_loss_per_seed", [])) if s in base]
+    diffs = _paired_values(m, baseline)
     return f"{np.mean(diffs):+.4f} ± {np.std(diffs):.4f}" if diffs else "-"
 
 
