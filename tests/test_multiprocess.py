@@ -60,7 +60,10 @@ def test_two_processes_match_one_process(method, tmp_path, cache_dir, teacher_di
     kd = [r for r in two if r["split"] == "train"]
     assert kd[0]["kd_weight"] > 0 and kd[-1]["kd_weight"] == 0  # both phases ran
     p1, p2 = salt_run.params(reference), salt_run.params(workdir)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, p2)
+    # float32 rounding of the all-reduces, carried through 12 AdamW updates: Adam divides by sqrt(v), so an
+    # entry whose gradients are near 0 moves by up to ~lr x its relative rounding (3.8e-6 seen for one of
+    # 8288 embedding entries on an AMD EPYC host); a real divergence moves whole tensors by far more
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), p1, p2)
     if method == "salt_ds":
         (store_dir,) = [d for d in os.listdir(os.path.join(shared, "tokens")) if "." not in d]
         with open(os.path.join(shared, "tokens", store_dir, "meta.json")) as fh:
