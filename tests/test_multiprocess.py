@@ -86,6 +86,45 @@ def test_two_processes_match_one_process(method, tmp_path, cache_dir, teacher_di
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, salt_run.params(workdir))
 
 
+def test_two_hosts_build_one_teacher_cache_that_one_host_then_reads(tmp_path, teacher_dir, salt_reference):
+    """teacher_logits=cache on two processes: each writes its rows of every KD step (rows 0-4 and 4-8),
+    process 0 the manifest; the run matches the online reference. One process with 8 devices then trains
+    from the same files (its rows span both hosts' files) to the same numbers, without rebuilding."""
+    flags = ["--config.salt.teacher_logits=cache", "--config.salt.cache_targets=topk_other",
+             "--config.salt.cache_k=259", "--config.salt.cache_dtype=float32"]
+    shared = str(tmp_path / "shared-cache")
+    extra = flags + [f"--config.data.cache_dir={shared}", "--config.data.shared_cache=true",
+                     "--config.data.shard_chars=100000"]
+    port = _free_port()
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    two = str(tmp_path / "two")
+    procs = [salt_run.cli(two, shared, teacher_dir, extra + [f"--coordinator_address=localhost:{port}",
+                                                             "--num_processes=2", f"--process_id={i}"],
+                          wait=False, env=env) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    with open(os.path.join(two, "teacher_cache.json")) as fh:
+        cache = json.load(fh)
+    files = sorted(f for f in os.listdir(cache["directory"]) if f.endswith(".npz"))
+    assert files == sorted(f"step{s:07d}-rows{r}.npz" for s in range(7) for r in ("0-4", "4-8"))
+    assert cache["hosts"] == 2 and cache["steps"] == 7
+
+    one = str(tmp_path / "one")
+    out = salt_run.cli(one, shared, teacher_dir, extra)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "teacher cache: resuming" not in out.stdout and "steps in" not in out.stdout  # read, not rebuilt
+    ref = read_metrics(os.path.join(salt_reference, "metrics.jsonl"))
+    for run in (two, one):
+        got = read_metrics(os.path.join(run, "metrics.jsonl"))
+        assert [(r["split"], r["step"]) for r in got] == [(r["split"], r["step"]) for r in ref]
+        for a, b in zip(ref, got):
+            for key in ("loss", "kd_loss", "accuracy"):
+                if a.get(key) is not None:  # online vs cached logits, and Gloo's reduction order: rounding only
+                    assert b[key] == pytest.approx(a[key], rel=2e-5, abs=1e-6), (run, a["split"], a["step"], key)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), salt_run.params(two),
+                 salt_run.params(one))
+
+
 def test_distributed_arguments_from_flags_environment_or_cluster():
     assert distributed.resolve(env={}) is None  # one process: nothing to join
     assert distributed.resolve("h:1", 2, 1, env={}) == {"coordinator_address": "h:1", "num_processes": 2,
