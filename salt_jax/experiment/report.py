@@ -14,7 +14,8 @@ Rules (written into the report too):
 - Compute per step: the student's training step costs 3 * F_S(seq) FLOPs per
   token (forward + backward), the teacher's forward F_T(seq) per token on each
   step where the teacher ran (steps before the KD phase ended), plus, for
-  salt_ds, one teacher forward over every scored pool sequence. F is
+  salt_ds, one teacher forward over every scored pool sequence (and one of
+  the reference model for ds_rule=difference). F is
   `salt_jax.model.transformer.flops_per_token` (matmuls + causal attention). Compute is
   reported in baseline-step equivalents (cumulative FLOPs / baseline FLOPs per
   step). The teacher's own training is not counted (SALT assumes it exists).
@@ -91,8 +92,9 @@ class Run:
             return student, 0.0, 0.0
         teacher = flops_per_token(teacher_cfg, c.data.seq_len) * tokens
         upfront = 0.0
-        if self.selection:
-            upfront = self.selection["pool"] * c.data.seq_len * flops_per_token(teacher_cfg, c.data.seq_len)
+        if self.selection:  # the scoring pass (and the reference model's, for ds_rule=difference)
+            per_token = flops_per_token(teacher_cfg, c.data.seq_len) + self.selection.get("reference_flops_per_token", 0.0)
+            upfront = self.selection["pool"] * c.data.seq_len * per_token
         return student, teacher, upfront
 
     def seconds_per_step(self, kd: bool) -> list[float]:

@@ -30,7 +30,7 @@ from salt_jax.kd import teacher as teacher_lib
 from salt_jax.kd import teacher_cache
 from salt_jax.kd.schedules import KDPhase
 from salt_jax.model import checkpoints, sharding
-from salt_jax.model.flops import RunFlops, param_count
+from salt_jax.model.flops import RunFlops, flops_per_token, param_count
 from salt_jax.model.transformer import Transformer
 from salt_jax.train import faults, metrics, optim
 from salt_jax.train import fewshot as fewshot_lib
@@ -209,7 +209,8 @@ def _selected_batches(config, cache, teacher, mesh, tok, phase: KDPhase, workdir
                              salt.ds_rule, ranked)
     if reference is not None:
         info.update(reference_mean_loss_pool=float(np.nanmean(reference["mean_loss"])),
-                    reference_mean_loss_kept=float(np.nanmean(reference["mean_loss"][kept])))
+                    reference_mean_loss_kept=float(np.nanmean(reference["mean_loss"][kept])),
+                    reference_flops_per_token=flops_per_token(ref.config, cfg_d.seq_len))  # (the report's compute)
     selection.write_summary(workdir, info)
     logging.info("SALT_DS: kept %d of %d pooled sequences (median score %.3f kept vs %.3f pool)", info["kept"],
                  info["pool"], info["score_quantiles_kept"]["p50"], info["score_quantiles_pool"]["p50"])
