@@ -35,6 +35,7 @@ def get_config():
         "salt[kd_weight=0.25]", "salt[kd_weight=0.9]",
         "salt[temperature=2.0]",
         "salt-wlinear", "salt-wcosine", "salt-wlr",
+        "rkd", "salt-wlr[kd_fraction=1.0]",  # KD for the whole run: constant w0, and a weight following the LR
         "salt[teacher=small]",
         "salt-cached[cache_k=32]", "salt-cached[cache_targets=topk_other,cache_k=32]",
         "salt-cached[cache_targets=sampled,cache_k=12]",
