@@ -1,10 +1,11 @@
 """The KD-recipe ablation on the repro sizes, 3 seeds each (docs/results.md, "ablations").
 
 One axis at a time around plain SALT (n_KD 17.5%, w0 0.5, tau 1, step schedule, full-vocabulary KD
-from the repro teacher, online): n_KD, w0, tau, the KD-weight schedule, the teacher's size, cached
-sparse teacher logits, the SALT_DS selection rule and its k, plus the reviewers' baseline trained for
-70% of the steps with its own learning-rate schedule ending there. Measured wall time on a 2-core CPU
-is in docs/results.md.
+from the repro teacher, online): n_KD, w0, tau, the KD-weight schedule, the teacher's size, KD for
+the whole run (constant, or a weight that follows the learning rate), cached sparse teacher logits,
+the SALT_DS selection rule and its k, plus the reviewers' baseline trained for 70% of the steps with
+its own learning-rate schedule ending there. Measured wall time on a 2-core CPU is in
+docs/results.md.
 """
 
 import ml_collections
