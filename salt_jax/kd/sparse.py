@@ -73,9 +73,11 @@ def _in_top(ids: jax.Array, vocab: int) -> jax.Array:
     return hit.reshape(*ids.shape[:-1], vocab)
 
 
-def _masked_lse(log_probs: jax.Array, ids: jax.Array) -> jax.Array:
-    """log sum exp of `log_probs` [.., V] over the entries not in `ids` (about _FAR when none is left)."""
-    return jax.nn.logsumexp(jnp.where(_in_top(ids, log_probs.shape[-1]), _FAR, log_probs), axis=-1)
+def _masked_lse(log_probs: jax.Array, ids: jax.Array, in_top: jax.Array | None = None) -> jax.Array:
+    """log sum exp of `log_probs` [.., V] over the entries not in `ids` (about _FAR when none is left);
+    `in_top`: `_in_top(ids, V)` when the caller has it already."""
+    in_top = _in_top(ids, log_probs.shape[-1]) if in_top is None else in_top
+    return jax.nn.logsumexp(jnp.where(in_top, _FAR, log_probs), axis=-1)
 
 
 def slot_weights(t: Targets, kind: str):
@@ -95,13 +97,14 @@ def slot_weights(t: Targets, kind: str):
     raise ValueError(f"unknown sparse targets {kind!r}")
 
 
-def _value(log_q: jax.Array, t: Targets, kind: str) -> jax.Array:
-    """sum_j r_j (c_j - log q_j) + r_o (c_o - log q_o) per position, from the student's log q [.., V]."""
+def _value(log_q: jax.Array, t: Targets, kind: str, log_qo: jax.Array | None = None) -> jax.Array:
+    """sum_j r_j (c_j - log q_j) + r_o (c_o - log q_o) per position, from the student's log q [.., V]
+    (`log_qo`: log q_o when the caller has it already)."""
     r, c, r_o, c_o = slot_weights(t, kind)
     value = jnp.sum(r * (c - jnp.take_along_axis(log_q, t.ids, axis=-1)), axis=-1)
     if kind != "topk_other":
         return value
-    log_qo = _masked_lse(log_q, t.ids)
+    log_qo = _masked_lse(log_q, t.ids) if log_qo is None else log_qo
     return value + jnp.where(r_o > 0, r_o * (c_o - log_qo), 0.0)
 
 
@@ -120,9 +123,11 @@ def kd_value_and_grad(s_logits: jax.Array, t: Targets, tau, kind: str):
     flat_ids, flat_r = t.ids.reshape(-1, t.ids.shape[-1]), r.reshape(-1, r.shape[-1])
     r_v = jax.vmap(lambda i, w: jnp.zeros(vocab, jnp.float32).at[i].add(w))(flat_ids, flat_r)
     r_v = r_v.reshape(q.shape)
+    log_qo = None
     if kind == "topk_other":  # the bucket's mass spread over the ids outside the top k, in proportion to q
-        log_qo = _masked_lse(log_q, t.ids)
+        in_top = _in_top(t.ids, vocab)
+        log_qo = _masked_lse(log_q, t.ids, in_top)
         spread = r_o[..., None] * jnp.exp(jnp.minimum(log_q - log_qo[..., None], 0.0))
-        r_v = r_v + jnp.where(~_in_top(t.ids, vocab) & (r_o[..., None] > 0), spread, 0.0)
+        r_v = r_v + jnp.where(~in_top & (r_o[..., None] > 0), spread, 0.0)
     total = jnp.sum(r, axis=-1) + r_o  # 1 up to the stored log-probs' rounding; the exact derivative keeps it
-    return tau * tau * _value(log_q, t, kind), tau * (q * total[..., None] - r_v)
+    return tau * tau * _value(log_q, t, kind, log_qo), tau * (q * total[..., None] - r_v)
