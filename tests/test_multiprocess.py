@@ -113,6 +113,7 @@ def test_two_hosts_build_one_teacher_cache_that_one_host_then_reads(tmp_path, te
     out = salt_run.cli(one, shared, teacher_dir, extra)
     assert out.returncode == 0, out.stdout[-3000:]
     assert "teacher cache: resuming" not in out.stdout and "steps in" not in out.stdout  # read, not rebuilt
+    assert "parameters, fingerprint" not in out.stdout  # and the teacher's parameters never restored
     ref = read_metrics(os.path.join(salt_reference, "metrics.jsonl"))
     for run in (two, one):
         got = read_metrics(os.path.join(run, "metrics.jsonl"))

@@ -132,6 +132,17 @@ def layout(cfg: ml_collections.ConfigDict, salt_cfg: ml_collections.ConfigDict, 
     return model, sharding.shardings_for(boxed, mesh)
 
 
+def identify(salt_cfg: ml_collections.ConfigDict) -> dict:
+    """The teacher's identity ({"checkpoint", "fingerprint"}, as `Teacher.identity`) from its files, without
+    restoring its parameters: what a run that only reads the teacher's cached logits needs of it."""
+    if not paths.is_remote(salt_cfg.teacher) and hf_files.is_hf_dir(paths.expand(salt_cfg.teacher)):
+        hf_dir = os.path.abspath(salt_cfg.teacher)
+        return {"checkpoint": hf_dir, "fingerprint": hf_files.fingerprint(hf_dir)}
+    root, step = checkpoints.resolve_checkpoint(salt_cfg.teacher)
+    ckpt_dir = paths.join(root, str(step))
+    return {"checkpoint": ckpt_dir, "fingerprint": checkpoint_fingerprint(ckpt_dir)}
+
+
 def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_collections.ConfigDict,
                  tokenizer_fingerprint: str, mesh) -> Teacher:
     """Reads the teacher's config, checks it against the student, restores its parameters.

@@ -103,6 +103,13 @@ def _encode(t: sparse.Targets, spec: Spec, vocab: int) -> bytes:
     return buf.getvalue()
 
 
+def complete(directory: str, steps: int) -> dict | None:
+    """The manifest of a cache in `directory` that covers `steps` KD steps, or None (missing or shorter)."""
+    path = paths.join(directory, "manifest.json")
+    manifest = paths.read_json(path) if paths.exists(path) else None
+    return manifest if manifest and manifest.get("steps", 0) >= steps else None
+
+
 def build(teacher, batches: Batches, spec: Spec, directory: str, mesh, pad_id: int, vocab: int,
           written: Callable[[int], None] = lambda step: None) -> dict:
     """Writes the targets of steps 0 .. spec.steps - 1 that are missing (a cache built for a shorter KD phase
@@ -111,11 +118,12 @@ def build(teacher, batches: Batches, spec: Spec, directory: str, mesh, pad_id: i
     `written(step)` runs after each step's file is on disk (the kill drill's hook).
     """
     manifest_path = paths.join(directory, "manifest.json")
+    done = complete(directory, spec.steps)
+    if done:
+        return done
     if paths.exists(manifest_path):
-        done = paths.read_json(manifest_path)
-        if done.get("steps", 0) >= spec.steps:
-            return done
-        logging.info("teacher cache: %d steps cached, extending to %d", done.get("steps", 0), spec.steps)
+        logging.info("teacher cache: %d steps cached, extending to %d", paths.read_json(manifest_path)["steps"],
+                     spec.steps)
     paths.makedirs(directory)
     rows = host_rows(spec.batch_size)
     first = next((s for s in range(spec.steps) if not paths.exists(_file(directory, s, rows))), spec.steps)

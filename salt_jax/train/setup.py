@@ -136,31 +136,41 @@ def _check_same_model(config, ckpt: checkpoints.Checkpointer):
     return same_model
 
 
+def _check_same_teacher(config, identity: dict, previous: dict) -> None:
+    """A resumed run keeps the teacher it was trained with (`identity`: Teacher.identity of this one)."""
+    was = previous.get("teacher") or {}
+    if was and was.get("fingerprint") != identity["fingerprint"]:
+        raise UserError(f"config.salt.teacher={config.salt.teacher}: this run was trained with teacher "
+                        f"{was.get('checkpoint')} (fingerprint {was.get('fingerprint')}), not "
+                        f"{identity['checkpoint']} (fingerprint {identity['fingerprint']}); resume with the same "
+                        "teacher or use a fresh --workdir")
+
+
 def _load_teacher(config, tok, mesh, previous: dict) -> teacher_lib.Teacher:
     teacher = teacher_lib.load_teacher(config.salt, config.model, tok.fingerprint(), mesh)
     logging.info("teacher %s: %s parameters, fingerprint %s", teacher.checkpoint,
                  f"{param_count(teacher.config):,}", teacher.fingerprint)
-    was = previous.get("teacher") or {}
-    if was and was.get("fingerprint") != teacher.fingerprint:
-        raise UserError(f"config.salt.teacher={config.salt.teacher}: this run was trained with teacher "
-                        f"{was.get('checkpoint')} (fingerprint {was.get('fingerprint')}), not "
-                        f"{teacher.checkpoint} (fingerprint {teacher.fingerprint}); resume with the same "
-                        "teacher or use a fresh --workdir")
+    _check_same_teacher(config, teacher.identity(), previous)
     return teacher
 
 
 def build_teacher_cache(config, cache, tok, mesh, phase: KDPhase, previous: dict | None = None):
-    """The KD phase's sparse teacher targets (teacher_logits=cache), built where missing: the teacher is
-    loaded for that and released. Returns (manifest, its directory, the teacher's checkpoint, Spec)."""
-    online = _load_teacher(config, tok, mesh, previous or {})
-    spec = teacher_cache.Spec.of(config, online.fingerprint, cache.directory, phase.scheduled_end)
+    """The KD phase's sparse teacher targets (teacher_logits=cache), built where missing: only then is the
+    teacher restored (and released after). Returns (manifest, its directory, the teacher's checkpoint, Spec)."""
+    identity = teacher_lib.identify(config.salt)  # (from its files: a complete cache needs no restore)
+    _check_same_teacher(config, identity, previous or {})
+    spec = teacher_cache.Spec.of(config, identity["fingerprint"], cache.directory, phase.scheduled_end)
     directory = spec.directory(cache.directory)
-    kill = faults.KillHooks(config.train.debug_kill)
-    manifest = teacher_cache.build(online, batches_lib.Batches(cache.train, config.data.batch_size, config.data.seed),
-                                   spec, directory, mesh, tok.pad_id, config.model.vocab_size,
-                                   written=lambda step: kill.maybe_kill("cache", step))
-    online.release()
-    return manifest, directory, online.checkpoint, spec
+    manifest = teacher_cache.complete(directory, spec.steps)
+    if manifest is None:
+        online = _load_teacher(config, tok, mesh, previous or {})
+        kill = faults.KillHooks(config.train.debug_kill)
+        manifest = teacher_cache.build(online, batches_lib.Batches(cache.train, config.data.batch_size,
+                                                                   config.data.seed),
+                                       spec, directory, mesh, tok.pad_id, config.model.vocab_size,
+                                       written=lambda step: kill.maybe_kill("cache", step))
+        online.release()
+    return manifest, directory, identity["checkpoint"], spec
 
 
 def _cached_teacher(config, cache, tok, mesh, previous: dict, phase: KDPhase, workdir: str):
