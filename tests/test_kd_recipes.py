@@ -339,5 +339,7 @@ def test_the_overview_of_a_many_method_experiment(tmp_path):
     assert report._overview_markdown({**results, "methods": dict(list(results["methods"].items())[:4])}) == []
     import matplotlib.pyplot as plt
 
-    path = report._plot_overview(plt, results, str(tmp_path))
+    from salt_jax.experiment import plots
+
+    path = plots._plot_overview(plt, results, str(tmp_path))
     assert path.endswith("ablation_overview.png") and os.path.getsize(path) > 10_000

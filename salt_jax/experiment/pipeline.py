@@ -20,7 +20,7 @@ import ml_collections
 from salt_jax import paths
 from salt_jax.config import drift, set_method
 from salt_jax.errors import UserError
-from salt_jax.experiment import report
+from salt_jax.experiment import plots, report
 from salt_jax.kd import methods as kd_methods
 from salt_jax.kd import schedules
 from salt_jax.kd.teacher import read_record
@@ -219,7 +219,7 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
     results["meta"] = meta
     results["conclusion"] = report.conclusion(results)
     if jax.process_index() == 0:
-        report.plot(results, workdir)
+        plots.plot(results, workdir)
         paths.write_json(paths.join(workdir, "results.json"), results)
         paths.write_atomic(paths.join(workdir, "report.md"), report.markdown(results, meta))
     return results

@@ -23,13 +23,12 @@ Rules (written into the report too):
 
 from __future__ import annotations
 
-import io
 from typing import Iterable
 
 import ml_collections
 import numpy as np
 
-from salt_jax import paths as storage  # `paths` names the plots below
+from salt_jax import paths as storage
 from salt_jax.errors import UserError
 from salt_jax.model.flops import flops_per_token, train_flops_per_token
 from salt_jax.train.metrics import read_metrics
@@ -310,110 +309,6 @@ def conclusion(results: dict, baseline: str = "baseline") -> str:
     return "; ".join(parts) + ". " + verdict
 
 
-def plot(results: dict, out_dir: str) -> list[str]:
-    """loss_vs_step.png and loss_vs_compute.png (mean over seeds, min-max band)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for x_key, x_label, fname in (("steps", "training step", "loss_vs_step.png"),
-                                  ("compute_baseline_steps", "compute (baseline-step equivalents, teacher included)",
-                                   "loss_vs_compute.png")):
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        for name, m in results["methods"].items():
-            x = np.asarray(m[x_key])
-            line, = ax.plot(x[1:], m["eval_loss_mean"][1:], marker="o", ms=3, label=name)
-            if len(m["seeds"]) > 1:
-                ax.fill_between(x[1:], m["eval_loss_min"][1:], m["eval_loss_max"][1:], color=line.get_color(),
-                                alpha=0.15)
-        ax.axhline(results["target_loss"], color="gray", ls="--", lw=1, label="baseline final")
-        ax.set_xlabel(x_label)
-        ax.set_ylabel("held-out loss (nats/token)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        paths.append(_save(plt, fig, out_dir, fname))
-    if results.get("fewshot"):
-        paths.append(_plot_fewshot(plt, results["fewshot"], out_dir))
-    if len(results["methods"]) > OVERVIEW_FROM:
-        paths.append(_plot_overview(plt, results, out_dir))
-    return paths
-
-
-OVERVIEW_FROM = 4  # experiments with more methods than this get ablation_overview.png and its table
-
-
-def _plot_overview(plt, results: dict, out_dir: str) -> str:
-    """ablation_overview.png: per method, the final held-out loss (mean, seed std as error bar), its
-    difference to the baseline paired by seed (mean ± std), and the step at which it reaches the
-    baseline's final loss (bar: the seed-averaged curve; dots: each seed; hatched: not reached)."""
-    names = list(results["methods"])
-    ms = [results["methods"][n] for n in names]
-    total = results["total_steps"]
-    y = np.arange(len(names))[::-1]
-    fig, (a, p, b) = plt.subplots(1, 3, figsize=(15, 0.32 * len(names) + 1.6), sharey=True)
-    a.barh(y, [m["final_loss_mean"] for m in ms], xerr=[m["final_loss_std"] for m in ms], color="tab:blue",
-           alpha=0.7, capsize=2)
-    a.axvline(results["target_loss"], color="gray", ls="--", lw=1)
-    lo = min(m["final_loss_mean"] - 2 * m["final_loss_std"] for m in ms)
-    hi = max(m["final_loss_mean"] + 2 * m["final_loss_std"] for m in ms)
-    a.set_xlim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
-    a.set_xlabel("final held-out loss (mean ± seed std; dashed: baseline)")
-    paired = [_paired_values(m, results["methods"]["baseline"]) for m in ms]
-    p.barh(y, [np.mean(d) if d else 0.0 for d in paired], xerr=[np.std(d) if d else 0.0 for d in paired],
-           color=["tab:green" if d and np.mean(d) < 0 else "tab:red" for d in paired], alpha=0.7, capsize=2)
-    p.axvline(0.0, color="gray", lw=1)
-    p.set_xlabel("final loss − baseline's, same seed (mean ± std)")
-    reach = [m["reach_step"] if m["reach_step"] is not None else total for m in ms]
-    bars = b.barh(y, reach, color="tab:green", alpha=0.7)
-    for bar, m in zip(bars, ms):
-        if m["reach_step"] is None:
-            bar.set_hatch("xx")
-            bar.set_alpha(0.25)
-    for yi, m in zip(y, ms):
-        seeds = [s if s is not None else total * 1.03 for s in m.get("reach_step_per_seed", [])]
-        b.plot(seeds, [yi] * len(seeds), "k.", ms=4)
-    b.axvline(total, color="gray", ls="--", lw=1)
-    b.set_xlabel(f"step reaching the baseline's final loss (hatched: not in {total})")
-    a.set_yticks(y, names, fontsize=8)
-    for ax in (a, p, b):
-        ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    return _save(plt, fig, out_dir, "ablation_overview.png")
-
-
-def _save(plt, fig, out_dir: str, name: str) -> str:
-    """Writes `fig` as out_dir/name (PNG, atomically) and closes it."""
-    path = storage.join(out_dir, name)
-    png = io.BytesIO()
-    fig.savefig(png, dpi=110, format="png")
-    storage.write_atomic(path, png.getvalue())
-    plt.close(fig)
-    return path
-
-
-def _plot_fewshot(plt, scores: dict, out_dir: str) -> str:
-    """fewshot_vs_step.png: one panel per few-shot metric, a line per method."""
-    keys = list(scores)
-    cols = min(len(keys), 3)
-    rows = -(-len(keys) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, key in zip(axes.flat, keys):
-        for name, m in scores[key]["methods"].items():
-            ax.plot(m["steps"], m["mean"], marker="o", ms=3, label=name)
-        ax.axhline(scores[key]["target"], color="gray", ls="--", lw=1)
-        ax.set_title(key, fontsize=9)
-        ax.set_xlabel("training step", fontsize=8)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    return _save(plt, fig, out_dir, "fewshot_vs_step.png")
-
-
 def _fmt(x, pattern="{:.4f}", none="not reached"):
     return none if x is None else pattern.format(x)
 
@@ -465,6 +360,9 @@ def markdown(results: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
+OVERVIEW_FROM = 4  # experiments with more methods than this get ablation_overview.png and its table
+
+
 def _overview_markdown(results: dict) -> list[str]:
     """Per-seed steps to the baseline's final loss, and the overview plot (experiments with many methods)."""
     if len(results["methods"]) <= OVERVIEW_FROM:
@@ -485,7 +383,7 @@ def _overview_markdown(results: dict) -> list[str]:
     return lines + ["", "![ablation overview](ablation_overview.png)", ""]
 
 
-def _paired_values(m: dict, baseline: dict) -> list[float]:
+def paired_values(m: dict, baseline: dict) -> list[float]:
     """The method's final loss minus the baseline's, for each seed both ran."""
     base = dict(zip(baseline.get("seeds", []), baseline.get("final_loss_per_seed", [])))
     return [x - base[s] for s, x in zip(m.get("seeds", []), m.get("final_loss_per_seed", [])) if s in base]
@@ -493,7 +391,7 @@ def _paired_values(m: dict, baseline: dict) -> list[float]:
 
 def _paired(m: dict, baseline: dict) -> str:
     """Final-loss difference to the baseline paired by seed: 'mean ± std', or '-' without common seeds."""
-    diffs = _paired_values(m, baseline)
+    diffs = paired_values(m, baseline)
     return f"{np.mean(diffs):+.4f} ± {np.std(diffs):.4f}" if diffs else "-"
 
 
