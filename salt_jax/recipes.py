@@ -8,6 +8,13 @@ from __future__ import annotations
 import ml_collections
 
 from salt_jax.config import base_config, set_method
+from salt_jax.kd import methods
+
+
+def _teacher(c: ml_collections.ConfigDict, method: str, path: str) -> None:
+    """Names the default teacher `path` only for variants that use a teacher: a teacher run (or a baseline)
+    carries no teacher path, so its own workdir may be the students' default teacher."""
+    c.salt.teacher = path if methods.variant(method).teacher else ""
 
 
 def test_tiny_run(method: str = "baseline") -> ml_collections.ConfigDict:
@@ -24,7 +31,7 @@ def test_tiny_run(method: str = "baseline") -> ml_collections.ConfigDict:
     c.train.eval_every = 20
     c.train.checkpoint_every = 20
     c.optim.warmup_steps = 5
-    c.salt.teacher = "runs/test-tiny-teacher"
+    _teacher(c, method, "runs/test-tiny-teacher")
     return set_method(c, method)
 
 
@@ -42,7 +49,7 @@ def demo_run(method: str = "baseline") -> ml_collections.ConfigDict:
     c.train.log_every = 20
     c.train.eval_every = 50
     c.train.checkpoint_every = 100
-    c.salt.teacher = "runs/demo-teacher"
+    _teacher(c, method, "runs/demo-teacher")
     return set_method(c, method)
 
 
@@ -78,7 +85,7 @@ def gpu_small_run(method: str = "baseline") -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 1000
     c.train.loss = "chunked"  # 32K vocabulary: the logits dominate (docs/performance.md); every method uses it
     c.salt.teacher_dtype = "bfloat16"
-    c.salt.teacher = "runs/gpu_small/teacher"
+    _teacher(c, method, "runs/gpu_small/teacher")
     return set_method(c, method)
 
 
@@ -120,5 +127,5 @@ def paper_run(method: str = "baseline", student: str = "paper-2.8b") -> ml_colle
     c.salt.kd_steps = 36_000  # the paper's n_KD
     c.salt.teacher_dtype = "bfloat16"
     c.salt.teacher_preset = teacher
-    c.salt.teacher = f"runs/paper/{teacher}-teacher"
+    _teacher(c, method, f"runs/paper/{teacher}-teacher")
     return set_method(c, method)

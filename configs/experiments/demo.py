@@ -16,7 +16,7 @@ def get_config():
     c.student.eval.tasks = "stdlib_next_line,stdlib_identifier,stdlib_line_completion,stdlib_perplexity"
     c.student.eval.num_fewshot = 1
     c.student.eval.limit = 200
-    c.student.eval.steps = "125,250,350,500"
+    c.student.eval.steps = "25%,50%,70%,100%"  # (steps 125, 250, 350, 500 of 500)
     c.methods = "baseline,salt"  # comma-separated variants (configs/demo.py), optionally VARIANT[field=value,...]
     c.seeds = "0"  # comma-separated seeds; each sets config.seed and config.data.seed
     c.lr_sweep = ""  # comma-separated learning rates to sweep on the baseline first (best is used for all)

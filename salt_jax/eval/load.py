@@ -88,7 +88,7 @@ def load(workdir: str, step: int | None = None, mesh_cfg: ml_collections.ConfigD
          field: str = "--workdir") -> Loaded:
     """The parameters of checkpoint `step` (default: the latest) of `workdir`, on a mesh of all devices
     (or `mesh_cfg`), with the run's tokenizer."""
-    root, latest = checkpoints.resolve_checkpoint(workdir, field)
+    root, latest = checkpoints.resolve_checkpoint(workdir, field, role="run")
     step = latest if step is None else step
     if not paths.isdir(paths.join(root, str(step))):
         have = sorted(int(d) for d in paths.listdir(root) if d.isdigit())

@@ -1,6 +1,12 @@
 """The comparison experiment from the command line.
 
     python -m salt_jax.experiment --config=configs/experiments/demo.py --workdir=runs/demo
+    python -m salt_jax.experiment --config=configs/experiments/ablations.py --workdir=runs/ablations --dry_run
+
+Trains the teacher, then every method and seed (each an ordinary, resumable run
+in its own directory), then writes report.md, results.json and the plots. The
+same command resumes an interrupted experiment. --dry_run checks every run's
+config and prints the runs it would train, training nothing.
 """
 
 from __future__ import annotations
@@ -14,13 +20,15 @@ from ml_collections import config_flags
 from salt_jax import paths
 from salt_jax.cli import fail, flags_parser, interrupted, load_config, own_flags_help, setup_logging
 from salt_jax.errors import INTERRUPTED_STATUS, UserError
-from salt_jax.experiment.pipeline import run_experiment
+from salt_jax.experiment.pipeline import plan, run_experiment
 from salt_jax import distributed
 from salt_jax.train import faults
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (configs/experiments/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for all runs and the report.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Check every run's config and print the runs (label, workdir, "
+                             "model, steps); train nothing.")
 
 
 def _main(argv) -> None:
@@ -29,6 +37,16 @@ def _main(argv) -> None:
     exp = load_config(_CONFIG)
     if not _WORKDIR.value:
         fail("--workdir is required: the directory for the experiment's runs and report")
+    if _DRY_RUN.value:
+        try:
+            runs = plan(exp, _WORKDIR.value)
+        except UserError as e:
+            fail(str(e))
+        for label, workdir, c in runs:
+            print(f"{label}: {workdir} | {c.model.preset} | {c.salt.method} | {c.train.steps} steps | batch "
+                  f"{c.data.batch_size} x {c.data.seq_len}", flush=True)
+        print(f"{len(runs)} runs; nothing trained (--dry_run)", flush=True)
+        return
     try:
         distributed.initialize()
         results = run_experiment(exp, _WORKDIR.value)
@@ -48,7 +66,7 @@ def _main(argv) -> None:
 
 def main() -> None:
     app.run(_main, flags_parser=flags_parser(
-        lambda: "\n".join([(__doc__ or "").strip(), "", "flags:", *own_flags_help()])))
+        lambda: "\n".join([(__doc__ or "").strip(), "", "flags:", *own_flags_help()]), "salt-experiment"))
 
 
 if __name__ == "__main__":

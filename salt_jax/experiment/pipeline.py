@@ -18,7 +18,7 @@ import jax
 import ml_collections
 
 from salt_jax import paths
-from salt_jax.config import drift, set_method
+from salt_jax.config import drift, set_method, validate
 from salt_jax.errors import UserError
 from salt_jax.experiment import plots, report
 from salt_jax.kd import methods as kd_methods
@@ -99,7 +99,7 @@ def student_config(exp: ml_collections.ConfigDict, spec: str, seed: int, teacher
     c.seed = seed
     c.data.seed = seed
     c.optim.learning_rate = learning_rate
-    c.salt.teacher = teacher
+    c.salt.teacher = teacher if kd_methods.method(c.salt.method).teacher else ""  # (a baseline names none)
     c.train.progress = exp.progress
     return c
 
@@ -144,7 +144,7 @@ def _train(config, workdir: str, label: str) -> None:
 def _choose_lr(exp, workdir: str, teacher_dir: str) -> tuple[float, str]:
     """The baseline's best learning rate over exp.lr_sweep (seed 0), or the configured one."""
     default = float(exp.student.optim.learning_rate)
-    grid = [float(x) for x in str(exp.lr_sweep).split(",") if x.strip()]
+    grid = _lr_grid(exp)
     if not grid:
         return default, exp.lr_note or "fixed in the experiment config."
     finals = {}
@@ -171,9 +171,10 @@ def _teacher_model(teacher_dir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(read_record(root, step)["model"])
 
 
-def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains whatever is missing and writes results.json, report.md and the plots."""
-    paths.makedirs(workdir)
+def plan(exp: ml_collections.ConfigDict, workdir: str) -> list[tuple[str, str, ml_collections.ConfigDict]]:
+    """Every run the experiment trains, in order, as (label, run workdir, run config), each config validated:
+    checked before anything trains, and what `--dry_run` prints. Students are shown with the configured
+    learning rate (a config.lr_sweep picks theirs after the sweep's runs)."""
     methods = split_methods(exp.methods)
     seeds = [int(s) for s in str(exp.seeds).split(",") if s.strip()]
     if "baseline" not in methods:
@@ -185,9 +186,34 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
         if name not in kd_methods.VARIANTS:
             raise UserError(f"config.methods: unknown method {name!r} in {spec!r}; use one of "
                             f"{', '.join(kd_methods.VARIANTS)}")
-
-    if exp.teacher_path:  # checked before anything trains
+    if exp.teacher_path:
         checkpoints.resolve_checkpoint(exp.teacher_path, "config.teacher_path")
+    teacher_dir = paths.expand(exp.teacher_path) if exp.teacher_path else paths.join(workdir, "teacher")
+    runs = [] if exp.teacher_path else [("teacher", teacher_dir, exp.teacher)]
+    runs += [(f"teacher {name}", teacher_workdir(workdir, name), config) for name, config in _teachers(exp).items()]
+    lr = float(exp.student.optim.learning_rate)
+    runs += [(f"lr sweep {x:g}", paths.join(workdir, "lr_sweep", f"baseline-lr{x:g}"),
+              student_config(exp, "baseline", 0, teacher_dir, x)) for x in _lr_grid(exp)]
+    runs += [(f"{spec} seed {seed}", paths.join(workdir, f"{run_name(spec)}-s{seed}"),
+              student_config(exp, spec, seed, teacher_dir, lr, workdir)) for spec in methods for seed in seeds]
+    for label, _, config in runs:
+        try:
+            validate(config)
+        except UserError as e:
+            raise UserError(f"[{label}] {e}") from None
+    return runs
+
+
+def _lr_grid(exp: ml_collections.ConfigDict) -> list[float]:
+    return [float(x) for x in str(exp.lr_sweep).split(",") if x.strip()]
+
+
+def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains whatever is missing and writes results.json, report.md and the plots."""
+    plan(exp, workdir)  # every config checked before anything trains
+    paths.makedirs(workdir)
+    methods = split_methods(exp.methods)
+    seeds = [int(s) for s in str(exp.seeds).split(",") if s.strip()]
     teacher_dir = paths.expand(exp.teacher_path) if exp.teacher_path else paths.join(workdir, "teacher")
     if not exp.teacher_path:
         _train(exp.teacher, teacher_dir, "teacher")

@@ -16,7 +16,7 @@ Rules (written into the report too):
   step where the teacher ran (steps before the KD phase ended), plus, for
   salt_ds, one teacher forward over every scored pool sequence (and one of
   the reference model for ds_rule=difference). F is
-  `salt_jax.model.transformer.flops_per_token` (matmuls + causal attention). Compute is
+  `salt_jax.model.flops.flops_per_token` (matmuls + causal attention). Compute is
   reported in baseline-step equivalents (cumulative FLOPs / baseline FLOPs per
   step). The teacher's own training is not counted (SALT assumes it exists).
 """
@@ -202,6 +202,13 @@ def lower_is_better(metric: str) -> bool:
     return "perplexity" in metric or "bits_per_byte" in metric
 
 
+def _measured_at(group: list[Run], step: int, key: str) -> float | None:
+    """The seeds' mean score `key` evaluated at exactly `step`; None where it was not measured there (a
+    fraction's column then shows "-", never a score from another step)."""
+    found = [e for r in group for e in r.fewshot if e["step"] == step]
+    return float(np.mean([e[key] for e in found])) if len(found) == len(group) else None
+
+
 def fewshot(runs: dict[str, list[Run]], total_steps: int, baseline: str = "baseline") -> dict | None:
     """Few-shot scores (config.eval) per metric and method: the seed mean at each evaluation, at the loss
     table's fractions, and the step from which the method stays at or past the baseline's final score
@@ -226,8 +233,8 @@ def fewshot(runs: dict[str, list[Run]], total_steps: int, baseline: str = "basel
                 "steps": steps, "mean": values.tolist(),
                 "final": float(values[-1]),
                 "final_stderr": float(np.mean([r.fewshot[-1].get(f"{key}_stderr", np.nan) for r in group])),
-                "at_fraction": {f"{int(f * 100)}": float(np.mean([_at_step(r.fewshot, int(round(f * total_steps)))[key]
-                                                                  for r in group])) for f in FRACTIONS},
+                "at_fraction": {f"{int(f * 100)}": _measured_at(group, int(round(f * total_steps)), key)
+                                for f in FRACTIONS},
                 "reach_step": reach,
             }
         base = per_method[baseline]
@@ -254,10 +261,14 @@ def fewshot_conclusion(results: dict, baseline: str = "baseline") -> str:
             if name == baseline:
                 continue
             b = entry["methods"][baseline]
+            measured = [f for f in ("25", "50", "70", "100")
+                        if m["at_fraction"][f] is not None and b["at_fraction"][f] is not None]
             better = [(m["at_fraction"][f] < b["at_fraction"][f]) if entry["lower_is_better"]
-                      else (m["at_fraction"][f] > b["at_fraction"][f]) for f in ("25", "50", "70", "100")]
-            lead = ("ahead at every fraction" if all(better) else "behind at every fraction" if not any(better)
-                    else f"ahead at {sum(better)} of 4 fractions")
+                      else (m["at_fraction"][f] > b["at_fraction"][f]) for f in measured]
+            of = "" if len(measured) == 4 else " measured"  # (a fraction's step not evaluated is not compared)
+            lead = ("not evaluated at the table's fractions" if not better else f"ahead at every fraction{of}"
+                    if all(better) else f"behind at every fraction{of}"
+                    if not any(better) else f"ahead at {sum(better)} of {len(better)} fractions{of}")
             reach = (f"reaches the baseline's final {b['final']:.4f} at step {m['reach_step']}"
                      if m["reach_step"] is not None else f"does not reach the baseline's final {b['final']:.4f}")
             two_se = 2 * b["final_stderr"]
@@ -412,7 +423,7 @@ def _fewshot_markdown(results: dict) -> list[str]:
     for key, entry in scores.items():
         arrow = "lower is better" if entry["lower_is_better"] else "higher is better"
         for name, m in entry["methods"].items():
-            cells = [_num(m["at_fraction"][f]) for f in fractions]
+            cells = [_fmt(m["at_fraction"][f], "{:.4f}", "-") for f in fractions]
             stderr = f" ± {m['final_stderr']:.4f}" if np.isfinite(m["final_stderr"]) else ""
             reach = _fmt(m["reach_step"], "{}") if entry["signal"] else "no signal"
             lines.append(f"| {key} ({arrow}) | {name} | " + " | ".join(cells) + f" | {_num(m['final'])}{stderr} | "

@@ -196,7 +196,7 @@ def export_hf(workdir: str, out: str, step: int | None = None, dtype: str = "flo
 
     workdir = os.path.abspath(workdir)
     try:
-        root, latest = checkpoints.resolve_checkpoint(workdir)
+        root, latest = checkpoints.resolve_checkpoint(workdir, "--workdir", role="run")
     except UserError as e:
         raise UserError(f"--workdir {workdir}: {str(e).split(': ', 1)[-1]}") from None
     if step is None:

@@ -132,6 +132,13 @@ def layout(cfg: ml_collections.ConfigDict, salt_cfg: ml_collections.ConfigDict, 
     return model, sharding.shardings_for(boxed, mesh)
 
 
+def check_found(salt_cfg: ml_collections.ConfigDict) -> None:
+    """Raises the one-line UserError of a teacher path that is missing or holds no finished checkpoint (a
+    Hugging Face model directory is found as it is)."""
+    if paths.is_remote(salt_cfg.teacher) or not hf_files.is_hf_dir(paths.expand(salt_cfg.teacher)):
+        checkpoints.resolve_checkpoint(salt_cfg.teacher)
+
+
 def identify(salt_cfg: ml_collections.ConfigDict) -> dict:
     """The teacher's identity ({"checkpoint", "fingerprint"}, as `Teacher.identity`) from its files, without
     restoring its parameters: what a run that only reads the teacher's cached logits needs of it."""

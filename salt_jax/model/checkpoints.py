@@ -75,13 +75,16 @@ def restore_params(root: str, step: int, target: Any, what: str = "checkpoint") 
     return restored["state"]["params"]
 
 
-def resolve_checkpoint(path: str, field: str = "config.salt.teacher") -> tuple[str, int]:
-    """(checkpoints directory, step) for a teacher workdir or a single checkpoint directory; errors name
-    `field`, the setting that gave the path."""
+def resolve_checkpoint(path: str, field: str = "config.salt.teacher", role: str = "teacher") -> tuple[str, int]:
+    """(checkpoints directory, step) for a run's workdir or a single checkpoint directory; errors name
+    `field`, the setting that gave the path, and say what was expected there: a `role="teacher"` (a
+    student's config.salt.teacher) or any training run's checkpoint (`role="run"`: eval, sample, export)."""
     path = paths.expand(path)
+    teacher = role == "teacher"
     if not paths.isdir(path):
-        raise UserError(f"{field}={path}: no such directory; give the teacher run's workdir "
-                        "or one of its checkpoint directories")
+        raise UserError(f"{field}={path}: no such directory; give the "
+                        f"{'teacher run' if teacher else 'training run'}'s workdir or one of its checkpoint "
+                        "directories")
     if paths.exists(paths.join(path, "_CHECKPOINT_METADATA")) or paths.isdir(paths.join(path, "state")):
         base, step = path.rstrip("/").rsplit("/", 1)
         if step.isdigit():
@@ -90,8 +93,12 @@ def resolve_checkpoint(path: str, field: str = "config.salt.teacher") -> tuple[s
     steps = sorted(int(d) for d in paths.listdir(root)
                    if d.isdigit() and paths.exists(paths.join(root, d, "_CHECKPOINT_METADATA")))
     if not steps:
-        raise UserError(f"{field}={path}: no finished checkpoint in it; train the teacher first "
-                        "(a run with config.salt.method=teacher) or point at its workdir")
+        if teacher:
+            raise UserError(f"{field}={path}: no finished checkpoint in it; train the teacher first "
+                            "(python -m salt_jax.main --config=FILE:teacher --workdir=DIR) and point at DIR")
+        raise UserError(f"{field}={path}: no finished checkpoint in it (expected a training run's workdir, with "
+                        "checkpoints/<step>/, or one checkpoint directory); train a run there first or point at "
+                        "one")
     return root, steps[-1]
 
 

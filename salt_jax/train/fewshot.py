@@ -38,8 +38,16 @@ class FewShot:
         if done == total_steps:
             return True
         if self.cfg.steps.strip():
-            return done in {int(x) for x in self.cfg.steps.split(",") if x.strip()}
+            return done in at_steps(self.cfg.steps, total_steps)
         return done % (self.cfg.every or eval_every) == 0
+
+
+def at_steps(spec: str, total_steps: int) -> list[int]:
+    """config.eval.steps as step numbers: "125" is step 125, "25%" the step nearest 25% of the run (as the
+    experiment report's fractions), steps past the run dropped."""
+    steps = {int(round(int(x.strip()[:-1]) / 100 * total_steps)) if x.strip().endswith("%") else int(x)
+             for x in spec.split(",") if x.strip()}
+    return sorted(s for s in steps if 0 < s <= total_steps)
 
     def scores(self, params) -> dict[str, float]:
         self.engine.params = params
@@ -69,7 +77,8 @@ def describe(scores: dict[str, float]) -> str:
 def maybe(config: ml_collections.ConfigDict, mesh, tokenizer) -> FewShot | None:
     if not config.eval.tasks.strip():
         return None
-    when = (f"at steps {config.eval.steps}" if config.eval.steps.strip()
+    steps = at_steps(config.eval.steps, config.train.steps)
+    when = (f"at steps {','.join(map(str, steps))}" if config.eval.steps.strip()
             else f"every {config.eval.every or config.train.eval_every} steps")
     logging.info("few-shot evaluation: %s %s", config.eval.tasks, when)
     return FewShot(config, mesh, tokenizer)

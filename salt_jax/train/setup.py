@@ -25,7 +25,7 @@ from salt_jax.config import check_vocab, validate
 from salt_jax.data import batches as batches_lib
 from salt_jax.data import store
 from salt_jax.errors import UserError
-from salt_jax.kd import objective, schedules, selection
+from salt_jax.kd import methods, objective, schedules, selection
 from salt_jax.kd import teacher as teacher_lib
 from salt_jax.kd import teacher_cache
 from salt_jax.kd.schedules import KDPhase
@@ -245,13 +245,24 @@ def _check_teacher_outside(teacher: str, workdir: str) -> None:
                         "checkpoints the run rotates; point at the teacher run's own workdir")
 
 
+def _check_teacher_found(salt, workdir: str) -> None:
+    """A fresh run that will load its teacher says a missing or untrained teacher before minutes of tokenizer
+    training and store building (a resumed one may be past its KD phase, and need no teacher)."""
+    ckpts = paths.join(workdir, "checkpoints")
+    resuming = paths.isdir(ckpts) and any(d.isdigit() for d in paths.listdir(ckpts))
+    if salt.kd_steps != 0 and not resuming:
+        teacher_lib.check_found(salt)
+
+
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Builds (or restores) everything the loop of the run in `workdir` needs."""
     validate(config)
     teacher_lib.adopt_teacher_vocabulary(config)  # a Hugging Face teacher: its tokenizer and vocabulary size
     schedules.resolve(config.salt, config.train.steps)  # config.json records the step counts used
     workdir_lib.check_config(config, workdir)
-    _check_teacher_outside(config.salt.teacher, workdir)
+    if methods.method(config.salt.method).teacher:  # (a run without a teacher ignores salt.teacher)
+        _check_teacher_outside(config.salt.teacher, workdir)
+        _check_teacher_found(config.salt, workdir)
     cfg_d, cfg_t = config.data, config.train
 
     cache, tok = store.build_cache(cfg_d)
