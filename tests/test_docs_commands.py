@@ -1,0 +1,342 @@
+"""The docs are executable: every shell command in a fenced block of README.md and docs/*.md runs as printed
+(with size overrides appended: a tiny model, a few steps, a sandbox for runs/), in the docs' order, or is
+listed below with the reason it cannot run here and what runs instead (a --dry-run, a check of the
+script); and every example command a module docstring (a --help text) prints names a real module, real
+config files and real flags. A command added to the docs that is neither run nor listed fails the suite.
+"""
+
+import functools
+import glob
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+DOCS = ["README.md", *sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "*.md")))]
+SHELL_FENCES = ("bash", "sh", "shell")
+
+# Size overrides for a run config (configs/demo.py, configs/test_tiny.py): a 1-layer model, 4 steps.
+TINY = ("--config.train.steps=4 --config.train.eval_every=2 --config.train.checkpoint_every=2 "
+        "--config.train.log_every=2 --config.optim.warmup_steps=1 --config.data.max_files=40 "
+        "--config.data.batch_size=8 --config.data.seq_len=32 --config.data.eval_batches=1 "
+        "--config.model.n_layers=1 --config.model.d_model=32 --config.model.mlp_dim=64 --config.model.n_heads=2 "
+        "--config.model.n_kv_heads=1 --config.model.head_dim=16")
+EXPERIMENT = " ".join([*(f"--config.{run}.{o[len('--config.'):]}" for run in ("teacher", "student")
+                         for o in TINY.split()), "--config.student.eval.limit=2"])
+# Placeholders the docs use, and what stands for them in the sandbox.
+PLACEHOLDERS = {"=RUN ": "=runs/demo/salt-s0 ", " OUTDIR": " bench-out", "$P": "0"}
+
+
+def doc_commands() -> list[tuple[str, int, str]]:
+    """(doc, line, command) for every command in a fenced shell block: continuation lines joined, comments
+    and the comment after a command dropped."""
+    found = []
+    for doc in DOCS:
+        text = open(os.path.join(REPO, doc), encoding="utf-8").read()
+        for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
+            if m.group(1) not in SHELL_FENCES:
+                continue
+            first = text[:m.start(2)].count("\n") + 1
+            found += [(doc, first + i, cmd) for i, cmd in _logical_lines(m.group(2))]
+    return found
+
+
+def _logical_lines(block: str) -> list[tuple[int, str]]:
+    out, current, start = [], "", 0
+    for i, raw in enumerate(block.split("\n")):
+        if not current:
+            start = i
+        current += raw[:-1] + " " if raw.endswith("\\") else raw
+        if raw.endswith("\\"):
+            continue
+        cmd = re.sub(r"\s+#\s.*$", "", current).strip()
+        current = ""
+        if cmd and not cmd.startswith("#"):
+            out.append((start, re.sub(r"\s+", " ", cmd)))
+    return out
+
+
+def test_commands_are_in_fenced_shell_blocks():
+    """An indented code block with a command would not be collected (and so not run): use ```bash."""
+    for doc in DOCS:
+        text = open(os.path.join(REPO, doc), encoding="utf-8").read()
+        outside = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+        for line in outside.splitlines():
+            assert not re.match(r"^ {4,}(python3? |bash |pip |sbatch |salt-|HOSTS=)", line), (
+                f"{doc}: {line.strip()!r} is in an indented block; put commands in ```bash blocks")
+
+
+# ------------------------------------------------------------------------------------------------ the rules
+# Each command matches the first rule whose pattern it contains: a way to run it, or the reason it cannot
+# run here and what is checked instead.
+
+
+def _extras() -> set[str]:
+    text = open(os.path.join(REPO, "setup.py")).read()
+    block = text[text.index("extras_require"):]
+    return set(re.findall(r'^\s+"([a-z]+)": ', block, re.M))
+
+
+def _install(cmd, box):
+    """An install line: its extra exists in setup.py; the main job after it (README command 1) runs tiny."""
+    for extra in re.findall(r'pip install -e "\.\[(\w+)\]"', cmd):
+        assert extra in _extras(), f"{cmd}: setup.py has no extra {extra!r}"
+    if "pytest" in cmd:
+        return None  # the suite itself: .ci/run runs it verbatim (tests/test_readme.py checks the text)
+    tail = cmd.split("&&")[-1].strip()
+    return _run(tail, box) if tail.startswith("python") else None
+
+
+def _not_run(reason, instead=None):
+    def handle(cmd, box):
+        assert reason
+        return instead(cmd, box) if instead else None
+    return handle
+
+
+def _dry(script):
+    """A launch script's --dry-run (which prints the commands it would run) in place of the real launch."""
+    def handle(cmd, box):
+        for part in cmd.split("&&"):
+            env_part, _, rest = part.strip().partition(f"bash scripts/{script}")
+            dry = f"{env_part}bash scripts/{script} --dry-run{rest}"
+            out = _shell(dry, box, env={"TPU_NAME": "docs", "ZONE": "z", "PROJECT": "p", "BUCKET": "b"})
+            assert out.returncode == 0, f"{dry}\n{out.stderr[-1500:]}"
+            assert out.stdout.strip(), dry
+    return handle
+
+
+def _slurm(cmd, box):
+    assert subprocess.run(["bash", "-n", os.path.join(REPO, "scripts", "slurm.sbatch")]).returncode == 0
+    assert " scripts/slurm.sbatch configs/" in cmd
+
+
+def _step_checked(cmd, box):
+    """`--step=N` must name a checkpoint the full-size run keeps; the tiny run then evaluates its step 2."""
+    step = int(re.search(r"--step=(\d+)", cmd).group(1))
+    from salt_jax.recipes import demo_run
+
+    c = demo_run("salt")
+    saved = [s for s in range(c.train.checkpoint_every, c.train.steps + 1, c.train.checkpoint_every)]
+    assert step in saved[-c.train.keep_checkpoints:], (
+        f"{cmd}: the demo keeps checkpoints {saved[-c.train.keep_checkpoints:]}, not {step}")
+    return _run(re.sub(r"--step=\d+", "--step=2", cmd), box)
+
+
+RULES = [
+    ("pip install", _install),
+    ("gs://", _not_run("no bucket or credentials here: the same multi-machine build through a fake gs:// "
+                       "bucket is tests/test_cloud_store.py")),
+    ("--tasks=paper_suite", _not_run("lm-eval downloads these tasks from the Hugging Face hub: no network "
+                                     "here; the offline tasks run the same code path")),
+    ("sbatch ", _not_run("no SLURM here: the script is checked with bash -n", instead=_slurm)),
+    ("scripts/multinode.sh", _not_run("no GPU hosts here", instead=_dry("multinode.sh"))),
+    ("scripts/tpu_pod.sh", _not_run("no Cloud TPU here", instead=_dry("tpu_pod.sh"))),
+    ("--step=", _step_checked),
+    ("python", lambda cmd, box: _run(cmd, box)),
+]
+
+
+def _overrides(cmd: str) -> str:
+    """The size overrides a command gets appended."""
+    module = re.search(r"python3? -m ([\w.]+)", cmd)
+    module = module.group(1) if module else ""
+    if module == "salt_jax.experiment":
+        return EXPERIMENT + (" --dry_run" if "experiments/demo.py" not in cmd else "")
+    if module in ("salt_jax.main", "salt_jax.prepare", "salt_jax.teacher_cache"):
+        return TINY + (" --workers=0" if module == "salt_jax.prepare" else "")
+    if module == "salt_jax.eval":
+        return "--limit=2"
+    if module == "salt_jax.sample":
+        return "--max_tokens=4"
+    if "bench_store.py" in cmd:
+        return "--sizes_mb=1 --workers=0"
+    return ""
+
+
+def _shell(cmd: str, box: str, env: dict | None = None):
+    return subprocess.run(["bash", "-c", cmd], cwd=box, capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, **(env or {})))
+
+
+def _run(cmd: str, box: str):
+    for key, value in PLACEHOLDERS.items():
+        cmd = cmd.replace(key, value)
+    cmd = cmd.replace("/models/", f"{box}/models/").replace("'/data/", f"'{box}/data/")
+    full = f"{cmd} {_overrides(cmd)}".strip()
+    out = _shell(full, box)
+    assert out.returncode == 0, f"{full}\nexit {out.returncode}\n{out.stdout[-1500:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the sandbox
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory, cache_dir):
+    """A directory laid out as a checkout (configs/, scripts/ linked) where the docs' runs/ go, with the
+    inputs the docs assume: a small Hugging Face model at models/SmolLM2-135M, JSONL at data/pile/."""
+    root = tmp_path_factory.mktemp("docs")
+    for name in ("configs", "scripts"):
+        os.symlink(os.path.join(REPO, name), root / name)
+    (root / "data" / "pile").mkdir(parents=True)
+    import json
+
+    stdlib = os.path.dirname(os.__file__)
+    for i, name in enumerate(("textwrap.py", "glob.py", "shlex.py", "fnmatch.py")):
+        text = open(os.path.join(stdlib, name), encoding="utf-8").read()
+        with open(root / "data" / "pile" / f"{i:02d}.jsonl", "w") as fh:
+            for chunk in range(0, len(text), 2000):
+                fh.write(json.dumps({"text": text[chunk:chunk + 2000], "meta": {"pile_set_name": "stdlib"}}) + "\n")
+    _tiny_hf_model(str(root / "models" / "SmolLM2-135M"))
+    _my_task(root)
+    return str(root)
+
+
+def _my_task(root) -> None:
+    """docs/evaluation.md's own-task YAML, written as printed, over four documents of stdlib_next_line."""
+    text = open(os.path.join(REPO, "docs", "evaluation.md"), encoding="utf-8").read()
+    yaml = re.search(r"^```yaml\n# my_tasks/my_task.yaml\n(.*?)^```", text, re.S | re.M).group(1)
+    (root / "my_tasks").mkdir()
+    (root / "my_tasks" / "my_task.yaml").write_text(yaml)
+    from salt_jax.eval.tasks.utils import read_docs
+
+    import json
+
+    lines = [json.dumps({k: d[k] for k in ("context", "choices", "gold")}) for d in read_docs("next_line", "test")[:4]]
+    (root / "my_tasks" / "my_task.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _tiny_hf_model(directory: str) -> None:
+    """A 1-layer Llama with its own byte-level BPE tokenizer, saved as save_pretrained writes a model."""
+    import transformers
+    from test_hf import _randomize, _train_tokenizer
+
+    fast = _train_tokenizer(directory)
+    cfg = transformers.LlamaConfig(vocab_size=288, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                                   tie_word_embeddings=True, eos_token_id=fast.eos_token_id, bos_token_id=None)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    _randomize(model, seed=3).save_pretrained(directory)
+
+
+# --------------------------------------------------------------------------------------------- the commands
+
+COMMANDS = doc_commands()
+
+
+def _unique(commands):
+    seen, out = set(), []
+    for doc, line, cmd in commands:
+        if cmd not in seen:
+            seen.add(cmd)
+            out.append((doc, line, cmd))
+    return out
+
+
+@pytest.mark.parametrize("doc,line,cmd", _unique(COMMANDS), ids=[f"{d}:{n}" for d, n, _ in _unique(COMMANDS)])
+def test_doc_command_runs_as_printed(doc, line, cmd, box):
+    for pattern, handle in RULES:
+        if pattern in cmd:
+            handle(cmd, box)
+            return
+    pytest.fail(f"{doc}:{line}: {cmd!r} is neither run nor listed with a reason in tests/test_docs_commands.py")
+
+
+def test_the_docs_show_the_commands_this_test_knows():
+    """The collection itself: the walkthrough and the main job are among the commands found."""
+    cmds = [c for _, _, c in COMMANDS]
+    assert "python -m salt_jax.main --config=configs/demo.py:teacher --workdir=runs/demo-teacher" in cmds
+    assert any(c.endswith("python -m salt_jax.experiment --config=configs/experiments/demo.py --workdir=runs/demo")
+               for c in cmds)
+    assert len(cmds) >= 30
+
+
+# ------------------------------------------------------------------------------- names in docs and docstrings
+
+ENTRY_MODULES = ["salt_jax.main", "salt_jax.experiment", "salt_jax.prepare", "salt_jax.compile",
+                 "salt_jax.teacher_cache", "salt_jax.eval", "salt_jax.sample", "salt_jax.hf", "salt_jax.bench",
+                 "salt_jax.model.presets"]
+
+
+def _module_file(name: str) -> str | None:
+    base = os.path.join(REPO, *name.split("."))
+    for path in (base + ".py", os.path.join(base, "__main__.py"), os.path.join(base, "__init__.py")):
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def _texts() -> dict[str, str]:
+    """Every doc, and every module under salt_jax/ and configs/ (their docstrings and comments)."""
+    files = DOCS + [os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "salt_jax", "**", "*.py"),
+                                                                 recursive=True)]
+    files += [os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "**", "*.py"),
+                                                          recursive=True)]
+    files += [os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "scripts", "*"))]
+    return {f: open(os.path.join(REPO, f), encoding="utf-8").read() for f in files}
+
+
+def test_every_module_and_config_named_exists():
+    missing = []
+    for where, text in _texts().items():
+        for name in set(re.findall(r"python3? -m (salt_jax(?:\.\w+)*)", text)):
+            if _module_file(name) is None:
+                missing.append(f"{where}: python -m {name}")
+        for path in set(re.findall(r"\b(configs/[\w/]+\.py)\b", text)):
+            if "no_such" not in path and not os.path.exists(os.path.join(REPO, path)):  # (errors.md's own)
+                missing.append(f"{where}: {path}")
+    assert not missing, "named but missing: " + "; ".join(sorted(missing))
+
+
+@functools.lru_cache(maxsize=None)
+def _help(module: str) -> str:
+    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, f"python -m {module} --help: exit {out.returncode}\n{out.stderr[-1500:]}"
+    return out.stdout
+
+
+def _docstring_examples() -> list[tuple[str, str]]:
+    """(module, command) for each `python -m salt_jax...` line a module's docstring prints."""
+    import ast
+
+    found = []
+    for module in ENTRY_MODULES:
+        doc = ast.get_docstring(ast.parse(open(_module_file(module), encoding="utf-8").read())) or ""
+        for _, cmd in _logical_lines(doc):
+            if cmd.startswith("python -m salt_jax"):
+                found.append((module, cmd))
+    return found
+
+
+def test_docstring_examples_use_real_flags():
+    """Each flag an example in a --help text uses is a flag of that command (or a --config.* field)."""
+    from salt_jax.config import base_config
+
+    fields = set()
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            walk(v, f"{prefix}{k}.") if isinstance(v, dict) else fields.add(prefix + k)
+
+    walk(base_config().to_dict())
+    examples = _docstring_examples()
+    assert len(examples) >= len(ENTRY_MODULES) - 1
+    bad = []
+    for module, cmd in examples:
+        named = re.match(r"python -m ([\w.]+)", cmd).group(1)
+        text = _help(named)
+        for flag in re.findall(r"(?<![\w-])--(?:no)?([a-z][\w.-]*)", cmd):
+            if flag.startswith("config."):
+                name = flag[len("config."):]  # a field, or a section as "data." ([--config.data.*])
+                if not (name in fields or name.endswith(".") and any(f.startswith(name) for f in fields)):
+                    bad.append(f"{module}: {cmd}: --{flag}")
+            elif f"--{flag}" not in text and f"--[no]{flag}" not in text:
+                bad.append(f"{module}: {cmd}: --{flag}")
+    assert not bad, "flags no command defines: " + "; ".join(bad)
