@@ -51,6 +51,7 @@ NOTEBOOK = [
     "ipykernel==7.4.0",
 ]
 LOGGING = ["tensorboard==2.21.0", "tqdm==4.70.1", "rich==15.0.0"]
+WANDB = ["wandb==0.31.0"]  # Weights & Biases beside metrics.jsonl (config.logging.wandb), imported only then
 # The TPU compiler: runs on TPU VMs, and on any host compiles for TPU slices (python -m salt_jax.compile).
 TPU = ["libtpu==0.0.42.1"]  # the version jax[tpu]==0.10.2 pins
 
@@ -63,13 +64,27 @@ setup(
     install_requires=CORE + DATA + EVAL,
     # the offline lm-eval tasks (YAML + JSONL) travel with the package
     package_data={"salt_jax.eval.tasks": ["*.yaml", "data/*.jsonl", "data/*.json"]},
+    # The commands (README "Commands"; salt_jax.cli.COMMANDS): each is also `python -m <module>`.
+    entry_points={"console_scripts": [
+        "salt-train=salt_jax.main:main",
+        "salt-experiment=salt_jax.experiment.__main__:main",
+        "salt-prepare=salt_jax.prepare:main",
+        "salt-teacher-cache=salt_jax.teacher_cache:main",
+        "salt-compile=salt_jax.compile:main",
+        "salt-eval=salt_jax.eval.__main__:main",
+        "salt-sample=salt_jax.sample:main",
+        "salt-hf=salt_jax.hf.__main__:main",
+        "salt-bench=salt_jax.bench:main",
+        "salt-presets=salt_jax.model.presets:main",
+    ]},
     extras_require={
         "hf": HF,
         "notebook": NOTEBOOK,
         "logging": LOGGING,
+        "wandb": WANDB,
         "tpu": TPU,
         # tests/test_hf.py compares against transformers; tests/test_compile.py compiles for TPU slices
-        "test": ["pytest==9.2.0"] + NOTEBOOK + HF + TPU,
-        "all": HF + NOTEBOOK + LOGGING + TPU + ["pytest==9.2.0"],
+        "test": ["pytest==9.2.0"] + NOTEBOOK + HF + TPU + WANDB,
+        "all": HF + NOTEBOOK + LOGGING + TPU + WANDB + ["pytest==9.2.0"],
     },
 )

@@ -1,17 +1,26 @@
 """Benchmarks, in one process with the same shapes: baseline vs KD step, dense vs chunked loss.
 
-    python -m salt_jax.bench --student=demo-student --teacher=demo-teacher --batch=16 --seq=128 \
-        [--vocab=0] [--dtype=float32] [--teacher-dtype=] [--loss=dense] [--chunk=256] [--remat=none] \
-        [--attention=auto] [--repeats=20] [--loss-only] [--no-loss-bench] [--cache-k=64] \
-        [--cache-targets=topk] [--out=bench.json]
+    python -m salt_jax.bench --config=configs/bench.py[:STUDENT] [--config.data.batch_size=8 ...]
+        [--teacher=PRESET] [--repeats=20] [--loss_only] [--noloss_bench] [--nocached_bench] [--out=bench.json]
+
+The run config gives everything measured: the student (config.model: sizes, dtype, remat,
+attention), batch and sequence length (config.data.batch_size, seq_len), the loss
+(config.train.loss, loss_chunk), the mesh (config.mesh) and the KD settings (config.salt;
+the KD step runs w0 on every step, whatever the config's method). The teacher is the preset
+config.salt.teacher_preset, or --teacher=PRESET when that is empty, or else the model recorded
+in config.salt.teacher's checkpoint; it computes in the student's dtype unless
+config.salt.teacher_dtype is set, and takes the student's vocabulary. Any config works
+(configs/demo.py --teacher=demo-teacher); configs/bench.py pairs each student preset with a
+teacher.
 
 Steps: compile time and median step time of the baseline step and of the KD
 step (the teacher's forward on every step), their ratio next to the FLOP model
 1 + F_T / (3 F_S) (`salt_jax.model.flops`), tokens/s and MFU (when the device's
 peak is known), and each compiled step's memory from XLA's memory analysis.
-With --cache-k > 0 also the KD step from cached sparse teacher targets
-(config.salt.teacher_logits=cache: no teacher forward), its ratio to the
-baseline, and the cache's bytes per token.
+Unless --nocached_bench, also the KD step from cached sparse teacher targets
+(config.salt.teacher_logits=cache: no teacher forward; config.salt.cache_k ids per
+position, config.salt.cache_targets), its ratio to the baseline, and the cache's bytes per
+token.
 
 Loss: forward + backward of the SALT loss alone from random hidden states
 (student and teacher widths, the vocabulary given), dense logits vs
@@ -27,7 +36,7 @@ Prints a table and writes everything to --out as JSON.
 
 from __future__ import annotations
 
-import argparse
+import copy
 import json
 import statistics
 import time
@@ -37,13 +46,19 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import app, flags
 from flax import linen as nn
+from ml_collections import config_flags
 
-from salt_jax.config import base_config, set_method
+from salt_jax import paths
+from salt_jax.aot.programs import teacher_config
+from salt_jax.cli import fail, flags_parser, load_config, own_flags_help, setup_logging
+from salt_jax.config import set_method, validate
+from salt_jax.errors import UserError
 from salt_jax.kd import chunked_loss, losses, objective, sparse
 from salt_jax.kd.schedules import KDPhase
 from salt_jax.kd.teacher import Teacher
-from salt_jax.model import flops, presets, sharding
+from salt_jax.model import flops, sharding
 from salt_jax.model.flops import param_count
 from salt_jax.model.transformer import Transformer, abstract_params, dtype_of
 from salt_jax.train import optim
@@ -79,20 +94,44 @@ def device_peak_bytes() -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
-def model_configs(a) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
-    """Student run config and teacher model config from the command line."""
-    config = base_config(a.student)
-    m = config.model
-    m.dtype, m.remat, m.attention = a.dtype, a.remat, a.attention
-    if a.vocab:
-        m.vocab_size = a.vocab
-    config.data.seq_len, config.data.batch_size = a.seq, a.batch
-    config.train.loss, config.train.loss_chunk = a.loss, a.chunk
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file: configs/bench.py[:STUDENT], or any "
+                                          "configs/*.py (the student and every shape).", lock_config=True)
+_TEACHER = flags.DEFINE_string("teacher", "", "Teacher preset when config.salt.teacher_preset is empty ('' = the "
+                               "model of config.salt.teacher's checkpoint).")
+_REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per program (after one call to compile and warm up).")
+_LOSS_ONLY = flags.DEFINE_bool("loss_only", False, "Only the dense vs chunked loss benchmark.")
+_LOSS_BENCH = flags.DEFINE_bool("loss_bench", True, "Also the dense vs chunked loss benchmark (--noloss_bench: "
+                                "only the steps).")
+_CACHED_BENCH = flags.DEFINE_bool("cached_bench", True, "Also time the KD step from cached sparse teacher targets "
+                                  "(config.salt.cache_k, cache_targets).")
+_OUT = flags.DEFINE_string("out", "", "Write the results here as JSON ('' = print only).")
+
+
+def model_configs(config: ml_collections.ConfigDict, teacher: str = "") -> tuple[ml_collections.ConfigDict,
+                                                                                   ml_collections.ConfigDict]:
+    """The run config the steps are timed with (method rkd: w0 on every step) and the teacher's model config:
+    the preset config.salt.teacher_preset, else `teacher`, else the model of config.salt.teacher's checkpoint."""
+    config = copy.deepcopy(config)
+    salt = config.salt
+    if teacher and salt.teacher_preset and teacher != salt.teacher_preset:
+        raise UserError(f"--teacher={teacher}: the config's teacher is config.salt.teacher_preset="
+                        f"{salt.teacher_preset}; drop --teacher or set --config.salt.teacher_preset={teacher}")
+    salt.teacher_preset = salt.teacher_preset or teacher
     set_method(config, "rkd")  # w0 on every step: the KD step is the one being timed
-    t_cfg = presets.model_config(a.teacher)
-    t_cfg.dtype, t_cfg.attention, t_cfg.vocab_size = a.dtype, a.attention, m.vocab_size
-    if a.teacher_dtype:
-        t_cfg.dtype = t_cfg.param_dtype = a.teacher_dtype
+    checked = copy.deepcopy(config)
+    checked.salt.teacher = checked.salt.teacher or "(random parameters)"  # the bench reads no teacher's weights
+    validate(checked)
+    if not salt.teacher_preset and not salt.teacher:
+        raise UserError("the teacher: config.salt.teacher_preset and config.salt.teacher are empty; pass "
+                        "--teacher=PRESET (e.g. demo-teacher) or --config.salt.teacher_preset=PRESET")
+    try:
+        t_cfg = teacher_config(config)
+    except UserError:
+        raise UserError(f"the teacher: config.salt.teacher_preset is empty and config.salt.teacher={salt.teacher!r} "
+                        "has no readable checkpoint here; pass --teacher=PRESET (e.g. demo-teacher)") from None
+    if not salt.teacher_dtype:  # as held in a run with teacher_dtype="", but computing in the student's dtype
+        t_cfg.dtype = config.model.dtype
+    t_cfg.attention, t_cfg.vocab_size = config.model.attention, config.model.vocab_size
     return config, t_cfg
 
 
@@ -108,8 +147,8 @@ def _random_targets(batch: int, seq: int, vocab: int, k: int, sharding_) -> spar
 def bench_steps(config, t_cfg, repeats: int, cache_k: int = 0) -> dict:
     """Baseline and KD step times, their ratio, the FLOP model, MFU and compiled memory."""
     batch, seq = config.data.batch_size, config.data.seq_len
-    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
-    sharding.check_batch(batch, mesh, "--batch")
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch(batch, mesh, "config.data.batch_size")
     model, t_model = Transformer(config.model), Transformer(t_cfg)
     tx, sched = optim.make_optimizer(config.optim, 1000)
     _, shardings = state_lib.abstract_state(model, tx, seq, mesh)
@@ -266,42 +305,46 @@ def print_table(r: dict) -> None:
         print(f"chunked/dense: time {lo['time_ratio']:.3f}{extra}")
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--student", default="demo-student")
-    p.add_argument("--teacher", default="demo-teacher")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--vocab", type=int, default=0, help="override both models' vocabulary (0 = the student's)")
-    p.add_argument("--dtype", default="float32", help="compute dtype of both models")
-    p.add_argument("--teacher-dtype", default="", help="hold the teacher in this dtype ('' = float32 params)")
-    p.add_argument("--loss", default="dense", choices=("dense", "chunked"), help="loss used by the timed steps")
-    p.add_argument("--chunk", type=int, default=256, help="chunked loss: positions per chunk")
-    p.add_argument("--remat", default="none")
-    p.add_argument("--attention", default="auto")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--loss-only", action="store_true", help="only the dense vs chunked loss benchmark")
-    p.add_argument("--no-loss-bench", action="store_true", help="only the step benchmark")
-    p.add_argument("--cache-k", type=int, default=64, help="also time the KD step from cached top-k targets "
-                   "(0 = skip)")
-    p.add_argument("--cache-targets", default="topk", choices=("topk", "topk_other", "sampled"))
-    p.add_argument("--out", default="")
-    a = p.parse_args(argv)
-    config, t_cfg = model_configs(a)
-    r = {"student": a.student, "teacher": a.teacher, "batch": a.batch, "seq_len": a.seq,
-         "vocab": config.model.vocab_size, "dtype": a.dtype, "teacher_dtype": t_cfg.param_dtype, "loss": a.loss,
-         "chunk": a.chunk, "remat": a.remat, "attention": a.attention, "repeats": a.repeats,
-         "device": jax.devices()[0].device_kind, "devices": jax.device_count(), "backend": jax.default_backend()}
-    if not a.loss_only:
-        config.salt.cache_targets = a.cache_targets
-        r["steps"] = bench_steps(config, t_cfg, a.repeats, a.cache_k)
-    if not a.no_loss_bench:
-        r["loss_bench"] = bench_loss(config, t_cfg, a.repeats)
-    print_table(r)
-    if a.out:
-        with open(a.out, "w") as fh:
-            json.dump(r, fh, indent=1)
+def benchmark(config, t_cfg, repeats: int = 20, steps: bool = True, loss: bool = True, cached: bool = True) -> dict:
+    """Everything measured for the run config and teacher of `model_configs`, as one dict (the --out JSON)."""
+    m = config.model
+    r = {"student": m.preset, "teacher": t_cfg.get("preset", ""), "batch": config.data.batch_size,
+         "seq_len": config.data.seq_len, "vocab": m.vocab_size, "dtype": m.dtype, "teacher_dtype": t_cfg.param_dtype,
+         "loss": config.train.loss, "chunk": config.train.loss_chunk, "remat": m.remat, "attention": m.attention,
+         "repeats": repeats, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+         "backend": jax.default_backend()}
+    if steps:
+        r["steps"] = bench_steps(config, t_cfg, repeats, config.salt.cache_k if cached else 0)
+    if loss:
+        r["loss_bench"] = bench_loss(config, t_cfg, repeats)
     return r
+
+
+def _main(argv) -> None:
+    del argv
+    setup_logging()
+    config = load_config(_CONFIG)
+    if _REPEATS.value < 1:
+        fail(f"--repeats={_REPEATS.value}: must be at least 1")
+    if _LOSS_ONLY.value and not _LOSS_BENCH.value:
+        fail("--loss_only with --noloss_bench leaves nothing to measure; drop one")
+    try:
+        config, t_cfg = model_configs(config, _TEACHER.value)
+        if _CACHED_BENCH.value and not _LOSS_ONLY.value and not 0 < config.salt.cache_k <= config.model.vocab_size:
+            raise UserError(f"config.salt.cache_k={config.salt.cache_k}: must be in [1, config.model.vocab_size] "
+                            "(or pass --nocached_bench)")
+        r = benchmark(config, t_cfg, _REPEATS.value, steps=not _LOSS_ONLY.value, loss=_LOSS_BENCH.value,
+                      cached=_CACHED_BENCH.value)
+    except UserError as e:
+        fail(str(e))
+    print_table(r)
+    if _OUT.value:
+        paths.write_atomic(_OUT.value, json.dumps(r, indent=1))
+
+
+def main() -> None:
+    app.run(_main, flags_parser=flags_parser(lambda: "\n".join([(__doc__ or "").strip(), "", "flags:",
+                                                                  *own_flags_help()]), "salt-bench"))
 
 
 if __name__ == "__main__":

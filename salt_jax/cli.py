@@ -1,12 +1,14 @@
-"""Shared command-line plumbing: logging setup and one-line errors for user mistakes.
+"""Shared command-line plumbing: logging setup, --help, and one-line errors for user mistakes.
 
-Entry points (salt_jax.main, salt_jax.experiment.pipeline) define their own flags and
-use these helpers so every user-fixable error exits with status 2 and one line.
+Every command (COMMANDS below: salt_jax/main.py, salt_jax/experiment/__main__.py, ...) defines its own
+absl flags and uses these helpers, so `--help` exits 0 listing its flags and every user-fixable error
+(a bad flag included) exits with status 2 and one line.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from typing import Callable
@@ -57,6 +59,27 @@ def _first_line(e: BaseException) -> str:
 
 HELP_FLAGS = ("-h", "--help", "-help", "--helpfull", "--helpshort")
 
+# The console commands setup.py installs, and the module each runs: `salt-train ARGS` is
+# `python -m salt_jax.main ARGS`.
+COMMANDS = {
+    "salt-train": "salt_jax.main",
+    "salt-experiment": "salt_jax.experiment",
+    "salt-prepare": "salt_jax.prepare",
+    "salt-teacher-cache": "salt_jax.teacher_cache",
+    "salt-compile": "salt_jax.compile",
+    "salt-eval": "salt_jax.eval",
+    "salt-sample": "salt_jax.sample",
+    "salt-hf": "salt_jax.hf",
+    "salt-bench": "salt_jax.bench",
+    "salt-presets": "salt_jax.model.presets",
+}
+
+
+def usage(command: str, args: str = "[flags]") -> str:
+    """The --help text's first line: the console command and its `python -m` form."""
+    args = f" {args}" if args else ""
+    return f"usage: {command}{args}   (or: python -m {COMMANDS[command]}{args})"
+
 
 def own_flags_help() -> list[str]:
     """`--name: help` of the flags salt_jax defines (not those of the libraries it imports)."""
@@ -65,11 +88,15 @@ def own_flags_help() -> list[str]:
     return [f"  --{name}: {own[name].help}" for name in sorted(own)]
 
 
-def flags_parser(help_text: Callable[[], str]):
-    """absl's flags_parser for app.run: `parse_flags`, with -h / --help printing help_text() and exiting 0."""
+def flags_parser(help_text: Callable[[], str], command: str = "", args: str = "[flags]"):
+    """absl's flags_parser for app.run: `parse_flags`, with -h / --help printing usage(command, args) and
+    help_text() and exiting 0."""
     def parse(argv):
         if any(a in HELP_FLAGS for a in argv[1:]):
-            print(help_text(), flush=True)
+            try:
+                print(f"{usage(command, args)}\n\n{help_text()}" if command else help_text(), flush=True)
+            except BrokenPipeError:  # `--help | head`: the reader has what it wanted
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
         return parse_flags(argv)
     return parse

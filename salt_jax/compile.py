@@ -1,7 +1,8 @@
 """Compile a run for a TPU slice from any machine: does it fit, and what should a step cost.
 
-    python -m salt_jax.compile --config=configs/paper/salt.py --topology=v5p:4x4x4 [--config.*=...]
-    python -m salt_jax.compile --config=configs/paper/salt.py --topology=v5p:4x4x4 --search
+    python -m salt_jax.compile --config=configs/paper/student_2p8b.py:salt --topology=v5p-128 \
+        [--config.model.remat=save_dots]
+    python -m salt_jax.compile --config=configs/paper/student_2p8b.py:salt --topology=v5p:4x4x4 --search
 
 Needs libtpu (pip install -e '.[tpu]'), not a TPU: the run's programs (the
 KD step, the teacher-free step and SALT_DS's scoring pass, as the method uses
@@ -31,7 +32,8 @@ from salt_jax.errors import UserError
 GIB = 1024**3
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).", lock_config=True)
-_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, GENERATION:GRID: v5p:4x4x4, v4:4x4x8, v6e:16x16, ...")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice: an accelerator type (v5p-128, v6e-256, ...) or "
+                                "GENERATION:GRID (v5p:4x4x4, v4:4x4x8, v6e:16x16, ...).")
 _OUT = flags.DEFINE_string("out", "", "JSON report path; '' = compile-<config>-<topology>.json here.")
 _SEARCH = flags.DEFINE_bool("search", False, "Try mesh shapes x remat policies; report the fastest that fits.")
 _REMATS = flags.DEFINE_list("remats", ["full", "save_out_proj", "save_dots"], "Remat policies --search tries.")
@@ -128,7 +130,7 @@ def main() -> None:
     import jax  # noqa: PLC0415
 
     jax.config.update("jax_platforms", "cpu")
-    app.run(_main, flags_parser=flags_parser(lambda: run_help(__doc__, own_flags_help())))
+    app.run(_main, flags_parser=flags_parser(lambda: run_help(__doc__, own_flags_help()), "salt-compile"))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
 
     The model section comes from `preset` (salt_jax.model.presets); each other
     field carries a one-line comment. Code reads fields directly
-    (config.train.loss), never with a fallback default.
+    (config.train.loss); the one fallback is the model's architecture options
+    (`salt_jax.model.transformer.option`, and `attention`), which a model config
+    read from an older checkpoint's record may lack.
     """
     c = ml_collections.ConfigDict()
     c.seed = 0  # parameter-initialisation seed
@@ -134,12 +136,21 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     c.eval = e = ml_collections.ConfigDict()
     e.tasks = ""  # lm-eval tasks scored during training, comma-separated ("" = none); offline: salt_jax/eval/tasks
     e.every = 0  # few-shot evaluation every N steps, at step 0 and at the last step; 0 = train.eval_every
-    e.steps = ""  # instead of `every`: at these steps (comma-separated), at step 0 and at the last step
+    e.steps = ""  # instead of `every`: at these steps (comma-separated; "25%" = a share of train.steps), at step 0 and at the last step
     e.num_fewshot = -1  # few-shot examples per prompt; -1 = each task's default
     e.limit = 0  # documents per task, 0 = all of them
     e.batch_size = 32  # sequences per forward pass of the scoring engine (rounded up to the mesh's rows)
     e.include_path = ""  # a directory of extra lm-eval task YAML files
     e.seed = 1234  # seed of lm-eval's few-shot example sampling (and of sampled generation)
+
+    c.logging = g = ml_collections.ConfigDict()
+    g.wandb = False  # also send metrics.jsonl's scalars to Weights & Biases (process 0; pip install -e '.[wandb]')
+    g.wandb_project = "salt_jax"  # W&B project
+    g.wandb_entity = ""  # W&B team or user ("" = your default entity)
+    g.wandb_name = ""  # W&B run name ("" = the workdir's basename); the run's id is kept in <workdir>/wandb_run_id
+    g.wandb_mode = "online"  # online | offline (local files, upload later with `wandb sync DIR/wandb/offline-run-*`) | disabled; overrides $WANDB_MODE
+    g.wandb_dir = ""  # W&B's local files go to DIR/wandb ("" = $WANDB_DIR, else the workdir; a gs:// workdir: the current directory)
+    g.wandb_tags = ""  # W&B run tags, comma-separated
     return c
 
 
@@ -282,9 +293,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for f in ("every", "limit"):
         check(e[f] >= 0, f"config.eval.{f}={e[f]}: must be 0 or more")
     check(e.batch_size > 0, f"config.eval.batch_size={e.batch_size}: must be positive")
-    check(all(x.strip().isdigit() for x in e.steps.split(",") if x.strip()),
-          f"config.eval.steps={e.steps!r}: give comma-separated step numbers, e.g. '125,250,350'")
+    check(all(x.strip().removesuffix("%").isdigit() for x in e.steps.split(",") if x.strip()),
+          f"config.eval.steps={e.steps!r}: give comma-separated step numbers or shares of the run, e.g. "
+          "'125,250,350' or '25%,50%,70%'")
     check(e.num_fewshot >= -1, f"config.eval.num_fewshot={e.num_fewshot}: use -1 (the tasks' own) or a count")
+    mode = c.logging.wandb_mode
+    check(mode in ("online", "offline", "disabled"),
+          f"config.logging.wandb_mode={mode!r}: use 'online', 'offline' or 'disabled'")
 
 
 def check_vocab(c: ml_collections.ConfigDict, tokenizer_vocab: int) -> None:
@@ -293,13 +308,13 @@ def check_vocab(c: ml_collections.ConfigDict, tokenizer_vocab: int) -> None:
                         f"vocabulary ({tokenizer_vocab}); set config.model.vocab_size={tokenizer_vocab}")
 
 
-# Fields a run may be resumed with changed: where things live, how often it logs, evaluates and saves,
+# Fields a run may be resumed with changed: where things live, how often and where it logs, evaluates and saves,
 # how it is laid out on the devices (checkpoints restore onto any mesh), and fault drills. None of them
 # changes the parameters a run computes.
 RESUMABLE_CHANGES = ("salt.teacher", "salt.teacher_preset", "salt.ds_reference", "data.cache_dir", "data.prefetch", "data.shard_chars",
                      "data.shared_cache", "data.eval_batches", "train.log_every", "train.eval_every",
                      "train.checkpoint_every", "train.keep_checkpoints", "train.progress", "train.preemption_grace_s",
-                     "train.debug_kill", "train.debug_nan_steps", "train.peak_tflops", "mesh", "eval")
+                     "train.debug_kill", "train.debug_nan_steps", "train.peak_tflops", "mesh", "eval", "logging")
 
 
 def drift(saved: dict, now: ml_collections.ConfigDict, ignore: tuple[str, ...]) -> list[str]:

@@ -1,6 +1,6 @@
 """Command line for one training run.
 
-    python -m salt_jax.main --config=configs/demo.py --workdir=runs/demo [--config.a.b=v ...]
+    python -m salt_jax.main --config=configs/demo.py:salt --workdir=runs/demo-salt [--config.train.steps=2000 ...]
 
 Re-running the same command on the same workdir resumes from the latest
 checkpoint. Mistakes a user can fix exit with status 2 and one line on stderr.
@@ -47,7 +47,7 @@ def _main(argv) -> None:
 
 
 def main() -> None:
-    app.run(_main, flags_parser=flags_parser(lambda: run_help(__doc__, own_flags_help())))
+    app.run(_main, flags_parser=flags_parser(lambda: run_help(__doc__, own_flags_help()), "salt-train"))
 
 
 if __name__ == "__main__":

@@ -20,16 +20,22 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import glob as glob_lib
+import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
+import sys
 import threading
 import time
 from typing import IO, Callable, Iterator
 
 import numpy as np
+
+from salt_jax.errors import UserError
 
 _GLOB_CHARS = "*?["
 
@@ -40,8 +46,84 @@ def is_remote(path: str) -> bool:
 
 
 def _epath(path: str):
+    _import_tensorflow_quietly()
     from etils import epath  # noqa: PLC0415 -- pulls tf.io.gfile only when a remote path is used
     return epath.Path(path)
+
+
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow, which etils.epath uses for URIs unless EPATH_USE_TF=false, with file descriptor 2
+    pointed at /dev/null: its C++ start-up lines (oneDNN, "Could not find cuda drivers", "failed call to
+    cuInit", twice) are logged before absl::InitializeLog, where TF_CPP_MIN_LOG_LEVEL does not reach.
+    An import that fails still raises its ImportError."""
+    if "tensorflow" in sys.modules or os.environ.get("EPATH_USE_TF", "").lower() in ("false", "no", "f", "0"):
+        return
+    if importlib.util.find_spec("tensorflow") is None:
+        return
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        import tensorflow  # noqa: F401, PLC0415
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+# What to do when an object store cannot be reached, by URI scheme.
+_STORES = {
+    "gs": ("Google Cloud Storage", "run `gcloud auth application-default login` (or set "
+           "GOOGLE_APPLICATION_CREDENTIALS) and check the network, or use a local path"),
+    "s3": ("Amazon S3", "set AWS credentials (`aws configure`) and check the network, or use a local path"),
+}
+# Words of the errors tf.io.gfile, gcsfs, google-auth and botocore raise for no network or no credentials.
+_UNREACHABLE = re.compile(
+    r"could not resolve|couldn't resolve|couldn't connect|could not connect|libcurl|credential|authenticat|"
+    r"anonymous caller|unauthori[sz]ed|\b40[13]\b|permission denied|access denied|forbidden|timed out|timeout|"
+    r"connection refused|connection reset|network is unreachable|name or service not known|"
+    r"temporary failure in name resolution", re.IGNORECASE)
+_REMOTE_LIBRARIES = ("tensorflow", "google", "gcsfs", "aiohttp", "botocore", "s3fs", "requests", "urllib3", "fsspec")
+
+
+def unreachable(e: BaseException) -> str | None:
+    """Why an object store could not be reached, when `e` (or what caused it) says that there is no
+    network or no credentials; None for anything else (a missing object, a bug)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = " ".join(str(e).split())
+        remote = type(e).__module__.split(".")[0] in _REMOTE_LIBRARIES
+        if (isinstance(e, (ConnectionError, TimeoutError)) or "Credentials" in type(e).__name__
+                or (remote and _UNREACHABLE.search(text))):
+            return (text or type(e).__name__)[:240]
+        e = e.__cause__ or e.__context__
+    return None
+
+
+@contextlib.contextmanager
+def reaching(path: str) -> Iterator[None]:
+    """Turns "no network / no credentials" errors of a remote `path` into one UserError saying what to do."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 -- only the unreachable-store errors are turned into UserError
+        why = unreachable(e) if is_remote(path) else None
+        if why is None:
+            raise
+        scheme = str(path).split("://", 1)[0]
+        store, todo = _STORES.get(scheme, (f"{scheme}://", "check the network and credentials, or use a local path"))
+        raise UserError(f"{path}: cannot reach {store} (no credentials or network: {why}); {todo}") from None
+
+
+def _remote(fn):
+    """`fn(path, ...)` with reaching(path) around it."""
+    @functools.wraps(fn)
+    def wrapped(path, *args, **kwargs):
+        if not is_remote(path):
+            return fn(path, *args, **kwargs)
+        with reaching(path):
+            return fn(path, *args, **kwargs)
+    return wrapped
 
 
 def join(path: str, *parts: str) -> str:
@@ -54,10 +136,12 @@ def expand(path: str) -> str:
     return path if is_remote(path) else os.path.abspath(os.path.expanduser(path))
 
 
+@_remote
 def exists(path: str) -> bool:
     return _epath(path).exists() if is_remote(path) else os.path.exists(path)
 
 
+@_remote
 def isdir(path: str) -> bool:
     return _epath(path).is_dir() if is_remote(path) else os.path.isdir(path)
 
@@ -66,15 +150,18 @@ def isfile(path: str) -> bool:
     return (exists(path) and not isdir(path)) if is_remote(path) else os.path.isfile(path)
 
 
+@_remote
 def getsize(path: str) -> int:
     return int(_epath(path).stat().length) if is_remote(path) else os.path.getsize(path)
 
 
+@_remote
 def listdir(path: str) -> list[str]:
     """Names of a directory's entries, sorted."""
     return sorted(p.name for p in _epath(path).iterdir()) if is_remote(path) else sorted(os.listdir(path))
 
 
+@_remote
 def makedirs(path: str) -> None:
     if is_remote(path):
         _epath(path).mkdir(parents=True, exist_ok=True)
@@ -82,15 +169,18 @@ def makedirs(path: str) -> None:
         os.makedirs(path, exist_ok=True)
 
 
+@_remote
 def remove(path: str) -> None:
     _epath(path).unlink() if is_remote(path) else os.remove(path)
 
 
+@_remote
 def rename(src: str, dst: str) -> None:
     """Moves a file or directory (atomic locally; a copy and delete on most object stores)."""
     _epath(src).rename(dst) if is_remote(src) else os.replace(src, dst)
 
 
+@_remote
 def rmtree(path: str) -> None:
     """Deletes a directory tree; a missing one is not an error."""
     if is_remote(path):
@@ -100,10 +190,12 @@ def rmtree(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@_remote
 def open(path: str, mode: str = "r") -> IO:  # noqa: A001 -- the builtin's name, for the builtin's job
     return _epath(path).open(mode) if is_remote(path) else builtins.open(path, mode)
 
 
+@_remote
 def walk_files(root: str, hidden: bool = False) -> list[str]:
     """Every file under `root`, recursively, sorted; hidden files and directories (.name) are skipped
     unless `hidden`."""
@@ -119,6 +211,7 @@ def walk_files(root: str, hidden: bool = False) -> list[str]:
     return sorted(found)
 
 
+@_remote
 def glob(pattern: str) -> list[str]:
     """Paths matching a glob pattern, sorted. `**` (any depth) works for local paths; in a URI
     name a directory instead, which is read recursively."""
@@ -142,6 +235,7 @@ def write_atomic(path: str, data: bytes | str) -> None:
         fh.write(data)
 
 
+@_remote
 def read_json(path: str):
     with open(path) as fh:
         return json.load(fh)
@@ -155,7 +249,7 @@ def write_json(path: str, obj, indent: int | None = 1) -> None:
 def writer(path: str, mode: str = "wb") -> Iterator[IO]:
     """A file opened for writing that appears at `path` only when the block ends without error."""
     if is_remote(path):
-        with _epath(path).open(mode) as fh:
+        with reaching(path), _epath(path).open(mode) as fh:
             yield fh
         return
     tmp = f"{path}.tmp{os.getpid()}"

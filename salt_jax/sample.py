@@ -52,7 +52,8 @@ def _main(argv) -> None:
 
 
 def main() -> None:
-    app.run(_main, flags_parser=flags_parser(lambda: __doc__ + "\nflags:\n" + "\n".join(own_flags_help())))
+    app.run(_main, flags_parser=flags_parser(lambda: __doc__ + "\nflags:\n" + "\n".join(own_flags_help()),
+                                             "salt-sample"))
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def _main(argv) -> None:
 
 
 def main() -> None:
-    app.run(_main, flags_parser=flags_parser(lambda: run_help(__doc__, own_flags_help())))
+    app.run(_main, flags_parser=flags_parser(lambda: run_help(__doc__, own_flags_help()), "salt-teacher-cache"))
 
 
 if __name__ == "__main__":

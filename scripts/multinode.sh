@@ -8,6 +8,10 @@
 #   HOSTS      comma-separated hosts, the first is the coordinator (required)
 #   PORT       coordinator port (default 8476)
 #   REMOTE_DIR this checkout's path on every host, with its .venv (default: the same path as here)
+#   LOG_DIR    where each host's output goes, as multinode-<process id>.log (default: here)
+#   SSH_OPTS   ssh options (default: -o BatchMode=yes -o ConnectTimeout=10: no password prompt, no long hang)
+# When a host's process fails (ssh cannot reach it, or the run stops), the script names the host and its
+# log, stops the other hosts' ssh sessions and exits with that status.
 # The workdir must be on a filesystem every host sees (NFS, Lustre, a mounted bucket): Orbax writes
 # checkpoints collectively into it. On SLURM use scripts/slurm.sbatch instead.
 # --dry-run prints the ssh commands instead of running them.
@@ -20,18 +24,52 @@ if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
 IFS=, read -r -a hosts <<< "$HOSTS"
 PORT="${PORT:-8476}"
 REMOTE_DIR="${REMOTE_DIR:-$(pwd)}"
+LOG_DIR="${LOG_DIR:-.}"
+SSH_OPTS="${SSH_OPTS:--o BatchMode=yes -o ConnectTimeout=10}"
 args=$(printf ' %q' "$@")
+(( DRY )) || mkdir -p "$LOG_DIR"
 pids=()
 for i in "${!hosts[@]}"; do
   cmd="cd $REMOTE_DIR && .venv/bin/python -m salt_jax.main$args --coordinator_address=${hosts[0]}:$PORT --num_processes=${#hosts[@]} --process_id=$i"
   if (( DRY )); then
-    echo "ssh ${hosts[$i]} $(printf '%q' "$cmd")"
+    echo "ssh $SSH_OPTS ${hosts[$i]} $(printf '%q' "$cmd")"
   else
-    ssh "${hosts[$i]}" "$cmd" > "multinode-$i.log" 2>&1 &
+    # shellcheck disable=SC2086  # (SSH_OPTS: several words)
+    ssh $SSH_OPTS "${hosts[$i]}" "$cmd" > "$LOG_DIR/multinode-$i.log" 2>&1 &
     pids+=($!)
   fi
 done
 (( DRY )) && exit 0
+echo "started ${#hosts[@]} processes; their output: $LOG_DIR/multinode-<process id>.log"
+
+# Wait for all; the first host that fails is named (with its log's last line), and the others are stopped:
+# they would wait for it in the run's collectives.
 status=0
-for p in "${pids[@]}"; do wait "$p" || status=$?; done
+running=${#pids[@]}
+while (( running )); do
+  running=0
+  for i in "${!pids[@]}"; do
+    p=${pids[$i]}
+    [[ -n "$p" ]] || continue
+    if kill -0 "$p" 2>/dev/null; then running=$((running + 1)); continue; fi
+    rc=0
+    wait "$p" || rc=$?
+    pids[$i]=""
+    if (( rc )); then
+      log="$LOG_DIR/multinode-$i.log"
+      last=$(grep -v '^[[:space:]]*$' "$log" 2>/dev/null | tail -n 1 || true)
+      what="exit status $rc"
+      (( rc == 255 )) && what="exit status 255: ssh could not connect, or lost the connection"
+      echo "error: host ${hosts[$i]} (process $i) failed ($what): ${last:-no output}; its log: $log" >&2
+      (( status )) || { status=$rc; failed=${hosts[$i]}; }
+    fi
+  done
+  if (( status && running )); then
+    for p in "${pids[@]}"; do [[ -n "$p" ]] && kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    echo "error: stopped the ssh sessions of the other hosts; fix $failed and re-run (the run resumes from its latest checkpoint)" >&2
+    running=0
+  fi
+  (( running )) && sleep 1
+done
 exit $status

@@ -29,7 +29,7 @@ TINY = ("--config.train.steps=4 --config.train.eval_every=2 --config.train.check
 EXPERIMENT = " ".join([*(f"--config.{run}.{o[len('--config.'):]}" for run in ("teacher", "student")
                          for o in TINY.split()), "--config.student.eval.limit=2"])
 # Placeholders the docs use, and what stands for them in the sandbox.
-PLACEHOLDERS = {"=RUN ": "=runs/demo/salt-s0 ", " OUTDIR": " bench-out", "$P": "0"}
+PLACEHOLDERS = {"=RUN ": "=runs/demo/salt-s0 ", " OUTDIR": " bench-out", "$P": "0", " /tmp/": " tmp/", "=/tmp/": "=tmp/"}
 
 
 def doc_commands() -> list[tuple[str, int, str]]:
@@ -128,6 +128,34 @@ def _step_checked(cmd, box):
     return _run(re.sub(r"--step=\d+", "--step=2", cmd), box)
 
 
+def _compile_small(cmd, box):
+    """A paper-scale compile takes 2-4 minutes per program on 2 cores (docs/tpu.md's table): the printed
+    config and topology are checked to load and parse, then the same command runs on configs/test_tiny.py
+    for a v5e:2x2 slice."""
+    from salt_jax.aot import topology
+
+    config = re.search(r"--config=(\S+?)(?::(\S+))?(?=\s|$)", cmd)
+    assert os.path.exists(os.path.join(REPO, config.group(1))), cmd
+    topology.parse(re.search(r"--topology=(\S+)", cmd).group(1))
+    small = cmd.replace(config.group(0), f"--config=configs/test_tiny.py:{config.group(2) or 'baseline'}")
+    return _run(re.sub(r"--topology=\S+", "--topology=v5e:2x2", small) + " --remats=full --out=compile.json", box)
+
+
+def _bench_suite(cmd, box):
+    """Every case of scripts/bench.sh (its --dry-run lists the CPU and the accelerator cases) names a
+    benchmark config that exists; the first CPU case runs at a tiny size."""
+    for key, value in PLACEHOLDERS.items():
+        cmd = cmd.replace(key, value)
+    out = _shell(cmd.replace("bench.sh", "bench.sh --dry-run"), box)
+    assert out.returncode == 0, out.stderr[-1500:]
+    cases = out.stdout.strip().splitlines()
+    assert len(cases) >= 10 and all(c.startswith("python -m salt_jax.bench --config=configs/") for c in cases), cases
+    for case in cases:
+        assert os.path.exists(os.path.join(REPO, re.search(r"--config=([\w/]+\.py)", case).group(1))), case
+    os.makedirs(os.path.join(box, os.path.dirname(re.search(r"--out=(\S+)", cases[0]).group(1))), exist_ok=True)
+    return _run(cases[0], box)
+
+
 RULES = [
     ("pip install", _install),
     ("gs://", _not_run("no bucket or credentials here: the same multi-machine build through a fake gs:// "
@@ -138,14 +166,20 @@ RULES = [
     ("scripts/multinode.sh", _not_run("no GPU hosts here", instead=_dry("multinode.sh"))),
     ("scripts/tpu_pod.sh", _not_run("no Cloud TPU here", instead=_dry("tpu_pod.sh"))),
     ("--step=", _step_checked),
+    ("scripts/bench.sh", _not_run("minutes on 2 cores, and its accelerator half needs a GPU",
+                                  instead=_bench_suite)),
+    ("python -m salt_jax.compile", _not_run("paper-scale compiles take minutes each", instead=_compile_small)),
     ("python", lambda cmd, box: _run(cmd, box)),
+    ("salt-", lambda cmd, box: _run(cmd, box)),  # the console commands setup.py installs
 ]
 
 
 def _overrides(cmd: str) -> str:
     """The size overrides a command gets appended."""
-    module = re.search(r"python3? -m ([\w.]+)", cmd)
-    module = module.group(1) if module else ""
+    from salt_jax.cli import COMMANDS
+
+    module = re.search(r"python3? -m ([\w.]+)|^(salt-[\w-]+)", cmd)
+    module = (module.group(1) or COMMANDS.get(module.group(2), "")) if module else ""
     if module == "salt_jax.experiment":
         return EXPERIMENT + (" --dry_run" if "experiments/demo.py" not in cmd else "")
     if module in ("salt_jax.main", "salt_jax.prepare", "salt_jax.teacher_cache"):
@@ -154,14 +188,18 @@ def _overrides(cmd: str) -> str:
         return "--limit=2"
     if module == "salt_jax.sample":
         return "--max_tokens=4"
+    if module == "salt_jax.bench":
+        return "--repeats=1 --config.data.batch_size=2 --config.data.seq_len=16"
     if "bench_store.py" in cmd:
         return "--sizes_mb=1 --workers=0"
     return ""
 
 
 def _shell(cmd: str, box: str, env: dict | None = None):
+    """`cmd` in bash in the sandbox, with this interpreter's python and console commands first on PATH."""
+    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     return subprocess.run(["bash", "-c", cmd], cwd=box, capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, **(env or {})))
+                          env=dict(os.environ, PATH=path, **(env or {})))
 
 
 def _run(cmd: str, box: str):

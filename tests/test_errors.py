@@ -106,7 +106,7 @@ def test_hf_export_without_the_hf_extra_is_one_line(tmp_path, teacher_dir, cache
     script = ("import sys\n"
               "sys.modules['safetensors'] = sys.modules['safetensors.numpy'] = None  # as if not installed\n"
               "from salt_jax.hf.__main__ import main\n"
-              f"main(['export', '--workdir', {teacher_dir!r}, '--out', {str(tmp_path / 'hf')!r}])\n")
+              f"main(['export', '--workdir={teacher_dir}', '--out={tmp_path / 'hf'}'])\n")
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, SALT_JAX_CACHE=cache_dir))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]

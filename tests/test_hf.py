@@ -229,8 +229,8 @@ def test_tensor_shape_mismatch_names_the_tensor_and_both_shapes(hf_dirs, tmp_pat
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "salt_jax.hf", "import", "--hf-dir", str(tmp_path / "nope"),
-                          "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run([sys.executable, "-m", "salt_jax.hf", "import", f"--hf_dir={tmp_path / 'nope'}",
+                          f"--out={tmp_path / 'o'}"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "no such directory" in out.stderr
 
@@ -336,8 +336,8 @@ def test_imported_checkpoint_is_a_teacher_and_names_its_tokenizer(hf_teacher, tm
     from salt_jax.kd.teacher import load_teacher
 
     directory, torch_teacher, _ = hf_teacher
-    out = subprocess.run([sys.executable, "-m", "salt_jax.hf", "import", "--hf-dir", directory, "--out",
-                          str(tmp_path / "imported")], capture_output=True, text=True, cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "salt_jax.hf", "import", f"--hf_dir={directory}",
+                          f"--out={tmp_path / 'imported'}"], capture_output=True, text=True, cwd=REPO,
                          env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO))
     assert out.returncode == 0, out.stderr
     c = base_config("test-tiny")
@@ -386,5 +386,5 @@ def test_import_and_training_path_do_not_load_torch_or_transformers():
 
 
 def test_export_of_a_workdir_without_checkpoints_is_a_clear_error(tmp_path):
-    with pytest.raises(UserError, match=r"--workdir .*: no finished checkpoint"):
+    with pytest.raises(UserError, match=r"--workdir=.*: no finished checkpoint"):
         convert.export_hf(str(tmp_path), str(tmp_path / "out"))

@@ -1,7 +1,10 @@
 """The launch scripts' argument handling and the commands their --dry-run prints."""
 
 import os
+import shutil
 import subprocess
+
+import pytest
 
 from conftest import REPO
 
@@ -43,11 +46,27 @@ def test_multinode_dry_run_gives_every_host_its_process_id():
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 3
     for i, (line, host) in enumerate(zip(lines, ("gpu0", "gpu1", "gpu2"))):
-        assert line.startswith(f"ssh {host} ")
+        assert line.startswith(f"ssh -o BatchMode=yes -o ConnectTimeout=10 {host} ")
         assert f"--coordinator_address=gpu0:9000\\ --num_processes=3\\ --process_id={i}" in line
         assert "cd\\ /opt/salt" in line and "--workdir=/shared/r" in line
     assert _bash("multinode.sh", "--dry-run", "--", "--workdir=x", HOSTS="").returncode == 2
     assert "give the salt_jax.main flags" in _bash("multinode.sh", "--dry-run", HOSTS="a").stderr
+
+
+def test_multinode_names_the_host_it_cannot_reach_and_its_log(tmp_path):
+    """ssh to a host that does not resolve (.invalid never does) fails at once; each such host is named, with
+    ssh's own line and the path of its log, instead of a bare exit status 255."""
+    if shutil.which("ssh") is None:
+        pytest.skip("no ssh client here")
+    out = _bash("multinode.sh", "--", "--workdir=/shared/r", HOSTS="gpu0.invalid,gpu1.invalid",
+                LOG_DIR=str(tmp_path / "logs"), SSH_OPTS="-F /dev/null -o BatchMode=yes -o ConnectTimeout=5")
+    assert out.returncode == 255, (out.returncode, out.stderr)
+    errors = out.stderr.strip().splitlines()
+    assert len(errors) == 2, out.stderr
+    for i, (line, host) in enumerate(zip(errors, ("gpu0.invalid", "gpu1.invalid"))):
+        log = tmp_path / "logs" / f"multinode-{i}.log"
+        assert line.startswith(f"error: host {host} (process {i}) failed (exit status 255: ssh could not connect")
+        assert "Could not resolve hostname" in line and line.endswith(f"its log: {log}") and log.exists(), line
 
 
 def test_slurm_script_is_valid_bash_with_the_preemption_signal():

@@ -8,6 +8,7 @@ they just cannot run here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -67,6 +68,27 @@ def parse(name: str) -> tuple[str, tuple[int, ...]]:
     return generation, tuple(int(x) for x in m.group(2).split("x"))
 
 
+# What libtpu reads about the host it runs on when it starts (from the TPU VM's metadata server, or these
+# variables). Off a TPU VM it finds none and prints "Failed to find host bounds for accelerator type: WARNING:
+# could not determine TPU accelerator type ..." and an `E0000 ... unexpected worker hostname 'WARNING: could
+# not determine TPU worker hostnames ...'` error with a source trace on stderr. A slice's description does not
+# depend on them (the same devices and coordinates with or without), so describing one says "one worker,
+# this host" for the moment libtpu starts, unless they are set.
+_WORKER_ENV = {"TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0", "TPU_HOST_BOUNDS": "1,1,1"}
+
+
+@contextlib.contextmanager
+def _this_host_as_a_tpu_worker():
+    """The variables of _WORKER_ENV that are unset, set for the block (libtpu reads them as it starts)."""
+    added = [k for k in _WORKER_ENV if k not in os.environ]
+    os.environ.update({k: _WORKER_ENV[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 def tpu_slice(name: str) -> Slice:
     """The slice's devices from libtpu (installed by the [tpu] extra); no TPU is needed."""
     generation, grid = parse(name)
@@ -81,7 +103,8 @@ def tpu_slice(name: str) -> Slice:
     kwargs = {"chip_config_name": chip_config} if chip_config else {}
     topology = f"{generation}:{'x'.join(map(str, grid))}"
     try:
-        desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs)
+        with _this_host_as_a_tpu_worker():
+            desc = topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs)
     except Exception as e:  # noqa: BLE001 -- libtpu missing (RuntimeError) or an unknown shape (various)
         text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         if any(w in text.lower() for w in ("libtpu", "backend", "plugin", "no module")):

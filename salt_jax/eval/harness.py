@@ -15,14 +15,19 @@ lm-eval is imported here only: `import salt_jax` and training without
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from typing import Any
+import io
+import logging
+import os
+from typing import Any, Iterator
 
 import numpy as np
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 
+from salt_jax import paths
 from salt_jax.errors import UserError
 from salt_jax.eval.engine import Engine, bucket
 
@@ -146,23 +151,40 @@ def expand(names: list[str]) -> list[str]:
     return [t for name in names for t in SUITES.get(name, (name,))]
 
 
-def task_manager(include_path: str | list[str] | None = None, tasks: list[str] | None = None):
+def task_manager(include_path: str | list[str] | None = None, tasks: list[str] | None = None,
+                 field: str = "--include_path"):
     """lm-eval's TaskManager over the offline tasks shipped here, `include_path` and lm-eval's own tasks.
 
     When every name in `tasks` is found without lm-eval's own catalogue (thousands of YAML files,
-    seconds to index), that catalogue is left out."""
+    seconds to index), that catalogue is left out. An include path that is not a directory of task YAML
+    files is a UserError naming `field` (lm-eval would skip it without a word)."""
     from lm_eval.tasks import TaskManager
 
     from salt_jax.eval.tasks import TASKS_DIR
 
     extra = [include_path] if isinstance(include_path, str) else list(include_path or [])
-    paths = [TASKS_DIR] + [p for p in extra if p]
+    for path in filter(None, extra):
+        check_include_path(path, field)
+    dirs = [TASKS_DIR] + [p for p in extra if p]
     tasks = expand(tasks or [])
     if tasks:
-        small = TaskManager(include_path=paths, include_defaults=False)
+        small = TaskManager(include_path=dirs, include_defaults=False)
         if all(t in _known(small) for t in tasks):
             return small
-    return TaskManager(include_path=paths)
+    return TaskManager(include_path=dirs)
+
+
+def check_include_path(path: str, field: str = "--include_path") -> None:
+    """A directory holding lm-eval task YAML files (at any depth), or a UserError saying what it is."""
+    if not os.path.isdir(path):
+        raise UserError(f"{field}={path}: no such directory; give a directory of lm-eval task YAML files"
+                        if not os.path.exists(path) else
+                        f"{field}={path}: is a file; give the directory that holds the task YAML files")
+    for _, _, files in os.walk(path):
+        if any(f.endswith(".yaml") for f in files):  # (lm-eval reads *.yaml only)
+            return
+    raise UserError(f"{field}={path}: has no .yaml files, so no lm-eval tasks; give the directory that holds "
+                    "your task YAML files")
 
 
 def _known(manager) -> set[str]:
@@ -181,8 +203,12 @@ def check_tasks(names: list[str], manager, field: str = "--tasks") -> None:
 
 
 def evaluate(lm: SaltLM, tasks: list[str], *, num_fewshot: int | None = None, limit: float | None = None,
-             include_path: str | list[str] | None = None, seed: int = 1234, manager=None) -> dict[str, Any]:
-    """lm-eval's `simple_evaluate` with our model; returns lm-eval's results dict (as eval_results.json)."""
+             include_path: str | list[str] | None = None, seed: int = 1234, manager=None,
+             log: str | None = None) -> dict[str, Any]:
+    """lm-eval's `simple_evaluate` with our model; returns lm-eval's results dict (as eval_results.json).
+
+    lm-eval's log lines and progress bars go to the file `log` (appended; None: dropped), not the console
+    (see `quiet`). A task whose data must come from the Hugging Face Hub, unreachable here, is a UserError."""
     from lm_eval import simple_evaluate
 
     from lm_eval import evaluator
@@ -193,9 +219,111 @@ def evaluate(lm: SaltLM, tasks: list[str], *, num_fewshot: int | None = None, li
     # lm-eval records the git commit of the working directory by running git, which prints "fatal: not a
     # git repository" outside a checkout; record salt_jax's own commit instead, quietly.
     evaluator.get_git_commit_hash = _source_commit
-    return simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
-                           random_seed=seed, numpy_random_seed=seed, torch_random_seed=None,
-                           fewshot_random_seed=seed, log_samples=False, bootstrap_iters=100, verbosity="ERROR")
+    try:
+        with quiet(log):
+            return simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
+                                   task_manager=manager, random_seed=seed, numpy_random_seed=seed,
+                                   torch_random_seed=None, fewshot_random_seed=seed, log_samples=False,
+                                   bootstrap_iters=100)
+    except Exception as e:  # noqa: BLE001 -- only an unreachable Hub is turned into a UserError
+        if not _unreachable_hub(e):
+            raise
+        raise UserError(f"lm-eval task {_task_of(e) or ', '.join(tasks)!r} needs its data downloaded from the "
+                        f"Hugging Face Hub, which cannot be reached ({_first_line(e)}); use the offline stdlib_* "
+                        "tasks, or download the data where there is network and point HF_DATASETS_CACHE at "
+                        "the copy") from None
+
+
+# The loggers of the libraries lm-eval runs on; during an evaluation they write to its log file only.
+LIBRARY_LOGGERS = ("lm_eval", "datasets", "evaluate", "huggingface_hub", "fsspec", "filelock", "urllib3")
+
+
+@contextlib.contextmanager
+def quiet(log: str | None) -> Iterator[None]:
+    """lm-eval without its console chatter for the block: the records of LIBRARY_LOGGERS (lm-eval's info
+    lines and warnings: "Building contexts ...", "Custom kwargs can be passed to `--metadata`", ...) go to
+    the file `log` (appended; a gs:// path is rewritten at the end; None: dropped) and not to the console,
+    except errors; and every tqdm progress bar is off (lm-eval's, datasets', the Hub's). TQDM_DISABLE does
+    not do this: tqdm reads it once, when it is first imported."""
+    import tqdm.std
+
+    buffer = io.StringIO() if log is None or paths.is_remote(log) else None
+    if buffer is None:
+        paths.makedirs(os.path.dirname(log) or ".")
+    handler = logging.StreamHandler(buffer) if buffer is not None else logging.FileHandler(log, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    console = _ToConsole(logging.ERROR)
+    saved = []
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.handlers[:], logger.level, logger.propagate))
+        logger.handlers, logger.propagate = [handler, console], False
+        logger.setLevel(logging.INFO)
+    bar_init = tqdm.std.tqdm.__dict__["__init__"]  # (a partialmethod when TQDM_* variables are set)
+    init = tqdm.std.tqdm.__init__
+
+    def no_bar(self, *args, **kwargs):
+        kwargs["disable"] = True
+        init(self, *args, **kwargs)
+
+    tqdm.std.tqdm.__init__ = no_bar
+    try:
+        yield
+    finally:
+        tqdm.std.tqdm.__init__ = bar_init
+        for logger, handlers, level, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+            logger.setLevel(level)
+        handler.close()
+        if buffer is not None and log is not None and buffer.getvalue():
+            old = paths.open(log).read() if paths.exists(log) else ""
+            paths.write_atomic(log, old + buffer.getvalue())
+
+
+class _ToConsole(logging.Handler):
+    """Passes records on to the root logger's handlers (the console), as propagation would."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger().handle(record)
+
+
+def _causes(e: BaseException) -> Iterator[BaseException]:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def _unreachable_hub(e: BaseException) -> bool:
+    """Whether `e` is a download that failed for want of network (or with HF_HUB_OFFLINE set): datasets'
+    ConnectionError("Couldn't reach ... on the Hub"), huggingface_hub's offline and local-entry errors,
+    requests' and httpx's connection errors, a timeout."""
+    for c in _causes(e):
+        name = type(c).__name__
+        if isinstance(c, (ConnectionError, TimeoutError)) or name in (
+                "OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout",
+                "ReadTimeout", "ProxyError", "SSLError") or "Couldn't reach" in str(c):
+            return True
+    return False
+
+
+def _task_of(e: BaseException) -> str | None:
+    """The lm-eval task being built when `e` was raised (from the traceback's frames)."""
+    from lm_eval.api.task import Task
+
+    tb, name = e.__traceback__, None
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, Task) and getattr(getattr(owner, "config", None), "task", None):
+            name = owner.config.task
+        tb = tb.tb_next
+    return name
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(e).__name__)[:200]
 
 
 def _source_commit() -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 from salt_jax import paths
 from salt_jax.errors import UserError
@@ -31,14 +32,16 @@ def evaluate(workdir: str, tasks: list[str], step: int | None = None, num_fewsho
     if jax.process_index() != 0:
         engine.serve()
         return None
+    root = workdir.rstrip("/")
+    out = out or paths.join(root, "eval_results.json" if step is None else f"eval_results-step{loaded.step}.json")
+    log = paths.join(os.path.dirname(out) or ".", "lm_eval.log")  # lm-eval's own lines, beside the results
     try:
         lm = harness.SaltLM(engine, loaded.tokenizer, seed=seed)
-        results = harness.evaluate(lm, tasks, num_fewshot=num_fewshot, limit=limit, seed=seed, manager=manager)
+        results = harness.evaluate(lm, tasks, num_fewshot=num_fewshot, limit=limit, seed=seed, manager=manager,
+                                   log=log)
     finally:
         engine.close()
     results["salt_jax"] = {"workdir": workdir, "checkpoint": loaded.checkpoint, "step": loaded.step}
-    root = workdir.rstrip("/")
-    out = out or paths.join(root, "eval_results.json" if step is None else f"eval_results-step{loaded.step}.json")
     paths.write_atomic(out, json.dumps(results, indent=2, default=handle_non_serializable))
     print(make_table(results), flush=True)
     logging.info("step %d: wrote %s", loaded.step, out)

@@ -124,7 +124,7 @@ def import_hf(hf_dir: str, out: str, mesh=None, dtype: str = "float32") -> str:
     cfg = model_config_from_hf(hf, os.path.join(hf_dir, "config.json"))
     cfg.dtype = dtype
     if os.path.isdir(os.path.join(out, "checkpoints")):
-        raise UserError(f"--out {out}: already holds checkpoints; choose a new directory")
+        raise UserError(f"--out={out}: already holds checkpoints; choose a new directory")
     mesh = mesh or sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1}))
     boxed = _abstract_params(cfg)
     _, params = load_params(hf_dir, cfg, sharding.shardings_for(boxed, mesh))
@@ -198,11 +198,11 @@ def export_hf(workdir: str, out: str, step: int | None = None, dtype: str = "flo
     try:
         root, latest = checkpoints.resolve_checkpoint(workdir, "--workdir", role="run")
     except UserError as e:
-        raise UserError(f"--workdir {workdir}: {str(e).split(': ', 1)[-1]}") from None
+        raise UserError(f"--workdir={workdir}: {str(e).split(': ', 1)[-1]}") from None
     if step is None:
         step = latest
     elif not os.path.isdir(os.path.join(root, str(step))):
-        raise UserError(f"--step {step}: no such checkpoint in {root}; the latest is {latest}")
+        raise UserError(f"--step={step}: no such checkpoint in {root}; the latest is {latest}")
     record = checkpoints.read_record(root, step) or {}
     if "model" not in record:
         raise UserError(f"{os.path.join(root, str(step))}: no readable record with the model config; "

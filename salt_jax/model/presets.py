@@ -87,7 +87,7 @@ def model_config(name: str) -> ml_collections.ConfigDict:
     return c
 
 
-def main() -> None:
+def print_table() -> None:
     """Prints the preset table (markdown) with counts computed by the code."""
     print("| preset | vocab | d_model | layers | heads (kv) | head_dim | mlp_dim | tied | parameters |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -97,6 +97,20 @@ def main() -> None:
         size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
         print(f"| {name} | {c.vocab_size} | {c.d_model} | {c.n_layers} | {c.n_heads} ({c.n_kv_heads}) | "
               f"{c.head_dim} | {c.mlp_dim} | {'yes' if c.tie_embeddings else 'no'} | {size} ({n:,}) |")
+
+
+def main() -> None:
+    """salt-presets / python -m salt_jax.model.presets: the preset table; no flags."""
+    from absl import app  # noqa: PLC0415 -- only the command line needs absl
+
+    from salt_jax.cli import flags_parser  # noqa: PLC0415
+
+    def help_text() -> str:
+        return ("The model presets (config.model.preset; base_config(\"<preset>\") in configs/*.py) as a markdown "
+                "table:\nsizes and parameter counts computed by the code (the README's table is this output).\n\n"
+                "flags: none")
+
+    app.run(lambda argv: print_table(), flags_parser=flags_parser(help_text, "salt-presets", ""))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ serve its model calls; each call sees the training state's parameters in place
 from __future__ import annotations
 
 import logging
-import os
 
 import jax
 import ml_collections
@@ -20,14 +19,14 @@ import ml_collections
 class FewShot:
     """`scores(params)` -> {"task/metric": value}: the configured tasks scored on `params`."""
 
-    def __init__(self, config: ml_collections.ConfigDict, mesh, tokenizer):
+    def __init__(self, config: ml_collections.ConfigDict, mesh, tokenizer, log: str | None = None):
         from salt_jax.eval import harness
         from salt_jax.eval.engine import Engine
 
         e = config.eval
-        self.cfg, self.harness = e, harness
+        self.cfg, self.harness, self.log = e, harness, log  # log: lm-eval's own lines go there, not the console
         self.tasks = [t.strip() for t in e.tasks.split(",") if t.strip()]
-        self.manager = harness.task_manager(e.include_path, self.tasks)
+        self.manager = harness.task_manager(e.include_path, self.tasks, "config.eval.include_path")
         harness.check_tasks(self.tasks, self.manager, "config.eval.tasks")
         self.engine = Engine(config.model, None, mesh, batch_size=e.batch_size)
         self.lm = harness.SaltLM(self.engine, tokenizer, seed=e.seed)
@@ -41,6 +40,19 @@ class FewShot:
             return done in at_steps(self.cfg.steps, total_steps)
         return done % (self.cfg.every or eval_every) == 0
 
+    def scores(self, params) -> dict[str, float]:
+        self.engine.params = params
+        if jax.process_index() != 0:
+            self.engine.serve()
+            return {}
+        try:  # (lm-eval's progress bars and info lines go to self.log, not between the training log's lines)
+            results = self.harness.evaluate(self.lm, self.tasks, manager=self.manager, log=self.log,
+                                            num_fewshot=None if self.cfg.num_fewshot < 0 else self.cfg.num_fewshot,
+                                            limit=self.cfg.limit or None, seed=self.cfg.seed)
+        finally:
+            self.engine.close()
+        return self.harness.scores(results)
+
 
 def at_steps(spec: str, total_steps: int) -> list[int]:
     """config.eval.steps as step numbers: "125" is step 125, "25%" the step nearest 25% of the run (as the
@@ -49,36 +61,28 @@ def at_steps(spec: str, total_steps: int) -> list[int]:
              for x in spec.split(",") if x.strip()}
     return sorted(s for s in steps if 0 < s <= total_steps)
 
-    def scores(self, params) -> dict[str, float]:
-        self.engine.params = params
-        if jax.process_index() != 0:
-            self.engine.serve()
-            return {}
-        quiet = os.environ.get("TQDM_DISABLE")
-        os.environ["TQDM_DISABLE"] = "1"  # lm-eval's progress bars would interleave with the training log
-        try:
-            results = self.harness.evaluate(self.lm, self.tasks, manager=self.manager,
-                                            num_fewshot=None if self.cfg.num_fewshot < 0 else self.cfg.num_fewshot,
-                                            limit=self.cfg.limit or None, seed=self.cfg.seed)
-        finally:
-            self.engine.close()
-            if quiet is None:
-                os.environ.pop("TQDM_DISABLE", None)
-            else:
-                os.environ["TQDM_DISABLE"] = quiet
-        return self.harness.scores(results)
-
 
 def describe(scores: dict[str, float]) -> str:
     """One log line's worth: the main metrics, not their standard errors."""
     return " | ".join(f"{k} {v:.4f}" for k, v in scores.items() if not k.endswith("_stderr"))
 
 
-def maybe(config: ml_collections.ConfigDict, mesh, tokenizer) -> FewShot | None:
+def check_tasks(config: ml_collections.ConfigDict) -> None:
+    """A UserError naming an unknown config.eval.tasks name (lm-eval is imported only when tasks are named)."""
+    tasks = [t.strip() for t in config.eval.tasks.split(",") if t.strip()]
+    if tasks:
+        from salt_jax.eval import harness
+
+        harness.check_tasks(tasks, harness.task_manager(config.eval.include_path, tasks, "config.eval.include_path"),
+                            "config.eval.tasks")
+
+
+def maybe(config: ml_collections.ConfigDict, mesh, tokenizer, log: str | None = None) -> FewShot | None:
+    """The run's FewShot when config.eval.tasks names tasks; lm-eval's own log lines go to the file `log`."""
     if not config.eval.tasks.strip():
         return None
     steps = at_steps(config.eval.steps, config.train.steps)
     when = (f"at steps {','.join(map(str, steps))}" if config.eval.steps.strip()
             else f"every {config.eval.every or config.train.eval_every} steps")
     logging.info("few-shot evaluation: %s %s", config.eval.tasks, when)
-    return FewShot(config, mesh, tokenizer)
+    return FewShot(config, mesh, tokenizer, log)

@@ -1,4 +1,5 @@
-"""Run outputs: metrics.jsonl (one JSON object per line) and TensorBoard events.
+"""Run outputs: metrics.jsonl (one JSON object per line), TensorBoard events and, with
+config.logging.wandb, the same scalars in Weights & Biases (salt_jax.train.wandb_log).
 
 Every line has `step` and `split` ("train" or "eval"). Only process 0 writes.
 On resume, lines past the restored step (written by the interrupted run after
@@ -20,6 +21,7 @@ import numpy as np
 
 from salt_jax import paths
 from salt_jax.model.flops import RunFlops
+from salt_jax.train import wandb_log
 
 
 def _clean(value):
@@ -68,21 +70,25 @@ def _tensorboard(workdir: str):
 
 
 class MetricsWriter:
-    """Appends records to workdir/metrics.jsonl and mirrors scalars to TensorBoard."""
+    """Appends records to workdir/metrics.jsonl and mirrors scalars to TensorBoard (and W&B, when `config`
+    sets config.logging.wandb)."""
 
-    def __init__(self, workdir: str, resume_step: int = 0):
+    def __init__(self, workdir: str, resume_step: int = 0, config=None):
         self.enabled = jax.process_index() == 0
         self.path = paths.join(workdir, "metrics.jsonl")
         self.remote = paths.is_remote(workdir)
         self._lines: list[str] = []  # a remote file's whole text, rewritten at each write
-        self._tb = None
+        self._tb = self._wandb = None
         if not self.enabled:
             return
+        kept = []
         if paths.exists(self.path):  # drop what the interrupted run wrote after its checkpoint (and torn lines)
             kept = [r for r in read_metrics(self.path) if resume_step and r.get("step", 0) <= resume_step]
             self._lines = [json.dumps(r) + "\n" for r in kept]
             paths.write_atomic(self.path, "".join(self._lines))
         self._tb = _tensorboard(workdir)
+        if config is not None and config.logging.wandb:  # (wandb is imported then, not before)
+            self._wandb = wandb_log.WandbRun(config, workdir, kept)
 
     def write(self, split: str, step: int, values: dict) -> None:
         if not self.enabled:
@@ -99,10 +105,15 @@ class MetricsWriter:
             for k, v in values.items():
                 if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
                     self._tb.add_scalar(f"{split}/{k}", v, step)
+        if self._wandb is not None:
+            self._wandb.log(split, int(step), record)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.close()
+            self._wandb = None
 
 
 def train_line(records: list[dict], seconds: float, tokens_per_step: int, timed_steps: int,

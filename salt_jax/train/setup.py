@@ -265,11 +265,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         _check_teacher_found(config.salt, workdir)
     cfg_d, cfg_t = config.data, config.train
 
+    mesh = sharding.make_mesh(config.mesh)  # (mesh, batch and task names: checked before the store is built)
+    sharding.check_batch(cfg_d.batch_size, mesh)
+    fewshot_lib.check_tasks(config)
     cache, tok = store.build_cache(cfg_d)
     check_vocab(config, tok.vocab_size)
-    mesh = sharding.make_mesh(config.mesh)
-    sharding.check_batch(cfg_d.batch_size, mesh)
-    fewshot = fewshot_lib.maybe(config, mesh, tok)  # (task names checked before anything trains)
+    fewshot = fewshot_lib.maybe(config, mesh, tok, paths.join(workdir, "lm_eval.log"))
 
     model = Transformer(config.model)
     tx, lr_schedule = optim.make_optimizer(config.optim, cfg_t.steps)
@@ -308,6 +309,6 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     return Run(config=config, workdir=workdir, cache=cache, pad_id=tok.pad_id, mesh=mesh, state=state, start=start,
                previous=previous, phase=phase, teacher=teacher, steps=steps, batches=batches, kd_batches=kd_batches,
                eval_set=batches_lib.eval_batches(cache.heldout, cfg_d.batch_size, cfg_d.eval_batches, tok.pad_id),
-               ckpt=ckpt, writer=metrics.MetricsWriter(workdir, resume_step=start), record=record,
+               ckpt=ckpt, writer=metrics.MetricsWriter(workdir, resume_step=start, config=config), record=record,
                flops=RunFlops.of(config.model, cfg_d.seq_len, teacher.config if teacher else None, mesh.size,
                                  cfg_t.peak_tflops), n_params=n_params, fewshot=fewshot)
