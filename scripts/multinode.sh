@@ -57,7 +57,7 @@ while (( running )); do
     pids[$i]=""
     if (( rc )); then
       log="$LOG_DIR/multinode-$i.log"
-      last=$(grep -v '^[[:space:]]*$' "$log" 2>/dev/null | tail -n 1 || true)
+      last=$(tr -d '\r' 2>/dev/null < "$log" | grep -v '^[[:space:]]*$' | tail -n 1 || true)  # (ssh ends lines with \r\n)
       what="exit status $rc"
       (( rc == 255 )) && what="exit status 255: ssh could not connect, or lost the connection"
       echo "error: host ${hosts[$i]} (process $i) failed ($what): ${last:-no output}; its log: $log" >&2

@@ -38,7 +38,7 @@ def doc_commands() -> list[tuple[str, int, str]]:
     found = []
     for doc in DOCS:
         text = open(os.path.join(REPO, doc), encoding="utf-8").read()
-        for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
+        for m in re.finditer(r"^ *```(\w*)\n(.*?)^ *```", text, re.S | re.M):
             if m.group(1) not in SHELL_FENCES:
                 continue
             first = text[:m.start(2)].count("\n") + 1
@@ -51,7 +51,7 @@ def _logical_lines(block: str) -> list[tuple[int, str]]:
     for i, raw in enumerate(block.split("\n")):
         if not current:
             start = i
-        current += raw[:-1] + " " if raw.endswith("\\") else raw
+        current += raw.strip()[:-1] + " " if raw.endswith("\\") else raw.strip()
         if raw.endswith("\\"):
             continue
         cmd = re.sub(r"\s+#\s.*$", "", current).strip()
@@ -65,7 +65,7 @@ def test_commands_are_in_fenced_shell_blocks():
     """An indented code block with a command would not be collected (and so not run): use ```bash."""
     for doc in DOCS:
         text = open(os.path.join(REPO, doc), encoding="utf-8").read()
-        outside = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+        outside = re.sub(r"^ *```.*?^ *```", "", text, flags=re.S | re.M)
         for line in outside.splitlines():
             assert not re.match(r"^ {4,}(python3? |bash |pip |sbatch |salt-|HOSTS=)", line), (
                 f"{doc}: {line.strip()!r} is in an indented block; put commands in ```bash blocks")
@@ -138,7 +138,8 @@ def _compile_small(cmd, box):
     assert os.path.exists(os.path.join(REPO, config.group(1))), cmd
     topology.parse(re.search(r"--topology=(\S+)", cmd).group(1))
     small = cmd.replace(config.group(0), f"--config=configs/test_tiny.py:{config.group(2) or 'baseline'}")
-    return _run(re.sub(r"--topology=\S+", "--topology=v5e:2x2", small) + " --remats=full --out=compile.json", box)
+    small = re.sub(r"--topology=\S+", "--topology=v5e:2x2", small)
+    return _run(f"{small} --config.salt.teacher_preset=test-tiny-teacher --remats=full --out=compile.json", box)
 
 
 def _bench_suite(cmd, box):
@@ -189,7 +190,7 @@ def _overrides(cmd: str) -> str:
     if module == "salt_jax.sample":
         return "--max_tokens=4"
     if module == "salt_jax.bench":
-        return "--repeats=1 --config.data.batch_size=2 --config.data.seq_len=16"
+        return "--repeats=1 --config.data.batch_size=8 --config.data.seq_len=16"  # (8: the suite's devices)
     if "bench_store.py" in cmd:
         return "--sizes_mb=1 --workers=0"
     return ""

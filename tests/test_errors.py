@@ -24,15 +24,28 @@ def _rows() -> list[dict]:
             if len(cells) == 5 and cells[0] not in ("id", "---") and not cells[0].startswith("-"):
                 code = re.findall(r"`([^`]*)`", cells[2])
                 rows.append({"id": cells[0], "area": cells[1], "args": shlex.split(code[-1]) if code else [],
-                             "setup": "*setup" in cells[2], "needle": re.findall(r"`([^`]*)`", cells[3])[0]})
+                             "setup": "*setup" in cells[2], "offline": "*no network" in cells[2],
+                             "needle": re.findall(r"`([^`]*)`", cells[3])[0]})
     return rows
 
 
 ROWS = _rows()
 
 
-def _run(module, args, cache_dir):
+# Rows marked *no network*: every request fails at once, as on a machine without network (the proxy's name
+# never resolves; the Hub is off; a placeholder Google token keeps TensorFlow's GCS client from probing for
+# credentials; no retries).
+DEAD_PROXY = "http://proxy.invalid:9"
+NO_NETWORK = {"https_proxy": DEAD_PROXY, "HTTPS_PROXY": DEAD_PROXY, "http_proxy": DEAD_PROXY, "HTTP_PROXY": DEAD_PROXY,
+              "HF_HUB_OFFLINE": "1", "GOOGLE_AUTH_TOKEN_FOR_TESTING": "placeholder",
+              "GCS_RETRY_CONFIG_MAX_RETRIES": "0"}
+
+
+def _run(module, args, cache_dir, offline_home=None):
     env = dict(os.environ, SALT_JAX_CACHE=cache_dir)
+    if offline_home:  # (and an empty Hugging Face cache)
+        env = {k: v for k, v in env.items() if k.lower() != "no_proxy"}
+        env.update(NO_NETWORK, HF_HOME=offline_home, HF_DATASETS_CACHE=os.path.join(offline_home, "datasets"))
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
 
@@ -55,12 +68,13 @@ def test_the_catalogue_is_read():
 def test_error_row(row, tmp_path, cache_dir, request):
     workdir = str(tmp_path / "run")
     args = [a.replace("OUT", str(tmp_path / "out")) for a in row["args"]]
+    offline = str(tmp_path / "hf_home") if row["offline"] else None
     if row["area"] == "hf":
         out = _run("salt_jax.hf", args, cache_dir)
     elif row["area"] == "eval":
         if "{finished}" in " ".join(args):
             args = [a.replace("{finished}", request.getfixturevalue("finished_run")) for a in args]
-        out = _run("salt_jax.eval", args, cache_dir)
+        out = _run("salt_jax.eval", args, cache_dir, offline)
     else:
         if "{teacher}" in " ".join(args):
             teacher = request.getfixturevalue("teacher_dir")
@@ -93,11 +107,13 @@ def test_error_row(row, tmp_path, cache_dir, request):
             holder.write("salt_jax pid 4242 on testhost since 2026-12-01 10:00:00")
             holder.flush()
             request.addfinalizer(holder.close)
-        out = _run("salt_jax.main", base + args, cache_dir)
+        out = _run("salt_jax.main", base + args, cache_dir, offline)
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
     assert "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and row["needle"] in last, last
+    if row["offline"]:  # nothing before it either (TensorFlow's start-up lines, lm-eval's)
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr[-2000:]
     if row["id"] == "corrupt":  # named, and left where it was
         assert "checkpoints/6" in last and os.path.isdir(os.path.join(workdir, "checkpoints", "6"))
 

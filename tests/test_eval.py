@@ -216,6 +216,47 @@ def test_scores_during_training_equal_the_command_line_on_the_checkpoint(hf_run,
     assert 0.0 <= cli["stdlib_next_line/acc"] <= 1.0 and cli["stdlib_perplexity/bits_per_byte"] > 0
 
 
+# What lm-eval and the libraries under it print on their own: progress bars, info lines, their warnings.
+CHATTER = ("it/s", "%|", "Building contexts", "Running loglikelihood", "num_fewshot has been set",
+           "Overwriting default num_fewshot", "Custom kwargs", "--metadata", "simple_evaluate is deprecated",
+           "Selected tasks", "Setting random seed", "Using pre-initialized model")
+
+
+def test_the_console_shows_one_line_per_few_shot_evaluation_and_lm_eval_logs_to_a_file(tmp_path, cache_dir):
+    """config.eval.tasks through the command line: salt_jax's one line per evaluation on the console, lm-eval's
+    chatter only in <workdir>/lm_eval.log (appended at every evaluation); python -m salt_jax.eval the same,
+    with lm-eval's results table."""
+    workdir = tmp_path / "run"
+    env = dict(os.environ, SALT_JAX_CACHE=cache_dir)
+    out = _cli("salt_jax.main", [f"--config={REPO}/configs/test_tiny.py", f"--workdir={workdir}",
+                                 "--config.train.steps=4", "--config.train.eval_every=2",
+                                 "--config.train.checkpoint_every=4", "--config.data.max_files=60",
+                                 "--config.data.seq_len=32", "--config.data.eval_batches=2",
+                                 "--config.eval.tasks=stdlib_next_line", "--config.eval.limit=4",
+                                 "--config.eval.num_fewshot=1", "--config.eval.batch_size=8"], env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    console = out.stdout + out.stderr
+    fewshot = [line for line in console.splitlines() if "few-shot at step" in line]
+    assert [line.split(" | ")[0].split(" ", 1)[1] for line in fewshot] == [
+        "few-shot at step 0", "few-shot at step 2", "few-shot at step 4"], console[-3000:]
+    assert all("stdlib_next_line/acc " in line for line in fewshot)
+    for text in CHATTER:
+        assert text not in console, (text, console[-3000:])
+    log = (workdir / "lm_eval.log").read_text()
+    for text in ("Building contexts for stdlib_next_line", "Custom kwargs can be passed to `--metadata`",
+                 "Running loglikelihood requests", "Overwriting default num_fewshot of stdlib_next_line"):
+        assert log.count(text) == 3, (text, log[-3000:])  # steps 0, 2 and 4
+    assert "it/s" not in log and "%|" not in log  # the bars are off, not redirected
+
+    cli = _cli("salt_jax.eval", [f"--workdir={workdir}", "--tasks=stdlib_next_line", "--limit=4",
+                                 "--num_fewshot=1", "--batch_size=8"], env=env)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "|stdlib_next_line" in cli.stdout and "wrote" in cli.stdout  # lm-eval's table, our line
+    for text in CHATTER:
+        assert text not in cli.stdout + cli.stderr, (text, cli.stdout[-3000:], cli.stderr[-3000:])
+    assert (workdir / "lm_eval.log").read_text().count("Building contexts") == 4
+
+
 def test_same_scores_as_lm_eval_hf_backend_on_the_exported_model(hf_run, tmp_path):
     """The run exported with `python -m salt_jax.hf export`, scored by lm-eval's own `hf` model (torch),
     against our adapter on the checkpoint: the same per-document log-likelihoods to float32 rounding

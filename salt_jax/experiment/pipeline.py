@@ -104,10 +104,10 @@ def student_config(exp: ml_collections.ConfigDict, spec: str, seed: int, teacher
     return c
 
 
-# Where things live and how chatty a run is do not change what it computes (the teacher itself is
+# Where things live, how chatty a run is and where it logs do not change what it computes (the teacher itself is
 # checked by fingerprint on resume). Unlike a single run, an experiment's runs must also keep their
 # evaluation and logging, which the report compares across runs.
-_SAME_ACROSS_RUNS = ("salt.teacher", "salt.ds_reference", "data.cache_dir", "train.progress")
+_SAME_ACROSS_RUNS = ("salt.teacher", "salt.ds_reference", "data.cache_dir", "train.progress", "logging")
 
 
 def _check_same_config(config, workdir: str) -> None:

@@ -7,6 +7,8 @@
     hooks.py        periodic hooks, the step meter (timing), the non-finite check
     loop.py         the loop: `run(config, workdir)`
     metrics.py      metrics.jsonl and TensorBoard, the train line
+    wandb_log.py    Weights & Biases (config.logging.wandb): the same scalars, one W&B run across restarts
+    fewshot.py      few-shot scores during training (config.eval)
     faults.py       preemption (SIGTERM) and the fault-injection drills
     distributed.py  joining JAX's distributed runtime
 

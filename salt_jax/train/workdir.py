@@ -32,7 +32,7 @@ from salt_jax.errors import UserError
 
 # What a run keeps in its workdir, and the kind of entry each must be.
 _ENTRIES = {"checkpoints": "directory", "tensorboard": "directory", "metrics.jsonl": "file", "config.json": "file",
-            "summary.json": "file"}
+            "summary.json": "file", "wandb": "directory", "wandb_run_id": "file"}
 
 
 class Workdir:
