@@ -14,6 +14,10 @@ appears whole when its writer closes it. So `write_atomic` writes a local file
 beside its target and renames it, and writes an object directly; callers that
 need a commit point write one small marker file last (the token store's
 meta.json).
+
+A store that cannot be reached (no credentials, no network) is a UserError naming the path and what to
+do (`reaching`), not a page of traceback, from every function here that touches a URI (reads from a file
+already open are not covered).
 """
 
 from __future__ import annotations
@@ -107,10 +111,13 @@ def reaching(path: str) -> Iterator[None]:
     try:
         yield
     except Exception as e:  # noqa: BLE001 -- only the unreachable-store errors are turned into UserError
+        scheme = str(path).split("://", 1)[0]
+        if is_remote(path) and "File system scheme" in str(e) and type(e).__name__ == "UnimplementedError":
+            raise UserError(f"{path}: tf.io.gfile cannot open {scheme}:// paths; pip install the scheme's fsspec "
+                            "package (s3fs for s3://) and set EPATH_USE_TF=false") from None
         why = unreachable(e) if is_remote(path) else None
         if why is None:
             raise
-        scheme = str(path).split("://", 1)[0]
         store, todo = _STORES.get(scheme, (f"{scheme}://", "check the network and credentials, or use a local path"))
         raise UserError(f"{path}: cannot reach {store} (no credentials or network: {why}); {todo}") from None
 
@@ -249,8 +256,13 @@ def write_json(path: str, obj, indent: int | None = 1) -> None:
 def writer(path: str, mode: str = "wb") -> Iterator[IO]:
     """A file opened for writing that appears at `path` only when the block ends without error."""
     if is_remote(path):
-        with reaching(path), _epath(path).open(mode) as fh:
+        with reaching(path):
+            fh = _epath(path).open(mode)
+        try:
             yield fh
+        finally:
+            with reaching(path):  # (closing uploads the object)
+                fh.close()
         return
     tmp = f"{path}.tmp{os.getpid()}"
     try:

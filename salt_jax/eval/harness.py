@@ -295,15 +295,22 @@ def _causes(e: BaseException) -> Iterator[BaseException]:
         e = e.__cause__ or e.__context__
 
 
+# The libraries a task's download goes through, and the names of their "cannot get there" errors.
+_HUB_LIBRARIES = ("huggingface_hub", "datasets", "requests", "httpx", "httpcore", "urllib3", "fsspec", "aiohttp")
+_UNREACHABLE = ("OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout", "ReadTimeout",
+                "ProxyError", "SSLError", "ClientConnectorError")
+
+
 def _unreachable_hub(e: BaseException) -> bool:
     """Whether `e` is a download that failed for want of network (or with HF_HUB_OFFLINE set): datasets'
-    ConnectionError("Couldn't reach ... on the Hub"), huggingface_hub's offline and local-entry errors,
-    requests' and httpx's connection errors, a timeout."""
+    ConnectionError("Couldn't reach ... on the Hub"), or a connection error or timeout of the libraries under
+    it (huggingface_hub's offline and local-entry errors, requests', httpx's)."""
     for c in _causes(e):
-        name = type(c).__name__
-        if isinstance(c, (ConnectionError, TimeoutError)) or name in (
-                "OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout",
-                "ReadTimeout", "ProxyError", "SSLError") or "Couldn't reach" in str(c):
+        if "Couldn't reach" in str(c):
+            return True
+        if type(c).__module__.split(".")[0] in _HUB_LIBRARIES and (
+                isinstance(c, (ConnectionError, TimeoutError)) or type(c).__name__ in _UNREACHABLE
+                or "Connection" in type(c).__name__):
             return True
     return False
 
