@@ -271,7 +271,7 @@ def test_experiment_methods_set_any_field_and_name_extra_teachers():
     exp = ml_collections.ConfigDict({"student": test_tiny_run(), "progress": False,
                                      "teachers": {"small": test_tiny_run("teacher")}})
     c = pipeline.student_config(exp, "baseline[train.steps=28]", 1, "/t", 1e-3, "/exp")
-    assert (c.train.steps, c.salt.method, c.salt.teacher) == (28, "baseline", "/t")
+    assert (c.train.steps, c.salt.method, c.salt.teacher) == (28, "baseline", "")  # (no teacher: carries none)
     c = pipeline.student_config(exp, "salt_ds-difference[teacher=small,ds_reference=small]", 0, "/t", 1e-3, "/exp")
     assert c.salt.teacher == c.salt.ds_reference == os.path.join("/exp", "teacher-small")
     assert c.salt.ds_rule == "difference"
