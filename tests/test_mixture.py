@@ -3,7 +3,9 @@ held-out loss per corpus (against a NumPy float64 reference), SALT_DS on a mixtu
 
 import json
 import os
-import shutil
+import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -18,6 +20,7 @@ from salt_jax.train.metrics import read_metrics
 
 import reference
 import salt_run
+from conftest import REPO
 
 
 def _write_corpus(directory, field: str, modules: list[str], chunk: int) -> None:
@@ -131,7 +134,8 @@ def test_batches_are_the_same_on_1_and_2_hosts_and_after_a_restart(mixed, corpor
     for s in (0, 17, 39):  # each row is its corpus's row, read from that corpus's own store
         for k, i in enumerate(one.indices(s)):
             c = int(np.searchsorted(cache.train.offsets, i, side="right") - 1)
-            np.testing.assert_array_equal(uninterrupted[s][k], cache.caches[c].train.rows([i - cache.train.offsets[c]])[0])
+            own = cache.caches[c].train.rows([i - cache.train.offsets[c]])[0]
+            np.testing.assert_array_equal(uninterrupted[s][k], own)
     reopened, _ = store.build_cache(_config(corpora, cache_dir).data)  # a restarted process resuming at step 23
     fresh = batches_lib.training_batches(reopened, 8, seed=5)
     for s in range(23, 40):
@@ -215,17 +219,27 @@ def test_heldout_loss_per_corpus_equals_a_float64_reference(mixture_run, corpora
     assert "mixture of prose (weight 0.75): text source" in loop.describe_corpus(summary["corpus"])
 
 
-def test_a_resumed_mixture_run_ends_where_the_uninterrupted_one_does(mixture_run, corpora, cache_dir, tmp_path):
-    """The run stopped after its step-6 checkpoint (what a kill -9 leaves) and re-run: same parameters, bitwise,
-    and the same eval lines."""
-    resumed = str(tmp_path / "resumed")
-    shutil.copytree(mixture_run, resumed)
-    shutil.rmtree(os.path.join(resumed, "checkpoints", "12"))
-    os.remove(os.path.join(resumed, "summary.json"))
-    loop.run(_config(corpora, cache_dir), resumed)
-    salt_run.same_params(salt_run.params(mixture_run), salt_run.params(resumed))
+def _cli(workdir: str, spec: str, cache_dir: str, extra=()) -> subprocess.CompletedProcess:
+    """The CLI on _config's run (configs/test_tiny.py with the same overrides)."""
+    flags = {"data.cache_dir": cache_dir, "data.mixture": spec, "data.seq_len": 32, "data.eval_batches": 2,
+             "train.steps": 12, "train.log_every": 4, "train.eval_every": 6, "train.checkpoint_every": 6,
+             "train.progress": False, "optim.warmup_steps": 2}
+    args = [sys.executable, "-m", "salt_jax.main", f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}",
+            f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in flags.items()), *extra]
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_kill_9_then_resume_ends_where_the_uninterrupted_run_does(mixture_run, corpora, cache_dir, tmp_path):
+    """SIGKILL after step 9 (checkpoint 6 on disk), then the same command: the resumed run reads the batches of
+    steps 7-12 afresh and ends with the uninterrupted run's parameters, bitwise, and its eval lines."""
+    workdir = str(tmp_path / "killed")
+    out = _cli(workdir, corpora, cache_dir, ["--config.train.debug_kill=step:9"])
+    assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+    out = _cli(workdir, corpora, cache_dir)
+    assert out.returncode == 0 and "resuming" in out.stdout + out.stderr, out.stderr[-2000:]
+    salt_run.same_params(salt_run.params(mixture_run), salt_run.params(workdir))
     lines = lambda w: [r for r in read_metrics(os.path.join(w, "metrics.jsonl")) if r["split"] == "eval"]  # noqa: E731
-    assert [{k: v for k, v in r.items() if k != "train_seconds"} for r in lines(resumed)] == [
+    assert [{k: v for k, v in r.items() if k != "train_seconds"} for r in lines(workdir)] == [
         {k: v for k, v in r.items() if k != "train_seconds"} for r in lines(mixture_run)]
 
 
