@@ -118,6 +118,14 @@ def test_whole_periods_hold_exact_counts_and_each_corpus_visits_its_rows_once_pe
     assert not np.array_equal(batches_lib.mixture_indices(37, 40, counts, n_rows, 4)[0], comp[1480:1520])  # seed
 
 
+def test_without_a_mixture_the_draw_is_what_it_was():
+    """data.mixture="" reads the rows it read before mixtures existed (indices computed by that code)."""
+    assert batches_lib.batch_indices(123, 8, 1000, 5).tolist() == [312, 108, 253, 10, 468, 321, 685, 448]
+    assert batches_lib.batch_indices(130, 8, 1000, 5).tolist() == [185, 332, 994, 507, 335, 627, 608, 140]
+    assert batches_lib.batch_indices(7, 16, 10**9, 3, slice(0, 4)).tolist() == [277682444, 180469188, 957705236,
+                                                                                  510581524]
+
+
 @pytest.fixture(scope="module")
 def mixed(corpora, cache_dir):
     cache, tok = store.build_cache(_config(corpora, cache_dir).data)
@@ -259,3 +267,24 @@ def test_salt_ds_on_a_mixture_and_the_report_table(mixture_run, corpora, cache_d
     for name in ("baseline", "salt_ds"):
         m = results["methods"][name]
         assert f"| {name} | {m['final_loss_mean']:.4f} | {m['final_loss_per_corpus']['prose']:.4f} | " in text
+
+
+def test_cached_teacher_logits_are_the_teachers_on_the_mixtures_batches(corpora, cache_dir, teacher_dir, mixed):
+    """teacher_logits=cache on a mixture: the cache of KD step s holds the teacher's log-probs of the targets of
+    the mixture's batch s (against the float64 reference teacher), keyed by the mixture's directory."""
+    from salt_jax import teacher_cache
+    from salt_jax.config import base_config
+
+    c = _config(corpora, cache_dir, "salt-cached")
+    c.salt.teacher, c.salt.kd_steps, c.salt.cache_k, c.salt.cache_dtype = teacher_dir, 2, 4, "float32"
+    manifest = teacher_cache.build(c)
+    assert manifest["store"] == os.path.basename(mixed[0].directory) and manifest["steps"] == 2
+    params, teacher_model = salt_run.params(teacher_dir), base_config("test-tiny-teacher").model
+    batches = batches_lib.training_batches(mixed[0], 8, c.data.seed)
+    for step in (0, 1):
+        with np.load(os.path.join(manifest["directory"], f"step{step:07d}-rows0-8.npz")) as f:
+            got = f["target_logp"]
+        rows = batches.numpy(step)
+        logp = reference.log_softmax(reference.transformer_logits(params, teacher_model, rows[:, :-1]))
+        np.testing.assert_allclose(got, np.take_along_axis(logp, rows[:, 1:, None], -1)[..., 0], rtol=1e-4,
+                                   atol=1e-4)
