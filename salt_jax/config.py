@@ -11,6 +11,7 @@ import json
 
 import ml_collections
 
+from salt_jax.data import mixture
 from salt_jax.errors import UserError, check
 from salt_jax.kd import methods
 from salt_jax.kd.schedules import SCHEDULES
@@ -38,6 +39,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     d.path = ""  # source=text / arrayrecord: comma-separated files, directories or globs (.jsonl read by text_field)
     d.heldout_path = ""  # source=arrayrecord: held-out files ("" = hash-split the records of `path`)
     d.text_field = "text"  # field holding a document's text (JSONL, TFDS features, seqio examples, JSON records)
+    d.mixture = ""  # several corpora instead of the one above: "NAME:WEIGHT=PATH[|FIELD=VALUE],..." (README "Mixtures of corpora"); "" = one corpus
     d.tfds_name = ""  # source=tfds: dataset name (e.g. "c4/en:3.1.0", or one prepared under tfds_data_dir)
     d.tfds_data_dir = ""  # source=tfds: TFDS data_dir (a local path or a gs:// bucket)
     d.seqio_task = ""  # source=seqio: registered task name (its raw text; its vocabulary is not used)
@@ -190,6 +192,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
           f"config.model.attention={m.attention!r}: use one of {', '.join(IMPLEMENTATIONS)}")
 
     d = c.data
+    if d.mixture:
+        mixture.parse(d)  # (a bad spec: one line naming the component)
     check(d.prefetch >= 0, f"config.data.prefetch={d.prefetch}: must be >= 0")
     check(d.shard_chars > 0, f"config.data.shard_chars={d.shard_chars}: must be positive")
     check(d.seq_len > 0, f"config.data.seq_len={d.seq_len}: must be positive")

@@ -5,7 +5,8 @@
 
 It builds exactly the store `python -m salt_jax.main` with the same config
 would build on demand (same source, tokenizer and key, so the run then just
-opens it), tokenizing shards in N processes. Re-running after an interruption
+opens it), tokenizing shards in N processes; with config.data.mixture, the
+mixture's tokenizer and one store per corpus. Re-running after an interruption
 keeps the finished shards. Prints one line per split and the store's path.
 
 A store in a shared cache_dir (gs://, s3://, or config.data.shared_cache=true)
@@ -63,11 +64,13 @@ def _main(argv) -> None:
         cache = prepare(config, _WORKERS.value, (_INDEX.value, _COUNT.value))
     except UserError as e:
         fail(str(e))
-    for split in ("train", "heldout"):
-        info = cache.meta["splits"][split]
-        logging.info("%s: %d documents, %d tokens, %d shards", split, info["documents"], info["tokens"],
-                     len(info["shards"]))
-    print(f"token store: {cache.directory}", flush=True)
+    stores = dict(zip(cache.names, cache.caches)) if hasattr(cache, "caches") else {"": cache}  # a mixture's
+    for name, one in stores.items():
+        for split in ("train", "heldout"):
+            info = one.meta["splits"][split]
+            logging.info("%s%s: %d documents, %d tokens, %d shards", f"{name} " if name else "", split,
+                         info["documents"], info["tokens"], len(info["shards"]))
+        print(f"token store{f' ({name})' if name else ''}: {one.directory}", flush=True)
 
 
 def main() -> None:

@@ -206,7 +206,8 @@ def _shell(cmd: str, box: str, env: dict | None = None):
 def _run(cmd: str, box: str):
     for key, value in PLACEHOLDERS.items():
         cmd = cmd.replace(key, value)
-    cmd = cmd.replace("/models/", f"{box}/models/").replace("'/data/", f"'{box}/data/")
+    cmd = cmd.replace("/models/", f"{box}/models/")
+    cmd = cmd.replace("'/data/", f"'{box}/data/").replace("=/data/", f"={box}/data/")  # (a mixture's =PATH)
     full = f"{cmd} {_overrides(cmd)}".strip()
     out = _shell(full, box)
     assert out.returncode == 0, f"{full}\nexit {out.returncode}\n{out.stdout[-1500:]}\n{out.stderr[-3000:]}"
@@ -219,7 +220,8 @@ def _run(cmd: str, box: str):
 @pytest.fixture(scope="module")
 def box(tmp_path_factory, cache_dir):
     """A directory laid out as a checkout (configs/, scripts/ linked) where the docs' runs/ go, with the
-    inputs the docs assume: a small Hugging Face model at models/SmolLM2-135M, JSONL at data/pile/."""
+    inputs the docs assume: a small Hugging Face model at models/SmolLM2-135M, JSONL at data/pile/ and, for
+    the mixture example, at data/code/ (its text in the field "content")."""
     root = tmp_path_factory.mktemp("docs")
     for name in ("configs", "scripts"):
         os.symlink(os.path.join(REPO, name), root / name)
@@ -232,6 +234,12 @@ def box(tmp_path_factory, cache_dir):
         with open(root / "data" / "pile" / f"{i:02d}.jsonl", "w") as fh:
             for chunk in range(0, len(text), 2000):
                 fh.write(json.dumps({"text": text[chunk:chunk + 2000], "meta": {"pile_set_name": "stdlib"}}) + "\n")
+    (root / "data" / "code").mkdir()
+    for name in ("csv.py", "heapq.py", "calendar.py"):
+        text = open(os.path.join(stdlib, name), encoding="utf-8").read()
+        with open(root / "data" / "code" / f"{name}.jsonl", "w") as fh:
+            for chunk in range(0, len(text), 500):
+                fh.write(json.dumps({"content": text[chunk:chunk + 500]}) + "\n")
     _tiny_hf_model(str(root / "models" / "SmolLM2-135M"))
     _my_task(root)
     return str(root)

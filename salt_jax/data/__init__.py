@@ -6,7 +6,8 @@
     sources.py    config.data.source -> a Source
     tokenizer.py  byte, SentencePiece and Hugging Face tokenizers
     store.py      the token store: each split tokenized once (in parallel, resumably) into memory-mapped shards
-    batches.py    the batch of step s as a pure function of (store, seed, s); the held-out set
+    mixture.py    several corpora with weights (config.data.mixture): a store each, one tokenizer
+    batches.py    the batch of step s as a pure function of (store, seed, s), of a mixture's by weight; the held-out set
 
 Imports only salt_jax.errors: data is the bottom stage.
 """

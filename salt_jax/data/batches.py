@@ -9,11 +9,17 @@ O(B) time and memory whatever the corpus size (the Pile at 2048 tokens is
 only s, on any number of hosts; each host reads only its own rows of the
 global batch (`host_rows`). A `Prefetcher` reads the coming steps' rows in a
 background thread. The held-out set is read in order (`eval_batches`).
+
+A mixture of corpora (salt_jax.data.mixture) draws each example's corpus by
+weight, still per index (`mixture_indices`): the batch of step s is a pure
+function of (the stores, the weights, seed, s).
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import queue
 import threading
 from typing import Callable
@@ -32,9 +38,10 @@ SHUFFLE_ROUNDS = 8
 
 
 @functools.lru_cache(maxsize=64)
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """A 31-bit key per (seed, epoch), so every epoch is shuffled differently."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] >> 1)
+def _epoch_seed(seed: int, epoch: int, *stream: int) -> int:
+    """A 31-bit key per (seed, epoch[, stream]), so every epoch (of every mixture component) is shuffled
+    differently."""
+    return int(np.random.SeedSequence([seed, epoch, *stream]).generate_state(1)[0] >> 1)
 
 
 def batch_indices(step: int, batch_size: int, n_rows: int, seed: int, part: slice = slice(None)) -> np.ndarray:
@@ -48,6 +55,45 @@ def batch_indices(step: int, batch_size: int, n_rows: int, seed: int, part: slic
         epoch, pos = divmod(i, n_rows)
         out[k] = index_shuffle(pos, n_rows - 1, _epoch_seed(seed, epoch), SHUFFLE_ROUNDS)
     return out
+
+
+_MIXTURE_STREAM = 0x4D4958  # keys the mixture's slot shuffles apart from its components' row shuffles
+
+
+def mixture_indices(step: int, batch_size: int, counts: np.ndarray, n_rows: np.ndarray, seed: int,
+                    part: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+    """(component, row of that component) of each example of step's global batch (its positions `part`): a
+    pure function of its arguments, O(batch_size), no permutation of any corpus built.
+
+    Stratified by weight. Global example i is slot i mod P of period i div P
+    (P = sum(counts), salt_jax.data.mixture.PERIOD); each period's P slots are
+    shuffled (index_shuffle keyed by (seed, period)) and slot r belongs to
+    component c when starts[c] <= r < starts[c] + counts[c]. So every period
+    holds exactly counts[c] examples of component c, in random positions, and
+    the k-th example of c (k = period * counts[c] + r - starts[c]) is known
+    without counting earlier draws: it is position k mod n_c of c's own
+    epoch-shuffle of its n_c rows (keyed by (seed, k div n_c, c)), exactly as a
+    single corpus draws its rows. A component visits each of its rows once per
+    its own epoch, its share over whole periods is its weight (quantised to
+    1/P), and within a period the batch's mix is a draw without replacement,
+    whose spread is at most a multinomial's. A per-index hash choice (i.i.d. by
+    weight) would need a count of earlier hits to find a component's k, i.e. a
+    scan, or would give up one-visit-per-epoch.
+    """
+    from grain.experimental import index_shuffle  # noqa: PLC0415 -- as in batch_indices
+
+    counts, n_rows = [int(x) for x in counts], [int(x) for x in n_rows]
+    starts = [0, *itertools.accumulate(counts)]
+    period = starts[-1]
+    positions = range(step * batch_size, (step + 1) * batch_size)[part]
+    comp, row = np.empty(len(positions), np.int64), np.empty(len(positions), np.int64)
+    for k, i in enumerate(positions):
+        block, slot = divmod(i, period)
+        r = index_shuffle(slot, period - 1, _epoch_seed(seed, block, _MIXTURE_STREAM), SHUFFLE_ROUNDS)
+        c = bisect.bisect_right(starts, r) - 1
+        epoch, pos = divmod(block * counts[c] + r - starts[c], n_rows[c])
+        comp[k], row[k] = c, index_shuffle(pos, n_rows[c] - 1, _epoch_seed(seed, epoch, c), SHUFFLE_ROUNDS)
+    return comp, row
 
 
 def host_rows(global_batch: int) -> slice:
@@ -81,6 +127,26 @@ class Batches:
         """The global batch of `step` on the mesh; `rows`: this host's rows, if already read (Prefetcher)."""
         return jax.make_array_from_process_local_data(sharding, self.numpy(step) if rows is None else rows,
                                                       (self.batch_size, self.split.seq_len + 1))
+
+
+class MixtureBatches(Batches):
+    """Step-indexed training batches of a mixture: each example's corpus drawn by weight (`mixture_indices`),
+    its row read from the concatenated split (salt_jax.data.mixture.ConcatSplit)."""
+
+    def __init__(self, split, batch_size: int, seed: int, counts: np.ndarray):
+        super().__init__(split, batch_size, seed)
+        self.counts = np.asarray(counts, np.int64)
+
+    def indices(self, step: int, part: slice = slice(None)) -> np.ndarray:
+        comp, row = mixture_indices(step, self.batch_size, self.counts, self.split.sizes, self.seed, part)
+        return self.split.offsets[comp] + row
+
+
+def training_batches(cache, batch_size: int, seed: int) -> Batches:
+    """The training batches of a token store, or of a mixture's stores (a MixtureCache: its `counts`)."""
+    if getattr(cache, "counts", None) is None:
+        return Batches(cache.train, batch_size, seed)
+    return MixtureBatches(cache.train, batch_size, seed, cache.counts)
 
 
 class Prefetcher:
@@ -145,3 +211,10 @@ def eval_batches(split: TokenSplit, batch_size: int, max_batches: int, pad_id: i
     padded = np.full((n_batches * batch_size, split.seq_len + 1), pad_id, np.int32)
     padded[:n] = rows
     return [padded[b * batch_size:(b + 1) * batch_size][host_rows(batch_size)] for b in range(n_batches)]
+
+
+def eval_sets(cache, batch_size: int, max_batches: int, pad_id: int) -> dict[str, list[np.ndarray]]:
+    """The held-out batches of each corpus: {"": ...} for one store; {name: ...} for each corpus of a mixture,
+    each its own split's first `max_batches` batches."""
+    splits = getattr(cache, "heldout_splits", None) or {"": cache.heldout}
+    return {name: eval_batches(split, batch_size, max_batches, pad_id) for name, split in splits.items()}

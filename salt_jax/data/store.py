@@ -53,7 +53,7 @@ import ml_collections
 import numpy as np
 
 from salt_jax import paths
-from salt_jax.data import documents, sources, tokenizer
+from salt_jax.data import documents, mixture, sources, tokenizer
 from salt_jax.errors import UserError
 
 STORE_VERSION = 2  # 1: one .npy per split
@@ -439,18 +439,25 @@ def build_cache(data_cfg: ml_collections.ConfigDict, cache_dir: str | None = Non
     N > 0 in N single-threaded processes (python -m salt_jax.prepare --workers=N).
     `host` = (index, count) of the processes building a shared store together
     (default: JAX's process index and count); a local store ignores it.
+    config.data.mixture: (salt_jax.data.mixture.MixtureCache, its one tokenizer), a store per corpus.
     """
     cache_dir = paths.expand(cache_dir or data_cfg.cache_dir or default_cache_dir())
     shared = is_shared(data_cfg, cache_dir)
     if shared and host is None:
         import jax  # noqa: PLC0415 -- the process topology, only when a run does not give it
         host = (jax.process_index(), jax.process_count())
+
+    def open_store(source, tok, cfg: ml_collections.ConfigDict) -> TokenCache:
+        directory = paths.join(cache_dir, "tokens", store_key(source, tok))
+        if not paths.exists(paths.join(directory, "meta.json")):
+            paths.makedirs(paths.join(cache_dir, "tokens"))
+            with _build_lock(directory, shared):
+                if not paths.exists(paths.join(directory, "meta.json")):
+                    _build(source, tok, cfg, directory, workers, shared, host if shared else (0, 1))
+        return TokenCache(directory, cfg.seq_len, tok.fingerprint())
+
+    if data_cfg.get("mixture"):
+        return mixture.build(data_cfg, cache_dir, not shared or host[0] == 0, open_store)
     source = sources.make_source(data_cfg)
     tok = tokenizer.make_tokenizer(data_cfg.tokenizer, source, cache_dir, train=not shared or host[0] == 0)
-    directory = paths.join(cache_dir, "tokens", store_key(source, tok))
-    if not paths.exists(paths.join(directory, "meta.json")):
-        paths.makedirs(paths.join(cache_dir, "tokens"))
-        with _build_lock(directory, shared):
-            if not paths.exists(paths.join(directory, "meta.json")):
-                _build(source, tok, data_cfg, directory, workers, shared, host if shared else (0, 1))
-    return TokenCache(directory, data_cfg.seq_len, tok.fingerprint()), tok
+    return open_store(source, tok, data_cfg), tok

@@ -163,7 +163,7 @@ class HFTokenizer:
         return self._fp
 
 
-def _training_lines(docs: Iterable[str], max_lines: int, seed: int) -> list[str]:
+def training_lines(docs: Iterable[str], max_lines: int, seed: int) -> list[str]:
     """A reproducible sample of at most max_lines non-empty lines."""
     lines = [ln for doc in docs for ln in doc.split("\n") if ln.strip()]
     if len(lines) > max_lines:
@@ -176,7 +176,7 @@ def train_sentencepiece(docs: Iterable[str], vocab_size: int, model_type: str, m
     """Trains a SentencePiece model on lines of `docs` and writes it atomically."""
     import sentencepiece as spm
 
-    lines = _training_lines(docs, max_lines, seed=0)
+    lines = training_lines(docs, max_lines, seed=0)
     if not lines:
         raise UserError("config.data: the train split has no text to train the tokenizer on")
     model = io.BytesIO()

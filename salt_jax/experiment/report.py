@@ -109,6 +109,13 @@ class Run:
         return out
 
 
+def per_corpus(group: list[Run]) -> dict[str, float]:
+    """A mixture's final held-out loss per corpus (metrics.jsonl's `loss/<name>`), the seeds' mean; {} for one
+    corpus."""
+    names = [k[len("loss/"):] for k in group[0].evals[-1] if k.startswith("loss/")]
+    return {n: float(np.mean([r.evals[-1][f"loss/{n}"] for r in group])) for n in names}
+
+
 def _load_json(path: str):
     return storage.read_json(path) if storage.exists(path) else None
 
@@ -167,6 +174,7 @@ def analyse(runs: dict[str, list[Run]], teacher_cfg, baseline: str = "baseline")
             "final_loss_std": float(losses[:, -1].std()),
             "final_loss_per_seed": losses[:, -1].tolist(),
             "final_accuracy_mean": float(accs[:, -1].mean()),
+            "final_loss_per_corpus": per_corpus(group),
             "kd_phase_end_mean": kd_end,
             "at_fraction": {},
             "reach_step": reach,
@@ -363,6 +371,7 @@ def markdown(results: dict, meta: dict) -> str:
     lines += ["", "KD/baseline step time is the median measured seconds per step of log intervals wholly inside "
               "the KD phase over the baseline run's median (different processes; `python -m salt_jax.bench` "
               "measures it in one process). The FLOP model is 1 + F_T / (3 F_S).", "",
+              *_corpus_markdown(results),
               *_fewshot_markdown(results),
               *_overview_markdown(results),
               "## Curves", "", "![held-out loss vs step](loss_vs_step.png)", "",
@@ -404,6 +413,21 @@ def _paired(m: dict, baseline: dict) -> str:
     """Final-loss difference to the baseline paired by seed: 'mean ± std', or '-' without common seeds."""
     diffs = paired_values(m, baseline)
     return f"{np.mean(diffs):+.4f} ± {np.std(diffs):.4f}" if diffs else "-"
+
+
+def _corpus_markdown(results: dict) -> list[str]:
+    """A mixture's final held-out loss per corpus and method (none for a single corpus)."""
+    names = list(next(iter(results["methods"].values())).get("final_loss_per_corpus") or {})
+    if not names:
+        return []
+    lines = ["## Final held-out loss per corpus of the mixture", "",
+             "Each corpus's own held-out split (config.data.eval_batches batches of it); overall = the corpora's "
+             "losses weighted by the mixture's weights.", "",
+             "| method | overall | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for name, m in results["methods"].items():
+        cells = [_fmt(m.get("final_loss_per_corpus", {}).get(n), "{:.4f}", "-") for n in names]
+        lines.append(f"| {name} | {m['final_loss_mean']:.4f} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _fewshot_markdown(results: dict) -> list[str]:

@@ -78,8 +78,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         last_eval.update(r.evaluate())
         r.writer.write("eval", done, dict(last_eval, train_seconds=meter.clock.total))
         if done:
-            logging.info("eval at step %d | held-out loss %.4f | accuracy %.4f", done, last_eval["loss"],
-                         last_eval["accuracy"])
+            per_corpus = "".join(f" | {k[5:]} {v:.4f}" for k, v in last_eval.items() if k.startswith("loss/"))
+            logging.info("eval at step %d | held-out loss %.4f | accuracy %.4f%s", done, last_eval["loss"],
+                         last_eval["accuracy"], per_corpus)
         meter.clock.skip()  # evaluation time is not training time
 
     def fewshot(done: int, _=None) -> None:
@@ -146,7 +147,10 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def describe_corpus(c: dict) -> str:
-    """One line: what a run's data was, for the log and the report."""
+    """One line: what a run's data was, for the log and the report (a mixture: each corpus, with its weight)."""
+    if "mixture" in c:
+        return "mixture of " + "; ".join(f"{m['name']} (weight {m['weight']:.3g}): {describe_corpus(m)}"
+                                         for m in c["mixture"])
     python = f", Python {c['python']}'s standard library" if "python" in c else ""
     return (f"{c['source']} source {c['source_fingerprint']}{python}: {c['train_files']:,} train files, "
             f"{c['train_tokens']:,} train / {c['heldout_tokens']:,} held-out tokens ({c['tokenizer']}, "
@@ -164,6 +168,8 @@ def _summary(r: Run, last_eval: dict, train_seconds: float, preempted: int | Non
     summary = {"steps": r.total_steps, "final_eval_loss": last_eval["loss"],
                "final_eval_accuracy": last_eval["accuracy"], "parameters": r.n_params, "method": method,
                "kd_phase_end": r.phase.end, "corpus": r.corpus,
+               **({"final_eval_loss_per_corpus": {k[len("loss/"):]: v for k, v in last_eval.items()
+                                                  if k.startswith("loss/")}} if r.mixture else {}),
                "train_seconds": float(r.previous.get("train_seconds", 0.0)) if resumed_finished else train_seconds}
     old = paths.join(r.workdir, "summary.json")
     if not fewshot and resumed_finished and paths.exists(old):  # (scored when the run finished)

@@ -116,6 +116,29 @@ class MetricsWriter:
             self._wandb = None
 
 
+def eval_line(totals: dict[str, dict], mixture: dict[str, float] | None = None) -> dict:
+    """One metrics.jsonl eval line from the held-out sums ({corpus: {"loss_sum", "correct", "tokens"}}, one corpus
+    keyed ""): `loss` (nats/token) and `accuracy`, over its tokens.
+
+    A mixture ({name: weight}) also gets `loss/<name>`, `accuracy/<name>` and
+    `tokens/<name>` per corpus (flat keys, as few-shot's "task/metric": TensorBoard
+    and W&B show them as eval/loss/<name>), and its `loss` and `accuracy` are the
+    corpora's weighted by the mixture's weights, the expected loss of the
+    distribution trained on (pooling tokens would weight corpora by the size of
+    their held-out sets instead).
+    """
+    per = {name: {"loss": t["loss_sum"] / max(t["tokens"], 1.0), "accuracy": t["correct"] / max(t["tokens"], 1.0),
+                  "tokens": t["tokens"]} for name, t in totals.items()}
+    if mixture is None:
+        return per[""]
+    line = {"loss": float(sum(w * per[name]["loss"] for name, w in mixture.items())),
+            "accuracy": float(sum(w * per[name]["accuracy"] for name, w in mixture.items())),
+            "tokens": float(sum(p["tokens"] for p in per.values()))}
+    for name, p in per.items():
+        line.update({f"{key}/{name}": value for key, value in p.items()})
+    return line
+
+
 def train_line(records: list[dict], seconds: float, tokens_per_step: int, timed_steps: int,
                flops: RunFlops | None = None) -> dict:
     """One metrics.jsonl train line from the per-step sums of a log interval.

@@ -45,7 +45,7 @@ class Run:
 
     config: ml_collections.ConfigDict
     workdir: str
-    cache: store.TokenCache
+    cache: store.TokenCache  # or, with config.data.mixture, a salt_jax.data.mixture.MixtureCache
     pad_id: int
     mesh: Any
     state: Any  # salt_jax.train.state.TrainState, on the mesh
@@ -56,7 +56,7 @@ class Run:
     steps: CompiledSteps
     batches: batches_lib.Batches  # the training batches of step s
     kd_batches: batches_lib.Batches  # the KD phase's (SALT_DS: the teacher-selected sequences)
-    eval_set: list[np.ndarray]
+    eval_sets: dict[str, list[np.ndarray]]  # held-out batches per corpus ({"": ...} without a mixture)
     ckpt: checkpoints.Checkpointer
     writer: metrics.MetricsWriter
     record: dict  # saved beside every checkpoint
@@ -70,17 +70,19 @@ class Run:
         return self.config.train.steps
 
     @property
+    def mixture(self) -> dict[str, float] | None:
+        """{corpus name: weight} of a mixture (config.data.mixture), None for one corpus."""
+        return dict(zip(self.cache.names, self.cache.weights)) if hasattr(self.cache, "names") else None
+
+    @property
     def corpus(self) -> dict:
         """What determines the data: the source's fingerprint (its files' paths and sizes, or the dataset),
-        the token store and its counts, and for the built-in corpus the Python whose library it is."""
-        m = self.cache.meta
-        out = {"source": m["source"], "source_fingerprint": m["source_fingerprint"], "tokenizer": m["tokenizer"],
-               "store": self.cache.directory.rstrip("/").rsplit("/", 1)[-1],
-               "train_files": m["splits"]["train"]["files"], "train_tokens": m["splits"]["train"]["tokens"],
-               "heldout_tokens": m["splits"]["heldout"]["tokens"]}
-        if m["source"] == "stdlib":
-            out["python"] = platform.python_version()
-        return out
+        the token store and its counts, and for the built-in corpus the Python whose library it is; for a
+        mixture, {"mixture": [that, with each corpus's name and weight]}."""
+        if self.mixture is not None:
+            return {"mixture": [dict(_corpus(c), name=n, weight=w) for c, (n, w) in
+                                zip(self.cache.caches, self.mixture.items())]}
+        return _corpus(self.cache)
 
     def source(self, step: int) -> batches_lib.Batches:
         """The batches step `step` reads: the KD phase's while it lasts, else the training split's."""
@@ -116,14 +118,26 @@ class Run:
                      self.phase.why_ended())
 
     def evaluate(self) -> dict:
-        """Mean held-out next-token loss (nats/token) and accuracy over the fixed eval set."""
-        batch_size = self.config.data.batch_size
-        shape = (batch_size, self.eval_set[0].shape[1])
-        sums = jax.device_get([self.steps.eval(self.state.params, jax.make_array_from_process_local_data(
-            self.steps.batch_sharding, b, shape)) for b in self.eval_set])
-        totals = {k: float(np.sum([s[k] for s in sums])) for k in sums[0]}
-        n = max(totals["tokens"], 1.0)
-        return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n, "tokens": totals["tokens"]}
+        """Mean held-out next-token loss (nats/token) and accuracy over the fixed eval set; for a mixture, per
+        corpus too (metrics.eval_line)."""
+        shape = (self.config.data.batch_size, self.config.data.seq_len + 1)
+        totals = {}
+        for name, eval_set in self.eval_sets.items():
+            sums = jax.device_get([self.steps.eval(self.state.params, jax.make_array_from_process_local_data(
+                self.steps.batch_sharding, b, shape)) for b in eval_set])
+            totals[name] = {k: float(np.sum([s[k] for s in sums])) for k in sums[0]}
+        return metrics.eval_line(totals, self.mixture)
+
+
+def _corpus(cache: store.TokenCache) -> dict:
+    m = cache.meta
+    out = {"source": m["source"], "source_fingerprint": m["source_fingerprint"], "tokenizer": m["tokenizer"],
+           "store": cache.directory.rstrip("/").rsplit("/", 1)[-1],
+           "train_files": m["splits"]["train"]["files"], "train_tokens": m["splits"]["train"]["tokens"],
+           "heldout_tokens": m["splits"]["heldout"]["tokens"]}
+    if m["source"] == "stdlib":
+        out["python"] = platform.python_version()
+    return out
 
 
 def _check_same_model(config, ckpt: checkpoints.Checkpointer):
@@ -165,8 +179,8 @@ def build_teacher_cache(config, cache, tok, mesh, phase: KDPhase, previous: dict
     if manifest is None:
         online = _load_teacher(config, tok, mesh, previous or {})
         kill = faults.KillHooks(config.train.debug_kill)
-        manifest = teacher_cache.build(online, batches_lib.Batches(cache.train, config.data.batch_size,
-                                                                   config.data.seed),
+        manifest = teacher_cache.build(online, batches_lib.training_batches(cache, config.data.batch_size,
+                                                                            config.data.seed),
                                        spec, directory, mesh, tok.pad_id, config.model.vocab_size,
                                        written=lambda step: kill.maybe_kill("cache", step))
         online.release()
@@ -204,7 +218,8 @@ def _selected_batches(config, cache, teacher, mesh, tok, phase: KDPhase, workdir
     pool_size = salt.ds_pool_size
     if pool_size == -1:  # enough sequences that the KD phase sees each kept one about once
         pool_size = min(cache.train.n_rows, int(np.ceil(phase.end * cfg_d.batch_size / salt.ds_keep_fraction)))
-    rows = selection.pool_rows(cache.train.n_rows, pool_size, salt.ds_seed)
+    rows = (cache.pool_rows(pool_size, salt.ds_seed) if hasattr(cache, "pool_rows")  # a mixture: by weight
+            else selection.pool_rows(cache.train.n_rows, pool_size, salt.ds_seed))
     scores = selection.score_pool(teacher, cache, rows, salt.ds_topk, cfg_d.batch_size, mesh, pad_id)
     reference = None
     if salt.ds_rule == "difference":
@@ -302,13 +317,13 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     record = {"data_seed": cfg_d.seed, "method": config.salt.method, "model": config.model.to_dict(),
               "tokenizer": tok.fingerprint(), "vocab_size": tok.vocab_size,
               "teacher": teacher.identity() if teacher is not None else previous.get("teacher")}
-    batches = batches_lib.Batches(cache.train, cfg_d.batch_size, cfg_d.seed)
+    batches = batches_lib.training_batches(cache, cfg_d.batch_size, cfg_d.seed)
     kd_batches = batches
     if phase.kind.selects_data and teacher is not None:
         kd_batches = _selected_batches(config, cache, teacher, mesh, tok, phase, workdir)
     return Run(config=config, workdir=workdir, cache=cache, pad_id=tok.pad_id, mesh=mesh, state=state, start=start,
                previous=previous, phase=phase, teacher=teacher, steps=steps, batches=batches, kd_batches=kd_batches,
-               eval_set=batches_lib.eval_batches(cache.heldout, cfg_d.batch_size, cfg_d.eval_batches, tok.pad_id),
+               eval_sets=batches_lib.eval_sets(cache, cfg_d.batch_size, cfg_d.eval_batches, tok.pad_id),
                ckpt=ckpt, writer=metrics.MetricsWriter(workdir, resume_step=start, config=config), record=record,
                flops=RunFlops.of(config.model, cfg_d.seq_len, teacher.config if teacher else None, mesh.size,
                                  cfg_t.peak_tflops), n_params=n_params, fewshot=fewshot)

@@ -2,9 +2,9 @@
 
 Imported, and wandb with it, only when config.logging.wandb is true, by process 0's
 MetricsWriter. Each metrics.jsonl record goes to W&B at its `step` (the W&B step),
-keyed by split: "train/loss", "eval/loss", "fewshot/<task>/<metric>"; a nested value
-(per-corpus evaluations) is flattened with "/"; null and non-numeric values are left
-out. wandb.config holds the resolved config, as config.json does.
+keyed by split: "train/loss", "eval/loss", "eval/loss/<corpus>" (a mixture's),
+"fewshot/<task>/<metric>"; a nested value is flattened with "/"; null and non-numeric
+values are left out. wandb.config holds the resolved config, as config.json does.
 
 Resume. The W&B run id is made once and kept in <workdir>/wandb_run_id, so a
 restarted run continues the same W&B run (wandb.init(id=..., resume="allow")). W&B
