@@ -75,3 +75,24 @@ def test_help_lists_flags_methods_and_every_config_field(cache_dir):
 
     walk(base_config().to_dict())
     assert sorted(fields) == sorted(want)  # every field, once
+
+
+def test_a_missing_teacher_is_reported_before_the_tokenizer_or_store_is_built(tmp_path):
+    """The check that can fail comes first: no cache directory is created, no tokenizer trained."""
+    cache = tmp_path / "cache"
+    out = _cli(["--config=" + os.path.join(REPO, "configs", "demo.py:salt"), f"--workdir={tmp_path / 'run'}",
+                "--config.salt.teacher=/nonexistent/teacher"], str(cache))
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "error: config.salt.teacher=/nonexistent/teacher: no such directory; give the teacher run's workdir or one "
+        "of its checkpoint directories"]
+    assert not cache.exists()
+
+
+def test_the_walkthroughs_teacher_run_carries_no_teacher_path():
+    """configs/demo.py:teacher's default workdir is the students' default teacher: the teacher run itself
+    names none, so the walkthrough's first command is not refused (the run is in tests/test_docs_commands.py)."""
+    from salt_jax.recipes import demo_run, test_tiny_run
+
+    for make in (demo_run, test_tiny_run):
+        assert make("teacher").salt.teacher == make("baseline").salt.teacher == ""
+        assert make("salt").salt.teacher.startswith("runs/")
