@@ -139,7 +139,10 @@ _BLOCK, _HEADER = 32768, 7  # a LevelDB-style log: 32 KiB blocks of (crc32, leng
 
 
 def _log_records(path: str):
-    """The records of a W&B transaction log (":W&B" header), stopping at a torn or damaged tail."""
+    """The records of a W&B transaction log (":W&B" header), stopping at a torn or damaged tail.
+
+    Hand-written because wandb 0.31 no longer ships a Python reader for its own files (the datastore
+    moved into its Go core); the format is LevelDB's log format, documented and stable."""
     with open(path, "rb") as fh:
         data = fh.read()
     if data[:4] != b":W&B":
