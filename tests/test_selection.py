@@ -184,3 +184,13 @@ def test_salt_ds_with_no_kd_steps_neither_loads_the_teacher_nor_scores(tiny_conf
     base = copy.deepcopy(c)
     set_method(base, "baseline")
     assert loop.run(base, str(tmp_path / "base"))["final_eval_loss"] == summary["final_eval_loss"]
+
+
+def test_pool_scores_are_keyed_by_the_sequence_length():
+    """The same row indices hold other tokens at another seq_len: their cached scores must not be reused."""
+    import types
+
+    rows = np.arange(8)
+    at = lambda L: types.SimpleNamespace(directory="/store", train=types.SimpleNamespace(seq_len=L))  # noqa: E731
+    assert selection._score_file(at(64), "fp", 10, rows) != selection._score_file(at(128), "fp", 10, rows)
+    assert selection._score_file(at(64), "fp", 10, rows) == selection._score_file(at(64), "fp", 10, rows)

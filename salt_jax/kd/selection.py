@@ -76,8 +76,10 @@ def pool_rows(n_rows: int, pool_size: int, seed: int) -> np.ndarray:
 
 
 def _score_file(cache: TokenCache, teacher_fp: str, k: int, rows: np.ndarray) -> str:
+    """Scores depend on the rows' tokens, so on the sequence length that cuts the store into rows too."""
     pool_key = hashlib.sha256(rows.astype(np.int64).tobytes()).hexdigest()[:12]
-    return paths.join(cache.directory, "scores", f"{teacher_fp}-k{k}-pool{len(rows)}-{pool_key}.npz")
+    return paths.join(cache.directory, "scores",
+                      f"{teacher_fp}-k{k}-L{cache.train.seq_len}-pool{len(rows)}-{pool_key}.npz")
 
 
 def scoring_program(model, shardings, k: int, mesh, pad_id: int):
