@@ -215,3 +215,101 @@ def test_a_build_killed_inside_a_zst_file_resumes_after_its_last_piece(tmp_path,
     train, heldout = list(source.documents("train")), list(source.documents("heldout"))
     assert 0 < done < len(train) and encoded == train[done:] + heldout  # only what followed was tokenized
     assert not any(".tmp" in f for f in os.listdir(resumed.directory))
+
+
+def test_records_without_text_are_skipped_and_counted(tmp_path):
+    """A null, empty or non-string text (and, in a compressed file or a Parquet binary column, bytes that are
+    not UTF-8) is skipped and counted in meta.json; the rest is the store of the good records."""
+    good = DOCS[:60]
+    lines = _lines(good[:20]) + b'{"text": null}\n' + _lines(good[20:40]) + b'{"text": 5}\n{"text": ""}\n' + \
+        b'{"text": "caf\xe9 in latin-1"}\n' + _lines(good[40:])
+    d = tmp_path / "gaps"
+    d.mkdir()
+    _zst(str(d / "a.jsonl.zst"), lines)
+    _parquet(str(d / "b.parquet"), [t.encode() for t in good[:10]] + [None, b"\xff\xfe bad", b""] +
+             [t.encode() for t in good[10:]])
+    _gz(str(d / "c.txt.gz"), b"\xff not utf-8 at all")
+    cache, _ = store.build_cache(_cfg(d, tmp_path / "c", fraction=TINY))
+    info = cache.meta["splits"]["train"]
+    assert (info["skipped_not_text"], info["skipped_empty"], info["skipped_undecodable"]) == (3, 2, 3)
+    np.testing.assert_array_equal(cache.train.tokens(), _stream(good + good))
+    # a plain JSONL file: a null text is skipped too (it used to stop the build)
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "a.jsonl").write_bytes(_lines(good[:5]) + b'{"text": null, "id": 3}\n' + _lines(good[5:]))
+    plain, _ = store.build_cache(_cfg(tmp_path / "p", tmp_path / "c", fraction=TINY))
+    assert plain.meta["splits"]["train"]["skipped_not_text"] == 1
+    np.testing.assert_array_equal(plain.train.tokens(), _stream(good))
+
+
+def test_malformed_input_is_one_line_naming_the_file_and_place(tmp_path):
+    data = _lines(DOCS)
+    d = tmp_path / "trunc"
+    d.mkdir()
+    _zst(str(d / "a.jsonl.zst"), data)  # read first: its pieces are finished when the next file fails
+    _zst(str(d / "b.jsonl.zst"), data)
+    raw = open(d / "b.jsonl.zst", "rb").read()
+    open(d / "b.jsonl.zst", "wb").write(raw[:len(raw) * 2 // 3])
+    cfg = _cfg(str(d / "*.zst"), tmp_path / "c", shard_chars=2000, fraction=TINY)
+    with pytest.raises(UserError, match=r"b.jsonl.zst: the zstd stream ends inside a member \(a truncated file\) "
+                                        r"after byte \d+ of its decompressed text; re-download the file or remove it"):
+        store.build_cache(cfg)
+    partial = [os.path.join(tmp_path / "c" / "tokens", p) for p in os.listdir(tmp_path / "c" / "tokens")
+               if p.endswith(".partial")][0]
+    assert "train-00000.bin.json" in os.listdir(partial)  # a.jsonl.zst's task, all its pieces, kept
+    open(d / "b.jsonl.zst", "wb").write(raw + b"not a zstd frame")  # (zstd has no checksum by default)
+    with pytest.raises(UserError, match=r"b.jsonl.zst: corrupt zstd data \(.*\) after byte \d+ of its"):
+        store.build_cache(cfg)
+    os.remove(d / "b.jsonl.zst")
+    cases = {
+        "a.json.gz": (lambda p: _gz(p, _lines(DOCS[:3]) + b'{"text": "cut\n' + _lines(DOCS[3:6])),
+                      r"a.json.gz: the line at byte \d+ of its decompressed text is not valid JSON"),
+        "b.jsonl.gz": (lambda p: open(p, "wb").write(gzip.compress(data)[:-30]),
+                       r"b.jsonl.gz: the gzip stream ends inside a member \(a truncated file\) after byte \d+"),
+        "c.parquet": (lambda p: open(p, "wb").write(b"PAR1" + b"\x00" * 100),
+                      r"c.parquet: not a readable Parquet file \(.*\); re-download it or remove it"),
+        "d.parquet": (lambda p: _parquet(p, DOCS[:5], field="body"),
+                      r"d.parquet: no column 'text' \(its columns: body, id\); set config.data.text_field"),
+        "e.jsonl.zst": (lambda p: _zst(p, _lines(DOCS[:4]) + b'{"body": "x"}\n'),
+                        r"e.jsonl.zst: the record at byte \d+ of its decompressed text has no string field 'text'"),
+    }
+    for name, (write, message) in cases.items():
+        (tmp_path / name).mkdir()
+        write(str(tmp_path / name / name))
+        with pytest.raises(UserError, match=message):
+            store.build_cache(_cfg(tmp_path / name / name, tmp_path / "c", fraction=TINY))
+
+
+def test_hf_source_from_save_to_disk_and_local_files_equals_the_jsonl_store(tmp_path):
+    import datasets
+
+    datasets.disable_progress_bars()
+    jsonl, _ = store.build_cache(_cfg(_write(tmp_path, "a.jsonl"), tmp_path / "c", fraction=TINY))
+    with_null = DOCS[:100] + [None] + DOCS[100:]
+    datasets.Dataset.from_dict({"text": with_null, "id": list(range(241))}).save_to_disk(str(tmp_path / "saved"))
+    hf = lambda name, **kw: _cfg("", tmp_path / "c", fraction=TINY, source="hf", hf_dataset=name, **kw)  # noqa: E731
+    saved, _ = store.build_cache(hf(str(tmp_path / "saved")))
+    np.testing.assert_array_equal(saved.train.tokens(), jsonl.train.tokens())
+    assert saved.meta["splits"]["train"]["skipped_not_text"] == 1 and saved.meta["source"] == "hf"
+    (tmp_path / "files").mkdir()  # a directory of data files, read by datasets.load_dataset(streaming=True)
+    _parquet(str(tmp_path / "files" / "train-0.parquet"), DOCS[:120])
+    _parquet(str(tmp_path / "files" / "train-1.parquet"), DOCS[120:])
+    streamed, _ = store.build_cache(hf(str(tmp_path / "files"), shard_chars=3000), workers=2)
+    np.testing.assert_array_equal(streamed.train.tokens(), jsonl.train.tokens())
+    # named splits: the held-out split is hf_heldout_split's records
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": DOCS[:200]}),
+                          "validation": datasets.Dataset.from_dict({"text": DOCS[200:]})}
+                         ).save_to_disk(str(tmp_path / "dict"))
+    named, _ = store.build_cache(hf(str(tmp_path / "dict"), hf_heldout_split="validation"))
+    np.testing.assert_array_equal(named.train.tokens(), _stream(DOCS[:200]))
+    np.testing.assert_array_equal(named.heldout.tokens(), _stream(DOCS[200:]))
+    # a real held-out fraction: records of hf_split held out by a hash of their index
+    hashed, _ = store.build_cache(hf(str(tmp_path / "saved"), heldout_fraction=0.2))
+    info = hashed.meta["splits"]
+    assert info["train"]["documents"] + info["heldout"]["documents"] == 240 and info["heldout"]["documents"] > 20
+    for cfg, message in ((hf(str(tmp_path / "saved"), text_field="body"), r"text_field='body': .* has columns "
+                                                                          r"text, id; set text_field"),
+                         (hf(str(tmp_path / "dict"), hf_split="test"), r"hf_split='test': .* has splits train, "
+                                                                       r"validation"),
+                         (hf(str(tmp_path / "nope")), r"hf_dataset=.*nope: no such directory")):
+        with pytest.raises(UserError, match=message):
+            sources.make_source(cfg)
