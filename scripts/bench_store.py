@@ -20,8 +20,8 @@ With --formats, each JSONL corpus is also written as one .jsonl.zst, .json.gz an
 Parquet file (the same documents; each format's own library), and each format is
 built at each size with --workers (tokens/s per worker, peak RSS) instead. With
 --mixed_mb, a corpus of that many MB of JSONL text in 50 MB files, the formats in
-turn, is built once with --workers (throughput and peak RSS); both write
-DIR/bench_formats.json.
+turn, is built once with --workers (throughput and peak RSS). They write
+DIR/bench_formats.json (DIR/bench_mixed.json for --mixed_mb alone).
 """
 
 from __future__ import annotations
@@ -223,7 +223,8 @@ def main() -> None:
             found["formats"] = bench_formats(a.out, corpora, a.formats.split(","), max(workers), model_file)
         if a.mixed_mb:
             found["mixed"] = bench_mixed(a.out, a.mixed_mb, max(workers), model_file)
-        with open(os.path.join(a.out, "bench_formats.json"), "w") as fh:
+        name = "bench_formats.json" if a.formats else "bench_mixed.json"
+        with open(os.path.join(a.out, name), "w") as fh:
             json.dump(found, fh, indent=1)
         return
     runs = []

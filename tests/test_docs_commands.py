@@ -192,7 +192,7 @@ def _overrides(cmd: str) -> str:
     if module == "salt_jax.bench":
         return "--repeats=1 --config.data.batch_size=8 --config.data.seq_len=16"  # (8: the suite's devices)
     if "bench_store.py" in cmd:
-        return "--sizes_mb=1 --workers=0"
+        return "--sizes_mb=1 --workers=0" + (" --mixed_mb=4" if "--mixed_mb" in cmd else "")
     return ""
 
 
