@@ -17,6 +17,7 @@ CORE = [
     "sentencepiece==0.2.3",
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",  # the experiment report's plots
+    "zstandard==0.25.0",  # .jsonl.zst / .json.zst corpora (the Pile), imported only when such a file is read
 ]
 # The data stack: only the TFDS / seqio / grain sources import these, lazily.
 DATA = [

@@ -35,18 +35,22 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     c.model = presets.model_config(preset)  # the Transformer; see salt_jax/model/presets.py
 
     c.data = d = ml_collections.ConfigDict()
-    d.source = "stdlib"  # stdlib (the running Python's standard library) | text (files / JSONL) | tfds | seqio | arrayrecord
-    d.path = ""  # source=text / arrayrecord: comma-separated files, directories or globs (.jsonl read by text_field)
+    d.source = "stdlib"  # stdlib (the running Python's standard library) | text (files / JSONL / Parquet) | tfds | seqio | arrayrecord | hf (a Hugging Face dataset)
+    d.path = ""  # source=text / arrayrecord: comma-separated files, directories or globs; text reads by extension: .jsonl/.json (also .gz/.zst), .parquet, else one document per file
     d.heldout_path = ""  # source=arrayrecord: held-out files ("" = hash-split the records of `path`)
-    d.text_field = "text"  # field holding a document's text (JSONL, TFDS features, seqio examples, JSON records)
+    d.text_field = "text"  # field holding a document's text (JSONL, Parquet column, TFDS features, seqio examples, JSON records, hf column)
     d.mixture = ""  # several corpora instead of the one above: "NAME:WEIGHT=PATH[|FIELD=VALUE],..." (README "Mixtures of corpora"); "" = one corpus
     d.tfds_name = ""  # source=tfds: dataset name (e.g. "c4/en:3.1.0", or one prepared under tfds_data_dir)
     d.tfds_data_dir = ""  # source=tfds: TFDS data_dir (a local path or a gs:// bucket)
     d.seqio_task = ""  # source=seqio: registered task name (its raw text; its vocabulary is not used)
     d.seqio_module = ""  # source=seqio: comma-separated modules to import so the task is registered
+    d.hf_dataset = ""  # source=hf: a save_to_disk directory, a directory of data files, or a Hub name (streamed; prepare first for large runs)
+    d.hf_config = ""  # source=hf: the dataset's configuration name (e.g. "sample-10BT"; "" = its default)
+    d.hf_split = "train"  # source=hf: the split trained on
+    d.hf_heldout_split = ""  # source=hf: the split evaluated on ("" = records of hf_split held out by heldout_fraction)
     d.train_split = "train"  # source=tfds / seqio: the split trained on
     d.heldout_split = "validation"  # source=tfds / seqio: the split evaluated on
-    d.heldout_fraction = 0.05  # stdlib / text / arrayrecord: fraction held out for evaluation (by a hash of the path)
+    d.heldout_fraction = 0.05  # stdlib / text / arrayrecord / hf: fraction held out for evaluation (by a hash of the path or record)
     d.max_files = 0  # use only the first N files (sorted), 0 = all; for quick experiments
     d.seq_len = 128  # tokens per training sequence
     d.batch_size = 16  # global batch size in sequences (divisible by mesh data*fsdp)

@@ -1,6 +1,9 @@
-"""Token-store benchmark: build throughput and its scaling with workers, peak memory vs corpus size, loader rate.
+"""Token-store benchmark: build throughput and its scaling with workers, peak memory vs corpus size, loader rate;
+the same per corpus format; a large mixed-format build.
 
     python scripts/bench_store.py [--out=DIR] [--sizes_mb=100,400] [--workers=1,2]
+    python scripts/bench_store.py --formats=jsonl,jsonl.zst,json.gz,parquet [--sizes_mb=50,200] [--workers=1]
+    python scripts/bench_store.py --mixed_mb=1000 [--workers=2]
 
 Writes synthetic JSONL corpora (Zipf-distributed words of a fixed pseudo-language,
 so SentencePiece has real work), then for each (size, workers) runs
@@ -12,13 +15,23 @@ compares it with the tokens per second the paper's 2.8B student consumes on
 one TPU v5p host at 50% MFU (salt_jax.model.flops), and the cost of one step's row
 indices at the Pile's size against a full permutation. Prints a table and writes
 DIR/bench_store.json.
+
+With --formats, each JSONL corpus is also written as one .jsonl.zst, .json.gz and
+Parquet file (the same documents; each format's own library), and each format is
+built at each size with --workers (tokens/s per worker, peak RSS) instead. With
+--mixed_mb, a corpus of that many MB of JSONL text in 50 MB files, the formats in
+turn, is built once with --workers (throughput and peak RSS). They write
+DIR/bench_formats.json (DIR/bench_mixed.json for --mixed_mb alone).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -34,22 +47,54 @@ from salt_jax.model import flops, presets  # noqa: E402
 
 
 def write_corpus(path: str, mb: int, seed: int = 0) -> None:
-    """`mb` MB of JSONL records of ~2 KB each: Zipf-distributed words of a 20K-word pseudo-language."""
+    """`mb` MB of JSONL records of ~2 KB each: Zipf-distributed words of a 20K-word pseudo-language (the
+    words are the same for every seed; the seed draws the text)."""
     if os.path.exists(path) and os.path.getsize(path) >= mb * 1e6:
         return
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(0)
     syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]  # a pseudo-language: 70 syllables
     words = np.array(sorted({"".join(rng.choice(syllables, rng.integers(1, 4))) for _ in range(30000)}))[:20000]
     p = 1.0 / np.arange(1, len(words) + 1)
     p /= p.sum()
+    rng = np.random.default_rng(seed)
     with open(path + ".tmp", "w") as fh:
         written = 0
         while written < mb * 1e6:
-            for line in (" ".join(words[rng.choice(len(words), 300, p=p)]) for _ in range(1000)):
-                rec = json.dumps({"text": line}) + "\n"
+            for row in words[rng.choice(len(words), (1000, 300), p=p)]:  # 1,000 records of 300 words at once
+                rec = json.dumps({"text": " ".join(row)}) + "\n"
                 fh.write(rec)
                 written += len(rec)
     os.replace(path + ".tmp", path)
+
+
+def convert(jsonl: str, path: str, group_rows: int = 8192) -> str:
+    """The documents of `jsonl` as one file of the format `path` names (.jsonl.zst, .json.gz, .parquet, or
+    .jsonl: a copy), written as a stream by that format's library (Parquet: row groups of `group_rows`)."""
+    if os.path.exists(path):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    if path.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pa.schema([("text", pa.string())])
+        with open(jsonl) as src, pq.ParquetWriter(tmp, schema) as writer:
+            while texts := [json.loads(line)["text"] for line in itertools.islice(src, group_rows)]:
+                writer.write_table(pa.table({"text": texts}, schema=schema))
+    else:
+        if path.endswith(".zst"):
+            import zstandard
+
+            opener = lambda p: zstandard.open(p, "wb", cctx=zstandard.ZstdCompressor(level=3))  # noqa: E731
+        elif path.endswith(".gz"):
+            opener = lambda p: gzip.open(p, "wb", compresslevel=6)  # noqa: E731
+        else:
+            opener = lambda p: open(p, "wb")  # noqa: E731
+        with open(jsonl, "rb") as src, opener(tmp) as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+    os.replace(tmp, path)
+    return path
 
 
 def build(corpus: str, cache: str, workers: int, model_file: str) -> dict:
@@ -70,7 +115,9 @@ def build(corpus: str, cache: str, workers: int, model_file: str) -> dict:
         meta = json.load(fh)
     tokens = sum(meta["splits"][s]["tokens"] for s in ("train", "heldout"))
     return {"seconds": float(seconds), "tokens": tokens, "tokens_per_s": tokens / float(seconds),
-            "peak_rss_mb": int(rss_kb) / 1024, "directory": os.path.join(cache, "tokens", meta_dir)}
+            "peak_rss_mb": int(rss_kb) / 1024, "directory": os.path.join(cache, "tokens", meta_dir),
+            "documents": sum(meta["splits"][s]["documents"] for s in ("train", "heldout")),
+            "shards": sum(len(meta["splits"][s]["shards"]) for s in ("train", "heldout"))}
 
 
 def train_tokenizer(corpus: str, out: str) -> str:
@@ -116,11 +163,52 @@ def paper_demand(host_chips: int = 4, mfu: float = 0.5, seq: int = 2048) -> dict
             "tokens_per_s": mfu * host_chips * peak / per_token}
 
 
+def _report(label: str, r: dict, workers: int) -> None:
+    print(f"{label}  workers {workers}  {r['seconds']:7.1f} s  {r['tokens'] / 1e6:8.1f}M tokens  "
+          f"{r['tokens_per_s'] / 1e6:6.2f}M tok/s  ({r['tokens_per_s'] / max(workers, 1) / 1e6:.2f}M per worker)  "
+          f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+
+
+def bench_formats(out: str, corpora: dict, formats: list[str], workers: int, model_file: str) -> list[dict]:
+    """Each format of each corpus, built with `workers`: one file per format, from the same documents."""
+    runs = []
+    for mb, jsonl in corpora.items():
+        for fmt in formats:
+            path = convert(jsonl, os.path.join(out, f"formats-{mb}mb", f"corpus.{fmt}"))
+            cache = os.path.join(out, f"cache-{mb}mb-{fmt}-w{workers}")
+            subprocess.run(["rm", "-rf", cache])
+            r = build(path, cache, workers, model_file)
+            runs.append(dict(r, corpus_mb=mb, format=fmt, workers=workers, file_mb=os.path.getsize(path) / 1e6))
+            _report(f"{mb:>5} MB  {fmt:<9}", r, workers)
+    return runs
+
+
+def bench_mixed(out: str, mb: int, workers: int, model_file: str, file_mb: int = 50) -> dict:
+    """`mb` MB of JSONL text as files of `file_mb` MB (each its own text), the formats in turn, in one glob."""
+    directory = os.path.join(out, f"mixed-{mb}mb")
+    os.makedirs(directory, exist_ok=True)
+    formats = ["jsonl", "jsonl.zst", "json.gz", "parquet"]
+    for i in range(max(mb // file_mb, 1)):
+        jsonl = os.path.join(out, "mixed-parts", f"part-{i:03d}.jsonl")
+        os.makedirs(os.path.dirname(jsonl), exist_ok=True)
+        write_corpus(jsonl, min(file_mb, mb), seed=100 + i)
+        convert(jsonl, os.path.join(directory, f"part-{i:03d}.{formats[i % len(formats)]}"))
+    cache = os.path.join(out, f"cache-mixed-{mb}mb-w{workers}")
+    subprocess.run(["rm", "-rf", cache])
+    r = build(os.path.join(directory, "part-*"), cache, workers, model_file)
+    r = dict(r, corpus_mb=mb, workers=workers, files=len(os.listdir(directory)),
+             disk_mb=sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory)) / 1e6)
+    _report(f"{mb:>5} MB  mixed {r['files']} files", r, workers)
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/tmp/bench_store")
     ap.add_argument("--sizes_mb", default="100,400")
     ap.add_argument("--workers", default="0,1,2")  # 0: in the builder process, with SentencePiece's threads
+    ap.add_argument("--formats", default="")  # e.g. jsonl,jsonl.zst,json.gz,parquet: the per-format table instead
+    ap.add_argument("--mixed_mb", type=int, default=0)  # > 0: one mixed-format build of this many MB instead
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     sizes = [int(x) for x in a.sizes_mb.split(",")]
@@ -129,6 +217,16 @@ def main() -> None:
     for mb, path in corpora.items():
         write_corpus(path, mb)
     model_file = train_tokenizer(corpora[sizes[0]], os.path.join(a.out, "tok"))
+    if a.formats or a.mixed_mb:
+        found = {"cpu_count": os.cpu_count(), "tokenizer_corpus_mb": sizes[0]}
+        if a.formats:
+            found["formats"] = bench_formats(a.out, corpora, a.formats.split(","), max(workers), model_file)
+        if a.mixed_mb:
+            found["mixed"] = bench_mixed(a.out, a.mixed_mb, max(workers), model_file)
+        name = "bench_formats.json" if a.formats else "bench_mixed.json"
+        with open(os.path.join(a.out, name), "w") as fh:
+            json.dump(found, fh, indent=1)
+        return
     runs = []
     for mb in sizes:
         for w in workers if mb == sizes[0] else [max(workers)]:
@@ -136,9 +234,7 @@ def main() -> None:
             subprocess.run(["rm", "-rf", cache])
             r = build(corpora[mb], cache, w, model_file)
             runs.append(dict(r, corpus_mb=mb, workers=w))
-            print(f"{mb:>5} MB  workers {w}  {r['seconds']:7.1f} s  {r['tokens'] / 1e6:8.1f}M tokens  "
-                  f"{r['tokens_per_s'] / 1e6:6.2f}M tok/s  ({r['tokens_per_s'] / max(w, 1) / 1e6:.2f}M per process)  "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+            _report(f"{mb:>5} MB", r, w)
     demand = paper_demand()
     host_batch = 256 // 16  # the paper's global batch 256 over a v5p-64 slice's 16 hosts
     rate = loader_rate(runs[-1]["directory"], host_batch, 2048)

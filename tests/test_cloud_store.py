@@ -211,3 +211,27 @@ def test_teacher_checkpoint_found_and_fingerprinted_on_gs(fake_gcs, teacher_dir)
     assert checkpoints.read_record(remote_root, remote_step) == checkpoints.read_record(local_root, local_step)
     assert (teacher.checkpoint_fingerprint(f"{remote_root}/{remote_step}")
             == teacher.checkpoint_fingerprint(os.path.join(local_root, str(local_step))))
+
+
+def test_compressed_and_parquet_corpus_files_on_gs(fake_gcs, tmp_path):
+    """The corpus formats are read through the same paths layer: .jsonl.zst, .json.gz and Parquet on gs://
+    give the store of the same files on a local disk."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    root, calls = fake_gcs
+    texts = [f"doc {i}: " + " ".join(f"w{i}x{k}" for k in range(50)) for i in range(90)]
+    lines = lambda docs: "".join(f'{{"text": "{d}"}}\n' for d in docs).encode()  # noqa: E731
+    for directory in (root / "bucket" / "formats", tmp_path / "local"):
+        directory.mkdir(parents=True)
+        (directory / "a.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines(texts[:30])))
+        (directory / "b.json.gz").write_bytes(gzip.compress(lines(texts[30:60])))
+        pq.write_table(pa.table({"text": texts[60:]}), str(directory / "c.parquet"), row_group_size=7)
+    remote, _ = store.build_cache(_cfg("gs://bucket/formats", "gs://bucket/cache"), host=(0, 1))
+    local, _ = store.build_cache(_cfg(str(tmp_path / "local"), str(tmp_path / "cache")))
+    assert remote.meta["splits"]["train"]["documents"] + remote.meta["splits"]["heldout"]["documents"] == 90
+    assert any(c.endswith("c.parquet") for c in calls) and any(c.endswith("a.jsonl.zst") for c in calls)
+    _same_store(remote, local)

@@ -192,7 +192,7 @@ def _overrides(cmd: str) -> str:
     if module == "salt_jax.bench":
         return "--repeats=1 --config.data.batch_size=8 --config.data.seq_len=16"  # (8: the suite's devices)
     if "bench_store.py" in cmd:
-        return "--sizes_mb=1 --workers=0"
+        return "--sizes_mb=1 --workers=0" + (" --mixed_mb=4" if "--mixed_mb" in cmd else "")
     return ""
 
 
@@ -220,29 +220,57 @@ def _run(cmd: str, box: str):
 @pytest.fixture(scope="module")
 def box(tmp_path_factory, cache_dir):
     """A directory laid out as a checkout (configs/, scripts/ linked) where the docs' runs/ go, with the
-    inputs the docs assume: a small Hugging Face model at models/SmolLM2-135M, JSONL at data/pile/ and, for
-    the mixture example, at data/code/ (its text in the field "content")."""
+    inputs the docs assume: a small Hugging Face model at models/SmolLM2-135M, and corpora under data/
+    written by their own libraries (README "Training on your own large corpus")."""
     root = tmp_path_factory.mktemp("docs")
     for name in ("configs", "scripts"):
         os.symlink(os.path.join(REPO, name), root / name)
-    (root / "data" / "pile").mkdir(parents=True)
-    import json
-
-    stdlib = os.path.dirname(os.__file__)
-    for i, name in enumerate(("textwrap.py", "glob.py", "shlex.py", "fnmatch.py")):
-        text = open(os.path.join(stdlib, name), encoding="utf-8").read()
-        with open(root / "data" / "pile" / f"{i:02d}.jsonl", "w") as fh:
-            for chunk in range(0, len(text), 2000):
-                fh.write(json.dumps({"text": text[chunk:chunk + 2000], "meta": {"pile_set_name": "stdlib"}}) + "\n")
-    (root / "data" / "code").mkdir()
-    for name in ("csv.py", "heapq.py", "calendar.py"):
-        text = open(os.path.join(stdlib, name), encoding="utf-8").read()
-        with open(root / "data" / "code" / f"{name}.jsonl", "w") as fh:
-            for chunk in range(0, len(text), 500):
-                fh.write(json.dumps({"content": text[chunk:chunk + 500]}) + "\n")
+    _corpora(root / "data")
     _tiny_hf_model(str(root / "models" / "SmolLM2-135M"))
     _my_task(root)
     return str(root)
+
+
+def _corpora(data) -> None:
+    """The same records (2,000-character pieces of four standard-library files) as the corpora the README
+    names: JSONL at pile/, the Pile's zstd-compressed JSON lines (several frames) at pile/train/,
+    FineWeb-Edu's Parquet (several row groups) at fineweb-edu/sample/10BT/, Dolma-style gzip-compressed
+    JSON lines at dolma/, a Hugging Face save_to_disk directory (300-character records) at my-corpus/, and
+    code at code/ (its text in the field "content") for the mixture example."""
+    import gzip
+    import json
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    stdlib = os.path.dirname(os.__file__)
+    files = []
+    for name in ("textwrap.py", "glob.py", "shlex.py", "fnmatch.py"):
+        text = open(os.path.join(stdlib, name), encoding="utf-8").read()
+        files.append([text[chunk:chunk + 2000] for chunk in range(0, len(text), 2000)])
+    lines = lambda texts: "".join(json.dumps({"text": t, "meta": {"pile_set_name": "stdlib"}}) + "\n"  # noqa: E731
+                                  for t in texts).encode()
+    for sub in ("pile/train", "fineweb-edu/sample/10BT", "dolma"):
+        os.makedirs(data / sub)
+    for i, texts in enumerate(files):
+        (data / "pile" / f"{i:02d}.jsonl").write_bytes(lines(texts))
+        with open(data / "pile" / "train" / f"{i:02d}.jsonl.zst", "wb") as fh:
+            for half in (texts[:len(texts) // 2], texts[len(texts) // 2:]):
+                fh.write(zstandard.ZstdCompressor().compress(lines(half)))
+        pq.write_table(pa.table({"text": texts, "id": [f"{i}-{j}" for j in range(len(texts))]}),
+                       str(data / "fineweb-edu" / "sample" / "10BT" / f"{i:03d}_00000.parquet"), row_group_size=4)
+        with gzip.open(data / "dolma" / f"v1-{i:04d}.json.gz", "wb") as fh:
+            fh.write(lines(texts))
+    datasets.disable_progress_bars()
+    short = [t[i:i + 300] for texts in files for t in texts for i in range(0, len(t), 300)]  # (enough to hold out)
+    datasets.Dataset.from_dict({"text": short}).save_to_disk(str(data / "my-corpus"))
+    os.makedirs(data / "code")  # the mixture example's second corpus, its text in the field "content"
+    for name in ("csv.py", "heapq.py", "calendar.py"):
+        text = open(os.path.join(stdlib, name), encoding="utf-8").read()
+        (data / "code" / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"content": text[chunk:chunk + 500]}) + "\n" for chunk in range(0, len(text), 500)))
 
 
 def _my_task(root) -> None:

@@ -1,5 +1,6 @@
 """Every row of docs/errors.md, through the command line: exit status 2, no traceback, one line naming it."""
 
+import json
 import os
 import re
 import shlex
@@ -50,6 +51,27 @@ def _run(module, args, cache_dir, offline_home=None):
                           timeout=600)
 
 
+def _zst_truncated(data) -> None:
+    """a.jsonl.zst whole, b.jsonl.zst cut at two thirds of its bytes."""
+    import zstandard
+
+    lines = "".join(json.dumps({"text": f"record {i} " * 20}) + "\n" for i in range(300)).encode()
+    for name, keep in (("a.jsonl.zst", 1.0), ("b.jsonl.zst", 2 / 3)):
+        packed = zstandard.ZstdCompressor().compress(lines)
+        (data / name).write_bytes(packed[:int(len(packed) * keep)])
+
+
+def _parquet_body(data) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"body": ["some text"] * 10, "id": list(range(10))}), str(data / "a.parquet"))
+
+
+# Rows whose setup writes data files into DATA (a fresh directory) first.
+DATA_SETUPS = {"zst-truncated": _zst_truncated, "parquet-column": _parquet_body}
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, cache_dir):
     """A finished TINY run (trained once, copied by the rows that resume or damage one)."""
@@ -93,6 +115,10 @@ def test_error_row(row, tmp_path, cache_dir, request):
                         with open(os.path.join(root, f), "wb") as fh:
                             fh.write(b"garbage")
                 args = []
+        elif row["id"] in DATA_SETUPS:
+            os.makedirs(tmp_path / "data")
+            DATA_SETUPS[row["id"]](tmp_path / "data")
+            args = [a.replace("DATA", str(tmp_path / "data")) for a in args]
         elif row["id"] == "workdir-file":
             open(workdir, "w").close()
         elif row["id"] == "workdir-entry":

@@ -1,8 +1,9 @@
 """Data: text sources -> tokenizer -> token store -> step-indexed batches.
 
     documents.py  the Source base (documents per split, read statistics, the hash split)
-    files.py      file sources: the built-in corpus (the Python standard library) and text / JSONL
-    datasets.py   dataset sources: TFDS, seqio, ArrayRecord (TensorFlow / seqio / grain imported lazily)
+    files.py      file sources: the built-in corpus (the Python standard library) and corpus files
+    formats.py    corpus file formats by extension: JSON lines (plain, .gz, .zst), Parquet, whole documents
+    datasets.py   dataset sources: TFDS, seqio, ArrayRecord, Hugging Face (their libraries imported lazily)
     sources.py    config.data.source -> a Source
     tokenizer.py  byte, SentencePiece and Hugging Face tokenizers
     store.py      the token store: each split tokenized once (in parallel, resumably) into memory-mapped shards

@@ -1,9 +1,9 @@
-"""Dataset sources: a seqio Task, a TFDS dataset by name, ArrayRecord files via grain.
+"""Dataset sources: a seqio Task, a TFDS dataset by name, ArrayRecord files via grain, a Hugging Face dataset.
 
 Each yields raw text documents per split ("train", "heldout") into the same
 tokenize -> pack -> token cache path as the built-in corpus (salt_jax.data.store).
-TensorFlow, seqio and TFDS are imported here, lazily, only when such a source
-is configured: the training path itself never needs them.
+TensorFlow, seqio, TFDS, grain and `datasets` are imported here, lazily, only
+when such a source is configured: the training path itself never needs them.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Iterator
 
 import ml_collections
 
+from salt_jax import paths
 from salt_jax.data.documents import Source, in_heldout
 from salt_jax.errors import UserError
 
@@ -27,7 +28,7 @@ def _require(module: str, source: str):
         return importlib.import_module(module)
     except ImportError:
         package = {"tensorflow": "tensorflow", "tensorflow_datasets": "tensorflow-datasets", "seqio": "seqio",
-                   "grain.python": "grain"}[module]
+                   "grain.python": "grain", "datasets": "datasets"}[module]
         raise UserError(f"config.data.source={source} needs the {package} package, which is not installed; "
                         f"pip install {package} (see setup.py for the tested version)") from None
 
@@ -44,8 +45,9 @@ def _quiet_tensorflow(source: str):
     return tf
 
 
-def _text_of(example, field: str) -> str:
-    """The document text of one example (a dict with `field`, or a bare string / bytes)."""
+def _text_of(example, field: str):
+    """The document text of one example (a dict with `field`, or a bare string / bytes). A value that is
+    not text (null, a number) is returned as it is: the source skips and counts it."""
     if isinstance(example, dict):
         if field not in example:
             raise UserError(f"config.data.text_field={field!r}: the examples have fields {sorted(example)}; "
@@ -55,7 +57,7 @@ def _text_of(example, field: str) -> str:
         example = example.numpy()
     if hasattr(example, "item") and not isinstance(example, (bytes, str)):
         example = example.item()
-    return example.decode("utf-8") if isinstance(example, bytes) else str(example)
+    return example.decode("utf-8") if isinstance(example, bytes) else example
 
 
 class _DatasetSource(Source):
@@ -196,3 +198,93 @@ class ArrayRecordSource(_DatasetSource):
                 except json.JSONDecodeError:
                     pass
             yield record
+
+
+class HFSource(_DatasetSource):
+    """A Hugging Face `datasets` dataset, read as one stream in order: a directory written by save_to_disk
+    (`datasets.load_from_disk`), or what `datasets.load_dataset(name_or_dir, streaming=True)` reads (a local
+    directory of Parquet / JSON lines / CSV files, or a Hub name). Held out: the hf_heldout_split, or else
+    the records of hf_split whose index hashes below heldout_fraction."""
+
+    kind = "hf"
+
+    def __init__(self, d: ml_collections.ConfigDict):
+        self.datasets = _require("datasets", "hf")
+        self.datasets.disable_progress_bars()
+        self.name, self.config, self.text_field, self.fraction = d.hf_dataset, d.hf_config, d.text_field, \
+            d.heldout_fraction
+        self.splits = {"train": d.hf_split, "heldout": d.hf_heldout_split}
+        if not self.name:
+            raise UserError("config.data.hf_dataset is empty; give a save_to_disk directory, a directory of data "
+                            "files or a Hugging Face Hub dataset name for config.data.source=hf")
+        self.local = os.path.expanduser(self.name)
+        if not os.path.isdir(self.local):
+            if self.name.startswith(("/", ".", "~")) or os.path.exists(self.local):
+                raise UserError(f"config.data.hf_dataset={self.name}: no such directory; give a save_to_disk "
+                                "directory, a directory of data files or a Hub dataset name")
+            self.local = None
+        self.data = self._load()
+        for ours, field in (("train", "hf_split"), ("heldout", "hf_heldout_split")):
+            if self.splits[ours]:
+                self._columns(self._split(ours), field)
+
+    def _load(self):
+        """The dataset (or its dict of splits): from disk when save_to_disk wrote it, else streamed."""
+        ds = self.datasets
+        saved = self.local and any(os.path.exists(os.path.join(self.local, f))
+                                   for f in ("dataset_dict.json", "state.json"))
+        try:
+            if saved:
+                return ds.load_from_disk(self.local)
+            return ds.load_dataset(self.local or self.name, self.config or None, streaming=True)
+        except Exception as e:  # noqa: BLE001 -- datasets raises many kinds (FileNotFoundError, hub errors)
+            why = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"config.data.hf_dataset={self.name}: cannot load it ({type(e).__name__}: {why}); "
+                            "check the name (and config.data.hf_config), or prepare from a local copy") from None
+
+    def _split(self, ours: str):
+        data, name = self.data, self.splits[ours]
+        if not isinstance(data, dict):  # a dataset saved on its own, without splits
+            if ours == "heldout" and name:
+                raise UserError(f"config.data.hf_heldout_split={name!r}: {self.name} was saved without splits; "
+                                "leave hf_heldout_split empty (records are held out by heldout_fraction)")
+            return data
+        if name not in data:
+            field = "hf_split" if ours == "train" else "hf_heldout_split"
+            raise UserError(f"config.data.{field}={name!r}: {self.name} has splits {', '.join(data)}")
+        return data[name]
+
+    def _columns(self, ds, field: str):
+        """`ds` projected to the text column (checked when its columns are known before reading)."""
+        if ds.column_names is None:
+            return ds
+        if self.text_field not in ds.column_names:
+            raise UserError(f"config.data.text_field={self.text_field!r}: {self.name} ({field}) has columns "
+                            f"{', '.join(ds.column_names)}; set text_field to the one holding the text")
+        return ds.select_columns([self.text_field])
+
+    def fingerprint(self) -> str:
+        key = f"hf:{self.config}:{self.splits}:{self.text_field}:{self.fraction}:"
+        if self.local:  # the files (names and sizes), so a changed copy is read again
+            key += ";".join(f"{os.path.relpath(f, self.local)}={os.path.getsize(f)}"
+                            for f in paths.walk_files(self.local))
+        else:  # a Hub dataset is known by its name: delete the store if it changes upstream
+            key += self.name
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def _values(self, ours: str) -> Iterator:
+        ds = self._columns(self._split(ours), "hf_split" if ours == "train" else "hf_heldout_split")
+        for batch in ds.iter(batch_size=1000):
+            if self.text_field not in batch:
+                raise UserError(f"config.data.text_field={self.text_field!r}: {self.name} has columns "
+                                f"{', '.join(batch)}; set text_field to the one holding the text")
+            yield from batch[self.text_field]
+
+    def _units(self, split: str) -> Iterator:
+        if self.splits["heldout"]:
+            yield from self._values(split)
+            return
+        heldout = split == "heldout"
+        for i, value in enumerate(self._values("train")):
+            if in_heldout(f"hf:{i}", self.fraction) == heldout:
+                yield value

@@ -2,7 +2,8 @@
 
 A source names its splits "train" and "heldout"; `Source.documents` yields the
 non-empty documents of one split and counts what it read and skipped in a
-`ReadStats`. Subclasses say what their read units are (a file, a dataset
+`ReadStats` (a record whose text field holds no text, or is not UTF-8, is
+skipped and counted, never an error). Subclasses say what their read units are (a file, a dataset
 example) and how a unit becomes text. `in_heldout` is the hash split shared by
 every source that splits its own records.
 """
@@ -16,6 +17,14 @@ from typing import Iterable, Iterator
 SPLITS = ("train", "heldout")
 
 
+class _Undecodable:
+    def __repr__(self) -> str:
+        return "UNDECODABLE"
+
+
+UNDECODABLE = _Undecodable()  # what a reader yields for a record whose text is not UTF-8 (counted, skipped)
+
+
 @dataclasses.dataclass
 class ReadStats:
     """What a pass over a source read and skipped."""
@@ -24,13 +33,21 @@ class ReadStats:
     documents: int = 0
     skipped_undecodable: int = 0
     skipped_empty: int = 0
+    skipped_not_text: int = 0  # records whose text field is null or not a string
     chars: int = 0
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def keep(self, doc: str) -> bool:
-        """Counts a decoded document: kept, or skipped as empty (whitespace only)."""
+    def keep(self, doc) -> bool:
+        """Counts a document read: kept (a string), or skipped as undecodable (UNDECODABLE), not text (null,
+        a number) or empty (whitespace only)."""
+        if doc is UNDECODABLE:
+            self.skipped_undecodable += 1
+            return False
+        if not isinstance(doc, str):
+            self.skipped_not_text += 1
+            return False
         if not doc.strip():
             self.skipped_empty += 1
             return False

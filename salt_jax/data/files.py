@@ -1,14 +1,20 @@
-"""File sources: the built-in corpus (the Python standard library) and text/JSONL files.
+"""File sources: the built-in corpus (the Python standard library) and corpus files (text, JSONL, Parquet).
 
-Both are a `FileSource` (one document per file, or one per JSONL record). The split
-is by file and deterministic: a file is held out when a hash of its path falls
-below `heldout_fraction`, so adding or removing files never moves other files
-between splits. Files that do not decode as UTF-8 are skipped and counted.
+Both are a `FileSource`: one document per file, per JSON-lines record or per
+Parquet row, the format chosen by the file's extension, compressed or not
+(salt_jax.data.formats); one glob may mix them. The split is deterministic: a
+whole-document file is held out when a hash of its path falls below
+`heldout_fraction` (so adding or removing files never moves other files between
+splits), a record when a hash of (file, position) does. Files or records that
+do not decode as UTF-8, and records whose text is null or not a string, are
+skipped and counted.
 
-A file source can be read in parts (`tasks`): whole plain files, and byte
-ranges of JSONL files (a record belongs to the range its line starts in), so
-the token store's workers and hosts each read only their own part of the
-corpus, and the parts concatenated in order are exactly `documents(split)`.
+A file source can be read in parts (`tasks`): whole plain or compressed files,
+byte ranges of JSONL files (a record belongs to the range its line starts in)
+and row-group runs of Parquet files, so the token store's workers and hosts
+each read only their own part of the corpus, and the parts concatenated in
+order are exactly `documents(split)`. A part can also be read from a cursor
+inside it (`read_from`): a compressed task resumes after its last written piece.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from typing import Iterator
 import ml_collections
 
 from salt_jax import paths
-from salt_jax.data.documents import SPLITS, Source, in_heldout
+from salt_jax.data import formats
+from salt_jax.data.documents import SPLITS, UNDECODABLE, Source, in_heldout
 from salt_jax.errors import UserError
 
 
@@ -70,22 +77,28 @@ def _common_root(files: list[str]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Part:
-    """Bytes [start, stop) of one file: a whole plain file, or a range of a JSONL file's lines."""
+    """Units [start, stop) of one file: bytes of a plain file (whole) or of a JSONL file's lines, row groups
+    of a Parquet file, or a whole compressed file (bytes [0, its size)); `size` is the bytes of input it
+    covers (the build's progress)."""
 
     path: str
     start: int
     stop: int
+    size: int
 
 
 class FileSource(Source):
-    """Documents from files: one document per file, or one per JSONL record.
+    """Documents from files: one document per file, one per JSON-lines record, or one per Parquet row
+    (formats by extension: salt_jax.data.formats).
 
-    Plain files are split by a hash of their path; JSONL files are read by both
-    splits and their records split by a hash of (path, byte offset of the line),
-    so a single JSONL file has a held-out part too.
+    Whole-document files are split by a hash of their path (without a compression suffix); JSON-lines and
+    Parquet files are read by both splits and their records split by a hash of (path, byte offset of the
+    line in the decompressed text) or (path, row), so a single file has a held-out part too, and
+    compressing a JSONL file keeps its split.
     """
 
     VERSION = 2  # 2: JSONL records are split by their byte offset (1: by line number)
+    FORMATS = 1  # keys stores holding compressed, .json or Parquet files (read by extension since formats 1)
 
     def __init__(self, kind: str, root: str, files: list[str], heldout_fraction: float,
                  text_field: str = "text", max_files: int = 0):
@@ -94,18 +107,21 @@ class FileSource(Source):
             files = files[:max_files]
         self.files = {s: [] for s in SPLITS}
         self._sizes: dict[str, int] = {}
+        self._layouts: dict[str, list[tuple[int, int]]] = {}
         for f in files:
-            rel = os.path.relpath(f, root)
-            if f.endswith(".jsonl"):
+            if formats.kind(f) != "whole":
                 self.files["train"].append(f)
                 self.files["heldout"].append(f)
             else:
+                rel = os.path.relpath(formats.stem(f), root)
                 self.files["heldout" if in_heldout(rel, heldout_fraction) else "train"].append(f)
 
     def fingerprint(self) -> str:
         """Identifies the files (paths and sizes) and the split; keys the caches."""
-        jsonl = any(f.endswith(".jsonl") for split in SPLITS for f in self.files[split])
-        version = f"v{self.VERSION}:" if jsonl else ""  # only the JSONL split changed: other stores stay valid
+        every = [f for split in SPLITS for f in self.files[split]]
+        version = f"v{self.VERSION}:" if any(f.endswith(".jsonl") for f in every) else ""  # other stores stay valid
+        if any(formats.is_extended(f) for f in every):
+            version += f"formats{self.FORMATS}:"
         h = hashlib.sha256(f"{version}{self.kind}:{self.text_field}:{self.fraction}".encode())
         for split in SPLITS:
             for f in self.files[split]:
@@ -117,21 +133,37 @@ class FileSource(Source):
             self._sizes[path] = paths.getsize(path)
         return self._sizes[path]
 
-    def total_chars(self, split: str) -> int:
-        """Bytes of the split's files: the size of the text to tokenize, for the build's ETA."""
-        return sum(self.size(f) for f in self.files[split])
+    def _layout(self, path: str) -> list[tuple[int, int]]:
+        """A Parquet file's (rows, text bytes) per row group, read from its footer once."""
+        if path not in self._layouts:
+            self._layouts[path] = formats.parquet_layout(path, self.text_field)
+        return self._layouts[path]
+
+    def _ranges(self, path: str, target_bytes: int) -> list[tuple[int, int, int]]:
+        """(start, stop, bytes) of the units a file is cut into: byte ranges of a plain JSONL file, row groups
+        of a Parquet file, else the whole file (a compressed stream is read from its start)."""
+        n = self.size(path)
+        kind = formats.kind(path)
+        if kind == "lines" and not formats.compression(path):
+            return [(start, min(start + target_bytes, n), min(start + target_bytes, n) - start)
+                    for start in range(0, n, target_bytes)]
+        if kind == "parquet":
+            return [(g, g + 1, size) for g, (_, size) in enumerate(self._layout(path))]
+        return [(0, n, n)]
 
     def tasks(self, split: str, target_bytes: int) -> list[list[Part]]:
-        """The split's files as consecutive groups of about `target_bytes` (one token-store shard each):
-        small files packed together, JSONL files cut into byte ranges, a plain file never split."""
+        """The split's files as consecutive groups of about `target_bytes` of input (one task each): small
+        files packed together, JSONL files cut into byte ranges, Parquet files into runs of row groups; a
+        plain or compressed file is never split."""
         tasks, group, size = [], [], 0
         for f in self.files[split]:
-            n = self.size(f)
-            cuts = range(0, n, target_bytes) if f.endswith(".jsonl") else [0]
-            for start in cuts:
-                stop = min(start + target_bytes, n) if f.endswith(".jsonl") else n
-                group.append(Part(f, start, stop))
-                size += stop - start
+            for start, stop, n in self._ranges(f, target_bytes):
+                last = group[-1] if group else None
+                if last and last.path == f and last.stop == start and formats.kind(f) == "parquet":
+                    group[-1] = Part(f, last.start, stop, last.size + n)  # the next row group of the same run
+                else:
+                    group.append(Part(f, start, stop, n))
+                size += n
                 if size >= target_bytes:
                     tasks.append(group)
                     group, size = [], 0
@@ -139,68 +171,129 @@ class FileSource(Source):
             tasks.append(group)
         return tasks
 
+    @staticmethod
+    def in_pieces(parts: list[Part]) -> bool:
+        """Whether a task reads a compressed stream: the store writes it in resumable pieces."""
+        return any(formats.compression(p.path) for p in parts)
+
     def part_documents(self, parts: list[Part], split: str, stats) -> Iterator[str]:
         """The documents of `parts` of `split`, counted in `stats` (a file counted in its first part)."""
-        for part in parts:
-            if part.start == 0:
+        for text, _ in self.read_from(parts, split, stats):
+            yield text
+
+    def read_from(self, parts: list[Part], split: str, stats,
+                  cursor: tuple[int, int | None] = (0, None)) -> Iterator[tuple[str, tuple[int, int]]]:
+        """The documents of `parts` of `split` from `cursor` = (index of a part, where in it: a byte offset
+        of its (decompressed) lines or a row; None = its start), each with the cursor just after it:
+        reading again from there gives exactly the documents that follow (a resumed task)."""
+        first, at_first = cursor
+        for k in range(first, len(parts)):
+            part, at = parts[k], at_first if k == first else None
+            if at is None and part.start == 0:
                 stats.files += 1
             try:
-                for text in self._texts(part.path, split, part):
+                for text, after in self._part_texts(part, split, at):
                     if stats.keep(text):
-                        yield text
-            except UnicodeDecodeError:
+                        yield text, (k, after)
+            except UnicodeDecodeError:  # a whole file, or a line of a plain JSONL file (ends its range)
                 stats.skipped_undecodable += 1
 
     def _units(self, split: str) -> list[str]:
         return self.files[split]
 
-    def _texts(self, path: str, split: str, part: Part | None = None) -> Iterator[str]:
+    def _texts(self, path: str, split: str) -> Iterator:
+        """Every document of one file of `split` (Source.documents)."""
+        n = len(self._layout(path)) if formats.kind(path) == "parquet" else self.size(path)
+        for text, _ in self._part_texts(Part(path, 0, n, n), split, None):
+            yield text
+
+    def _part_texts(self, part: Part, split: str, at: int | None) -> Iterator[tuple[object, int]]:
+        """(text, position after it) of the records of `part` in `split`, from position `at` (None = the
+        part's start). Texts are as read: a reader skips and counts those that are not strings."""
+        path = part.path
         try:
-            if not path.endswith(".jsonl"):
+            if formats.kind(path) == "parquet":
+                yield from self._rows(part, split, at)
+            elif formats.kind(path) == "lines":
+                yield from self._records(part, split, at)
+            elif at is None:
                 with paths.open(path, "rb") as fh:
-                    return iter([fh.read().decode("utf-8")])
-            part = part or Part(path, 0, self.size(path))
-            return self._records(paths.open(path, "rb"), path, split, part.start, part.stop)
+                    data = formats.decompressed(fh, path).read() if formats.compression(path) else fh.read()
+                yield data.decode("utf-8"), part.stop
+        except formats.DamagedStream as e:
+            raise UserError(f"{path}: {e}; re-download the file or remove it") from None
         except OSError as e:
             raise UserError(f"{path}: cannot read ({e.strerror or e}); fix its permissions or remove it") from None
 
-    def _records(self, fh, path: str, split: str, start: int, stop: int) -> Iterator[str]:
-        """The texts of `split` among the JSONL records whose line starts in bytes [start, stop), streamed
-        line by line (any file size in constant memory). A line that is not UTF-8 ends the range there
-        (counted as one undecodable file)."""
-        rel = os.path.relpath(path, self.root)
-        with fh:
-            pos = start
-            if start > 0:
-                fh.seek(start - 1)
-                if fh.read(1) != b"\n":  # mid-line: that record belongs to the range before
-                    pos += len(fh.readline())
-
-            def lines():
-                nonlocal pos
-                while pos < stop:
-                    raw = fh.readline()
-                    if not raw:
-                        return
-                    yield pos, raw.decode("utf-8")
-                    pos += len(raw)
-
-            yield from self._parse(lines(), path, rel, split)
-
-    def _parse(self, lines, path: str, rel: str, split: str) -> Iterator[str]:
-        for offset, line in lines:
-            if not line.strip() or in_heldout(f"{rel}@{offset}", self.fraction) != (split == "heldout"):
-                continue
+    def _records(self, part: Part, split: str, at: int | None) -> Iterator[tuple[object, int]]:
+        """The texts of `split` among the JSON-lines records whose line starts in [part.start, part.stop),
+        streamed line by line (any file size in constant memory). Offsets are of the decompressed text. A
+        line that is not UTF-8 ends the range of a plain JSONL file (counted as one undecodable file, as
+        before compressed files were read); in a compressed file it is skipped and counted."""
+        path, compressed = part.path, formats.compression(part.path)
+        rel = os.path.relpath(formats.stem(path), self.root)
+        with paths.open(path, "rb") as raw:
+            fh = formats.decompressed(raw, path) if compressed else raw
+            pos = part.start if at is None else at
+            stop = None if compressed else part.stop
+            where = " of its decompressed text" if compressed else ""
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(f"{path}: the line at byte {offset} is not valid JSON; fix the line or remove "
-                                "the file") from None
-            value = record.get(self.text_field) if isinstance(record, dict) else None
-            if not isinstance(value, str):
-                raise UserError(f"{path}: the record at byte {offset} has no string field {self.text_field!r}; "
-                                "set config.data.text_field to the field holding the text")
-            yield value
+                if compressed:
+                    _skip(fh, pos)  # a stream is only read from its start
+                elif at is not None:
+                    fh.seek(pos)  # a resumed cursor is a line's start
+                elif pos > 0:
+                    fh.seek(pos - 1)
+                    if fh.read(1) != b"\n":  # mid-line: that record belongs to the range before
+                        pos += len(fh.readline())
+                while stop is None or pos < stop:
+                    line = fh.readline()
+                    if not line:
+                        return
+                    offset, pos = pos, pos + len(line)
+                    if not compressed:
+                        line = line.decode("utf-8")  # UnicodeDecodeError ends the range (counted)
+                    if not line.strip() or in_heldout(f"{rel}@{offset}", self.fraction) != (split == "heldout"):
+                        continue
+                    if compressed:
+                        try:
+                            line = line.decode("utf-8")
+                        except UnicodeDecodeError:
+                            yield UNDECODABLE, pos
+                            continue
+                    yield self._parse(line, path, offset, where), pos
+            except formats.DamagedStream as e:
+                raise UserError(f"{path}: {e} after byte {pos}{where}; re-download the file or remove it") from None
+
+    def _parse(self, line: str, path: str, offset: int, where: str):
+        """The text field of one JSON line (null or not a string is returned as it is: skipped and counted)."""
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{path}: the line at byte {offset}{where} is not valid JSON; fix the line or remove "
+                            "the file") from None
+        if not isinstance(record, dict) or self.text_field not in record:
+            raise UserError(f"{path}: the record at byte {offset}{where} has no string field {self.text_field!r}; "
+                            "set config.data.text_field to the field holding the text")
+        return record[self.text_field]
+
+    def _rows(self, part: Part, split: str, at: int | None) -> Iterator[tuple[object, int]]:
+        """The texts of `split` among the rows of the Parquet row groups [part.start, part.stop)."""
+        self._layout(part.path)  # the text column exists
+        rel = os.path.relpath(part.path, self.root)
+        heldout = split == "heldout"
+        for row, text in formats.parquet_values(part.path, range(part.start, part.stop), self.text_field, at):
+            if in_heldout(f"{rel}#{row}", self.fraction) == heldout:
+                yield text, row + 1
+
+
+def _skip(fh, n: int) -> None:
+    """Reads and drops the first `n` bytes of a stream."""
+    while n > 0:
+        got = len(fh.read(min(n, 1 << 20)))
+        if not got:
+            return
+        n -= got
 
 
 def file_source(data_cfg: ml_collections.ConfigDict) -> FileSource:
@@ -214,7 +307,7 @@ def file_source(data_cfg: ml_collections.ConfigDict) -> FileSource:
         files = _stdlib_files(root)
     elif kind == "text":
         if not data_cfg.path:
-            raise UserError("config.data.path is empty; give the text/JSONL files for config.data.source=text")
+            raise UserError("config.data.path is empty; give the corpus files (text, JSONL, Parquet) for config.data.source=text")
         files = _text_files(data_cfg.path)
         root = _common_root(files) if files else "/"
     else:

@@ -1,8 +1,8 @@
 """The source registry: config.data.source -> a `documents.Source`.
 
-stdlib and text are file sources (salt_jax.data.files); tfds, seqio and
-arrayrecord are dataset sources (salt_jax.data.datasets), which import
-TensorFlow / seqio / grain lazily, only when configured.
+stdlib and text are file sources (salt_jax.data.files); tfds, seqio,
+arrayrecord and hf are dataset sources (salt_jax.data.datasets), which import
+TensorFlow / seqio / grain / datasets lazily, only when configured.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from salt_jax.data import datasets, files
 from salt_jax.data.documents import Source
 from salt_jax.errors import UserError
 
-DATASETS = {"tfds": datasets.TFDSSource, "seqio": datasets.SeqioSource, "arrayrecord": datasets.ArrayRecordSource}
+DATASETS = {"tfds": datasets.TFDSSource, "seqio": datasets.SeqioSource, "arrayrecord": datasets.ArrayRecordSource,
+            "hf": datasets.HFSource}
 SOURCES = ("stdlib", "text", *DATASETS)
 
 

@@ -10,17 +10,22 @@ row may span two shards. Fixed-width raw shards (not ArrayRecord) because
 rows are token ranges, not records: a row is a slice of a memory map, read
 without decoding, on any host.
 
-Building is parallel and streamed. A file source (stdlib, text/JSONL) is cut
-into tasks before anything is read, from the files' sizes alone: consecutive
-files packed to about `shard_chars` bytes, JSONL files cut into byte ranges
-(a record belongs to the range its line starts in). Each task is one shard,
+Building is parallel and streamed. A file source (stdlib, text: plain, JSONL,
+compressed, Parquet) is cut into tasks before anything is read, from the
+files' sizes (and Parquet footers) alone: consecutive files packed to about
+`shard_chars` bytes, JSONL files cut into byte ranges (a record belongs to the
+range its line starts in), Parquet files into runs of row groups. Each task is
 read and tokenized by one of `workers` single-threaded processes (or by this
-process when workers = 0), so reading is parallel too. A dataset source
-(TFDS, seqio, ArrayRecord) is a stream: this process reads it in order and
-hands each shard's documents to a worker. A shard is whole or absent (temp
-file + rename, or one object upload); a task's record (`<shard>.json`: what it
-read, its token count) is written after it and marks it done. At most
-2 x workers tasks are in flight, so memory does not grow with the corpus.
+process when workers = 0), so reading is parallel too, and is one shard; a
+task that reads a compressed stream (a whole file, maybe of many GB) is
+written as pieces of about `shard_chars` characters, each a shard with its
+record, so a killed build loses at most about one piece of work. A dataset
+source (TFDS, seqio, ArrayRecord, Hugging Face) is a stream: this process
+reads it in order and hands each shard's documents to a worker. A shard is
+whole or absent (temp file + rename, or one object upload); a task's record
+(`<shard>.json`: what it read, its token count, its pieces) is written after
+it and marks it done. At most 2 x workers tasks are in flight, so memory does
+not grow with the corpus.
 
 A local store is built by one process at a time (a lock file beside it;
 others wait, then open it) into `<key>.partial/`, renamed to `<key>` once
@@ -210,27 +215,78 @@ def _write_task(parts: list, split: str, path: str, source=None, tok=None) -> di
     return record
 
 
+def _write_pieces(parts: list, split: str, path: str, shard_chars: int, source=None, tok=None) -> dict:
+    """A task that reads a compressed stream (readable only from its start, and maybe far larger than a
+    shard): its documents are written as pieces of about `shard_chars` characters, `<task>-00000.bin`,
+    `-00001.bin`, ..., each a shard with its record (what was read up to its end, and the cursor there).
+    A build killed inside the task resumes after its last finished piece: it decompresses up to the cursor
+    again but tokenizes only what follows, and writes the pieces a clean build would have. The task's
+    record `path`.json, listing the pieces, marks it done."""
+    source = source if source is not None else _WORKER_SOURCE
+    piece = lambda j: f"{path.removesuffix('.bin')}-{j:05d}.bin"  # noqa: E731
+    records = []
+    while paths.exists(f"{piece(len(records))}.json"):  # finished by an earlier, interrupted build
+        records.append(paths.read_json(f"{piece(len(records))}.json"))
+    fields = documents.ReadStats().as_dict()
+    stats = documents.ReadStats(**{k: int(records[-1].get(k, 0)) for k in fields}) if records \
+        else documents.ReadStats()
+    cursor = tuple(records[-1]["next"]) if records else (0, None)
+    stream = source.read_from(parts, split, stats, cursor)
+    while True:
+        item = next(stream, None)
+        if item is None and records:
+            break
+
+        def docs(item=item):
+            nonlocal cursor
+            chars = 0
+            while item is not None:
+                text, cursor = item
+                yield text
+                chars += len(text)
+                if chars >= shard_chars:
+                    return
+                item = next(stream, None)
+
+        tokens = _write_shard(docs(), piece(len(records)), tok)
+        records.append(dict(stats.as_dict(), tokens=tokens, next=list(cursor)))
+        paths.write_json(f"{piece(len(records) - 1)}.json", records[-1])
+        if item is None:  # a task without documents: one empty piece
+            break
+    shards = [{"file": os.path.basename(piece(j)), "tokens": int(r["tokens"])} for j, r in enumerate(records)]
+    record = dict(stats.as_dict(), tokens=sum(s["tokens"] for s in shards), shards=shards)
+    paths.write_json(f"{path}.json", record)
+    return record
+
+
 class _Progress:
-    """The build's progress line: documents, tokens, tokens/s and (when the source's size is known) ETA."""
+    """The build's progress line: documents, tokens, tokens/s, skipped records and (when the size of the
+    input is known) ETA. `work` is what was read, in the unit of `total` (a file source's input bytes)."""
 
-    def __init__(self, split: str, total_chars: int | None, every_s: float = 10.0):
-        self.split, self.total_chars, self.every_s = split, total_chars, every_s
+    def __init__(self, split: str, total: int | None, every_s: float = 10.0):
+        self.split, self.total, self.every_s = split, total, every_s
         self.t0 = self.last = time.time()
-        self.chars = self.tokens = self.docs = 0
+        self.work = self.tokens = self.docs = self.skipped = 0
 
-    def update(self, docs: int, chars: int, tokens: int, final: bool = False) -> None:
-        self.docs, self.chars, self.tokens = self.docs + docs, self.chars + chars, self.tokens + tokens
+    def update(self, docs: int, work: int, tokens: int, skipped: int = 0, final: bool = False) -> None:
+        self.docs, self.work, self.tokens = self.docs + docs, self.work + work, self.tokens + tokens
+        self.skipped += skipped
         now = time.time()
         if not final and now - self.last < self.every_s:
             return
         self.last = now
         rate = self.tokens / max(now - self.t0, 1e-9)
         eta = "?"
-        if self.total_chars and self.chars:
-            left = max(self.total_chars - self.chars, 0) * (now - self.t0) / self.chars
+        if self.total and self.work:
+            left = max(self.total - self.work, 0) * (now - self.t0) / self.work
             eta = f"{left:.0f}s"
-        logging.info("token store %s: %d documents, %d tokens, %.0f tokens/s, ETA %s", self.split, self.docs,
-                     self.tokens, rate, "0s" if final else eta)
+        logging.info("token store %s: %d documents, %d tokens, %.0f tokens/s, ETA %s; %d records skipped",
+                     self.split, self.docs, self.tokens, rate, "0s" if final else eta, self.skipped)
+
+
+def _skipped(record: dict) -> int:
+    """Records a task skipped: not UTF-8, empty, or not text."""
+    return sum(int(record.get(k, 0)) for k in ("skipped_undecodable", "skipped_empty", "skipped_not_text"))
 
 
 def _pool(workers: int, tok, source):
@@ -269,31 +325,35 @@ def _run_tasks(pool, workers: int, jobs: Iterator, done) -> None:
 
 def _split_entry(shards: list[dict], records: list[dict]) -> dict:
     """A split's meta.json entry: what was read (summed over the shards' records), tokens, shards."""
-    total = {k: sum(int(r[k]) for r in records) for k in documents.ReadStats().as_dict()}
+    total = {k: sum(int(r.get(k, 0)) for r in records) for k in documents.ReadStats().as_dict()}
     return dict(total, tokens=int(sum(s["tokens"] for s in shards)), shards=shards)
 
 
 def _build_file_split(source, split: str, tok, build_dir: str, workers: int, shard_chars: int,
                       host: tuple[int, int]) -> dict | None:
-    """A file source's split: each shard is one task (a group of file parts, `source.tasks`) that a worker
-    reads and writes, so reading is parallel too and a host reads only its own tasks' files. Returns the
-    split's meta entry on host 0 (after the other hosts' tasks are done), None on the others."""
+    """A file source's split: each task (a group of file parts, `source.tasks`) is read and written by a
+    worker, as one shard, or as pieces when it reads a compressed stream (`_write_pieces`), so reading is
+    parallel too and a host reads only its own tasks' files. Returns the split's meta entry on host 0
+    (after the other hosts' tasks are done), None on the others."""
     tasks = source.tasks(split, shard_chars)
-    shards = [{"file": f"{split}-{i:05d}.bin", "tokens": None} for i in range(len(tasks))]
+    names = [f"{split}-{i:05d}.bin" for i in range(len(tasks))]
     records: dict[int, dict] = {}
-    progress = _Progress(split, source.total_chars(split))
+    sizes = [sum(p.size for p in parts) for parts in tasks]
+    progress = _Progress(split, sum(sizes))
 
     def done(i: int, record: dict) -> None:
         records[i] = record
-        progress.update(record["documents"], record["chars"], record["tokens"])
+        progress.update(record["documents"], sizes[i], record["tokens"], _skipped(record))
 
     def jobs():
         for i, parts in enumerate(tasks):
-            path = paths.join(build_dir, shards[i]["file"])
+            path = paths.join(build_dir, names[i])
             if i % host[1] != host[0]:
                 continue  # another host's task
             if paths.exists(f"{path}.json"):  # finished by an earlier, interrupted build
                 done(i, paths.read_json(f"{path}.json"))
+            elif source.in_pieces(parts):
+                yield i, _write_pieces, (parts, split, path, shard_chars) + (() if workers else (source, tok))
             else:
                 yield i, _write_task, (parts, split, path) + (() if workers else (source, tok))
 
@@ -301,14 +361,14 @@ def _build_file_split(source, split: str, tok, build_dir: str, workers: int, sha
     progress.update(0, 0, 0, final=True)
     if host[0] != 0:
         return None
-    records_of = lambda i: f"{paths.join(build_dir, shards[i]['file'])}.json"  # noqa: E731
+    records_of = lambda i: f"{paths.join(build_dir, names[i])}.json"  # noqa: E731
     missing = [i for i in range(len(tasks)) if i not in records]
     paths.wait_for(lambda: all(paths.exists(records_of(i)) for i in missing),
-                   f"the other hosts' {len(missing)} {split} shards in {build_dir}")
+                   f"the other hosts' {len(missing)} {split} tasks in {build_dir}")
     for i in missing:
         records[i] = paths.read_json(records_of(i))
-    for i, shard in enumerate(shards):
-        shard["tokens"] = int(records[i]["tokens"])
+    shards = [shard for i in range(len(tasks))
+              for shard in records[i].get("shards") or [{"file": names[i], "tokens": int(records[i]["tokens"])}]]
     return _split_entry(shards, [records[i] for i in range(len(tasks))])
 
 
@@ -325,7 +385,8 @@ def _build_stream_split(source, split: str, tok, build_dir: str, workers: int, s
     def done(key: tuple[int, int, int], tokens: int) -> None:
         index, n_docs, n_chars = key
         shards[index]["tokens"] = tokens
-        progress.update(n_docs, n_chars, tokens)
+        progress.skipped = _skipped(stats.as_dict())  # (read by this process, up to the shard handed out last)
+        progress.update(n_docs, n_chars, tokens)  # (no ETA: a stream's size is not known)
 
     def jobs():
         for index, docs in enumerate(_chunks(source.documents(split, stats), shard_chars)):
@@ -401,9 +462,10 @@ def _build(source, tok, data_cfg: ml_collections.ConfigDict, directory: str, wor
         paths.wait_for(lambda: paths.exists(meta_path), f"host 0 to complete {directory}")
         return
     for split, info in meta["splits"].items():
-        logging.info("token store %s: %d files, %d documents, %d tokens in %d shards; skipped %d undecodable "
-                     "and %d empty files", split, info["files"], info["documents"], info["tokens"],
-                     len(info["shards"]), info["skipped_undecodable"], info["skipped_empty"])
+        logging.info("token store %s: %d files, %d documents, %d tokens in %d shards; skipped %d undecodable, "
+                     "%d empty and %d non-text (null or not a string) documents", split, info["files"],
+                     info["documents"], info["tokens"], len(info["shards"]), info["skipped_undecodable"],
+                     info["skipped_empty"], info["skipped_not_text"])
     if meta["splits"]["train"]["documents"] == 0:
         raise UserError(f"config.data: source {data_cfg.source!r} has no usable (UTF-8, non-empty) "
                         "training documents; check config.data.path")
