@@ -1,6 +1,6 @@
 """Token-store benchmark: build throughput and its scaling with workers, peak memory vs corpus size, loader rate.
 
-    python scripts/bench_store.py [--out=DIR] [--sizes_mb=100,400] [--workers=1,2]
+    python scripts/bench_store.py [--out=DIR] [--sizes_mb=100,400] [--workers=1,2] [--engines=local,ray]
 
 Writes synthetic JSONL corpora (Zipf-distributed words of a fixed pseudo-language,
 so SentencePiece has real work), then for each (size, workers) runs
@@ -12,6 +12,11 @@ compares it with the tokens per second the paper's 2.8B student consumes on
 one TPU v5p host at 50% MFU (salt_jax.model.flops), and the cost of one step's row
 indices at the Pile's size against a full permutation. Prints a table and writes
 DIR/bench_store.json.
+
+With --engines=local,ray the largest --workers count of each size is also built
+with `--engine=ray` (a local Ray of that many CPUs, started by the command):
+the wall time then includes Ray's start, and `build` (the store's own time,
+from its last log line) is the time from the first task to meta.json.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -52,25 +58,31 @@ def write_corpus(path: str, mb: int, seed: int = 0) -> None:
     os.replace(path + ".tmp", path)
 
 
-def build(corpus: str, cache: str, workers: int, model_file: str) -> dict:
-    """One prepare run in a fresh process: wall seconds, tokens, peak RSS (MB) of its largest process."""
+def build(corpus: str, cache: str, workers: int, model_file: str, engine: str = "local",
+          shard_chars: int = 8_000_000) -> dict:
+    """One prepare run in a fresh process: wall seconds, the store's own build seconds, tokens, peak RSS (MB) of
+    its largest process (with Ray: of the command and the processes it waited for, not Ray's own)."""
     args = [sys.executable, "-m", "salt_jax.prepare", "--config=configs/test_tiny.py",
             "--config.data.source=text", f"--config.data.path={corpus}", f"--config.data.cache_dir={cache}",
             "--config.data.tokenizer.kind=sentencepiece", f"--config.data.tokenizer.model_file={model_file}",
-            "--config.data.max_files=0", "--config.data.shard_chars=8000000", f"--workers={workers}"]
+            "--config.data.max_files=0", f"--config.data.shard_chars={shard_chars}", f"--workers={workers}",
+            f"--engine={engine}"]
     wrapper = ("import resource, subprocess, sys, time; t = time.time(); r = subprocess.run(sys.argv[1:], "
                "capture_output=True, text=True); print(r.returncode, time.time() - t, "
-               "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.stderr.write(r.stderr[-2000:])")
+               "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.stdout); "
+               "sys.stderr.write(r.stderr[-2000:])")
     out = subprocess.run([sys.executable, "-c", wrapper, *args], cwd=REPO, capture_output=True, text=True)
     rc, seconds, rss_kb = out.stdout.split()[:3]
     if int(rc) != 0:
         raise SystemExit(f"prepare failed:\n{out.stderr}")
+    build_s = float(re.findall(r"token store written to \S+ in ([0-9.]+)s", out.stdout)[-1])
     meta_dir = [d for d in os.listdir(os.path.join(cache, "tokens")) if "." not in d][0]
     with open(os.path.join(cache, "tokens", meta_dir, "meta.json")) as fh:
         meta = json.load(fh)
     tokens = sum(meta["splits"][s]["tokens"] for s in ("train", "heldout"))
-    return {"seconds": float(seconds), "tokens": tokens, "tokens_per_s": tokens / float(seconds),
-            "peak_rss_mb": int(rss_kb) / 1024, "directory": os.path.join(cache, "tokens", meta_dir)}
+    return {"seconds": float(seconds), "build_seconds": build_s, "tokens": tokens,
+            "tokens_per_s": tokens / float(seconds), "peak_rss_mb": int(rss_kb) / 1024,
+            "directory": os.path.join(cache, "tokens", meta_dir), "engine": engine}
 
 
 def train_tokenizer(corpus: str, out: str) -> str:
@@ -121,6 +133,8 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/bench_store")
     ap.add_argument("--sizes_mb", default="100,400")
     ap.add_argument("--workers", default="0,1,2")  # 0: in the builder process, with SentencePiece's threads
+    ap.add_argument("--engines", default="local")  # local,ray: also the largest --workers as Ray tasks
+    ap.add_argument("--shard_chars", type=int, default=8_000_000)  # bytes of text per task (config.data.shard_chars)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     sizes = [int(x) for x in a.sizes_mb.split(",")]
@@ -130,15 +144,19 @@ def main() -> None:
         write_corpus(path, mb)
     model_file = train_tokenizer(corpora[sizes[0]], os.path.join(a.out, "tok"))
     runs = []
+    engines = a.engines.split(",")
     for mb in sizes:
-        for w in workers if mb == sizes[0] else [max(workers)]:
-            cache = os.path.join(a.out, f"cache-{mb}mb-w{w}")
+        cases = [("local", w) for w in (workers if mb == sizes[0] else [max(workers)])]
+        cases += [(e, max(max(workers), 1)) for e in engines if e != "local"]
+        for engine, w in cases:
+            cache = os.path.join(a.out, f"cache-{mb}mb-w{w}-{engine}")
             subprocess.run(["rm", "-rf", cache])
-            r = build(corpora[mb], cache, w, model_file)
+            r = build(corpora[mb], cache, w, model_file, engine, a.shard_chars)
             runs.append(dict(r, corpus_mb=mb, workers=w))
-            print(f"{mb:>5} MB  workers {w}  {r['seconds']:7.1f} s  {r['tokens'] / 1e6:8.1f}M tokens  "
-                  f"{r['tokens_per_s'] / 1e6:6.2f}M tok/s  ({r['tokens_per_s'] / max(w, 1) / 1e6:.2f}M per process)  "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+            print(f"{mb:>5} MB  {engine:>5}  workers {w}  {r['seconds']:7.1f} s (build {r['build_seconds']:.1f} s)  "
+                  f"{r['tokens'] / 1e6:8.1f}M tokens  {r['tokens_per_s'] / 1e6:6.2f}M tok/s  "
+                  f"({r['tokens_per_s'] / max(w, 1) / 1e6:.2f}M per process)  peak RSS {r['peak_rss_mb']:.0f} MB",
+                  flush=True)
     demand = paper_demand()
     host_batch = 256 // 16  # the paper's global batch 256 over a v5p-64 slice's 16 hosts
     rate = loader_rate(runs[-1]["directory"], host_batch, 2048)

@@ -118,11 +118,17 @@ def test_the_experiment_on_ray_gives_the_sequential_numbers(tmp_path, cache_dir,
     assert "[baseline seed 0] training in" in open(os.path.join(workdir, "baseline-s0", "train.log")).read()
 
 
-def test_ray_resources_and_a_bad_address_are_one_line(tmp_path):
+def test_ray_resources_a_missing_ray_and_a_bad_address_are_one_line(tmp_path, monkeypatch):
     import ml_collections
 
+    from salt_jax.data import ray_engine
     from salt_jax.errors import UserError
     from salt_jax.experiment import ray_runs
+
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "ray", None)  # not installed
+        with pytest.raises(UserError, match=r'^Ray is not installed; install the extra: pip install -e "\.\[ray\]"$'):
+            ray_engine.ray_module()
 
     exp = ml_collections.ConfigDict({"ray_resources": "num_cpus=2,TPU=4"})
     assert ray_runs.resources(exp) == {"num_cpus": 2.0, "resources": {"TPU": 4.0}}
