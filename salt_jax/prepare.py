@@ -30,7 +30,7 @@ from ml_collections import config_flags
 
 from salt_jax.cli import fail, flags_parser, load_config, own_flags_help, setup_logging
 from salt_jax.config import run_help, validate
-from salt_jax.data import engines, store
+from salt_jax.data import store
 from salt_jax.errors import UserError
 from salt_jax.kd.teacher import adopt_teacher_vocabulary
 
@@ -64,9 +64,11 @@ def _engine(config, cache_dir: str):
     if _WORKERS.present and _WORKERS.value == 0:
         fail("--workers=0 tokenizes in this process; with --engine=ray give the Ray tasks at a time, or leave "
              "--workers out for one per CPU of the Ray cluster")
-    engine = engines.make_engine("ray", _WORKERS.value if _WORKERS.present else None, _RAY_ADDRESS.value)
-    from salt_jax.data import ray_engine  # noqa: PLC0415 -- (imported by make_engine already)
+    from salt_jax.data import ray_engine  # noqa: PLC0415 -- Ray is an extra, imported only for --engine=ray
 
+    workers = _WORKERS.value if _WORKERS.present else None  # (default: every CPU of the cluster)
+    ray_engine.connect(_RAY_ADDRESS.value, num_cpus=workers)
+    engine = ray_engine.RayEngine(workers)
     nodes, elsewhere = ray_engine.machines()
     if elsewhere and not store.is_shared(config.data, cache_dir):
         fail(f"--engine=ray: {elsewhere} of the Ray cluster's {nodes} machines are not this one, and a task writes "

@@ -72,16 +72,3 @@ class LocalEngine:
             run_bounded(jobs, lambda fn, args: pool.submit(fn, *args), wait, 2 * self.workers, done)
         finally:
             pool.shutdown(cancel_futures=True)
-
-
-def make_engine(name: str, workers: int | None, ray_address: str = "", log_to_driver: bool = True):
-    """The engine `name` ("local" or "ray"; Ray imported only for "ray"). `workers` None: this machine's
-    cores (local) or the Ray cluster's CPUs (ray)."""
-    if name == "local":
-        return LocalEngine(multiprocessing.cpu_count() if workers is None else workers)
-    if name == "ray":
-        from salt_jax.data import ray_engine  # noqa: PLC0415 -- Ray is an extra, imported only when asked for
-
-        ray_engine.connect(ray_address, num_cpus=workers, log_to_driver=log_to_driver)
-        return ray_engine.RayEngine(workers)
-    raise ValueError(f"unknown engine {name!r}")

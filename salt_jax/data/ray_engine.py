@@ -21,6 +21,7 @@ import socket
 import uuid
 from typing import Callable, Iterator
 
+from salt_jax.data.engines import run_bounded
 from salt_jax.errors import UserError
 
 INSTALL = 'Ray is not installed; install the extra: pip install -e ".[ray]"'
@@ -109,8 +110,6 @@ class RayEngine:
         self.workers = int(workers) if workers else cluster_cpus()
 
     def run(self, jobs: Iterator, done: Callable, init: tuple) -> None:
-        from salt_jax.data.engines import run_bounded  # noqa: PLC0415
-
         ray = ray_module()
         remote = ray.remote(num_cpus=1)(_call)
         build, init_ref = uuid.uuid4().hex, ray.put(init)
