@@ -70,6 +70,14 @@ def test_the_ray_build_is_the_local_build_byte_for_byte_and_resumes(tmp_path, ra
     assert rewritten == {*lost, *(f + ".json" for f in lost), "meta.json"}
     assert _files(resumed.directory) == _files(local.directory)
 
+    # a user's mistake found inside a Ray task is raised here as itself: one line at the command line
+    from salt_jax.errors import UserError
+
+    with open(corpus / "1.jsonl", "a") as fh:
+        fh.write('{"text": broken\n')
+    with pytest.raises(UserError, match=r"1.jsonl: the line at byte \d+ is not valid JSON"):
+        store.build_cache(cfg("bad"), engine=ray_engine.RayEngine(2))
+
 
 def _tiny_experiment(cache_dir):
     spec = importlib.util.spec_from_file_location("exp_cfg", os.path.join(REPO, "configs", "experiments",

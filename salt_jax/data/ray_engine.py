@@ -119,7 +119,7 @@ class RayEngine:
             try:
                 return [(ref, ray.get(ref)) for ref in finished]
             except ray.exceptions.RayTaskError as e:
-                raise unwrapped(e) from None
+                raise unwrapped(e) from e  # (a user error is still one line; a bug keeps the remote traceback)
 
         def cancel(refs):
             for ref in refs:

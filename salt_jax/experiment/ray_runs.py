@@ -137,7 +137,7 @@ class RayRunner:
                 try:
                     out = ray.get(finished[0])
                 except ray.exceptions.RayTaskError as e:
-                    raise ray_engine.unwrapped(e) from None
+                    raise ray_engine.unwrapped(e) from e  # (user errors and preemptions as themselves)
                 self.device = self.device or out["device"]
                 log = paths.join(workdir, "train.log")
                 if out["skipped"]:
