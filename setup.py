@@ -53,6 +53,9 @@ NOTEBOOK = [
 ]
 LOGGING = ["tensorboard==2.21.0", "tqdm==4.70.1", "rich==15.0.0"]
 WANDB = ["wandb==0.31.0"]  # Weights & Biases beside metrics.jsonl (config.logging.wandb), imported only then
+# Ray: prepare's and the experiment's --engine=ray (the store's tasks, the experiment's runs as Ray tasks on a
+# local Ray or a cluster); imported only then.
+RAY = ["ray[data]==2.60.0"]
 # The TPU compiler: runs on TPU VMs, and on any host compiles for TPU slices (python -m salt_jax.compile).
 TPU = ["libtpu==0.0.42.1"]  # the version jax[tpu]==0.10.2 pins
 
@@ -84,8 +87,9 @@ setup(
         "logging": LOGGING,
         "wandb": WANDB,
         "tpu": TPU,
+        "ray": RAY,
         # tests/test_hf.py compares against transformers; tests/test_compile.py compiles for TPU slices
-        "test": ["pytest==9.2.0"] + NOTEBOOK + HF + TPU + WANDB,
-        "all": HF + NOTEBOOK + LOGGING + TPU + WANDB + ["pytest==9.2.0"],
+        "test": ["pytest==9.2.0"] + NOTEBOOK + HF + TPU + WANDB + RAY,
+        "all": HF + NOTEBOOK + LOGGING + TPU + WANDB + RAY + ["pytest==9.2.0"],
     },
 )

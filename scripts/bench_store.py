@@ -1,7 +1,7 @@
 """Token-store benchmark: build throughput and its scaling with workers, peak memory vs corpus size, loader rate;
 the same per corpus format; a large mixed-format build.
 
-    python scripts/bench_store.py [--out=DIR] [--sizes_mb=100,400] [--workers=1,2]
+    python scripts/bench_store.py [--out=DIR] [--sizes_mb=100,400] [--workers=1,2] [--engines=local,ray]
     python scripts/bench_store.py --formats=jsonl,jsonl.zst,json.gz,parquet [--sizes_mb=50,200] [--workers=1]
     python scripts/bench_store.py --mixed_mb=1000 [--workers=2]
 
@@ -22,6 +22,11 @@ built at each size with --workers (tokens/s per worker, peak RSS) instead. With
 --mixed_mb, a corpus of that many MB of JSONL text in 50 MB files, the formats in
 turn, is built once with --workers (throughput and peak RSS). They write
 DIR/bench_formats.json (DIR/bench_mixed.json for --mixed_mb alone).
+
+With --engines=local,ray the largest --workers count of each size is also built
+with `--engine=ray` (a local Ray of that many CPUs, started by the command):
+the wall time then includes Ray's start, and `build` (the store's own time,
+from its last log line) is the time from the first task to meta.json.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import gzip
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -97,25 +103,31 @@ def convert(jsonl: str, path: str, group_rows: int = 8192) -> str:
     return path
 
 
-def build(corpus: str, cache: str, workers: int, model_file: str) -> dict:
-    """One prepare run in a fresh process: wall seconds, tokens, peak RSS (MB) of its largest process."""
+def build(corpus: str, cache: str, workers: int, model_file: str, engine: str = "local",
+          shard_chars: int = 8_000_000) -> dict:
+    """One prepare run in a fresh process: wall seconds, the store's own build seconds, tokens, peak RSS (MB) of
+    its largest process (with Ray: of the command and the processes it waited for, not Ray's own)."""
     args = [sys.executable, "-m", "salt_jax.prepare", "--config=configs/test_tiny.py",
             "--config.data.source=text", f"--config.data.path={corpus}", f"--config.data.cache_dir={cache}",
             "--config.data.tokenizer.kind=sentencepiece", f"--config.data.tokenizer.model_file={model_file}",
-            "--config.data.max_files=0", "--config.data.shard_chars=8000000", f"--workers={workers}"]
+            "--config.data.max_files=0", f"--config.data.shard_chars={shard_chars}", f"--workers={workers}",
+            f"--engine={engine}"]
     wrapper = ("import resource, subprocess, sys, time; t = time.time(); r = subprocess.run(sys.argv[1:], "
                "capture_output=True, text=True); print(r.returncode, time.time() - t, "
-               "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.stderr.write(r.stderr[-2000:])")
+               "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.stdout); "
+               "sys.stderr.write(r.stderr[-2000:])")
     out = subprocess.run([sys.executable, "-c", wrapper, *args], cwd=REPO, capture_output=True, text=True)
     rc, seconds, rss_kb = out.stdout.split()[:3]
     if int(rc) != 0:
         raise SystemExit(f"prepare failed:\n{out.stderr}")
+    build_s = float(re.findall(r"token store written to \S+ in ([0-9.]+)s", out.stdout)[-1])
     meta_dir = [d for d in os.listdir(os.path.join(cache, "tokens")) if "." not in d][0]
     with open(os.path.join(cache, "tokens", meta_dir, "meta.json")) as fh:
         meta = json.load(fh)
     tokens = sum(meta["splits"][s]["tokens"] for s in ("train", "heldout"))
-    return {"seconds": float(seconds), "tokens": tokens, "tokens_per_s": tokens / float(seconds),
-            "peak_rss_mb": int(rss_kb) / 1024, "directory": os.path.join(cache, "tokens", meta_dir),
+    return {"seconds": float(seconds), "build_seconds": build_s, "tokens": tokens,
+            "tokens_per_s": tokens / float(seconds), "peak_rss_mb": int(rss_kb) / 1024,
+            "directory": os.path.join(cache, "tokens", meta_dir), "engine": engine,
             "documents": sum(meta["splits"][s]["documents"] for s in ("train", "heldout")),
             "shards": sum(len(meta["splits"][s]["shards"]) for s in ("train", "heldout"))}
 
@@ -164,12 +176,14 @@ def paper_demand(host_chips: int = 4, mfu: float = 0.5, seq: int = 2048) -> dict
 
 
 def _report(label: str, r: dict, workers: int) -> None:
-    print(f"{label}  workers {workers}  {r['seconds']:7.1f} s  {r['tokens'] / 1e6:8.1f}M tokens  "
+    print(f"{label}  workers {workers}  {r['seconds']:7.1f} s (build {r['build_seconds']:.1f} s)  "
+          f"{r['tokens'] / 1e6:8.1f}M tokens  "
           f"{r['tokens_per_s'] / 1e6:6.2f}M tok/s  ({r['tokens_per_s'] / max(workers, 1) / 1e6:.2f}M per worker)  "
           f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
 
 
-def bench_formats(out: str, corpora: dict, formats: list[str], workers: int, model_file: str) -> list[dict]:
+def bench_formats(out: str, corpora: dict, formats: list[str], workers: int, model_file: str,
+                  shard_chars: int = 8_000_000) -> list[dict]:
     """Each format of each corpus, built with `workers`: one file per format, from the same documents."""
     runs = []
     for mb, jsonl in corpora.items():
@@ -177,7 +191,7 @@ def bench_formats(out: str, corpora: dict, formats: list[str], workers: int, mod
             path = convert(jsonl, os.path.join(out, f"formats-{mb}mb", f"corpus.{fmt}"))
             cache = os.path.join(out, f"cache-{mb}mb-{fmt}-w{workers}")
             subprocess.run(["rm", "-rf", cache])
-            r = build(path, cache, workers, model_file)
+            r = build(path, cache, workers, model_file, shard_chars=shard_chars)
             runs.append(dict(r, corpus_mb=mb, format=fmt, workers=workers, file_mb=os.path.getsize(path) / 1e6))
             _report(f"{mb:>5} MB  {fmt:<9}", r, workers)
     return runs
@@ -209,6 +223,8 @@ def main() -> None:
     ap.add_argument("--workers", default="0,1,2")  # 0: in the builder process, with SentencePiece's threads
     ap.add_argument("--formats", default="")  # e.g. jsonl,jsonl.zst,json.gz,parquet: the per-format table instead
     ap.add_argument("--mixed_mb", type=int, default=0)  # > 0: one mixed-format build of this many MB instead
+    ap.add_argument("--engines", default="local")  # local,ray: also the largest --workers as Ray tasks
+    ap.add_argument("--shard_chars", type=int, default=8_000_000)  # bytes of text per task (config.data.shard_chars)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     sizes = [int(x) for x in a.sizes_mb.split(",")]
@@ -220,7 +236,8 @@ def main() -> None:
     if a.formats or a.mixed_mb:
         found = {"cpu_count": os.cpu_count(), "tokenizer_corpus_mb": sizes[0]}
         if a.formats:
-            found["formats"] = bench_formats(a.out, corpora, a.formats.split(","), max(workers), model_file)
+            found["formats"] = bench_formats(a.out, corpora, a.formats.split(","), max(workers), model_file,
+                                             a.shard_chars)
         if a.mixed_mb:
             found["mixed"] = bench_mixed(a.out, a.mixed_mb, max(workers), model_file)
         name = "bench_formats.json" if a.formats else "bench_mixed.json"
@@ -228,13 +245,16 @@ def main() -> None:
             json.dump(found, fh, indent=1)
         return
     runs = []
+    engines = a.engines.split(",")
     for mb in sizes:
-        for w in workers if mb == sizes[0] else [max(workers)]:
-            cache = os.path.join(a.out, f"cache-{mb}mb-w{w}")
+        cases = [("local", w) for w in (workers if mb == sizes[0] else [max(workers)])]
+        cases += [(e, max(max(workers), 1)) for e in engines if e != "local"]
+        for engine, w in cases:
+            cache = os.path.join(a.out, f"cache-{mb}mb-w{w}-{engine}")
             subprocess.run(["rm", "-rf", cache])
-            r = build(corpora[mb], cache, w, model_file)
+            r = build(corpora[mb], cache, w, model_file, engine, a.shard_chars)
             runs.append(dict(r, corpus_mb=mb, workers=w))
-            _report(f"{mb:>5} MB", r, w)
+            _report(f"{mb:>5} MB  {engine:>5}", r, w)
     demand = paper_demand()
     host_batch = 256 // 16  # the paper's global batch 256 over a v5p-64 slice's 16 hosts
     rate = loader_rate(runs[-1]["directory"], host_batch, 2048)

@@ -14,8 +14,9 @@ from conftest import REPO
 # console command -> (module, flags its --help must list)
 COMMANDS = {
     "salt-train": ("salt_jax.main", ["--config", "--workdir"]),
-    "salt-experiment": ("salt_jax.experiment", ["--config", "--workdir"]),
-    "salt-prepare": ("salt_jax.prepare", ["--config", "--workers", "--process_index", "--process_count"]),
+    "salt-experiment": ("salt_jax.experiment", ["--config", "--workdir", "--engine", "--ray_address"]),
+    "salt-prepare": ("salt_jax.prepare", ["--config", "--workers", "--process_index", "--process_count", "--engine",
+                                          "--ray_address"]),
     "salt-teacher-cache": ("salt_jax.teacher_cache", ["--config"]),
     "salt-compile": ("salt_jax.compile", ["--config", "--topology", "--search", "--out"]),
     "salt-eval": ("salt_jax.eval", ["--workdir", "--step", "--tasks", "--num_fewshot", "--out"]),

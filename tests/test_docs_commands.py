@@ -157,7 +157,33 @@ def _bench_suite(cmd, box):
     return _run(cases[0], box)
 
 
+def _flags_exist(cmd, box):
+    """A command for a Ray cluster or a TPU VM (possibly inside `gcloud ... --command="..."`): each flag it gives
+    `ray start` or `python -m salt_jax...` is one that command has (`ray start --help`, the module's --help)."""
+    inner = re.search(r'--command="(.*)"', cmd)
+    cmd = inner.group(1) if inner else cmd
+    for part in cmd.split("&&"):
+        part = part.strip()
+        if re.search(r"(^|/)ray start ", part):
+            out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--help"],
+                                 capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr[-1500:]
+            text = out.stdout
+        elif re.search(r"python3? -m (salt_jax[\w.]*)", part):
+            text = _help(re.search(r"python3? -m (salt_jax[\w.]*)", part).group(1))
+        else:
+            continue
+        for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)(?==|\s|$)", part):
+            assert flag in text, f"{part}: {flag} is not a flag of that command"
+
+
 RULES = [
+    ("gcloud compute tpus", _not_run("no Cloud TPU here: the flags of the commands it runs on the TPU VMs are "
+                                     "checked instead", instead=_flags_exist)),
+    ("ray start ", _not_run("a Ray cluster's machines: `ray start --help` has the flags; tests/test_ray.py runs "
+                            "the engine on a local Ray", instead=_flags_exist)),
+    ("--ray_address=", _not_run("no Ray cluster here: the same command on a local Ray is the one before it",
+                                instead=_flags_exist)),
     ("pip install", _install),
     ("gs://", _not_run("no bucket or credentials here: the same multi-machine build through a fake gs:// "
                        "bucket is tests/test_cloud_store.py")),
@@ -184,7 +210,7 @@ def _overrides(cmd: str) -> str:
     if module == "salt_jax.experiment":
         return EXPERIMENT + (" --dry_run" if "experiments/demo.py" not in cmd else "")
     if module in ("salt_jax.main", "salt_jax.prepare", "salt_jax.teacher_cache"):
-        return TINY + (" --workers=0" if module == "salt_jax.prepare" else "")
+        return TINY + (" --workers=0" if module == "salt_jax.prepare" and "--engine=ray" not in cmd else "")
     if module == "salt_jax.eval":
         return "--limit=2"
     if module == "salt_jax.sample":

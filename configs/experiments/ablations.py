@@ -47,4 +47,5 @@ def get_config():
     c.lr_sweep = ""  # the repro experiment's sweep chose 3e-3 (docs/results.md); not re-swept
     c.lr_note = "3e-3, the best of the repro experiment's baseline sweep over 1e-3, 3e-3 and 1e-2 (same sizes)."
     c.progress = False  # per-run progress lines
+    c.ray_resources = "num_cpus=1"  # per run with --engine=ray: num_cpus=N, num_gpus=N, TPU=N (a TPU host)
     return c

@@ -24,4 +24,5 @@ def get_config():
                  "3e-3 and 1e-2 (a smaller student on the same data, docs/results.md); not re-swept at demo "
                  "size.")  # how the fixed learning rate was chosen, for the report
     c.progress = True  # per-run progress lines
+    c.ray_resources = "num_cpus=1"  # per run with --engine=ray: num_cpus=N, num_gpus=N, TPU=N (a TPU host)
     return c

@@ -16,4 +16,5 @@ def get_config():
     c.lr_sweep = ""  # learning rates to sweep on the baseline first
     c.lr_note = "1e-3, not tuned (this config has not been run yet; see docs/results.md)."  # how the LR was chosen
     c.progress = True  # per-run progress lines
+    c.ray_resources = "num_gpus=1"  # per run with --engine=ray: one GPU each (or num_cpus=N, TPU=N)
     return c

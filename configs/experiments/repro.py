@@ -20,4 +20,5 @@ def get_config():
     c.lr_sweep = "1e-3,3e-3,1e-2"  # the baseline's learning rate is chosen by this sweep (seed 0)
     c.lr_note = ""  # (set by the sweep)
     c.progress = False  # per-run progress lines
+    c.ray_resources = "num_cpus=1"  # per run with --engine=ray: num_cpus=N, num_gpus=N, TPU=N (a TPU host)
     return c

@@ -23,4 +23,5 @@ def get_config():
     c.lr_sweep = ""  # learning rates to sweep on the baseline first
     c.lr_note = "the test-tiny default (not tuned)."  # how the fixed learning rate was chosen
     c.progress = False  # per-run progress lines
+    c.ray_resources = "num_cpus=1"  # per run with --engine=ray: num_cpus=N, num_gpus=N, TPU=N (a TPU host)
     return c

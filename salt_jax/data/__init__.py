@@ -8,6 +8,8 @@
     tokenizer.py  byte, SentencePiece and Hugging Face tokenizers
     store.py      the token store: each split tokenized once (in parallel, resumably) into memory-mapped shards
     mixture.py    several corpora with weights (config.data.mixture): a store each, one tokenizer
+    engines.py    where the store's tasks run: processes on this machine (or this process)
+    ray_engine.py ... or Ray tasks, on a local Ray or a cluster (Ray imported only there)
     batches.py    the batch of step s as a pure function of (store, seed, s), of a mixture's by weight; the held-out set
 
 Imports only salt_jax.errors: data is the bottom stage.

@@ -26,6 +26,8 @@ whole or absent (temp file + rename, or one object upload); a task's record
 (`<shard>.json`: what it read, its token count, its pieces) is written after
 it and marks it done. At most 2 x workers tasks are in flight, so memory does
 not grow with the corpus.
+Where the tasks run is the engine's business (engines.py): spawned processes
+on this machine, or Ray tasks on a local Ray or a cluster (ray_engine.py).
 
 A local store is built by one process at a time (a lock file beside it;
 others wait, then open it) into `<key>.partial/`, renamed to `<key>` once
@@ -49,7 +51,6 @@ import fcntl
 import hashlib
 import itertools
 import logging
-import multiprocessing
 import os
 import time
 from typing import Iterable, Iterator
@@ -58,7 +59,7 @@ import ml_collections
 import numpy as np
 
 from salt_jax import paths
-from salt_jax.data import documents, mixture, sources, tokenizer
+from salt_jax.data import documents, engines, mixture, sources, tokenizer
 from salt_jax.errors import UserError
 
 STORE_VERSION = 2  # 1: one .npy per split
@@ -289,47 +290,13 @@ def _skipped(record: dict) -> int:
     return sum(int(record.get(k, 0)) for k in ("skipped_undecodable", "skipped_empty", "skipped_not_text"))
 
 
-def _pool(workers: int, tok, source):
-    """`workers` single-threaded tokenizer processes, or None (this process) for 0. Spawned, not forked:
-    the parent may hold JAX's threads, which fork would copy half-initialised."""
-    if workers <= 0:
-        return None
-    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=_init_worker, initargs=(tok, source))
-
-
-def _collect(pending: dict, done) -> None:
-    """Waits for one of the `pending` futures (future -> key) and hands each finished one to done(key, result)."""
-    finished, _ = concurrent.futures.wait(list(pending), return_when=concurrent.futures.FIRST_COMPLETED)
-    for future in finished:
-        done(pending.pop(future), future.result())
-
-
-def _run_tasks(pool, workers: int, jobs: Iterator, done) -> None:
-    """Runs `jobs` ((key, fn, args)) in `pool` (or here), at most 2 x workers in flight; done(key, result)."""
-    pending: dict = {}
-    try:
-        for key, fn, args in jobs:
-            if pool is None:
-                done(key, fn(*args))
-                continue
-            pending[pool.submit(fn, *args)] = key
-            while len(pending) >= 2 * workers:
-                _collect(pending, done)
-        while pending:
-            _collect(pending, done)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-
-
 def _split_entry(shards: list[dict], records: list[dict]) -> dict:
     """A split's meta.json entry: what was read (summed over the shards' records), tokens, shards."""
     total = {k: sum(int(r.get(k, 0)) for r in records) for k in documents.ReadStats().as_dict()}
     return dict(total, tokens=int(sum(s["tokens"] for s in shards)), shards=shards)
 
 
-def _build_file_split(source, split: str, tok, build_dir: str, workers: int, shard_chars: int,
+def _build_file_split(source, split: str, tok, build_dir: str, engine, shard_chars: int,
                       host: tuple[int, int]) -> dict | None:
     """A file source's split: each task (a group of file parts, `source.tasks`) is read and written by a
     worker, as one shard, or as pieces when it reads a compressed stream (`_write_pieces`), so reading is
@@ -353,11 +320,11 @@ def _build_file_split(source, split: str, tok, build_dir: str, workers: int, sha
             if paths.exists(f"{path}.json"):  # finished by an earlier, interrupted build
                 done(i, paths.read_json(f"{path}.json"))
             elif source.in_pieces(parts):
-                yield i, _write_pieces, (parts, split, path, shard_chars) + (() if workers else (source, tok))
+                yield i, _write_pieces, (parts, split, path, shard_chars) + (() if engine.workers else (source, tok))
             else:
-                yield i, _write_task, (parts, split, path) + (() if workers else (source, tok))
+                yield i, _write_task, (parts, split, path) + (() if engine.workers else (source, tok))
 
-    _run_tasks(_pool(workers, tok, source), workers, jobs(), done)
+    engine.run(jobs(), done, (_init_worker, (tok, source)))
     progress.update(0, 0, 0, final=True)
     if host[0] != 0:
         return None
@@ -372,7 +339,7 @@ def _build_file_split(source, split: str, tok, build_dir: str, workers: int, sha
     return _split_entry(shards, [records[i] for i in range(len(tasks))])
 
 
-def _build_stream_split(source, split: str, tok, build_dir: str, workers: int, shard_chars: int,
+def _build_stream_split(source, split: str, tok, build_dir: str, engine, shard_chars: int,
                         host: tuple[int, int]) -> dict | None:
     """A dataset source's split (TFDS, seqio, ArrayRecord: a stream of examples): this process reads the
     documents in order and hands each shard's documents to a worker; a host writes every H-th shard, but
@@ -399,9 +366,9 @@ def _build_stream_split(source, split: str, tok, build_dir: str, workers: int, s
             if paths.exists(path):  # finished by an earlier, interrupted build
                 done(key, paths.getsize(path) // itemsize)
             else:
-                yield key, _write_shard, (docs, path) + (() if workers else (tok,))
+                yield key, _write_shard, (docs, path) + (() if engine.workers else (tok,))
 
-    _run_tasks(_pool(workers, tok, None), workers, jobs(), done)
+    engine.run(jobs(), done, (_init_worker, (tok, None)))
     progress.update(0, 0, 0, final=True)
     if host[0] != 0:
         return None
@@ -445,7 +412,7 @@ def store_key(source, tok) -> str:
     return hashlib.sha256(f"v{STORE_VERSION}:{source.fingerprint()}:{tok.fingerprint()}".encode()).hexdigest()[:16]
 
 
-def _build(source, tok, data_cfg: ml_collections.ConfigDict, directory: str, workers: int, shared: bool,
+def _build(source, tok, data_cfg: ml_collections.ConfigDict, directory: str, engine, shared: bool,
            host: tuple[int, int]) -> None:
     """Builds this host's part of the store `directory`; host 0 then completes it with meta.json."""
     t0 = time.time()
@@ -456,7 +423,7 @@ def _build(source, tok, data_cfg: ml_collections.ConfigDict, directory: str, wor
             "dtype": token_dtype(tok.vocab_size).str, "splits": {}}
     build_split = _build_file_split if hasattr(source, "tasks") else _build_stream_split
     for split in documents.SPLITS:
-        meta["splits"][split] = build_split(source, split, tok, build_dir, int(workers), shard_chars, host)
+        meta["splits"][split] = build_split(source, split, tok, build_dir, engine, shard_chars, host)
     meta_path = paths.join(directory, "meta.json")
     if host[0] != 0:
         paths.wait_for(lambda: paths.exists(meta_path), f"host 0 to complete {directory}")
@@ -494,11 +461,13 @@ def _build_lock(directory: str, shared: bool):
 
 
 def build_cache(data_cfg: ml_collections.ConfigDict, cache_dir: str | None = None, workers: int = 0,
-                host: tuple[int, int] | None = None):
+                host: tuple[int, int] | None = None, engine=None):
     """Returns (TokenCache, tokenizer), building and caching whatever is missing.
 
     `workers` = 0 tokenizes in this process (with the tokenizer's own threads);
     N > 0 in N single-threaded processes (python -m salt_jax.prepare --workers=N).
+    `engine` (engines.py; default: LocalEngine(workers)) runs the shards' tasks
+    elsewhere instead, e.g. as Ray tasks (--engine=ray).
     `host` = (index, count) of the processes building a shared store together
     (default: JAX's process index and count); a local store ignores it.
     config.data.mixture: (salt_jax.data.mixture.MixtureCache, its one tokenizer), a store per corpus.
@@ -515,7 +484,8 @@ def build_cache(data_cfg: ml_collections.ConfigDict, cache_dir: str | None = Non
             paths.makedirs(paths.join(cache_dir, "tokens"))
             with _build_lock(directory, shared):
                 if not paths.exists(paths.join(directory, "meta.json")):
-                    _build(source, tok, cfg, directory, workers, shared, host if shared else (0, 1))
+                    _build(source, tok, cfg, directory, engine or engines.LocalEngine(workers), shared,
+                           host if shared else (0, 1))
         return TokenCache(directory, cfg.seq_len, tok.fingerprint())
 
     if data_cfg.get("mixture"):

@@ -2,11 +2,14 @@
 
     python -m salt_jax.experiment --config=configs/experiments/demo.py --workdir=runs/demo
     python -m salt_jax.experiment --config=configs/experiments/ablations.py --workdir=runs/ablations --dry_run
+    python -m salt_jax.experiment --config=configs/experiments/repro.py --workdir=runs/repro --engine=ray
 
 Trains the teacher, then every method and seed (each an ordinary, resumable run
 in its own directory), then writes report.md, results.json and the plots. The
 same command resumes an interrupted experiment. --dry_run checks every run's
-config and prints the runs it would train, training nothing.
+config and prints the runs it would train, training nothing. --engine=ray
+trains the independent runs at once as Ray tasks (config.ray_resources each),
+on a local Ray or the cluster at --ray_address; same runs, same report.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from ml_collections import config_flags
 from salt_jax import paths
 from salt_jax.cli import fail, flags_parser, interrupted, load_config, own_flags_help, setup_logging
 from salt_jax.errors import INTERRUPTED_STATUS, UserError
-from salt_jax.experiment.pipeline import plan, run_experiment
+from salt_jax.experiment.pipeline import plan, run_experiment, train_in_order
 from salt_jax import distributed
 from salt_jax.train import faults
 
@@ -29,6 +32,26 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (co
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for all runs and the report.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Check every run's config and print the runs (label, workdir, "
                              "model, steps); train nothing.")
+_ENGINE = flags.DEFINE_enum("engine", "local", ["local", "ray"], "Where the runs train: local = one after the "
+                            "other in this process; ray = each batch of independent runs at once, as Ray tasks with "
+                            "config.ray_resources each (pip install -e \".[ray]\").")
+_RAY_ADDRESS = flags.DEFINE_string("ray_address", "", "With --engine=ray: the Ray cluster to run on (HOST:PORT of its "
+                                   "head, as `ray start --head` prints, or 'auto'); empty = a local Ray.")
+
+
+def _ray_runner(exp, workdir: str):
+    """Ray joined (or started) for the runs: a RayRunner, after the configs are checked."""
+    from salt_jax.data import ray_engine  # noqa: PLC0415 -- Ray is an extra, imported only for --engine=ray
+    from salt_jax.experiment import ray_runs  # noqa: PLC0415
+
+    plan(exp, workdir)
+    runner = ray_runs.RayRunner(exp)  # (config.ray_resources checked)
+    ray_engine.connect(_RAY_ADDRESS.value, log_to_driver=False)  # a run's lines go to its train.log
+    nodes, elsewhere = ray_engine.machines()
+    if elsewhere and not paths.is_remote(workdir):
+        logging.warning("%d of the Ray cluster's %d machines are not this one: %s and the token cache must be on "
+                        "storage they all see (a shared mount, or gs:// / s3://)", elsewhere, nodes, workdir)
+    return runner
 
 
 def _main(argv) -> None:
@@ -48,8 +71,13 @@ def _main(argv) -> None:
         print(f"{len(runs)} runs; nothing trained (--dry_run)", flush=True)
         return
     try:
-        distributed.initialize()
-        results = run_experiment(exp, _WORKDIR.value)
+        workdir, runner = _WORKDIR.value, train_in_order
+        if _ENGINE.value == "ray":
+            workdir = paths.expand(workdir)  # (a Ray worker's current directory may not be this one)
+            runner = _ray_runner(exp, workdir)
+        else:
+            distributed.initialize()
+        results = run_experiment(exp, workdir, runner)
     except UserError as e:
         fail(str(e))
     except faults.Preempted as e:  # every finished run and the stopped run's checkpoint are kept

@@ -5,6 +5,12 @@ DIR/teacher/ unless the config names one), so each resumes on its own; runs
 that already finished are skipped, so re-running the command after an
 interruption continues where it stopped. Writes DIR/results.json,
 DIR/report.md and the PNG plots.
+
+The runs come in three batches of independent runs: the teachers, the
+learning-rate sweep (if any), the students. A runner trains a batch: one run
+after the other here (`train_in_order`), or all at once as Ray tasks
+(ray_runs.py, --engine=ray); either way each run is `_train(config, workdir,
+label)`, so the workdirs, resumption and report are the same.
 """
 
 from __future__ import annotations
@@ -141,18 +147,21 @@ def _train(config, workdir: str, label: str) -> None:
                    "command to resume the experiment")
 
 
-def _choose_lr(exp, workdir: str, teacher_dir: str) -> tuple[float, str]:
+def train_in_order(runs: list[tuple[str, str, ml_collections.ConfigDict]]) -> None:
+    """The sequential runner: each (label, workdir, config) of a batch in turn, in this process."""
+    for label, workdir, config in runs:
+        _train(config, workdir, label)
+
+
+def _choose_lr(exp, workdir: str, teacher_dir: str, runner=train_in_order) -> tuple[float, str]:
     """The baseline's best learning rate over exp.lr_sweep (seed 0), or the configured one."""
     default = float(exp.student.optim.learning_rate)
     grid = _lr_grid(exp)
     if not grid:
         return default, exp.lr_note or "fixed in the experiment config."
-    finals = {}
-    for lr in grid:
-        c = student_config(exp, "baseline", 0, teacher_dir, lr)
-        d = paths.join(workdir, "lr_sweep", f"baseline-lr{lr:g}")
-        _train(c, d, f"lr sweep {lr:g}")
-        finals[lr] = report.Run(d).evals[-1]["loss"]
+    sweep = {lr: paths.join(workdir, "lr_sweep", f"baseline-lr{lr:g}") for lr in grid}
+    runner([(f"lr sweep {lr:g}", d, student_config(exp, "baseline", 0, teacher_dir, lr)) for lr, d in sweep.items()])
+    finals = {lr: report.Run(d).evals[-1]["loss"] for lr, d in sweep.items()}
     best = min(finals, key=finals.get)
     detail = ", ".join(f"{lr:g}: {loss:.4f}" for lr, loss in finals.items())
     return best, f"the best final held-out loss of the baseline (seed 0) over a sweep ({detail})."
@@ -208,28 +217,29 @@ def _lr_grid(exp: ml_collections.ConfigDict) -> list[float]:
     return [float(x) for x in str(exp.lr_sweep).split(",") if x.strip()]
 
 
-def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains whatever is missing and writes results.json, report.md and the plots."""
+def run_experiment(exp: ml_collections.ConfigDict, workdir: str, runner=train_in_order) -> dict:
+    """Trains whatever is missing and writes results.json, report.md and the plots. `runner` trains each
+    batch of independent runs (default: one after the other in this process)."""
     plan(exp, workdir)  # every config checked before anything trains
     paths.makedirs(workdir)
     methods = split_methods(exp.methods)
     seeds = [int(s) for s in str(exp.seeds).split(",") if s.strip()]
     teacher_dir = paths.expand(exp.teacher_path) if exp.teacher_path else paths.join(workdir, "teacher")
-    if not exp.teacher_path:
-        _train(exp.teacher, teacher_dir, "teacher")
-    for name, config in _teachers(exp).items():  # other teachers the methods may name (teacher=NAME)
-        _train(config, teacher_workdir(workdir, name), f"teacher {name}")
-    lr, lr_note = _choose_lr(exp, workdir, teacher_dir)
+    teachers = [] if exp.teacher_path else [("teacher", teacher_dir, exp.teacher)]
+    # other teachers the methods may name (teacher=NAME)
+    teachers += [(f"teacher {name}", teacher_workdir(workdir, name), c) for name, c in _teachers(exp).items()]
+    runner(teachers)
+    lr, lr_note = _choose_lr(exp, workdir, teacher_dir, runner)
+    students = [(spec, paths.join(workdir, f"{run_name(spec)}-s{seed}"), seed) for spec in methods for seed in seeds]
+    runner([(f"{spec} seed {seed}", d, student_config(exp, spec, seed, teacher_dir, lr, workdir))
+            for spec, d, seed in students])
 
     runs: dict[str, list[report.Run]] = {}
-    for spec in methods:
-        for seed in seeds:
-            d = paths.join(workdir, f"{run_name(spec)}-s{seed}")
-            _train(student_config(exp, spec, seed, teacher_dir, lr, workdir), d, f"{spec} seed {seed}")
-            run = report.Run(d)
-            if run.config.salt.teacher != teacher_dir and kd_methods.method(run.config.salt.method).teacher:
-                run.teacher_cfg = _teacher_model(run.config.salt.teacher)  # (its FLOPs, not the main teacher's)
-            runs.setdefault(run_name(spec), []).append(run)
+    for spec, d, _ in students:
+        run = report.Run(d)
+        if run.config.salt.teacher != teacher_dir and kd_methods.method(run.config.salt.method).teacher:
+            run.teacher_cfg = _teacher_model(run.config.salt.teacher)  # (its FLOPs, not the main teacher's)
+        runs.setdefault(run_name(spec), []).append(run)
 
     teacher_cfg = _teacher_model(teacher_dir)
     results = report.analyse(runs, teacher_cfg)
@@ -240,7 +250,7 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str) -> dict:
             "data": exp.student.data.source if exp.student.data.source != "stdlib"
             else "the Python standard library (built-in corpus)",
             "seeds": ", ".join(map(str, seeds)), "learning_rate": lr, "lr_choice": lr_note,
-            "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
+            "device": getattr(runner, "device", "") or f"{jax.devices()[0].device_kind} x{jax.device_count()}",
             "corpus": _corpus(runs["baseline"])}
     results["meta"] = meta
     results["conclusion"] = report.conclusion(results)
