@@ -10,6 +10,7 @@ serve its model calls; each call sees the training state's parameters in place
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import jax
@@ -25,9 +26,8 @@ class FewShot:
 
         e = config.eval
         self.cfg, self.harness, self.log = e, harness, log  # log: lm-eval's own lines go there, not the console
-        self.tasks = [t.strip() for t in e.tasks.split(",") if t.strip()]
-        self.manager = harness.task_manager(e.include_path, self.tasks, "config.eval.include_path")
-        harness.check_tasks(self.tasks, self.manager, "config.eval.tasks")
+        self.tasks = _names(config)
+        self.manager = check_tasks(config)
         self.engine = Engine(config.model, None, mesh, batch_size=e.batch_size)
         self.lm = harness.SaltLM(self.engine, tokenizer, seed=e.seed)
 
@@ -67,14 +67,25 @@ def describe(scores: dict[str, float]) -> str:
     return " | ".join(f"{k} {v:.4f}" for k, v in scores.items() if not k.endswith("_stderr"))
 
 
-def check_tasks(config: ml_collections.ConfigDict) -> None:
-    """A UserError naming an unknown config.eval.tasks name (lm-eval is imported only when tasks are named)."""
-    tasks = [t.strip() for t in config.eval.tasks.split(",") if t.strip()]
-    if tasks:
-        from salt_jax.eval import harness
+def _names(config: ml_collections.ConfigDict) -> list[str]:
+    return [t.strip() for t in config.eval.tasks.split(",") if t.strip()]
 
-        harness.check_tasks(tasks, harness.task_manager(config.eval.include_path, tasks, "config.eval.include_path"),
-                            "config.eval.tasks")
+
+@functools.lru_cache(maxsize=4)
+def _checked_manager(include_path: str, tasks: tuple[str, ...]):
+    from salt_jax.eval import harness
+
+    manager = harness.task_manager(include_path, list(tasks), "config.eval.include_path")
+    harness.check_tasks(list(tasks), manager, "config.eval.tasks")
+    return manager
+
+
+def check_tasks(config: ml_collections.ConfigDict):
+    """lm-eval's task manager for config.eval.tasks, or a UserError naming an unknown name; built once per
+    (include_path, tasks), so the check before the store is built and the FewShot after it share it (lm-eval
+    is imported only when tasks are named; None when none are)."""
+    tasks = _names(config)
+    return _checked_manager(config.eval.include_path, tuple(tasks)) if tasks else None
 
 
 def maybe(config: ml_collections.ConfigDict, mesh, tokenizer, log: str | None = None) -> FewShot | None:
