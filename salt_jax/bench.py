@@ -63,7 +63,7 @@ from salt_jax.model.flops import param_count
 from salt_jax.model.transformer import Transformer, abstract_params, dtype_of
 from salt_jax.train import optim
 from salt_jax.train import state as state_lib
-from salt_jax.train.step import CompiledSteps
+from salt_jax.train.step import StepPrograms
 
 
 def timed(fn, repeats: int) -> tuple[float, list[float]]:
@@ -158,7 +158,7 @@ def bench_steps(config, t_cfg, repeats: int, cache_k: int = 0) -> dict:
                            out_shardings=t_shard)(jax.random.key(1))
     teacher = Teacher(t_model, t_cfg, t_params, t_shard, "random", "random", "")
     phase = KDPhase.from_config(config.salt, 1000, batch, lr=sched)
-    steps = CompiledSteps(model, tx, sched, 0, mesh, shardings, objective.make_loss(config), teacher=teacher,
+    steps = StepPrograms(model, tx, sched, 0, mesh, shardings, objective.make_loss(config), teacher=teacher,
                           phase=phase)
     tokens = jax.device_put(np.random.default_rng(0).integers(3, config.model.vocab_size, (batch, seq + 1),
                                                               dtype=np.int32), steps.batch_sharding)
@@ -185,7 +185,7 @@ def bench_steps(config, t_cfg, repeats: int, cache_k: int = 0) -> dict:
     if cache_k:  # the same KD step, its teacher argument the batch's cached sparse targets
         stand_in = types.SimpleNamespace(cached=True, model=None,
                                          shardings=sparse.Targets(*(steps.batch_sharding,) * 4))
-        c_steps = CompiledSteps(model, tx, sched, 0, mesh, shardings, objective.make_loss(config),
+        c_steps = StepPrograms(model, tx, sched, 0, mesh, shardings, objective.make_loss(config),
                                 teacher=stand_in, phase=phase)
         targets = _random_targets(batch, seq, config.model.vocab_size, cache_k, steps.batch_sharding)
 
@@ -209,7 +209,7 @@ def bench_steps(config, t_cfg, repeats: int, cache_k: int = 0) -> dict:
     run = flops.RunFlops.of(config.model, seq, t_cfg, jax.device_count())
     tok = batch * seq
     return {
-        "student_params": n_s, "teacher_params": n_t,
+        "student_params": n_s, "teacher_input": n_t,
         "baseline_compile_s": base_compile, "kd_compile_s": kd_compile,  # lowering + XLA compilation
         "baseline_step_s": base_med, "kd_step_s": kd_med,
         "measured_ratio": kd_med / base_med,

@@ -15,6 +15,7 @@ from typing import Callable
 
 from absl import flags
 
+from salt_jax import renamed
 from salt_jax.errors import INTERRUPTED_STATUS, UserError
 
 
@@ -105,13 +106,24 @@ def flags_parser(help_text: Callable[[], str], command: str = "", args: str = "[
 def parse_flags(argv):
     """absl flag parsing that turns every command-line mistake into one error line."""
     try:
-        return flags.FLAGS(argv)
+        return flags.FLAGS(renamed_overrides(argv))
     except UserError as e:
         fail(str(e))
     except (AttributeError, KeyError) as e:  # an override names a field the config does not have
         fail(f"command line: {_no_field(e)}; check the --config.* names against the config file")
     except Exception as e:  # noqa: BLE001 -- absl/ml_collections raise several types here
         fail(f"command line: {_first_line(e)}")
+
+
+def renamed_overrides(argv: list[str]) -> list[str]:
+    """argv with each --config.OLD override of a renamed field (salt_jax.renamed) under its new name."""
+    out = []
+    for arg in argv:
+        arg, old = renamed.override(arg)
+        if old is not None:
+            logging.warning("--config.%s is now --config.%s (read as such)", old, renamed.RENAMED[old])
+        out.append(arg)
+    return out
 
 
 def _no_field(e: BaseException) -> str:

@@ -11,6 +11,7 @@ import json
 
 import ml_collections
 
+from salt_jax import renamed
 from salt_jax.data import mixture
 from salt_jax.errors import UserError, check
 from salt_jax.kd import methods
@@ -59,7 +60,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     d.prefetch = 2  # steps of batches read ahead in a background thread; 0 = read each batch when its step runs
     d.shard_chars = 16_000_000  # text per token-store shard, one worker task (file sources: bytes of files)
     d.shared_cache = False  # cache_dir is a file system all hosts mount (NFS): they build one store together (gs:// always)
-    d.eval_batches = 8  # held-out batches per evaluation (fixed, in order), 0 = the whole split
+    d.heldout_batches = 8  # held-out batches per evaluation (fixed, in order), 0 = the whole split
     d.tokenizer = t = ml_collections.ConfigDict()
     t.kind = "bytes"  # "bytes" (259 ids), "sentencepiece" (trained on the train split, cached) or "hf" (hf_dir's)
     t.vocab_size = 2048  # SentencePiece vocabulary size (must not exceed model.vocab_size)
@@ -126,7 +127,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     c.train = r = ml_collections.ConfigDict()
     r.steps = 200  # total training steps
     r.log_every = 10  # write a train metrics line every N steps
-    r.eval_every = 50  # evaluate on the held-out set every N steps (and at the last step)
+    r.heldout_every = 50  # evaluate on the held-out set every N steps (and at the last step)
     r.checkpoint_every = 100  # save a checkpoint every N steps (and at the last step)
     r.keep_checkpoints = 3  # keep the last K checkpoints
     r.progress = True  # print a one-line progress report every log_every steps
@@ -141,7 +142,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
 
     c.eval = e = ml_collections.ConfigDict()
     e.tasks = ""  # lm-eval tasks scored during training, comma-separated ("" = none); offline: salt_jax/eval/tasks
-    e.every = 0  # few-shot evaluation every N steps, at step 0 and at the last step; 0 = train.eval_every
+    e.every = 0  # few-shot evaluation every N steps, at step 0 and at the last step; 0 = train.heldout_every
     e.steps = ""  # instead of `every`: at these steps (comma-separated; "25%" = a share of train.steps), at step 0 and at the last step
     e.num_fewshot = -1  # few-shot examples per prompt; -1 = each task's default
     e.limit = 0  # documents per task, 0 = all of them
@@ -221,7 +222,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
     k = c.salt
     check(k.method in methods.METHODS, f"config.salt.method={k.method!r}: use one of {', '.join(methods.METHODS)}")
-    kind = methods.method(k.method)
+    method = methods.method(k.method)
     check(k.teacher_sharding in ("sharded", "replicated"),
           f"config.salt.teacher_sharding={k.teacher_sharding!r}: use 'sharded' or 'replicated'")
     check(k.transition in ("step", "linear", "ratio"),
@@ -235,7 +236,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         check(k[f] in allowed, f"config.salt.{f}={k[f]!r}: use one of {', '.join(allowed)}")
     check(k.token_select in ("none", "topk", "confidence"),
           f"config.salt.token_select={k.token_select!r}: use 'none', 'topk' or 'confidence'")
-    if kind.teacher:
+    if method.teacher:
         check(bool(k.teacher), f"config.salt.teacher is empty; method {k.method!r} needs the teacher's workdir "
               "or checkpoint directory")
         check(0.0 < k.kd_weight <= 1.0, f"config.salt.kd_weight={k.kd_weight}: must be in (0, 1]")
@@ -252,11 +253,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
                                  ("token_select", "none", "the cache holds no ranks"),
                                  ("temperature_schedule", "constant", "the cache holds log-probs at one temperature")):
                 check(k[f] == want, f"config.salt.{f}={k[f]!r}: teacher_logits=cache needs {f}={want!r} ({why})")
-            check(not kind.selects_data, "config.salt.teacher_logits=cache: not available for salt_ds (its KD "
+            check(not method.selects_data, "config.salt.teacher_logits=cache: not available for salt_ds (its KD "
                   "batches are chosen by the teacher); use teacher_logits=online")
-    check(k.switch == "fixed" or kind.kd_ends,
+    check(k.switch == "fixed" or method.kd_ends,
           f"config.salt.switch=adaptive applies to methods salt and salt_ds, not {k.method!r}")
-    if kind.selects_data:
+    if method.selects_data:
         check(0.0 < k.ds_keep_fraction <= 1.0, f"config.salt.ds_keep_fraction={k.ds_keep_fraction}: must be in (0, 1]")
         check(0.0 <= k.ds_band_low < k.ds_band_high <= 100.0,
               f"config.salt.ds_band_low={k.ds_band_low} / ds_band_high={k.ds_band_high}: need 0 <= low < high <= 100")
@@ -264,7 +265,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         check(k.ds_rule != "difference" or bool(k.ds_reference), "config.salt.ds_reference is empty; "
               "ds_rule=difference needs a reference model (a run workdir or checkpoint smaller than the teacher)")
         check(k.ds_pool_size >= -1, f"config.salt.ds_pool_size={k.ds_pool_size}: must be >= -1")
-    if kind.kd_ends:
+    if method.kd_ends:
         check(k.kd_steps >= -1, f"config.salt.kd_steps={k.kd_steps}: must be >= 0 (or -1 for kd_fraction)")
         check(0.0 < k.kd_fraction <= 1.0, f"config.salt.kd_fraction={k.kd_fraction}: must be in (0, 1]")
         check(k.transition_steps == -1 or k.transition_steps > 0,
@@ -295,7 +296,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check(r.preemption_grace_s > 0,
           f"config.train.preemption_grace_s={r.preemption_grace_s}: must be positive")
     check(r.loss_chunk > 0, f"config.train.loss_chunk={r.loss_chunk}: must be positive")
-    for f in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+    for f in ("log_every", "heldout_every", "checkpoint_every", "keep_checkpoints"):
         check(r[f] > 0, f"config.train.{f}={r[f]}: must be positive")
     e = c.eval
     for f in ("every", "limit"):
@@ -320,7 +321,7 @@ def check_vocab(c: ml_collections.ConfigDict, tokenizer_vocab: int) -> None:
 # how it is laid out on the devices (checkpoints restore onto any mesh), and fault drills. None of them
 # changes the parameters a run computes.
 RESUMABLE_CHANGES = ("salt.teacher", "salt.teacher_preset", "salt.ds_reference", "data.cache_dir", "data.prefetch", "data.shard_chars",
-                     "data.shared_cache", "data.eval_batches", "train.log_every", "train.eval_every",
+                     "data.shared_cache", "data.heldout_batches", "train.log_every", "train.heldout_every",
                      "train.checkpoint_every", "train.keep_checkpoints", "train.progress", "train.preemption_grace_s",
                      "train.debug_kill", "train.debug_nan_steps", "train.peak_tflops", "mesh", "eval", "logging")
 
@@ -330,7 +331,7 @@ def drift(saved: dict, now: ml_collections.ConfigDict, ignore: tuple[str, ...]) 
     of a run, leaving out the `ignore` fields and sections. A field added to salt_jax since `saved` was
     written counts as its default (a new field's default keeps the old behaviour)."""
     as_json = lambda c: json.loads(c.to_json_best_effort())  # noqa: E731 -- as config.json holds it
-    saved = _with_new_fields(saved, as_json(base_config()))
+    saved = _with_new_fields(renamed.upgrade(saved), as_json(base_config()))
     found: list[str] = []
     _diff(saved, as_json(now), "", set(ignore), found)
     return found

@@ -49,12 +49,12 @@ _COUNT = flags.DEFINE_integer("process_count", 1, "Machines building one shared 
                               "command with its --process_index).")
 
 
-def prepare(config, workers: int, host: tuple[int, int] = (0, 1), engine=None) -> store.TokenCache:
+def prepare(config, workers: int, host: tuple[int, int] = (0, 1), engine=None) -> store.TokenStore:
     """The run's token store, built with `workers` processes (or by `engine`, engines.py) if it is missing
     (this machine's part of it, `host` = (index, count), when several machines build a shared store)."""
     validate(config)
     adopt_teacher_vocabulary(config)  # a Hugging Face teacher's tokenizer, as the run would use it
-    cache, _ = store.build_cache(config.data, workers=workers, host=host, engine=engine)
+    cache, _ = store.build_store(config.data, workers=workers, host=host, engine=engine)
     return cache
 
 
@@ -97,7 +97,7 @@ def _main(argv) -> None:
         cache = prepare(config, _WORKERS.value, (_INDEX.value, _COUNT.value), engine)
     except UserError as e:
         fail(str(e))
-    stores = dict(zip(cache.names, cache.caches)) if hasattr(cache, "caches") else {"": cache}  # a mixture's
+    stores = dict(zip(cache.names, cache.stores)) if hasattr(cache, "stores") else {"": cache}  # a mixture's
     for name, one in stores.items():
         for split in ("train", "heldout"):
             info = one.meta["splits"][split]

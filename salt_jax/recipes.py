@@ -25,10 +25,10 @@ def test_tiny_run(method: str = "baseline") -> ml_collections.ConfigDict:
     c.data.batch_size = 8
     c.data.max_files = 120  # a slice of the standard library keeps the token cache quick to build
     c.data.heldout_fraction = 0.1
-    c.data.eval_batches = 4
+    c.data.heldout_batches = 4
     c.train.steps = 40
     c.train.log_every = 5
-    c.train.eval_every = 20
+    c.train.heldout_every = 20
     c.train.checkpoint_every = 20
     c.optim.warmup_steps = 5
     _teacher(c, method, "runs/test-tiny-teacher")
@@ -42,12 +42,12 @@ def demo_run(method: str = "baseline") -> ml_collections.ConfigDict:
     c.data.tokenizer.vocab_size = 2048  # equals both presets' vocab_size
     c.data.seq_len = 128
     c.data.batch_size = 16
-    c.data.eval_batches = 16
+    c.data.heldout_batches = 16
     c.optim.learning_rate = 3e-3
     c.optim.warmup_steps = 50
     c.train.steps = 400 if method == "teacher" else 500  # sized so teacher + baseline + salt take ~10 min
     c.train.log_every = 20
-    c.train.eval_every = 50
+    c.train.heldout_every = 50
     c.train.checkpoint_every = 100
     _teacher(c, method, "runs/demo-teacher")
     return set_method(c, method)
@@ -59,9 +59,9 @@ def repro_run(method: str = "baseline") -> ml_collections.ConfigDict:
     preset = "repro-teacher" if method == "teacher" else "repro-student"
     c.model = base_config(preset).model
     c.data.batch_size = 8
-    c.data.eval_batches = 8
+    c.data.heldout_batches = 8
     c.train.steps = 400 if method == "teacher" else 300
-    c.train.eval_every = 25
+    c.train.heldout_every = 25
     c.train.checkpoint_every = 100
     c.optim.warmup_steps = 30
     return c
@@ -76,12 +76,12 @@ def gpu_small_run(method: str = "baseline") -> ml_collections.ConfigDict:
     c.data.tokenizer.max_train_lines = 400_000
     c.data.seq_len = 512
     c.data.batch_size = 64
-    c.data.eval_batches = 16
+    c.data.heldout_batches = 16
     c.optim.learning_rate = 1e-3
     c.optim.warmup_steps = 200
     c.train.steps = 3000 if method == "teacher" else 4000
     c.train.log_every = 50
-    c.train.eval_every = 250
+    c.train.heldout_every = 250
     c.train.checkpoint_every = 1000
     c.train.loss = "chunked"  # 32K vocabulary: the logits dominate (docs/performance.md); every method uses it
     c.salt.teacher_dtype = "bfloat16"
@@ -111,7 +111,7 @@ def paper_run(method: str = "baseline", student: str = "paper-2.8b") -> ml_colle
     c.data.tokenizer.max_train_lines = 2_000_000
     c.data.seq_len = 2048
     c.data.batch_size = 256
-    c.data.eval_batches = 50
+    c.data.heldout_batches = 50
     c.data.shard_chars = 256_000_000  # ~60M tokens per shard and worker task
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1  # parameters and batch over every chip
     c.optim.learning_rate = 2e-4  # GPT-3's 2.7B used 1.6e-4 at 1M tokens per step
@@ -121,7 +121,7 @@ def paper_run(method: str = "baseline", student: str = "paper-2.8b") -> ml_colle
     c.train.loss = "chunked"  # 32K vocabulary x 2048 positions: never hold the full logits
     c.train.loss_chunk = 256
     c.train.log_every = 100
-    c.train.eval_every = 2000
+    c.train.heldout_every = 2000
     c.train.checkpoint_every = 2000
     c.train.keep_checkpoints = 3
     c.salt.kd_steps = 36_000  # the paper's n_KD

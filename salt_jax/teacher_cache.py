@@ -44,7 +44,7 @@ def build(config) -> dict:
                         "this cache is for reads it only then)")
     adopt_teacher_vocabulary(config)
     schedules.resolve(config.salt, config.train.steps)
-    cache, tok = store.build_cache(config.data)
+    cache, tok = store.build_store(config.data)
     check_vocab(config, tok.vocab_size)
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch(config.data.batch_size, mesh)

@@ -144,7 +144,7 @@ def train_tokenizer(corpus: str, out: str) -> str:
 
 def loader_rate(directory: str, batch: int, seq: int, steps: int = 500) -> float:
     """Tokens per second of Batches.numpy (this host's rows of the global batch of step s)."""
-    cache = store.TokenCache(directory, seq)
+    cache = store.TokenStore(directory, seq)
     b = batches.Batches(cache.train, batch, seed=0)
     b.numpy(0)
     t0 = time.perf_counter()

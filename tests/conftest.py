@@ -33,10 +33,10 @@ def tiny_config(cache_dir):
     c.data.cache_dir = cache_dir
     c.data.seq_len = 32
     c.data.max_files = 60
-    c.data.eval_batches = 2
+    c.data.heldout_batches = 2
     c.train.steps = 12
     c.train.log_every = 4
-    c.train.eval_every = 6
+    c.train.heldout_every = 6
     c.train.checkpoint_every = 6
     c.train.progress = False
     c.optim.warmup_steps = 2
@@ -51,8 +51,8 @@ def teacher_dir(tmp_path_factory, cache_dir):
 
     c = base_config("test-tiny-teacher")
     c.data.cache_dir, c.data.seq_len, c.data.batch_size, c.data.max_files = cache_dir, 32, 8, 60
-    c.data.heldout_fraction, c.data.eval_batches = 0.1, 2
-    c.train.steps, c.train.eval_every, c.train.checkpoint_every, c.train.progress = 20, 20, 20, False
+    c.data.heldout_fraction, c.data.heldout_batches = 0.1, 2
+    c.train.steps, c.train.heldout_every, c.train.checkpoint_every, c.train.progress = 20, 20, 20, False
     set_method(c, "teacher")
     workdir = str(tmp_path_factory.mktemp("teacher"))
     loop.run(c, workdir)

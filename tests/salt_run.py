@@ -14,8 +14,8 @@ import orbax.checkpoint as ocp
 
 from conftest import REPO
 
-RUN = {"data.seq_len": 32, "data.max_files": 60, "data.eval_batches": 2, "train.steps": 12,
-       "train.log_every": 4, "train.eval_every": 6, "train.checkpoint_every": 3, "train.keep_checkpoints": 10,
+RUN = {"data.seq_len": 32, "data.max_files": 60, "data.heldout_batches": 2, "train.steps": 12,
+       "train.log_every": 4, "train.heldout_every": 6, "train.checkpoint_every": 3, "train.keep_checkpoints": 10,
        "train.progress": False, "optim.warmup_steps": 2, "salt.kd_steps": 7}
 
 

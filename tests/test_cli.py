@@ -11,7 +11,7 @@ import sys
 from conftest import REPO
 
 TINY = [f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}", "--config.train.steps=30",
-        "--config.train.eval_every=15", "--config.train.checkpoint_every=15", "--config.data.max_files=60"]
+        "--config.train.heldout_every=15", "--config.train.checkpoint_every=15", "--config.data.max_files=60"]
 
 
 def _cli(args, cache_dir):

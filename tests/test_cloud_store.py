@@ -106,8 +106,8 @@ def test_store_built_and_read_on_gs_equals_the_local_store(fake_gcs, tmp_path):
     root, calls = fake_gcs
     _corpus(root / "bucket" / "corpus")
     _corpus(tmp_path / "local" / "corpus")
-    remote, tok = store.build_cache(_cfg("gs://bucket/corpus/*.jsonl", "gs://bucket/cache", "sentencepiece"))
-    local, _ = store.build_cache(_cfg(str(tmp_path / "local" / "corpus"), str(tmp_path / "local" / "cache"),
+    remote, tok = store.build_store(_cfg("gs://bucket/corpus/*.jsonl", "gs://bucket/cache", "sentencepiece"))
+    local, _ = store.build_store(_cfg(str(tmp_path / "local" / "corpus"), str(tmp_path / "local" / "cache"),
                                       "sentencepiece"))
     assert remote.directory.startswith("gs://bucket/cache/tokens/")
     assert len(remote.meta["splits"]["train"]["shards"]) >= 3 and remote.meta["splits"]["train"]["files"] == 6
@@ -117,7 +117,7 @@ def test_store_built_and_read_on_gs_equals_the_local_store(fake_gcs, tmp_path):
     assert sorted(os.listdir(root / "bucket" / "cache" / "tokens")) == [key]
     assert os.listdir(root / "bucket" / "cache" / "tokenizers")[0].endswith(".model")
     assert any(c.endswith(".bin") for c in calls)  # the shards were read through epath
-    again, _ = store.build_cache(_cfg("gs://bucket/corpus", "gs://bucket/cache", "sentencepiece"))
+    again, _ = store.build_store(_cfg("gs://bucket/corpus", "gs://bucket/cache", "sentencepiece"))
     assert again.directory == remote.directory  # a directory URI names the same files: opened, not rebuilt
 
 
@@ -136,7 +136,7 @@ def test_hosts_split_the_build_of_a_shared_store(fake_gcs, tmp_path):
 
     def host(i):
         try:
-            out[i] = store.build_cache(cfg, workers=0, host=(i, 2))[0]
+            out[i] = store.build_store(cfg, workers=0, host=(i, 2))[0]
         except BaseException as e:  # noqa: BLE001 -- re-raised below
             errors.append(e)
 
@@ -148,7 +148,7 @@ def test_hosts_split_the_build_of_a_shared_store(fake_gcs, tmp_path):
     finally:
         store._write_shard = real_write
     assert not errors, errors
-    single, _ = store.build_cache(_cfg("gs://bucket/corpus", "gs://bucket/single"), host=(0, 1))
+    single, _ = store.build_store(_cfg("gs://bucket/corpus", "gs://bucket/single"), host=(0, 1))
     _same_store(out[0], single)
     _same_store(out[1], single)
     train = [s["file"] for s in single.meta["splits"]["train"]["shards"]]
@@ -192,7 +192,7 @@ def test_workdir_files_on_gs(fake_gcs, tiny_config):
     w.write("eval", 12, {"loss": 1.5})
     w.close()
     paths.write_json(f"{workdir}/summary.json", {"steps": 12, "kd_phase_end": 0})
-    run = report.Run(workdir)
+    run = report.RunOutputs(workdir)
     assert [r["loss"] for r in run.evals] == [4.0, 3.0, 1.5] and run.kd_phase_end == 0
     assert run.config.optim.learning_rate == 0.5
 
@@ -230,8 +230,8 @@ def test_compressed_and_parquet_corpus_files_on_gs(fake_gcs, tmp_path):
         (directory / "a.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines(texts[:30])))
         (directory / "b.json.gz").write_bytes(gzip.compress(lines(texts[30:60])))
         pq.write_table(pa.table({"text": texts[60:]}), str(directory / "c.parquet"), row_group_size=7)
-    remote, _ = store.build_cache(_cfg("gs://bucket/formats", "gs://bucket/cache"), host=(0, 1))
-    local, _ = store.build_cache(_cfg(str(tmp_path / "local"), str(tmp_path / "cache")))
+    remote, _ = store.build_store(_cfg("gs://bucket/formats", "gs://bucket/cache"), host=(0, 1))
+    local, _ = store.build_store(_cfg(str(tmp_path / "local"), str(tmp_path / "cache")))
     assert remote.meta["splits"]["train"]["documents"] + remote.meta["splits"]["heldout"]["documents"] == 90
     assert any(c.endswith("c.parquet") for c in calls) and any(c.endswith("a.jsonl.zst") for c in calls)
     _same_store(remote, local)

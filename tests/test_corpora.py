@@ -97,20 +97,20 @@ def _same_store(a, b) -> None:
 
 
 def test_each_format_gives_the_plain_jsonl_stores_tokens(tmp_path):
-    plain, _ = store.build_cache(_cfg(_write(tmp_path, "a.jsonl"), tmp_path / "c"))
-    everything, _ = store.build_cache(_cfg(tmp_path / "a_jsonl", tmp_path / "c", fraction=TINY))
+    plain, _ = store.build_store(_cfg(_write(tmp_path, "a.jsonl"), tmp_path / "c"))
+    everything, _ = store.build_store(_cfg(tmp_path / "a_jsonl", tmp_path / "c", fraction=TINY))
     np.testing.assert_array_equal(everything.train.tokens(), _stream(DOCS))
     for name in ("a.jsonl.zst", "a.jsonl.gz", "a.json.gz", "a.parquet"):
         path = _write(tmp_path, name)
-        got, _ = store.build_cache(_cfg(path, tmp_path / "c", fraction=TINY))
+        got, _ = store.build_store(_cfg(path, tmp_path / "c", fraction=TINY))
         np.testing.assert_array_equal(got.train.tokens(), everything.train.tokens(), err_msg=name)
         assert got.meta["splits"]["train"]["documents"] == len(DOCS), name
         if name.startswith("a.jsonl."):  # the same records held out: a record's key is its line in the text
-            split, _ = store.build_cache(_cfg(path, tmp_path / "c"))
+            split, _ = store.build_store(_cfg(path, tmp_path / "c"))
             for s in ("train", "heldout"):
                 np.testing.assert_array_equal(getattr(split, s).tokens(), getattr(plain, s).tokens(), err_msg=name)
             assert 0 < split.heldout.n_tokens < split.train.n_tokens
-    zst, _ = store.build_cache(_cfg(tmp_path / "a_jsonl_zst", tmp_path / "c", fraction=TINY))
+    zst, _ = store.build_store(_cfg(tmp_path / "a_jsonl_zst", tmp_path / "c", fraction=TINY))
     pieces = [s["file"] for s in zst.meta["splits"]["train"]["shards"]]
     assert len(pieces) >= 8 and pieces[:2] == ["train-00000-00000.bin", "train-00000-00001.bin"]  # 4000-char pieces
 
@@ -128,16 +128,16 @@ def test_one_glob_mixes_formats_in_file_order(tmp_path):
     _zst(str(d / "p6.txt.zst"), chunks[5][1].encode(), frames=2)
     want = chunks[0] + chunks[1] + chunks[2] + chunks[3] + [chunks[4][0], chunks[5][0], chunks[5][1]]
     cfg = _cfg(str(d / "p*"), tmp_path / "c", shard_chars=3000, fraction=TINY)
-    one, _ = store.build_cache(cfg, workers=0)
+    one, _ = store.build_store(cfg, workers=0)
     np.testing.assert_array_equal(one.train.tokens(), _stream(want))
-    two, _ = store.build_cache(cfg, cache_dir=str(tmp_path / "c2"), workers=2)
+    two, _ = store.build_store(cfg, cache_dir=str(tmp_path / "c2"), workers=2)
     _same_store(one, two)
     (tmp_path / "plain").mkdir()
     WRITERS["a.jsonl"](str(tmp_path / "plain" / "all.jsonl"), want)
-    plain, _ = store.build_cache(_cfg(tmp_path / "plain", tmp_path / "c", fraction=TINY))
+    plain, _ = store.build_store(_cfg(tmp_path / "plain", tmp_path / "c", fraction=TINY))
     np.testing.assert_array_equal(one.train.tokens(), plain.train.tokens())
     # a real held-out fraction: each document in exactly one split
-    split, _ = store.build_cache(_cfg(str(d / "p*"), tmp_path / "c", shard_chars=3000, fraction=0.3))
+    split, _ = store.build_store(_cfg(str(d / "p*"), tmp_path / "c", shard_chars=3000, fraction=0.3))
     info = split.meta["splits"]
     assert info["train"]["documents"] + info["heldout"]["documents"] == len(want)
     assert info["heldout"]["documents"] > 10
@@ -149,15 +149,15 @@ def test_parquet_row_groups_split_over_workers_and_hosts(tmp_path):
     tasks = sources.make_source(cfg).tasks("train", 9000)
     assert len(tasks) >= 4 and all(len(t) == 1 and t[0].path == path for t in tasks)  # one file, row-group runs
     assert [t[0].start for t in tasks] == sorted({t[0].start for t in tasks}) and tasks[-1][0].stop == 8
-    one, _ = store.build_cache(cfg, workers=0)
-    two, _ = store.build_cache(cfg, cache_dir=str(tmp_path / "two"), workers=2)
+    one, _ = store.build_store(cfg, workers=0)
+    two, _ = store.build_store(cfg, cache_dir=str(tmp_path / "two"), workers=2)
     _same_store(one, two)
     shared = _cfg(path, tmp_path / "hosts", shard_chars=9000, shared_cache=True)
     out, errors = {}, []
 
     def host(i):
         try:
-            out[i] = store.build_cache(shared, workers=0, host=(i, 2))[0]
+            out[i] = store.build_store(shared, workers=0, host=(i, 2))[0]
         except BaseException as e:  # noqa: BLE001 -- re-raised below
             errors.append(e)
 
@@ -183,13 +183,13 @@ def dies_in_the_fifth_piece(docs, path, tok=None):
     return real(docs, path, tok)
 
 store._write_shard = dies_in_the_fifth_piece
-store.build_cache(_cfg(sys.argv[1], sys.argv[2], shard_chars=2000), workers=0)
+store.build_store(_cfg(sys.argv[1], sys.argv[2], shard_chars=2000), workers=0)
 """
 
 
 def test_a_build_killed_inside_a_zst_file_resumes_after_its_last_piece(tmp_path, monkeypatch):
     path = _write(tmp_path, "a.jsonl.zst")
-    clean, _ = store.build_cache(_cfg(path, tmp_path / "clean", shard_chars=2000))
+    clean, _ = store.build_store(_cfg(path, tmp_path / "clean", shard_chars=2000))
     killed = subprocess.run([sys.executable, "-c", _KILLED_BUILD, path, str(tmp_path / "resumed")],
                             cwd=os.path.join(REPO, "tests"), capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")])))
@@ -207,7 +207,7 @@ def test_a_build_killed_inside_a_zst_file_resumes_after_its_last_piece(tmp_path,
     cfg = _cfg(path, tmp_path / "resumed", shard_chars=2000)
     with open(os.path.join(partial, "train-00000-00003.bin.json")) as fh:
         done = json.load(fh)["documents"]  # read and tokenized before the kill
-    resumed, _ = store.build_cache(cfg, workers=0)
+    resumed, _ = store.build_store(cfg, workers=0)
     _same_store(resumed, clean)
     for f, mtime in kept.items():  # the finished pieces were kept, not written again
         assert os.stat(os.path.join(resumed.directory, f)).st_mtime_ns == mtime
@@ -229,14 +229,14 @@ def test_records_without_text_are_skipped_and_counted(tmp_path):
     _parquet(str(d / "b.parquet"), [t.encode() for t in good[:10]] + [None, b"\xff\xfe bad", b""] +
              [t.encode() for t in good[10:]])
     _gz(str(d / "c.txt.gz"), b"\xff not utf-8 at all")
-    cache, _ = store.build_cache(_cfg(d, tmp_path / "c", fraction=TINY))
+    cache, _ = store.build_store(_cfg(d, tmp_path / "c", fraction=TINY))
     info = cache.meta["splits"]["train"]
     assert (info["skipped_not_text"], info["skipped_empty"], info["skipped_undecodable"]) == (3, 2, 3)
     np.testing.assert_array_equal(cache.train.tokens(), _stream(good + good))
     # a plain JSONL file: a null text is skipped too (it used to stop the build)
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "a.jsonl").write_bytes(_lines(good[:5]) + b'{"text": null, "id": 3}\n' + _lines(good[5:]))
-    plain, _ = store.build_cache(_cfg(tmp_path / "p", tmp_path / "c", fraction=TINY))
+    plain, _ = store.build_store(_cfg(tmp_path / "p", tmp_path / "c", fraction=TINY))
     assert plain.meta["splits"]["train"]["skipped_not_text"] == 1
     np.testing.assert_array_equal(plain.train.tokens(), _stream(good))
 
@@ -252,13 +252,13 @@ def test_malformed_input_is_one_line_naming_the_file_and_place(tmp_path):
     cfg = _cfg(str(d / "*.zst"), tmp_path / "c", shard_chars=2000, fraction=TINY)
     with pytest.raises(UserError, match=r"b.jsonl.zst: the zstd stream ends inside a member \(a truncated file\) "
                                         r"after byte \d+ of its decompressed text; re-download the file or remove it"):
-        store.build_cache(cfg)
+        store.build_store(cfg)
     partial = [os.path.join(tmp_path / "c" / "tokens", p) for p in os.listdir(tmp_path / "c" / "tokens")
                if p.endswith(".partial")][0]
     assert "train-00000.bin.json" in os.listdir(partial)  # a.jsonl.zst's task, all its pieces, kept
     open(d / "b.jsonl.zst", "wb").write(raw + b"not a zstd frame")  # (zstd has no checksum by default)
     with pytest.raises(UserError, match=r"b.jsonl.zst: corrupt zstd data \(.*\) after byte \d+ of its"):
-        store.build_cache(cfg)
+        store.build_store(cfg)
     os.remove(d / "b.jsonl.zst")
     cases = {
         "a.json.gz": (lambda p: _gz(p, _lines(DOCS[:3]) + b'{"text": "cut\n' + _lines(DOCS[3:6])),
@@ -276,34 +276,34 @@ def test_malformed_input_is_one_line_naming_the_file_and_place(tmp_path):
         (tmp_path / name).mkdir()
         write(str(tmp_path / name / name))
         with pytest.raises(UserError, match=message):
-            store.build_cache(_cfg(tmp_path / name / name, tmp_path / "c", fraction=TINY))
+            store.build_store(_cfg(tmp_path / name / name, tmp_path / "c", fraction=TINY))
 
 
 def test_hf_source_from_save_to_disk_and_local_files_equals_the_jsonl_store(tmp_path):
     import datasets
 
     datasets.disable_progress_bars()
-    jsonl, _ = store.build_cache(_cfg(_write(tmp_path, "a.jsonl"), tmp_path / "c", fraction=TINY))
+    jsonl, _ = store.build_store(_cfg(_write(tmp_path, "a.jsonl"), tmp_path / "c", fraction=TINY))
     with_null = DOCS[:100] + [None] + DOCS[100:]
     datasets.Dataset.from_dict({"text": with_null, "id": list(range(241))}).save_to_disk(str(tmp_path / "saved"))
     hf = lambda name, **kw: _cfg("", tmp_path / "c", fraction=TINY, source="hf", hf_dataset=name, **kw)  # noqa: E731
-    saved, _ = store.build_cache(hf(str(tmp_path / "saved")))
+    saved, _ = store.build_store(hf(str(tmp_path / "saved")))
     np.testing.assert_array_equal(saved.train.tokens(), jsonl.train.tokens())
     assert saved.meta["splits"]["train"]["skipped_not_text"] == 1 and saved.meta["source"] == "hf"
     (tmp_path / "files").mkdir()  # a directory of data files, read by datasets.load_dataset(streaming=True)
     _parquet(str(tmp_path / "files" / "train-0.parquet"), DOCS[:120])
     _parquet(str(tmp_path / "files" / "train-1.parquet"), DOCS[120:])
-    streamed, _ = store.build_cache(hf(str(tmp_path / "files"), shard_chars=3000), workers=2)
+    streamed, _ = store.build_store(hf(str(tmp_path / "files"), shard_chars=3000), workers=2)
     np.testing.assert_array_equal(streamed.train.tokens(), jsonl.train.tokens())
     # named splits: the held-out split is hf_heldout_split's records
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": DOCS[:200]}),
                           "validation": datasets.Dataset.from_dict({"text": DOCS[200:]})}
                          ).save_to_disk(str(tmp_path / "dict"))
-    named, _ = store.build_cache(hf(str(tmp_path / "dict"), hf_heldout_split="validation"))
+    named, _ = store.build_store(hf(str(tmp_path / "dict"), hf_heldout_split="validation"))
     np.testing.assert_array_equal(named.train.tokens(), _stream(DOCS[:200]))
     np.testing.assert_array_equal(named.heldout.tokens(), _stream(DOCS[200:]))
     # a real held-out fraction: records of hf_split held out by a hash of their index
-    hashed, _ = store.build_cache(hf(str(tmp_path / "saved"), heldout_fraction=0.2))
+    hashed, _ = store.build_store(hf(str(tmp_path / "saved"), heldout_fraction=0.2))
     info = hashed.meta["splits"]
     assert info["train"]["documents"] + info["heldout"]["documents"] == 240 and info["heldout"]["documents"] > 20
     for cfg, message in ((hf(str(tmp_path / "saved"), text_field="body"), r"text_field='body': .* has columns "

@@ -29,7 +29,7 @@ def test_packing_rows_are_the_eos_separated_stream(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe not utf-8 \xc3\x28")
     (tmp_path / "empty.txt").write_text("  \n")
     cfg = _text_cfg(str(tmp_path / "*.txt"), str(tmp_path / "cache"))
-    cache, tok = store.build_cache(cfg)
+    cache, tok = store.build_store(cfg)
     meta = cache.meta["splits"]
     assert meta["train"]["skipped_undecodable"] + meta["heldout"]["skipped_undecodable"] == 1
     assert meta["train"]["skipped_empty"] + meta["heldout"]["skipped_empty"] == 1
@@ -77,7 +77,7 @@ def test_missing_source_is_a_clear_error(tmp_path):
         sources.make_source(_text_cfg(str(tmp_path / "nope*.txt"), ""))
     (tmp_path / "x.txt").write_bytes(b"\xff\xff")
     with pytest.raises(UserError, match="no usable"):
-        store.build_cache(_text_cfg(str(tmp_path / "x.txt"), str(tmp_path / "c")))
+        store.build_store(_text_cfg(str(tmp_path / "x.txt"), str(tmp_path / "c")))
 
 
 def test_stdlib_corpus_counts_undecodable_files(tiny_config):
@@ -139,7 +139,7 @@ from salt_jax.data import batches as batches_lib
 from salt_jax.data import store
 c = base_config().data
 c.max_files, c.seq_len, c.cache_dir = 60, 32, sys.argv[1]
-cache, _ = store.build_cache(c)
+cache, _ = store.build_store(c)
 b = batches_lib.Batches(cache.train, 8, seed=5)
 print(hashlib.sha256(b.numpy(int(sys.argv[2])).tobytes()).hexdigest())
 """
@@ -155,7 +155,7 @@ def test_batch_for_a_step_is_identical_across_fresh_processes(tmp_path, cache_di
     assert first == second and first != other
     c = base_config().data
     c.max_files, c.seq_len, c.cache_dir = 60, 32, cache_dir
-    cache, _ = store.build_cache(c)
+    cache, _ = store.build_store(c)
     import hashlib
 
     assert hashlib.sha256(batches_lib.Batches(cache.train, 8, seed=5).numpy(123).tobytes()).hexdigest() == first
@@ -167,7 +167,7 @@ def test_prefetched_batches_are_the_batches_of_each_step(tmp_path):
     path = str(tmp_path / "c")
     for i in range(6):
         (tmp_path / f"d{i}.txt").write_text(f"document {i} " * 40)
-    cache, _ = store.build_cache(_text_cfg(str(tmp_path / "*.txt"), path))
+    cache, _ = store.build_store(_text_cfg(str(tmp_path / "*.txt"), path))
     full = batches_lib.Batches(cache.train, 4, seed=1)
     subset = batches_lib.Batches(cache.train, 4, seed=1, rows=np.arange(0, cache.train.n_rows, 2))
     end = {"kd": 5}

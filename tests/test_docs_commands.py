@@ -21,9 +21,9 @@ DOCS = ["README.md", *sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path
 SHELL_FENCES = ("bash", "sh", "shell")
 
 # Size overrides for a run config (configs/demo.py, configs/test_tiny.py): a 1-layer model, 4 steps.
-TINY = ("--config.train.steps=4 --config.train.eval_every=2 --config.train.checkpoint_every=2 "
+TINY = ("--config.train.steps=4 --config.train.heldout_every=2 --config.train.checkpoint_every=2 "
         "--config.train.log_every=2 --config.optim.warmup_steps=1 --config.data.max_files=40 "
-        "--config.data.batch_size=8 --config.data.seq_len=32 --config.data.eval_batches=1 "
+        "--config.data.batch_size=8 --config.data.seq_len=32 --config.data.heldout_batches=1 "
         "--config.model.n_layers=1 --config.model.d_model=32 --config.model.mlp_dim=64 --config.model.n_heads=2 "
         "--config.model.n_kv_heads=1 --config.model.head_dim=16")
 EXPERIMENT = " ".join([*(f"--config.{run}.{o[len('--config.'):]}" for run in ("teacher", "student")

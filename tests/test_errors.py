@@ -13,8 +13,8 @@ import pytest
 from conftest import REPO
 
 TINY = [f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}", "--config.train.steps=6",
-        "--config.train.eval_every=6", "--config.train.checkpoint_every=6", "--config.data.max_files=60",
-        "--config.data.seq_len=32", "--config.data.eval_batches=2"]
+        "--config.train.heldout_every=6", "--config.train.checkpoint_every=6", "--config.data.max_files=60",
+        "--config.data.seq_len=32", "--config.data.heldout_batches=2"]
 
 
 def _rows() -> list[dict]:

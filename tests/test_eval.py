@@ -169,10 +169,10 @@ def hf_run(tmp_path_factory, cache_dir):
     tok_dir = str(tmp_path_factory.mktemp("bpe"))
     _train_tokenizer(tok_dir)
     c = test_tiny_run("baseline")
-    c.data.cache_dir, c.data.seq_len, c.data.max_files, c.data.eval_batches = cache_dir, 32, 60, 2
+    c.data.cache_dir, c.data.seq_len, c.data.max_files, c.data.heldout_batches = cache_dir, 32, 60, 2
     c.data.tokenizer.kind, c.data.tokenizer.hf_dir = "hf", tok_dir
     c.model.vocab_size, c.model.max_len = 288, 64
-    c.train.steps, c.train.eval_every, c.train.checkpoint_every, c.train.progress = 12, 6, 6, False
+    c.train.steps, c.train.heldout_every, c.train.checkpoint_every, c.train.progress = 12, 6, 6, False
     c.optim.warmup_steps = 2
     c.eval.tasks, c.eval.limit, c.eval.num_fewshot, c.eval.batch_size = TASKS, 12, 1, 8
     workdir = str(tmp_path_factory.mktemp("hf_run") / "run")
@@ -192,11 +192,11 @@ def cli_scores(hf_run):
     import contextlib
     import io
 
-    from salt_jax.eval.runs import evaluate
+    from salt_jax.eval.runs import evaluate_run
 
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        evaluate(hf_run, TASKS.split(","), limit=12, num_fewshot=1, batch_size=8)
+        evaluate_run(hf_run, TASKS.split(","), limit=12, num_fewshot=1, batch_size=8)
     return printed.getvalue(), harness.scores(_results(os.path.join(hf_run, "eval_results.json")))
 
 
@@ -229,9 +229,9 @@ def test_the_console_shows_one_line_per_few_shot_evaluation_and_lm_eval_logs_to_
     workdir = tmp_path / "run"
     env = dict(os.environ, SALT_JAX_CACHE=cache_dir)
     out = _cli("salt_jax.main", [f"--config={REPO}/configs/test_tiny.py", f"--workdir={workdir}",
-                                 "--config.train.steps=4", "--config.train.eval_every=2",
+                                 "--config.train.steps=4", "--config.train.heldout_every=2",
                                  "--config.train.checkpoint_every=4", "--config.data.max_files=60",
-                                 "--config.data.seq_len=32", "--config.data.eval_batches=2",
+                                 "--config.data.seq_len=32", "--config.data.heldout_batches=2",
                                  "--config.eval.tasks=stdlib_next_line", "--config.eval.limit=4",
                                  "--config.eval.num_fewshot=1", "--config.eval.batch_size=8"], env=env)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -197,12 +197,12 @@ def test_the_report_refuses_an_unfinished_run(tmp_path, tiny_config):
 
     paths.write_json(str(tmp_path / "config.json"), json.loads(tiny_config.to_json_best_effort()))  # 12 steps
     with pytest.raises(UserError, match=r"metrics.jsonl: it holds no evaluation, so the run is unfinished"):
-        report.Run(str(tmp_path))
+        report.RunOutputs(str(tmp_path))
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"split": "eval", "step": s, "loss": 5.0}) + "\n"
                                                     for s in (0, 6)))
     with pytest.raises(UserError, match=r"its last evaluation is at step 6 of 12, so the run is unfinished or the "
                                          r"file was cut; re-run the experiment command"):
-        report.Run(str(tmp_path))
+        report.RunOutputs(str(tmp_path))
 
 
 def test_a_run_saved_before_a_config_field_existed_is_the_same_config(tmp_path, tiny_config):

@@ -20,7 +20,7 @@ from salt_jax.model.transformer import Transformer
 from salt_jax.train import loop, optim
 from salt_jax.train import state as state_lib
 from salt_jax.train.metrics import read_metrics
-from salt_jax.train.step import CompiledSteps, Guard
+from salt_jax.train.step import StepPrograms, Guard
 
 from conftest import REPO
 from salt_run import cli as _cli, params as _params, same_params as _assert_same_params
@@ -113,12 +113,12 @@ def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, c
 
 def _steps(config, guard):
     mesh = sharding.make_mesh(config.mesh)
-    cache, tok = store.build_cache(config.data)
+    cache, tok = store.build_store(config.data)
     model = Transformer(config.model)
     tx, sched = optim.make_optimizer(config.optim, config.train.steps)
     _, shardings = state_lib.abstract_state(model, tx, config.data.seq_len, mesh)
     st = state_lib.create_state(model, tx, config.data.seq_len, mesh, config.seed)
-    steps = CompiledSteps(model, tx, sched, tok.pad_id, mesh, shardings, DenseLoss(), guard)
+    steps = StepPrograms(model, tx, sched, tok.pad_id, mesh, shardings, DenseLoss(), guard)
     return st, steps, batches_lib.Batches(cache.train, config.data.batch_size, 0)
 
 

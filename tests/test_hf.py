@@ -296,7 +296,7 @@ def test_salt_run_with_an_hf_teacher_then_export(hf_teacher, tiny_config, tmp_pa
     assert train_lines[0]["teacher_ntp_loss"] > 0
 
     # the teacher the run used computes transformers' loss on the run's own batch
-    cache, _ = store.build_cache(c.data)
+    cache, _ = store.build_store(c.data)
     tokens = batches_lib.Batches(cache.train, c.data.batch_size, c.data.seed).numpy(0)
     mesh = sharding.make_mesh(c.mesh)
     teacher = load_teacher(c.salt, c.model, tok.fingerprint(), mesh)

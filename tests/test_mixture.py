@@ -47,8 +47,8 @@ def _config(spec: str, cache_dir: str, method: str = "baseline"):
     from salt_jax.recipes import test_tiny_run
 
     c = test_tiny_run(method)
-    c.data.cache_dir, c.data.mixture, c.data.seq_len, c.data.eval_batches = cache_dir, spec, 32, 2
-    c.train.steps, c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 12, 4, 6, 6
+    c.data.cache_dir, c.data.mixture, c.data.seq_len, c.data.heldout_batches = cache_dir, spec, 32, 2
+    c.train.steps, c.train.log_every, c.train.heldout_every, c.train.checkpoint_every = 12, 4, 6, 6
     c.train.progress, c.optim.warmup_steps = False, 2
     return c
 
@@ -75,7 +75,7 @@ def test_a_bad_spec_is_one_line_naming_the_field(spec, message, tiny_config):
 def test_a_missing_path_names_the_component(tmp_path, corpora):
     c = _config(corpora + f",web:1={tmp_path}/none/*.jsonl", str(tmp_path / "cache"))
     with pytest.raises(UserError, match=r"^config\.data\.mixture \(web: path\): no file matches '.*/none/\*\.jsonl'"):
-        store.build_cache(c.data)
+        store.build_store(c.data)
 
 
 def test_spec_components_paths_and_options(corpora):
@@ -128,13 +128,13 @@ def test_without_a_mixture_the_draw_is_what_it_was():
 
 @pytest.fixture(scope="module")
 def mixed(corpora, cache_dir):
-    cache, tok = store.build_cache(_config(corpora, cache_dir).data)
+    cache, tok = store.build_store(_config(corpora, cache_dir).data)
     return cache, tok
 
 
 def test_batches_are_the_same_on_1_and_2_hosts_and_after_a_restart(mixed, corpora, cache_dir, monkeypatch):
     cache, _ = mixed
-    assert isinstance(cache, mixture.MixtureCache) and list(cache.counts) == [49152, 16384]
+    assert isinstance(cache, mixture.MixtureStore) and list(cache.counts) == [49152, 16384]
     one = batches_lib.training_batches(cache, 8, seed=5)
     uninterrupted = [one.numpy(s) for s in range(40)]
     idx = np.concatenate([one.indices(s) for s in range(40)])
@@ -142,9 +142,9 @@ def test_batches_are_the_same_on_1_and_2_hosts_and_after_a_restart(mixed, corpor
     for s in (0, 17, 39):  # each row is its corpus's row, read from that corpus's own store
         for k, i in enumerate(one.indices(s)):
             c = int(np.searchsorted(cache.train.offsets, i, side="right") - 1)
-            own = cache.caches[c].train.rows([i - cache.train.offsets[c]])[0]
+            own = cache.stores[c].train.rows([i - cache.train.offsets[c]])[0]
             np.testing.assert_array_equal(uninterrupted[s][k], own)
-    reopened, _ = store.build_cache(_config(corpora, cache_dir).data)  # a restarted process resuming at step 23
+    reopened, _ = store.build_store(_config(corpora, cache_dir).data)  # a restarted process resuming at step 23
     fresh = batches_lib.training_batches(reopened, 8, seed=5)
     for s in range(23, 40):
         np.testing.assert_array_equal(fresh.numpy(s), uninterrupted[s])
@@ -158,8 +158,8 @@ def test_batches_are_the_same_on_1_and_2_hosts_and_after_a_restart(mixed, corpor
 def test_one_tokenizer_for_the_mixture_trained_on_equal_shares(corpora, tmp_path):
     c = _config(corpora, str(tmp_path))
     c.data.tokenizer.kind, c.data.tokenizer.vocab_size, c.data.tokenizer.max_train_lines = "sentencepiece", 400, 100
-    cache, tok = store.build_cache(c.data)
-    assert {x.meta["tokenizer"] for x in cache.caches} == {tok.fingerprint()}
+    cache, tok = store.build_store(c.data)
+    assert {x.meta["tokenizer"] for x in cache.stores} == {tok.fingerprint()}
     parts = mixture.parse(c.data)
     from salt_jax.data import sources
 
@@ -167,9 +167,9 @@ def test_one_tokenizer_for_the_mixture_trained_on_equal_shares(corpora, tmp_path
     lines = list(sample.documents("train"))
     assert len(lines) == 100  # 50 from each corpus, whatever the weights (3:1)
     c.data.mixture = c.data.mixture.replace("prose:3", "prose:1")
-    again, tok2 = store.build_cache(c.data)
-    assert tok2.fingerprint() == tok.fingerprint() and [x.directory for x in again.caches] == [
-        x.directory for x in cache.caches]  # re-weighting re-tokenizes nothing
+    again, tok2 = store.build_store(c.data)
+    assert tok2.fingerprint() == tok.fingerprint() and [x.directory for x in again.stores] == [
+        x.directory for x in cache.stores]  # re-weighting re-tokenizes nothing
     assert again.directory != cache.directory  # but what depends on the batches is keyed apart
 
 
@@ -210,7 +210,7 @@ def test_heldout_loss_per_corpus_equals_a_float64_reference(mixture_run, corpora
     params = salt_run.params(mixture_run, 12)
     want = {}
     for name in ("prose", "code"):
-        rows = cache.heldout_splits[name].rows(np.arange(2 * 8))  # eval_batches=2 of batch 8, in order
+        rows = cache.heldout_splits[name].rows(np.arange(2 * 8))  # heldout_batches=2 of batch 8, in order
         want[name] = _reference_loss(params, c.model, rows)
         assert last[f"loss/{name}"] == pytest.approx(want[name][0], rel=2e-5)
         assert last[f"accuracy/{name}"] == pytest.approx(want[name][1], abs=1e-9)
@@ -229,8 +229,8 @@ def test_heldout_loss_per_corpus_equals_a_float64_reference(mixture_run, corpora
 
 def _cli(workdir: str, spec: str, cache_dir: str, extra=()) -> subprocess.CompletedProcess:
     """The CLI on _config's run (configs/test_tiny.py with the same overrides)."""
-    flags = {"data.cache_dir": cache_dir, "data.mixture": spec, "data.seq_len": 32, "data.eval_batches": 2,
-             "train.steps": 12, "train.log_every": 4, "train.eval_every": 6, "train.checkpoint_every": 6,
+    flags = {"data.cache_dir": cache_dir, "data.mixture": spec, "data.seq_len": 32, "data.heldout_batches": 2,
+             "train.steps": 12, "train.log_every": 4, "train.heldout_every": 6, "train.checkpoint_every": 6,
              "train.progress": False, "optim.warmup_steps": 2}
     args = [sys.executable, "-m", "salt_jax.main", f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}",
             f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in flags.items()), *extra]
@@ -261,7 +261,7 @@ def test_salt_ds_on_a_mixture_and_the_report_table(mixture_run, corpora, cache_d
     assert selection["pool"] == 96 and selection["kept"] == 48  # 6 KD steps x 8 / keep 0.5; drawn 72 + 24
     from salt_jax.experiment import report
 
-    results = report.analyse({"baseline": [report.Run(mixture_run)], "salt_ds": [report.Run(workdir)]}, None)
+    results = report.analyse({"baseline": [report.RunOutputs(mixture_run)], "salt_ds": [report.RunOutputs(workdir)]}, None)
     text = "\n".join(report._corpus_markdown(results))
     assert "| method | overall | prose | code |" in text
     for name in ("baseline", "salt_ds"):

@@ -12,7 +12,7 @@ import salt_jax, salt_jax.main, salt_jax.train.loop
 from salt_jax.config import base_config
 c = base_config("test-tiny")
 c.data.max_files, c.data.seq_len, c.data.batch_size, c.data.cache_dir = 60, 32, 8, sys.argv[1]
-c.train.steps, c.train.eval_every, c.train.checkpoint_every, c.train.progress = 3, 3, 3, False
+c.train.steps, c.train.heldout_every, c.train.checkpoint_every, c.train.progress = 3, 3, 3, False
 summary = salt_jax.train.loop.run(c, tempfile.mkdtemp())
 bad = sorted(m for m, mod in sys.modules.items()
        if mod is not None and m.split(".")[0] in ("tensorflow", "seqio", "tensorflow_datasets"))

@@ -46,9 +46,9 @@ def test_the_ray_build_is_the_local_build_byte_for_byte_and_resumes(tmp_path, ra
         c.source, c.path, c.cache_dir, c.max_files, c.shard_chars = "text", str(corpus), str(tmp_path / cache), 0, 12000
         return c
 
-    local, _ = store.build_cache(cfg("local"), workers=2)
+    local, _ = store.build_store(cfg("local"), workers=2)
     with caplog.at_level(logging.INFO):
-        built, _ = store.build_cache(cfg("ray"), engine=ray_engine.RayEngine(2))
+        built, _ = store.build_store(cfg("ray"), engine=ray_engine.RayEngine(2))
     assert len(local.meta["splits"]["train"]["shards"]) >= 8 and len(local.meta["splits"]["heldout"]["shards"]) >= 3
     assert built.meta == local.meta  # every shard's tokens, every split's counts
     assert _files(built.directory) == _files(local.directory)  # every shard file, its record and meta.json
@@ -63,7 +63,7 @@ def test_the_ray_build_is_the_local_build_byte_for_byte_and_resumes(tmp_path, ra
         os.remove(os.path.join(partial, name))
         os.remove(os.path.join(partial, name + ".json"))
     kept = {f: os.stat(os.path.join(partial, f)).st_mtime_ns for f in os.listdir(partial)}
-    resumed, _ = store.build_cache(cfg("ray"), engine=ray_engine.RayEngine(2))
+    resumed, _ = store.build_store(cfg("ray"), engine=ray_engine.RayEngine(2))
     assert resumed.directory == built.directory and not os.path.exists(partial)
     rewritten = {f for f in os.listdir(resumed.directory)
                  if f not in kept or os.stat(os.path.join(resumed.directory, f)).st_mtime_ns != kept[f]}
@@ -76,7 +76,7 @@ def test_the_ray_build_is_the_local_build_byte_for_byte_and_resumes(tmp_path, ra
     with open(corpus / "1.jsonl", "a") as fh:
         fh.write('{"text": broken\n')
     with pytest.raises(UserError, match=r"1.jsonl: the line at byte \d+ is not valid JSON"):
-        store.build_cache(cfg("bad"), engine=ray_engine.RayEngine(2))
+        store.build_store(cfg("bad"), engine=ray_engine.RayEngine(2))
 
 
 def _tiny_experiment(cache_dir):
@@ -86,8 +86,8 @@ def _tiny_experiment(cache_dir):
     spec.loader.exec_module(mod)
     exp = mod.get_config()
     for run in (exp.teacher, exp.student):
-        run.data.cache_dir, run.data.max_files, run.data.eval_batches = cache_dir, 60, 2
-        run.train.steps, run.train.eval_every, run.train.log_every, run.train.checkpoint_every = 8, 4, 4, 4
+        run.data.cache_dir, run.data.max_files, run.data.heldout_batches = cache_dir, 60, 2
+        run.train.steps, run.train.heldout_every, run.train.log_every, run.train.checkpoint_every = 8, 4, 4, 4
         run.optim.warmup_steps = 2
     exp.methods, exp.seeds = "baseline,salt", "0"
     return exp

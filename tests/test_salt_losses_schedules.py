@@ -105,7 +105,7 @@ def test_a_kd_phase_of_zero_steps_never_loads_the_teacher():
     """n_KD = 0: no step runs the teacher, so no teacher is loaded and SALT_DS scores nothing."""
     for variant in ("salt", "salt_ds"):
         phase = _phase(_salt(variant, kd_steps=0))
-        assert phase.end == 0 and not phase.active(0) and phase.kind.teacher
+        assert phase.end == 0 and not phase.active(0) and phase.method.teacher
 
 
 def test_the_adaptive_switch_moves_the_end_earlier():

@@ -25,7 +25,7 @@ from salt_jax.model.transformer import Transformer
 from salt_jax.train import loop, optim
 from salt_jax.train import state as state_lib
 from salt_jax.train.metrics import read_metrics
-from salt_jax.train.step import CompiledSteps, make_objective, make_train_step
+from salt_jax.train.step import StepPrograms, make_objective, make_train_step
 
 from conftest import REPO
 
@@ -41,7 +41,7 @@ def student_config(tiny_config, teacher_dir):
 
 def _pieces(config, mesh=None):
     mesh = mesh or sharding.make_mesh(config.mesh)
-    cache, tok = store.build_cache(config.data)
+    cache, tok = store.build_store(config.data)
     teacher = load_teacher(config.salt, config.model, tok.fingerprint(), mesh)
     model = Transformer(config.model)
     tx, sched = optim.make_optimizer(config.optim, config.train.steps)
@@ -62,7 +62,7 @@ def _kd_step(config, model, teacher, tx, sched, weight=None):
 
 
 def _objective(config, model, teacher, loss=None):
-    """The SALT step's objective (params, teacher_params, state, tokens) -> (loss, sums)."""
+    """The SALT step's objective (params, teacher_input, state, tokens) -> (loss, sums)."""
     return make_objective(model, loss or DenseLoss(config.salt), 0, teacher_model=teacher.model,
                           phase=_phase(config))
 
@@ -77,7 +77,7 @@ def test_no_gradient_reaches_the_teacher_and_it_never_changes(student_config):
     assert optax.tree.norm(g_student) > 0
 
     before = jax.device_get(teacher.params)
-    steps = CompiledSteps(model, tx, sched, 0, mesh, shardings, DenseLoss(student_config.salt), teacher=teacher,
+    steps = StepPrograms(model, tx, sched, 0, mesh, shardings, DenseLoss(student_config.salt), teacher=teacher,
                           phase=_phase(student_config))
     for s in range(8):
         st, m = steps.train(st, jax.device_put(batches.numpy(s), steps.batch_sharding), teacher.params)
@@ -147,7 +147,7 @@ def test_teacher_held_in_bfloat16(student_config):
 
 def test_phase_two_step_contains_no_teacher(student_config):
     mesh, teacher, model, tx, sched, shardings, st, batches = _pieces(student_config)
-    steps = CompiledSteps(model, tx, sched, 0, mesh, shardings, DenseLoss(student_config.salt), teacher=teacher,
+    steps = StepPrograms(model, tx, sched, 0, mesh, shardings, DenseLoss(student_config.salt), teacher=teacher,
                           phase=_phase(student_config))
     tokens = jax.device_put(batches.numpy(0), steps.batch_sharding)
     plain = steps.lower(st, tokens).compile()
@@ -208,7 +208,7 @@ def test_resume_with_another_teacher_is_refused(student_config, tmp_path, teache
 
     t = base_config("test-tiny-teacher")
     t.data = c.data
-    t.train.steps, t.train.checkpoint_every, t.train.eval_every, t.train.progress = 21, 21, 21, False
+    t.train.steps, t.train.checkpoint_every, t.train.heldout_every, t.train.progress = 21, 21, 21, False
     set_method(t, "teacher")
     os.remove(os.path.join(other, "config.json"))  # (a run resumed with more steps is refused; not the point here)
     loop.run(t, other)

@@ -124,7 +124,7 @@ def test_salt_ds_kd_batches_come_only_from_the_selection(tiny_config, teacher_di
     info = json.load(open(tmp_path / "run" / "selection.json"))
     assert info["pool"] == 6 * 8 * 2 and info["kept"] == 48  # auto pool: n_KD * batch / keep_fraction
     assert info["score_quantiles_kept"]["p0"] >= info["score_quantiles_pool"]["p50"] - 1e-6
-    cache, tok = store.build_cache(c.data)
+    cache, tok = store.build_store(c.data)
     mesh = sharding.make_mesh(c.mesh)
     teacher = load_teacher(c.salt, c.model, tok.fingerprint(), mesh)
     rows = selection.pool_rows(cache.train.n_rows, 96, 0)
@@ -141,7 +141,7 @@ def test_salt_ds_kd_batches_come_only_from_the_selection(tiny_config, teacher_di
 
 def test_interrupted_scoring_resumes_to_the_same_scores(tiny_config, teacher_dir, monkeypatch):  # noqa: F811
     c = _ds_config(tiny_config, teacher_dir)
-    cache, tok = store.build_cache(c.data)
+    cache, tok = store.build_store(c.data)
     mesh = sharding.make_mesh(c.mesh)
     teacher = load_teacher(c.salt, c.model, tok.fingerprint(), mesh)
     rows = selection.pool_rows(cache.train.n_rows, 40, 5)

@@ -16,7 +16,7 @@ from salt_jax.model import checkpoints, sharding
 from salt_jax.model.transformer import Transformer
 from salt_jax.train import loop, optim
 from salt_jax.train import state as state_lib
-from salt_jax.train.step import CompiledSteps
+from salt_jax.train.step import StepPrograms
 
 
 def _mesh_cfg(d, f, t):
@@ -42,7 +42,7 @@ def _setup(config, mesh):
     tx, sched = optim.make_optimizer(config.optim, config.train.steps)
     _, shardings = state_lib.abstract_state(model, tx, config.data.seq_len, mesh)
     st = state_lib.create_state(model, tx, config.data.seq_len, mesh, config.seed)
-    return st, CompiledSteps(model, tx, sched, 0, mesh, shardings, DenseLoss()), shardings
+    return st, StepPrograms(model, tx, sched, 0, mesh, shardings, DenseLoss()), shardings
 
 
 def _run_steps(config, mesh, batches, n):
@@ -55,7 +55,7 @@ def _run_steps(config, mesh, batches, n):
 
 
 def test_sharded_2x2x2_step_equals_single_device(tiny_config):
-    cache, _ = store.build_cache(tiny_config.data)
+    cache, _ = store.build_store(tiny_config.data)
     batches = batches_lib.Batches(cache.train, 8, seed=0)
     one = sharding.make_mesh(_mesh_cfg(1, 1, 1), jax.devices()[:1])
     eight = sharding.make_mesh(_mesh_cfg(2, 2, 2))
@@ -73,7 +73,7 @@ def test_tiny_model_overfits_one_batch(tiny_config):
     cfg = tiny_config
     cfg.optim.learning_rate, cfg.optim.warmup_steps, cfg.optim.schedule = 1e-2, 5, "constant"
     cfg.optim.weight_decay = 0.0
-    cache, _ = store.build_cache(cfg.data)
+    cache, _ = store.build_store(cfg.data)
     fixed = batches_lib.Batches(cache.train, 8, seed=0).numpy(0)
     mesh = sharding.make_mesh(_mesh_cfg(-1, 1, 1))
     st, steps, _ = _setup(cfg, mesh)

@@ -26,7 +26,7 @@ def _cfg(tmp_path, source, **kw):
 
 
 def _train_stream(cfg):
-    cache, _ = store.build_cache(cfg)
+    cache, _ = store.build_store(cfg)
     return cache.train.tokens(), cache.heldout.tokens()
 
 
@@ -116,7 +116,7 @@ def test_arrayrecord_files_through_grain(tmp_path, reference):
     np.testing.assert_array_equal(heldout, reference[1])
     (tmp_path / "bad.array_record").write_bytes(b"not an array record file")
     with pytest.raises(UserError, match="bad.array_record: not a readable ArrayRecord"):
-        store.build_cache(_cfg(tmp_path, "arrayrecord", path=str(tmp_path / "bad.array_record"),
+        store.build_store(_cfg(tmp_path, "arrayrecord", path=str(tmp_path / "bad.array_record"),
                               heldout_path=str(tmp_path / "valid.array_record")))
 
 

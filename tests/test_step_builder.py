@@ -31,7 +31,7 @@ from salt_jax.model import sharding
 from salt_jax.model.transformer import Transformer
 from salt_jax.train import optim
 from salt_jax.train import state as state_lib
-from salt_jax.train.step import CompiledSteps
+from salt_jax.train.step import StepPrograms
 
 GOLDEN = json.load(open(os.path.join(REPO, "tests", "data", "step_golden.json")))
 
@@ -58,7 +58,7 @@ def test_step_builder_matches_the_previous_steps(method, loss):
                               out_shardings=tshard)(jax.random.key(1))
         teacher = teacher_lib.Teacher(model=tmodel, config=tcfg, params=tparams, shardings=tshard, checkpoint="",
                                       fingerprint="", tokenizer="")
-    steps = CompiledSteps(model, tx, lr, 0, mesh, shard, objective.make_loss(c), teacher=teacher, phase=phase)
+    steps = StepPrograms(model, tx, lr, 0, mesh, shard, objective.make_loss(c), teacher=teacher, phase=phase)
     rng = np.random.default_rng(0)
     metrics = []
     for _ in range(2):

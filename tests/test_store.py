@@ -37,8 +37,8 @@ def _stream(cfg):
 
 def test_small_shards_give_the_same_stream_and_rows_across_boundaries(tmp_path):
     path = _corpus(tmp_path)
-    one, _ = store.build_cache(_cfg(path, str(tmp_path / "a"), 10**9))
-    many, _ = store.build_cache(_cfg(path, str(tmp_path / "b"), 3000))
+    one, _ = store.build_store(_cfg(path, str(tmp_path / "a"), 10**9))
+    many, _ = store.build_store(_cfg(path, str(tmp_path / "b"), 3000))
     assert len(one.meta["splits"]["train"]["shards"]) == 1 and len(many.meta["splits"]["train"]["shards"]) >= 5
     want = _stream(_cfg(path, "", 1))
     np.testing.assert_array_equal(one.train.tokens(), want)
@@ -54,8 +54,8 @@ def test_small_shards_give_the_same_stream_and_rows_across_boundaries(tmp_path):
 
 def test_parallel_build_writes_byte_identical_shards(tmp_path):
     path = _corpus(tmp_path)
-    a, _ = store.build_cache(_cfg(path, str(tmp_path / "a"), 3000), workers=0)
-    b, _ = store.build_cache(_cfg(path, str(tmp_path / "b"), 3000), workers=2)
+    a, _ = store.build_store(_cfg(path, str(tmp_path / "a"), 3000), workers=0)
+    b, _ = store.build_store(_cfg(path, str(tmp_path / "b"), 3000), workers=2)
     assert a.meta == b.meta
     for shard in a.meta["splits"]["train"]["shards"] + a.meta["splits"]["heldout"]["shards"]:
         with open(os.path.join(a.directory, shard["file"]), "rb") as fa, \
@@ -65,7 +65,7 @@ def test_parallel_build_writes_byte_identical_shards(tmp_path):
 
 def test_an_interrupted_build_keeps_its_shards_and_resumes_to_the_same_store(tmp_path, monkeypatch):
     path = _corpus(tmp_path)
-    clean, _ = store.build_cache(_cfg(path, str(tmp_path / "clean"), 3000))
+    clean, _ = store.build_store(_cfg(path, str(tmp_path / "clean"), 3000))
     real, calls = store._write_shard, []
 
     def dies_after_three(docs, shard_path, tok=None):
@@ -78,12 +78,12 @@ def test_an_interrupted_build_keeps_its_shards_and_resumes_to_the_same_store(tmp
     monkeypatch.setattr(store, "_write_shard", dies_after_three)
     cfg = _cfg(path, str(tmp_path / "resumed"), 3000)
     with pytest.raises(KeyboardInterrupt):
-        store.build_cache(cfg)
+        store.build_store(cfg)
     partial = os.path.dirname(calls[0])
     assert partial.endswith(".partial") and not os.path.exists(partial.removesuffix(".partial"))
     kept = {p: os.stat(p).st_mtime_ns for p in calls}
     monkeypatch.setattr(store, "_write_shard", real)
-    resumed, _ = store.build_cache(cfg)
+    resumed, _ = store.build_store(cfg)
     for p, mtime in kept.items():  # the finished shards were not rewritten
         assert os.stat(os.path.join(resumed.directory, os.path.basename(p))).st_mtime_ns == mtime
     assert resumed.meta == clean.meta and not any(".tmp" in f for f in os.listdir(resumed.directory))
@@ -93,7 +93,7 @@ def test_an_interrupted_build_keeps_its_shards_and_resumes_to_the_same_store(tmp
 def _peak_bytes(cfg) -> int:
     tracemalloc.start()
     try:
-        store.build_cache(cfg)
+        store.build_store(cfg)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -110,7 +110,7 @@ def test_build_memory_does_not_grow_with_the_corpus(tmp_path):
             for i in range(1500 * scale):
                 fh.write(json.dumps({"text": f"record {i} " + "lorem ipsum dolor " * 55}) + "\n")
         peaks[scale] = _peak_bytes(_cfg(str(d / "data.jsonl"), str(tmp_path / f"c{scale}"), 200_000))
-        tokens = store.build_cache(_cfg(str(d / "data.jsonl"), str(tmp_path / f"c{scale}"), 200_000))[0].train.n_tokens
+        tokens = store.build_store(_cfg(str(d / "data.jsonl"), str(tmp_path / f"c{scale}"), 200_000))[0].train.n_tokens
         assert tokens > 1_000_000 * scale
     assert peaks[4] < 1.3 * peaks[1], peaks
     assert peaks[4] < 2 * 4_000_000  # well under the 4x corpus's ~4.8M tokens held as one array
@@ -119,31 +119,31 @@ def test_build_memory_does_not_grow_with_the_corpus(tmp_path):
 def test_a_damaged_store_is_one_clear_error(tmp_path):
     path = _corpus(tmp_path)
     cfg = _cfg(path, str(tmp_path / "c"), 3000)
-    cache, _ = store.build_cache(cfg)
+    cache, _ = store.build_store(cfg)
     shard = os.path.join(cache.directory, cache.meta["splits"]["train"]["shards"][1]["file"])
     with open(shard, "r+b") as fh:
         fh.truncate(10)
     with pytest.raises(UserError, match=r"train-00001.bin: unreadable token store shard .*delete .* to rebuild"):
-        store.build_cache(cfg)
+        store.build_store(cfg)
     meta = os.path.join(cache.directory, "meta.json")
     good = open(meta).read()
     open(meta, "w").write("{not json")
     with pytest.raises(UserError, match="meta.json: unreadable token store index"):
-        store.build_cache(cfg)
+        store.build_store(cfg)
     open(meta, "w").write(good.replace('"tokenizer": "bytes-v1"', '"tokenizer": "sp-0123456789abcdef"'))
     with pytest.raises(UserError, match="built with tokenizer sp-0123456789abcdef, this run tokenizes with bytes-v1"):
-        store.build_cache(cfg)
+        store.build_store(cfg)
     open(meta, "w").write(good)
     with open(shard, "r+b") as fh:  # the right size, a garbage body: ids beyond the 259-id byte vocabulary
         fh.truncate(0)
         fh.write(np.full(cache.meta["splits"]["train"]["shards"][1]["tokens"], 40000, "<u2").tobytes())
-    damaged, _ = store.build_cache(cfg)
+    damaged, _ = store.build_store(cfg)
     with pytest.raises(UserError, match=r"train-00001.bin: token id 40000 is outside the vocabulary \(259\) .* "
                                         r"the shard is damaged; delete .* to rebuild"):
         damaged.train.rows(np.arange(damaged.train.n_rows))
     np.testing.assert_array_equal(damaged.train.rows(np.array([0])), cache.train.rows(np.array([0])))
     os.remove(meta)  # a store that lost its index is rebuilt, whole
-    rebuilt, _ = store.build_cache(cfg)
+    rebuilt, _ = store.build_store(cfg)
     assert rebuilt.directory == cache.directory and rebuilt.meta == cache.meta
     np.testing.assert_array_equal(rebuilt.train.tokens(), _stream(cfg))
 
@@ -165,7 +165,7 @@ def test_prepare_builds_the_store_the_run_opens(tmp_path, tiny_config):
     cfg = tiny_config.data
     cfg.cache_dir, cfg.max_files, cfg.shard_chars = cache, 60, 50000
     mtime = os.stat(os.path.join(directory, "meta.json")).st_mtime_ns
-    opened, _ = store.build_cache(cfg)
+    opened, _ = store.build_store(cfg)
     assert opened.directory == directory and os.stat(os.path.join(directory, "meta.json")).st_mtime_ns == mtime
     assert len(opened.meta["splits"]["train"]["shards"]) > 2
     bad = subprocess.run(args + ["--workers=-1"], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -209,7 +209,7 @@ def test_a_bad_jsonl_line_names_the_file_and_byte(tmp_path):
     d.mkdir()
     (d / "a.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
     with pytest.raises(UserError, match=r"a.jsonl: the line at byte 17 is not valid JSON"):
-        store.build_cache(_cfg(str(d), str(tmp_path / "c"), 1000))
+        store.build_store(_cfg(str(d), str(tmp_path / "c"), 1000))
     (d / "a.jsonl").write_text('{"text": "fine"}\n{"body": "x"}\n')
     with pytest.raises(UserError, match=r"the record at byte 17 has no string field 'text'; set config.data"):
-        store.build_cache(_cfg(str(d), str(tmp_path / "c"), 1000))
+        store.build_store(_cfg(str(d), str(tmp_path / "c"), 1000))

@@ -25,8 +25,8 @@ from wandb.proto import wandb_internal_pb2  # noqa: E402
 
 # The wall-clock fields of a train line: a step W&B got from the killed process keeps that process's timings.
 CLOCK = {"train_seconds", "tokens_per_sec", "steps_per_sec", "model_tflops_per_sec", "mfu", "mfu_with_teacher"}
-RUN = {"data.seq_len": 32, "data.max_files": 60, "data.eval_batches": 2, "train.steps": 16, "train.log_every": 2,
-       "train.eval_every": 4, "train.checkpoint_every": 6, "train.keep_checkpoints": 5, "train.progress": False,
+RUN = {"data.seq_len": 32, "data.max_files": 60, "data.heldout_batches": 2, "train.steps": 16, "train.log_every": 2,
+       "train.heldout_every": 4, "train.checkpoint_every": 6, "train.keep_checkpoints": 5, "train.progress": False,
        "optim.warmup_steps": 2, "logging.wandb": True, "logging.wandb_mode": "offline"}
 
 

@@ -14,7 +14,7 @@ def get_config():
     c.student = test_tiny_run("baseline")  # run config shared by every student
     c.student.data.seq_len = 32
     c.student.train.steps = 24
-    c.student.train.eval_every = 4
+    c.student.train.heldout_every = 4
     c.student.train.log_every = 4
     c.student.train.checkpoint_every = 12
     c.teacher.data = c.student.data  # same data and tokenizer as the students

@@ -1,6 +1,6 @@
 """A run's device programs built from abstract shapes only, for any target mesh.
 
-The same code as training builds them (salt_jax.train.step.CompiledSteps and
+The same code as training builds them (salt_jax.train.step.StepPrograms and
 salt_jax.kd.selection.scoring_program, with the run's state layout, donation,
 loss and teacher layout), so what compiles here is what a run executes.
 Nothing is allocated: parameters, optimizer state, teacher and batch are
@@ -30,7 +30,7 @@ from salt_jax.kd.schedules import KDPhase
 from salt_jax.model import attention, checkpoints, presets, sharding
 from salt_jax.model.transformer import Transformer, abstract_params
 from salt_jax.train import optim, state as state_lib
-from salt_jax.train.step import CompiledSteps, Guard
+from salt_jax.train.step import StepPrograms, Guard
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +82,7 @@ class Programs:
 
     def __init__(self, config: ml_collections.ConfigDict, mesh, teacher_cfg: ml_collections.ConfigDict | None):
         self.config, self.mesh, self.teacher_cfg = config, mesh, teacher_cfg
-        self.kind = methods.method(config.salt.method)
+        self.method = methods.method(config.salt.method)
         d, t = config.data, config.train
         self.tokens = jax.ShapeDtypeStruct((d.batch_size, d.seq_len + 1), jnp.int32)
         self.tx, self.lr = optim.make_optimizer(config.optim, t.steps)
@@ -97,9 +97,9 @@ class Programs:
     @property
     def names(self) -> tuple[str, ...]:
         """The programs this run executes (a teacher run also gets "baseline", the KD step's reference)."""
-        if not self.kind.teacher:
+        if not self.method.teacher:
             return ("baseline",)
-        return ("kd", "baseline", "scoring") if self.kind.selects_data else ("kd", "baseline")
+        return ("kd", "baseline", "scoring") if self.method.selects_data else ("kd", "baseline")
 
     def loops(self, name: str) -> dict[str, int]:
         """Trip counts of the program's loops (a compiler cost model counts each body once)."""
@@ -144,6 +144,6 @@ class Programs:
             with sharding.on_mesh(self.mesh):
                 return fn.lower(params, self.tokens)
         teacher, params = self._teacher(unroll.teacher) if name == "kd" else (None, None)
-        steps = CompiledSteps(model, self.tx, self.lr, pad_id, self.mesh, self.state_shardings, loss, self.guard,
+        steps = StepPrograms(model, self.tx, self.lr, pad_id, self.mesh, self.state_shardings, loss, self.guard,
                               teacher=teacher, phase=self.phase)
         return steps.lower(self.state, self.tokens, params)

@@ -8,7 +8,7 @@ O(B) time and memory whatever the corpus size (the Pile at 2048 tokens is
 ~150M rows, a 1.2 GB permutation per epoch). Resuming needs
 only s, on any number of hosts; each host reads only its own rows of the
 global batch (`host_rows`). A `Prefetcher` reads the coming steps' rows in a
-background thread. The held-out set is read in order (`eval_batches`).
+background thread. The held-out set is read in order (`heldout_batches`).
 
 A mixture of corpora (salt_jax.data.mixture) draws each example's corpus by
 weight, still per index (`mixture_indices`): the batch of step s is a pure
@@ -143,7 +143,7 @@ class MixtureBatches(Batches):
 
 
 def training_batches(cache, batch_size: int, seed: int) -> Batches:
-    """The training batches of a token store, or of a mixture's stores (a MixtureCache: its `counts`)."""
+    """The training batches of a token store, or of a mixture's stores (a MixtureStore: its `counts`)."""
     if getattr(cache, "counts", None) is None:
         return Batches(cache.train, batch_size, seed)
     return MixtureBatches(cache.train, batch_size, seed, cache.counts)
@@ -200,7 +200,7 @@ class Prefetcher:
         self._thread.join(timeout=60)
 
 
-def eval_batches(split: TokenSplit, batch_size: int, max_batches: int, pad_id: int) -> list[np.ndarray]:
+def heldout_batches(split: TokenSplit, batch_size: int, max_batches: int, pad_id: int) -> list[np.ndarray]:
     """The held-out set in order, as full batches (the last padded with pad rows, which are masked)."""
     n = split.n_rows if max_batches <= 0 else min(split.n_rows, max_batches * batch_size)
     if n == 0:
@@ -217,4 +217,4 @@ def eval_sets(cache, batch_size: int, max_batches: int, pad_id: int) -> dict[str
     """The held-out batches of each corpus: {"": ...} for one store; {name: ...} for each corpus of a mixture,
     each its own split's first `max_batches` batches."""
     splits = getattr(cache, "heldout_splits", None) or {"": cache.heldout}
-    return {name: eval_batches(split, batch_size, max_batches, pad_id) for name, split in splits.items()}
+    return {name: heldout_batches(split, batch_size, max_batches, pad_id) for name, split in splits.items()}

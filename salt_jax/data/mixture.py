@@ -192,8 +192,8 @@ class ConcatSplit:
         return out
 
 
-class MixtureCache:
-    """A mixture's token stores (one TokenCache per component) read as one.
+class MixtureStore:
+    """A mixture's token stores (one TokenStore per component) read as one.
 
     `train` / `heldout` concatenate the components' splits; `counts` is the draw
     (each component's examples per PERIOD); `heldout_splits` the held-out split of
@@ -202,21 +202,21 @@ class MixtureCache:
     logits.
     """
 
-    def __init__(self, components: list[Component], caches: list, cache_dir: str):
+    def __init__(self, components: list[Component], stores: list, cache_dir: str):
         self.names = [c.name for c in components]
         self.weights = [c.weight for c in components]
-        self.caches, self.counts = caches, counts(self.weights)
-        for name, cache in zip(self.names, caches):
+        self.stores, self.counts = stores, counts(self.weights)
+        for name, store in zip(self.names, stores):
             for split in ("train", "heldout"):
-                if getattr(cache, split).n_rows < 1:
+                if getattr(store, split).n_rows < 1:
                     _fail(f"component {name!r}: its {split} split has fewer tokens than one sequence of "
-                          f"{cache.train.seq_len}; add data to it, lower config.data.seq_len or raise its "
+                          f"{store.train.seq_len}; add data to it, lower config.data.seq_len or raise its "
                           "heldout_fraction")
-        self.train = ConcatSplit([c.train for c in caches])
-        self.heldout = ConcatSplit([c.heldout for c in caches])
-        self.heldout_splits = {name: c.heldout for name, c in zip(self.names, caches)}
-        stores = [c.directory.rstrip("/").rsplit("/", 1)[-1] for c in caches]
-        key = hashlib.sha256(json.dumps([self.names, self.counts.tolist(), stores]).encode()).hexdigest()[:16]
+        self.train = ConcatSplit([s.train for s in stores])
+        self.heldout = ConcatSplit([s.heldout for s in stores])
+        self.heldout_splits = {name: s.heldout for name, s in zip(self.names, stores)}
+        names = [s.directory.rstrip("/").rsplit("/", 1)[-1] for s in stores]
+        key = hashlib.sha256(json.dumps([self.names, self.counts.tolist(), names]).encode()).hexdigest()[:16]
         self.directory = paths.join(cache_dir, "tokens", f"mixture-{key}")
 
     def pool_rows(self, pool_size: int, seed: int) -> np.ndarray:
@@ -234,9 +234,9 @@ class MixtureCache:
 
 
 def build(data_cfg: ml_collections.ConfigDict, cache_dir: str, train_tokenizer: bool,
-          open_store: Callable) -> tuple[MixtureCache, tokenizer.Tokenizer]:
+          open_store: Callable) -> tuple[MixtureStore, tokenizer.Tokenizer]:
     """The mixture's stores and its one tokenizer; `open_store(source, tok, data_cfg)` opens (or builds) one
-    component's store (salt_jax.data.store.build_cache)."""
+    component's store (salt_jax.data.store.build_store)."""
     components = parse(data_cfg)
     found = []
     for c in components:
@@ -246,10 +246,10 @@ def build(data_cfg: ml_collections.ConfigDict, cache_dir: str, train_tokenizer: 
             raise named_error(e, c.name) from None
     sample = found[0] if len(found) == 1 else TokenizerSample(components, found, data_cfg.tokenizer.max_train_lines)
     tok = tokenizer.make_tokenizer(data_cfg.tokenizer, sample, cache_dir, train=train_tokenizer)
-    caches = []
+    stores = []
     for c, source in zip(components, found):
         try:
-            caches.append(open_store(source, tok, c.data))
+            stores.append(open_store(source, tok, c.data))
         except UserError as e:
             raise named_error(e, c.name) from None
-    return MixtureCache(components, caches, cache_dir), tok
+    return MixtureStore(components, stores, cache_dir), tok

@@ -142,7 +142,7 @@ class TokenSplit:
         return out
 
 
-class TokenCache:
+class TokenStore:
     """Train and held-out splits of one (source, tokenizer) store, read at sequence length `seq_len`.
 
     With `tokenizer` (a fingerprint) a store written with another tokenizer is refused.
@@ -460,9 +460,9 @@ def _build_lock(directory: str, shared: bool):
         yield
 
 
-def build_cache(data_cfg: ml_collections.ConfigDict, cache_dir: str | None = None, workers: int = 0,
+def build_store(data_cfg: ml_collections.ConfigDict, cache_dir: str | None = None, workers: int = 0,
                 host: tuple[int, int] | None = None, engine=None):
-    """Returns (TokenCache, tokenizer), building and caching whatever is missing.
+    """Returns (TokenStore, tokenizer), building and caching whatever is missing.
 
     `workers` = 0 tokenizes in this process (with the tokenizer's own threads);
     N > 0 in N single-threaded processes (python -m salt_jax.prepare --workers=N).
@@ -470,7 +470,7 @@ def build_cache(data_cfg: ml_collections.ConfigDict, cache_dir: str | None = Non
     elsewhere instead, e.g. as Ray tasks (--engine=ray).
     `host` = (index, count) of the processes building a shared store together
     (default: JAX's process index and count); a local store ignores it.
-    config.data.mixture: (salt_jax.data.mixture.MixtureCache, its one tokenizer), a store per corpus.
+    config.data.mixture: (salt_jax.data.mixture.MixtureStore, its one tokenizer), a store per corpus.
     """
     cache_dir = paths.expand(cache_dir or data_cfg.cache_dir or default_cache_dir())
     shared = is_shared(data_cfg, cache_dir)
@@ -478,7 +478,7 @@ def build_cache(data_cfg: ml_collections.ConfigDict, cache_dir: str | None = Non
         import jax  # noqa: PLC0415 -- the process topology, only when a run does not give it
         host = (jax.process_index(), jax.process_count())
 
-    def open_store(source, tok, cfg: ml_collections.ConfigDict) -> TokenCache:
+    def open_store(source, tok, cfg: ml_collections.ConfigDict) -> TokenStore:
         directory = paths.join(cache_dir, "tokens", store_key(source, tok))
         if not paths.exists(paths.join(directory, "meta.json")):
             paths.makedirs(paths.join(cache_dir, "tokens"))
@@ -486,7 +486,7 @@ def build_cache(data_cfg: ml_collections.ConfigDict, cache_dir: str | None = Non
                 if not paths.exists(paths.join(directory, "meta.json")):
                     _build(source, tok, cfg, directory, engine or engines.LocalEngine(workers), shared,
                            host if shared else (0, 1))
-        return TokenCache(directory, cfg.seq_len, tok.fingerprint())
+        return TokenStore(directory, cfg.seq_len, tok.fingerprint())
 
     if data_cfg.get("mixture"):
         return mixture.build(data_cfg, cache_dir, not shared or host[0] == 0, open_store)

@@ -45,7 +45,7 @@ def _main(argv) -> None:
         limit = int(limit)
     try:
         distributed.initialize()
-        runs.evaluate(_WORKDIR.value, tasks, _STEP.value, _NUM_FEWSHOT.value, limit, _INCLUDE.value,
+        runs.evaluate_run(_WORKDIR.value, tasks, _STEP.value, _NUM_FEWSHOT.value, limit, _INCLUDE.value,
                       _BATCH.value, _SEED.value, _OUT.value)
     except UserError as e:
         fail(str(e))

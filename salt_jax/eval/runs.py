@@ -15,7 +15,7 @@ from salt_jax import paths
 from salt_jax.errors import UserError
 
 
-def evaluate(workdir: str, tasks: list[str], step: int | None = None, num_fewshot: int | None = None,
+def evaluate_run(workdir: str, tasks: list[str], step: int | None = None, num_fewshot: int | None = None,
              limit: float | None = None, include_path: str | None = None, batch_size: int = 32, seed: int = 1234,
              out: str | None = None) -> dict | None:
     """Evaluates; returns lm-eval's results on process 0 (None on the others), having written them."""

@@ -161,13 +161,13 @@ def _choose_lr(exp, workdir: str, teacher_dir: str, runner=train_in_order) -> tu
         return default, exp.lr_note or "fixed in the experiment config."
     sweep = {lr: paths.join(workdir, "lr_sweep", f"baseline-lr{lr:g}") for lr in grid}
     runner([(f"lr sweep {lr:g}", d, student_config(exp, "baseline", 0, teacher_dir, lr)) for lr, d in sweep.items()])
-    finals = {lr: report.Run(d).evals[-1]["loss"] for lr, d in sweep.items()}
+    finals = {lr: report.RunOutputs(d).evals[-1]["loss"] for lr, d in sweep.items()}
     best = min(finals, key=finals.get)
     detail = ", ".join(f"{lr:g}: {loss:.4f}" for lr, loss in finals.items())
     return best, f"the best final held-out loss of the baseline (seed 0) over a sweep ({detail})."
 
 
-def _corpus(runs: list[report.Run]) -> str:
+def _corpus(runs: list[report.RunOutputs]) -> str:
     """The baseline runs' corpus (every run of an experiment trains on the same store), as one line."""
     found = {json.dumps(r.summary["corpus"], sort_keys=True) for r in runs if r.summary.get("corpus")}
     if not found:
@@ -234,9 +234,9 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str, runner=train_in
     runner([(f"{spec} seed {seed}", d, student_config(exp, spec, seed, teacher_dir, lr, workdir))
             for spec, d, seed in students])
 
-    runs: dict[str, list[report.Run]] = {}
+    runs: dict[str, list[report.RunOutputs]] = {}
     for spec, d, _ in students:
-        run = report.Run(d)
+        run = report.RunOutputs(d)
         if run.config.salt.teacher != teacher_dir and kd_methods.method(run.config.salt.method).teacher:
             run.teacher_cfg = _teacher_model(run.config.salt.teacher)  # (its FLOPs, not the main teacher's)
         runs.setdefault(run_name(spec), []).append(run)
@@ -245,7 +245,7 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str, runner=train_in
     results = report.analyse(runs, teacher_cfg)
     meta = {"name": exp.name, "student_preset": exp.student.model.preset,
             "student_params": param_count(exp.student.model), "teacher_preset": teacher_cfg.preset,
-            "teacher_params": param_count(teacher_cfg), "teacher_dir": teacher_dir,
+            "teacher_input": param_count(teacher_cfg), "teacher_dir": teacher_dir,
             "batch_size": exp.student.data.batch_size, "seq_len": exp.student.data.seq_len,
             "data": exp.student.data.source if exp.student.data.source != "stdlib"
             else "the Python standard library (built-in corpus)",

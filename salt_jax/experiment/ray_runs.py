@@ -118,7 +118,7 @@ class RayRunner:
             key = c.data.to_json_best_effort(sort_keys=True)
             if key not in seen:
                 seen.add(key)
-                store.build_cache(c.data, host=(0, 1), engine=ray_engine.RayEngine())
+                store.build_store(c.data, host=(0, 1), engine=ray_engine.RayEngine())
 
     def __call__(self, runs: list[tuple[str, str, ml_collections.ConfigDict]]) -> None:
         if not runs:

@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from salt_jax import paths as storage
+from salt_jax.renamed import upgrade
 from salt_jax.errors import UserError
 from salt_jax.model.flops import flops_per_token, train_flops_per_token
 from salt_jax.train.metrics import read_metrics
@@ -56,12 +57,12 @@ def compute_curve(steps: Iterable[int], student_step_flops: float, teacher_step_
     return upfront_flops + s * student_step_flops + np.minimum(s, kd_phase_end) * teacher_step_flops
 
 
-class Run:
+class RunOutputs:
     """One finished (or partial) run's outputs."""
 
     def __init__(self, workdir: str):
         self.workdir = workdir
-        self.config = ml_collections.ConfigDict(storage.read_json(storage.join(workdir, "config.json")))
+        self.config = ml_collections.ConfigDict(upgrade(storage.read_json(storage.join(workdir, "config.json"))))
         records = read_metrics(storage.join(workdir, "metrics.jsonl"))
         self.evals = sorted((r for r in records if r["split"] == "eval"), key=lambda r: r["step"])
         self.fewshot = sorted((r for r in records if r["split"] == "fewshot"), key=lambda r: r["step"])
@@ -109,7 +110,7 @@ class Run:
         return out
 
 
-def per_corpus(group: list[Run]) -> dict[str, float]:
+def per_corpus(group: list[RunOutputs]) -> dict[str, float]:
     """A mixture's final held-out loss per corpus (metrics.jsonl's `loss/<name>`), the seeds' mean; {} for one
     corpus."""
     names = [k[len("loss/"):] for k in group[0].evals[-1] if k.startswith("loss/")]
@@ -128,7 +129,7 @@ def _at_step(evals: list[dict], step: int) -> dict:
     return evals[-1]
 
 
-def analyse(runs: dict[str, list[Run]], teacher_cfg, baseline: str = "baseline") -> dict:
+def analyse(runs: dict[str, list[RunOutputs]], teacher_cfg, baseline: str = "baseline") -> dict:
     """results.json content from runs grouped by method (each a list over seeds)."""
     if baseline not in runs:
         raise ValueError("the experiment needs a baseline method to compare against")
@@ -210,14 +211,14 @@ def lower_is_better(metric: str) -> bool:
     return "perplexity" in metric or "bits_per_byte" in metric
 
 
-def _measured_at(group: list[Run], step: int, key: str) -> float | None:
+def _measured_at(group: list[RunOutputs], step: int, key: str) -> float | None:
     """The seeds' mean score `key` evaluated at exactly `step`; None where it was not measured there (a
     fraction's column then shows "-", never a score from another step)."""
     found = [e for r in group for e in r.fewshot if e["step"] == step]
     return float(np.mean([e[key] for e in found])) if len(found) == len(group) else None
 
 
-def fewshot(runs: dict[str, list[Run]], total_steps: int, baseline: str = "baseline") -> dict | None:
+def fewshot(runs: dict[str, list[RunOutputs]], total_steps: int, baseline: str = "baseline") -> dict | None:
     """Few-shot scores (config.eval) per metric and method: the seed mean at each evaluation, at the loss
     table's fractions, and the step from which the method stays at or past the baseline's final score
     (the loss rule, with the direction of each metric). None when the runs have no few-shot records."""
@@ -336,7 +337,7 @@ def markdown(results: dict, meta: dict) -> str:
     """report.md: setup, fairness rules, tables, plots and the conclusion."""
     lines = [f"# SALT experiment: {meta['name']}", ""]
     lines += [f"Student {meta['student_preset']} ({meta['student_params']:,} parameters), teacher "
-              f"{meta['teacher_preset']} ({meta['teacher_params']:,} parameters, from {meta['teacher_dir']}); "
+              f"{meta['teacher_preset']} ({meta['teacher_input']:,} parameters, from {meta['teacher_dir']}); "
               f"{results['total_steps']} steps of batch {meta['batch_size']} x {meta['seq_len']} tokens on "
               f"{meta['data']}; seeds {meta['seeds']}; device {meta['device']}.", "",
               f"Corpus: {meta.get('corpus', 'not recorded')}.", ""]
@@ -421,7 +422,7 @@ def _corpus_markdown(results: dict) -> list[str]:
     if not names:
         return []
     lines = ["## Final held-out loss per corpus of the mixture", "",
-             "Each corpus's own held-out split (config.data.eval_batches batches of it); overall = the corpora's "
+             "Each corpus's own held-out split (config.data.heldout_batches batches of it); overall = the corpora's "
              "losses weighted by the mixture's weights.", "",
              "| method | overall | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for name, m in results["methods"].items():

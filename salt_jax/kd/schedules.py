@@ -100,12 +100,12 @@ def _with_lr(n_kd: int, total_steps: int, lr: optax.Schedule, w0: float) -> opta
     return optax.join_schedules([inside, optax.constant_schedule(0.0)], [n_kd])
 
 
-def _weight(salt, kind: methods.Method, total_steps: int, lr: optax.Schedule | None = None) -> optax.Schedule:
+def _weight(salt, method: methods.Method, total_steps: int, lr: optax.Schedule | None = None) -> optax.Schedule:
     """w(step) of a resolved config.salt: the weight of the KD term in (1 - w) * NTP + w * KD."""
     w0 = float(salt.kd_weight)
-    if not kind.teacher:
+    if not method.teacher:
         return optax.constant_schedule(0.0)
-    if not kind.kd_ends:
+    if not method.kd_ends:
         return optax.constant_schedule(w0)
     n = salt.kd_steps
     if salt.weight_schedule in ("linear", "cosine"):
@@ -121,19 +121,19 @@ def _weight(salt, kind: methods.Method, total_steps: int, lr: optax.Schedule | N
     return optax.join_schedules([optax.constant_schedule(w0), optax.constant_schedule(0.0)], [end])
 
 
-def _temperature(salt, kind: methods.Method, total_steps: int) -> optax.Schedule:
+def _temperature(salt, method: methods.Method, total_steps: int) -> optax.Schedule:
     """tau(step): constant, or linear / cosine from `temperature` to `temperature_end` at n_KD (rkd: at the
     run's end)."""
     tau = float(salt.temperature)
-    if salt.temperature_schedule == "constant" or not kind.teacher:
+    if salt.temperature_schedule == "constant" or not method.teacher:
         return optax.constant_schedule(tau)
-    n = salt.kd_steps if kind.kd_ends else total_steps
+    n = salt.kd_steps if method.kd_ends else total_steps
     return _decay(salt.temperature_schedule, tau, float(salt.temperature_end), n)
 
 
-def _share(salt, kind: methods.Method) -> optax.Schedule:
+def _share(salt, method: methods.Method) -> optax.Schedule:
     """Share of each batch's sequences that get the KD term (1 except for the ratio transition)."""
-    if not kind.kd_ends or salt.transition != "ratio":
+    if not method.kd_ends or salt.transition != "ratio":
         return optax.constant_schedule(1.0)
     return optax.join_schedules([optax.constant_schedule(1.0),
                                  optax.linear_schedule(1.0, 0.0, salt.transition_steps)], [salt.kd_steps])
@@ -153,7 +153,7 @@ class KDPhase:
     `step` runs the teacher.
     """
 
-    kind: methods.Method  # the method's row of the method table
+    method: methods.Method  # the method's row of the method table
     salt: ml_collections.ConfigDict  # config.salt with the run-relative defaults resolved
     n_kd: int  # n_KD: steps at full KD weight
     weight: optax.Schedule  # w(step)
@@ -171,11 +171,11 @@ class KDPhase:
         """
         salt = copy.deepcopy(salt)
         resolve(salt, total_steps)
-        kind = methods.method(salt.method)
-        weight, share = _weight(salt, kind, total_steps, lr), _share(salt, kind)
-        if not kind.teacher:
+        method = methods.method(salt.method)
+        weight, share = _weight(salt, method, total_steps, lr), _share(salt, method)
+        if not method.teacher:
             end = 0
-        elif not kind.kd_ends:
+        elif not method.kd_ends:
             end = total_steps
         elif salt.switch == "adaptive":
             end = salt.adaptive_max_steps
@@ -190,14 +190,14 @@ class KDPhase:
         else:
             end = salt.kd_steps
         end = min(end, total_steps)
-        phase = cls(kind, salt, salt.kd_steps, weight, _temperature(salt, kind, total_steps), share, end, end)
+        phase = cls(method, salt, salt.kd_steps, weight, _temperature(salt, method, total_steps), share, end, end)
         if switch_step >= 0:
             phase.switched_at(switch_step)
         return phase
 
     @property
     def adaptive(self) -> bool:
-        return self.kind.kd_ends and self.salt.switch == "adaptive"
+        return self.method.kd_ends and self.salt.switch == "adaptive"
 
     def active(self, step: int) -> bool:
         """Whether step `step` runs the teacher."""

@@ -40,7 +40,7 @@ import numpy as np
 
 from salt_jax import paths
 from salt_jax.data.batches import host_rows
-from salt_jax.data.store import TokenCache
+from salt_jax.data.store import TokenStore
 from salt_jax.errors import UserError
 from salt_jax.kd import losses
 from salt_jax.model import sharding
@@ -75,7 +75,7 @@ def pool_rows(n_rows: int, pool_size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 0x5A17]).choice(n_rows, pool_size, replace=False))
 
 
-def _score_file(cache: TokenCache, teacher_fp: str, k: int, rows: np.ndarray) -> str:
+def _score_file(cache: TokenStore, teacher_fp: str, k: int, rows: np.ndarray) -> str:
     """Scores depend on the rows' tokens, so on the sequence length that cuts the store into rows too."""
     pool_key = hashlib.sha256(rows.astype(np.int64).tobytes()).hexdigest()[:12]
     return paths.join(cache.directory, "scores",
@@ -93,7 +93,7 @@ def scoring_program(model, shardings, k: int, mesh, pad_id: int):
                    out_shardings=sharding.replicated(mesh))
 
 
-def score_pool(teacher, cache: TokenCache, rows: np.ndarray, k: int, batch_size: int, mesh, pad_id: int,
+def score_pool(teacher, cache: TokenStore, rows: np.ndarray, k: int, batch_size: int, mesh, pad_id: int,
                save_every: int = 50) -> dict[str, np.ndarray]:
     """Scores of `rows` of the train split (cached; resumable).
 

@@ -31,14 +31,14 @@ class FewShot:
         self.engine = Engine(config.model, None, mesh, batch_size=e.batch_size)
         self.lm = harness.SaltLM(self.engine, tokenizer, seed=e.seed)
 
-    def due(self, done: int, eval_every: int, total_steps: int) -> bool:
+    def due(self, done: int, heldout_every: int, total_steps: int) -> bool:
         """Whether step `done` is scored: config.eval.steps (when given) or every config.eval.every
-        (default train.eval_every) steps; always the last step (step 0 is scored by the loop)."""
+        (default train.heldout_every) steps; always the last step (step 0 is scored by the loop)."""
         if done == total_steps:
             return True
         if self.cfg.steps.strip():
             return done in at_steps(self.cfg.steps, total_steps)
-        return done % (self.cfg.every or eval_every) == 0
+        return done % (self.cfg.every or heldout_every) == 0
 
     def scores(self, params) -> dict[str, float]:
         self.engine.params = params
@@ -94,6 +94,6 @@ def maybe(config: ml_collections.ConfigDict, mesh, tokenizer, log: str | None = 
         return None
     steps = at_steps(config.eval.steps, config.train.steps)
     when = (f"at steps {','.join(map(str, steps))}" if config.eval.steps.strip()
-            else f"every {config.eval.every or config.train.eval_every} steps")
+            else f"every {config.eval.every or config.train.heldout_every} steps")
     logging.info("few-shot evaluation: %s %s", config.eval.tasks, when)
     return FewShot(config, mesh, tokenizer, log)

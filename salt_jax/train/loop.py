@@ -4,7 +4,7 @@ Each step trains on the batch of step s (salt_jax.data.batches) with the fused
 teacher+student step while the KD phase lasts and the teacher-free step after
 it. After each step the hooks run, in this order: the kill drill, the
 adaptive switch, the non-finite check's bookkeeping, a metrics line every
-log_every steps, a held-out evaluation every eval_every steps, few-shot
+log_every steps, a held-out evaluation every heldout_every steps, few-shot
 scores every config.eval.every steps (when config.eval.tasks is set), a checkpoint
 every checkpoint_every steps, and the preemption check. Re-running on the same
 workdir resumes from the latest checkpoint and, because batches are
@@ -75,7 +75,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def evaluate(done: int, _=None) -> None:
         if done:  # (the evaluation before step 1 comes before the clock starts)
             meter.lap(r.state.step)
-        last_eval.update(r.evaluate())
+        last_eval.update(r.heldout_loss())
         r.writer.write("eval", done, dict(last_eval, train_seconds=meter.clock.total))
         if done:
             per_corpus = "".join(f" | {k[5:]} {v:.4f}" for k, v in last_eval.items() if k.startswith("loss/"))
@@ -84,7 +84,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         meter.clock.skip()  # evaluation time is not training time
 
     def fewshot(done: int, _=None) -> None:
-        if done and not r.fewshot.due(done, cfg_t.eval_every, r.total_steps):
+        if done and not r.fewshot.due(done, cfg_t.heldout_every, r.total_steps):
             return
         if done:
             meter.lap(r.state.step)
@@ -113,7 +113,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     hooks = Hooks(r.total_steps)
     for fn, every in ((kill_drill, 1), (adaptive_switch, 1), (nan_check.add, 1), (log_line, cfg_t.log_every),
-                      (evaluate, cfg_t.eval_every), (checkpoint, cfg_t.checkpoint_every), (preemption_check, 1)):
+                      (evaluate, cfg_t.heldout_every), (checkpoint, cfg_t.checkpoint_every), (preemption_check, 1)):
         hooks.add(fn, every)
         if fn is evaluate and r.fewshot is not None:
             hooks.add(fewshot, 1)  # (it decides which steps are due)
@@ -130,7 +130,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     r.end_kd_phase(step)
                     meter.compiles()
                 meter.before_step()
-                r.state, step_metrics = r.steps.train(r.state, r.batch(step), r.teacher_input(step))
+                r.state, step_metrics = r.programs.train(r.state, r.batch(step), r.teacher_input(step))
                 meter.after_step(step + 1, step_metrics)
                 hooks.run(step + 1, step_metrics)
                 if preempted is not None:
@@ -163,7 +163,7 @@ def _summary(r: Run, last_eval: dict, train_seconds: float, preempted: int | Non
     if preempted is not None:
         return {"preempted": True, "step": preempted, "steps": r.total_steps, "method": method}
     if not last_eval:  # resumed after the run had already finished
-        last_eval = r.evaluate()
+        last_eval = r.heldout_loss()
     resumed_finished = r.start >= r.total_steps
     summary = {"steps": r.total_steps, "final_eval_loss": last_eval["loss"],
                "final_eval_accuracy": last_eval["accuracy"], "parameters": r.n_params, "method": method,

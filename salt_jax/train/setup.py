@@ -23,7 +23,7 @@ import numpy as np
 from salt_jax import paths
 from salt_jax.config import check_vocab, validate
 from salt_jax.data import batches as batches_lib
-from salt_jax.data import store
+from salt_jax.data import store as store_lib
 from salt_jax.errors import UserError
 from salt_jax.kd import methods, objective, schedules, selection
 from salt_jax.kd import teacher as teacher_lib
@@ -36,7 +36,7 @@ from salt_jax.train import faults, metrics, optim
 from salt_jax.train import fewshot as fewshot_lib
 from salt_jax.train import state as state_lib
 from salt_jax.train import workdir as workdir_lib
-from salt_jax.train.step import CompiledSteps, Guard
+from salt_jax.train.step import StepPrograms, Guard
 
 
 @dataclasses.dataclass
@@ -45,15 +45,13 @@ class Run:
 
     config: ml_collections.ConfigDict
     workdir: str
-    cache: store.TokenCache  # or, with config.data.mixture, a salt_jax.data.mixture.MixtureCache
-    pad_id: int
-    mesh: Any
+    store: store_lib.TokenStore  # or, with config.data.mixture, a salt_jax.data.mixture.MixtureStore
     state: Any  # salt_jax.train.state.TrainState, on the mesh
     start: int  # the first step this process runs (the restored checkpoint's step)
     previous: dict  # the restored checkpoint's record ({} on a fresh start)
     phase: KDPhase  # the KD phase: schedules and the step it ends at
     teacher: teacher_lib.Teacher | None  # held while the KD phase has steps left
-    steps: CompiledSteps
+    programs: StepPrograms  # the compiled train (with and without the teacher) and eval steps
     batches: batches_lib.Batches  # the training batches of step s
     kd_batches: batches_lib.Batches  # the KD phase's (SALT_DS: the teacher-selected sequences)
     eval_sets: dict[str, list[np.ndarray]]  # held-out batches per corpus ({"": ...} without a mixture)
@@ -72,7 +70,7 @@ class Run:
     @property
     def mixture(self) -> dict[str, float] | None:
         """{corpus name: weight} of a mixture (config.data.mixture), None for one corpus."""
-        return dict(zip(self.cache.names, self.cache.weights)) if hasattr(self.cache, "names") else None
+        return dict(zip(self.store.names, self.store.weights)) if hasattr(self.store, "names") else None
 
     @property
     def corpus(self) -> dict:
@@ -81,8 +79,8 @@ class Run:
         mixture, {"mixture": [that, with each corpus's name and weight]}."""
         if self.mixture is not None:
             return {"mixture": [dict(_corpus(c), name=n, weight=w) for c, (n, w) in
-                                zip(self.cache.caches, self.mixture.items())]}
-        return _corpus(self.cache)
+                                zip(self.store.stores, self.mixture.items())]}
+        return _corpus(self.store)
 
     def source(self, step: int) -> batches_lib.Batches:
         """The batches step `step` reads: the KD phase's while it lasts, else the training split's."""
@@ -103,7 +101,7 @@ class Run:
         """The global batch of `step` on the mesh (this host's rows)."""
         source = self.source(step)  # (the teacher is held exactly while the phase is active)
         rows = self.prefetch.take(step, source) if self.prefetch is not None else None
-        return source.device(step, self.steps.batch_sharding, rows)
+        return source.device(step, self.programs.batch_sharding, rows)
 
     def teacher_input(self, step: int):
         """The KD step's teacher argument at `step`: the teacher's parameters, or the batch's cached targets."""
@@ -111,28 +109,28 @@ class Run:
 
     def end_kd_phase(self, step: int) -> None:
         """From `step` on, train with the teacher-free step and free the teacher's memory."""
-        self.steps.drop_teacher()
+        self.programs.drop_teacher()
         self.teacher.release()
         self.teacher = None
         logging.info("KD phase over at step %d (%s): teacher released, training continues without it", step,
                      self.phase.why_ended())
 
-    def evaluate(self) -> dict:
+    def heldout_loss(self) -> dict:
         """Mean held-out next-token loss (nats/token) and accuracy over the fixed eval set; for a mixture, per
         corpus too (metrics.eval_line)."""
         shape = (self.config.data.batch_size, self.config.data.seq_len + 1)
         totals = {}
         for name, eval_set in self.eval_sets.items():
-            sums = jax.device_get([self.steps.eval(self.state.params, jax.make_array_from_process_local_data(
-                self.steps.batch_sharding, b, shape)) for b in eval_set])
+            sums = jax.device_get([self.programs.eval(self.state.params, jax.make_array_from_process_local_data(
+                self.programs.batch_sharding, b, shape)) for b in eval_set])
             totals[name] = {k: float(np.sum([s[k] for s in sums])) for k in sums[0]}
         return metrics.eval_line(totals, self.mixture)
 
 
-def _corpus(cache: store.TokenCache) -> dict:
-    m = cache.meta
+def _corpus(store: store_lib.TokenStore) -> dict:
+    m = store.meta
     out = {"source": m["source"], "source_fingerprint": m["source_fingerprint"], "tokenizer": m["tokenizer"],
-           "store": cache.directory.rstrip("/").rsplit("/", 1)[-1],
+           "store": store.directory.rstrip("/").rsplit("/", 1)[-1],
            "train_files": m["splits"]["train"]["files"], "train_tokens": m["splits"]["train"]["tokens"],
            "heldout_tokens": m["splits"]["heldout"]["tokens"]}
     if m["source"] == "stdlib":
@@ -168,18 +166,18 @@ def _load_teacher(config, tok, mesh, previous: dict) -> teacher_lib.Teacher:
     return teacher
 
 
-def build_teacher_cache(config, cache, tok, mesh, phase: KDPhase, previous: dict | None = None):
+def build_teacher_cache(config, store, tok, mesh, phase: KDPhase, previous: dict | None = None):
     """The KD phase's sparse teacher targets (teacher_logits=cache), built where missing: only then is the
     teacher restored (and released after). Returns (manifest, its directory, the teacher's checkpoint, Spec)."""
     identity = teacher_lib.identify(config.salt)  # (from its files: a complete cache needs no restore)
     _check_same_teacher(config, identity, previous or {})
-    spec = teacher_cache.Spec.of(config, identity["fingerprint"], cache.directory, phase.scheduled_end)
-    directory = spec.directory(cache.directory)
+    spec = teacher_cache.Spec.of(config, identity["fingerprint"], store.directory, phase.scheduled_end)
+    directory = spec.directory(store.directory)
     manifest = teacher_cache.complete(directory, spec.steps)
     if manifest is None:
         online = _load_teacher(config, tok, mesh, previous or {})
         kill = faults.KillHooks(config.train.debug_kill)
-        manifest = teacher_cache.build(online, batches_lib.training_batches(cache, config.data.batch_size,
+        manifest = teacher_cache.build(online, batches_lib.training_batches(store, config.data.batch_size,
                                                                             config.data.seed),
                                        spec, directory, mesh, tok.pad_id, config.model.vocab_size,
                                        written=lambda step: kill.maybe_kill("cache", step))
@@ -187,10 +185,10 @@ def build_teacher_cache(config, cache, tok, mesh, phase: KDPhase, previous: dict
     return manifest, directory, identity["checkpoint"], spec
 
 
-def _cached_teacher(config, cache, tok, mesh, previous: dict, phase: KDPhase, workdir: str):
+def _cached_teacher(config, store, tok, mesh, previous: dict, phase: KDPhase, workdir: str):
     """teacher_logits=cache: the cached targets (built first where missing), read step by step while the KD
     phase lasts."""
-    manifest, directory, checkpoint, spec = build_teacher_cache(config, cache, tok, mesh, phase, previous)
+    manifest, directory, checkpoint, spec = build_teacher_cache(config, store, tok, mesh, phase, previous)
     if jax.process_index() == 0:
         paths.write_json(paths.join(workdir, "teacher_cache.json"), dict(manifest, directory=directory))
     return teacher_cache.CachedTeacher(directory, manifest, spec, mesh, checkpoint)
@@ -211,20 +209,20 @@ def _load_reference(config, teacher: teacher_lib.Teacher, tok_fp: str, mesh) -> 
     return ref
 
 
-def _selected_batches(config, cache, teacher, mesh, tok, phase: KDPhase, workdir: str):
+def _selected_batches(config, store, teacher, mesh, tok, phase: KDPhase, workdir: str):
     """SALT_DS: score the pool with the teacher, select, and batch the KD phase from the selection."""
     salt, cfg_d = config.salt, config.data
     pad_id, tok_fp = tok.pad_id, tok.fingerprint()
     pool_size = salt.ds_pool_size
     if pool_size == -1:  # enough sequences that the KD phase sees each kept one about once
-        pool_size = min(cache.train.n_rows, int(np.ceil(phase.end * cfg_d.batch_size / salt.ds_keep_fraction)))
-    rows = (cache.pool_rows(pool_size, salt.ds_seed) if hasattr(cache, "pool_rows")  # a mixture: by weight
-            else selection.pool_rows(cache.train.n_rows, pool_size, salt.ds_seed))
-    scores = selection.score_pool(teacher, cache, rows, salt.ds_topk, cfg_d.batch_size, mesh, pad_id)
+        pool_size = min(store.train.n_rows, int(np.ceil(phase.end * cfg_d.batch_size / salt.ds_keep_fraction)))
+    rows = (store.pool_rows(pool_size, salt.ds_seed) if hasattr(store, "pool_rows")  # a mixture: by weight
+            else selection.pool_rows(store.train.n_rows, pool_size, salt.ds_seed))
+    scores = selection.score_pool(teacher, store, rows, salt.ds_topk, cfg_d.batch_size, mesh, pad_id)
     reference = None
     if salt.ds_rule == "difference":
         ref = _load_reference(config, teacher, tok_fp, mesh)
-        reference = selection.score_pool(ref, cache, rows, salt.ds_topk, cfg_d.batch_size, mesh, pad_id)
+        reference = selection.score_pool(ref, store, rows, salt.ds_topk, cfg_d.batch_size, mesh, pad_id)
         ref.release()
         scores = dict(scores, seconds=scores["seconds"] + reference["seconds"])
     ranked = selection.rule_scores(salt.ds_rule, scores, reference)
@@ -239,12 +237,12 @@ def _selected_batches(config, cache, teacher, mesh, tok, phase: KDPhase, workdir
     selection.write_summary(workdir, info)
     logging.info("SALT_DS: kept %d of %d pooled sequences (median score %.3f kept vs %.3f pool)", info["kept"],
                  info["pool"], info["score_quantiles_kept"]["p50"], info["score_quantiles_pool"]["p50"])
-    return batches_lib.Batches(cache.train, cfg_d.batch_size, cfg_d.seed, rows=rows[kept])
+    return batches_lib.Batches(store.train, cfg_d.batch_size, cfg_d.seed, rows=rows[kept])
 
 
 def _keep_tokenizer(tok, workdir: str) -> None:
     """A SentencePiece run keeps its model file as workdir/tokenizer.model, so its checkpoints can be
-    evaluated and sampled from (salt_jax.eval) without the token cache it was trained from."""
+    evaluated and sampled from (salt_jax.eval) without the token store it was trained from."""
     path = paths.join(workdir, "tokenizer.model")
     if getattr(tok, "proto", None) and not paths.exists(path):
         paths.write_atomic(path, tok.proto)
@@ -283,7 +281,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     mesh = sharding.make_mesh(config.mesh)  # (mesh, batch and task names: checked before the store is built)
     sharding.check_batch(cfg_d.batch_size, mesh)
     fewshot_lib.check_tasks(config)
-    cache, tok = store.build_cache(cfg_d)
+    store, tok = store_lib.build_store(cfg_d)
     check_vocab(config, tok.vocab_size)
     fewshot = fewshot_lib.maybe(config, mesh, tok, paths.join(workdir, "lm_eval.log"))
 
@@ -301,7 +299,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                                 switch_step=int(jax.device_get(state.kd["switch_step"])), lr=lr_schedule)
     teacher = None
     if phase.active(start):
-        teacher = (_cached_teacher(config, cache, tok, mesh, previous, phase, workdir)
+        teacher = (_cached_teacher(config, store, tok, mesh, previous, phase, workdir)
                    if config.salt.teacher_logits == "cache" else _load_teacher(config, tok, mesh, previous))
 
     if jax.process_index() == 0:
@@ -312,18 +310,18 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                  dict(mesh.shape), mesh.size)
     guard = Guard(skip_nonfinite=cfg_t.nan_policy == "skip",
                   nan_steps=faults.parse_steps(cfg_t.debug_nan_steps, "config.train.debug_nan_steps"))
-    steps = CompiledSteps(model, tx, lr_schedule, tok.pad_id, mesh, shardings, objective.make_loss(config), guard,
+    programs = StepPrograms(model, tx, lr_schedule, tok.pad_id, mesh, shardings, objective.make_loss(config), guard,
                           teacher=teacher, phase=phase)
     record = {"data_seed": cfg_d.seed, "method": config.salt.method, "model": config.model.to_dict(),
               "tokenizer": tok.fingerprint(), "vocab_size": tok.vocab_size,
               "teacher": teacher.identity() if teacher is not None else previous.get("teacher")}
-    batches = batches_lib.training_batches(cache, cfg_d.batch_size, cfg_d.seed)
+    batches = batches_lib.training_batches(store, cfg_d.batch_size, cfg_d.seed)
     kd_batches = batches
-    if phase.kind.selects_data and teacher is not None:
-        kd_batches = _selected_batches(config, cache, teacher, mesh, tok, phase, workdir)
-    return Run(config=config, workdir=workdir, cache=cache, pad_id=tok.pad_id, mesh=mesh, state=state, start=start,
-               previous=previous, phase=phase, teacher=teacher, steps=steps, batches=batches, kd_batches=kd_batches,
-               eval_sets=batches_lib.eval_sets(cache, cfg_d.batch_size, cfg_d.eval_batches, tok.pad_id),
+    if phase.method.selects_data and teacher is not None:
+        kd_batches = _selected_batches(config, store, teacher, mesh, tok, phase, workdir)
+    return Run(config=config, workdir=workdir, store=store, state=state, start=start,
+               previous=previous, phase=phase, teacher=teacher, programs=programs, batches=batches, kd_batches=kd_batches,
+               eval_sets=batches_lib.eval_sets(store, cfg_d.batch_size, cfg_d.heldout_batches, tok.pad_id),
                ckpt=ckpt, writer=metrics.MetricsWriter(workdir, resume_step=start, config=config), record=record,
                flops=RunFlops.of(config.model, cfg_d.seq_len, teacher.config if teacher else None, mesh.size,
                                  cfg_t.peak_tflops), n_params=n_params, fewshot=fewshot)

@@ -3,7 +3,7 @@
 `make_train_step` builds one training step; given a teacher model it is the
 fused SALT step (frozen teacher forward, student forward/backward, AdamW
 update in one program), without one the plain next-token step. The loss is
-one call (salt_jax.kd.objective: dense or chunked). `CompiledSteps` jits the
+one call (salt_jax.kd.objective: dense or chunked). `StepPrograms` jits the
 steps with explicit shardings over the mesh and donates the state. Metrics are
 sums and counts (salt_jax.kd.losses), reduced over the global batch.
 """
@@ -114,8 +114,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_sched
     objective = make_objective(model, loss, pad_id, guard, teacher_model, phase, cached)
     kd = teacher_model is not None or cached
 
-    def step(state, tokens, teacher_params=None):
-        (value, stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params, teacher_params, state,
+    def step(state, tokens, teacher_input=None):
+        (value, stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params, teacher_input, state,
                                                                            tokens)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -160,10 +160,10 @@ def make_eval_step(model: nn.Module, pad_id: int, loss):
     return eval_step
 
 
-class CompiledSteps:
+class StepPrograms:
     """The jitted steps of one run on one mesh: train (with the teacher while it is held) and eval.
 
-    `train(state, tokens, teacher_params)` runs the fused SALT step,
+    `train(state, tokens, teacher_input)` runs the fused SALT step,
     `train(state, tokens)` the teacher-free one; `drop_teacher` forgets the
     SALT step's program when the KD phase ends. Calls run under the mesh and
     the logical-axis rules (sharding.on_mesh).
@@ -186,18 +186,18 @@ class CompiledSteps:
                                      in_shardings=(state_shardings, self.batch_sharding, teacher.shardings),
                                      out_shardings=(state_shardings, rep), donate_argnums=0)
 
-    def train(self, state, tokens, teacher_params=None):
+    def train(self, state, tokens, teacher_input=None):
         with sharding.on_mesh(self.mesh):
-            if teacher_params is None:
+            if teacher_input is None:
                 return self._train(state, tokens)
-            return self._kd_train(state, tokens, teacher_params)
+            return self._kd_train(state, tokens, teacher_input)
 
-    def lower(self, state, tokens, teacher_params=None):
-        """The lowered train step (the SALT step when `teacher_params` is given), to inspect its cost."""
+    def lower(self, state, tokens, teacher_input=None):
+        """The lowered train step (the SALT step when `teacher_input` is given), to inspect its cost."""
         with sharding.on_mesh(self.mesh):
-            if teacher_params is None:
+            if teacher_input is None:
                 return self._train.lower(state, tokens)
-            return self._kd_train.lower(state, tokens, teacher_params)
+            return self._kd_train.lower(state, tokens, teacher_input)
 
     def eval(self, params, tokens):
         with sharding.on_mesh(self.mesh):
