@@ -209,7 +209,7 @@ def bench_steps(config, t_cfg, repeats: int, cache_k: int = 0) -> dict:
     run = flops.RunFlops.of(config.model, seq, t_cfg, jax.device_count())
     tok = batch * seq
     return {
-        "student_params": n_s, "teacher_input": n_t,
+        "student_params": n_s, "teacher_params": n_t,
         "baseline_compile_s": base_compile, "kd_compile_s": kd_compile,  # lowering + XLA compilation
         "baseline_step_s": base_med, "kd_step_s": kd_med,
         "measured_ratio": kd_med / base_med,

@@ -245,7 +245,7 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str, runner=train_in
     results = report.analyse(runs, teacher_cfg)
     meta = {"name": exp.name, "student_preset": exp.student.model.preset,
             "student_params": param_count(exp.student.model), "teacher_preset": teacher_cfg.preset,
-            "teacher_input": param_count(teacher_cfg), "teacher_dir": teacher_dir,
+            "teacher_params": param_count(teacher_cfg), "teacher_dir": teacher_dir,
             "batch_size": exp.student.data.batch_size, "seq_len": exp.student.data.seq_len,
             "data": exp.student.data.source if exp.student.data.source != "stdlib"
             else "the Python standard library (built-in corpus)",

@@ -337,7 +337,7 @@ def markdown(results: dict, meta: dict) -> str:
     """report.md: setup, fairness rules, tables, plots and the conclusion."""
     lines = [f"# SALT experiment: {meta['name']}", ""]
     lines += [f"Student {meta['student_preset']} ({meta['student_params']:,} parameters), teacher "
-              f"{meta['teacher_preset']} ({meta['teacher_input']:,} parameters, from {meta['teacher_dir']}); "
+              f"{meta['teacher_preset']} ({meta['teacher_params']:,} parameters, from {meta['teacher_dir']}); "
               f"{results['total_steps']} steps of batch {meta['batch_size']} x {meta['seq_len']} tokens on "
               f"{meta['data']}; seeds {meta['seeds']}; device {meta['device']}.", "",
               f"Corpus: {meta.get('corpus', 'not recorded')}.", ""]
