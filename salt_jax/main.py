@@ -18,7 +18,7 @@ from salt_jax.cli import fail, flags_parser, interrupted, load_config, own_flags
 from salt_jax.config import run_help
 from salt_jax.errors import INTERRUPTED_STATUS, UserError
 from salt_jax import distributed
-from salt_jax.train import loop
+from salt_jax.train import faults, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
@@ -35,13 +35,14 @@ def _main(argv) -> None:
         summary = loop.run(config, _WORKDIR.value)
     except UserError as e:
         fail(str(e))
+    except faults.Preempted as e:  # the checkpoint at the step reached is written; the same command resumes
+        logging.info("%s", e)
+        if isinstance(e, faults.Interrupted):
+            sys.exit(INTERRUPTED_STATUS)
+        return  # a preemption notice (SIGTERM): exit 0
     except KeyboardInterrupt:
         interrupted("Ctrl-C before training started; every saved checkpoint is kept, and the same command "
                     "resumes")
-    if summary.get("preempted"):  # the checkpoint at the step reached is written; the same command resumes
-        if summary.get("signal") == "SIGINT":
-            sys.exit(INTERRUPTED_STATUS)
-        return  # a preemption notice (SIGTERM): exit 0
     logging.info("done: final held-out loss %.4f, accuracy %.4f", summary["final_eval_loss"],
                  summary["final_eval_accuracy"])
 

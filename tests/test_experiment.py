@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from salt_jax.experiment import report
+from salt_jax.experiment import report, writeup
 from salt_jax.train import loop
 from salt_jax.train.metrics import read_metrics
 
@@ -58,11 +58,11 @@ def test_fewshot_scores_at_fractions_and_steps_to_the_baselines_final_score():
     assert acc["methods"]["salt"]["final_stderr"] == pytest.approx(0.02)
     assert bpb["target"] == pytest.approx(3.9) and bpb["lower_is_better"]
     assert bpb["methods"]["salt"]["reach_step"] == 70  # 3.85 <= 3.9 at 70, 3.75 at 100
-    rows = report._fewshot_markdown({"fewshot": got})
+    rows = writeup._fewshot_markdown({"fewshot": got})
     assert "| t/acc (higher is better) | salt | 0.3500 | 0.3900 | 0.4200 | 0.4300 | 0.4300 ± 0.0200 | 70 |" in rows
     assert "| g/exact_match (higher is better) | salt | 0.0000 | 0.0000 | 0.0000 | 0.0000 | 0.0000 ± 0.0000 | " \
            "no signal |" in rows
-    text = report.fewshot_conclusion({"fewshot": got})
+    text = writeup.fewshot_conclusion({"fewshot": got})
     assert "on t/acc salt is ahead at every fraction (0.4300 vs 0.4100 at the end) and reaches the baseline's " \
            "final 0.4100 at step 70" in text and "No signal at this scale on g/exact_match" in text
 

@@ -321,7 +321,7 @@ def test_a_cached_logits_run_matches_the_online_run_and_its_cache_resumes_after_
 def test_the_overview_of_a_many_method_experiment(tmp_path):
     """More than OVERVIEW_FROM methods: per-seed steps to the target, the loss difference to the baseline,
     and ablation_overview.png."""
-    from salt_jax.experiment import report
+    from salt_jax.experiment import report, writeup
 
     def method(final, std, reach, per_seed, finals=None):
         return {"final_loss_mean": final, "final_loss_std": std, "reach_step": reach, "reach_step_per_seed": per_seed,
@@ -331,12 +331,12 @@ def test_the_overview_of_a_many_method_experiment(tmp_path):
         "baseline": method(4.80, 0.01, 300, [300, None, 275], [4.81, 4.79, 4.80]),
         **{f"salt-{i}": method(4.80 - 0.01 * i, 0.02, 300 - 25 * i, [300 - 25 * i] * 3) for i in range(1, 4)},
         "salt-worse": method(4.85, 0.03, None, [None, None, 300])}}
-    lines = report._overview_markdown(results)
+    lines = writeup._overview_markdown(results)
     assert "| baseline | 300 | 300, -, 275 | 4.8000 ± 0.0100 | +0.0000 | +0.0000 ± 0.0000 |" in lines
     # paired with the baseline's seeds: 4.78 - (4.81, 4.79, 4.80) = (-0.03, -0.01, -0.02)
     assert "| salt-2 | 250 | 250, 250, 250 | 4.7800 ± 0.0200 | -0.0200 | -0.0200 ± 0.0082 |" in lines
     assert "| salt-worse | - | -, -, 300 | 4.8500 ± 0.0300 | +0.0500 | +0.0500 ± 0.0082 |" in lines
-    assert report._overview_markdown({**results, "methods": dict(list(results["methods"].items())[:4])}) == []
+    assert writeup._overview_markdown({**results, "methods": dict(list(results["methods"].items())[:4])}) == []
     import matplotlib.pyplot as plt
 
     from salt_jax.experiment import plots

@@ -259,10 +259,10 @@ def test_salt_ds_on_a_mixture_and_the_report_table(mixture_run, corpora, cache_d
     with open(os.path.join(workdir, "selection.json")) as fh:
         selection = json.load(fh)
     assert selection["pool"] == 96 and selection["kept"] == 48  # 6 KD steps x 8 / keep 0.5; drawn 72 + 24
-    from salt_jax.experiment import report
+    from salt_jax.experiment import report, writeup
 
     results = report.analyse({"baseline": [report.RunOutputs(mixture_run)], "salt_ds": [report.RunOutputs(workdir)]}, None)
-    text = "\n".join(report._corpus_markdown(results))
+    text = "\n".join(writeup._corpus_markdown(results))
     assert "| method | overall | prose | code |" in text
     for name in ("baseline", "salt_ds"):
         m = results["methods"][name]

@@ -26,7 +26,7 @@ import ml_collections
 from salt_jax import paths
 from salt_jax.config import drift, set_method, validate
 from salt_jax.errors import UserError
-from salt_jax.experiment import plots, report
+from salt_jax.experiment import plots, report, writeup
 from salt_jax.kd import methods as kd_methods
 from salt_jax.kd import schedules
 from salt_jax.kd.teacher import read_record
@@ -140,11 +140,11 @@ def _train(config, workdir: str, label: str) -> None:
         logging.info("[%s] already finished in %s: skipped", label, workdir)
         return
     logging.info("[%s] training in %s", label, workdir)
-    summary = loop.run(config, workdir)
-    if summary.get("preempted"):
-        stop = faults.Interrupted if summary.get("signal") == "SIGINT" else faults.Preempted
-        raise stop(f"[{label}] {'interrupted' if stop is faults.Interrupted else 'preempted'}; re-run the same "
-                   "command to resume the experiment")
+    try:
+        loop.run(config, workdir)
+    except faults.Preempted as e:  # (the run's checkpoint is written; the experiment's command resumes it)
+        raise type(e)(f"[{label}] {e.args[0].split(';')[0]}; re-run the same command to resume the "
+                      "experiment") from None
 
 
 def train_in_order(runs: list[tuple[str, str, ml_collections.ConfigDict]]) -> None:
@@ -253,9 +253,9 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str, runner=train_in
             "device": getattr(runner, "device", "") or f"{jax.devices()[0].device_kind} x{jax.device_count()}",
             "corpus": _corpus(runs["baseline"])}
     results["meta"] = meta
-    results["conclusion"] = report.conclusion(results)
+    results["conclusion"] = writeup.conclusion(results)
     if jax.process_index() == 0:
         plots.plot(results, workdir)
         paths.write_json(paths.join(workdir, "results.json"), results)
-        paths.write_atomic(paths.join(workdir, "report.md"), report.markdown(results, meta))
+        paths.write_atomic(paths.join(workdir, "report.md"), writeup.markdown(results, meta))
     return results

@@ -4,7 +4,7 @@ Pure functions of results.json's content (salt_jax.experiment.report.analyse):
 `plot(results, out_dir)` writes loss_vs_step.png and loss_vs_compute.png
 (mean over seeds, min-max band), fewshot_vs_step.png when few-shot scores
 were taken, and ablation_overview.png for experiments with more than
-report.OVERVIEW_FROM methods.
+writeup.OVERVIEW_FROM methods.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import io
 import numpy as np
 
 from salt_jax import paths as paths_  # (`paths` names the list of written plots below)
-from salt_jax.experiment import report
+from salt_jax.experiment import report, writeup
 
 
 def plot(results: dict, out_dir: str) -> list[str]:
@@ -44,7 +44,7 @@ def plot(results: dict, out_dir: str) -> list[str]:
         paths.append(_save(plt, fig, out_dir, fname))
     if results.get("fewshot"):
         paths.append(_plot_fewshot(plt, results["fewshot"], out_dir))
-    if len(results["methods"]) > report.OVERVIEW_FROM:
+    if len(results["methods"]) > writeup.OVERVIEW_FROM:
         paths.append(_plot_overview(plt, results, out_dir))
     return paths
 
@@ -65,7 +65,7 @@ def _plot_overview(plt, results: dict, out_dir: str) -> str:
     hi = max(m["final_loss_mean"] + 2 * m["final_loss_std"] for m in ms)
     a.set_xlim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
     a.set_xlabel("final held-out loss (mean ± seed std; dashed: baseline)")
-    paired = [report.paired_values(m, results["methods"]["baseline"]) for m in ms]
+    paired = [writeup.paired_values(m, results["methods"]["baseline"]) for m in ms]
     p.barh(y, [np.mean(d) if d else 0.0 for d in paired], xerr=[np.std(d) if d else 0.0 for d in paired],
            color=["tab:green" if d and np.mean(d) < 0 else "tab:red" for d in paired], alpha=0.7, capsize=2)
     p.axvline(0.0, color="gray", lw=1)

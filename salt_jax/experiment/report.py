@@ -23,14 +23,15 @@ Rules (written into the report too):
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable
 
 import ml_collections
 import numpy as np
 
 from salt_jax import paths as storage
-from salt_jax.renamed import upgrade
 from salt_jax.errors import UserError
+from salt_jax.renamed import upgrade
 from salt_jax.model.flops import flops_per_token, train_flops_per_token
 from salt_jax.train.metrics import read_metrics
 
@@ -129,81 +130,101 @@ def _at_step(evals: list[dict], step: int) -> dict:
     return evals[-1]
 
 
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """What every method is compared against: the baseline's run length, final loss (the target), time."""
+
+    total_steps: int
+    target_loss: float  # the seeds' mean final held-out loss
+    train_seconds: float
+    seconds_per_step: float  # median over its timed steps
+    step_flops: float  # the student's FLOPs per step
+
+    @classmethod
+    def of(cls, group: list[RunOutputs]) -> "Baseline":
+        return cls(group[0].config.train.steps, float(np.mean([r.evals[-1]["loss"] for r in group])),
+                   float(np.mean([r.evals[-1].get("train_seconds", np.nan) for r in group])),
+                   float(np.median(sum((r.seconds_per_step(kd=False) for r in group), []))),
+                   group[0].step_flops(None)[0])
+
+
 def analyse(runs: dict[str, list[RunOutputs]], teacher_cfg, baseline: str = "baseline") -> dict:
     """results.json content from runs grouped by method (each a list over seeds)."""
     if baseline not in runs:
         raise ValueError("the experiment needs a baseline method to compare against")
-    base_runs = runs[baseline]
-    total_steps = base_runs[0].config.train.steps
-    target = float(np.mean([r.evals[-1]["loss"] for r in base_runs]))
-    base_seconds = float(np.mean([r.evals[-1].get("train_seconds", np.nan) for r in base_runs]))
-    base_step_s = float(np.median(sum((r.seconds_per_step(kd=False) for r in base_runs), [])))
-    out = {"total_steps": total_steps, "target_loss": target, "baseline_train_seconds": base_seconds,
-           "baseline_seconds_per_step": base_step_s, "methods": {}}
-    for name, group in runs.items():
-        steps = [r["step"] for r in group[0].evals]
-        for r in group:
-            if [e["step"] for e in r.evals] != steps:
-                raise ValueError(f"{r.workdir}: evaluation steps differ from its method's other seeds")
-        losses = np.array([[e["loss"] for e in r.evals] for r in group])
-        accs = np.array([[e["accuracy"] for e in r.evals] for r in group])
-        # salt_ds pays its scoring pass up front, a cached-logits run its cache build: add them to the time
-        secs = np.array([[e.get("train_seconds", np.nan) + (r.selection or {}).get("scoring_seconds", 0.0)
-                          + (r.teacher_cache or {}).get("build_seconds", 0.0) for e in r.evals] for r in group],
-                        np.float64)
-        mean = losses.mean(0)
-        flops = [r.step_flops(teacher_cfg) for r in group]  # (student, teacher, upfront) per run
-        stud, teach, _ = flops[0]
-        kd_end = int(round(np.mean([r.kd_phase_end for r in group])))
-        base_flops = base_runs[0].step_flops(None)[0]
-        compute = np.mean([compute_curve(steps, s_f, t_f, r.kd_phase_end, up) for r, (s_f, t_f, up)
-                           in zip(group, flops)], axis=0) / base_flops
-        reach = steps_to_reach(steps, mean, target)
-        idx = steps.index(reach) if reach is not None else None
-        kd_secs = sum((r.seconds_per_step(kd=True) for r in group), []) if kd_end > 0 else []
-        m = {
-            "seeds": [int(r.config.seed) for r in group],
-            "workdirs": [r.workdir for r in group],
-            "steps": steps,
-            "eval_loss_mean": mean.tolist(),
-            "eval_loss_min": losses.min(0).tolist(),
-            "eval_loss_max": losses.max(0).tolist(),
-            "eval_accuracy_mean": accs.mean(0).tolist(),
-            "train_seconds_mean": np.nanmean(secs, 0).tolist(),
-            "compute_baseline_steps": compute.tolist(),
-            "final_loss_mean": float(mean[-1]),
-            "final_loss_std": float(losses[:, -1].std()),
-            "final_loss_per_seed": losses[:, -1].tolist(),
-            "final_accuracy_mean": float(accs[:, -1].mean()),
-            "final_loss_per_corpus": per_corpus(group),
-            "kd_phase_end_mean": kd_end,
-            "at_fraction": {},
-            "reach_step": reach,
-            "reach_step_per_seed": [steps_to_reach(steps, row, target) for row in losses],
-            "reach_step_fraction": reach / total_steps if reach is not None else None,
-            "reach_seconds": float(np.nanmean(secs[:, idx])) if idx is not None else None,
-            "reach_time_fraction": float(np.nanmean(secs[:, idx]) / base_seconds) if idx is not None else None,
-            "reach_compute_fraction": float(compute[idx] / total_steps) if idx is not None else None,
-            "kd_seconds_per_step": float(np.median(kd_secs)) if kd_secs else None,
-            "kd_step_time_ratio": float(np.median(kd_secs) / base_step_s) if kd_secs else None,
-            "flop_model_ratio": float(1 + teach / stud) if teach else None,
-        }
-        for f in FRACTIONS:
-            at = [_at_step(r.evals, int(round(f * total_steps))) for r in group]
-            m["at_fraction"][f"{int(f * 100)}"] = {"step": at[0]["step"],
-                                                   "loss": float(np.mean([a["loss"] for a in at])),
-                                                   "accuracy": float(np.mean([a["accuracy"] for a in at]))}
-        out["methods"][name] = m
-    out["fewshot"] = fewshot(runs, total_steps, baseline)
+    base = Baseline.of(runs[baseline])
+    return {"total_steps": base.total_steps, "target_loss": base.target_loss,
+            "baseline_train_seconds": base.train_seconds, "baseline_seconds_per_step": base.seconds_per_step,
+            "methods": {name: method_results(group, teacher_cfg, base) for name, group in runs.items()},
+            "fewshot": fewshot(runs, base.total_steps, baseline)}
+
+
+def _curves(group: list[RunOutputs]) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """(evaluation steps, held-out loss, accuracy and seconds [seed, evaluation]) of one method's seeds.
+
+    The seconds include what a method pays up front: SALT_DS its scoring pass, a cached-logits run its
+    cache build."""
+    steps = [r["step"] for r in group[0].evals]
+    for r in group:
+        if [e["step"] for e in r.evals] != steps:
+            raise ValueError(f"{r.workdir}: evaluation steps differ from its method's other seeds")
+    losses = np.array([[e["loss"] for e in r.evals] for r in group])
+    accs = np.array([[e["accuracy"] for e in r.evals] for r in group])
+    secs = np.array([[e.get("train_seconds", np.nan) + (r.selection or {}).get("scoring_seconds", 0.0)
+                      + (r.teacher_cache or {}).get("build_seconds", 0.0) for e in r.evals] for r in group],
+                    np.float64)
+    return steps, losses, accs, secs
+
+
+def _reach(steps: list[int], losses: np.ndarray, secs: np.ndarray, compute: np.ndarray, base: Baseline) -> dict:
+    """When the seeds' mean loss first reaches the baseline's final loss: step, seconds, compute, fractions."""
+    reach = steps_to_reach(steps, losses.mean(0), base.target_loss)
+    idx = steps.index(reach) if reach is not None else None
+    seconds = float(np.nanmean(secs[:, idx])) if idx is not None else None
+    return {"reach_step": reach,
+            "reach_step_per_seed": [steps_to_reach(steps, row, base.target_loss) for row in losses],
+            "reach_step_fraction": reach / base.total_steps if reach is not None else None,
+            "reach_seconds": seconds,
+            "reach_time_fraction": seconds / base.train_seconds if idx is not None else None,
+            "reach_compute_fraction": float(compute[idx] / base.total_steps) if idx is not None else None}
+
+
+def _at_fractions(group: list[RunOutputs], total_steps: int) -> dict:
+    """{"10": {"step", "loss", "accuracy"}, ...}: the seeds' mean at each fraction of the run (FRACTIONS)."""
+    out = {}
+    for f in FRACTIONS:
+        at = [_at_step(r.evals, int(round(f * total_steps))) for r in group]
+        out[f"{int(f * 100)}"] = {"step": at[0]["step"], "loss": float(np.mean([a["loss"] for a in at])),
+                                  "accuracy": float(np.mean([a["accuracy"] for a in at]))}
     return out
+
+
+def method_results(group: list[RunOutputs], teacher_cfg, base: Baseline) -> dict:
+    """One method's entry of results.json: its curves over seeds, final loss, and cost to the baseline's."""
+    steps, losses, accs, secs = _curves(group)
+    mean = losses.mean(0)
+    flops = [r.step_flops(teacher_cfg) for r in group]  # (student, teacher, upfront) per run
+    stud, teach, _ = flops[0]
+    compute = np.mean([compute_curve(steps, s_f, t_f, r.kd_phase_end, up) for r, (s_f, t_f, up)
+                       in zip(group, flops)], axis=0) / base.step_flops
+    kd_end = int(round(np.mean([r.kd_phase_end for r in group])))
+    kd_secs = sum((r.seconds_per_step(kd=True) for r in group), []) if kd_end > 0 else []
+    return {"seeds": [int(r.config.seed) for r in group], "workdirs": [r.workdir for r in group],
+            "steps": steps, "eval_loss_mean": mean.tolist(), "eval_loss_min": losses.min(0).tolist(),
+            "eval_loss_max": losses.max(0).tolist(), "eval_accuracy_mean": accs.mean(0).tolist(),
+            "train_seconds_mean": np.nanmean(secs, 0).tolist(), "compute_baseline_steps": compute.tolist(),
+            "final_loss_mean": float(mean[-1]), "final_loss_std": float(losses[:, -1].std()),
+            "final_loss_per_seed": losses[:, -1].tolist(), "final_accuracy_mean": float(accs[:, -1].mean()),
+            "final_loss_per_corpus": per_corpus(group), "kd_phase_end_mean": kd_end,
+            "at_fraction": _at_fractions(group, base.total_steps),
+            **_reach(steps, losses, secs, compute, base),
+            "kd_seconds_per_step": float(np.median(kd_secs)) if kd_secs else None,
+            "kd_step_time_ratio": float(np.median(kd_secs) / base.seconds_per_step) if kd_secs else None,
+            "flop_model_ratio": float(1 + teach / stud) if teach else None}
 
 
 # Standard errors go beside their scores; word / byte perplexity are 2 ** bits_per_byte in other units.
 _NOT_REPORTED = ("_stderr", "/word_perplexity", "/byte_perplexity")
-
-
-def _num(x: float) -> str:
-    return f"{x:.4f}" if abs(x) < 1e4 else f"{x:.4g}"
 
 
 def lower_is_better(metric: str) -> bool:
@@ -252,208 +273,3 @@ def fewshot(runs: dict[str, list[RunOutputs]], total_steps: int, baseline: str =
         out[key] = {"target": target, "lower_is_better": lower, "methods": per_method,
                     "signal": bool(moved > noise) if np.isfinite(noise) else bool(moved > 0)}
     return out
-
-
-def fewshot_conclusion(results: dict, baseline: str = "baseline") -> str:
-    """One paragraph on the few-shot scores: where the baseline's own score moved beyond its standard
-    error (signal), who leads at each fraction and when each method reaches the baseline's final;
-    the metrics without signal are named as such."""
-    scores = results.get("fewshot")
-    if not scores:
-        return ""
-    parts, flat = [], []
-    for key, entry in scores.items():
-        if not entry["signal"]:
-            flat.append(key)
-            continue
-        for name, m in entry["methods"].items():
-            if name == baseline:
-                continue
-            b = entry["methods"][baseline]
-            measured = [f for f in ("25", "50", "70", "100")
-                        if m["at_fraction"][f] is not None and b["at_fraction"][f] is not None]
-            better = [(m["at_fraction"][f] < b["at_fraction"][f]) if entry["lower_is_better"]
-                      else (m["at_fraction"][f] > b["at_fraction"][f]) for f in measured]
-            of = "" if len(measured) == 4 else " measured"  # (a fraction's step not evaluated is not compared)
-            lead = ("not evaluated at the table's fractions" if not better else f"ahead at every fraction{of}"
-                    if all(better) else f"behind at every fraction{of}"
-                    if not any(better) else f"ahead at {sum(better)} of {len(better)} fractions{of}")
-            reach = (f"reaches the baseline's final {b['final']:.4f} at step {m['reach_step']}"
-                     if m["reach_step"] is not None else f"does not reach the baseline's final {b['final']:.4f}")
-            two_se = 2 * b["final_stderr"]
-            noise = (f"; the final difference is within noise (2 s.e. = {two_se:.3f})"
-                     if np.isfinite(two_se) and abs(m["final"] - b["final"]) < two_se else "")
-            parts.append(f"on {key} {name} is {lead} ({_num(m['final'])} vs {_num(b['final'])} at the end) and "
-                         f"{reach}{noise}")
-    text = "Few-shot: " + ("; ".join(parts) + "." if parts else "no metric moved beyond its standard error.")
-    if flat:
-        text += (f" No signal at this scale on {', '.join(flat)}: the baseline's own final score is within two "
-                 "standard errors of its score at step 0 (untrained), so these cannot separate the methods here.")
-    return text
-
-
-def conclusion(results: dict, baseline: str = "baseline") -> str:
-    """One plain paragraph: did the paper's headline (baseline quality in ~70% of steps) reproduce?"""
-    salt_like = {k: v for k, v in results["methods"].items() if k != baseline}
-    if not salt_like:
-        return "Only the baseline was run; there is nothing to compare."
-    parts = []
-    for name, m in salt_like.items():
-        if m["reach_step"] is None:
-            parts.append(f"{name} did not reach the baseline's final held-out loss "
-                         f"({results['target_loss']:.4f}) within the run (final {m['final_loss_mean']:.4f})")
-        else:
-            time_part = (f" and {m['reach_time_fraction']:.0%} of its training time"
-                         if m["reach_time_fraction"] is not None else "")
-            parts.append(f"{name} reached it at step {m['reach_step']} ({m['reach_step_fraction']:.0%} of the "
-                         f"baseline's steps{time_part})")
-    reached = [m for m in salt_like.values() if m["reach_step_fraction"] is not None]
-    best = min(reached, key=lambda m: m["reach_step_fraction"], default=None)
-    if best is None:
-        verdict = "The paper's headline (baseline quality in ~70% of the steps) did not reproduce at this scale."
-    elif best["reach_step_fraction"] >= 1.0:
-        verdict = "No method reached the baseline's quality before the baseline itself did."
-    else:
-        steps_part = (f"in {best['reach_step_fraction']:.0%} of the steps"
-                      f" ({best['reach_compute_fraction']:.0%} of the baseline's compute, teacher included)")
-        time_fraction = best["reach_time_fraction"]
-        if time_fraction is None or time_fraction >= 1.0:
-            time_part = "but without a measured wall-clock saving"
-        else:
-            time_part = f"and in {time_fraction:.0%} of its measured training time"
-        size = ("roughly the paper's size (~70% of the steps, ~72% of the time)"
-                if best["reach_step_fraction"] <= 0.8 and time_fraction is not None and time_fraction <= 0.85
-                else "a smaller saving than the paper's (~70% of the steps, ~72% of the time)")
-        verdict = (f"The paper's headline reproduced in direction: the best method reached baseline quality "
-                   f"{steps_part} {time_part}; that is {size}.")
-    return "; ".join(parts) + ". " + verdict
-
-
-def _fmt(x, pattern="{:.4f}", none="not reached"):
-    return none if x is None else pattern.format(x)
-
-
-def markdown(results: dict, meta: dict) -> str:
-    """report.md: setup, fairness rules, tables, plots and the conclusion."""
-    lines = [f"# SALT experiment: {meta['name']}", ""]
-    lines += [f"Student {meta['student_preset']} ({meta['student_params']:,} parameters), teacher "
-              f"{meta['teacher_preset']} ({meta['teacher_params']:,} parameters, from {meta['teacher_dir']}); "
-              f"{results['total_steps']} steps of batch {meta['batch_size']} x {meta['seq_len']} tokens on "
-              f"{meta['data']}; seeds {meta['seeds']}; device {meta['device']}.", "",
-              f"Corpus: {meta.get('corpus', 'not recorded')}.", ""]
-    lines += ["## Fairness rules", "",
-              "- Baseline and students share every hyper-parameter (model, data order per seed, optimizer, "
-              "schedule, steps, evaluation set) except the KD settings.",
-              f"- Learning rate {meta['learning_rate']:g}: {meta['lr_choice']}",
-              "- Held-out data (files whose path hash falls in the held-out fraction) is never trained on; "
-              "evaluation uses the same fixed held-out batches for every run.",
-              "- Reached = the first evaluation from which the seed-averaged held-out loss stays at or below the "
-              "baseline's final held-out loss for the rest of the run.",
-              "- Compute counts the student step (3 x forward FLOPs) and the teacher forward on every KD-phase "
-              "step (and, for salt_ds, over the scored pool); the teacher's own training is not counted.", ""]
-    lines += ["## Held-out loss / accuracy at fractions of the run", "",
-              "| method | " + " | ".join(f"{k}% (step {results['methods']['baseline']['at_fraction'][k]['step']})"
-                                       for k in ("25", "50", "70", "100")) + " |",
-              "|---|---|---|---|---|"]
-    for name, m in results["methods"].items():
-        cells = [f"{m['at_fraction'][k]['loss']:.4f} / {m['at_fraction'][k]['accuracy']:.3f}"
-                 for k in ("25", "50", "70", "100")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", f"## Time to the baseline's final held-out loss ({results['target_loss']:.4f})", "",
-              "| method | KD phase end (step) | reached at step | fraction of steps | train time (s) | "
-              "fraction of baseline time | final loss (mean ± std) | KD/baseline step time | FLOP model |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for name, m in results["methods"].items():
-        lines.append(
-            f"| {name} | {m['kd_phase_end_mean']} | {_fmt(m['reach_step'], '{}')} | "
-            f"{_fmt(m['reach_step_fraction'], '{:.0%}', '-')} | {_fmt(m['reach_seconds'], '{:.0f}', '-')} | "
-            f"{_fmt(m['reach_time_fraction'], '{:.0%}', '-')} | {m['final_loss_mean']:.4f} ± {m['final_loss_std']:.4f} | "
-            f"{_fmt(m['kd_step_time_ratio'], '{:.3f}', '-')} | {_fmt(m['flop_model_ratio'], '{:.3f}', '-')} |")
-    lines += ["", "KD/baseline step time is the median measured seconds per step of log intervals wholly inside "
-              "the KD phase over the baseline run's median (different processes; `python -m salt_jax.bench` "
-              "measures it in one process). The FLOP model is 1 + F_T / (3 F_S).", "",
-              *_corpus_markdown(results),
-              *_fewshot_markdown(results),
-              *_overview_markdown(results),
-              "## Curves", "", "![held-out loss vs step](loss_vs_step.png)", "",
-              "![held-out loss vs compute](loss_vs_compute.png)", "", "## Conclusion", "",
-              conclusion(results), "", *([fewshot_conclusion(results), ""] if results.get("fewshot") else [])]
-    return "\n".join(lines)
-
-
-OVERVIEW_FROM = 4  # experiments with more methods than this get ablation_overview.png and its table
-
-
-def _overview_markdown(results: dict) -> list[str]:
-    """Per-seed steps to the baseline's final loss, and the overview plot (experiments with many methods)."""
-    if len(results["methods"]) <= OVERVIEW_FROM:
-        return []
-    lines = ["## Per-seed steps to the baseline's final loss", "",
-             "Each seed's own curve against the seed-averaged baseline target (\"-\": not reached); the "
-             "seed-averaged column is the table above's.", "",
-             "| method | seed-averaged | per seed | final loss (mean ± std) | Δ vs baseline | paired Δ (mean ± std) |",
-             "|---|---|---|---|---|---|"]
-    baseline = results["methods"]["baseline"]
-    for name, m in results["methods"].items():
-        per = ", ".join(_fmt(s, "{}", "-") for s in m.get("reach_step_per_seed", []))
-        lines.append(f"| {name} | {_fmt(m['reach_step'], '{}', '-')} | {per} | {m['final_loss_mean']:.4f} ± "
-                     f"{m['final_loss_std']:.4f} | {m['final_loss_mean'] - baseline['final_loss_mean']:+.4f} | "
-                     f"{_paired(m, baseline)} |")
-    lines += ["", "Paired Δ: the method's final loss minus the baseline's of the same seed (same data order and "
-              "initialisation), mean ± std over seeds; it removes the seed-to-seed spread both share."]
-    return lines + ["", "![ablation overview](ablation_overview.png)", ""]
-
-
-def paired_values(m: dict, baseline: dict) -> list[float]:
-    """The method's final loss minus the baseline's, for each seed both ran."""
-    base = dict(zip(baseline.get("seeds", []), baseline.get("final_loss_per_seed", [])))
-    return [x - base[s] for s, x in zip(m.get("seeds", []), m.get("final_loss_per_seed", [])) if s in base]
-
-
-def _paired(m: dict, baseline: dict) -> str:
-    """Final-loss difference to the baseline paired by seed: 'mean ± std', or '-' without common seeds."""
-    diffs = paired_values(m, baseline)
-    return f"{np.mean(diffs):+.4f} ± {np.std(diffs):.4f}" if diffs else "-"
-
-
-def _corpus_markdown(results: dict) -> list[str]:
-    """A mixture's final held-out loss per corpus and method (none for a single corpus)."""
-    names = list(next(iter(results["methods"].values())).get("final_loss_per_corpus") or {})
-    if not names:
-        return []
-    lines = ["## Final held-out loss per corpus of the mixture", "",
-             "Each corpus's own held-out split (config.data.heldout_batches batches of it); overall = the corpora's "
-             "losses weighted by the mixture's weights.", "",
-             "| method | overall | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-    for name, m in results["methods"].items():
-        cells = [_fmt(m.get("final_loss_per_corpus", {}).get(n), "{:.4f}", "-") for n in names]
-        lines.append(f"| {name} | {m['final_loss_mean']:.4f} | " + " | ".join(cells) + " |")
-    return lines + [""]
-
-
-def _fewshot_markdown(results: dict) -> list[str]:
-    """The few-shot section: scores at the loss table's fractions and when each reaches the baseline's."""
-    scores = results.get("fewshot")
-    if not scores:
-        return []
-    fractions = ("25", "50", "70", "100")
-    lines = ["## Few-shot scores (lm-evaluation-harness)", "",
-             "Scored during training (config.eval) on the offline tasks of salt_jax/eval/tasks (held-out "
-             "standard-library files; docs/evaluation.md). ± is lm-eval's standard error of the final score "
-             "over the task's documents: differences smaller than about twice it are noise. Reached = the first "
-             "evaluation from which the seed-averaged score stays at or past the baseline's final score.", "",
-             "| task / metric | method | " + " | ".join(f"{f}%" for f in fractions) + " | final ± s.e. | "
-             "reaches the baseline's final at step |",
-             "|---|---|" + "---|" * (len(fractions) + 2)]
-    for key, entry in scores.items():
-        arrow = "lower is better" if entry["lower_is_better"] else "higher is better"
-        for name, m in entry["methods"].items():
-            cells = [_fmt(m["at_fraction"][f], "{:.4f}", "-") for f in fractions]
-            stderr = f" ± {m['final_stderr']:.4f}" if np.isfinite(m["final_stderr"]) else ""
-            reach = _fmt(m["reach_step"], "{}") if entry["signal"] else "no signal"
-            lines.append(f"| {key} ({arrow}) | {name} | " + " | ".join(cells) + f" | {_num(m['final'])}{stderr} | "
-                         f"{reach} |")
-    lines += ["", "No signal = the baseline's own final score is within two standard errors of its score at "
-              "step 0 (untrained); the reach rule is then noise.", "",
-              fewshot_conclusion(results), "", "![few-shot scores vs step](fewshot_vs_step.png)", ""]
-    return lines

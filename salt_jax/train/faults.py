@@ -12,6 +12,9 @@ after the checkpoint); a second Ctrl-C exits at once with 130.
 `KillHooks` (config.train.debug_kill) sends SIGKILL to the process at named
 points, so tests and drills can crash a run exactly mid-KD-phase, at the phase
 switch, in phase two or while a checkpoint is being written, without editing code.
+
+`NonFiniteCheck` enforces config.train.nan_policy before every checkpoint, so
+a diverged run never saves its poisoned state.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ GRACE_EXCEEDED_STATUS = 3
 
 
 class Preempted(Exception):
-    """A run stopped on a preemption notice after checkpointing (not an error: exit status 0)."""
+    """A run stopped on a preemption notice after checkpointing (not an error: exit status 0). The training
+    loop raises it (or Interrupted) once the step reached is on disk: the one way a stop is reported."""
 
 
 class Interrupted(Preempted):
@@ -128,3 +132,42 @@ class KillHooks:
             for h in logging.getLogger().handlers:
                 h.flush()
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class NonFiniteCheck:
+    """Host side of the non-finite-step policy (config.train.nan_policy), checked before every checkpoint.
+
+    stop: the first non-finite loss or gradient ends the run with a UserError,
+    before the poisoned state can be saved (the last good checkpoint is kept).
+    skip: the step already dropped its update in-graph (salt_jax.train.step.Guard);
+    each one is logged, and `max_skipped` in a row ends the run the same way.
+    """
+
+    def __init__(self, policy: str, max_skipped: int, ckpt):
+        self.policy, self.max_skipped, self.ckpt, self.in_a_row = policy, max_skipped, ckpt, 0
+        self.unchecked: list = []
+
+    def add(self, step_metrics) -> None:
+        """Keeps a step's metrics (its loss and gradient norm) for the next check."""
+        self.unchecked.append(step_metrics)
+
+    def check(self, done: int) -> None:
+        host = jax.device_get([(m["loss"], m["grad_norm"]) for m in self.unchecked])
+        self.unchecked = []
+        for i, (loss, grad) in enumerate(host):
+            step = done - len(host) + i + 1
+            if np.isfinite(loss) and np.isfinite(grad):
+                self.in_a_row = 0
+                continue
+            self.in_a_row += 1
+            if self.policy == "skip" and self.in_a_row < self.max_skipped:
+                logging.warning("step %d: non-finite loss or gradients; update skipped (config.train.nan_policy="
+                                "skip)", step)
+                continue
+            self.ckpt.wait()
+            last = self.ckpt.latest_step()
+            what = (f"{self.in_a_row} steps in a row (config.train.max_skipped_steps={self.max_skipped})"
+                    if self.policy == "skip" else f"step {step}")
+            kept = f"the last good checkpoint, step {last}, is kept" if last is not None else "no checkpoint yet"
+            raise UserError(f"training diverged: non-finite loss or gradients at {what}; lower "
+                            f"config.optim.learning_rate or set config.train.nan_policy=skip ({kept})")

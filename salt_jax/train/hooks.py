@@ -1,161 +1,160 @@
-"""The training loop's helpers: periodic hooks, the step meter (timing), and the non-finite check.
+"""The work the loop does after a training step, as named hooks over one explicit context.
 
-`Hooks.add(fn, every=N)` registers periodic work: `fn(done, metrics)` runs
-after step `done` when done % N == 0 and after the last step, in the order
-added. `StepMeter` keeps the training clock (compiling steps and evaluation
-off it) and the metrics of the current log interval. `NonFiniteCheck`
-enforces config.train.nan_policy before every checkpoint.
+`table(run)` is the one ordered list of hooks and how often each runs: after
+every N-th step, and after the last step. In order: the kill drill, the
+adaptive switch, the non-finite check's bookkeeping, a metrics line, the
+held-out loss, the few-shot scores (when config.eval.tasks is set; the hook
+decides which steps are due), a checkpoint, and the preemption check. Each
+hook is a function `hook(ctx, done, step_metrics)`; what hooks share (the run,
+the clock, the last evaluations, where a preemption stopped the run) is the
+`Context`, never a closure. To add periodic work, write a hook and put it in
+`table`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from typing import Any, Callable
 
 import jax
-import numpy as np
 
-from salt_jax.errors import UserError
+from salt_jax.train import faults
+from salt_jax.train import fewshot as fewshot_lib
+from salt_jax.train.meter import StepMeter, fmt_time
+from salt_jax.train.metrics import train_line
+from salt_jax.train.setup import Run
+
+Hook = Callable[["Context", int, Any], None]  # (context, steps done, the last step's metrics)
 
 
 @dataclasses.dataclass
-class _Hook:
-    fn: Callable[[int, Any], None]
-    every: int
+class Context:
+    """What the hooks of one run share. `stopped_at` is set by the preemption check; the loop then stops."""
+
+    run: Run
+    meter: StepMeter  # the training clock (evaluation and compiling steps are kept off it)
+    kill: faults.KillHooks  # config.train.debug_kill
+    nonfinite: faults.NonFiniteCheck  # config.train.nan_policy, enforced before every checkpoint
+    preemption: faults.Preemption | None = None  # set by the loop while it trains
+    heldout: dict = dataclasses.field(default_factory=dict)  # the last held-out evaluation
+    fewshot: dict = dataclasses.field(default_factory=dict)  # the last few-shot scores
+    stopped_at: int | None = None  # the step a preemption or Ctrl-C stopped the run at
+
+    @classmethod
+    def of(cls, run: Run) -> "Context":
+        t = run.config.train
+        return cls(run, StepMeter(float(run.previous.get("train_seconds", 0.0))), faults.KillHooks(t.debug_kill),
+                   faults.NonFiniteCheck(t.nan_policy, t.max_skipped_steps, run.ckpt))
+
+    def save(self, done: int) -> None:
+        """Checkpoints step `done` (never a poisoned state: the non-finite check runs first)."""
+        r = self.run
+        self.nonfinite.check(done)
+        r.ckpt.save(done, r.state, dict(r.record, step=done, kd_phase_end=r.phase.end,
+                                        train_seconds=self.meter.clock.total), force=True)
+        self.kill.maybe_kill("save", done)
 
 
-class Hooks:
-    """Periodic work after each step, in the order added."""
-
-    def __init__(self, total_steps: int):
-        self.total_steps, self._hooks = total_steps, []
-
-    def add(self, fn: Callable[[int, Any], None], every: int = 1) -> None:
-        """Run `fn(done, step_metrics)` after every `every`-th step and after the last one."""
-        self._hooks.append(_Hook(fn, every))
-
-    def run(self, done: int, step_metrics) -> None:
-        for hook in self._hooks:
-            if done % hook.every == 0 or done == self.total_steps:
-                hook.fn(done, step_metrics)
+def kill_drill(ctx: Context, done: int, _) -> None:
+    """config.train.debug_kill=step:N: SIGKILL after step N, once the earlier checkpoints are on disk."""
+    if ctx.kill.wants("step", done):
+        jax.block_until_ready(ctx.run.state.step)
+        ctx.run.ckpt.wait()
+        ctx.kill.maybe_kill("step", done)
 
 
-def fmt_time(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+def adaptive_switch(ctx: Context, done: int, _) -> None:
+    """salt.switch=adaptive: reads whether the step ended the KD phase (the phase then ends at that step)."""
+    r = ctx.run
+    if r.teacher is not None and r.phase.adaptive:
+        switch_step = int(jax.device_get(r.state.kd["switch_step"]))  # a scalar; syncs this step
+        if switch_step >= 0:
+            r.phase.switched_at(switch_step)
+            logging.info("adaptive switch at step %d: %s", switch_step, r.phase.why_ended())
 
 
-class TrainClock:
-    """Seconds spent in training steps, carried across resumes.
-
-    Evaluation and the steps that compile a program (a process's first step,
-    the first step without the teacher) are left out. Call `lap` only after
-    blocking on the work it should count.
-    """
-
-    def __init__(self, already: float = 0.0):
-        self.total, self._mark = already, time.time()
-
-    def lap(self) -> float:
-        """Adds the time since the last lap/skip to the total and returns it."""
-        now = time.time()
-        dt, self._mark = now - self._mark, now
-        self.total += dt
-        return dt
-
-    def skip(self) -> float:
-        """Forgets (and returns) the time since the last lap/skip."""
-        now = time.time()
-        dt, self._mark = now - self._mark, now
-        return dt
+def watch_nonfinite(ctx: Context, _done: int, step_metrics) -> None:
+    """Keeps the step's loss and gradient norm for the non-finite check before the next checkpoint."""
+    ctx.nonfinite.add(step_metrics)
 
 
-class StepMeter:
-    """Timing of the steps of one log interval; steps that compile a program are kept off the clock.
-
-    Steps run asynchronously: `lap(*arrays)` blocks on them before reading the
-    clock. `compiles()` marks the next step as one that builds a program (the
-    process's first, the first without the teacher).
-    """
-
-    def __init__(self, already_seconds: float = 0.0):
-        self.clock = TrainClock(already_seconds)
-        self.pending: list = []  # per-step metrics since the last log line
-        self.interval = 0.0  # timed seconds of the current log interval
-        self.untimed = 0  # steps of the interval that compiled
-        self.steps_timed, self.rate_start = 0, time.time()
-        self._compile_next, self._compiling, self._t_compile = True, False, 0.0
-
-    def compiles(self) -> None:
-        self._compile_next = True
-
-    def lap(self, *block_on) -> None:
-        jax.block_until_ready(block_on)
-        self.interval += self.clock.lap()
-
-    def before_step(self) -> None:
-        self._compiling, self._compile_next = self._compile_next, False
-        if self._compiling:
-            self.lap(self.pending)
-            self._t_compile = time.time()
-
-    def after_step(self, done: int, step_metrics) -> None:
-        self.pending.append(step_metrics)
-        if self._compiling:
-            jax.block_until_ready(step_metrics)
-            logging.info("step %d compiled and ran in %.1fs", done, self.clock.skip())
-            self.untimed += 1
-            self.rate_start += time.time() - self._t_compile
-
-    def interval_done(self) -> tuple[list, float, int]:
-        """(the interval's step metrics, its timed seconds, its timed steps); starts the next interval."""
-        self.lap(self.pending)
-        out = (self.pending, self.interval, len(self.pending) - self.untimed)
-        self.steps_timed += out[2]
-        self.pending, self.interval, self.untimed = [], 0.0, 0
-        return out
-
-    def steps_per_sec(self) -> float:
-        """Timed steps per wall second since the start (for the ETA)."""
-        return self.steps_timed / max(time.time() - self.rate_start, 1e-9)
+def log_line(ctx: Context, done: int, _) -> None:
+    """The interval's train line in metrics.jsonl, and (config.train.progress) a line of progress."""
+    r, meter = ctx.run, ctx.meter
+    records, seconds, timed = meter.interval_done()
+    line = train_line(records, seconds, r.config.data.batch_size * r.config.data.seq_len, timed, r.flops)
+    r.writer.write("train", done, dict(line, train_seconds=meter.clock.total))
+    if r.config.train.progress and jax.process_index() == 0:
+        rate = meter.steps_per_sec()
+        logging.info("step %d/%d | loss %.4f | %.0f tok/s | %.2f steps/s | ETA %s", done, r.total_steps,
+                     line["loss"], line["tokens_per_sec"] or 0.0, line["steps_per_sec"] or 0.0,
+                     fmt_time((r.total_steps - done) / rate) if rate > 0 else "?")
 
 
-class NonFiniteCheck:
-    """Host side of the non-finite-step policy (config.train.nan_policy), checked before every checkpoint.
+def heldout_loss(ctx: Context, done: int, _=None) -> None:
+    """The held-out loss and accuracy (per corpus for a mixture), off the training clock."""
+    r = ctx.run
+    if done:  # (the evaluation before step 1 comes before the clock starts)
+        ctx.meter.lap(r.state.step)
+    ctx.heldout.update(r.heldout_loss())
+    r.writer.write("eval", done, dict(ctx.heldout, train_seconds=ctx.meter.clock.total))
+    if done:
+        per_corpus = "".join(f" | {k[5:]} {v:.4f}" for k, v in ctx.heldout.items() if k.startswith("loss/"))
+        logging.info("eval at step %d | held-out loss %.4f | accuracy %.4f%s", done, ctx.heldout["loss"],
+                     ctx.heldout["accuracy"], per_corpus)
+    ctx.meter.clock.skip()
 
-    stop: the first non-finite loss or gradient ends the run with a UserError,
-    before the poisoned state can be saved (the last good checkpoint is kept).
-    skip: the step already dropped its update in-graph (salt_jax.train.step.Guard);
-    each one is logged, and `max_skipped` in a row ends the run the same way.
-    """
 
-    def __init__(self, policy: str, max_skipped: int, ckpt):
-        self.policy, self.max_skipped, self.ckpt, self.in_a_row = policy, max_skipped, ckpt, 0
-        self.unchecked: list = []
+def fewshot_scores(ctx: Context, done: int, _=None) -> None:
+    """Few-shot scores (config.eval.*) at the steps they are due, off the training clock."""
+    r = ctx.run
+    if done and not r.fewshot.due(done, r.config.train.heldout_every, r.total_steps):
+        return
+    if done:
+        ctx.meter.lap(r.state.step)
+    scores = r.fewshot.scores(r.state.params)
+    ctx.fewshot.update(scores)
+    r.writer.write("fewshot", done, dict(scores, train_seconds=ctx.meter.clock.total))
+    if scores:
+        logging.info("few-shot at step %d | %s", done, fewshot_lib.describe(scores))
+    ctx.meter.clock.skip()
 
-    def add(self, done: int, step_metrics) -> None:
-        self.unchecked.append(step_metrics)
 
-    def check(self, done: int) -> None:
-        host = jax.device_get([(m["loss"], m["grad_norm"]) for m in self.unchecked])
-        self.unchecked = []
-        for i, (loss, grad) in enumerate(host):
-            step = done - len(host) + i + 1
-            if np.isfinite(loss) and np.isfinite(grad):
-                self.in_a_row = 0
-                continue
-            self.in_a_row += 1
-            if self.policy == "skip" and self.in_a_row < self.max_skipped:
-                logging.warning("step %d: non-finite loss or gradients; update skipped (config.train.nan_policy="
-                                "skip)", step)
-                continue
-            self.ckpt.wait()
-            last = self.ckpt.latest_step()
-            what = (f"{self.in_a_row} steps in a row (config.train.max_skipped_steps={self.max_skipped})"
-                    if self.policy == "skip" else f"step {step}")
-            kept = f"the last good checkpoint, step {last}, is kept" if last is not None else "no checkpoint yet"
-            raise UserError(f"training diverged: non-finite loss or gradients at {what}; lower "
-                            f"config.optim.learning_rate or set config.train.nan_policy=skip ({kept})")
+def checkpoint(ctx: Context, done: int, _) -> None:
+    ctx.save(done)
+    ctx.meter.lap()  # (the non-finite check blocked on every step so far)
+
+
+def preemption_check(ctx: Context, done: int, _) -> None:
+    """SIGTERM or Ctrl-C: checkpoint the step reached (every process agrees on it) and stop the loop."""
+    r, t = ctx.run, ctx.run.config.train
+    if done < r.total_steps and ctx.preemption.should_stop(sync=done % t.log_every == 0):
+        ctx.meter.lap(r.state.step)
+        if done % t.checkpoint_every:  # (a step on the interval is saved already)
+            ctx.save(done)
+        r.ckpt.wait()
+        ctx.preemption.finished()
+        ctx.stopped_at = done
+
+
+def table(run: Run) -> list[tuple[Hook, int]]:
+    """The hooks after each step, in the order they run, each with its interval in steps."""
+    t = run.config.train
+    return [(kill_drill, 1), (adaptive_switch, 1), (watch_nonfinite, 1), (log_line, t.log_every),
+            (heldout_loss, t.heldout_every), *([(fewshot_scores, 1)] if run.fewshot is not None else []),
+            (checkpoint, t.checkpoint_every), (preemption_check, 1)]
+
+
+def before_training(ctx: Context) -> None:
+    """A fresh run's evaluations at step 0 (the curves start at the initial parameters)."""
+    heldout_loss(ctx, 0)
+    if ctx.run.fewshot is not None:
+        fewshot_scores(ctx, 0)
+
+
+def run_after_step(hooks: list[tuple[Hook, int]], ctx: Context, done: int, step_metrics) -> None:
+    """Runs each hook due after step `done`: every `every`-th step, and the last one."""
+    for hook, every in hooks:
+        if done % every == 0 or done == ctx.run.total_steps:
+            hook(ctx, done, step_metrics)
