@@ -15,28 +15,3 @@ errors.py (UserError) is shared by all. Entry points: `python -m salt_jax.main`
 (one run), `salt_jax.experiment`, `salt_jax.hf`, `salt_jax.prepare` (the token store ahead
 of training), `salt_jax.bench` and `salt_jax.compile` (a run compiled for a TPU slice).
 """
-
-import glob as _glob
-import importlib.util as _importlib_util
-import os as _os
-
-
-def _keep_jax_off_an_absent_tpu() -> None:
-    """A host with libtpu installed (the [tpu] and [test] extras) but no TPU: pin JAX to the CPU.
-
-    Otherwise JAX tries the TPU backend first; it fails (after a page of libtpu warnings, holding
-    /tmp/libtpu_lockfile) and falls back to the CPU anyway. A TPU VM (/dev/accel*, /dev/vfio), a GPU
-    plugin, or an explicit JAX_PLATFORMS is left alone. Compiling for TPU slices (salt_jax.compile) needs
-    only libtpu, not the TPU backend.
-    """
-    if _os.environ.get("JAX_PLATFORMS") or _importlib_util.find_spec("libtpu") is None:
-        return
-    if _glob.glob("/dev/accel*") or _glob.glob("/dev/vfio/[0-9]*"):
-        return
-    if any(_importlib_util.find_spec(p) is not None for p in ("jax_cuda12_plugin", "jax_cuda13_plugin",
-                                                               "jax_rocm7_plugin")):
-        return
-    _os.environ["JAX_PLATFORMS"] = "cpu"
-
-
-_keep_jax_off_an_absent_tpu()

@@ -52,7 +52,7 @@ from ml_collections import config_flags
 
 from salt_jax import paths
 from salt_jax.aot.programs import teacher_config
-from salt_jax.cli import fail, flags_parser, load_config, own_flags_help, setup_logging
+from salt_jax.cli import fail, flags_parser, keep_jax_off_an_absent_tpu, load_config, own_flags_help, setup_logging
 from salt_jax.config import set_method, validate
 from salt_jax.errors import UserError
 from salt_jax.kd import chunked_loss, losses, objective, sparse
@@ -322,6 +322,7 @@ def benchmark(config, t_cfg, repeats: int = 20, steps: bool = True, loss: bool =
 
 def _main(argv) -> None:
     del argv
+    keep_jax_off_an_absent_tpu()
     setup_logging()
     config = load_config(_CONFIG)
     if _REPEATS.value < 1:

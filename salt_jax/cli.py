@@ -7,6 +7,8 @@ absl flags and uses these helpers, so `--help` exits 0 listing its flags and eve
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import logging
 import os
 import re
@@ -17,6 +19,27 @@ from absl import flags
 
 from salt_jax import renamed
 from salt_jax.errors import INTERRUPTED_STATUS, UserError
+
+
+def keep_jax_off_an_absent_tpu() -> None:
+    """A host with libtpu installed (the [tpu] and [test] extras) but no TPU: pin JAX to the CPU.
+
+    Otherwise JAX tries the TPU backend first; it fails (after a page of libtpu warnings, holding
+    /tmp/libtpu_lockfile) and falls back to the CPU anyway. A TPU VM (/dev/accel*, /dev/vfio), a GPU
+    plugin, or an explicit JAX_PLATFORMS is left alone. Every entry point calls it first (importing
+    salt_jax changes nothing); a notebook on such a host may call it before its first computation.
+    Compiling for TPU slices (salt_jax.compile) needs only libtpu, not the TPU backend.
+    """
+    if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
+        return
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+        return
+    if any(importlib.util.find_spec(p) is not None for p in ("jax_cuda12_plugin", "jax_cuda13_plugin",
+                                                              "jax_rocm7_plugin")):
+        return
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    if "jax" in sys.modules:  # (imported already, so it read the environment before this)
+        sys.modules["jax"].config.update("jax_platforms", "cpu")
 
 
 def setup_logging() -> None:

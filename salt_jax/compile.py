@@ -25,7 +25,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from salt_jax import paths
-from salt_jax.cli import fail, flags_parser, load_config, own_flags_help, setup_logging
+from salt_jax.cli import fail, flags_parser, keep_jax_off_an_absent_tpu, load_config, own_flags_help, setup_logging
 from salt_jax.config import run_help
 from salt_jax.errors import UserError
 
@@ -86,6 +86,7 @@ def _default_out(config_arg: str, topology: str) -> str:
 
 def _main(argv) -> None:
     del argv
+    keep_jax_off_an_absent_tpu()
     setup_logging()
     config = load_config(_CONFIG)
     if not _TOPOLOGY.value:

@@ -3,6 +3,14 @@
 Config files in configs/ start from `base_config(preset)` and change what they
 need; any field can then be overridden on the command line
 (`--config.optim.learning_rate=1e-3`).
+
+Validation stays here, in one function, because many checks cross sections
+(seq_len against max_len, cache_k against vocab_size, a method against its
+teacher fields) and a bad config should fail before anything is built. The
+allowed values come from the modules that own them (methods.METHODS,
+schedules.SCHEDULES, sparse.KINDS, selection.RULES, attention.IMPLEMENTATIONS,
+transformer.ACTIVATIONS), so a new option is added in one place.
+Renamed fields are read under their new names (salt_jax.renamed).
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import ml_collections
 from salt_jax import renamed
 from salt_jax.data import mixture
 from salt_jax.errors import UserError, check
-from salt_jax.kd import methods
+from salt_jax.kd import methods, selection, sparse
 from salt_jax.kd.schedules import SCHEDULES
 from salt_jax.model import presets
 from salt_jax.model.attention import IMPLEMENTATIONS
@@ -231,8 +239,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check(k.kd_loss in ("forward_kl", "reverse_kl", "topk_kl"),
           f"config.salt.kd_loss={k.kd_loss!r}: use 'forward_kl', 'reverse_kl' or 'topk_kl'")
     for f, allowed in (("weight_schedule", SCHEDULES), ("temperature_schedule", ("constant", "linear", "cosine")),
-                       ("teacher_logits", ("online", "cache")), ("cache_targets", ("topk", "topk_other", "sampled")),
-                       ("cache_dtype", ("float16", "float32")), ("ds_rule", ("median_topk", "difference", "loss"))):
+                       ("teacher_logits", ("online", "cache")), ("cache_targets", sparse.KINDS),
+                       ("cache_dtype", ("float16", "float32")), ("ds_rule", selection.RULES)):
         check(k[f] in allowed, f"config.salt.{f}={k[f]!r}: use one of {', '.join(allowed)}")
     check(k.token_select in ("none", "topk", "confidence"),
           f"config.salt.token_select={k.token_select!r}: use 'none', 'topk' or 'confidence'")

@@ -14,7 +14,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from salt_jax.cli import fail, flags_parser, interrupted, load_config, own_flags_help, setup_logging
+from salt_jax.cli import (fail, flags_parser, interrupted, keep_jax_off_an_absent_tpu, load_config, own_flags_help,
+                          setup_logging)
 from salt_jax.config import run_help
 from salt_jax.errors import INTERRUPTED_STATUS, UserError
 from salt_jax import distributed
@@ -26,6 +27,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 
 def _main(argv) -> None:
     del argv
+    keep_jax_off_an_absent_tpu()
     setup_logging()
     config = load_config(_CONFIG)
     if not _WORKDIR.value:

@@ -29,7 +29,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from salt_jax.cli import fail, flags_parser, load_config, own_flags_help, setup_logging
+from salt_jax.cli import fail, flags_parser, keep_jax_off_an_absent_tpu, load_config, own_flags_help, setup_logging
 from salt_jax.config import run_help, validate
 from salt_jax.data import store
 from salt_jax.errors import UserError
@@ -81,6 +81,7 @@ def _engine(config, cache_dir: str):
 
 def _main(argv) -> None:
     del argv
+    keep_jax_off_an_absent_tpu()
     setup_logging()
     config = load_config(_CONFIG)
     if _WORKERS.value < 0:

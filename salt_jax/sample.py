@@ -13,7 +13,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from salt_jax import distributed
-from salt_jax.cli import fail, flags_parser, interrupted, own_flags_help, setup_logging
+from salt_jax.cli import fail, flags_parser, interrupted, keep_jax_off_an_absent_tpu, own_flags_help, setup_logging
 from salt_jax.errors import UserError
 from salt_jax.eval import runs
 
@@ -31,6 +31,7 @@ _STOP = flags.DEFINE_string("stop", None, "End each continuation at the first oc
 
 def _main(argv) -> None:
     del argv
+    keep_jax_off_an_absent_tpu()
     setup_logging()
     if not _WORKDIR.value:
         fail("--workdir is required: the run (or checkpoint directory) to sample from")

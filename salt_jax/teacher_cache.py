@@ -22,7 +22,7 @@ from absl import app
 from ml_collections import config_flags
 
 from salt_jax import distributed
-from salt_jax.cli import fail, flags_parser, load_config, own_flags_help, setup_logging
+from salt_jax.cli import fail, flags_parser, keep_jax_off_an_absent_tpu, load_config, own_flags_help, setup_logging
 from salt_jax.config import check_vocab, run_help, validate
 from salt_jax.data import store
 from salt_jax.errors import UserError
@@ -59,6 +59,7 @@ def build(config) -> dict:
 
 def _main(argv) -> None:
     del argv
+    keep_jax_off_an_absent_tpu()
     setup_logging()
     config = load_config(_CONFIG)
     try:

@@ -243,15 +243,18 @@ def test_compile_cli_writes_its_report(tmp_path):
 
 
 def test_a_cpu_host_with_libtpu_trains_on_the_cpu(monkeypatch):
-    """libtpu installed and no TPU: salt_jax pins JAX to the CPU, so JAX does not first try (and fail, with a
-    page of libtpu warnings) to open a TPU. An explicit JAX_PLATFORMS is left alone."""
+    """libtpu installed and no TPU: an entry point pins JAX to the CPU (even with jax imported already), so JAX
+    does not first try (and fail, with a page of libtpu warnings) to open a TPU; importing salt_jax changes
+    nothing. An explicit JAX_PLATFORMS is left alone."""
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
-    code = "import salt_jax, jax, os; print(jax.default_backend(), jax.device_count(), os.environ['JAX_PLATFORMS'])"
+    code = ("import os, salt_jax, jax; assert 'JAX_PLATFORMS' not in os.environ; from salt_jax import cli; "
+            "cli.keep_jax_off_an_absent_tpu(); print(jax.default_backend(), jax.device_count(), "
+            "os.environ['JAX_PLATFORMS'])")
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and p.stdout.split() == ["cpu", "1", "cpu"], (p.stdout, p.stderr[-2000:])
     assert "libtpu" not in p.stderr and "TPU_WORKER_HOSTNAMES" not in p.stderr, p.stderr[-2000:]
-    import salt_jax
+    from salt_jax import cli
 
     monkeypatch.setenv("JAX_PLATFORMS", "cuda")
-    salt_jax._keep_jax_off_an_absent_tpu()
+    cli.keep_jax_off_an_absent_tpu()
     assert os.environ["JAX_PLATFORMS"] == "cuda"

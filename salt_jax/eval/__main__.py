@@ -16,7 +16,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from salt_jax import distributed
-from salt_jax.cli import fail, flags_parser, interrupted, own_flags_help, setup_logging
+from salt_jax.cli import fail, flags_parser, interrupted, keep_jax_off_an_absent_tpu, own_flags_help, setup_logging
 from salt_jax.errors import UserError
 from salt_jax.eval import runs
 
@@ -34,6 +34,7 @@ _OUT = flags.DEFINE_string("out", None, "Results file (default: eval_results.jso
 
 def _main(argv) -> None:
     del argv
+    keep_jax_off_an_absent_tpu()
     setup_logging()
     if not _WORKDIR.value:
         fail("--workdir is required: the run (or checkpoint directory) to evaluate")

@@ -21,7 +21,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from salt_jax import paths
-from salt_jax.cli import fail, flags_parser, interrupted, load_config, own_flags_help, setup_logging
+from salt_jax.cli import (fail, flags_parser, interrupted, keep_jax_off_an_absent_tpu, load_config, own_flags_help,
+                          setup_logging)
 from salt_jax.errors import INTERRUPTED_STATUS, UserError
 from salt_jax.experiment.pipeline import plan, run_experiment, train_in_order
 from salt_jax import distributed
@@ -56,6 +57,7 @@ def _ray_runner(exp, workdir: str):
 
 def _main(argv) -> None:
     del argv
+    keep_jax_off_an_absent_tpu()
     setup_logging()
     exp = load_config(_CONFIG)
     if not _WORKDIR.value:

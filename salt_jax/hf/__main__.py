@@ -17,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from salt_jax.cli import fail, flags_parser, own_flags_help, setup_logging
+from salt_jax.cli import fail, flags_parser, keep_jax_off_an_absent_tpu, own_flags_help, setup_logging
 from salt_jax.errors import UserError
 from salt_jax.hf.convert import export_hf, import_hf
 
@@ -63,6 +63,7 @@ def _main(argv: list[str]) -> None:
             fail("--hf_dir applies to import, not export")
         if not _WORKDIR.value or not _OUT.value:
             fail("export needs --workdir=RUN (a run's workdir) and --out=DIR (the Hugging Face directory to write)")
+    keep_jax_off_an_absent_tpu()
     setup_logging()
     try:
         if command == "import":
