@@ -14,7 +14,7 @@ from etils.epath import testing as epath_testing
 
 from salt_jax import paths
 from salt_jax.config import base_config
-from salt_jax.data import store
+from salt_jax.data import shard_writer, store
 
 
 class _Upload:
@@ -126,7 +126,7 @@ def test_hosts_split_the_build_of_a_shared_store(fake_gcs, tmp_path):
     _corpus(root / "bucket" / "corpus")
     cfg = _cfg("gs://bucket/corpus", "gs://bucket/shared")
     written = {0: [], 1: []}
-    real_write = store._write_shard
+    real_write = shard_writer.write_shard
 
     def spy(docs, path, tok=None, batch_docs=256):
         written[int(threading.current_thread().name[-1])].append(os.path.basename(path))
@@ -140,13 +140,13 @@ def test_hosts_split_the_build_of_a_shared_store(fake_gcs, tmp_path):
         except BaseException as e:  # noqa: BLE001 -- re-raised below
             errors.append(e)
 
-    store._write_shard = spy
+    shard_writer.write_shard = spy
     try:
         threads = [threading.Thread(target=host, args=(i,), name=f"host{i}") for i in (1, 0)]
         [t.start() for t in threads]
         [t.join(120) for t in threads]
     finally:
-        store._write_shard = real_write
+        shard_writer.write_shard = real_write
     assert not errors, errors
     single, _ = store.build_store(_cfg("gs://bucket/corpus", "gs://bucket/single"), host=(0, 1))
     _same_store(out[0], single)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from salt_jax.config import base_config
-from salt_jax.data import documents, sources, store, tokenizer
+from salt_jax.data import documents, shard_writer, sources, store, tokenizer
 from salt_jax.errors import UserError
 
 from conftest import REPO
@@ -171,9 +171,9 @@ def test_parquet_row_groups_split_over_workers_and_hosts(tmp_path):
 
 _KILLED_BUILD = """
 import os, signal, sys
-from salt_jax.data import store
+from salt_jax.data import shard_writer, store
 from test_corpora import _cfg
-real, written = store._write_shard, []
+real, written = shard_writer.write_shard, []
 
 def dies_in_the_fifth_piece(docs, path, tok=None):
     if len(written) == 4:
@@ -182,7 +182,7 @@ def dies_in_the_fifth_piece(docs, path, tok=None):
     written.append(path)
     return real(docs, path, tok)
 
-store._write_shard = dies_in_the_fifth_piece
+shard_writer.write_shard = dies_in_the_fifth_piece
 store.build_store(_cfg(sys.argv[1], sys.argv[2], shard_chars=2000), workers=0)
 """
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from salt_jax.config import base_config
-from salt_jax.data import documents, sources, store, tokenizer
+from salt_jax.data import documents, shard_writer, sources, store, tokenizer
 from salt_jax.errors import UserError
 
 
@@ -66,7 +66,7 @@ def test_parallel_build_writes_byte_identical_shards(tmp_path):
 def test_an_interrupted_build_keeps_its_shards_and_resumes_to_the_same_store(tmp_path, monkeypatch):
     path = _corpus(tmp_path)
     clean, _ = store.build_store(_cfg(path, str(tmp_path / "clean"), 3000))
-    real, calls = store._write_shard, []
+    real, calls = shard_writer.write_shard, []
 
     def dies_after_three(docs, shard_path, tok=None):
         if len(calls) == 3:
@@ -75,14 +75,14 @@ def test_an_interrupted_build_keeps_its_shards_and_resumes_to_the_same_store(tmp
         calls.append(shard_path)
         return real(docs, shard_path, tok)
 
-    monkeypatch.setattr(store, "_write_shard", dies_after_three)
+    monkeypatch.setattr(shard_writer, "write_shard", dies_after_three)
     cfg = _cfg(path, str(tmp_path / "resumed"), 3000)
     with pytest.raises(KeyboardInterrupt):
         store.build_store(cfg)
     partial = os.path.dirname(calls[0])
     assert partial.endswith(".partial") and not os.path.exists(partial.removesuffix(".partial"))
     kept = {p: os.stat(p).st_mtime_ns for p in calls}
-    monkeypatch.setattr(store, "_write_shard", real)
+    monkeypatch.setattr(shard_writer, "write_shard", real)
     resumed, _ = store.build_store(cfg)
     for p, mtime in kept.items():  # the finished shards were not rewritten
         assert os.stat(os.path.join(resumed.directory, os.path.basename(p))).st_mtime_ns == mtime

@@ -49,17 +49,16 @@ import concurrent.futures
 import contextlib
 import fcntl
 import hashlib
-import itertools
 import logging
 import os
 import time
-from typing import Iterable, Iterator
 
 import ml_collections
 import numpy as np
 
 from salt_jax import paths
-from salt_jax.data import documents, engines, mixture, sources, tokenizer
+from salt_jax.data import documents, engines, mixture, shard_writer, sources, tokenizer
+from salt_jax.data.shard_writer import token_dtype
 from salt_jax.errors import UserError
 
 STORE_VERSION = 2  # 1: one .npy per split
@@ -72,11 +71,6 @@ def default_cache_dir() -> str:
 def is_shared(data_cfg: ml_collections.ConfigDict, cache_dir: str) -> bool:
     """Whether every host sees this cache directory (and so the hosts build one store together)."""
     return paths.is_remote(cache_dir) or bool(data_cfg.shared_cache)
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """uint16 when every id fits, else int32 (little-endian on disk)."""
-    return np.dtype("<u2") if vocab_size <= 65535 else np.dtype("<i4")
 
 
 _READERS = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="salt_jax-store-read")
@@ -165,101 +159,6 @@ class TokenStore:
         self.heldout = TokenSplit(directory, splits["heldout"], dtype, seq_len, vocab_size)
 
 
-def _chunks(docs: Iterator[str], shard_chars: int) -> Iterator[list[str]]:
-    """Consecutive groups of documents of about `shard_chars` characters (a document is never split)."""
-    group, size = [], 0
-    for doc in docs:
-        group.append(doc)
-        size += len(doc)
-        if size >= shard_chars:
-            yield group
-            group, size = [], 0
-    if group:
-        yield group
-
-
-_WORKER_TOKENIZER = None
-_WORKER_SOURCE = None
-
-
-def _init_worker(tok, source=None) -> None:
-    """A store worker tokenizes on one thread: the worker processes are the parallelism."""
-    global _WORKER_TOKENIZER, _WORKER_SOURCE
-    if hasattr(tok, "threads"):
-        tok.threads = 1
-    _WORKER_TOKENIZER, _WORKER_SOURCE = tok, source
-
-
-def _write_shard(docs: Iterable[str], path: str, tok=None, batch_docs: int = 256) -> int:
-    """Tokenizes `docs` (EOS after each) into the shard file `path`, atomically; returns its token count."""
-    tok = tok if tok is not None else _WORKER_TOKENIZER
-    dtype = token_dtype(tok.vocab_size)
-    n = 0
-    docs = iter(docs)
-    with paths.writer(path) as fh:
-        while batch := list(itertools.islice(docs, batch_docs)):
-            for ids in tok.encode(batch):
-                arr = np.asarray(ids + [tok.eos_id], dtype)
-                fh.write(arr.tobytes())
-                n += len(arr)
-    return n
-
-
-def _write_task(parts: list, split: str, path: str, source=None, tok=None) -> dict:
-    """Reads the documents of `parts` and writes them as the shard `path`, then its record `path`.json
-    (what was read, and the token count): the record marks the task done."""
-    source = source if source is not None else _WORKER_SOURCE
-    stats = documents.ReadStats()
-    tokens = _write_shard(source.part_documents(parts, split, stats), path, tok)
-    record = dict(stats.as_dict(), tokens=tokens)
-    paths.write_json(f"{path}.json", record)
-    return record
-
-
-def _write_pieces(parts: list, split: str, path: str, shard_chars: int, source=None, tok=None) -> dict:
-    """A task that reads a compressed stream (readable only from its start, and maybe far larger than a
-    shard): its documents are written as pieces of about `shard_chars` characters, `<task>-00000.bin`,
-    `-00001.bin`, ..., each a shard with its record (what was read up to its end, and the cursor there).
-    A build killed inside the task resumes after its last finished piece: it decompresses up to the cursor
-    again but tokenizes only what follows, and writes the pieces a clean build would have. The task's
-    record `path`.json, listing the pieces, marks it done."""
-    source = source if source is not None else _WORKER_SOURCE
-    piece = lambda j: f"{path.removesuffix('.bin')}-{j:05d}.bin"  # noqa: E731
-    records = []
-    while paths.exists(f"{piece(len(records))}.json"):  # finished by an earlier, interrupted build
-        records.append(paths.read_json(f"{piece(len(records))}.json"))
-    fields = documents.ReadStats().as_dict()
-    stats = documents.ReadStats(**{k: int(records[-1].get(k, 0)) for k in fields}) if records \
-        else documents.ReadStats()
-    cursor = tuple(records[-1]["next"]) if records else (0, None)
-    stream = source.read_from(parts, split, stats, cursor)
-    while True:
-        item = next(stream, None)
-        if item is None and records:
-            break
-
-        def docs(item=item):
-            nonlocal cursor
-            chars = 0
-            while item is not None:
-                text, cursor = item
-                yield text
-                chars += len(text)
-                if chars >= shard_chars:
-                    return
-                item = next(stream, None)
-
-        tokens = _write_shard(docs(), piece(len(records)), tok)
-        records.append(dict(stats.as_dict(), tokens=tokens, next=list(cursor)))
-        paths.write_json(f"{piece(len(records) - 1)}.json", records[-1])
-        if item is None:  # a task without documents: one empty piece
-            break
-    shards = [{"file": os.path.basename(piece(j)), "tokens": int(r["tokens"])} for j, r in enumerate(records)]
-    record = dict(stats.as_dict(), tokens=sum(s["tokens"] for s in shards), shards=shards)
-    paths.write_json(f"{path}.json", record)
-    return record
-
-
 class _Progress:
     """The build's progress line: documents, tokens, tokens/s, skipped records and (when the size of the
     input is known) ETA. `work` is what was read, in the unit of `total` (a file source's input bytes)."""
@@ -299,8 +198,8 @@ def _split_entry(shards: list[dict], records: list[dict]) -> dict:
 def _build_file_split(source, split: str, tok, build_dir: str, engine, shard_chars: int,
                       host: tuple[int, int]) -> dict | None:
     """A file source's split: each task (a group of file parts, `source.tasks`) is read and written by a
-    worker, as one shard, or as pieces when it reads a compressed stream (`_write_pieces`), so reading is
-    parallel too and a host reads only its own tasks' files. Returns the split's meta entry on host 0
+    worker, as one shard, or as pieces when it reads a compressed stream (`shard_writer.write_pieces`), so
+    reading is parallel too and a host reads only its own tasks' files. Returns the split's meta entry on host 0
     (after the other hosts' tasks are done), None on the others."""
     tasks = source.tasks(split, shard_chars)
     names = [f"{split}-{i:05d}.bin" for i in range(len(tasks))]
@@ -317,14 +216,15 @@ def _build_file_split(source, split: str, tok, build_dir: str, engine, shard_cha
             path = paths.join(build_dir, names[i])
             if i % host[1] != host[0]:
                 continue  # another host's task
+            local = () if engine.workers else (source, tok)  # (in this process: no worker globals)
             if paths.exists(f"{path}.json"):  # finished by an earlier, interrupted build
                 done(i, paths.read_json(f"{path}.json"))
             elif source.in_pieces(parts):
-                yield i, _write_pieces, (parts, split, path, shard_chars) + (() if engine.workers else (source, tok))
+                yield i, shard_writer.write_pieces, (parts, split, path, shard_chars) + local
             else:
-                yield i, _write_task, (parts, split, path) + (() if engine.workers else (source, tok))
+                yield i, shard_writer.write_task, (parts, split, path) + local
 
-    engine.run(jobs(), done, (_init_worker, (tok, source)))
+    engine.run(jobs(), done, (shard_writer.init_worker, (tok, source)))
     progress.update(0, 0, 0, final=True)
     if host[0] != 0:
         return None
@@ -356,7 +256,7 @@ def _build_stream_split(source, split: str, tok, build_dir: str, engine, shard_c
         progress.update(n_docs, n_chars, tokens)  # (no ETA: a stream's size is not known)
 
     def jobs():
-        for index, docs in enumerate(_chunks(source.documents(split, stats), shard_chars)):
+        for index, docs in enumerate(shard_writer.chunks(source.documents(split, stats), shard_chars)):
             name = f"{split}-{index:05d}.bin"
             path = paths.join(build_dir, name)
             shards.append({"file": name, "tokens": None})
@@ -366,9 +266,9 @@ def _build_stream_split(source, split: str, tok, build_dir: str, engine, shard_c
             if paths.exists(path):  # finished by an earlier, interrupted build
                 done(key, paths.getsize(path) // itemsize)
             else:
-                yield key, _write_shard, (docs, path) + (() if engine.workers else (tok,))
+                yield key, shard_writer.write_shard, (docs, path) + (() if engine.workers else (tok,))
 
-    engine.run(jobs(), done, (_init_worker, (tok, None)))
+    engine.run(jobs(), done, (shard_writer.init_worker, (tok, None)))
     progress.update(0, 0, 0, final=True)
     if host[0] != 0:
         return None
