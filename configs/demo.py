@@ -1,7 +1,7 @@
 """CPU demo on the standard library: the demo teacher, and the demo student under each method.
 
     --config=configs/demo.py                 baseline student (demo-student, ~1.5M parameters)
-    --config=configs/demo.py:teacher         the teacher (demo-teacher, ~0.4M parameters)
+    --config=configs/demo.py:teacher         the teacher (demo-teacher-half, ~0.8M parameters, 0.55x the student)
     --config=configs/demo.py:rkd             KD for the whole run
     --config=configs/demo.py:salt            SALT, step transition at n_KD
     --config=configs/demo.py:salt_ds         SALT with teacher-selected KD-phase data

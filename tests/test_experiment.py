@@ -222,3 +222,86 @@ def test_a_run_saved_before_a_config_field_existed_is_the_same_config(tmp_path, 
     tiny_config.data.shared_cache = True  # not the default: the old run did not do this
     with pytest.raises(UserError, match=r"config.data.shared_cache \(False there, True now\)"):
         pipeline._check_same_config(tiny_config, str(tmp_path))
+
+
+def _experiment_config(name: str, arg: str | None = None):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", "experiments", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+@pytest.mark.parametrize("name", ["demo", "gpu_small"])
+def test_experiments_are_in_the_papers_regime(name):
+    """Teacher about half the student's parameters (with and without embeddings) and trained on at least the
+    student's tokens; n_KD 17.5%; the first demo pair (kept as the contrast) is not."""
+    from salt_jax.model.flops import embedding_params, param_count
+
+    def regime(exp):
+        t, s = exp.teacher, exp.student
+        body = lambda m: param_count(m) - embedding_params(m)  # noqa: E731
+        tokens = lambda c: c.train.steps * c.data.batch_size * c.data.seq_len  # noqa: E731
+        return param_count(t.model) / param_count(s.model), body(t.model) / body(s.model), tokens(t) / tokens(s)
+
+    exp = _experiment_config(name)
+    ratio, body_ratio, tokens = regime(exp)
+    assert 0.4 <= ratio <= 0.6 and 0.4 <= body_ratio <= 0.6 and tokens >= 1.0, (ratio, body_ratio, tokens)
+    assert exp.student.salt.kd_steps == -1 and exp.student.salt.kd_fraction == 0.175
+    if name == "demo":
+        first = regime(_experiment_config("demo", "first_pair"))
+        np.testing.assert_allclose(first, (399_840 / 1_496_480, 203_232 / 1_168_800, 0.8))
+
+
+def test_gpu_small_fits_ten_minutes_by_the_flop_model_and_runs_on_cpu(teacher_dir, cache_dir, tmp_path):
+    """The docstring's arithmetic (one H100, 40% MFU), every run of the plan validated, and the SALT
+    student's settings (bf16, chunked loss, bf16 teacher) training 3 steps at test size on the CPU."""
+    from salt_jax.experiment import pipeline
+    from salt_jax.model.flops import flops_per_token
+
+    exp = _experiment_config("gpu_small")
+    t, s = exp.teacher, exp.student
+    seq, tokens = s.data.seq_len, s.data.batch_size * s.data.seq_len
+    n_kd = round(s.salt.kd_fraction * s.train.steps)
+    flops = tokens * (3 * flops_per_token(t.model, seq) * t.train.steps + 2 * 3 * flops_per_token(s.model, seq)
+                      * s.train.steps + flops_per_token(t.model, seq) * n_kd)
+    minutes = flops / (0.4 * 989e12) / 60
+    assert 8.0 < minutes <= 10.0 and n_kd == 700, minutes
+    runs = pipeline.plan(exp, str(tmp_path / "plan"))
+    assert [label for label, _, _ in runs] == ["teacher", "baseline seed 0", "salt seed 0"]
+    c = runs[-1][2]
+    assert (c.model.dtype, c.train.loss, c.salt.teacher_dtype) == ("bfloat16", "chunked", "bfloat16")
+    c.salt.teacher, c.salt.teacher_preset = teacher_dir, ""
+    tiny = __import__("salt_jax.config", fromlist=["base_config"]).base_config("test-tiny").model
+    c.model.update({k: tiny[k] for k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                                         "mlp_dim", "max_len", "tie_embeddings")})
+    c.data.tokenizer.kind, c.data.cache_dir, c.data.max_files, c.data.heldout_fraction = "bytes", cache_dir, 60, 0.1
+    c.data.seq_len, c.data.batch_size, c.data.heldout_batches = 32, 8, 2
+    c.train.steps, c.train.heldout_every, c.train.checkpoint_every, c.train.log_every = 3, 3, 3, 1
+    c.train.progress, c.optim.warmup_steps, c.eval.tasks = False, 1, ""
+    summary = loop.run(c, str(tmp_path / "salt"))
+    assert summary["kd_phase_end"] == 1 and np.isfinite(summary["final_eval_loss"])
+
+
+def test_the_teacher_line_and_the_step_each_method_passes_it(tmp_path):
+    """A hand-made teacher workdir: its final loss, tokens, and the reach rule against that loss."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    config = {"train": {"steps": 600}, "data": {"batch_size": 16, "seq_len": 128}, "model": {}, "salt": {}}
+    (teacher / "config.json").write_text(json.dumps(config))
+    evals = [(0, 7.6), (300, 4.9), (600, 4.5)]
+    (teacher / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "split": "eval", "loss": v,
+                                                               "accuracy": 0.1}) + "\n" for s, v in evals))
+    methods = {"baseline": {"steps": [0, 100, 200, 300], "eval_loss_mean": [7.6, 4.6, 4.49, 4.3]},
+               "salt": {"steps": [0, 100, 200, 300], "eval_loss_mean": [7.6, 4.5, 4.4, 4.2]},
+               "rkd": {"steps": [0, 100, 200, 300], "eval_loss_mean": [7.6, 4.4, 4.6, 4.6]}}
+    line = report.teacher_line(report.RunOutputs(str(teacher)), methods)
+    assert line == {"final_loss": 4.5, "steps": 600, "tokens": 600 * 16 * 128,
+                    "passed_at": {"baseline": 200, "salt": 100, "rkd": None}}
+    text = "\n".join(writeup._teacher_markdown({"teacher": line, "total_steps": 300},
+                                               {"teacher_params": 800, "student_params": 1600,
+                                                "params_ratio_no_embedding": 0.45, "batch_size": 16,
+                                                "seq_len": 128}))
+    assert "0.50x the student's parameters (0.45x without embeddings)" in text and "(2.00x the student's run)" in text
+    assert "| baseline | 200 | 67% |" in text and "| salt | 100 | 33% |" in text and "| rkd | not reached | - |" in text

@@ -31,7 +31,7 @@ from salt_jax.kd import methods as kd_methods
 from salt_jax.kd import schedules
 from salt_jax.kd.teacher import read_record
 from salt_jax.model import checkpoints
-from salt_jax.model.flops import param_count
+from salt_jax.model.flops import embedding_params, param_count
 from salt_jax.train import faults, loop
 
 _SPEC = re.compile(r"^([a-z_\-]+)(?:\[(.*)\])?$")
@@ -243,9 +243,13 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str, runner=train_in
 
     teacher_cfg = _teacher_model(teacher_dir)
     results = report.analyse(runs, teacher_cfg)
+    if paths.exists(paths.join(teacher_dir, "metrics.jsonl")):  # (an imported or Hugging Face teacher has none)
+        results["teacher"] = report.teacher_line(report.RunOutputs(teacher_dir), results["methods"])
     meta = {"name": exp.name, "student_preset": exp.student.model.preset,
             "student_params": param_count(exp.student.model), "teacher_preset": teacher_cfg.preset,
             "teacher_params": param_count(teacher_cfg), "teacher_dir": teacher_dir,
+            "params_ratio_no_embedding": ((param_count(teacher_cfg) - embedding_params(teacher_cfg))
+                                          / (param_count(exp.student.model) - embedding_params(exp.student.model))),
             "batch_size": exp.student.data.batch_size, "seq_len": exp.student.data.seq_len,
             "data": exp.student.data.source if exp.student.data.source != "stdlib"
             else "the Python standard library (built-in corpus)",

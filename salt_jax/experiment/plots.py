@@ -36,6 +36,9 @@ def plot(results: dict, out_dir: str) -> list[str]:
                 ax.fill_between(x[1:], m["eval_loss_min"][1:], m["eval_loss_max"][1:], color=line.get_color(),
                                 alpha=0.15)
         ax.axhline(results["target_loss"], color="gray", ls="--", lw=1, label="baseline final")
+        if results.get("teacher"):
+            ax.axhline(results["teacher"]["final_loss"], color="black", ls=":", lw=1,
+                       label=f"teacher final ({results['teacher']['final_loss']:.3f})")
         ax.set_xlabel(x_label)
         ax.set_ylabel("held-out loss (nats/token)")
         ax.legend(fontsize=8)

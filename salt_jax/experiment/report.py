@@ -111,6 +111,20 @@ class RunOutputs:
         return out
 
 
+def teacher_line(teacher: RunOutputs, methods: dict) -> dict:
+    """The teacher as a reference line: its final held-out loss, the tokens it trained on, and for each
+    method the step from which its seed-averaged loss stays at or below that line (None: never).
+
+    `methods` is results.json's {name: method_results(...)}. A teacher is only comparable on the student's
+    held-out set when it was evaluated on it: same tokenizer and data, which a SALT teacher must share."""
+    c = teacher.config
+    final = float(teacher.evals[-1]["loss"])
+    return {"final_loss": final, "steps": int(c.train.steps),
+            "tokens": int(c.train.steps) * int(c.data.batch_size) * int(c.data.seq_len),
+            "passed_at": {name: steps_to_reach(m["steps"], m["eval_loss_mean"], final)
+                          for name, m in methods.items()}}
+
+
 def per_corpus(group: list[RunOutputs]) -> dict[str, float]:
     """A mixture's final held-out loss per corpus (metrics.jsonl's `loss/<name>`), the seeds' mean; {} for one
     corpus."""

@@ -133,6 +133,7 @@ def markdown(results: dict, meta: dict) -> str:
     lines += ["", "KD/baseline step time is the median measured seconds per step of log intervals wholly inside "
               "the KD phase over the baseline run's median (different processes; `python -m salt_jax.bench` "
               "measures it in one process). The FLOP model is 1 + F_T / (3 F_S).", "",
+              *_teacher_markdown(results, meta),
               *_corpus_markdown(results),
               *_fewshot_markdown(results),
               *_overview_markdown(results),
@@ -140,6 +141,25 @@ def markdown(results: dict, meta: dict) -> str:
               "![held-out loss vs compute](loss_vs_compute.png)", "", "## Conclusion", "",
               conclusion(results), "", *([fewshot_conclusion(results), ""] if results.get("fewshot") else [])]
     return "\n".join(lines)
+
+
+def _teacher_markdown(results: dict, meta: dict) -> list[str]:
+    """The teacher as a reference: its size and tokens against the student's, its final loss, and the step at
+    which each method's loss passes it for good."""
+    t = results.get("teacher")
+    if not t:
+        return []
+    student_tokens = results["total_steps"] * meta["batch_size"] * meta["seq_len"]
+    lines = ["## The teacher as a reference", "",
+             f"Teacher: {meta['teacher_params'] / meta['student_params']:.2f}x the student's parameters "
+             f"({meta.get('params_ratio_no_embedding', float('nan')):.2f}x without embeddings), trained "
+             f"{t['steps']} steps on {t['tokens']:,} tokens ({t['tokens'] / student_tokens:.2f}x the student's "
+             f"run); final held-out loss {t['final_loss']:.4f} (the dotted line on the loss plots).", "",
+             "| method | passes the teacher's final loss at step | fraction of steps |", "|---|---|---|"]
+    for name, step in t["passed_at"].items():
+        lines.append(f"| {name} | {_fmt(step, '{}')} | "
+                     f"{_fmt(step / results['total_steps'] if step is not None else None, '{:.0%}', '-')} |")
+    return lines + [""]
 
 
 OVERVIEW_FROM = 4  # experiments with more methods than this get ablation_overview.png and its table

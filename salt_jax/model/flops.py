@@ -27,9 +27,15 @@ import ml_collections
 from salt_jax.model.transformer import local_layer_flags, option
 
 
+def embedding_params(cfg: ml_collections.ConfigDict) -> int:
+    """The parameters of the token embedding and output head (once when tied) and learned positions."""
+    embed = cfg.vocab_size * cfg.d_model * (1 if cfg.tie_embeddings else 2)
+    return embed + (cfg.max_len * cfg.d_model if option(cfg, "positions") == "learned" else 0)
+
+
 def param_count(cfg: ml_collections.ConfigDict) -> int:
     """Closed-form parameter count of a model config (architecture options included)."""
-    d, v, f, h = cfg.d_model, cfg.vocab_size, cfg.mlp_dim, cfg.head_dim
+    d, f, h = cfg.d_model, cfg.mlp_dim, cfg.head_dim
     attn = d * h * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)
     attn += h * (cfg.n_heads + 2 * cfg.n_kv_heads) if option(cfg, "qkv_bias") else 0
     attn += d if option(cfg, "o_bias") else 0
@@ -38,9 +44,7 @@ def param_count(cfg: ml_collections.ConfigDict) -> int:
     mlp = (3 if gated else 2) * d * f + ((2 if gated else 1) * f + d if option(cfg, "mlp_bias") else 0)
     norm_size = d * (2 if option(cfg, "norm") == "layer" else 1)  # scale (+ bias)
     per_layer = (4 if option(cfg, "post_norms") else 2) * norm_size + attn + mlp
-    embed = v * d * (1 if cfg.tie_embeddings else 2)
-    embed += cfg.max_len * d if option(cfg, "positions") == "learned" else 0
-    return embed + cfg.n_layers * per_layer + norm_size
+    return embedding_params(cfg) + cfg.n_layers * per_layer + norm_size
 
 
 def flops_per_token(cfg: ml_collections.ConfigDict, seq_len: int) -> float:
