@@ -212,7 +212,8 @@ def _cli(module, args, env=None, **kwargs):
                           timeout=900, env=env or os.environ, **kwargs)
 
 
-TASKS = "stdlib_next_line,stdlib_line_completion,stdlib_perplexity"
+# (stdlib_identifier: choices of equal token length share their cut context, so shared scoring is served too)
+TASKS = "stdlib_next_line,stdlib_identifier,stdlib_line_completion,stdlib_perplexity"
 EVAL_ARGS = ["--tasks=" + TASKS, "--limit=12", "--num_fewshot=1", "--batch_size=8"]
 
 
@@ -326,7 +327,7 @@ def test_same_scores_as_lm_eval_hf_backend_on_the_exported_model(hf_run, tmp_pat
     out_dir = str(tmp_path / "hf")
     exported = _cli("salt_jax.hf", ["export", f"--workdir={hf_run}", f"--out={out_dir}"])
     assert exported.returncode == 0, exported.stderr[-2000:]
-    tasks = ["stdlib_next_line", "stdlib_perplexity"]
+    tasks = ["stdlib_next_line", "stdlib_identifier", "stdlib_perplexity"]  # (identifier: shared contexts)
     common = dict(tasks=tasks, limit=10, num_fewshot=1, task_manager=harness.task_manager(tasks=tasks),
                   log_samples=True, bootstrap_iters=0, random_seed=1, numpy_random_seed=1, torch_random_seed=1,
                   fewshot_random_seed=1)
@@ -343,7 +344,8 @@ def test_same_scores_as_lm_eval_hf_backend_on_the_exported_model(hf_run, tmp_pat
                 vx, vy = rx[0], ry[0]
                 vx, vy = (vx[0], vy[0]) if isinstance(vx, (list, tuple)) else (vx, vy)
                 assert float(vx) == pytest.approx(float(vy), rel=1e-6, abs=1e-4)
-    assert ours["results"]["stdlib_next_line"]["acc,none"] == theirs["results"]["stdlib_next_line"]["acc,none"]
+    for task in ("stdlib_next_line", "stdlib_identifier"):
+        assert ours["results"][task]["acc,none"] == theirs["results"][task]["acc,none"]
     assert ours["results"]["stdlib_perplexity"]["bits_per_byte,none"] == pytest.approx(
         theirs["results"]["stdlib_perplexity"]["bits_per_byte,none"], rel=1e-5)
 
