@@ -97,6 +97,63 @@ def test_rolling_loglikelihood_sums_disjoint_windows_of_the_context(tiny):
     assert total == pytest.approx(want, rel=2e-6)
 
 
+def _each_and_shared(engine, requests, method="loglikelihood"):
+    """((results, tokens run) of each request run whole, the same with shared contexts) for lm-eval requests."""
+    out = []
+    for share in (False, True):
+        lm = harness.SaltLM(engine, ByteTokenizer(), share_contexts=share)
+        engine.tokens_run = 0
+        out.append((getattr(lm, method)(requests), engine.tokens_run))
+    return out
+
+
+def _assert_same_scores(each, shared):
+    """Equal log-likelihoods (1e-5) and greedy flags, request by request (rolling ones are bare floats)."""
+    assert len(each) == len(shared)
+    for a, b in zip(each, shared):
+        a, b = (a, b) if isinstance(a, tuple) else ((a, None), (b, None))
+        assert b[0] == pytest.approx(a[0], abs=1e-5) and b[1] == a[1], (a, b)
+
+
+def test_shared_contexts_score_as_each_request_alone_on_the_offline_tasks():
+    """The multiple-choice offline tasks' requests (bytes, a 512-token test-tiny, so no context is cut): scored
+    with each question's context run once (the default) they get the log-likelihoods and greedy flags of each
+    request run whole (share_contexts=False). The tokens run are counted: every window whole before, each
+    context (but its last token) once and each continuation once after; 3x fewer on stdlib_identifier, 2x on
+    stdlib_next_line (its choices are whole lines: longer). (Rolling requests: the next test.)"""
+    cfg, params = _model(max_len=512)
+    engine = Engine(cfg, params, sharding.make_mesh(ALL_DEVICES), batch_size=8)
+    lm = harness.SaltLM(engine, ByteTokenizer())
+    for task, ratio in (("stdlib_next_line", 2), ("stdlib_identifier", 3)):
+        requests = harness.task_requests(task, limit=2)
+        (each, before), (shared, after) = _each_and_shared(engine, requests)
+        _assert_same_scores(each, shared)
+        pairs = [lm._encode_pair(*r.args) for r in requests]
+        contexts = {tuple(ctx) for ctx, _ in pairs}
+        assert len(contexts) == 2 and before == sum(len(ctx) + len(cont) - 1 for ctx, cont in pairs)
+        assert after == sum(len(ctx) - 1 for ctx in contexts) + sum(len(cont) for _, cont in pairs)
+        assert before >= ratio * after, (task, before, after)
+
+
+def test_shared_contexts_longer_than_the_model_stay_exact(tiny):
+    """Contexts of ~120 bytes through a 48-token model (cut from the left, lm-eval's window): one-token choices
+    see the same cut context and share it; two longer choices of different lengths see differently cut
+    contexts and run alone; every score equals the request run whole. Rolling windows share nothing."""
+    cfg, _, engine = tiny
+    contexts = [f"result_{k} = compute(alpha, beta, offset_{k}) + scale(" * 2 for k in range(5)]
+    requests = [_request(c, x) for c in contexts for x in "1xay"]
+    requests += [_request(contexts[0], x) for x in ("alpha)", "gamma_1)")]
+    lm = harness.SaltLM(engine, ByteTokenizer())
+    groups, alone = harness.shared_contexts([(None, *lm._encode_pair(*r.args)) for r in requests], cfg.max_len)
+    assert sorted(map(len, groups)) == [4] * 5 and alone == [20, 21]
+    (each, before), (shared, after) = _each_and_shared(engine, requests)
+    _assert_same_scores(each, shared)
+    assert after < before
+    document = [_request("".join(f"line_{i} = {i * i}\n" for i in range(12))[:130])]
+    (each, before), (shared, after) = _each_and_shared(engine, document, "loglikelihood_rolling")
+    assert (shared, after) == (each, before)
+
+
 @pytest.mark.parametrize("variant", ["rope", "gemma-like"])
 def test_greedy_generation_equals_an_argmax_loop_without_cache(variant):
     """KV-cache decoding of left-padded prompts of different lengths gives the tokens a full forward pass
@@ -155,7 +212,8 @@ def _cli(module, args, env=None, **kwargs):
                           timeout=900, env=env or os.environ, **kwargs)
 
 
-TASKS = "stdlib_next_line,stdlib_line_completion,stdlib_perplexity"
+# (stdlib_identifier: choices of equal token length share their cut context, so shared scoring is served too)
+TASKS = "stdlib_next_line,stdlib_identifier,stdlib_line_completion,stdlib_perplexity"
 EVAL_ARGS = ["--tasks=" + TASKS, "--limit=12", "--num_fewshot=1", "--batch_size=8"]
 
 
@@ -269,7 +327,7 @@ def test_same_scores_as_lm_eval_hf_backend_on_the_exported_model(hf_run, tmp_pat
     out_dir = str(tmp_path / "hf")
     exported = _cli("salt_jax.hf", ["export", f"--workdir={hf_run}", f"--out={out_dir}"])
     assert exported.returncode == 0, exported.stderr[-2000:]
-    tasks = ["stdlib_next_line", "stdlib_perplexity"]
+    tasks = ["stdlib_next_line", "stdlib_identifier", "stdlib_perplexity"]  # (identifier: shared contexts)
     common = dict(tasks=tasks, limit=10, num_fewshot=1, task_manager=harness.task_manager(tasks=tasks),
                   log_samples=True, bootstrap_iters=0, random_seed=1, numpy_random_seed=1, torch_random_seed=1,
                   fewshot_random_seed=1)
@@ -286,7 +344,8 @@ def test_same_scores_as_lm_eval_hf_backend_on_the_exported_model(hf_run, tmp_pat
                 vx, vy = rx[0], ry[0]
                 vx, vy = (vx[0], vy[0]) if isinstance(vx, (list, tuple)) else (vx, vy)
                 assert float(vx) == pytest.approx(float(vy), rel=1e-6, abs=1e-4)
-    assert ours["results"]["stdlib_next_line"]["acc,none"] == theirs["results"]["stdlib_next_line"]["acc,none"]
+    for task in ("stdlib_next_line", "stdlib_identifier"):
+        assert ours["results"][task]["acc,none"] == theirs["results"][task]["acc,none"]
     assert ours["results"]["stdlib_perplexity"]["bits_per_byte,none"] == pytest.approx(
         theirs["results"]["stdlib_perplexity"]["bits_per_byte,none"], rel=1e-5)
 

@@ -36,9 +36,12 @@ class SaltLM(TemplateLM):
     """A salt_jax model as an lm-eval model. Only process 0 drives lm-eval (rank 0 of world 1 to it);
     the other processes run the engine's `serve()` loop meanwhile."""
 
-    def __init__(self, engine: Engine, tokenizer, seed: int = 1234, max_gen_toks: int = 256):
+    def __init__(self, engine: Engine, tokenizer, seed: int = 1234, max_gen_toks: int = 256,
+                 share_contexts: bool = True):
         super().__init__()
         self.engine, self.tok, self.seed, self._max_gen_toks = engine, tokenizer, seed, max_gen_toks
+        # Run a context shared by several loglikelihood requests once (False: each request whole, as before).
+        self.share_contexts = share_contexts
         self.max_length = engine.max_len
         self.batch_size = engine.batch_size
 
@@ -64,7 +67,23 @@ class SaltLM(TemplateLM):
         """(sum of log p(continuation | context), greedy?) per ((context, continuation), ctx ids, cont ids).
 
         Like lm-eval's hf backend: the last max_length + 1 tokens of context + continuation, the
-        continuation scored at the end of the window."""
+        continuation scored at the end of the window. With `share_contexts`, requests scored after the same
+        context tokens (the choices of a multiple-choice question) run that context once (`score_shared`);
+        the others, and all of them without it, run whole (`_score_each`). Both give the same numbers."""
+        groups, alone = shared_contexts(requests, self.max_length) if self.share_contexts else (
+            [], list(range(len(requests))))
+        results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
+        for i, answer in zip(alone, self._score_each([requests[i] for i in alone])):
+            results[i] = answer
+        for i, answer in self._score_groups(requests, groups):
+            results[i] = answer
+        for req, answer in zip(requests, results):
+            if req[0] is not None:
+                self.cache_hook.add_partial("loglikelihood", req[0], answer)
+        return results
+
+    def _score_each(self, requests) -> list[tuple[float, bool]]:
+        """Each request's window run whole, longest first, batch_size at a time (lm-eval's hf order)."""
         def length(req):
             return -len(req[1] + req[2]), tuple(req[1] + req[2])
 
@@ -81,12 +100,23 @@ class SaltLM(TemplateLM):
                 tokens[i, :n], targets[i, :n] = w[:-1], w[1:]
                 weights[i, n - min(len(cont), n):n] = 1.0
             logprobs, greedy = self.engine.score(tokens, targets, weights)
-            for req, lp, g in zip(chunk, logprobs, greedy):
-                answer = (float(lp), bool(g))
-                results.append(answer)
-                if req[0] is not None:
-                    self.cache_hook.add_partial("loglikelihood", req[0], answer)
+            results += [(float(lp), bool(g)) for lp, g in zip(logprobs, greedy)]
         return order.get_original(results)
+
+    def _score_groups(self, requests, groups: list[list[int]]) -> list[tuple[int, tuple[float, bool]]]:
+        """(request index, answer) for groups of requests sharing their scored context: the context but its
+        last token is the group's prefix, run once; each request's row is that last token and its
+        continuation but the last, predicting the continuation (the window `_score_each` runs, split)."""
+        prefixes, rows = [], []
+        for members in groups:
+            context = scored_context(requests[members[0]], self.max_length)
+            rows += [(len(prefixes), [context[-1]] + requests[i][2][:-1], requests[i][2]) for i in members]
+            prefixes.append(context[:-1])
+        if not rows:
+            return []
+        logprobs, greedy = self.engine.score_shared(prefixes, rows)
+        indices = [i for members in groups for i in members]
+        return [(i, (float(lp), bool(g))) for i, lp, g in zip(indices, logprobs, greedy)]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Total log-likelihood of each document, scored in lm-eval's disjoint windows of max_length."""
@@ -142,6 +172,43 @@ class SaltLM(TemplateLM):
                 results.append(text)
                 self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
         return order.get_original(results)
+
+
+def scored_context(request, max_length: int) -> list[int]:
+    """The context tokens a request's continuation is scored after: the part of its window (the last
+    max_length + 1 tokens of context + continuation, lm-eval's left truncation) before the continuation.
+    Empty when the continuation fills the window."""
+    _, ctx, cont = request
+    window = (ctx + cont)[-(max_length + 1):]
+    return window[:max(len(window) - len(cont), 0)]
+
+
+def shared_contexts(requests, max_length: int) -> tuple[list[list[int]], list[int]]:
+    """(groups, alone): indices of the requests scored after the same context tokens, in groups of two or more
+    (with at least two context tokens, so there is a prefix to share), and the indices of the rest.
+
+    Grouping by the context as scored, after truncation, keeps sharing exact: a context cut differently for
+    continuations of different lengths is a different context, and those requests run alone, as before."""
+    by_context: dict[tuple[int, ...], list[int]] = {}
+    for i, req in enumerate(requests):
+        by_context.setdefault(tuple(scored_context(req, max_length)), []).append(i)
+    groups = [m for context, m in by_context.items() if len(m) > 1 and len(context) > 1]
+    alone = sorted(i for context, m in by_context.items() if not (len(m) > 1 and len(context) > 1) for i in m)
+    return groups, alone
+
+
+def task_requests(name: str, num_fewshot: int = 0, limit: int | None = None, seed: int = 1234, manager=None):
+    """lm-eval's requests (Instances) for the first `limit` documents of task `name`, as `simple_evaluate`
+    builds them (few-shot examples drawn with `seed`), to score directly: `lm.loglikelihood(requests)` (or
+    the method named by their `request_type`). For measuring and comparing scoring paths, not for scores."""
+    from lm_eval.tasks import get_task_dict
+
+    with quiet(None):
+        task = get_task_dict([name], manager or task_manager(tasks=[name]))[name]
+        task.set_config(key="num_fewshot", value=num_fewshot)
+        task.set_fewshot_seed(seed=seed)
+        task.build_all_requests(limit=limit, rank=0, world_size=1)
+    return task.instances
 
 
 def expand(names: list[str]) -> list[str]:
