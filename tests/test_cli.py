@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 
 from conftest import REPO
 
@@ -96,3 +97,25 @@ def test_the_walkthroughs_teacher_run_carries_no_teacher_path():
     for make in (demo_run, test_tiny_run):
         assert make("teacher").salt.teacher == make("baseline").salt.teacher == ""
         assert make("salt").salt.teacher.startswith("runs/")
+
+
+def test_renamed_fields_read_from_an_old_config_json_and_an_old_command_line(tmp_path, tiny_config):
+    """A workdir saved before train.eval_every / data.eval_batches were renamed resumes (its config.json is
+    read under the new names, and a real change is still refused), and the old --config override works."""
+    from salt_jax import cli, renamed
+    from salt_jax.errors import UserError
+    from salt_jax.train import workdir as workdir_lib
+
+    saved = json.loads(tiny_config.to_json_best_effort())
+    saved["train"]["eval_every"] = saved["train"].pop("heldout_every")
+    saved["data"]["eval_batches"] = saved["data"].pop("heldout_batches")
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    workdir_lib.check_config(tiny_config, str(tmp_path))  # same config under the old names: resumes
+    assert renamed.upgrade(saved)["train"]["heldout_every"] == tiny_config.train.heldout_every
+    saved["optim"]["learning_rate"] = 0.5
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(UserError, match=r"config\.optim\.learning_rate"):
+        workdir_lib.check_config(tiny_config, str(tmp_path))
+    assert cli.renamed_overrides(["prog", "--config.train.eval_every=7", "--config.data.eval_batches", "3",
+                                  "--config.train.steps=2"]) == [
+        "prog", "--config.train.heldout_every=7", "--config.data.heldout_batches", "3", "--config.train.steps=2"]
