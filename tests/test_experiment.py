@@ -305,3 +305,36 @@ def test_the_teacher_line_and_the_step_each_method_passes_it(tmp_path):
                                                 "seq_len": 128}))
     assert "0.50x the student's parameters (0.45x without embeddings)" in text and "(2.00x the student's run)" in text
     assert "| baseline | 200 | 67% |" in text and "| salt | 100 | 33% |" in text and "| rkd | not reached | - |" in text
+
+
+def test_horizon_study_configs_and_its_table_from_hand_made_results():
+    """Each horizon multiplies the students' steps with the 1x teacher fixed (n_KD stays 17.5%); the table
+    pairs each method's final loss with the baseline's seed by seed."""
+    from salt_jax.errors import UserError
+    from salt_jax.experiment import horizon
+
+    exp = _experiment_config("demo")
+    studies = horizon.experiments(exp, "runs/demo", horizon.parse("4,1,2"))
+    assert [(h, d, e.student.train.steps, e.teacher_path) for h, d, e in studies] == [
+        (1, "runs/demo", 500, ""), (2, "runs/demo/horizon-2x", 1000, "runs/demo/teacher"),
+        (4, "runs/demo/horizon-4x", 2000, "runs/demo/teacher")]
+    assert studies[0][2].student.eval.tasks and not studies[2][2].student.eval.tasks
+    for bad in ("2,4", "1,x"):
+        with pytest.raises(UserError, match="--horizons"):
+            horizon.parse(bad)
+
+    def method(finals, reach):
+        return {"seeds": [0, 1], "final_loss_per_seed": finals, "final_loss_mean": float(np.mean(finals)),
+                "reach_step_fraction": reach}
+
+    results = {1: {"total_steps": 500, "methods": {"baseline": method([4.0, 4.2], 1.0),
+                                                   "salt": method([3.9, 4.0], 0.8)}},
+               2: {"total_steps": 1000, "methods": {"baseline": method([3.6, 3.7], 1.0),
+                                                    "salt": method([3.65, 3.7], None)}}}
+    rows = horizon.summary(results)
+    assert [(r["horizon"], r["method"]) for r in rows] == [(1, "salt"), (2, "salt")]
+    np.testing.assert_allclose([r["paired_diff_mean"] for r in rows], [-0.15, 0.025])
+    np.testing.assert_allclose([r["paired_diff_std"] for r in rows], [0.05, 0.025])
+    text = horizon.markdown(rows, "CMD")
+    assert "| 1x | 500 | salt | 2 | 4.1000 | 3.9500 | -0.1500 ± 0.0500 | 80% of the steps |" in text
+    assert "| 2x | 1000 | salt | 2 | 3.6500 | 3.6750 | +0.0250 ± 0.0250 | not reached |" in text
