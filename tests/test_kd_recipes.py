@@ -80,7 +80,7 @@ def test_the_step_reads_the_temperature_in_graph():
     """The dense objective at step 50 of a 2 -> 1 linear temperature uses tau = 1.5."""
     from salt_jax.kd.objective import DenseLoss
     from salt_jax.train.step import make_objective
-    from salt_jax.train.state import initial_kd_state
+    from salt_jax.kd.schedules import initial_kd_state
 
     c = _salt("salt", kd_steps=100, temperature=2.0, temperature_schedule="linear", temperature_end=1.0)
     phase = _phase(c, batch=2)

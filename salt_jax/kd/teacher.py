@@ -36,6 +36,7 @@ from salt_jax.hf.convert import load_params, teacher_hf_info
 from salt_jax.hf.families import model_config_from_hf
 from salt_jax.kd import methods, sparse
 from salt_jax.model import checkpoints, presets, sharding
+from salt_jax.model.flops import param_count
 from salt_jax.model.transformer import Transformer, abstract_params
 
 
@@ -272,6 +273,26 @@ def _load_hf_teacher(hf_dir: str, salt_cfg, student_model_cfg, tokenizer_fp: str
     _, params = load_params(hf_dir, cfg, shardings)
     return OnlineTeacher(model=model, config=cfg, params=params, shardings=shardings, checkpoint=hf_dir,
                    fingerprint=hf_files.fingerprint(hf_dir), tokenizer=tok_fp)
+
+
+def check_same_teacher(config, identity: dict, previous: dict) -> None:
+    """A resumed run keeps the teacher it was trained with (`identity`: Teacher.identity of this one)."""
+    was = previous.get("teacher") or {}
+    if was and was.get("fingerprint") != identity["fingerprint"]:
+        raise UserError(f"config.salt.teacher={config.salt.teacher}: this run was trained with teacher "
+                        f"{was.get('checkpoint')} (fingerprint {was.get('fingerprint')}), not "
+                        f"{identity['checkpoint']} (fingerprint {identity['fingerprint']}); resume with the same "
+                        "teacher or use a fresh --workdir")
+
+
+def load_for_run(config, tok, mesh, previous: dict) -> OnlineTeacher:
+    """The run's teacher restored onto the mesh (config.salt.teacher), logged, and checked to be the one a
+    resumed run was trained with."""
+    teacher = load_teacher(config.salt, config.model, tok.fingerprint(), mesh)
+    logging.info("teacher %s: %s parameters, fingerprint %s", teacher.checkpoint,
+                 f"{param_count(teacher.config):,}", teacher.fingerprint)
+    check_same_teacher(config, teacher.identity(), previous)
+    return teacher
 
 
 def adopt_teacher_vocabulary(config: ml_collections.ConfigDict) -> None:
