@@ -169,8 +169,11 @@ class _Files:
         self.directory, self.spec = directory, spec
         self.per_file = spec.batch_size // manifest["hosts"]  # rows per file: the writing host count's share
 
+    CASTS = (np.int32, np.float32, np.float32, np.float32)  # as the KD step takes them
+
     def numpy(self, step: int) -> list[np.ndarray]:
-        """Rows host_rows(batch) of step `step` (one file when the host count is the cache's)."""
+        """Rows host_rows(batch) of step `step` (one file when the host count is the cache's), cast to the
+        step's dtypes (in the read-ahead thread, when there is one)."""
         rows, per = host_rows(self.spec.batch_size), self.per_file
         parts = []
         for first in range(rows.start - rows.start % per, rows.stop, per):
@@ -183,7 +186,7 @@ class _Files:
                                 "rebuild the cache") from None
             lo, hi = max(rows.start, first) - first, min(rows.stop, first + per) - first
             parts.append([a[lo:hi] for a in arrays])
-        return [np.concatenate(p) for p in zip(*parts)]
+        return [np.concatenate(p).astype(c) for p, c in zip(zip(*parts), self.CASTS)]
 
 
 class CachedTeacher:
@@ -224,10 +227,8 @@ class CachedTeacher:
         return self._ahead.take(step, self._files)
 
     def inputs(self, step: int) -> sparse.Targets:
-        arrays = self._host_arrays(step)
-        casts = (np.int32, np.float32, np.float32, np.float32)
-        return sparse.Targets(*(jax.make_array_from_process_local_data(
-            sh, a.astype(c), (self.spec.batch_size, *a.shape[1:])) for sh, a, c in zip(self.shardings, arrays, casts)))
+        return sparse.Targets(*(jax.make_array_from_process_local_data(sh, a, (self.spec.batch_size, *a.shape[1:]))
+                                for sh, a in zip(self.shardings, self._host_arrays(step))))
 
     def _stop_reading(self) -> None:
         if self._ahead is not None:
