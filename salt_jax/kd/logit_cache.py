@@ -189,7 +189,7 @@ class _Files:
         return [np.concatenate(p).astype(c) for p, c in zip(zip(*parts), self.CASTS)]
 
 
-class CachedTeacher:
+class CachedTeacher(teacher_lib.Teacher):
     """The Teacher of a run that reads cached logits (salt_jax.kd.teacher.Teacher): `inputs(step)` is that
     batch's sparse targets on the mesh, no model.
 

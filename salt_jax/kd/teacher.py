@@ -68,7 +68,7 @@ class Teacher(Protocol):
 
 
 @dataclasses.dataclass
-class OnlineTeacher:
+class OnlineTeacher(Teacher):
     """A frozen teacher on the mesh: its model, parameters and their shardings, and where it came from.
 
     Its input to the KD step is `params` (run under stop_gradient); `release`
@@ -103,7 +103,7 @@ class OnlineTeacher:
 
 
 @dataclasses.dataclass
-class FixedTeacher:
+class FixedTeacher(Teacher):
     """A Teacher whose input is the same at every step: ShapeDtypeStructs to lower and compile the KD step
     from shapes alone (salt_jax.aot), or one random batch's input to time it (salt_jax.bench)."""
 
