@@ -40,7 +40,7 @@ import copy
 import json
 import statistics
 import time
-import types
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +57,7 @@ from salt_jax.config import set_method, validate
 from salt_jax.errors import UserError
 from salt_jax.kd import chunked_loss, losses, objective, sparse
 from salt_jax.kd.schedules import KDPhase
-from salt_jax.kd.teacher import Teacher
+from salt_jax.kd.teacher import FixedTeacher, OnlineTeacher
 from salt_jax.model import flops, sharding
 from salt_jax.model.flops import param_count
 from salt_jax.model.transformer import Transformer, abstract_params, dtype_of
@@ -144,73 +144,54 @@ def _random_targets(batch: int, seq: int, vocab: int, k: int, sharding_) -> spar
     return sparse.Targets(*(jax.device_put(a, sharding_) for a in arrays))
 
 
-def bench_steps(config, t_cfg, repeats: int, cache_k: int = 0) -> dict:
-    """Baseline and KD step times, their ratio, the FLOP model, MFU and compiled memory."""
-    batch, seq = config.data.batch_size, config.data.seq_len
-    mesh = sharding.make_mesh(config.mesh)
-    sharding.check_batch(batch, mesh, "config.data.batch_size")
-    model, t_model = Transformer(config.model), Transformer(t_cfg)
-    tx, sched = optim.make_optimizer(config.optim, 1000)
-    _, shardings = state_lib.abstract_state(model, tx, seq, mesh)
+def _random_teacher(t_cfg, mesh) -> OnlineTeacher:
+    """The teacher of `t_cfg` with random parameters on the mesh (speed does not depend on them)."""
+    t_model = Transformer(t_cfg)
     t_shard = sharding.shardings_for(abstract_params(t_model), mesh)
     with sharding.on_mesh(mesh):
         t_params = jax.jit(lambda r: nn.meta.unbox(t_model.init(r, jnp.zeros((1, 8), jnp.int32))["params"]),
                            out_shardings=t_shard)(jax.random.key(1))
-    teacher = Teacher(t_model, t_cfg, t_params, t_shard, "random", "random", "")
-    phase = KDPhase.from_config(config.salt, 1000, batch, lr=sched)
-    steps = StepPrograms(model, tx, sched, 0, mesh, shardings, objective.make_loss(config), teacher=teacher,
-                          phase=phase)
-    tokens = jax.device_put(np.random.default_rng(0).integers(3, config.model.vocab_size, (batch, seq + 1),
-                                                              dtype=np.int32), steps.batch_sharding)
-    holder = {"state": state_lib.create_state(model, tx, seq, mesh, 0)}
+    return OnlineTeacher(t_model, t_cfg, t_params, t_shard, "random", "random", "")
+
+
+def _compile(programs: StepPrograms, state, tokens, teacher_input=None) -> tuple[dict, float]:
+    """(the compiled train step's memory, seconds to lower and compile it); the SALT step with `teacher_input`."""
     t0 = time.perf_counter()
-    mem_base = memory(steps.lower(holder["state"], tokens).compile())
-    base_compile = time.perf_counter() - t0
-    mem_kd = memory(steps.lower(holder["state"], tokens, t_params).compile())
-    kd_compile = time.perf_counter() - t0 - base_compile
+    mem = memory(programs.lower(state, tokens, teacher_input).compile())
+    return mem, time.perf_counter() - t0
 
-    def base_step():
-        holder["state"], m = steps.train(holder["state"], tokens)
-        return m
 
-    def kd_step():
-        holder["state"], m = steps.train(holder["state"], tokens, t_params)
-        return m
-
-    _, base_times = timed(base_step, repeats)
-    _, kd_times = timed(kd_step, repeats)
-    _, base_times2 = timed(base_step, repeats)  # interleaved: guards against drift
-    base_med, kd_med = statistics.median(base_times + base_times2), statistics.median(kd_times)
-    cached = {}
-    if cache_k:  # the same KD step, its teacher argument the batch's cached sparse targets
-        stand_in = types.SimpleNamespace(cached=True, model=None,
-                                         shardings=sparse.Targets(*(steps.batch_sharding,) * 4))
-        c_steps = StepPrograms(model, tx, sched, 0, mesh, shardings, objective.make_loss(config),
-                                teacher=stand_in, phase=phase)
-        targets = _random_targets(batch, seq, config.model.vocab_size, cache_k, steps.batch_sharding)
-
-        def cached_step():
-            holder["state"], m = c_steps.train(holder["state"], tokens, targets)
-            return m
-
+def _time_steps(programs: StepPrograms, state, tokens, repeats: int, teacher_input=None) -> tuple[Any, list[float]]:
+    """(the state after, the per-call times of `repeats` train steps after one warm-up call), each blocked on
+    its metrics; the state is donated, so each call takes the one before's."""
+    times = []
+    for i in range(repeats + 1):
         t0 = time.perf_counter()
-        mem_cached = memory(c_steps.lower(holder["state"], tokens, targets).compile())
-        c_compile = time.perf_counter() - t0
-        _, c_times = timed(cached_step, repeats)
-        _, base_times3 = timed(base_step, repeats)
-        c_med = statistics.median(c_times)
-        id_bytes = 2 if config.model.vocab_size <= 2 ** 16 else 4
-        cached = {"cache_k": cache_k, "cached_compile_s": c_compile, "cached_kd_step_s": c_med,
-                  "cached_ratio": c_med / statistics.median(base_times + base_times2 + base_times3),
-                  "cached_memory": mem_cached,
-                  "cache_bytes_per_token_float16": cache_k * (id_bytes + 2) + 4,
-                  "dense_logits_bytes_per_token_float32": config.model.vocab_size * 4}
+        state, m = programs.train(state, tokens, teacher_input)
+        jax.block_until_ready(m)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return state, times
+
+
+def _cache_sizes(config, cache_k: int) -> dict:
+    """Bytes per token of a float16 cache of `cache_k` ids per position vs the dense float32 logits."""
+    id_bytes = 2 if config.model.vocab_size <= 2 ** 16 else 4
+    return {"cache_bytes_per_token_float16": cache_k * (id_bytes + 2) + 4,
+            "dense_logits_bytes_per_token_float32": config.model.vocab_size * 4}
+
+
+def _step_numbers(config, t_cfg, compile_s: tuple[float, float], base: list[float], kd: list[float],
+                  mem_base: dict, mem_kd: dict) -> dict:
+    """The baseline and KD step's results from their compile seconds, times (medians) and compiled memory."""
+    batch, seq = config.data.batch_size, config.data.seq_len
+    base_med, kd_med = statistics.median(base), statistics.median(kd)
     n_s, n_t = param_count(config.model), param_count(t_cfg)
     run = flops.RunFlops.of(config.model, seq, t_cfg, jax.device_count())
     tok = batch * seq
     return {
         "student_params": n_s, "teacher_params": n_t,
-        "baseline_compile_s": base_compile, "kd_compile_s": kd_compile,  # lowering + XLA compilation
+        "baseline_compile_s": compile_s[0], "kd_compile_s": compile_s[1],  # lowering + XLA compilation
         "baseline_step_s": base_med, "kd_step_s": kd_med,
         "measured_ratio": kd_med / base_med,
         "flop_model_ratio_params": 1 + n_t / (3 * n_s),
@@ -219,8 +200,49 @@ def bench_steps(config, t_cfg, repeats: int, cache_k: int = 0) -> dict:
         "baseline_mfu": run.throughput(tok / base_med, kd_share=0.0)["mfu"],
         "kd_mfu_student": run.throughput(tok / kd_med, kd_share=1.0)["mfu"],
         "kd_mfu_with_teacher": run.throughput(tok / kd_med, kd_share=1.0)["mfu_with_teacher"],
-        "baseline_memory": mem_base, "kd_memory": mem_kd, **cached,
+        "baseline_memory": mem_base, "kd_memory": mem_kd,
     }
+
+
+def bench_steps(config, t_cfg, repeats: int, cache_k: int = 0) -> dict:
+    """Baseline and KD step times, their ratio, the FLOP model, MFU and compiled memory; with `cache_k`, also
+    the KD step from cached sparse targets of `cache_k` ids per position (its ratio to every baseline timing)."""
+    batch, seq = config.data.batch_size, config.data.seq_len
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch(batch, mesh, "config.data.batch_size")
+    model = Transformer(config.model)
+    tx, sched = optim.make_optimizer(config.optim, 1000)
+    _, shardings = state_lib.abstract_state(model, tx, seq, mesh)
+    phase = KDPhase.from_config(config.salt, 1000, batch, lr=sched)
+
+    def programs(teacher) -> StepPrograms:
+        return StepPrograms(model, tx, sched, 0, mesh, shardings, objective.make_loss(config), teacher=teacher,
+                            phase=phase)
+
+    teacher = _random_teacher(t_cfg, mesh)
+    steps = programs(teacher)
+    tokens = jax.device_put(np.random.default_rng(0).integers(3, config.model.vocab_size, (batch, seq + 1),
+                                                              dtype=np.int32), steps.batch_sharding)
+    state = state_lib.create_state(model, tx, seq, mesh, 0)
+    mem_base, base_compile = _compile(steps, state, tokens)
+    mem_kd, kd_compile = _compile(steps, state, tokens, teacher.params)
+    state, base = _time_steps(steps, state, tokens, repeats)
+    state, kd = _time_steps(steps, state, tokens, repeats, teacher.params)
+    state, base2 = _time_steps(steps, state, tokens, repeats)  # interleaved: guards against drift
+    out = _step_numbers(config, t_cfg, (base_compile, kd_compile), base + base2, kd, mem_base, mem_kd)
+    if not cache_k:
+        return out
+    # the same KD step, its teacher input the batch's cached sparse targets
+    cached = FixedTeacher.of_targets(_random_targets(batch, seq, config.model.vocab_size, cache_k,
+                                                     steps.batch_sharding))
+    c_steps = programs(cached)
+    mem_cached, c_compile = _compile(c_steps, state, tokens, cached.inputs(0))
+    state, c_times = _time_steps(c_steps, state, tokens, repeats, cached.inputs(0))
+    state, base3 = _time_steps(steps, state, tokens, repeats)
+    c_med = statistics.median(c_times)
+    return dict(out, cache_k=cache_k, cached_compile_s=c_compile, cached_kd_step_s=c_med,
+                cached_ratio=c_med / statistics.median(base + base2 + base3), cached_memory=mem_cached,
+                **_cache_sizes(config, cache_k))
 
 
 def bench_loss(config, t_cfg, repeats: int) -> dict:

@@ -1,4 +1,4 @@
-"""Builds a run's cached teacher logits ahead of training (offline KD; salt_jax.kd.teacher_cache).
+"""Builds a run's cached teacher logits ahead of training (offline KD; salt_jax.kd.logit_cache).
 
     python -m salt_jax.teacher_cache --config=configs/demo.py:salt-cached [--config.salt.cache_k=32]
         [--config.salt.cache_targets=topk|topk_other|sampled] [--config.salt.cache_dtype=float16]
@@ -26,11 +26,9 @@ from salt_jax.cli import fail, flags_parser, keep_jax_off_an_absent_tpu, load_co
 from salt_jax.config import check_vocab, run_help, validate
 from salt_jax.data import store
 from salt_jax.errors import UserError
-from salt_jax.kd import schedules
+from salt_jax.kd import logit_cache, schedules
 from salt_jax.kd.teacher import adopt_teacher_vocabulary
 from salt_jax.model import sharding
-from salt_jax.train import optim
-from salt_jax.train.setup import build_teacher_cache
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).", lock_config=True)
 
@@ -48,12 +46,11 @@ def build(config) -> dict:
     check_vocab(config, tok.vocab_size)
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch(config.data.batch_size, mesh)
-    phase = schedules.KDPhase.from_config(config.salt, config.train.steps, config.data.batch_size,
-                                          lr=optim.lr_schedule(config.optim, config.train.steps))
-    if phase.scheduled_end == 0:
+    steps = schedules.scheduled_end(config.salt, config.train.steps, config.data.batch_size)
+    if steps == 0:
         raise UserError(f"config.salt.kd_steps={config.salt.kd_steps}: the KD phase has no steps, so there is "
                         "nothing to cache")
-    manifest, directory, _, _ = build_teacher_cache(config, cache, tok, mesh, phase)
+    manifest, directory, _, _ = logit_cache.build_teacher_cache(config, cache, tok, mesh, steps)
     return dict(manifest, directory=directory)
 
 

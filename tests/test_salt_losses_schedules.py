@@ -7,8 +7,7 @@ import pytest
 from salt_jax.config import base_config, set_method
 from salt_jax.kd import losses, schedules, selection
 from salt_jax.kd.chunked_loss import LossOptions, chunked_loss
-from salt_jax.train.state import initial_kd_state
-from salt_jax.train.step import _adaptive_update
+from salt_jax.kd.schedules import adaptive_update, initial_kd_state
 
 from reference import log_softmax
 
@@ -119,6 +118,21 @@ def test_the_adaptive_switch_moves_the_end_earlier():
     assert resumed.end == 250
 
 
+def test_the_host_observes_the_switch_once_from_the_kd_state():
+    """KDPhase.observe (the loop's reading of the in-graph switch): None until switch_step is set, then the
+    phase ends there and the message comes once; a resumed phase and a non-adaptive one never report it."""
+    phase = _phase(_salt("salt-adaptive", adaptive_max_steps=600))
+    kd = initial_kd_state()
+    assert phase.observe(kd) is None and phase.end == 600
+    kd["switch_step"] = jnp.array(321, jnp.int32)
+    assert phase.observe(kd) == "adaptive switch at step 321: the student caught up with the teacher"
+    assert phase.end == 321 and phase.observe(kd) is None
+    resumed = schedules.KDPhase.from_config(_salt("salt-adaptive", adaptive_max_steps=600), 1000, 16,
+                                            switch_step=250)
+    assert resumed.observe(kd) is None and resumed.end == 250
+    assert _phase(_salt("salt")).observe(kd) is None
+
+
 def test_one_top_k_rule_for_ties_in_token_selection_and_salt_ds():
     """Entries tied with the target count in its favour: with logits [3, 2, 2, 1] the target at index 2
     is in the top-2 (one entry is strictly larger), though lax.top_k's index order would drop it."""
@@ -146,7 +160,7 @@ def test_adaptive_switch_fires_when_the_student_overtakes():
     kd = initial_kd_state()
     switched = []
     for step, (s, t) in enumerate(zip(student, teacher)):
-        kd = _adaptive_update(kd, jnp.int32(step), jnp.float32(s), jnp.float32(t), salt)
+        kd = adaptive_update(kd, jnp.int32(step), jnp.float32(s), jnp.float32(t), salt)
         switched.append(int(kd["switch_step"]))
     # NumPy replay of the debiased EMAs: the first step (>= min) where ema_s <= ema_t
     es = et = 0.0
@@ -164,11 +178,11 @@ def test_adaptive_switch_respects_min_and_max():
     salt = _salt("salt-adaptive", adaptive_min_steps=5, adaptive_max_steps=7, adaptive_ema=0.0)
     kd = initial_kd_state()
     for step in range(4):  # student already better, but before min_steps
-        kd = _adaptive_update(kd, jnp.int32(step), jnp.float32(1.0), jnp.float32(2.0), salt)
+        kd = adaptive_update(kd, jnp.int32(step), jnp.float32(1.0), jnp.float32(2.0), salt)
     assert int(kd["switch_step"]) == -1
-    kd = _adaptive_update(kd, jnp.int32(4), jnp.float32(1.0), jnp.float32(2.0), salt)
+    kd = adaptive_update(kd, jnp.int32(4), jnp.float32(1.0), jnp.float32(2.0), salt)
     assert int(kd["switch_step"]) == 5
     kd = initial_kd_state()
     for step in range(7):  # student never catches up: forced at max
-        kd = _adaptive_update(kd, jnp.int32(step), jnp.float32(5.0), jnp.float32(2.0), salt)
+        kd = adaptive_update(kd, jnp.int32(step), jnp.float32(5.0), jnp.float32(2.0), salt)
     assert int(kd["switch_step"]) == 7

@@ -56,7 +56,7 @@ def test_step_builder_matches_the_previous_steps(method, loss):
         with sharding.on_mesh(mesh):
             tparams = jax.jit(lambda r: nn.meta.unbox(tmodel.init(r, jnp.zeros((1, 8), jnp.int32))["params"]),
                               out_shardings=tshard)(jax.random.key(1))
-        teacher = teacher_lib.Teacher(model=tmodel, config=tcfg, params=tparams, shardings=tshard, checkpoint="",
+        teacher = teacher_lib.OnlineTeacher(model=tmodel, config=tcfg, params=tparams, shardings=tshard, checkpoint="",
                                       fingerprint="", tokenizer="")
     steps = StepPrograms(model, tx, lr, 0, mesh, shard, objective.make_loss(c), teacher=teacher, phase=phase)
     rng = np.random.default_rng(0)

@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import types
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-from flax import linen as nn
 
 from salt_jax.config import validate
 from salt_jax.errors import UserError
-from salt_jax.kd import methods, objective, schedules, selection, sparse
+from salt_jax.kd import methods, objective, schedules, selection
 from salt_jax.kd import teacher as teacher_lib
 from salt_jax.kd.schedules import KDPhase
 from salt_jax.model import attention, checkpoints, presets, sharding
-from salt_jax.model.transformer import Transformer, abstract_params
+from salt_jax.model.transformer import Transformer
 from salt_jax.train import optim, state as state_lib
 from salt_jax.train.step import StepPrograms, Guard
 
@@ -119,17 +117,15 @@ class Programs:
         """The KD step reads cached sparse teacher targets (config.salt.teacher_logits=cache)."""
         return self.config.salt.teacher_logits == "cache"
 
-    def _teacher(self, unroll: int):
-        if self.cached:  # the KD step's teacher argument: one batch's cached targets
-            d, k = self.config.data, self.config.salt.cache_k
-            batch = sharding.batch_sharding(self.mesh)
-            shapes = sparse.Targets(*(jax.ShapeDtypeStruct(shape, dtype, sharding=batch) for shape, dtype in (
-                ((d.batch_size, d.seq_len, k), jnp.int32), ((d.batch_size, d.seq_len, k), jnp.float32),
-                ((d.batch_size, d.seq_len), jnp.float32), ((d.batch_size, d.seq_len), jnp.float32))))
-            return types.SimpleNamespace(cached=True, model=None, shardings=sparse.Targets(*(batch,) * 4)), shapes
-        model = Transformer(self.teacher_cfg, scan_unroll=unroll)
-        params = nn.meta.unbox(abstract_params(model))
-        return types.SimpleNamespace(cached=False, model=model, shardings=self.teacher_shardings), params
+    def _teacher(self, unroll: int) -> teacher_lib.FixedTeacher:
+        """The KD step's teacher as shapes: the teacher model (its loop unrolled `unroll`) and its parameters'
+        shapes, or one batch's cached sparse targets."""
+        if self.cached:
+            d = self.config.data
+            return teacher_lib.FixedTeacher.of_targets(teacher_lib.target_shapes(
+                d.batch_size, d.seq_len, self.config.salt.cache_k, sharding.batch_sharding(self.mesh)))
+        return teacher_lib.FixedTeacher.of_model(Transformer(self.teacher_cfg, scan_unroll=unroll),
+                                                 self.teacher_shardings, self.teacher_cfg)
 
     def lowered(self, name: str, unroll: Unroll = Unroll()) -> jax.stages.Lowered:
         c = self.config
@@ -139,11 +135,11 @@ class Programs:
             loss = objective.ChunkedLoss(dataclasses.replace(loss.opts, unroll=unroll.loss))
         pad_id = 0  # only compared against token ids: its value changes no shape or cost
         if name == "scoring":
-            teacher, params = self._teacher(unroll.teacher)  # (salt_ds never reads cached logits)
+            teacher = self._teacher(unroll.teacher)  # (salt_ds never reads cached logits)
             fn = selection.scoring_program(teacher.model, teacher.shardings, c.salt.ds_topk, self.mesh, pad_id)
             with sharding.on_mesh(self.mesh):
-                return fn.lower(params, self.tokens)
-        teacher, params = self._teacher(unroll.teacher) if name == "kd" else (None, None)
+                return fn.lower(teacher.inputs(0), self.tokens)
+        teacher = self._teacher(unroll.teacher) if name == "kd" else None
         steps = StepPrograms(model, self.tx, self.lr, pad_id, self.mesh, self.state_shardings, loss, self.guard,
-                              teacher=teacher, phase=self.phase)
-        return steps.lower(self.state, self.tokens, params)
+                             teacher=teacher, phase=self.phase)
+        return steps.lower(self.state, self.tokens, None if teacher is None else teacher.inputs(0))

@@ -12,7 +12,7 @@ Per method (Rawat et al. 2024 for salt and rkd; the rest are ours):
     salt, ratio          w = w0 on a share of the batch's sequences; the share is 1 until
                          n_KD, then decays linearly to 0 at n_KD + transition_steps
     salt, adaptive       w = w0 until the student's smoothed NTP loss reaches the teacher's
-                         (decided in-graph, salt_jax.train.step), at adaptive_max_steps at the latest
+                         (decided in-graph, `adaptive_update`), at adaptive_max_steps at the latest
     salt_ds              as salt (the KD phase also draws its batches from the selected subset)
 
 config.salt.weight_schedule shapes w inside the KD phase (MaxText's alpha
@@ -35,6 +35,11 @@ the learning rate).
 runs without the teacher. It is the scheduled end (where w, or for the ratio
 transition the number of KD rows of a batch, is 0 for good) until the
 adaptive switch moves it earlier (`KDPhase.switched_at`).
+
+The adaptive switch lives here whole: its state in the train state
+(`initial_kd_state`), its in-graph update after each KD step
+(`adaptive_update`), the KD weight it zeroes (`KDPhase.row_weights`) and the
+host's reading of it (`KDPhase.observe`).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -144,6 +150,61 @@ def kd_rows(share: optax.Schedule, steps, batch_size: int):
     return jnp.round(share(steps) * batch_size)
 
 
+def _scheduled_end(salt, method: methods.Method, share: optax.Schedule, total_steps: int, batch_size: int) -> int:
+    """The first step without the teacher as scheduled (the adaptive switch may come earlier) of a resolved
+    config.salt."""
+    if not method.teacher:
+        end = 0
+    elif not method.kd_ends:
+        end = total_steps
+    elif salt.switch == "adaptive":
+        end = salt.adaptive_max_steps
+    elif salt.weight_schedule != "step":
+        end = salt.kd_steps
+    elif salt.transition == "ratio":  # KD ends with the last step that has a KD row, not when the share is 0
+        steps = np.arange(salt.kd_steps, salt.kd_steps + salt.transition_steps + 1)
+        has_rows = np.asarray(kd_rows(share, jnp.asarray(steps, jnp.int32), batch_size)) > 0
+        end = int(steps[np.flatnonzero(has_rows)[-1]] + 1) if has_rows.any() else salt.kd_steps
+    elif salt.transition == "linear":
+        end = salt.kd_steps + salt.transition_steps
+    else:
+        end = salt.kd_steps
+    return min(end, total_steps)
+
+
+def scheduled_end(salt: ml_collections.ConfigDict, total_steps: int, batch_size: int) -> int:
+    """`KDPhase.scheduled_end` without the rest of the phase (no learning-rate schedule needed): the KD steps
+    a teacher cache must cover."""
+    salt = copy.deepcopy(salt)
+    resolve(salt, total_steps)
+    method = methods.method(salt.method)
+    return _scheduled_end(salt, method, _share(salt, method), total_steps, batch_size)
+
+
+def initial_kd_state() -> dict:
+    """The KD state a train state carries (TrainState.kd, checkpointed): switch_step, the step at which the
+    adaptive switch ended KD (-1: not yet); ema_student / ema_teacher, EMAs (undebiased) of the per-step NTP
+    losses."""
+    return {"switch_step": jnp.array(-1, jnp.int32), "ema_student": jnp.zeros((), jnp.float32),
+            "ema_teacher": jnp.zeros((), jnp.float32)}
+
+
+def adaptive_update(kd: dict, step, student_ntp, teacher_ntp, salt) -> dict:
+    """The KD state after step `step` (in-graph): the loss EMAs updated, and the switch step recorded once the
+    student has caught up (after adaptive_min_steps), or at adaptive_max_steps at the latest."""
+    d = salt.adaptive_ema
+    ema_s = d * kd["ema_student"] + (1 - d) * student_ntp
+    ema_t = d * kd["ema_teacher"] + (1 - d) * teacher_ntp
+    debias = 1 - d ** (step + 1).astype(jnp.float32)
+    done = step + 1
+    caught_up = ema_s / debias <= ema_t / debias + salt.adaptive_margin
+    allowed = done >= salt.adaptive_min_steps
+    forced = (salt.adaptive_max_steps >= 0) & (done >= salt.adaptive_max_steps)
+    switch_now = (kd["switch_step"] < 0) & ((caught_up & allowed) | forced)
+    return {"switch_step": jnp.where(switch_now, done, kd["switch_step"]).astype(jnp.int32),
+            "ema_student": ema_s, "ema_teacher": ema_t}
+
+
 @dataclasses.dataclass
 class KDPhase:
     """The KD side of one run, resolved once: schedules, n_KD, and the phase's end.
@@ -161,6 +222,7 @@ class KDPhase:
     share: optax.Schedule  # KD share of a batch's sequences at step
     scheduled_end: int  # where the schedule (or the adaptive upper bound) ends KD
     end: int  # the first step without the teacher: scheduled_end, or the adaptive switch's step
+    _switch_seen: bool = dataclasses.field(default=False, init=False, repr=False)  # (observe said it once)
 
     @classmethod
     def from_config(cls, salt: ml_collections.ConfigDict, total_steps: int, batch_size: int,
@@ -173,26 +235,11 @@ class KDPhase:
         resolve(salt, total_steps)
         method = methods.method(salt.method)
         weight, share = _weight(salt, method, total_steps, lr), _share(salt, method)
-        if not method.teacher:
-            end = 0
-        elif not method.kd_ends:
-            end = total_steps
-        elif salt.switch == "adaptive":
-            end = salt.adaptive_max_steps
-        elif salt.weight_schedule != "step":
-            end = salt.kd_steps
-        elif salt.transition == "ratio":  # KD ends with the last step that has a KD row, not when the share is 0
-            steps = np.arange(salt.kd_steps, salt.kd_steps + salt.transition_steps + 1)
-            has_rows = np.asarray(kd_rows(share, jnp.asarray(steps, jnp.int32), batch_size)) > 0
-            end = int(steps[np.flatnonzero(has_rows)[-1]] + 1) if has_rows.any() else salt.kd_steps
-        elif salt.transition == "linear":
-            end = salt.kd_steps + salt.transition_steps
-        else:
-            end = salt.kd_steps
-        end = min(end, total_steps)
+        end = _scheduled_end(salt, method, share, total_steps, batch_size)
         phase = cls(method, salt, salt.kd_steps, weight, _temperature(salt, method, total_steps), share, end, end)
-        if switch_step >= 0:
+        if switch_step >= 0:  # (resumed after the switch: it was observed and logged then)
             phase.switched_at(switch_step)
+            phase._switch_seen = True
         return phase
 
     @property
@@ -206,6 +253,31 @@ class KDPhase:
     def switched_at(self, step: int) -> None:
         """The adaptive switch ended KD: steps from `step` on run without the teacher."""
         self.end = min(self.end, step)
+
+    def observe(self, kd: dict) -> str | None:
+        """The host side of the adaptive switch, after a KD step: `kd` is the train state's KD state
+        (TrainState.kd). When the switch has fired (in-graph, `adaptive_update`) the phase ends there
+        (`switched_at`) and the message to log is returned, once; else None. Reads one scalar off the
+        device (a sync) only with switch=adaptive."""
+        if not self.adaptive or self._switch_seen:
+            return None
+        switch_step = int(jax.device_get(kd["switch_step"]))
+        if switch_step < 0:
+            return None
+        self.switched_at(switch_step)
+        self._switch_seen = True
+        return f"adaptive switch at step {switch_step}: {self.why_ended()}"
+
+    def row_weights(self, step, kd: dict, targets):
+        """(w per position before token selection, its batch mean), in-graph at step `step`: w(step) on the
+        KD share of rows, else 0. With the adaptive switch w is w0 until kd["switch_step"] is set, then 0."""
+        w = self.weight(step)
+        if self.adaptive:
+            w = jnp.where(kd["switch_step"] >= 0, 0.0, self.salt.kd_weight)
+        batch = targets.shape[0]
+        n_kd_rows = kd_rows(self.share, step, batch)
+        in_share = (jnp.arange(batch) < n_kd_rows)[:, None]
+        return jnp.broadcast_to(w * in_share.astype(jnp.float32), targets.shape), w * n_kd_rows / batch
 
     def why_ended(self) -> str:
         if self.adaptive:

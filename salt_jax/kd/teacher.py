@@ -9,6 +9,10 @@ a student run names only the teacher's workdir (or one checkpoint directory).
 Only the parameters are restored (no optimizer state). A fingerprint of the
 teacher checkpoint goes into the student's checkpoints so a resume with
 another teacher is refused.
+
+`Teacher` is what a KD step needs of any teacher (a Protocol): OnlineTeacher
+here, the cached targets' CachedTeacher (salt_jax.kd.logit_cache), and
+FixedTeacher, one input for every step, for compiling and benchmarking.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import dataclasses
 import hashlib
 import logging
 import os
-from typing import Any
+from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -29,16 +34,44 @@ from salt_jax.errors import UserError
 from salt_jax.hf import files as hf_files
 from salt_jax.hf.convert import load_params, teacher_hf_info
 from salt_jax.hf.families import model_config_from_hf
-from salt_jax.kd import methods
+from salt_jax.kd import methods, sparse
 from salt_jax.model import checkpoints, presets, sharding
+from salt_jax.model.flops import param_count
 from salt_jax.model.transformer import Transformer, abstract_params
 
 
+class Teacher(Protocol):
+    """What a KD step needs of a teacher, whichever kind it is (salt_jax.train.step.StepPrograms takes one).
+
+    `inputs(step)` is the KD step's teacher argument at `step`, laid out as
+    `shardings`: the teacher's parameters for `model`'s forward inside the
+    step, or, with `sparse_targets`, that batch's sparse teacher targets
+    (salt_jax.kd.sparse.Targets; `model` is then None: no forward). Kinds:
+    OnlineTeacher (a restored checkpoint), salt_jax.kd.logit_cache.CachedTeacher
+    (cached targets read from disk) and FixedTeacher (one input for every step:
+    shapes to lower and compile, or the benchmark's random batch).
+    """
+
+    model: Transformer | None  # the teacher's network (None: its input is already its targets)
+    shardings: Any  # the layout of `inputs(step)` on the mesh
+    sparse_targets: bool  # inputs(step) is a sparse.Targets of the batch, not parameters
+    config: ml_collections.ConfigDict | None  # its model config, for FLOP counts (None: no teacher FLOPs)
+
+    def inputs(self, step: int) -> Any:
+        """The KD step's teacher argument at `step`."""
+
+    def identity(self) -> dict:
+        """{"checkpoint", "fingerprint"} (and more): saved with the student, a resume with another is refused."""
+
+    def release(self) -> None:
+        """Frees what it holds (device memory, readers) when the KD phase ends."""
+
+
 @dataclasses.dataclass
-class Teacher:
+class OnlineTeacher(Teacher):
     """A frozen teacher on the mesh: its model, parameters and their shardings, and where it came from.
 
-    The KD step takes `params` as an argument (under stop_gradient); `release`
+    Its input to the KD step is `params` (run under stop_gradient); `release`
     frees them when the KD phase ends. `fingerprint` identifies the weights
     (a student refuses to resume with another teacher); `tokenizer` is the
     fingerprint of the tokenizer the teacher was trained with.
@@ -52,7 +85,7 @@ class Teacher:
     fingerprint: str
     tokenizer: str  # the fingerprint of the tokenizer it was trained with
 
-    cached = False  # (salt_jax.kd.teacher_cache.CachedTeacher stands in for it with cached logits)
+    sparse_targets = False  # (the parameters: the step runs the teacher's forward)
 
     def identity(self) -> dict:
         return {"checkpoint": self.checkpoint, "fingerprint": self.fingerprint}
@@ -67,6 +100,46 @@ class Teacher:
         for leaf in jax.tree.leaves(self.params):
             leaf.delete()
         self.params = None
+
+
+@dataclasses.dataclass
+class FixedTeacher(Teacher):
+    """A Teacher whose input is the same at every step: ShapeDtypeStructs to lower and compile the KD step
+    from shapes alone (salt_jax.aot), or one random batch's input to time it (salt_jax.bench)."""
+
+    model: Transformer | None
+    shardings: Any
+    input: Any  # what inputs(step) returns
+    sparse_targets: bool = False
+    config: ml_collections.ConfigDict | None = None
+
+    @classmethod
+    def of_model(cls, model: Transformer, shardings, config=None) -> "FixedTeacher":
+        """The online teacher `model` (laid out as `shardings`) with its parameters' shapes as input."""
+        return cls(model, shardings, nn.meta.unbox(abstract_params(model)), False, config)
+
+    @classmethod
+    def of_targets(cls, targets: sparse.Targets) -> "FixedTeacher":
+        """Cached sparse targets (arrays or ShapeDtypeStructs, each sharded like the batch) as input."""
+        return cls(None, sparse.Targets(*(t.sharding for t in targets)), targets, True)
+
+    def inputs(self, step: int):
+        del step
+        return self.input
+
+    def identity(self) -> dict:
+        return {"checkpoint": "", "fingerprint": ""}
+
+    def release(self) -> None:
+        self.input = None
+
+
+def target_shapes(batch_size: int, seq_len: int, k: int, batch_sharding) -> sparse.Targets:
+    """The shapes and dtypes of one batch's cached sparse targets as the KD step takes them (k ids per
+    position, sharded like the batch)."""
+    return sparse.Targets(*(jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for shape, dtype in (
+        ((batch_size, seq_len, k), jnp.int32), ((batch_size, seq_len, k), jnp.float32),
+        ((batch_size, seq_len), jnp.float32), ((batch_size, seq_len), jnp.float32))))
 
 
 def read_record(root: str, step: int) -> dict:
@@ -140,7 +213,7 @@ def check_found(salt_cfg: ml_collections.ConfigDict) -> None:
 
 
 def identify(salt_cfg: ml_collections.ConfigDict) -> dict:
-    """The teacher's identity ({"checkpoint", "fingerprint"}, as `Teacher.identity`) from its files, without
+    """The teacher's identity ({"checkpoint", "fingerprint"}, as `OnlineTeacher.identity`) from its files, without
     restoring its parameters: what a run that only reads the teacher's cached logits needs of it."""
     if not paths.is_remote(salt_cfg.teacher) and hf_files.is_hf_dir(paths.expand(salt_cfg.teacher)):
         hf_dir = os.path.abspath(salt_cfg.teacher)
@@ -151,7 +224,7 @@ def identify(salt_cfg: ml_collections.ConfigDict) -> dict:
 
 
 def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_collections.ConfigDict,
-                 tokenizer_fingerprint: str, mesh) -> Teacher:
+                 tokenizer_fingerprint: str, mesh) -> OnlineTeacher:
     """Reads the teacher's config, checks it against the student, restores its parameters.
 
     Vocabulary checks happen before anything is compiled or restored.
@@ -179,12 +252,12 @@ def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_coll
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           nn.meta.unbox(abstract_params(model)), shardings)
     params = checkpoints.restore_params(root, step, target, "teacher checkpoint")
-    return Teacher(model=model, config=cfg, params=params, shardings=shardings, checkpoint=ckpt_dir,
+    return OnlineTeacher(model=model, config=cfg, params=params, shardings=shardings, checkpoint=ckpt_dir,
                    fingerprint=checkpoint_fingerprint(ckpt_dir), tokenizer=record.get("tokenizer", ""))
 
 
-def _load_hf_teacher(hf_dir: str, salt_cfg, student_model_cfg, tokenizer_fp: str, mesh) -> Teacher:
-    """A Teacher read straight from a Hugging Face directory (config.salt.teacher=DIR) into its layout."""
+def _load_hf_teacher(hf_dir: str, salt_cfg, student_model_cfg, tokenizer_fp: str, mesh) -> OnlineTeacher:
+    """An OnlineTeacher read straight from a Hugging Face directory (config.salt.teacher=DIR) into its layout."""
     hf_dir = os.path.abspath(hf_dir)
     cfg = model_config_from_hf(hf_files.read_hf_config(hf_dir), os.path.join(hf_dir, "config.json"))
     cfg = held_config(cfg, salt_cfg)
@@ -198,8 +271,28 @@ def _load_hf_teacher(hf_dir: str, salt_cfg, student_model_cfg, tokenizer_fp: str
                         f"tokenizer ({tok_fp}); set config.data.tokenizer.kind=hf and hf_dir={hf_dir}")
     model, shardings = layout(cfg, salt_cfg, mesh)
     _, params = load_params(hf_dir, cfg, shardings)
-    return Teacher(model=model, config=cfg, params=params, shardings=shardings, checkpoint=hf_dir,
+    return OnlineTeacher(model=model, config=cfg, params=params, shardings=shardings, checkpoint=hf_dir,
                    fingerprint=hf_files.fingerprint(hf_dir), tokenizer=tok_fp)
+
+
+def check_same_teacher(config, identity: dict, previous: dict) -> None:
+    """A resumed run keeps the teacher it was trained with (`identity`: Teacher.identity of this one)."""
+    was = previous.get("teacher") or {}
+    if was and was.get("fingerprint") != identity["fingerprint"]:
+        raise UserError(f"config.salt.teacher={config.salt.teacher}: this run was trained with teacher "
+                        f"{was.get('checkpoint')} (fingerprint {was.get('fingerprint')}), not "
+                        f"{identity['checkpoint']} (fingerprint {identity['fingerprint']}); resume with the same "
+                        "teacher or use a fresh --workdir")
+
+
+def load_for_run(config, tok, mesh, previous: dict) -> OnlineTeacher:
+    """The run's teacher restored onto the mesh (config.salt.teacher), logged, and checked to be the one a
+    resumed run was trained with."""
+    teacher = load_teacher(config.salt, config.model, tok.fingerprint(), mesh)
+    logging.info("teacher %s: %s parameters, fingerprint %s", teacher.checkpoint,
+                 f"{param_count(teacher.config):,}", teacher.fingerprint)
+    check_same_teacher(config, teacher.identity(), previous)
+    return teacher
 
 
 def adopt_teacher_vocabulary(config: ml_collections.ConfigDict) -> None:

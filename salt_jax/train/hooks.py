@@ -67,11 +67,10 @@ def kill_drill(ctx: Context, done: int, _) -> None:
 def adaptive_switch(ctx: Context, done: int, _) -> None:
     """salt.switch=adaptive: reads whether the step ended the KD phase (the phase then ends at that step)."""
     r = ctx.run
-    if r.teacher is not None and r.phase.adaptive:
-        switch_step = int(jax.device_get(r.state.kd["switch_step"]))  # a scalar; syncs this step
-        if switch_step >= 0:
-            r.phase.switched_at(switch_step)
-            logging.info("adaptive switch at step %d: %s", switch_step, r.phase.why_ended())
+    if r.teacher is not None:
+        message = r.phase.observe(r.state.kd)  # (kd/schedules.py owns the switch; this only reports it)
+        if message:
+            logging.info("%s", message)
 
 
 def watch_nonfinite(ctx: Context, _done: int, step_metrics) -> None:

@@ -49,6 +49,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     break
     finally:
         r.stop_prefetch()
+        if r.teacher is not None:  # (rkd, or a stop inside the KD phase: a cached teacher's read-ahead ends)
+            r.teacher.release()
     r.ckpt.wait()
     r.ckpt.close()
     r.writer.close()

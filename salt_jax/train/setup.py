@@ -27,7 +27,7 @@ from salt_jax.data import store as store_lib
 from salt_jax.errors import UserError
 from salt_jax.kd import methods, objective, schedules, selection
 from salt_jax.kd import teacher as teacher_lib
-from salt_jax.kd import teacher_cache
+from salt_jax.kd import logit_cache
 from salt_jax.kd.schedules import KDPhase
 from salt_jax.model import checkpoints, sharding
 from salt_jax.model.flops import RunFlops, flops_per_token, param_count
@@ -148,53 +148,7 @@ def _check_same_model(config, ckpt: checkpoints.Checkpointer):
     return same_model
 
 
-def _check_same_teacher(config, identity: dict, previous: dict) -> None:
-    """A resumed run keeps the teacher it was trained with (`identity`: Teacher.identity of this one)."""
-    was = previous.get("teacher") or {}
-    if was and was.get("fingerprint") != identity["fingerprint"]:
-        raise UserError(f"config.salt.teacher={config.salt.teacher}: this run was trained with teacher "
-                        f"{was.get('checkpoint')} (fingerprint {was.get('fingerprint')}), not "
-                        f"{identity['checkpoint']} (fingerprint {identity['fingerprint']}); resume with the same "
-                        "teacher or use a fresh --workdir")
-
-
-def _load_teacher(config, tok, mesh, previous: dict) -> teacher_lib.Teacher:
-    teacher = teacher_lib.load_teacher(config.salt, config.model, tok.fingerprint(), mesh)
-    logging.info("teacher %s: %s parameters, fingerprint %s", teacher.checkpoint,
-                 f"{param_count(teacher.config):,}", teacher.fingerprint)
-    _check_same_teacher(config, teacher.identity(), previous)
-    return teacher
-
-
-def build_teacher_cache(config, store, tok, mesh, phase: KDPhase, previous: dict | None = None):
-    """The KD phase's sparse teacher targets (teacher_logits=cache), built where missing: only then is the
-    teacher restored (and released after). Returns (manifest, its directory, the teacher's checkpoint, Spec)."""
-    identity = teacher_lib.identify(config.salt)  # (from its files: a complete cache needs no restore)
-    _check_same_teacher(config, identity, previous or {})
-    spec = teacher_cache.Spec.of(config, identity["fingerprint"], store.directory, phase.scheduled_end)
-    directory = spec.directory(store.directory)
-    manifest = teacher_cache.complete(directory, spec.steps)
-    if manifest is None:
-        online = _load_teacher(config, tok, mesh, previous or {})
-        kill = faults.KillHooks(config.train.debug_kill)
-        manifest = teacher_cache.build(online, batches_lib.training_batches(store, config.data.batch_size,
-                                                                            config.data.seed),
-                                       spec, directory, mesh, tok.pad_id, config.model.vocab_size,
-                                       written=lambda step: kill.maybe_kill("cache", step))
-        online.release()
-    return manifest, directory, identity["checkpoint"], spec
-
-
-def _cached_teacher(config, store, tok, mesh, previous: dict, phase: KDPhase, workdir: str):
-    """teacher_logits=cache: the cached targets (built first where missing), read step by step while the KD
-    phase lasts."""
-    manifest, directory, checkpoint, spec = build_teacher_cache(config, store, tok, mesh, phase, previous)
-    if jax.process_index() == 0:
-        paths.write_json(paths.join(workdir, "teacher_cache.json"), dict(manifest, directory=directory))
-    return teacher_cache.CachedTeacher(directory, manifest, spec, mesh, checkpoint)
-
-
-def _load_reference(config, teacher: teacher_lib.Teacher, tok_fp: str, mesh) -> teacher_lib.Teacher:
+def _load_reference(config, teacher: teacher_lib.OnlineTeacher, tok_fp: str, mesh) -> teacher_lib.OnlineTeacher:
     """ds_rule=difference: the reference model (config.salt.ds_reference), read like a teacher."""
     ref_salt = copy.deepcopy(config.salt)
     ref_salt.teacher, ref_salt.teacher_preset = config.salt.ds_reference, ""
@@ -298,9 +252,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     phase = KDPhase.from_config(config.salt, cfg_t.steps, cfg_d.batch_size,
                                 switch_step=int(jax.device_get(state.kd["switch_step"])), lr=lr_schedule)
     teacher = None
-    if phase.active(start):
-        teacher = (_cached_teacher(config, store, tok, mesh, previous, phase, workdir)
-                   if config.salt.teacher_logits == "cache" else _load_teacher(config, tok, mesh, previous))
+    if phase.active(start) and config.salt.teacher_logits == "cache":
+        kill = faults.KillHooks(cfg_t.debug_kill)
+        teacher = logit_cache.cached_teacher(config, store, tok, mesh, previous, phase.scheduled_end, workdir,
+                                             written=lambda step: kill.maybe_kill("cache", step))
+    elif phase.active(start):
+        teacher = teacher_lib.load_for_run(config, tok, mesh, previous)
 
     if jax.process_index() == 0:
         workdir_lib.write_config(config, workdir)

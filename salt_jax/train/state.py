@@ -10,6 +10,7 @@ import optax
 from flax import linen as nn
 from flax import struct
 
+from salt_jax.kd.schedules import initial_kd_state
 from salt_jax.model import sharding
 
 
@@ -20,14 +21,7 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
-    kd: Any  # KD-phase bookkeeping, see `initial_kd_state`
-
-
-def initial_kd_state() -> dict:
-    """switch_step: step at which the adaptive switch ended KD (-1: not yet);
-    ema_student / ema_teacher: EMAs (undebiased) of the per-step NTP losses."""
-    return {"switch_step": jnp.array(-1, jnp.int32), "ema_student": jnp.zeros((), jnp.float32),
-            "ema_teacher": jnp.zeros((), jnp.float32)}
+    kd: Any  # KD-phase bookkeeping: the adaptive switch's state, salt_jax.kd.schedules.initial_kd_state
 
 
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seq_len: int):

@@ -19,7 +19,8 @@ from flax import linen as nn
 
 from salt_jax.kd import sparse
 from salt_jax.kd.losses import split_tokens
-from salt_jax.kd.schedules import KDPhase, kd_rows
+from salt_jax.kd.schedules import KDPhase, adaptive_update
+from salt_jax.kd.teacher import Teacher
 from salt_jax.model import sharding
 
 
@@ -58,38 +59,24 @@ def _guarded(state, new_state, metrics: dict, guard: Guard):
     return kept.replace(step=state.step + 1), metrics
 
 
-def kd_row_weights(phase: KDPhase, state, targets):
-    """(w per position before token selection, its batch mean): w(step) on the KD share of rows, else 0.
-
-    With the adaptive switch w drops to 0 once state.kd["switch_step"] is set.
-    """
-    w = phase.weight(state.step)
-    if phase.adaptive:
-        w = jnp.where(state.kd["switch_step"] >= 0, 0.0, phase.salt.kd_weight)
-    batch = targets.shape[0]
-    n_kd_rows = kd_rows(phase.share, state.step, batch)
-    in_share = (jnp.arange(batch) < n_kd_rows)[:, None]
-    return jnp.broadcast_to(w * in_share.astype(jnp.float32), targets.shape), w * n_kd_rows / batch
-
-
 def make_objective(model: nn.Module, loss, pad_id: int, guard: Guard = Guard(), teacher_model=None,
-                   phase: KDPhase | None = None, cached: bool = False):
+                   phase: KDPhase | None = None, sparse_targets: bool = False):
     """The step's objective `(params, teacher_input, state, tokens) -> (mean loss, sums)`.
 
     With a teacher: ((1 - w_t) NTP + w_t KD) averaged over real tokens, w_t and
     tau from `phase`; `teacher_input` is the teacher's parameters, or with
-    `cached` the batch's sparse teacher targets (salt_jax.kd.sparse.Targets).
+    `sparse_targets` the batch's (cached) sparse teacher targets (salt_jax.kd.sparse.Targets).
     Without: the next-token loss (teacher_input is ignored).
     """
-    kd = teacher_model is not None or cached
+    kd = teacher_model is not None or sparse_targets
 
     def objective(params, teacher_input, state, tokens):
         inputs, targets, mask = split_tokens(tokens, pad_id)
         if not kd:
             stats = loss(model, params, inputs, targets, mask)
         else:
-            w_rows, w_mean = kd_row_weights(phase, state, targets)
-            teacher = sparse.Targets(*teacher_input) if cached else (teacher_model, teacher_input)
+            w_rows, w_mean = phase.row_weights(state.step, state.kd, targets)
+            teacher = sparse.Targets(*teacher_input) if sparse_targets else (teacher_model, teacher_input)
             stats = loss(model, params, inputs, targets, mask, teacher, w_rows, phase.temperature(state.step))
             stats["kd_weight"] = w_mean
         return _poison(stats["loss_sum"] / jnp.maximum(stats["tokens"], 1.0), state.step, guard), stats
@@ -98,7 +85,8 @@ def make_objective(model: nn.Module, loss, pad_id: int, guard: Guard = Guard(), 
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_schedule, pad_id: int, loss,
-                    guard: Guard = Guard(), teacher_model=None, phase: KDPhase | None = None, cached: bool = False):
+                    guard: Guard = Guard(), teacher_model=None, phase: KDPhase | None = None,
+                    sparse_targets: bool = False):
     """One training step: (state, tokens[, teacher input]) -> (state, metrics).
 
     Forward, backward, clipping and the AdamW update of the student. With
@@ -107,12 +95,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_sched
     optimizer state), w(step) and the KD share are read in-graph from the step
     counter, and with salt.switch=adaptive the step records when the smoothed
     student NTP loss reaches the smoothed teacher NTP loss (+ margin).
-    `guard` says what to do about non-finite steps (see Guard). With `cached`
-    the teacher input is the batch's cached sparse targets instead of the
-    teacher's parameters: the same step with no teacher forward.
+    `guard` says what to do about non-finite steps (see Guard). With
+    `sparse_targets` the teacher input is the batch's cached sparse targets
+    instead of the teacher's parameters: the same step with no teacher forward.
     """
-    objective = make_objective(model, loss, pad_id, guard, teacher_model, phase, cached)
-    kd = teacher_model is not None or cached
+    objective = make_objective(model, loss, pad_id, guard, teacher_model, phase, sparse_targets)
+    kd = teacher_model is not None or sparse_targets
 
     def step(state, tokens, teacher_input=None):
         (value, stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params, teacher_input, state,
@@ -124,8 +112,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_sched
             stats = dict(stats, ntp_sum=stats["loss_sum"])
         elif phase.adaptive:
             n = jnp.maximum(stats["tokens"], 1.0)
-            kd_state = _adaptive_update(state.kd, state.step, stats["ntp_sum"] / n, stats["teacher_ntp_sum"] / n,
-                                        phase.salt)
+            kd_state = adaptive_update(state.kd, state.step, stats["ntp_sum"] / n, stats["teacher_ntp_sum"] / n,
+                                       phase.salt)
         metrics = dict(stats, loss=value, grad_norm=optax.tree.norm(grads), learning_rate=lr_schedule(state.step))
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, kd=kd_state)
         return _guarded(state, new_state, metrics, guard)
@@ -133,21 +121,6 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_sched
     if not kd:  # the teacher-free program takes no teacher argument (nothing to shard or donate)
         return lambda state, tokens: step(state, tokens)
     return step
-
-
-def _adaptive_update(kd, step, student_ntp, teacher_ntp, salt):
-    """Updates the loss EMAs and records the switch step once the student has caught up."""
-    d = salt.adaptive_ema
-    ema_s = d * kd["ema_student"] + (1 - d) * student_ntp
-    ema_t = d * kd["ema_teacher"] + (1 - d) * teacher_ntp
-    debias = 1 - d ** (step + 1).astype(jnp.float32)
-    done = step + 1
-    caught_up = ema_s / debias <= ema_t / debias + salt.adaptive_margin
-    allowed = done >= salt.adaptive_min_steps
-    forced = (salt.adaptive_max_steps >= 0) & (done >= salt.adaptive_max_steps)
-    switch_now = (kd["switch_step"] < 0) & ((caught_up & allowed) | forced)
-    return {"switch_step": jnp.where(switch_now, done, kd["switch_step"]).astype(jnp.int32),
-            "ema_student": ema_s, "ema_teacher": ema_t}
 
 
 def make_eval_step(model: nn.Module, pad_id: int, loss):
@@ -163,14 +136,16 @@ def make_eval_step(model: nn.Module, pad_id: int, loss):
 class StepPrograms:
     """The jitted steps of one run on one mesh: train (with the teacher while it is held) and eval.
 
-    `train(state, tokens, teacher_input)` runs the fused SALT step,
+    `teacher` (salt_jax.kd.teacher.Teacher) gives the SALT step's teacher
+    model and its input's layout; `train(state, tokens, teacher_input)` runs
+    the fused SALT step (teacher_input: `teacher.inputs(step)`),
     `train(state, tokens)` the teacher-free one; `drop_teacher` forgets the
     SALT step's program when the KD phase ends. Calls run under the mesh and
     the logical-axis rules (sharding.on_mesh).
     """
 
     def __init__(self, model, tx, lr_schedule, pad_id: int, mesh, state_shardings, loss, guard: Guard = Guard(),
-                 teacher=None, phase: KDPhase | None = None):
+                 teacher: Teacher | None = None, phase: KDPhase | None = None):
         self.mesh = mesh
         self.batch_sharding = sharding.batch_sharding(mesh)
         rep = sharding.replicated(mesh)
@@ -180,9 +155,9 @@ class StepPrograms:
         self._eval = jax.jit(make_eval_step(model, pad_id, loss),
                              in_shardings=(state_shardings.params, self.batch_sharding), out_shardings=rep)
         self._kd_train = None
-        if teacher is not None:  # (a cached teacher's input is the batch's sparse targets, sharded like it)
+        if teacher is not None:  # (its input: parameters, or the batch's sparse targets, laid out as `shardings`)
             self._kd_train = jax.jit(make_train_step(model, tx, lr_schedule, pad_id, loss, guard, teacher.model,
-                                                     phase, cached=teacher.cached),
+                                                     phase, teacher.sparse_targets),
                                      in_shardings=(state_shardings, self.batch_sharding, teacher.shardings),
                                      out_shardings=(state_shardings, rep), donate_argnums=0)
 

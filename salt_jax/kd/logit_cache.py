@@ -13,10 +13,15 @@ target_logp), each written atomically, and `manifest.json` once every step is
 there. Every host runs the sharded teacher pass together and writes the rows
 it holds; a reader with another host count reads the files covering its rows.
 A build that stops (kill, preemption) resumes at the first missing step.
+
+`build_teacher_cache` builds a run's cache where missing (the run on demand,
+and `python -m salt_jax.teacher_cache` ahead of it); `cached_teacher` is the
+run's Teacher that reads it, the coming steps' targets read ahead.
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import io
@@ -30,9 +35,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from salt_jax import paths
-from salt_jax.data.batches import Batches, host_rows
+from salt_jax.data.batches import Batches, Prefetcher, host_rows, training_batches
 from salt_jax.errors import UserError
 from salt_jax.kd import losses, sparse
+from salt_jax.kd import teacher as teacher_lib
 from salt_jax.model import sharding
 
 
@@ -155,31 +161,20 @@ def build(teacher, batches: Batches, spec: Spec, directory: str, mesh, pad_id: i
     return manifest
 
 
-class CachedTeacher:
-    """Stands in for the teacher in the KD step: `inputs(step)` is that batch's sparse targets on the mesh."""
+class _Files:
+    """This host's rows of each step's cached targets, read from the files that hold them (the Batches-like
+    source a Prefetcher reads ahead: `numpy(step)`)."""
 
-    cached = True
-    model = None
-    config = None  # no teacher FLOPs at training time: they were spent building the cache
+    def __init__(self, directory: str, manifest: dict, spec: Spec):
+        self.directory, self.spec = directory, spec
+        self.per_file = spec.batch_size // manifest["hosts"]  # rows per file: the writing host count's share
 
-    def __init__(self, directory: str, manifest: dict, spec: Spec, mesh, checkpoint: str):
-        need = {"steps": spec.steps}
-        if not manifest.get("complete") or manifest["steps"] < need["steps"]:
-            raise UserError(f"{directory}: the teacher cache covers {manifest.get('steps')} steps, the KD phase "
-                            f"needs {spec.steps}; delete the directory to rebuild it")
-        self.directory, self.manifest, self.spec, self.mesh = directory, manifest, spec, mesh
-        self.fingerprint, self.checkpoint = spec.teacher, checkpoint
-        batch = sharding.batch_sharding(mesh)
-        self.shardings = sparse.Targets(batch, batch, batch, batch)
-        self.params = True  # (held: the loop asks for inputs while the KD phase lasts)
+    CASTS = (np.int32, np.float32, np.float32, np.float32)  # as the KD step takes them
 
-    def identity(self) -> dict:
-        return {"checkpoint": self.checkpoint, "fingerprint": self.fingerprint, "cache": self.directory}
-
-    def _read(self, step: int, rows: slice) -> list[np.ndarray]:
-        """Rows `rows` of step `step` from the files that cover them (one file when the host count is the
-        cache's)."""
-        per = self.spec.batch_size // self.manifest["hosts"]
+    def numpy(self, step: int) -> list[np.ndarray]:
+        """Rows host_rows(batch) of step `step` (one file when the host count is the cache's), cast to the
+        step's dtypes (in the read-ahead thread, when there is one)."""
+        rows, per = host_rows(self.spec.batch_size), self.per_file
         parts = []
         for first in range(rows.start - rows.start % per, rows.stop, per):
             path = _file(self.directory, step, slice(first, first + per))
@@ -191,14 +186,84 @@ class CachedTeacher:
                                 "rebuild the cache") from None
             lo, hi = max(rows.start, first) - first, min(rows.stop, first + per) - first
             parts.append([a[lo:hi] for a in arrays])
-        return [np.concatenate(p) for p in zip(*parts)]
+        return [np.concatenate(p).astype(c) for p, c in zip(zip(*parts), self.CASTS)]
+
+
+class CachedTeacher(teacher_lib.Teacher):
+    """The Teacher of a run that reads cached logits (salt_jax.kd.teacher.Teacher): `inputs(step)` is that
+    batch's sparse targets on the mesh, no model.
+
+    With `prefetch` > 0 the targets of the coming steps are read ahead in a
+    background thread (salt_jax.data.batches.Prefetcher, from the first step
+    asked for), as the batches are: a KD step does not wait for its file.
+    """
+
+    model = None
+    sparse_targets = True
+    config = None  # no teacher FLOPs at training time: they were spent building the cache
+
+    def __init__(self, directory: str, manifest: dict, spec: Spec, mesh, checkpoint: str, prefetch: int = 0):
+        if not manifest.get("complete") or manifest["steps"] < spec.steps:
+            raise UserError(f"{directory}: the teacher cache covers {manifest.get('steps')} steps, the KD phase "
+                            f"needs {spec.steps}; delete the directory to rebuild it")
+        self.directory, self.manifest, self.spec, self.mesh = directory, manifest, spec, mesh
+        self.fingerprint, self.checkpoint, self.prefetch = spec.teacher, checkpoint, prefetch
+        batch = sharding.batch_sharding(mesh)
+        self.shardings = sparse.Targets(batch, batch, batch, batch)
+        self._files = _Files(directory, manifest, spec)
+        self._ahead: Prefetcher | None = None
+
+    def identity(self) -> dict:
+        return {"checkpoint": self.checkpoint, "fingerprint": self.fingerprint, "cache": self.directory}
+
+    def _host_arrays(self, step: int) -> list[np.ndarray]:
+        """This host's rows of step `step`'s targets: from the read-ahead thread (started at the first step
+        asked for; steps are asked for in order), or read now."""
+        if self.prefetch <= 0:
+            return self._files.numpy(step)
+        if self._ahead is None:
+            self._ahead = Prefetcher(lambda _: self._files, step, self.spec.steps, self.prefetch)
+            atexit.register(self._stop_reading)  # (a run may end with the teacher held: rkd, a preemption)
+        return self._ahead.take(step, self._files)
 
     def inputs(self, step: int) -> sparse.Targets:
-        rows = host_rows(self.spec.batch_size)
-        arrays = self._read(step, rows)
-        casts = (np.int32, np.float32, np.float32, np.float32)
-        return sparse.Targets(*(jax.make_array_from_process_local_data(
-            sh, a.astype(c), (self.spec.batch_size, *a.shape[1:])) for sh, a, c in zip(self.shardings, arrays, casts)))
+        return sparse.Targets(*(jax.make_array_from_process_local_data(sh, a, (self.spec.batch_size, *a.shape[1:]))
+                                for sh, a in zip(self.shardings, self._host_arrays(step))))
+
+    def _stop_reading(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
+            atexit.unregister(self._stop_reading)
 
     def release(self) -> None:
-        self.params = None
+        """Stops the read-ahead (the KD phase is over)."""
+        self._stop_reading()
+
+
+def build_teacher_cache(config, store, tok, mesh, steps: int, previous: dict | None = None,
+                        written: Callable[[int], None] = lambda step: None):
+    """The sparse teacher targets of KD steps 0 .. `steps` - 1 (teacher_logits=cache; `steps`: the KD phase's
+    scheduled end), built where missing: only then is the teacher restored (and released after). Returns
+    (manifest, its directory, the teacher's checkpoint, Spec). `written(step)`: as in `build`."""
+    identity = teacher_lib.identify(config.salt)  # (from its files: a complete cache needs no restore)
+    teacher_lib.check_same_teacher(config, identity, previous or {})
+    spec = Spec.of(config, identity["fingerprint"], store.directory, steps)
+    directory = spec.directory(store.directory)
+    manifest = complete(directory, spec.steps)
+    if manifest is None:
+        online = teacher_lib.load_for_run(config, tok, mesh, previous or {})
+        batches = training_batches(store, config.data.batch_size, config.data.seed)
+        manifest = build(online, batches, spec, directory, mesh, tok.pad_id, config.model.vocab_size, written)
+        online.release()
+    return manifest, directory, identity["checkpoint"], spec
+
+
+def cached_teacher(config, store, tok, mesh, previous: dict, steps: int, workdir: str,
+                   written: Callable[[int], None] = lambda step: None) -> CachedTeacher:
+    """teacher_logits=cache: the run's CachedTeacher (its cache built first where missing; recorded in
+    workdir/teacher_cache.json), its targets read ahead config.data.prefetch steps."""
+    manifest, directory, checkpoint, spec = build_teacher_cache(config, store, tok, mesh, steps, previous, written)
+    if jax.process_index() == 0:
+        paths.write_json(paths.join(workdir, "teacher_cache.json"), dict(manifest, directory=directory))
+    return CachedTeacher(directory, manifest, spec, mesh, checkpoint, config.data.prefetch)
