@@ -15,12 +15,10 @@ import sys
 import jax
 import jax.numpy as jnp
 from absl import app, flags
-from ml_collections import config_flags
 
 from salt_jax import bench
 from salt_jax.kd import losses, sparse
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/bench.py[:STUDENT]", lock_config=False)
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Runs per implementation (alternating old, new).")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per program and run.")
 
@@ -39,7 +37,7 @@ def _old_dense_terms(s, y, t, tau, kind, unit_tau=False):
 
 def main(argv):
     del argv
-    config, t_cfg = bench.model_configs(_CONFIG.value)
+    config, t_cfg = bench.model_configs(bench.load_config(bench._CONFIG))  # bench's --config
     new = (sparse.ce_kd_value_and_grad, sparse.ce_and_kd)
     runs = {"old": [], "new": []}
     for _ in range(_ROUNDS.value):
