@@ -1,6 +1,6 @@
 """The cached-KD step with the fused sparse KD against the earlier implementation, in one process.
 
-    python scripts/bench_sparse.py --config=configs/bench.py [--config.* overrides] [--rounds=2] [--repeats=10]
+    python scripts/bench_sparse.py --config=configs/bench.py [--config.* overrides] [--rounds=2] [--repeats=N]
 
 Runs `salt_jax.bench.bench_steps` (baseline, online KD and cached-KD steps, same shapes) `rounds` times for
 each implementation, alternating: "old" traces the loss with the earlier sparse KD (a second log-softmax,
@@ -20,7 +20,6 @@ from salt_jax import bench
 from salt_jax.kd import losses, sparse
 
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Runs per implementation (alternating old, new).")
-_REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per program and run.")
 
 
 def _old_chunk_terms(s, y, t, tau, kind, ce_w, kd_w, unit_tau=False):
@@ -45,7 +44,7 @@ def main(argv):
             sparse.ce_kd_value_and_grad, sparse.ce_and_kd = (_old_chunk_terms, _old_dense_terms) if name == "old" \
                 else new
             try:
-                s = bench.bench_steps(config, t_cfg, _REPEATS.value, config.salt.cache_k)
+                s = bench.bench_steps(config, t_cfg, bench._REPEATS.value, config.salt.cache_k)
             finally:
                 sparse.ce_kd_value_and_grad, sparse.ce_and_kd = new
             runs[name].append(s)
