@@ -29,8 +29,9 @@ the next-token CE and the sparse KD from one pass over the student's logits,
 sharing its max and exp (and, at tau = 1, its softmax and log-sum-exp), with
 the KD gradient written into the CE's: per row a scalar times q, plus k values
 at the slots' ids. With Z = sum of exp(z / tau - max), log q_o = log(Z - Z_top)
-- log Z, so q_o is resolved to float32 rounding of Z (about 1e-6 of the row's
-mass at a 32K vocabulary), not relative to q_o as a masked log-sum-exp would.
+- log Z, good to about 1e-8 Z; in a chunk where some row has r_o / q_o >
+EXACT_ABOVE that error would show, and q_o is summed over the ids outside the
+top k instead (one more pass over that chunk's rows).
 All are pure functions of arrays.
 """
 
