@@ -149,14 +149,17 @@ def test_sparse_kd_with_the_whole_vocabulary_is_full_kd(tau, kind):
                                                   -1)[..., 0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("k,tau", [(4, 1.5), (4, 1.0), (11, 1.0)])
 @pytest.mark.parametrize("kind", sparse.KINDS)
-def test_sparse_kd_value_and_gradient_match_float64(kind):
-    """Both implementations (autodiff reference, closed form) against a float64 value and its central
-    differences, with k = 4 of 11 ids (the bucket holds real mass)."""
-    tau = 1.5
+def test_sparse_kd_value_and_gradient_match_float64(kind, k, tau):
+    """Every implementation (autodiff reference, the earlier closed form, the fused CE + KD of the losses, at
+    tau = 1 also with the CE's softmax reused) against a float64 value and its central differences, with
+    k = 4 of 11 ids (the bucket holds real mass) and k = V (no bucket: r_o = 0, c_o = -inf), tied logits."""
     t, s = _logits(3), _logits(4)
+    t[0, 0, :3] = t[0, 0, 0]  # ties in the teacher's top k and in the student's logits
+    s[1, 1, 2:5] = s[1, 1, 2]
     y = jnp.asarray(np.random.default_rng(5).integers(0, 11, (2, 3)))
-    targets = sparse.from_logits(jnp.asarray(t), y, 4, kind, tau, jax.random.key(0))
+    targets = sparse.from_logits(jnp.asarray(t), y, k, kind, tau, jax.random.key(0))
     ids, logp, other = (np.asarray(a) for a in targets[:3])
     want = _np_sparse_kd(s, ids, logp, other, tau, kind)
     eps, grad = 1e-6, np.zeros(s.shape)
@@ -167,12 +170,51 @@ def test_sparse_kd_value_and_gradient_match_float64(kind):
         down[i] -= eps
         grad[i] = (_np_sparse_kd(up, ids, logp, other, tau, kind)[i[:-1]]
                    - _np_sparse_kd(down, ids, logp, other, tau, kind)[i[:-1]]) / (2 * eps)
+    ce_w = jnp.asarray(np.random.default_rng(6).random((2, 3)), jnp.float32)  # the CE's share, as in a chunk
+    ce64 = -np.take_along_axis(log_softmax(s64), np.asarray(y)[..., None], -1)[..., 0]
+    ce_grad = np.exp(log_softmax(s64)) - np.eye(11)[np.asarray(y)]
     value, closed = sparse.kd_value_and_grad(jnp.asarray(s), targets, tau, kind)
     auto = jax.grad(lambda z: jnp.sum(sparse.kd_per_token(z, targets, tau, kind)))(jnp.asarray(s))
-    for got in (value, sparse.kd_per_token(jnp.asarray(s), targets, tau, kind)):
+    fused = [sparse.ce_kd_value_and_grad(jnp.asarray(s), y, targets, tau, kind, ce_w, jnp.ones((2, 3)), unit)
+             for unit in ([False, True] if tau == 1 else [False])]
+    dense = jax.grad(lambda z: jnp.sum(sparse.ce_and_kd(z, y, targets, tau, kind, tau == 1)[1]))(jnp.asarray(s))
+    for got in (value, sparse.kd_per_token(jnp.asarray(s), targets, tau, kind), *(f[1] for f in fused),
+                sparse.ce_and_kd(jnp.asarray(s), y, targets, tau, kind)[1]):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
-    for got in (closed, auto):
+    for got in (closed, auto, dense, *(f[2] - ce_w[..., None] * ce_grad for f in fused)):
         np.testing.assert_allclose(np.asarray(got), grad, atol=2e-5)
+    for f in fused:
+        np.testing.assert_allclose(np.asarray(f[0]), ce64, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(f[2]), np.asarray(closed + ce_w[..., None] * ce_grad), atol=3e-7)
+
+
+def test_the_fused_bucket_is_exact_for_a_confident_student():
+    """topk_other at a 2048 vocabulary with the student's mass outside the top 16 from 0.9 down to 1e-8 (where
+    Z - Z_top alone would lose it): value and gradient as the float64 definitions, like the earlier closed form."""
+    rng = np.random.default_rng(11)
+    v, k = 2048, 16
+    t = rng.normal(size=(1, 5, v)).astype(np.float32) * 2
+    y = jnp.zeros((1, 5), jnp.int32)
+    targets = sparse.from_logits(jnp.asarray(t), y, k, "topk_other", 1.0)
+    ids = np.asarray(targets.ids)
+    s = rng.normal(size=(1, 5, v)).astype(np.float32)
+    for i, boost in enumerate([1, 6, 12, 18, 24]):
+        np.put_along_axis(s[0, i], ids[0, i], np.take_along_axis(s[0, i], ids[0, i], -1) + boost, -1)
+    logp, other = np.asarray(targets.logp), np.asarray(targets.other)
+    want = _np_sparse_kd(s, ids, logp, other, 1.0, "topk_other")
+    ls = log_softmax(s.astype(np.float64))
+    in_top = np.zeros(ls.shape, bool)
+    np.put_along_axis(in_top, ids, True, -1)
+    q, q_o, r_o = np.exp(ls), np.sum(np.where(in_top, 0, np.exp(ls)), -1), np.exp(other.astype(np.float64))
+    r_v = np.zeros(ls.shape)
+    np.put_along_axis(r_v, ids, np.exp(logp.astype(np.float64)), -1)
+    grad = q * (np.exp(logp.astype(np.float64)).sum(-1) + r_o)[..., None] - r_v - np.where(
+        in_top, 0, (r_o / q_o)[..., None] * q)
+    zero = jnp.zeros((1, 5))
+    _, kd, d = sparse.ce_kd_value_and_grad(jnp.asarray(s), y, targets, 1.0, "topk_other", zero, zero + 1, True)
+    np.testing.assert_allclose(np.asarray(kd), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(d), grad, atol=1e-6)
+    assert q_o[0, -1] < 1e-7
 
 
 def test_sampled_targets_are_unbiased():
@@ -188,9 +230,11 @@ def test_sampled_targets_are_unbiased():
                                rtol=1e-5)
 
 
+@pytest.mark.parametrize("k,tau", [(5, 2.0), (13, 1.0)])
 @pytest.mark.parametrize("kind", sparse.KINDS)
-def test_the_chunked_loss_from_sparse_targets_equals_the_dense_one(kind):
-    """Same sums and gradients (hidden states and head) from cached targets, chunk by chunk or at once."""
+def test_the_chunked_loss_from_sparse_targets_equals_the_dense_one(kind, k, tau):
+    """Same sums and gradients (hidden states and head) from cached targets, chunk by chunk (fused) or at once
+    (the autodiff reference, and the dense loss's fused CE + KD), with pads, at k < V and k = V."""
     rng = np.random.default_rng(7)
     b, t, d, v = 2, 7, 6, 13
     h = jnp.asarray(rng.normal(size=(b, t, d)), jnp.float32)
@@ -198,25 +242,28 @@ def test_the_chunked_loss_from_sparse_targets_equals_the_dense_one(kind):
     y = jnp.asarray(rng.integers(0, v, (b, t)))
     mask = jnp.asarray(rng.random((b, t)) > 0.2, jnp.float32)
     kw = jnp.full((b, t), 0.4)
-    targets = sparse.from_logits(jnp.asarray(_logits(8, (b, t, v))), y, 5, kind, 2.0, jax.random.key(2))
+    targets = sparse.from_logits(jnp.asarray(_logits(8, (b, t, v))), y, k, kind, tau, jax.random.key(2))
 
-    def dense(h, w):
+    def dense(h, w, fused=False):
         logits = jnp.einsum("btd,dv->btv", h, w)
-        stats = losses.mixture_stats(losses.token_ce(logits, y), sparse.kd_per_token(logits, targets, 2.0, kind),
-                                     kw, mask)
+        ce, kd = (sparse.ce_and_kd(logits, y, targets, tau, kind, tau == 1) if fused else
+                  (losses.token_ce(logits, y), sparse.kd_per_token(logits, targets, tau, kind)))
+        stats = losses.mixture_stats(ce, kd, kw, mask)
         return stats["loss_sum"], stats
 
     def chunked(h, w):
-        stats = chunked_loss(h, w, y, mask, LossOptions(chunk=3, sparse=kind), targets, None, kw, 2.0)
+        stats = chunked_loss(h, w, y, mask, LossOptions(chunk=3, sparse=kind), targets, None, kw, tau)
         return stats["loss_sum"], stats
 
     (d_val, d_stats), d_grads = jax.value_and_grad(dense, argnums=(0, 1), has_aux=True)(h, w)
-    (c_val, c_stats), c_grads = jax.value_and_grad(chunked, argnums=(0, 1), has_aux=True)(h, w)
-    for key in ("loss_sum", "kd_sum", "ntp_sum", "kd_weight_sum"):
-        assert float(c_stats[key]) == pytest.approx(float(d_stats[key]), rel=1e-5)
+    (_, c_stats), _ = jax.value_and_grad(chunked, argnums=(0, 1), has_aux=True)(h, w)
     assert float(c_stats["teacher_ntp_sum"]) == pytest.approx(-float(jnp.sum(targets.target_logp * mask)), rel=1e-6)
-    for a, e in zip(c_grads, d_grads):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-4, atol=1e-5)
+    for fn in (chunked, lambda h, w: dense(h, w, True)):
+        (c_val, c_stats), c_grads = jax.value_and_grad(fn, argnums=(0, 1), has_aux=True)(h, w)
+        for key in ("loss_sum", "kd_sum", "ntp_sum", "kd_weight_sum"):
+            assert float(c_stats[key]) == pytest.approx(float(d_stats[key]), rel=1e-5)
+        for a, e in zip(c_grads, d_grads):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-4, atol=1e-5)
 
 
 def test_difference_and_loss_rules_against_numpy():

@@ -54,6 +54,7 @@ class LossOptions:
     teacher_softcap: float = 0.0  # the teacher's (Gemma 2 uses 30)
     unroll: int = 1  # chunks per scan iteration (salt_jax.aot compiles with 2 to cost one chunk)
     sparse: str = "topk"  # how cached sparse teacher targets are read (salt_jax.kd.sparse.KINDS)
+    temperature_is_one: bool = False  # set by chunked_loss when tau is the constant 1 (cached KD reuses the CE's softmax)
 
 
 def kd_value_and_grad(t_logits: jax.Array, s_logits: jax.Array, tau: float, kind: str, topk: int = 0):
@@ -91,20 +92,21 @@ def _chunk(opts: LossOptions, with_grad: bool, w_s, w_t, tau, xs):
     s = jnp.einsum("bcd,dv->bcv", h_s.astype(dt), w_s.astype(dt), preferred_element_type=jnp.float32)
     if opts.student_softcap:
         s = opts.student_softcap * jnp.tanh(s / opts.student_softcap)
+    correct = jnp.sum(m * (jnp.argmax(s, axis=-1) == y))
+    if isinstance(h_t, sparse.Targets):  # cached teacher: no teacher logits, no token selection; CE and KD in
+        w = kw * m                       # one pass over the logits, their gradients written together
+        ce, kd, d_s = sparse.ce_kd_value_and_grad(s, y, h_t, tau, opts.sparse, m - w, w, opts.temperature_is_one)
+        sums = {"ntp_sum": jnp.sum(m * ce), "tokens": jnp.sum(m), "correct": correct,
+                "loss_sum": jnp.sum(m * ce + w * (kd - ce)), "kd_sum": jnp.sum(m * kd), "kd_weight_sum": jnp.sum(w),
+                "kd_tokens": jnp.sum(m * (kw > 0)), "teacher_ntp_sum": -jnp.sum(m * h_t.target_logp)}
+        return _chunk_grads(opts, with_grad, w_s, h_s, s, d_s, sums)
     log_q1 = jax.nn.log_softmax(s, axis=-1)
     ce = -jnp.take_along_axis(log_q1, y[..., None], axis=-1)[..., 0]
-    sums = {"ntp_sum": jnp.sum(m * ce), "tokens": jnp.sum(m),
-            "correct": jnp.sum(m * (jnp.argmax(s, axis=-1) == y))}
+    sums = {"ntp_sum": jnp.sum(m * ce), "tokens": jnp.sum(m), "correct": correct}
     d_s = jnp.exp(log_q1) - jax.nn.one_hot(y, s.shape[-1], dtype=jnp.float32)
     if h_t is None:
         sums["loss_sum"] = sums["ntp_sum"]
         d_s = m[..., None] * d_s
-    elif isinstance(h_t, sparse.Targets):  # cached teacher: no teacher logits, no token selection
-        w = kw * m
-        kd, d_kd = sparse.kd_value_and_grad(s, h_t, tau, opts.sparse)
-        sums.update(loss_sum=jnp.sum(m * ce + w * (kd - ce)), kd_sum=jnp.sum(m * kd), kd_weight_sum=jnp.sum(w),
-                    kd_tokens=jnp.sum(m * (kw > 0)), teacher_ntp_sum=-jnp.sum(m * h_t.target_logp))
-        d_s = (m - w)[..., None] * d_s + w[..., None] * d_kd
     else:
         t = jnp.einsum("bcd,dv->bcv", h_t.astype(dt), w_t.astype(dt), preferred_element_type=jnp.float32)
         if opts.teacher_softcap:
@@ -117,6 +119,12 @@ def _chunk(opts: LossOptions, with_grad: bool, w_s, w_t, tau, xs):
         sums.update(loss_sum=jnp.sum(m * ce + w * (kd - ce)), kd_sum=jnp.sum(m * kd), kd_weight_sum=jnp.sum(w),
                     kd_tokens=jnp.sum(m * (kw * selected > 0)), teacher_ntp_sum=jnp.sum(m * t_ce))
         d_s = (m - w)[..., None] * d_s + w[..., None] * d_kd
+    return _chunk_grads(opts, with_grad, w_s, h_s, s, d_s, sums)
+
+
+def _chunk_grads(opts: LossOptions, with_grad: bool, w_s, h_s, s, d_s, sums):
+    """(sums, d hidden, d head) of one chunk from its logits s and d loss / d logits d_s."""
+    dt = opts.dtype
     if not with_grad:
         return sums, None, None
     if opts.student_softcap:  # d(c tanh(z / c)) / dz = 1 - tanh^2 = 1 - (capped / c)^2
@@ -207,6 +215,9 @@ def chunked_loss(h_s: jax.Array, w_s: jax.Array, targets: jax.Array, mask: jax.A
     opts.sparse) give the same sums with no teacher logits. `temperature` (traced; default
     opts.temperature) is tau at this step (config.salt.temperature_schedule).
     """
+    if isinstance(h_t, sparse.Targets):  # a Python number: known at trace time
+        static = opts.temperature if temperature is None else temperature
+        opts = dataclasses.replace(opts, temperature_is_one=isinstance(static, (int, float)) and static == 1)
     tau = jnp.asarray(opts.temperature if temperature is None else temperature, jnp.float32)
     if h_t is None:
         kd_weight = jnp.zeros(targets.shape, jnp.float32)

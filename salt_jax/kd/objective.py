@@ -43,8 +43,9 @@ class DenseLoss:
         tau = s.temperature if temperature is None else temperature
         if isinstance(teacher, sparse.Targets):
             s_logits = student.apply({"params": params}, inputs)
-            stats = losses.mixture_stats(losses.token_ce(s_logits, targets),
-                                         sparse.kd_per_token(s_logits, teacher, tau, s.cache_targets), kd_weight, mask)
+            unit = isinstance(tau, (int, float)) and tau == 1  # known at trace time: KD reuses the CE's softmax
+            ce, kd = sparse.ce_and_kd(s_logits, targets, teacher, tau, s.cache_targets, unit)
+            stats = losses.mixture_stats(ce, kd, kd_weight, mask)
             stats.update(correct=jnp.sum((jnp.argmax(s_logits, -1) == targets) * mask),
                          tokens=jnp.sum(mask.astype(jnp.float32)),
                          teacher_ntp_sum=-jnp.sum(teacher.target_logp * mask))

@@ -21,18 +21,29 @@ other bucket and q_o = 1 - sum of q over the top-k ids:
                    r_o q_i / q_o on every id outside the top k (q times sum(r) + r_o, not q, when
                    float16 storage leaves that sum a little off 1)
 
-`kd_per_token` is the reference (autodiff through full student log-probs);
-`kd_value_and_grad` the closed form used chunk by chunk in
-salt_jax.kd.chunked_loss. Both are pure functions of arrays.
+`kd_per_token` is the reference (autodiff through full student log-probs) and
+`kd_value_and_grad` the earlier closed form (a second log-softmax, [.., V] masks
+and scatters; kept as a reference). `ce_kd_value_and_grad` is what the losses
+run (salt_jax.kd.chunked_loss per chunk, salt_jax.kd.objective.DenseLoss at once):
+the next-token CE and the sparse KD from one pass over the student's logits,
+sharing its max and exp (and, at tau = 1, its softmax and log-sum-exp), with
+the KD gradient written into the CE's: per row a scalar times q, plus k values
+at the slots' ids. With Z = sum of exp(z / tau - max), log q_o = log(Z - Z_top)
+- log Z, good to about 1e-8 Z; in a chunk where some row has r_o / q_o >
+EXACT_ABOVE that error would show, and q_o is summed over the ids outside the
+top k instead (one more pass over that chunk's rows).
+All are pure functions of arrays.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+EXACT_ABOVE = 16.0  # r_o / q_o above which q_o is summed exactly (see ce_kd_value_and_grad)
 KINDS = ("topk", "topk_other", "sampled")
 _FAR = -1e30  # stands in for log 0 where a log-sum-exp would otherwise see only -inf (its gradient is NaN)
 
@@ -131,3 +142,100 @@ def kd_value_and_grad(s_logits: jax.Array, t: Targets, tau, kind: str):
         r_v = r_v + jnp.where(~in_top & (r_o[..., None] > 0), spread, 0.0)
     total = jnp.sum(r, axis=-1) + r_o  # 1 up to the stored log-probs' rounding; the exact derivative keeps it
     return tau * tau * _value(log_q, t, kind, log_qo), tau * (q * total[..., None] - r_v)
+
+
+def ce_kd_value_and_grad(s: jax.Array, y: jax.Array, t: Targets, tau, kind: str, ce_weight: jax.Array,
+                         kd_weight: jax.Array, unit_tau: bool = False):
+    """(CE [..], KD [..], ce_weight dCE/ds + kd_weight dKD/ds [.., V]) from the student's logits s [.., V]
+    (float32), the targets y [..] and the sparse targets t, in one pass over s.
+
+    `unit_tau`: tau is known to be 1 (static), so the KD's softmax and log-sum-exp are the CE's. Otherwise
+    one more exp of s / tau, sharing the row max. topk_other needs distinct ids (top-k ids are).
+    """
+    mx = jnp.max(s, axis=-1, keepdims=True)
+    shifted = s - mx
+    e = jnp.exp(shifted)
+    z = jnp.sum(e, axis=-1, keepdims=True)
+    log_z = jnp.log(z)
+    ce = -(jnp.take_along_axis(shifted, y[..., None], axis=-1) - log_z)[..., 0]
+    p = e / z
+    ids = t.ids.astype(jnp.int32)
+    s_ids = jnp.take_along_axis(s, ids, axis=-1)
+    if unit_tau:
+        q, zt, log_zt, sh_ids = p, z, log_z, s_ids - mx
+    else:
+        et = jnp.exp(s / tau - mx / tau)  # max(s / tau) = max(s) / tau: division is monotone
+        zt = jnp.sum(et, axis=-1, keepdims=True)
+        log_zt = jnp.log(zt)
+        q, sh_ids = et / zt, s_ids / tau - mx / tau
+    log_q_ids = sh_ids - log_zt
+    r, c, r_o, c_o = slot_weights(t, kind)
+    kd = jnp.sum(r * (c - log_q_ids), axis=-1)
+    total = jnp.sum(r, axis=-1) + r_o  # 1 up to the stored log-probs' rounding; the exact derivative keeps it
+    ce_w, kd_w = ce_weight[..., None], tau * kd_weight[..., None]
+    onehot = ce_w * jax.nn.one_hot(y, s.shape[-1], dtype=jnp.float32)
+    if kind != "topk_other":
+        grad = (ce_w * p - onehot + kd_w * total[..., None] * q if not unit_tau
+                else p * (ce_w + kd_w * total[..., None]) - onehot)
+        return ce, tau * tau * kd, _scatter(grad, ids, -kd_w * r, add=True)
+    # the bucket: d/dz of -r_o log q_o is r_o q_i / q_o on the ids outside the top k, 0 on them
+    live = r_o > 0
+    rest = zt[..., 0] - jnp.sum(jnp.exp(sh_ids), axis=-1)  # Z - Z_top: the student's mass outside, times Z
+    # Z - Z_top is good to about 1e-8 Z: where r_o / q_o is large that error matters, and the chunk sums its
+    # mass outside the top k exactly instead (one more pass over the row; rare while the student is young)
+    exact = lambda: jnp.sum(_scatter(e if unit_tau else et, ids, jnp.zeros(ids.shape, jnp.float32), add=False), -1)
+    rest = jax.lax.cond(jnp.any(live & (r_o * zt[..., 0] > EXACT_ABOVE * rest)), exact, lambda: rest)
+    rest = jnp.where(live, jnp.maximum(rest, jnp.finfo(jnp.float32).tiny), 1.0)
+    log_qo = jnp.log(rest) - log_zt[..., 0]
+    kd = kd + jnp.where(live, r_o * (c_o - log_qo), 0.0)
+    a = jnp.where(live, r_o * zt[..., 0] / rest, 0.0)[..., None]  # r_o / q_o
+    rows = (ce_w * p - onehot + kd_w * (total[..., None] - a) * q if not unit_tau
+            else p * (ce_w + kd_w * (total[..., None] - a)) - onehot)
+    q_ids = jnp.exp(log_q_ids)  # on the top-k ids: written, not corrected (no cancellation against a q)
+    p_ids = q_ids if unit_tau else jnp.exp(s_ids - mx - log_z)
+    top = ce_w * (p_ids - (ids == y[..., None])) + kd_w * (total[..., None] * q_ids - r)
+    return ce, tau * tau * kd, _scatter(rows, ids, top, add=False)
+
+
+def _scatter(x: jax.Array, ids: jax.Array, values: jax.Array, add: bool) -> jax.Array:
+    """x [.., V] with `values` [.., k] added (or written) at `ids` [.., k] of each row: one scatter."""
+    flat, shape = x.reshape(-1, x.shape[-1]), x.shape
+    rows = jnp.arange(flat.shape[0], dtype=jnp.int32)[:, None]
+    idx = (rows, ids.reshape(flat.shape[0], -1))
+    v = values.reshape(idx[1].shape)
+    out = flat.at[idx].add(v, mode="promise_in_bounds") if add else flat.at[idx].set(v, mode="promise_in_bounds",
+                                                                                      unique_indices=True)
+    return out.reshape(shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def ce_and_kd(s: jax.Array, y: jax.Array, t: Targets, tau, kind: str, unit_tau: bool = False):
+    """Per-position CE [..] and sparse KD [..] (as `kd_per_token`) of the logits s [.., V], for autodiff (the
+    dense loss): the forward pass is one pass over s, the backward `ce_kd_value_and_grad` with the two
+    cotangents as its weights (one more, as the CE's own backward)."""
+    ce, kd, _ = _ce_kd_no_grad(s, y, t, tau, kind, unit_tau)
+    return ce, kd
+
+
+def _ce_kd_no_grad(s, y, t, tau, kind, unit_tau):
+    zero = jnp.zeros(y.shape, jnp.float32)  # the unused gradient is dead code to XLA
+    return ce_kd_value_and_grad(s.astype(jnp.float32), y, t, tau, kind, zero, zero, unit_tau)
+
+
+def _ce_and_kd_fwd(s, y, t, tau, kind, unit_tau):
+    ce, kd, _ = _ce_kd_no_grad(s, y, t, tau, kind, unit_tau)
+    return (ce, kd), (s, y, t, tau)
+
+
+def _ce_and_kd_bwd(kind, unit_tau, res, ct):
+    s, y, t, tau = res
+    _, _, d_s = ce_kd_value_and_grad(s.astype(jnp.float32), y, t, tau, kind, ct[0], ct[1], unit_tau)
+    return d_s.astype(s.dtype), *jax.tree.map(_zero_cotangent, (y, t, tau))
+
+
+def _zero_cotangent(x):
+    x = jnp.asarray(x)
+    return jnp.zeros(x.shape, jax.dtypes.float0) if jnp.issubdtype(x.dtype, jnp.integer) else jnp.zeros_like(x)
+
+
+ce_and_kd.defvjp(_ce_and_kd_fwd, _ce_and_kd_bwd)
