@@ -221,8 +221,8 @@ def _check_teacher_found(salt, workdir: str) -> None:
         teacher_lib.check_found(salt)
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
-    """Builds (or restores) everything the loop of the run in `workdir` needs."""
+def _check_before_building(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Everything checkable from the config and the workdir, before minutes of store building."""
     validate(config)
     teacher_lib.adopt_teacher_vocabulary(config)  # a Hugging Face teacher: its tokenizer and vocabulary size
     schedules.resolve(config.salt, config.train.steps)  # config.json records the step counts used
@@ -230,8 +230,36 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     if methods.method(config.salt.method).teacher:  # (a run without a teacher ignores salt.teacher)
         _check_teacher_outside(config.salt.teacher, workdir)
         _check_teacher_found(config.salt, workdir)
-    cfg_d, cfg_t = config.data, config.train
 
+
+def _restore_or_create(config, workdir: str, model, tx, mesh):
+    """(checkpointer, first step, state on the mesh, its shardings, the restored record or {})."""
+    cfg_t, seq_len = config.train, config.data.seq_len
+    abstract, shardings = state_lib.abstract_state(model, tx, seq_len, mesh)
+    ckpt = checkpoints.Checkpointer(paths.join(workdir, "checkpoints"), cfg_t.checkpoint_every,
+                                    cfg_t.keep_checkpoints)
+    start, state, previous = ckpt.restore_latest(abstract, shardings, _check_same_model(config, ckpt))
+    if start is None:
+        return ckpt, 0, state_lib.create_state(model, tx, seq_len, mesh, config.seed), shardings, {}
+    logging.info("resuming %s from step %d", workdir, start)
+    return ckpt, start, state, shardings, previous
+
+
+def _teacher_for(config, store, tok, mesh, previous: dict, phase: KDPhase, start: int, workdir: str):
+    """The teacher while the KD phase has steps left (from `start`): online, or its cached logits; else None."""
+    if not phase.active(start):
+        return None
+    if config.salt.teacher_logits == "cache":
+        kill = faults.KillHooks(config.train.debug_kill)
+        return logit_cache.cached_teacher(config, store, tok, mesh, previous, phase.scheduled_end, workdir,
+                                          written=lambda step: kill.maybe_kill("cache", step))
+    return teacher_lib.load_for_run(config, tok, mesh, previous)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+    """Builds (or restores) everything the loop of the run in `workdir` needs."""
+    _check_before_building(config, workdir)
+    cfg_d, cfg_t = config.data, config.train
     mesh = sharding.make_mesh(config.mesh)  # (mesh, batch and task names: checked before the store is built)
     sharding.check_batch(cfg_d.batch_size, mesh)
     fewshot_lib.check_tasks(config)
@@ -241,24 +269,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
     model = Transformer(config.model)
     tx, lr_schedule = optim.make_optimizer(config.optim, cfg_t.steps)
-    abstract, shardings = state_lib.abstract_state(model, tx, cfg_d.seq_len, mesh)
-    ckpt = checkpoints.Checkpointer(paths.join(workdir, "checkpoints"), cfg_t.checkpoint_every,
-                                    cfg_t.keep_checkpoints)
-    start, state, previous = ckpt.restore_latest(abstract, shardings, _check_same_model(config, ckpt))
-    if start is None:
-        state, start, previous = state_lib.create_state(model, tx, cfg_d.seq_len, mesh, config.seed), 0, {}
-    else:
-        logging.info("resuming %s from step %d", workdir, start)
+    ckpt, start, state, shardings, previous = _restore_or_create(config, workdir, model, tx, mesh)
     phase = KDPhase.from_config(config.salt, cfg_t.steps, cfg_d.batch_size,
                                 switch_step=int(jax.device_get(state.kd["switch_step"])), lr=lr_schedule)
-    teacher = None
-    if phase.active(start) and config.salt.teacher_logits == "cache":
-        kill = faults.KillHooks(cfg_t.debug_kill)
-        teacher = logit_cache.cached_teacher(config, store, tok, mesh, previous, phase.scheduled_end, workdir,
-                                             written=lambda step: kill.maybe_kill("cache", step))
-    elif phase.active(start):
-        teacher = teacher_lib.load_for_run(config, tok, mesh, previous)
-
+    teacher = _teacher_for(config, store, tok, mesh, previous, phase, start, workdir)
     if jax.process_index() == 0:
         workdir_lib.write_config(config, workdir)
         _keep_tokenizer(tok, workdir)
@@ -267,17 +281,16 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                  dict(mesh.shape), mesh.size)
     guard = Guard(skip_nonfinite=cfg_t.nan_policy == "skip",
                   nan_steps=faults.parse_steps(cfg_t.debug_nan_steps, "config.train.debug_nan_steps"))
-    programs = StepPrograms(model, tx, lr_schedule, tok.pad_id, mesh, shardings, objective.make_loss(config), guard,
-                          teacher=teacher, phase=phase)
+    programs = StepPrograms(model, tx, lr_schedule, tok.pad_id, mesh, shardings, objective.make_loss(config),
+                            guard, teacher=teacher, phase=phase)
     record = {"data_seed": cfg_d.seed, "method": config.salt.method, "model": config.model.to_dict(),
               "tokenizer": tok.fingerprint(), "vocab_size": tok.vocab_size,
               "teacher": teacher.identity() if teacher is not None else previous.get("teacher")}
     batches = batches_lib.training_batches(store, cfg_d.batch_size, cfg_d.seed)
-    kd_batches = batches
-    if phase.method.selects_data and teacher is not None:
-        kd_batches = _selected_batches(config, store, teacher, mesh, tok, phase, workdir)
-    return Run(config=config, workdir=workdir, store=store, state=state, start=start,
-               previous=previous, phase=phase, teacher=teacher, programs=programs, batches=batches, kd_batches=kd_batches,
+    kd_batches = (_selected_batches(config, store, teacher, mesh, tok, phase, workdir)
+                  if phase.method.selects_data and teacher is not None else batches)
+    return Run(config=config, workdir=workdir, store=store, state=state, start=start, previous=previous, phase=phase,
+               teacher=teacher, programs=programs, batches=batches, kd_batches=kd_batches,
                eval_sets=batches_lib.eval_sets(store, cfg_d.batch_size, cfg_d.heldout_batches, tok.pad_id),
                ckpt=ckpt, writer=metrics.MetricsWriter(workdir, resume_step=start, config=config), record=record,
                flops=RunFlops.of(config.model, cfg_d.seq_len, teacher.config if teacher else None, mesh.size,
