@@ -21,7 +21,6 @@ run's Teacher that reads it, the coming steps' targets read ahead.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import hashlib
 import io
@@ -223,22 +222,17 @@ class CachedTeacher(teacher_lib.Teacher):
             return self._files.numpy(step)
         if self._ahead is None:
             self._ahead = Prefetcher(lambda _: self._files, step, self.spec.steps, self.prefetch)
-            atexit.register(self._stop_reading)  # (a run may end with the teacher held: rkd, a preemption)
         return self._ahead.take(step, self._files)
 
     def inputs(self, step: int) -> sparse.Targets:
         return sparse.Targets(*(jax.make_array_from_process_local_data(sh, a, (self.spec.batch_size, *a.shape[1:]))
                                 for sh, a in zip(self.shardings, self._host_arrays(step))))
 
-    def _stop_reading(self) -> None:
+    def release(self) -> None:
+        """Stops the read-ahead (the KD phase is over, or the run ends with the teacher held: rkd, a stop)."""
         if self._ahead is not None:
             self._ahead.close()
             self._ahead = None
-            atexit.unregister(self._stop_reading)
-
-    def release(self) -> None:
-        """Stops the read-ahead (the KD phase is over)."""
-        self._stop_reading()
 
 
 def build_teacher_cache(config, store, tok, mesh, steps: int, previous: dict | None = None,
