@@ -218,6 +218,9 @@ def _overrides(cmd: str) -> str:
         return "--max_tokens=4"
     if module == "salt_jax.bench":
         return "--repeats=1 --config.data.batch_size=8 --config.data.seq_len=16"  # (8: the suite's devices)
+    if "bench_sparse.py" in cmd:  # (the salt_jax.bench sizes, one run of each implementation)
+        return ("--rounds=1 --repeats=1 --config.data.batch_size=8 --config.data.seq_len=16 "
+                "--config.model.vocab_size=2048")
     if "bench_store.py" in cmd:
         return "--sizes_mb=1 --workers=0" + (" --mixed_mb=4" if "--mixed_mb" in cmd else "")
     return ""
