@@ -10,7 +10,7 @@ about 10 minutes of one H100 (989 TFLOP/s dense bf16) at 40% MFU:
     salt      4000 x 3 F_S + 700 x F_T    214 s   (n_KD = 17.5% = 700 steps of teacher forwards)
     total                                 525 s   (+ evaluation: 16 held-out batches every 250 steps)
 
-`tests/test_experiment.py::test_gpu_small_is_in_the_paper_regime_and_fits_ten_minutes` recomputes it.
+`tests/test_experiment.py::test_gpu_small_fits_ten_minutes_by_the_flop_model_and_runs_on_cpu` recomputes it.
 """
 
 import ml_collections
