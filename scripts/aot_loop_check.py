@@ -14,12 +14,14 @@ import jax
 
 jax.config.update("jax_platforms", "cpu")
 
+from salt_jax import cli  # noqa: E402
 from salt_jax import recipes  # noqa: E402
 from salt_jax.aot import estimate, programs, topology  # noqa: E402
 from salt_jax.model import flops, sharding  # noqa: E402
 
 
 def main() -> None:
+    cli.keep_jax_off_an_absent_tpu()  # (a host with libtpu and no TPU: the CPU, quietly)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--topology", default="v5p:4x4x4")
     p.add_argument("--layers", type=int, default=4)

@@ -49,9 +49,11 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     args = parser.parse_args()
 
+    from salt_jax import cli
     from salt_jax.eval import harness, load
     from salt_jax.eval.engine import Engine
 
+    cli.keep_jax_off_an_absent_tpu()  # (a host with libtpu and no TPU: the CPU, quietly)
     loaded = load.load(args.workdir)
     engine = Engine(loaded.model_cfg, loaded.params, loaded.mesh, batch_size=args.batch_size)
     print(f"{'task':<20} {'path':<12} {'requests':>8} {'tokens':>8} {'positions':>9} {'seconds':>8}")

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from salt_jax import bench
+from salt_jax import bench, cli
 from salt_jax.kd import losses, sparse
 
 _ROUNDS = flags.DEFINE_integer("rounds", 2, "Runs per implementation (alternating old, new).")
@@ -36,6 +36,7 @@ def _old_dense_terms(s, y, t, tau, kind, unit_tau=False):
 
 def main(argv):
     del argv
+    cli.keep_jax_off_an_absent_tpu()  # (a host with libtpu and no TPU: the CPU, quietly)
     config, t_cfg = bench.model_configs(bench.load_config(bench._CONFIG))  # bench's --config
     new = (sparse.ce_kd_value_and_grad, sparse.ce_and_kd)
     runs = {"old": [], "new": []}

@@ -47,6 +47,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from salt_jax import cli  # noqa: E402
 from salt_jax.config import base_config  # noqa: E402
 from salt_jax.data import batches, store  # noqa: E402
 from salt_jax.model import flops, presets  # noqa: E402
@@ -217,6 +218,7 @@ def bench_mixed(out: str, mb: int, workers: int, model_file: str, file_mb: int =
 
 
 def main() -> None:
+    cli.keep_jax_off_an_absent_tpu()  # (a host with libtpu and no TPU: the CPU, quietly)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/tmp/bench_store")
     ap.add_argument("--sizes_mb", default="100,400")
