@@ -14,7 +14,7 @@ import io
 import numpy as np
 
 from salt_jax import paths as paths_  # (`paths` names the list of written plots below)
-from salt_jax.experiment import report, writeup
+from salt_jax.experiment import writeup
 
 
 def plot(results: dict, out_dir: str) -> list[str]:
