@@ -9,6 +9,7 @@ bad input (skipped and counted, or one line naming the file and the place).
 
 import gzip
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -217,28 +218,139 @@ def test_a_build_killed_inside_a_zst_file_resumes_after_its_last_piece(tmp_path,
     assert not any(".tmp" in f for f in os.listdir(resumed.directory))
 
 
-def test_records_without_text_are_skipped_and_counted(tmp_path):
-    """A null, empty or non-string text (and, in a compressed file or a Parquet binary column, bytes that are
-    not UTF-8) is skipped and counted in meta.json; the rest is the store of the good records."""
-    good = DOCS[:60]
-    lines = _lines(good[:20]) + b'{"text": null}\n' + _lines(good[20:40]) + b'{"text": 5}\n{"text": ""}\n' + \
-        b'{"text": "caf\xe9 in latin-1"}\n' + _lines(good[40:])
+# Bad records planted among good ones, with the cause each is counted under (documents.SKIPS). A blank line is
+# not a record.
+BAD_LINES = [(b'{"text": "caf\xe9 in latin-1"}\n', "undecodable"), (b'{"text": "cut\n', "not_json"),
+             (b'{"body": "no text field"}\n', "no_field"), (b'[1, 2]\n', "no_field"), (b'{"text": null}\n', "not_text"),
+             (b'{"text": 5}\n', "not_text"), (b'{"text": ""}\n', "empty"), (b'{"text": " \\n "}\n', "empty")]
+BAD_ROWS = [(None, "not_text"), (b"\xff\xfe bad", "undecodable"), (b"", "empty"), (b" \n ", "empty")]
+AT = [0, 2, 17, 17, 60, 94, 120, 140]  # before which good records bad ones go (two in a row at 17); and one last
+
+
+def _planted(bad, n_good=150):
+    """(records, the good texts in order, the expected skips per cause): bad records before the good ones at AT
+    and after the last, cycling through `bad`."""
+    good, records, want = DOCS[:n_good], [], dict.fromkeys(documents.SKIPS, 0)
+
+    def plant():
+        record, cause = bad[sum(want.values()) % len(bad)]
+        records.append(record)
+        want[cause] += 1
+
+    for i, text in enumerate(good):
+        for _ in range(AT.count(i)):
+            plant()
+        records.append(text)
+    plant()
+    return records, good, want
+
+
+def _jsonl(records) -> bytes:
+    return b"".join(r if isinstance(r, bytes) else _lines([r]) for r in records) + b"\n"  # (+ a blank line)
+
+
+PLANTED = {
+    "a.jsonl": lambda p, records: open(p, "wb").write(_jsonl(records)),
+    "a.jsonl.zst": lambda p, records: _zst(p, _jsonl(records), frames=4),
+    "a.jsonl.gz": lambda p, records: _gz(p, _jsonl(records)),
+    "a.parquet": lambda p, records: _parquet(p, [r.encode() if isinstance(r, str) else r for r in records],
+                                             rows_per_group=20),
+}
+
+
+def _docs_of(split) -> list[str]:
+    """The documents a store split holds, decoded from its tokens (ByteTokenizer: a document, then EOS)."""
+    tokens = split.tokens().tolist()
+    out, start = [], 0
+    for i, t in enumerate(tokens):
+        if t == tokenizer.EOS_ID:
+            out.append(bytes(x - 3 for x in tokens[start:i]).decode())
+            start = i + 1
+    return out
+
+
+@pytest.mark.parametrize("name", list(PLANTED))
+def test_a_bad_record_costs_that_record_only_in_every_format(tmp_path, name):
+    """Planted bad records of every kind, at known places: each is skipped and counted under its cause, every
+    good record is in the store (its tokens exactly those of the good texts), and kept + skipped is the number
+    of records written, with a real held-out split and tasks cut into many ranges / pieces / row groups."""
+    records, good, want = _planted(BAD_ROWS if name.endswith(".parquet") else BAD_LINES)
+    (tmp_path / "in").mkdir()
+    PLANTED[name](str(tmp_path / "in" / name), records)
+    cache, _ = store.build_store(_cfg(tmp_path / "in", tmp_path / "c", shard_chars=1500, fraction=TINY))
+    np.testing.assert_array_equal(cache.train.tokens(), _stream(good))
+    info = cache.meta["splits"]["train"]
+    assert info["skipped"] == want and info["documents"] == len(good)
+    assert info["documents"] + sum(info["skipped"].values()) == len(records)
+    assert len(info["shards"]) >= 5  # (cut into several tasks or pieces)
+    split, _ = store.build_store(_cfg(tmp_path / "in", tmp_path / "c", shard_chars=1500, fraction=0.3))
+    info = split.meta["splits"]
+    train, heldout = _docs_of(split.train), _docs_of(split.heldout)
+    assert sorted(train + heldout) == sorted(good) and len(heldout) > 20  # each good record in one split
+    assert train == [d for d in good if d in set(train)]  # in file order
+    assert [info[s]["documents"] for s in ("train", "heldout")] == [len(train), len(heldout)]
+    assert {c: info["train"]["skipped"][c] + info["heldout"]["skipped"][c] for c in want} == want
+    assert sum(info[s]["documents"] + sum(info[s]["skipped"].values()) for s in info) == len(records)
+
+
+def test_whole_files_and_a_mixed_glob_count_every_record(tmp_path, caplog):
+    """Whole-document files (plain and compressed) that are not UTF-8 or empty are records skipped like any other;
+    the summary line names every cause."""
     d = tmp_path / "gaps"
     d.mkdir()
-    _zst(str(d / "a.jsonl.zst"), lines)
-    _parquet(str(d / "b.parquet"), [t.encode() for t in good[:10]] + [None, b"\xff\xfe bad", b""] +
-             [t.encode() for t in good[10:]])
+    records, good, want = _planted(BAD_LINES, n_good=60)
+    _zst(str(d / "a.jsonl.zst"), _jsonl(records[:40]))
+    open(d / "b.jsonl", "wb").write(_jsonl(records[40:]))
     _gz(str(d / "c.txt.gz"), b"\xff not utf-8 at all")
-    cache, _ = store.build_store(_cfg(d, tmp_path / "c", fraction=TINY))
+    (d / "d.txt").write_bytes(b"caf\xe9")
+    (d / "e.txt").write_text(" \n\t ")
+    (d / "f.txt").write_text("the last document")
+    want = dict(want, undecodable=want["undecodable"] + 2, empty=want["empty"] + 1)
+    with caplog.at_level(logging.INFO):
+        cache, _ = store.build_store(_cfg(d, tmp_path / "c", fraction=TINY), workers=2)
     info = cache.meta["splits"]["train"]
-    assert (info["skipped_not_text"], info["skipped_empty"], info["skipped_undecodable"]) == (3, 2, 3)
-    np.testing.assert_array_equal(cache.train.tokens(), _stream(good + good))
-    # a plain JSONL file: a null text is skipped too (it used to stop the build)
-    (tmp_path / "p").mkdir()
-    (tmp_path / "p" / "a.jsonl").write_bytes(_lines(good[:5]) + b'{"text": null, "id": 3}\n' + _lines(good[5:]))
-    plain, _ = store.build_store(_cfg(tmp_path / "p", tmp_path / "c", fraction=TINY))
-    assert plain.meta["splits"]["train"]["skipped_not_text"] == 1
-    np.testing.assert_array_equal(plain.train.tokens(), _stream(good))
+    assert info["skipped"] == want and info["files"] == 6
+    assert info["documents"] + sum(want.values()) == len(records) + 4
+    np.testing.assert_array_equal(cache.train.tokens(), _stream(good + ["the last document"]))
+    summary = [m for m in caplog.messages if m.startswith("token store train: 6 files")]
+    assert summary == [f"token store train: 6 files, 61 documents, {cache.train.n_tokens} tokens in 4 shards; "
+                       f"records skipped: {want['undecodable']} not UTF-8, {want['empty']} empty, "
+                       f"{want['not_text']} null or not a string, {want['no_field']} without the text field, "
+                       f"{want['not_json']} not JSON"]
+
+
+def test_a_wrong_text_field_stops_at_once(tmp_path):
+    """Records without the field are skipped, unless a file's first FIELD_CHECK records (or all of them) have none
+    with it: a wrong config.data.text_field is one line naming the file, not a store of nothing."""
+    from salt_jax.data import files
+
+    cases = {
+        "few.jsonl": (_lines(DOCS[:3]).replace(b'"text"', b'"body"'),
+                      r"few.jsonl: none of its 3 records has the field 'text' \(the first one's fields: body\); "
+                      r"set config.data.text_field to the field holding the text"),
+        "one.jsonl.zst": (b'{"body": "x", "id": 1}\n',
+                          r"one.jsonl.zst: its only record has no field 'text' \(the first one's fields: body, id\)"),
+        "many.jsonl.gz": (_lines(DOCS[:1] * files.FIELD_CHECK).replace(b'"text"', b'"content"') + _lines(DOCS[:5]),
+                          r"many.jsonl.gz: none of its first 1000 records has the field 'text'"),
+        "array.json": (json.dumps([{"text": d} for d in DOCS[:5]], indent=1).encode(),
+                       r"array.json: none of its \d+ lines is a JSON object; give JSON lines \(one object per line\), "
+                       r"or name the file .txt"),
+    }
+    write = {".jsonl": lambda p, b: open(p, "wb").write(b), ".zst": lambda p, b: _zst(p, b, frames=1),
+             ".gz": _gz, ".json": lambda p, b: open(p, "wb").write(b)}
+    for name, (data, message) in cases.items():
+        d = tmp_path / name.replace(".", "_")
+        d.mkdir()
+        write[os.path.splitext(name)[1]](str(d / name), data)
+        with pytest.raises(UserError, match=message):
+            store.build_store(_cfg(d, tmp_path / "c", fraction=TINY))
+    # fewer bad records than FIELD_CHECK before the first good one: skipped and counted
+    d = tmp_path / "late"
+    d.mkdir()
+    open(d / "a.jsonl", "wb").write(b'{"body": 1}\n' * 999 + _lines(DOCS[:4]))
+    late, _ = store.build_store(_cfg(d, tmp_path / "c", fraction=TINY))
+    assert late.meta["splits"]["train"]["skipped"]["no_field"] == 999
+    np.testing.assert_array_equal(late.train.tokens(), _stream(DOCS[:4]))
 
 
 def test_malformed_input_is_one_line_naming_the_file_and_place(tmp_path):
@@ -261,16 +373,14 @@ def test_malformed_input_is_one_line_naming_the_file_and_place(tmp_path):
         store.build_store(cfg)
     os.remove(d / "b.jsonl.zst")
     cases = {
-        "a.json.gz": (lambda p: _gz(p, _lines(DOCS[:3]) + b'{"text": "cut\n' + _lines(DOCS[3:6])),
-                      r"a.json.gz: the line at byte \d+ of its decompressed text is not valid JSON"),
         "b.jsonl.gz": (lambda p: open(p, "wb").write(gzip.compress(data)[:-30]),
                        r"b.jsonl.gz: the gzip stream ends inside a member \(a truncated file\) after byte \d+"),
         "c.parquet": (lambda p: open(p, "wb").write(b"PAR1" + b"\x00" * 100),
                       r"c.parquet: not a readable Parquet file \(.*\); re-download it or remove it"),
         "d.parquet": (lambda p: _parquet(p, DOCS[:5], field="body"),
                       r"d.parquet: no column 'text' \(its columns: body, id\); set config.data.text_field"),
-        "e.jsonl.zst": (lambda p: _zst(p, _lines(DOCS[:4]) + b'{"body": "x"}\n'),
-                        r"e.jsonl.zst: the record at byte \d+ of its decompressed text has no string field 'text'"),
+        "e.jsonl.zst": (lambda p: _zst(p, _lines(DOCS[:4]).replace(b'"text"', b'"body"')),
+                        r"e.jsonl.zst: none of its 4 records has the field 'text'"),
     }
     for name, (write, message) in cases.items():
         (tmp_path / name).mkdir()
@@ -289,7 +399,7 @@ def test_hf_source_from_save_to_disk_and_local_files_equals_the_jsonl_store(tmp_
     hf = lambda name, **kw: _cfg("", tmp_path / "c", fraction=TINY, source="hf", hf_dataset=name, **kw)  # noqa: E731
     saved, _ = store.build_store(hf(str(tmp_path / "saved")))
     np.testing.assert_array_equal(saved.train.tokens(), jsonl.train.tokens())
-    assert saved.meta["splits"]["train"]["skipped_not_text"] == 1 and saved.meta["source"] == "hf"
+    assert saved.meta["splits"]["train"]["skipped"]["not_text"] == 1 and saved.meta["source"] == "hf"
     (tmp_path / "files").mkdir()  # a directory of data files, read by datasets.load_dataset(streaming=True)
     _parquet(str(tmp_path / "files" / "train-0.parquet"), DOCS[:120])
     _parquet(str(tmp_path / "files" / "train-1.parquet"), DOCS[120:])

@@ -31,8 +31,8 @@ def test_packing_rows_are_the_eos_separated_stream(tmp_path):
     cfg = _text_cfg(str(tmp_path / "*.txt"), str(tmp_path / "cache"))
     cache, tok = store.build_store(cfg)
     meta = cache.meta["splits"]
-    assert meta["train"]["skipped_undecodable"] + meta["heldout"]["skipped_undecodable"] == 1
-    assert meta["train"]["skipped_empty"] + meta["heldout"]["skipped_empty"] == 1
+    assert meta["train"]["skipped"]["undecodable"] + meta["heldout"]["skipped"]["undecodable"] == 1
+    assert meta["train"]["skipped"]["empty"] + meta["heldout"]["skipped"]["empty"] == 1
     # the train stream is exactly the train documents' bytes, each followed by EOS, in file order
     src = sources.make_source(cfg)
     want = []
@@ -90,8 +90,8 @@ def test_stdlib_corpus_counts_undecodable_files(tiny_config):
     for split in documents.SPLITS:
         for _ in src.documents(split, stats):
             pass
-    assert stats.skipped_undecodable >= 1  # the stdlib ships a few non-UTF-8 test files
-    assert stats.documents + stats.skipped_undecodable + stats.skipped_empty == stats.files
+    assert stats.skipped["undecodable"] >= 1  # the stdlib ships a few non-UTF-8 test files
+    assert stats.documents + stats.skipped["undecodable"] + stats.skipped["empty"] == stats.files == stats.records
 
 
 def test_sentencepiece_tokenizer_round_trips_code(tmp_path):

@@ -73,9 +73,9 @@ def test_the_ray_build_is_the_local_build_byte_for_byte_and_resumes(tmp_path, ra
     # a user's mistake found inside a Ray task is raised here as itself: one line at the command line
     from salt_jax.errors import UserError
 
-    with open(corpus / "1.jsonl", "a") as fh:
-        fh.write('{"text": broken\n')
-    with pytest.raises(UserError, match=r"1.jsonl: the line at byte \d+ is not valid JSON"):
+    with open(corpus / "3.jsonl", "w") as fh:
+        fh.write('{"body": "x"}\n{"body": "y"}\n')
+    with pytest.raises(UserError, match=r"3.jsonl: none of its 2 records has the field 'text'"):
         store.build_store(cfg("bad"), engine=ray_engine.RayEngine(2))
 
 

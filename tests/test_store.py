@@ -204,12 +204,17 @@ def test_jsonl_byte_ranges_read_each_record_once_in_order(tmp_path):
     assert 0.15 < len(list(source.documents("heldout"))) / len(texts) < 0.45
 
 
-def test_a_bad_jsonl_line_names_the_file_and_byte(tmp_path):
+def test_a_bad_jsonl_line_is_skipped_and_a_wrong_text_field_named(tmp_path):
     d = tmp_path / "j"
     d.mkdir()
-    (d / "a.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
-    with pytest.raises(UserError, match=r"a.jsonl: the line at byte 17 is not valid JSON"):
-        store.build_store(_cfg(str(d), str(tmp_path / "c"), 1000))
-    (d / "a.jsonl").write_text('{"text": "fine"}\n{"body": "x"}\n')
-    with pytest.raises(UserError, match=r"the record at byte 17 has no string field 'text'; set config.data"):
+    (d / "a.jsonl").write_text('{"text": "fine"}\n{"text": broken\n{"body": "x"}\n')
+    cfg = _cfg(str(d), str(tmp_path / "c"), 1000)
+    cfg.heldout_fraction = 1e-12
+    built, _ = store.build_store(cfg)
+    assert built.meta["splits"]["train"]["documents"] == 1
+    assert built.meta["splits"]["train"]["skipped"] == dict(undecodable=0, empty=0, not_text=0, no_field=1,
+                                                            not_json=1)
+    (d / "a.jsonl").write_text('{"body": "fine"}\n{"text": broken\n')
+    with pytest.raises(UserError, match=r"a.jsonl: none of its 2 records has the field 'text' \(the first one's "
+                                        r"fields: body\); set config.data.text_field to the field holding the text"):
         store.build_store(_cfg(str(d), str(tmp_path / "c"), 1000))

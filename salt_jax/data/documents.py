@@ -2,9 +2,10 @@
 
 A source names its splits "train" and "heldout"; `Source.documents` yields the
 non-empty documents of one split and counts what it read and skipped in a
-`ReadStats` (a record whose text field holds no text, or is not UTF-8, is
-skipped and counted, never an error). Subclasses say what their read units are (a file, a dataset
-example) and how a unit becomes text. `in_heldout` is the hash split shared by
+`ReadStats`: a record that holds no usable text is skipped and counted by its
+cause (`SKIPS`), never an error, so a bad record costs that record only.
+Subclasses say what their read units are (a file, a dataset example) and how a
+unit becomes text. `in_heldout` is the hash split shared by
 every source that splits its own records.
 """
 
@@ -17,39 +18,75 @@ from typing import Iterable, Iterator
 SPLITS = ("train", "heldout")
 
 
-class _Undecodable:
+class Skip:
+    """What a reader yields in place of a record's text when the record holds no usable text: the cause
+    (a key of SKIPS). The store counts it and moves on; only that record is lost."""
+
+    def __init__(self, cause: str):
+        self.cause = cause
+
     def __repr__(self) -> str:
-        return "UNDECODABLE"
+        return f"Skip({self.cause!r})"
 
 
-UNDECODABLE = _Undecodable()  # what a reader yields for a record whose text is not UTF-8 (counted, skipped)
+# The causes a record is skipped for, each counted in meta.json's "skipped" and the build's summary line, with
+# the words the summary line uses.
+SKIPS = {
+    "undecodable": "not UTF-8",
+    "empty": "empty",
+    "not_text": "null or not a string",
+    "no_field": "without the text field",
+    "not_json": "not JSON",
+}
+UNDECODABLE, NO_FIELD, NOT_JSON = Skip("undecodable"), Skip("no_field"), Skip("not_json")
 
 
 @dataclasses.dataclass
 class ReadStats:
-    """What a pass over a source read and skipped."""
+    """What a pass over a source read and skipped: every record read is one document or one skip."""
 
     files: int = 0  # read units: files, or examples of a dataset
     documents: int = 0
-    skipped_undecodable: int = 0
-    skipped_empty: int = 0
-    skipped_not_text: int = 0  # records whose text field is null or not a string
+    skipped: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(SKIPS, 0))  # cause -> records
     chars: int = 0
+    input_bytes: int = 0  # of the files read so far (a task's progress; not in as_dict)
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The counts, as meta.json and a task's record hold them."""
+        return {"files": self.files, "documents": self.documents, "skipped": dict(self.skipped),
+                "chars": self.chars}
+
+    @classmethod
+    def of(cls, record: dict) -> "ReadStats":
+        """The counts of a record written by as_dict (or by a build before the per-cause dict:
+        skipped_undecodable, ...), so a build resumed across versions still counts every record."""
+        skipped = {cause: int(record.get("skipped", {}).get(cause, record.get(f"skipped_{cause}", 0)))
+                   for cause in SKIPS}
+        return cls(int(record.get("files", 0)), int(record.get("documents", 0)), skipped,
+                   int(record.get("chars", 0)))
+
+    def add(self, other: "ReadStats") -> None:
+        self.files, self.documents, self.chars = (self.files + other.files, self.documents + other.documents,
+                                                  self.chars + other.chars)
+        for cause, n in other.skipped.items():
+            self.skipped[cause] += n
+
+    @property
+    def records(self) -> int:
+        """Records read: kept plus skipped."""
+        return self.documents + sum(self.skipped.values())
 
     def keep(self, doc) -> bool:
-        """Counts a document read: kept (a string), or skipped as undecodable (UNDECODABLE), not text (null,
-        a number) or empty (whitespace only)."""
-        if doc is UNDECODABLE:
-            self.skipped_undecodable += 1
+        """Counts a record read: kept (a non-empty string), or skipped for its cause (a Skip), as not text
+        (null, a number) or as empty (whitespace only)."""
+        if isinstance(doc, Skip):
+            self.skipped[doc.cause] += 1
             return False
         if not isinstance(doc, str):
-            self.skipped_not_text += 1
+            self.skipped["not_text"] += 1
             return False
         if not doc.strip():
-            self.skipped_empty += 1
+            self.skipped["empty"] += 1
             return False
         self.documents += 1
         self.chars += len(doc)
@@ -90,4 +127,4 @@ class Source:
                     if stats.keep(text):
                         yield text
             except UnicodeDecodeError:
-                stats.skipped_undecodable += 1
+                stats.skipped["undecodable"] += 1

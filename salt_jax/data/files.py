@@ -5,9 +5,14 @@ Parquet row, the format chosen by the file's extension, compressed or not
 (salt_jax.data.formats); one glob may mix them. The split is deterministic: a
 whole-document file is held out when a hash of its path falls below
 `heldout_fraction` (so adding or removing files never moves other files between
-splits), a record when a hash of (file, position) does. Files or records that
-do not decode as UTF-8, and records whose text is null or not a string, are
-skipped and counted.
+splits), a record when a hash of (file, position) does.
+
+A bad record costs that record only, in every format: a file or record that is
+not UTF-8, a JSON line that is not JSON or lacks the text field, a text that is
+null, not a string or empty is skipped and counted by its cause
+(documents.SKIPS). A wrong `text_field` still stops at once: a file whose first
+FIELD_CHECK records (or all of them, when it has fewer) include none with the
+field is a UserError naming it.
 
 A file source can be read in parts (`tasks`): whole plain or compressed files,
 byte ranges of JSONL files (a record belongs to the range its line starts in)
@@ -30,8 +35,12 @@ import ml_collections
 
 from salt_jax import paths
 from salt_jax.data import formats
-from salt_jax.data.documents import SPLITS, UNDECODABLE, Source, in_heldout
+from salt_jax.data.documents import NO_FIELD, NOT_JSON, SPLITS, UNDECODABLE, Source, in_heldout
 from salt_jax.errors import UserError
+
+# A JSON-lines file whose first FIELD_CHECK records (or all of them, if fewer) have no text field stops the build:
+# a wrong config.data.text_field, not a few bad records. Enough records to tell; few enough to tell at once.
+FIELD_CHECK = 1000
 
 
 def stdlib_root() -> str:
@@ -187,16 +196,17 @@ class FileSource(Source):
         of its (decompressed) lines or a row; None = its start), each with the cursor just after it:
         reading again from there gives exactly the documents that follow (a resumed task)."""
         first, at_first = cursor
+        before = sum(p.size for p in parts[:first])  # input bytes of the parts read before (stats.input_bytes)
         for k in range(first, len(parts)):
             part, at = parts[k], at_first if k == first else None
             if at is None and part.start == 0:
                 stats.files += 1
-            try:
-                for text, after in self._part_texts(part, split, at):
-                    if stats.keep(text):
-                        yield text, (k, after)
-            except UnicodeDecodeError:  # a whole file, or a line of a plain JSONL file (ends its range)
-                stats.skipped_undecodable += 1
+            for text, after, read in self._part_texts(part, split, at):
+                stats.input_bytes = before + read
+                if stats.keep(text):
+                    yield text, (k, after)
+            before += part.size
+            stats.input_bytes = before
 
     def _units(self, split: str) -> list[str]:
         return self.files[split]
@@ -204,12 +214,13 @@ class FileSource(Source):
     def _texts(self, path: str, split: str) -> Iterator:
         """Every document of one file of `split` (Source.documents)."""
         n = len(self._layout(path)) if formats.kind(path) == "parquet" else self.size(path)
-        for text, _ in self._part_texts(Part(path, 0, n, n), split, None):
+        for text, _, _ in self._part_texts(Part(path, 0, n, n), split, None):
             yield text
 
-    def _part_texts(self, part: Part, split: str, at: int | None) -> Iterator[tuple[object, int]]:
-        """(text, position after it) of the records of `part` in `split`, from position `at` (None = the
-        part's start). Texts are as read: a reader skips and counts those that are not strings."""
+    def _part_texts(self, part: Part, split: str, at: int | None) -> Iterator[tuple[object, int, int]]:
+        """(text, position after it, input bytes of the part read so far) of the records of `part` in `split`,
+        from position `at` (None = the part's start). Texts are as read: a str, a documents.Skip, or a value
+        that is not text (null, a number); the reader (ReadStats.keep) counts and skips all but good text."""
         path = part.path
         try:
             if formats.kind(path) == "parquet":
@@ -219,24 +230,30 @@ class FileSource(Source):
             elif at is None:
                 with paths.open(path, "rb") as fh:
                     data = formats.decompressed(fh, path).read() if formats.compression(path) else fh.read()
-                yield data.decode("utf-8"), part.stop
+                try:
+                    yield data.decode("utf-8"), part.stop, part.size
+                except UnicodeDecodeError:
+                    yield UNDECODABLE, part.stop, part.size
         except formats.DamagedStream as e:
             raise UserError(f"{path}: {e}; re-download the file or remove it") from None
         except OSError as e:
             raise UserError(f"{path}: cannot read ({e.strerror or e}); fix its permissions or remove it") from None
 
-    def _records(self, part: Part, split: str, at: int | None) -> Iterator[tuple[object, int]]:
+    def _records(self, part: Part, split: str, at: int | None) -> Iterator[tuple[object, int, int]]:
         """The texts of `split` among the JSON-lines records whose line starts in [part.start, part.stop),
         streamed line by line (any file size in constant memory). Offsets are of the decompressed text. A
-        line that is not UTF-8 ends the range of a plain JSONL file (counted as one undecodable file, as
-        before compressed files were read); in a compressed file it is skipped and counted."""
+        line that is not UTF-8, not JSON or without the text field is yielded as its Skip (blank lines are
+        not records). Read from the file's start, the first FIELD_CHECK records are checked for the field
+        (`_FieldCheck`), whatever their split."""
         path, compressed = part.path, formats.compression(part.path)
         rel = os.path.relpath(formats.stem(path), self.root)
+        where = " of its decompressed text" if compressed else ""
+        check = _FieldCheck(path, self.text_field) if part.start == 0 and at is None else None
         with paths.open(path, "rb") as raw:
             fh = formats.decompressed(raw, path) if compressed else raw
+            read = (lambda: fh.raw.consumed) if compressed else (lambda: min(pos, part.stop) - part.start)
             pos = part.start if at is None else at
             stop = None if compressed else part.stop
-            where = " of its decompressed text" if compressed else ""
             try:
                 if compressed:
                     _skip(fh, pos)  # a stream is only read from its start
@@ -249,32 +266,33 @@ class FileSource(Source):
                 while stop is None or pos < stop:
                     line = fh.readline()
                     if not line:
-                        return
+                        break
                     offset, pos = pos, pos + len(line)
-                    if not compressed:
-                        line = line.decode("utf-8")  # UnicodeDecodeError ends the range (counted)
-                    if not line.strip() or in_heldout(f"{rel}@{offset}", self.fraction) != (split == "heldout"):
+                    if not line.strip():
                         continue
-                    if compressed:
-                        try:
-                            line = line.decode("utf-8")
-                        except UnicodeDecodeError:
-                            yield UNDECODABLE, pos
-                            continue
-                    yield self._parse(line, path, offset, where), pos
+                    mine = in_heldout(f"{rel}@{offset}", self.fraction) == (split == "heldout")
+                    if mine or (check and check.open):
+                        text = self._parse(line)
+                        if check and check.open:
+                            check.see(text, line)
+                        if mine:
+                            yield text, pos, read()
             except formats.DamagedStream as e:
                 raise UserError(f"{path}: {e} after byte {pos}{where}; re-download the file or remove it") from None
+        if check and (compressed or part.stop >= self.size(path)):
+            check.end()  # the whole file was read
 
-    def _parse(self, line: str, path: str, offset: int, where: str):
-        """The text field of one JSON line (null or not a string is returned as it is: skipped and counted)."""
+    def _parse(self, line: bytes):
+        """The text field of one JSON line: its value as it is (null, a number: counted by the reader), or
+        UNDECODABLE, NOT_JSON or NO_FIELD."""
         try:
-            record = json.loads(line)
+            record = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            return UNDECODABLE
         except json.JSONDecodeError:
-            raise UserError(f"{path}: the line at byte {offset}{where} is not valid JSON; fix the line or remove "
-                            "the file") from None
+            return NOT_JSON
         if not isinstance(record, dict) or self.text_field not in record:
-            raise UserError(f"{path}: the record at byte {offset}{where} has no string field {self.text_field!r}; "
-                            "set config.data.text_field to the field holding the text")
+            return NO_FIELD
         return record[self.text_field]
 
     def _rows(self, part: Part, split: str, at: int | None) -> Iterator[tuple[object, int]]:
@@ -284,7 +302,47 @@ class FileSource(Source):
         heldout = split == "heldout"
         for row, text in formats.parquet_values(part.path, range(part.start, part.stop), self.text_field, at):
             if in_heldout(f"{rel}#{row}", self.fraction) == heldout:
-                yield text, row + 1
+                yield text, row + 1, 0
+
+
+class _FieldCheck:
+    """Watches the first FIELD_CHECK records of a JSON-lines file: if none has the text field (a wrong
+    config.data.text_field, or a file that is not JSON lines), the build stops with one line naming the file,
+    instead of skipping every record. Undecodable lines tell nothing and are not counted."""
+
+    def __init__(self, path: str, field: str):
+        self.path, self.field = path, field
+        self.open, self.seen, self.first_keys = True, 0, None
+
+    def see(self, text, line: bytes) -> None:
+        """One record's parsed text (what FileSource._parse returned)."""
+        if text is UNDECODABLE:
+            return
+        if text is not NO_FIELD and text is not NOT_JSON:
+            self.open = False  # a record with the field: the field is right
+            return
+        self.seen += 1
+        if self.first_keys is None and text is NO_FIELD:
+            record = json.loads(line)
+            self.first_keys = list(record) if isinstance(record, dict) else None
+        if self.seen >= FIELD_CHECK:
+            self._fail(whole=False)
+
+    def end(self) -> None:
+        """The file ended: fewer than FIELD_CHECK records, none with the field, is a wrong field too."""
+        if self.open and self.seen:
+            self._fail(whole=True)
+
+    def _fail(self, whole: bool) -> None:
+        noun = "line" if self.first_keys is None else "record"
+        one = self.seen == 1
+        who = f"its only {noun}" if one else f"none of its {'' if whole else 'first '}{self.seen} {noun}s"
+        if self.first_keys is None:
+            raise UserError(f"{self.path}: {who} {'is not' if one else 'is'} a JSON object; give JSON lines (one "
+                            "object per line), or name the file .txt to read it as one document")
+        keys = ", ".join(self.first_keys[:10]) or "none"
+        raise UserError(f"{self.path}: {who} {'has no' if one else 'has the'} field {self.field!r} (the first "
+                        f"one's fields: {keys}); set config.data.text_field to the field holding the text")
 
 
 def _skip(fh, n: int) -> None:

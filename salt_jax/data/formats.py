@@ -80,6 +80,7 @@ class _Decompressed(io.RawIOBase):
         self._out, self._at = b"", 0  # decoded, and how much of it was read
         self._pending = b""  # compressed bytes past the end of the last member
         self._eof = False
+        self.consumed = 0  # compressed bytes read from the file (a task's progress)
 
     def readable(self) -> bool:
         return True
@@ -88,7 +89,10 @@ class _Decompressed(io.RawIOBase):
         return self._zstd.decompressobj() if self._method == "zstd" else zlib.decompressobj(16 + zlib.MAX_WBITS)
 
     def _fill(self) -> None:
-        data, self._pending = self._pending or self._fh.read(_CHUNK), b""
+        data, self._pending = self._pending, b""
+        if not data:
+            data = self._fh.read(_CHUNK)
+            self.consumed += len(data)
         if not data:
             if self._decoder is not None:
                 raise DamagedStream(f"the {self._method} stream ends inside a member (a truncated file)")
@@ -154,7 +158,7 @@ def parquet_values(path: str, groups: range, field: str, first_row: int | None =
                    batch_rows: int = 1024) -> Iterator[tuple[int, object]]:
     """(row index in the file, text) of the rows of row groups `groups` from `first_row` on, reading only the
     `field` column, one row group (in batches of `batch_rows`) at a time. A value that is not text (null, a
-    number) comes as it is; bytes that are not UTF-8 as UNDECODABLE."""
+    number) comes as it is (the reader counts and skips it); bytes that are not UTF-8 as UNDECODABLE."""
     errors = _pyarrow_errors()
     with paths.open(path, "rb") as fh:
         pf = _parquet_file(fh, path)

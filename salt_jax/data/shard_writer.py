@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -75,21 +75,25 @@ def write_task(parts: list, split: str, path: str, source=None, tok=None) -> dic
     return record
 
 
+def piece_path(path: str) -> Callable[[int], str]:
+    """The path of piece j of the task whose shard would be `path` (train-00042.bin -> train-00042-00007.bin)."""
+    return lambda j: f"{path.removesuffix('.bin')}-{j:05d}.bin"
+
+
 def write_pieces(parts: list, split: str, path: str, shard_chars: int, source=None, tok=None) -> dict:
     """A task that reads a compressed stream (readable only from its start, and maybe far larger than a
     shard): its documents are written as pieces of about `shard_chars` characters, `<task>-00000.bin`,
-    `-00001.bin`, ..., each a shard with its record (what was read up to its end, and the cursor there).
+    `-00001.bin`, ..., each a shard with its record (what was read up to its end, the cursor there, and the input
+    bytes read: the build's progress inside the file, salt_jax.data.store._Progress).
     A build killed inside the task resumes after its last finished piece: it decompresses up to the cursor
     again but tokenizes only what follows, and writes the pieces a clean build would have. The task's
     record `path`.json, listing the pieces, marks it done."""
     source = source if source is not None else _WORKER_SOURCE
-    piece = lambda j: f"{path.removesuffix('.bin')}-{j:05d}.bin"  # noqa: E731
+    piece = piece_path(path)
     records = []
     while paths.exists(f"{piece(len(records))}.json"):  # finished by an earlier, interrupted build
         records.append(paths.read_json(f"{piece(len(records))}.json"))
-    fields = documents.ReadStats().as_dict()
-    stats = documents.ReadStats(**{k: int(records[-1].get(k, 0)) for k in fields}) if records \
-        else documents.ReadStats()
+    stats = documents.ReadStats.of(records[-1]) if records else documents.ReadStats()
     cursor = tuple(records[-1]["next"]) if records else (0, None)
     stream = source.read_from(parts, split, stats, cursor)
     while True:
@@ -109,7 +113,7 @@ def write_pieces(parts: list, split: str, path: str, shard_chars: int, source=No
                 item = next(stream, None)
 
         tokens = write_shard(docs(), piece(len(records)), tok)
-        records.append(dict(stats.as_dict(), tokens=tokens, next=list(cursor)))
+        records.append(dict(stats.as_dict(), tokens=tokens, next=list(cursor), input_bytes=stats.input_bytes))
         paths.write_json(f"{piece(len(records) - 1)}.json", records[-1])
         if item is None:  # a task without documents: one empty piece
             break

@@ -47,11 +47,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import logging
 import os
+import threading
 import time
+from typing import Callable
 
 import ml_collections
 import numpy as np
@@ -159,40 +162,120 @@ class TokenStore:
         self.heldout = TokenSplit(directory, splits["heldout"], dtype, seq_len, vocab_size)
 
 
+@dataclasses.dataclass
+class _Count:
+    """What part of a build read and wrote: documents, tokens, skipped records, and `work` (input bytes of a
+    file source; characters of a stream)."""
+
+    docs: int = 0
+    tokens: int = 0
+    skipped: int = 0
+    work: int = 0
+
+    def __add__(self, other: "_Count") -> "_Count":
+        return _Count(*(getattr(self, f) + getattr(other, f) for f in ("docs", "tokens", "skipped", "work")))
+
+
+def _count(record: dict, work: int) -> _Count:
+    """A task's or a piece's record (shard_writer) as a _Count."""
+    return _Count(int(record["documents"]), int(record["tokens"]), documents.ReadStats.of(record).records
+                  - int(record["documents"]), work)
+
+
 class _Progress:
-    """The build's progress line: documents, tokens, tokens/s, skipped records and (when the size of the
-    input is known) ETA. `work` is what was read, in the unit of `total` (a file source's input bytes)."""
+    """The build's progress line, every `every_s` seconds from a thread (so it moves while a long task runs):
+    documents, tokens, tokens/s, skipped records and, when the size of the input is known, ETA.
+
+    Finished tasks count when they finish; a running task that reads a compressed stream counts up to its last
+    finished piece (read from the piece records its worker writes, whatever engine runs it), so the line moves
+    inside one large file too. What an earlier, interrupted build wrote (finished tasks and pieces) counts in
+    the totals but not in this command's tokens/s or ETA.
+    """
 
     def __init__(self, split: str, total: int | None, every_s: float = 10.0):
         self.split, self.total, self.every_s = split, total, every_s
-        self.t0 = self.last = time.time()
-        self.work = self.tokens = self.docs = self.skipped = 0
+        self.t0 = time.time()
+        self.finished, self.earlier = _Count(), _Count()
+        self.running: dict = {}  # key -> [piece path of index j, pieces seen, their _Count]
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._thread = threading.Thread(target=self._tick, daemon=True, name="salt_jax-store-progress")
 
-    def update(self, docs: int, work: int, tokens: int, skipped: int = 0, final: bool = False) -> None:
-        self.docs, self.work, self.tokens = self.docs + docs, self.work + work, self.tokens + tokens
-        self.skipped += skipped
-        now = time.time()
-        if not final and now - self.last < self.every_s:
+    def __enter__(self) -> "_Progress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if exc[0] is None:
+            self.log(final=True)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.poll()
+            self.log()
+
+    def done(self, key, count: _Count, earlier: bool = False) -> None:
+        """A task or shard finished (`earlier`: by an earlier build, found done)."""
+        with self._lock:
+            self.running.pop(key, None)
+            self.finished += count
+            if earlier:
+                self.earlier += count
+
+    def started(self, key, piece: Callable[[int], str]) -> None:
+        """A task that writes pieces (`piece(j)`: the path of its j-th) is handed out: the pieces an earlier
+        build finished count as earlier work."""
+        with self._lock:
+            self.running[key] = [piece, 0, _Count()]
+        self._read_pieces(key)
+        with self._lock:
+            if key in self.running:
+                self.earlier += self.running[key][2]
+
+    def poll(self) -> None:
+        for key in list(self.running):
+            self._read_pieces(key)
+
+    def _read_pieces(self, key) -> None:
+        """A running task's finished pieces: documents, skips and input bytes so far, tokens of each."""
+        entry = self.running.get(key)
+        if entry is None:
             return
-        self.last = now
-        rate = self.tokens / max(now - self.t0, 1e-9)
-        eta = "?"
-        if self.total and self.work:
-            left = max(self.total - self.work, 0) * (now - self.t0) / self.work
-            eta = f"{left:.0f}s"
+        piece, seen, count = entry
+        last, tokens = None, count.tokens
+        try:
+            while paths.exists(f"{piece(seen)}.json"):
+                last = paths.read_json(f"{piece(seen)}.json")
+                tokens += int(last["tokens"])
+                seen += 1
+        except (OSError, ValueError, KeyError):  # a record being written (object stores): read it next time
+            pass
+        if last is not None:  # documents, skips and input bytes are the task's so far; tokens the piece's own
+            count = _count(dict(last, tokens=tokens), int(last.get("input_bytes", 0)))
+            with self._lock:
+                if key in self.running:
+                    self.running[key] = [piece, seen, count]
+
+    def log(self, final: bool = False) -> None:
+        with self._lock:
+            total = sum((entry[2] for entry in self.running.values()), self.finished)
+            earlier = self.earlier
+        elapsed = max(time.time() - self.t0, 1e-9)
+        rate = (total.tokens - earlier.tokens) / elapsed  # this command's tokens over its own time
+        eta = "0s" if final else "?"
+        if not final and self.total and total.work > earlier.work:
+            eta = f"{max(self.total - total.work, 0) * elapsed / (total.work - earlier.work):.0f}s"
         logging.info("token store %s: %d documents, %d tokens, %.0f tokens/s, ETA %s; %d records skipped",
-                     self.split, self.docs, self.tokens, rate, "0s" if final else eta, self.skipped)
-
-
-def _skipped(record: dict) -> int:
-    """Records a task skipped: not UTF-8, empty, or not text."""
-    return sum(int(record.get(k, 0)) for k in ("skipped_undecodable", "skipped_empty", "skipped_not_text"))
+                     self.split, total.docs, total.tokens, rate, eta, total.skipped)
 
 
 def _split_entry(shards: list[dict], records: list[dict]) -> dict:
     """A split's meta.json entry: what was read (summed over the shards' records), tokens, shards."""
-    total = {k: sum(int(r.get(k, 0)) for r in records) for k in documents.ReadStats().as_dict()}
-    return dict(total, tokens=int(sum(s["tokens"] for s in shards)), shards=shards)
+    total = documents.ReadStats()
+    for r in records:
+        total.add(documents.ReadStats.of(r))
+    return dict(total.as_dict(), tokens=int(sum(s["tokens"] for s in shards)), shards=shards)
 
 
 def _build_file_split(source, split: str, tok, build_dir: str, engine, shard_chars: int,
@@ -207,9 +290,9 @@ def _build_file_split(source, split: str, tok, build_dir: str, engine, shard_cha
     sizes = [sum(p.size for p in parts) for parts in tasks]
     progress = _Progress(split, sum(sizes))
 
-    def done(i: int, record: dict) -> None:
+    def done(i: int, record: dict, earlier: bool = False) -> None:
         records[i] = record
-        progress.update(record["documents"], sizes[i], record["tokens"], _skipped(record))
+        progress.done(i, _count(record, sizes[i]), earlier)
 
     def jobs():
         for i, parts in enumerate(tasks):
@@ -218,14 +301,15 @@ def _build_file_split(source, split: str, tok, build_dir: str, engine, shard_cha
                 continue  # another host's task
             local = () if engine.workers else (source, tok)  # (in this process: no worker globals)
             if paths.exists(f"{path}.json"):  # finished by an earlier, interrupted build
-                done(i, paths.read_json(f"{path}.json"))
+                done(i, paths.read_json(f"{path}.json"), earlier=True)
             elif source.in_pieces(parts):
+                progress.started(i, shard_writer.piece_path(path))
                 yield i, shard_writer.write_pieces, (parts, split, path, shard_chars) + local
             else:
                 yield i, shard_writer.write_task, (parts, split, path) + local
 
-    engine.run(jobs(), done, (shard_writer.init_worker, (tok, source)))
-    progress.update(0, 0, 0, final=True)
+    with progress:
+        engine.run(jobs(), done, (shard_writer.init_worker, (tok, source)))
     if host[0] != 0:
         return None
     records_of = lambda i: f"{paths.join(build_dir, names[i])}.json"  # noqa: E731
@@ -245,15 +329,14 @@ def _build_stream_split(source, split: str, tok, build_dir: str, engine, shard_c
     documents in order and hands each shard's documents to a worker; a host writes every H-th shard, but
     every host reads the whole stream. Returns the meta entry on host 0, None on the others."""
     stats = documents.ReadStats()
-    progress = _Progress(split, None)
+    progress = _Progress(split, None)  # (no ETA: a stream's size is not known)
     shards: list[dict] = []
     itemsize = token_dtype(tok.vocab_size).itemsize
 
-    def done(key: tuple[int, int, int], tokens: int) -> None:
-        index, n_docs, n_chars = key
+    def done(key: tuple[int, int, int, int], tokens: int, earlier: bool = False) -> None:
+        index, n_docs, n_chars, n_skipped = key  # (skipped: read by this process up to this shard's end)
         shards[index]["tokens"] = tokens
-        progress.skipped = _skipped(stats.as_dict())  # (read by this process, up to the shard handed out last)
-        progress.update(n_docs, n_chars, tokens)  # (no ETA: a stream's size is not known)
+        progress.done(key, _Count(n_docs, tokens, n_skipped, n_chars), earlier)
 
     def jobs():
         for index, docs in enumerate(shard_writer.chunks(source.documents(split, stats), shard_chars)):
@@ -262,14 +345,18 @@ def _build_stream_split(source, split: str, tok, build_dir: str, engine, shard_c
             shards.append({"file": name, "tokens": None})
             if index % host[1] != host[0]:
                 continue  # another host's shard
-            key = (index, len(docs), sum(map(len, docs)))
+            skipped = stats.records - stats.documents
+            key = (index, len(docs), sum(map(len, docs)), skipped - counted[0])
+            counted[0] = skipped
             if paths.exists(path):  # finished by an earlier, interrupted build
-                done(key, paths.getsize(path) // itemsize)
+                done(key, paths.getsize(path) // itemsize, earlier=True)
             else:
                 yield key, shard_writer.write_shard, (docs, path) + (() if engine.workers else (tok,))
 
-    engine.run(jobs(), done, (shard_writer.init_worker, (tok, None)))
-    progress.update(0, 0, 0, final=True)
+    counted = [0]  # records skipped before the last shard handed out
+    with progress:
+        engine.run(jobs(), done, (shard_writer.init_worker, (tok, None)))
+        progress.done(None, _Count(skipped=stats.records - stats.documents - counted[0]))  # after the last shard
     if host[0] != 0:
         return None
     missing = [s for s in shards if s["tokens"] is None]
@@ -329,10 +416,9 @@ def _build(source, tok, data_cfg: ml_collections.ConfigDict, directory: str, eng
         paths.wait_for(lambda: paths.exists(meta_path), f"host 0 to complete {directory}")
         return
     for split, info in meta["splits"].items():
-        logging.info("token store %s: %d files, %d documents, %d tokens in %d shards; skipped %d undecodable, "
-                     "%d empty and %d non-text (null or not a string) documents", split, info["files"],
-                     info["documents"], info["tokens"], len(info["shards"]), info["skipped_undecodable"],
-                     info["skipped_empty"], info["skipped_not_text"])
+        skipped = ", ".join(f"{info['skipped'][cause]} {words}" for cause, words in documents.SKIPS.items())
+        logging.info("token store %s: %d files, %d documents, %d tokens in %d shards; records skipped: %s", split,
+                     info["files"], info["documents"], info["tokens"], len(info["shards"]), skipped)
     if meta["splits"]["train"]["documents"] == 0:
         raise UserError(f"config.data: source {data_cfg.source!r} has no usable (UTF-8, non-empty) "
                         "training documents; check config.data.path")
