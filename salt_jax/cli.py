@@ -122,14 +122,22 @@ def flags_parser(help_text: Callable[[], str], command: str = "", args: str = "[
             except BrokenPipeError:  # `--help | head`: the reader has what it wanted
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
-        return parse_flags(argv)
+        return parse_flags(argv, command)
     return parse
 
 
-def parse_flags(argv):
-    """absl flag parsing that turns every command-line mistake into one error line."""
+def parse_flags(argv, command: str = ""):
+    """absl flag parsing that turns every command-line mistake into one error line.
+
+    A command that takes `--config` (CONFIG_KIND) first loads the file itself, so a missing file, one without
+    `get_config`, a `get_config` that raises, an unknown `:ARG` and a config meant for another command are
+    each one line naming the file and what the command expects, before ml_collections applies overrides.
+    """
+    argv = renamed_overrides(argv)
+    if command in CONFIG_KIND:
+        check_config_file(argv, command)
     try:
-        return flags.FLAGS(renamed_overrides(argv))
+        return flags.FLAGS(argv)
     except UserError as e:
         fail(str(e))
     except (AttributeError, KeyError) as e:  # an override names a field the config does not have
@@ -139,14 +147,88 @@ def parse_flags(argv):
 
 
 def renamed_overrides(argv: list[str]) -> list[str]:
-    """argv with each --config.OLD override of a renamed field (salt_jax.renamed) under its new name."""
+    """argv with each --config.OLD override of a renamed field (salt_jax.renamed) under its new name.
+
+    sys.argv is rewritten the same way: ml_collections' config flag reads its overrides from sys.argv
+    itself, not from the argv absl parses, so both must carry the new names.
+    """
     out = []
     for arg in argv:
         arg, old = renamed.override(arg)
         if old is not None:
             logging.warning("--config.%s is now --config.%s (read as such)", old, renamed.RENAMED[old])
         out.append(arg)
+    sys.argv[:] = [renamed.override(arg)[0] for arg in sys.argv]
     return out
+
+
+# What each command's --config is: a run config (model, data, train, salt, ...) or an experiment config
+# (a teacher run config, a student run config, the methods and seeds to compare).
+CONFIG_KIND = {"salt-train": "run", "salt-prepare": "run", "salt-teacher-cache": "run", "salt-compile": "run",
+               "salt-bench": "run", "salt-experiment": "experiment"}
+_KINDS = {  # kind -> (its top-level fields, the files that hold one, the command that takes one)
+    "run": (("model", "data", "train", "salt"), "a run config (configs/*.py, e.g. configs/demo.py:salt)",
+            "salt-train"),
+    "experiment": (("teacher", "student", "methods", "seeds"),
+                   "an experiment config (configs/experiments/*.py, e.g. configs/experiments/demo.py)",
+                   "salt-experiment"),
+}
+
+
+def _config_spec(argv: list[str]) -> str | None:
+    """The last --config=FILE[:ARG] (or `--config FILE[:ARG]`) of argv, as absl reads it."""
+    spec = None
+    for i, arg in enumerate(argv[1:], 1):
+        if re.fullmatch(r"--?config", arg) and i + 1 < len(argv):
+            spec = argv[i + 1]
+        elif re.match(r"--?config=", arg):
+            spec = arg.split("=", 1)[1]
+    return spec
+
+
+def config_kind(config) -> str | None:
+    """"run" or "experiment" by the config's top-level fields, or None when it is neither."""
+    keys = set(config.keys()) if hasattr(config, "keys") else set()
+    return next((kind for kind, (fields, _, _) in _KINDS.items() if keys.issuperset(fields)), None)
+
+
+def check_config_file(argv: list[str], command: str) -> None:
+    """Loads --config's file as ml_collections will (FILE's get_config(ARG)) and exits with one line when it
+    cannot be loaded or is not the kind of config `command` takes."""
+    spec = _config_spec(argv)
+    if not spec:
+        return  # (load_config says --config is required)
+    path, _, arg = spec.partition(":")
+    where = f"--config={spec}"
+    if not os.path.isfile(path):
+        fail(f"{where}: no such file; pass an existing config file: {command} takes {_KINDS[CONFIG_KIND[command]][1]}")
+    try:
+        module_spec = importlib.util.spec_from_file_location("_salt_jax_config_check", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 -- any error of the user's file
+        fail(f"{where}: loading the file raised {type(e).__name__}: {_first_line(e)}; fix the file")
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        fail(f"{where}: the file has no get_config(); a config file defines get_config() returning an "
+             f"ml_collections.ConfigDict: {command} takes {_KINDS[CONFIG_KIND[command]][1]}")
+    try:
+        config = get_config(arg) if arg else get_config()
+    except UserError as e:  # (set_method's unknown variant names the choices)
+        fail(f"{where}: {e}")
+    except TypeError as e:
+        if arg and "positional argument" in str(e):
+            fail(f"{where}: its get_config() takes no argument; drop ':{arg}'")
+        fail(f"{where}: get_config({arg!r}) raised TypeError: {_first_line(e)}; fix the file or the :ARG")
+    except Exception as e:  # noqa: BLE001 -- any error of the user's get_config
+        fail(f"{where}: get_config({repr(arg) if arg else ''}) raised {type(e).__name__}: {_first_line(e)}"
+             + ("; check the :ARG" if arg else "; fix the file"))
+    want, got = CONFIG_KIND[command], config_kind(config)
+    if got != want:
+        fields, description, other = _KINDS[want]
+        what = (f"it is {_KINDS[got][1].split(' (')[0]}, for {_KINDS[got][2]}" if got else
+                f"it lacks {', '.join(f for f in fields if f not in (set(config.keys()) if hasattr(config, 'keys') else ()))}")
+        fail(f"{where}: {command} takes {description}; {what}")
 
 
 def _no_field(e: BaseException) -> str:

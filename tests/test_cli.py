@@ -119,3 +119,94 @@ def test_renamed_fields_read_from_an_old_config_json_and_an_old_command_line(tmp
     assert cli.renamed_overrides(["prog", "--config.train.eval_every=7", "--config.data.eval_batches", "3",
                                   "--config.train.steps=2"]) == [
         "prog", "--config.train.heldout_every=7", "--config.data.heldout_batches", "3", "--config.train.steps=2"]
+
+
+def _console(command: str) -> str:
+    """The installed console command (setup.py's entry point), beside this interpreter."""
+    return os.path.join(os.path.dirname(sys.executable), command)
+
+
+@pytest.mark.parametrize("entry", ["console", "module"])
+def test_a_renamed_field_on_the_command_line_trains_under_its_new_name(entry, tmp_path, cache_dir):
+    """`--config.train.eval_every=3 --config.data.eval_batches=2` (the old names) through the real command:
+    the run trains, evaluates every 3 steps on 2 batches, and config.json holds only the new names."""
+    workdir = str(tmp_path / "run")
+    args = [f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}", "--config.train.steps=6",
+            "--config.train.eval_every=3", "--config.data.eval_batches=2", "--config.data.max_files=60",
+            "--config.data.seq_len=32", f"--workdir={workdir}"]
+    argv = [_console("salt-train")] if entry == "console" else [sys.executable, "-m", "salt_jax.main"]
+    out = subprocess.run(argv + args, cwd=REPO, env=dict(os.environ, SALT_JAX_CACHE=cache_dir),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "--config.train.eval_every is now --config.train.heldout_every (read as such)" in out.stderr
+    config = json.load(open(os.path.join(workdir, "config.json")))
+    assert config["train"]["heldout_every"] == 3 and config["data"]["heldout_batches"] == 2
+    assert "eval_every" not in config["train"] and "eval_batches" not in config["data"]
+    evals = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))
+             if json.loads(line)["split"] == "eval"]
+    assert evals == [0, 3, 6]
+
+
+CONFIGS = os.path.join(REPO, "configs")
+RUN_EXPECTED = "takes a run config (configs/*.py, e.g. configs/demo.py:salt)"
+EXPERIMENT_EXPECTED = "takes an experiment config (configs/experiments/*.py, e.g. configs/experiments/demo.py)"
+
+
+def _config_files(tmp_path):
+    files = {"noget.py": "x = 1\n", "raises.py": "def get_config():\n    raise ValueError('boom')\n",
+             "other.py": "import ml_collections\n\ndef get_config():\n    return ml_collections.ConfigDict({'a': 1})\n",
+             "broken.py": "import no_such_module_here\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    return {name: str(tmp_path / name) for name in files}
+
+
+def test_every_config_mixup_is_one_line_naming_the_file_and_what_the_command_takes(tmp_path, capsys):
+    """Each command given another command's config, a file without get_config, one whose get_config raises,
+    one that does not import, an unknown :ARG or a missing file: exit 2 and the exact line."""
+    from salt_jax import cli
+
+    f = _config_files(tmp_path)
+    exp, run = f"{CONFIGS}/experiments/test_tiny.py", f"{CONFIGS}/test_tiny.py"
+    cases = [(command, exp, f"--config={exp}: {command} {RUN_EXPECTED}; it is an experiment config, for "
+              "salt-experiment") for command in ("salt-train", "salt-prepare", "salt-teacher-cache", "salt-compile",
+                                                  "salt-bench")]
+    cases += [
+        ("salt-experiment", f"{run}:salt", f"--config={run}:salt: salt-experiment {EXPERIMENT_EXPECTED}; it is a run "
+         "config, for salt-train"),
+        ("salt-train", f["noget.py"], f"--config={f['noget.py']}: the file has no get_config(); a config file defines "
+         f"get_config() returning an ml_collections.ConfigDict: salt-train {RUN_EXPECTED}"),
+        ("salt-train", f["raises.py"], f"--config={f['raises.py']}: get_config() raised ValueError: boom; fix the file"),
+        ("salt-train", f["broken.py"], f"--config={f['broken.py']}: loading the file raised ModuleNotFoundError: No "
+         "module named 'no_such_module_here'; fix the file"),
+        ("salt-experiment", f["other.py"], f"--config={f['other.py']}: salt-experiment {EXPERIMENT_EXPECTED}; it "
+         "lacks teacher, student, methods, seeds"),
+        ("salt-train", f"{run}:nosuch", f"--config={run}:nosuch: config variant 'nosuch': use one of "),
+        ("salt-experiment", f"{CONFIGS}/experiments/demo.py:nosuch", f"--config={CONFIGS}/experiments/demo.py:nosuch:"
+         " get_config('nosuch') raised ValueError: configs/experiments/demo.py:nosuch: use paper_regime (the "
+         "default) or first_pair; check the :ARG"),
+        ("salt-experiment", f"{exp}:x", f"--config={exp}:x: its get_config() takes no argument; drop ':x'"),
+        ("salt-train", f"{CONFIGS}/no_such.py", f"--config={CONFIGS}/no_such.py: no such file; pass an existing "
+         f"config file: salt-train {RUN_EXPECTED}"),
+    ]
+    for command, spec, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            cli.check_config_file(["prog", f"--config={spec}", "--workdir=w"], command)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {message}"), (command, spec, err)
+    for command, spec in [("salt-train", f"{run}:salt"), ("salt-experiment", exp), ("salt-bench", f"{CONFIGS}/bench.py")]:
+        cli.check_config_file(["prog", "--config", spec], command)  # the right kind: no exit
+
+
+def test_an_experiment_config_given_to_salt_train_with_overrides_is_one_line(tmp_path):
+    """Through the command line, with an override the wrong config does not have (which ml_collections would
+    report as a missing field): the line says what the command takes, and nothing is created."""
+    workdir = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "salt_jax.main", f"--config={CONFIGS}/experiments/test_tiny.py",
+                          "--config.train.steps=3", f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines() == [
+        f"error: --config={CONFIGS}/experiments/test_tiny.py: salt-train {RUN_EXPECTED}; it is an experiment "
+        "config, for salt-experiment"]
+    assert not workdir.exists()

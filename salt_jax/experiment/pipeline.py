@@ -255,7 +255,9 @@ def run_experiment(exp: ml_collections.ConfigDict, workdir: str, runner=train_in
             else "the Python standard library (built-in corpus)",
             "seeds": ", ".join(map(str, seeds)), "learning_rate": lr, "lr_choice": lr_note,
             "device": getattr(runner, "device", "") or f"{jax.devices()[0].device_kind} x{jax.device_count()}",
-            "corpus": _corpus(runs["baseline"])}
+            "corpus": _corpus(runs["baseline"]),
+            # runs that trained at once share the machine: their times are not comparable (writeup says so)
+            "concurrent_runs": bool(getattr(runner, "concurrent", False))}
     results["meta"] = meta
     results["conclusion"] = writeup.conclusion(results)
     if jax.process_index() == 0:

@@ -108,6 +108,7 @@ class RayRunner:
     def __init__(self, exp: ml_collections.ConfigDict):
         self.options = resources(exp)
         self.device = ""  # the runs' devices, for the report
+        self.concurrent = True  # runs train at once, sharing machines: the report marks their times as such
 
     def _prepare_data(self, runs) -> None:
         """Builds each missing token store the batch trains on (once, with Ray tasks) before the runs start."""

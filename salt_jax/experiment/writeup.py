@@ -58,6 +58,7 @@ def conclusion(results: dict, baseline: str = "baseline") -> str:
     salt_like = {k: v for k, v in results["methods"].items() if k != baseline}
     if not salt_like:
         return "Only the baseline was run; there is nothing to compare."
+    shared = shared_machine(results)
     parts = []
     for name, m in salt_like.items():
         if m["reach_step"] is None:
@@ -65,9 +66,9 @@ def conclusion(results: dict, baseline: str = "baseline") -> str:
                          f"({results['target_loss']:.4f}) within the run (final {m['final_loss_mean']:.4f})")
         else:
             time_part = (f" and {m['reach_time_fraction']:.0%} of its training time"
-                         if m["reach_time_fraction"] is not None else "")
-            parts.append(f"{name} reached it at step {m['reach_step']} ({m['reach_step_fraction']:.0%} of the "
-                         f"baseline's steps{time_part})")
+                         if m["reach_time_fraction"] is not None and not shared else "")
+            parts.append(f"{name} reached the baseline's final held-out loss ({results['target_loss']:.4f}) at "
+                         f"step {m['reach_step']} ({m['reach_step_fraction']:.0%} of the baseline's steps{time_part})")
     reached = [m for m in salt_like.values() if m["reach_step_fraction"] is not None]
     best = min(reached, key=lambda m: m["reach_step_fraction"], default=None)
     if best is None:
@@ -78,7 +79,10 @@ def conclusion(results: dict, baseline: str = "baseline") -> str:
         steps_part = (f"in {best['reach_step_fraction']:.0%} of the steps"
                       f" ({best['reach_compute_fraction']:.0%} of the baseline's compute, teacher included)")
         time_fraction = best["reach_time_fraction"]
-        if time_fraction is None or time_fraction >= 1.0:
+        if shared:
+            time_part = "(no wall-clock figure: the runs trained side by side, sharing the machine)"
+            time_fraction = None
+        elif time_fraction is None or time_fraction >= 1.0:
             time_part = "but without a measured wall-clock saving"
         else:
             time_part = f"and in {time_fraction:.0%} of its measured training time"
@@ -88,6 +92,18 @@ def conclusion(results: dict, baseline: str = "baseline") -> str:
         verdict = (f"The paper's headline reproduced in direction: the best method reached baseline quality "
                    f"{steps_part} {time_part}; that is {size}.")
     return "; ".join(parts) + ". " + verdict
+
+
+def shared_machine(results: dict) -> bool:
+    """Whether the runs trained side by side (experiment --engine=ray): their measured times then include
+    each other's load, so time fractions and step-time ratios are not comparable between methods."""
+    return bool(results.get("meta", {}).get("concurrent_runs"))
+
+
+SHARED_MACHINE_NOTE = ("**The runs trained side by side** (`--engine=ray`), sharing the machine's cores: the train "
+                       "time, time fraction and KD/baseline step-time columns include each other's load and are not "
+                       "comparable between methods. Steps, losses and compute are unaffected; run the experiment "
+                       "with `--engine=local` (or one run per machine) to compare times.")
 
 
 def _fmt(x, pattern="{:.4f}", none="not reached"):
@@ -133,6 +149,7 @@ def markdown(results: dict, meta: dict) -> str:
     lines += ["", "KD/baseline step time is the median measured seconds per step of log intervals wholly inside "
               "the KD phase over the baseline run's median (different processes; `python -m salt_jax.bench` "
               "measures it in one process). The FLOP model is 1 + F_T / (3 F_S).", "",
+              *([SHARED_MACHINE_NOTE, ""] if shared_machine(results) else []),
               *_teacher_markdown(results, meta),
               *_corpus_markdown(results),
               *_fewshot_markdown(results),

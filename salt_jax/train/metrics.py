@@ -141,10 +141,13 @@ def eval_line(totals: dict[str, dict], mixture: dict[str, float] | None = None) 
 
 def train_line(records: list[dict], seconds: float, tokens_per_step: int, timed_steps: int,
                flops: RunFlops | None = None) -> dict:
-    """One metrics.jsonl train line from the per-step sums of a log interval.
+    """One metrics.jsonl train line from the per-step sums of a log interval (its window).
 
-    Steps with and without the teacher may be mixed (the interval of the switch):
-    KD-only quantities average over the KD steps, and are null when there were none.
+    Every field but `learning_rate` (the last step's) is over the window's `window_steps` steps, not the
+    logged step alone: losses and accuracy per token, `kd_weight` and `grad_norm` the mean per step.
+    Steps with and without the teacher may be mixed (the interval of the switch): `kd_steps` says how
+    many had it, KD-only quantities (`kd_loss`, `teacher_ntp_loss`) average over those steps and are null
+    when there were none, so `kd_weight` 0.175 with `kd_steps` 7 of 20 is w = 0.5 on 7 steps.
     `flops` adds model TFLOP/s and MFU, for the student alone and with the
     teacher's forward (salt_jax.model.flops.RunFlops).
     """
@@ -161,6 +164,8 @@ def train_line(records: list[dict], seconds: float, tokens_per_step: int, timed_
         "kd_loss": total("kd_sum", kd_steps) / kd_tokens if kd_steps else None,
         "teacher_ntp_loss": total("teacher_ntp_sum", kd_steps) / kd_tokens if kd_steps else None,
         "kd_weight": float(np.mean([float(r.get("kd_weight", 0.0)) for r in host])),  # teacher-free steps: 0
+        "window_steps": len(host),
+        "kd_steps": len(kd_steps),
         "kd_token_fraction": (total("kd_tokens", kd_steps) / tokens) if kd_steps else 0.0,
         "accuracy": total("correct") / tokens,
         "learning_rate": float(host[-1]["learning_rate"]),
