@@ -7,7 +7,8 @@ It builds exactly the store `python -m salt_jax.main` with the same config
 would build on demand (same source, tokenizer and key, so the run then just
 opens it), tokenizing shards in N processes; with config.data.mixture, the
 mixture's tokenizer and one store per corpus. Re-running after an interruption
-keeps the finished shards. Prints one line per split and the store's path.
+keeps the finished shards (Ctrl-C stops the workers at once: one line, exit
+status 130). Prints one line per split and the store's path.
 
 --engine=ray runs the same tasks as Ray tasks instead (pip install -e ".[ray]"):
 on a local Ray started for the command, or on the cluster at --ray_address,
@@ -29,7 +30,8 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from salt_jax.cli import fail, flags_parser, keep_jax_off_an_absent_tpu, load_config, own_flags_help, setup_logging
+from salt_jax.cli import (fail, flags_parser, interrupted, keep_jax_off_an_absent_tpu, load_config, own_flags_help,
+                          setup_logging)
 from salt_jax.config import run_help, validate
 from salt_jax.data import store
 from salt_jax.errors import UserError
@@ -98,6 +100,9 @@ def _main(argv) -> None:
         cache = prepare(config, _WORKERS.value, (_INDEX.value, _COUNT.value), engine)
     except UserError as e:
         fail(str(e))
+    except KeyboardInterrupt:  # (the workers are stopped already: engines.LocalEngine)
+        interrupted("Ctrl-C while building the token store; its finished shards are kept, and the same command "
+                    "resumes the build")
     stores = dict(zip(cache.names, cache.stores)) if hasattr(cache, "stores") else {"": cache}  # a mixture's
     for name, one in stores.items():
         for split in ("train", "heldout"):

@@ -1,5 +1,6 @@
 """The sharded token store: equal to the one-stream store, parallel and resumable builds, bounded memory."""
 
+import contextlib
 import json
 import os
 import tracemalloc
@@ -218,3 +219,82 @@ def test_a_bad_jsonl_line_is_skipped_and_a_wrong_text_field_named(tmp_path):
     with pytest.raises(UserError, match=r"a.jsonl: none of its 2 records has the field 'text' \(the first one's "
                                         r"fields: body\); set config.data.text_field to the field holding the text"):
         store.build_store(_cfg(str(d), str(tmp_path / "c"), 1000))
+
+
+@contextlib.contextmanager
+def _blocking_prepare(tmp_path):
+    """prepare with 2 workers, each blocked inside a task (tests/blocking_prepare.py): yields (process, the pids
+    of its children: the workers and multiprocessing's resource tracker). Whatever outlives the test is killed."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    args = [sys.executable, os.path.join(REPO, "tests", "blocking_prepare.py"),
+            f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}", "--config.data.source=text",
+            f"--config.data.path={_corpus(tmp_path)}", f"--config.data.cache_dir={tmp_path / 'cache'}",
+            "--config.data.shard_chars=3000", "--workers=2"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, SALT_TEST_MARKERS=str(markers), PYTHONPATH=REPO))
+    children = []
+    try:
+        for _ in range(1200):  # both workers inside a task (a hang guard, not a timing)
+            if len(os.listdir(markers)) == 2 or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert len(os.listdir(markers)) == 2, proc.communicate(timeout=60)
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as fh:
+            children = [int(p) for p in fh.read().split()]
+        assert set(int(p) for p in os.listdir(markers)) <= set(children)
+        yield proc, children
+    finally:
+        for pid in [proc.pid, *children]:
+            if _alive(pid):
+                os.kill(pid, 9)
+        proc.communicate(timeout=60)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, dead but not yet reaped by its new parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pids, tries=100) -> list:
+    import time
+
+    for _ in range(tries):  # at most 10 s: a hang guard (a worker polls its parent every second)
+        alive = [p for p in pids if _alive(p)]
+        if not alive:
+            break
+        time.sleep(0.1)
+    return alive
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc")
+def test_prepare_workers_end_with_their_parent_even_on_kill_9(tmp_path):
+    with _blocking_prepare(tmp_path) as (proc, children):
+        assert len(children) >= 2 and all(_alive(p) for p in children)
+        proc.kill()  # SIGKILL: the parent cannot stop its pool
+        proc.wait(timeout=60)
+        assert _wait_gone(children) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc")
+def test_ctrl_c_on_prepare_is_one_line_and_stops_its_workers_at_once(tmp_path):
+    import signal
+
+    with _blocking_prepare(tmp_path) as (proc, children):
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)  # the tasks sleep 600 s: waiting for them would hang here
+        assert proc.returncode == 130, err[-3000:]
+        assert [ln for ln in err.splitlines() if ln.strip()] == [
+            "interrupted: Ctrl-C while building the token store; its finished shards are kept, and the same "
+            "command resumes the build"]
+        assert _wait_gone(children) == []
