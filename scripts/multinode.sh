@@ -11,7 +11,8 @@
 #   LOG_DIR    where each host's output goes, as multinode-<process id>.log (default: here)
 #   SSH_OPTS   ssh options (default: -o BatchMode=yes -o ConnectTimeout=10: no password prompt, no long hang)
 # When a host's process fails (ssh cannot reach it, or the run stops), the script names the host and its
-# log, stops the other hosts' ssh sessions and exits with that status.
+# log, stops the other hosts' ssh sessions and exits with that status; a host ssh cannot reach (ssh's 255) is a
+# mistake to fix like any other, so the script then exits 2, as every salt_jax command does for one.
 # The workdir must be on a filesystem every host sees (NFS, Lustre, a mounted bucket): Orbax writes
 # checkpoints collectively into it. On SLURM use scripts/slurm.sbatch instead.
 # --dry-run prints the ssh commands instead of running them.
@@ -72,4 +73,5 @@ while (( running )); do
   fi
   (( running )) && sleep 1
 done
+(( status == 255 )) && status=2  # (ssh could not connect: the host list or ssh setup to fix)
 exit $status
