@@ -11,6 +11,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -351,6 +352,47 @@ def test_a_wrong_text_field_stops_at_once(tmp_path):
     late, _ = store.build_store(_cfg(d, tmp_path / "c", fraction=TINY))
     assert late.meta["splits"]["train"]["skipped"]["no_field"] == 999
     np.testing.assert_array_equal(late.train.tokens(), _stream(DOCS[:4]))
+
+
+def _progress_lines(messages, split="train") -> list[tuple[int, int, str]]:
+    """(documents, tokens, ETA) of each progress line of `split`."""
+    found = [re.match(rf"token store {split}: (\d+) documents, (\d+) tokens, \d+ tokens/s, ETA (\S+);", m)
+             for m in messages]
+    return [(int(m.group(1)), int(m.group(2)), m.group(3)) for m in found if m]
+
+
+def test_the_progress_line_moves_inside_one_compressed_file(tmp_path, monkeypatch, caplog):
+    """A task that reads a compressed stream counts up to its last finished piece: before each piece is written,
+    the progress line shows exactly the documents and tokens of the pieces before it (from their records)."""
+    made = []
+
+    class Recorded(store._Progress):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            self.every_s = 3600  # (this test logs the line itself, before each piece)
+            made.append(self)
+
+    real = shard_writer.write_shard
+
+    def logs_first(docs, path, tok=None):
+        made[-1].poll()
+        made[-1].log()
+        return real(docs, path, tok)
+
+    monkeypatch.setattr(store, "_Progress", Recorded)
+    monkeypatch.setattr(shard_writer, "write_shard", logs_first)
+    path = _write(tmp_path, "a.jsonl.zst")
+    with caplog.at_level(logging.INFO):
+        built, _ = store.build_store(_cfg(path, tmp_path / "c", shard_chars=2000, fraction=TINY))
+    pieces = [json.load(open(os.path.join(built.directory, f"{s['file']}.json")))
+              for s in built.meta["splits"]["train"]["shards"]]
+    assert len(pieces) >= 8
+    tokens = np.cumsum([0] + [p["tokens"] for p in pieces]).tolist()
+    want = [(0, 0, "?")] + [(p["documents"], tokens[j + 1]) for j, p in enumerate(pieces[:-1])]
+    got = _progress_lines(caplog.messages)
+    assert [g[:2] for g in got[1:-1]] == [w[:2] for w in want[1:]] and got[0] == want[0]
+    assert all(eta != "?" for _, _, eta in got[1:])  # the compressed bytes read so far give an ETA
+    assert got[-1] == (len(DOCS), built.train.n_tokens, "0s")
 
 
 def test_malformed_input_is_one_line_naming_the_file_and_place(tmp_path):

@@ -221,6 +221,36 @@ def test_a_bad_jsonl_line_is_skipped_and_a_wrong_text_field_named(tmp_path):
         store.build_store(_cfg(str(d), str(tmp_path / "c"), 1000))
 
 
+def test_a_resumed_build_reports_only_its_own_throughput(tmp_path, monkeypatch, caplog):
+    """What an earlier build finished (whole tasks, or pieces of a compressed task) counts in the totals, not in
+    this command's tokens/s and ETA (it once reported billions of tokens/s)."""
+    import logging
+
+    clock = [1000.0]
+    monkeypatch.setattr(store.time, "time", lambda: clock[0])
+    piece = shard_writer.piece_path(str(tmp_path / "train-00002.bin"))
+    for j, (docs, tokens, read) in enumerate([(10, 3000, 100), (20, 2000, 200)]):  # an earlier build's pieces
+        with open(f"{piece(j)}.json", "w") as fh:
+            json.dump({"files": 1, "documents": docs, "skipped": {"empty": 1}, "tokens": tokens,
+                       "input_bytes": read}, fh)
+    progress = store._Progress("train", total=2000)
+    progress.done(0, store._Count(docs=50, tokens=4_000_000, skipped=2, work=900), earlier=True)
+    progress.started(2, piece)
+    clock[0] += 10
+    progress.done(1, store._Count(docs=5, tokens=1000, skipped=0, work=100))  # this command's
+    with open(f"{piece(2)}.json", "w") as fh:
+        json.dump({"files": 1, "documents": 30, "skipped": {"empty": 3}, "tokens": 1000, "input_bytes": 300}, fh)
+    progress.poll()
+    with caplog.at_level(logging.INFO):
+        progress.log()
+        progress.log(final=True)
+    # 4,000,000 + 1000 + 3000 + 2000 + 1000 tokens, of which 1000 + 1000 in this command's 10 s; its work 100 + 100
+    # bytes in 10 s, 2000 - 1300 left; a piece's record holds its task's documents and skips so far (30, 3)
+    assert caplog.messages == [
+        "token store train: 85 documents, 4007000 tokens, 200 tokens/s, ETA 35s; 5 records skipped",
+        "token store train: 85 documents, 4007000 tokens, 200 tokens/s, ETA 0s; 5 records skipped"]
+
+
 @contextlib.contextmanager
 def _blocking_prepare(tmp_path):
     """prepare with 2 workers, each blocked inside a task (tests/blocking_prepare.py): yields (process, the pids
