@@ -4,6 +4,13 @@ The first two share the special ids pad=0, eos=1, bos=2 (HFTokenizer reads its o
 trained once per (source fingerprint, settings) and cached as a .model file;
 it keeps whitespace and newlines (source code), with byte fallback so every
 string round-trips.
+
+A run keeps the tokenizer it trained with in `<workdir>/tokenizer/` (`keep`):
+the SentencePiece model as tokenizer.model, a Hugging Face tokenizer's files
+(bytes need none), so sampling, evaluation and export read that copy
+(`run_tokenizer`) wherever the token cache or the teacher directory went.
+`described` says a config's tokenizer (fingerprint, vocabulary size) without
+training anything, for the checks made before a store is built.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import json
 import logging
 import os
 import random
+import tempfile
 from typing import Iterable, Protocol
 
 import ml_collections
@@ -225,3 +233,110 @@ def make_tokenizer(tok_cfg: ml_collections.ConfigDict, source, cache_dir: str, t
         train_sentencepiece(itertools.islice(source.documents("train"), None), tok_cfg.vocab_size,
                             tok_cfg.model_type, tok_cfg.max_train_lines, path)
     return SentencePieceTokenizer(path)
+
+def described(tok_cfg: ml_collections.ConfigDict) -> tuple[str | None, int]:
+    """(fingerprint, vocabulary size) of config.data.tokenizer without training or encoding anything.
+
+    Bytes, a Hugging Face tokenizer and a given SentencePiece model_file are read (a file each); a
+    SentencePiece model still to be trained on the train split has no fingerprint yet (None), and
+    tok_cfg.vocab_size pieces.
+    """
+    if tok_cfg.kind == "sentencepiece" and not tok_cfg.get("model_file"):
+        return None, int(tok_cfg.vocab_size)
+    tok = make_tokenizer(tok_cfg, None, "")  # (no source or cache needed: nothing is trained)
+    return tok.fingerprint(), tok.vocab_size
+
+
+KEPT = "tokenizer"  # <workdir>/tokenizer/: the run's copy of its tokenizer
+HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+            "merges.txt", "chat_template.jinja")  # (HFTokenizer reads tokenizer.json; the rest goes with exports)
+
+
+def keep(tok: Tokenizer, workdir: str) -> None:
+    """Copies the run's tokenizer into workdir/tokenizer/ (once): a SentencePiece model as tokenizer.model; a
+    Hugging Face tokenizer's files, with the special ids it resolved in config.json. Bytes need no file."""
+    if kept(workdir) is not None:
+        return
+    if isinstance(tok, SentencePieceTokenizer):
+        files = {"tokenizer.model": tok.proto}
+    elif isinstance(tok, HFTokenizer):
+        files = {}
+        for name in HF_FILES:
+            if os.path.isfile(os.path.join(tok.directory, name)):
+                with open(os.path.join(tok.directory, name), "rb") as fh:
+                    files[name] = fh.read()
+        ids = {f"{k}_token_id": v for k, v in (("eos", tok.eos_id), ("bos", tok.bos_id), ("pad", tok.pad_id))
+               if v is not None}
+        files["config.json"] = json.dumps(ids, indent=2, sort_keys=True).encode()
+    else:
+        return
+    directory = paths.join(workdir, KEPT)
+    paths.makedirs(directory)
+    for name in sorted(files, key=lambda n: n.startswith("tokenizer.")):  # (what `kept` looks for: last)
+        paths.write_atomic(paths.join(directory, name), files[name])
+
+
+def kept(workdir: str) -> Tokenizer | None:
+    """The tokenizer a run kept in workdir/tokenizer/ (or, from older runs, workdir/tokenizer.model), or None."""
+    directory = paths.join(workdir, KEPT)
+    if paths.exists(paths.join(directory, "tokenizer.json")):
+        if paths.is_remote(directory):  # (the tokenizers library reads local files)
+            local = tempfile.mkdtemp(prefix="salt_jax_tokenizer_")
+            for name in paths.listdir(directory):
+                with paths.open(paths.join(directory, name), "rb") as src, open(os.path.join(local, name), "wb") as dst:
+                    dst.write(src.read())
+            directory = local
+        return HFTokenizer(directory)
+    for path in (paths.join(directory, "tokenizer.model"), paths.join(workdir, "tokenizer.model")):
+        if paths.exists(path):
+            return SentencePieceTokenizer(path)
+    return None
+
+
+def run_tokenizer(workdir: str, record: dict, run_config: dict, cache_dirs: Iterable[str] = ()) -> Tokenizer | None:
+    """The tokenizer a checkpoint's run trained with, its fingerprint checked against the checkpoint's record.
+
+    In order: an imported Hugging Face checkpoint's copy (record["hf_tokenizer"]), the run's kept copy
+    (workdir/tokenizer/), then what its config.json names (hf_dir, model_file, else a SentencePiece model in
+    one of `cache_dirs`' tokenizers/ found by its fingerprint, else bytes). None for an imported checkpoint
+    that came without a tokenizer.
+    """
+    tok_cfg = dict((run_config.get("data") or {}).get("tokenizer") or {})
+    want = record.get("tokenizer", "")
+    if record.get("hf_tokenizer"):  # an imported Hugging Face checkpoint
+        tok = HFTokenizer(os.path.join(workdir, record["hf_tokenizer"]))
+    elif record.get("hf"):  # imported without a tokenizer
+        return None
+    else:
+        tok = kept(workdir)
+    if tok is not None:
+        pass
+    elif tok_cfg.get("kind") == "hf":
+        if not os.path.isfile(os.path.join(tok_cfg.get("hf_dir") or "", "tokenizer.json")):
+            raise UserError(f"{workdir}: keeps no copy of its tokenizer, and the Hugging Face tokenizer it names "
+                            f"(config.data.tokenizer.hf_dir={tok_cfg.get('hf_dir')}) is gone; copy that "
+                            f"directory's tokenizer files into {paths.join(workdir, KEPT)}")
+        tok = HFTokenizer(tok_cfg["hf_dir"])
+    elif tok_cfg.get("kind") == "sentencepiece" or want.startswith("sp-"):
+        tok = _cached_sentencepiece(workdir, tok_cfg, want, cache_dirs)
+    else:
+        tok = ByteTokenizer()
+    if want and tok.fingerprint() != want:
+        raise UserError(f"{workdir}: the checkpoint was trained with tokenizer {want}, but {tok.fingerprint()} "
+                        "was found; point the run at its own tokenizer (config.data.tokenizer)")
+    return tok
+
+
+def _cached_sentencepiece(workdir: str, tok_cfg: dict, want: str, cache_dirs: Iterable[str]) -> Tokenizer:
+    if tok_cfg.get("model_file") and paths.exists(tok_cfg["model_file"]):
+        return SentencePieceTokenizer(tok_cfg["model_file"])
+    for directory in dict.fromkeys(paths.join(d, "tokenizers") for d in cache_dirs if d):
+        if not paths.isdir(directory):
+            continue
+        for name in sorted(paths.listdir(directory)):
+            if name.endswith(".model"):
+                tok = SentencePieceTokenizer(paths.join(directory, name))
+                if tok.fingerprint() == want:
+                    return tok
+    raise UserError(f"{workdir}: its SentencePiece tokenizer ({want}) is neither in {KEPT}/tokenizer.model nor in "
+                    f"the token cache; copy the run's .model file to {paths.join(workdir, KEPT, 'tokenizer.model')}")

@@ -3,15 +3,15 @@
 Works on a training run's workdir (any method), one of its checkpoint
 directories, or a checkpoint imported from Hugging Face
 (`python -m salt_jax.hf import`). The tokenizer is the one the run trained
-with: bytes, the run's SentencePiece model (kept as workdir/tokenizer.model;
-older runs: found in the token cache by its fingerprint) or the HF tokenizer
-directory it names. Its fingerprint must match the checkpoint's record.
+with: the copy the run keeps in workdir/tokenizer/ (its SentencePiece model, or
+its Hugging Face tokenizer's files; bytes need none), else (older runs) what its
+config.json names, a SentencePiece model found in the token cache by its
+fingerprint. Its fingerprint must match the checkpoint's record.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -20,7 +20,7 @@ from flax import linen as nn
 
 from salt_jax import paths
 from salt_jax.data import store
-from salt_jax.data.tokenizer import ByteTokenizer, HFTokenizer, SentencePieceTokenizer
+from salt_jax.data import tokenizer
 from salt_jax.errors import UserError
 from salt_jax.model import checkpoints, sharding
 from salt_jax.model.transformer import Transformer, abstract_params
@@ -45,43 +45,12 @@ def _run_config(workdir: str) -> dict:
         return {}
 
 
-def _sentencepiece(workdir: str, tok_cfg: dict, want: str) -> SentencePieceTokenizer:
-    kept = paths.join(workdir, "tokenizer.model")
-    if paths.exists(kept):
-        return SentencePieceTokenizer(kept)
-    if tok_cfg.get("model_file"):
-        return SentencePieceTokenizer(tok_cfg["model_file"])
-    cache = paths.join(paths.expand(store.default_cache_dir()), "tokenizers")
-    for directory in {paths.join(paths.expand(tok_cfg.get("cache_dir") or store.default_cache_dir()), "tokenizers"),
-                      cache}:
-        if not paths.isdir(directory):
-            continue
-        for name in sorted(paths.listdir(directory)):
-            if name.endswith(".model"):
-                tok = SentencePieceTokenizer(paths.join(directory, name))
-                if tok.fingerprint() == want:
-                    return tok
-    raise UserError(f"{workdir}: its SentencePiece tokenizer ({want}) is neither in tokenizer.model nor in the "
-                    "token cache; copy the run's .model file to that path")
-
-
 def run_tokenizer(workdir: str, record: dict, run_config: dict):
-    """The tokenizer a checkpoint's run trained with (its fingerprint checked against the record)."""
-    tok_cfg = dict((run_config.get("data") or {}).get("tokenizer") or {})
-    tok_cfg["cache_dir"] = (run_config.get("data") or {}).get("cache_dir", "")
-    want = record.get("tokenizer", "")
-    if record.get("hf_tokenizer"):  # an imported Hugging Face checkpoint
-        tok = HFTokenizer(os.path.join(workdir, record["hf_tokenizer"]))
-    elif tok_cfg.get("kind") == "hf":
-        tok = HFTokenizer(tok_cfg["hf_dir"])
-    elif tok_cfg.get("kind") == "sentencepiece" or want.startswith("sp-"):
-        tok = _sentencepiece(workdir, tok_cfg, want)
-    else:
-        tok = ByteTokenizer()
-    if want and tok.fingerprint() != want:
-        raise UserError(f"{workdir}: the checkpoint was trained with tokenizer {want}, but {tok.fingerprint()} "
-                        "was found; point the run at its own tokenizer (config.data.tokenizer)")
-    return tok
+    """The tokenizer a checkpoint's run trained with (salt_jax.data.tokenizer.run_tokenizer: the run's kept copy
+    first), its fingerprint checked against the record."""
+    cache = (run_config.get("data") or {}).get("cache_dir") or ""
+    return tokenizer.run_tokenizer(workdir, record, run_config, (paths.expand(cache or store.default_cache_dir()),
+                                                                 paths.expand(store.default_cache_dir())))
 
 
 def load(workdir: str, step: int | None = None, mesh_cfg: ml_collections.ConfigDict | None = None,
@@ -100,6 +69,9 @@ def load(workdir: str, step: int | None = None, mesh_cfg: ml_collections.ConfigD
     run_dir = root.rstrip("/").rsplit("/", 1)[0] if root.rstrip("/").endswith("/checkpoints") else root
     run_config = _run_config(run_dir)
     tok = run_tokenizer(run_dir, record, run_config)
+    if tok is None:
+        raise UserError(f"{run_dir}: imported from a Hugging Face directory that had no tokenizer.json; import it "
+                        "again from a directory that has its tokenizer")
     cfg = ml_collections.ConfigDict(record["model"])
     mesh = sharding.make_mesh(mesh_cfg or ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
     model = Transformer(cfg)

@@ -212,6 +212,62 @@ def check_found(salt_cfg: ml_collections.ConfigDict) -> None:
         checkpoints.resolve_checkpoint(salt_cfg.teacher)
 
 
+def recorded_tokenizer(teacher: str) -> dict:
+    """What a teacher says of its tokenizer and vocabulary, from its files alone (no parameters read):
+    {"fingerprint" ("" when unknown), "tokenizer_vocab" (None when unknown), "vocab" (its model's vocab_size),
+    "where" (the checkpoint or directory), "model_file" (a SentencePiece model its run kept, or ""), "hf_dir"
+    (a Hugging Face model directory's path, or "")}."""
+    if not paths.is_remote(teacher) and hf_files.is_hf_dir(paths.expand(teacher)):
+        hf_dir = os.path.abspath(paths.expand(teacher))
+        cfg = model_config_from_hf(hf_files.read_hf_config(hf_dir), os.path.join(hf_dir, "config.json"))
+        return {"fingerprint": hf_files.tokenizer_fingerprint(hf_dir), "tokenizer_vocab": None,
+                "vocab": cfg.vocab_size, "where": hf_dir, "model_file": "", "hf_dir": hf_dir}
+    root, step = checkpoints.resolve_checkpoint(teacher)
+    record = read_record(root, step)
+    run_dir = root.rstrip("/").rsplit("/", 1)[0] if root.rstrip("/").endswith("/checkpoints") else root
+    model_file = next((p for p in (paths.join(run_dir, "tokenizer", "tokenizer.model"),
+                                   paths.join(run_dir, "tokenizer.model")) if paths.exists(p)), "")
+    return {"fingerprint": record.get("tokenizer", ""), "tokenizer_vocab": record.get("vocab_size"),
+            "vocab": (record.get("model") or {}).get("vocab_size"), "where": paths.join(root, str(step)),
+            "model_file": model_file, "hf_dir": ""}
+
+
+def check_tokenizer(teacher: str, model_vocab: int, student: tuple[str | None, int],
+                    field: str = "config.salt.teacher") -> bool:
+    """Refuses, before any tokenizer is trained or store built, a teacher (or `field`'s model) whose tokenizer
+    or vocabulary differs from the student's; returns whether the student's tokenizer must still be made to
+    know (a SentencePiece model to train, like the teacher's in kind and size).
+
+    `teacher` is the path `field` names, `model_vocab` the student's config.model.vocab_size, `student` its
+    tokenizer's (fingerprint or None when still to be trained, vocabulary size): data.tokenizer.described.
+    The rule: the model vocabularies must be equal; a known student fingerprint must equal the teacher's
+    recorded one; a SentencePiece model still to be trained is refused when the teacher's tokenizer is of
+    another kind or size, and otherwise checked once trained (before the store is built).
+    """
+    info = recorded_tokenizer(teacher)
+    fp, tok_vocab = student
+    if info["vocab"] is not None and info["vocab"] != model_vocab:
+        raise UserError(f"{field}: the teacher's vocabulary ({info['vocab']}) differs from the student's "
+                        f"config.model.vocab_size ({model_vocab}); teacher and student must share one tokenizer "
+                        "and vocabulary")
+    want = info["fingerprint"]
+    if not want:
+        return False
+    if info["hf_dir"]:
+        hint = f"set config.data.tokenizer.kind=hf and hf_dir={info['hf_dir']}"
+    elif info["model_file"]:
+        hint = f"set config.data.tokenizer.kind=sentencepiece and model_file={info['model_file']} (the teacher's)"
+    else:
+        hint = "use the teacher's config.data.tokenizer settings (same source and vocab_size, or its model_file)"
+    if fp is not None and fp != want:
+        raise UserError(f"{field}: the teacher was trained with tokenizer {want}, the student uses {fp}; {hint}")
+    if fp is None and (not want.startswith("sp-") or info["tokenizer_vocab"] not in (None, tok_vocab)):
+        had = f"{want} ({info['tokenizer_vocab']} ids)" if info["tokenizer_vocab"] else want
+        raise UserError(f"{field}: the teacher was trained with tokenizer {had}, the student would train a "
+                        f"SentencePiece tokenizer of {tok_vocab} ids; {hint}")
+    return fp is None
+
+
 def identify(salt_cfg: ml_collections.ConfigDict) -> dict:
     """The teacher's identity ({"checkpoint", "fingerprint"}, as `OnlineTeacher.identity`) from its files, without
     restoring its parameters: what a run that only reads the teacher's cached logits needs of it."""

@@ -20,6 +20,7 @@ import jax
 import ml_collections
 
 from salt_jax import paths
+from salt_jax.errors import UserError
 from salt_jax.train import faults, hooks
 from salt_jax.train.setup import Run, setup
 from salt_jax.train.workdir import Workdir
@@ -28,13 +29,18 @@ from salt_jax.train.workdir import Workdir
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (or resumes) the run in `workdir`, holding its lock; returns the final summary.
 
-    Raises faults.Preempted (SIGTERM) or faults.Interrupted (Ctrl-C) once the step reached is checkpointed."""
+    Raises faults.Preempted (SIGTERM) or faults.Interrupted (Ctrl-C) once the step reached is checkpointed. A run
+    refused by setup (a UserError before its first step) leaves no files behind (Workdir.discard)."""
     with Workdir(workdir) as w:
-        return _run(config, w.path)
+        try:
+            r = setup(config, w.path)
+        except UserError:
+            w.discard()
+            raise
+        return _run(config, r)
 
 
-def _run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    r = setup(config, workdir)
+def _run(config: ml_collections.ConfigDict, r: Run) -> dict:
     logging.info("corpus: %s", describe_corpus(r.corpus))
     ctx, after_step = hooks.Context.of(r), hooks.table(r)
     if r.start == 0:

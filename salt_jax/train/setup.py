@@ -1,10 +1,20 @@
 """Everything a training run needs before its first step, built once: `setup(config, workdir) -> Run`.
 
-Order matters and is the order below: validate the config, build (or open)
-the token store, make the mesh, restore the latest checkpoint or create the
-state, load the teacher only when the KD phase has steps left (vocabulary
-checks before anything is compiled), compile the steps, and, for SALT_DS,
-select the KD phase's sequences.
+Order matters and is the order below: validate the config and check
+everything that can refuse the run from the config and the files it names
+(the workdir, the mesh, the teacher: found, its vocabulary and tokenizer
+against the student's), build (or open) the token store, restore the latest
+checkpoint or create the state, load the teacher only when the KD phase has
+steps left, compile the steps, and, for SALT_DS, select the KD phase's
+sequences.
+
+Tokenizer checks before building: the student's tokenizer is described from
+its config without training anything (bytes, a Hugging Face tokenizer.json or
+a given SentencePiece model_file: its fingerprint; a SentencePiece model still
+to be trained: only its kind and size), and refused at once where it differs
+from the teacher's record (fingerprint, number of ids, model vocab_size). A
+SentencePiece model to be trained that matches the teacher's in kind and size
+is trained first and its fingerprint checked before the store is built.
 """
 
 from __future__ import annotations
@@ -23,7 +33,9 @@ import numpy as np
 from salt_jax import paths
 from salt_jax.config import check_vocab, validate
 from salt_jax.data import batches as batches_lib
+from salt_jax.data import sources
 from salt_jax.data import store as store_lib
+from salt_jax.data import tokenizer as tokenizer_lib
 from salt_jax.errors import UserError
 from salt_jax.kd import methods, objective, schedules, selection
 from salt_jax.kd import teacher as teacher_lib
@@ -194,14 +206,6 @@ def _selected_batches(config, store, teacher, mesh, tok, phase: KDPhase, workdir
     return batches_lib.Batches(store.train, cfg_d.batch_size, cfg_d.seed, rows=rows[kept])
 
 
-def _keep_tokenizer(tok, workdir: str) -> None:
-    """A SentencePiece run keeps its model file as workdir/tokenizer.model, so its checkpoints can be
-    evaluated and sampled from (salt_jax.eval) without the token store it was trained from."""
-    path = paths.join(workdir, "tokenizer.model")
-    if getattr(tok, "proto", None) and not paths.exists(path):
-        paths.write_atomic(path, tok.proto)
-
-
 def _check_teacher_outside(teacher: str, workdir: str) -> None:
     """A teacher inside the student's own workdir would be deleted by keep_checkpoints."""
     if not teacher or paths.is_remote(teacher) or paths.is_remote(workdir):
@@ -212,24 +216,64 @@ def _check_teacher_outside(teacher: str, workdir: str) -> None:
                         "checkpoints the run rotates; point at the teacher run's own workdir")
 
 
-def _check_teacher_found(salt, workdir: str) -> None:
-    """A fresh run that will load its teacher says a missing or untrained teacher before minutes of tokenizer
-    training and store building (a resumed one may be past its KD phase, and need no teacher)."""
+def _resuming(workdir: str) -> bool:
     ckpts = paths.join(workdir, "checkpoints")
-    resuming = paths.isdir(ckpts) and any(d.isdigit() for d in paths.listdir(ckpts))
-    if salt.kd_steps != 0 and not resuming:
-        teacher_lib.check_found(salt)
+    return paths.isdir(ckpts) and any(d.isdigit() for d in paths.listdir(ckpts))
 
 
-def _check_before_building(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Everything checkable from the config and the workdir, before minutes of store building."""
+def _check_teachers(config: ml_collections.ConfigDict, workdir: str, student: tuple[str | None, int]) -> list[str]:
+    """A fresh run that will load its teacher (and SALT_DS's reference model) says a missing or untrained one, and
+    one whose vocabulary or tokenizer differs from the student's, before minutes of tokenizer training and store
+    building (a resumed one may be past its KD phase, and need no teacher). Returns the fields whose tokenizer
+    check waits for the student's SentencePiece model to be trained (kd.teacher.check_tokenizer)."""
+    salt = config.salt
+    if salt.kd_steps == 0 or _resuming(workdir):
+        return []
+    fields = ["teacher"]
+    if methods.method(salt.method).selects_data and salt.ds_rule == "difference":
+        fields.append("ds_reference")
+    waiting = []
+    for name in fields:
+        field = f"config.salt.{name}"
+        try:
+            teacher_lib.check_found(ml_collections.ConfigDict({"teacher": salt[name]}))
+            if teacher_lib.check_tokenizer(salt[name], config.model.vocab_size, student, field):
+                waiting.append(field)
+        except UserError as e:  # (its errors name the field the path comes from)
+            raise UserError(str(e).replace("config.salt.teacher", field)) from None
+    return waiting
+
+
+def _check_before_building(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """Everything checkable from the config, the workdir and the teacher's files, before minutes of tokenizer
+    training and store building; returns the tokenizer checks that wait for the student's tokenizer to be
+    trained (_check_trained_tokenizer)."""
     validate(config)
     teacher_lib.adopt_teacher_vocabulary(config)  # a Hugging Face teacher: its tokenizer and vocabulary size
     schedules.resolve(config.salt, config.train.steps)  # config.json records the step counts used
     workdir_lib.check_config(config, workdir)
+    student = tokenizer_lib.described(config.data.tokenizer)
+    check_vocab(config, student[1])
     if methods.method(config.salt.method).teacher:  # (a run without a teacher ignores salt.teacher)
         _check_teacher_outside(config.salt.teacher, workdir)
-        _check_teacher_found(config.salt, workdir)
+        return _check_teachers(config, workdir, student)
+    return []
+
+
+def _check_trained_tokenizer(config: ml_collections.ConfigDict, waiting: list[str]) -> None:
+    """The checks that waited for the student's SentencePiece model: it is trained (and cached, where the store
+    build finds it) and its fingerprint checked before the store is built."""
+    if not waiting:
+        return
+    cfg_d = config.data
+    cache_dir = paths.expand(cfg_d.cache_dir or store_lib.default_cache_dir())
+    if cfg_d.get("mixture"):  # (its tokenizer trains on every corpus's lines: checked once the store is open)
+        return
+    train = not store_lib.is_shared(cfg_d, cache_dir) or jax.process_index() == 0
+    tok = tokenizer_lib.make_tokenizer(cfg_d.tokenizer, sources.make_source(cfg_d), cache_dir, train=train)
+    for field in waiting:
+        teacher_lib.check_tokenizer(config.salt[field.rsplit(".", 1)[-1]], config.model.vocab_size,
+                                    (tok.fingerprint(), tok.vocab_size), field)
 
 
 def _restore_or_create(config, workdir: str, model, tx, mesh):
@@ -258,11 +302,12 @@ def _teacher_for(config, store, tok, mesh, previous: dict, phase: KDPhase, start
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Builds (or restores) everything the loop of the run in `workdir` needs."""
-    _check_before_building(config, workdir)
+    waiting = _check_before_building(config, workdir)
     cfg_d, cfg_t = config.data, config.train
     mesh = sharding.make_mesh(config.mesh)  # (mesh, batch and task names: checked before the store is built)
     sharding.check_batch(cfg_d.batch_size, mesh)
     fewshot_lib.check_tasks(config)
+    _check_trained_tokenizer(config, waiting)
     store, tok = store_lib.build_store(cfg_d)
     check_vocab(config, tok.vocab_size)
     fewshot = fewshot_lib.maybe(config, mesh, tok, paths.join(workdir, "lm_eval.log"))
@@ -275,7 +320,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     teacher = _teacher_for(config, store, tok, mesh, previous, phase, start, workdir)
     if jax.process_index() == 0:
         workdir_lib.write_config(config, workdir)
-        _keep_tokenizer(tok, workdir)
+        tokenizer_lib.keep(tok, workdir)  # (sampling, evaluation and export read this copy)
     n_params = param_count(config.model)
     logging.info("model %s: %s parameters; mesh %s; %d devices", config.model.preset, f"{n_params:,}",
                  dict(mesh.shape), mesh.size)

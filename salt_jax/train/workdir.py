@@ -11,6 +11,11 @@ refused with the fields named; where things live, logging, evaluation,
 checkpoint intervals and the mesh may change (config.RESUMABLE_CHANGES).
 gs:// and s3:// workdirs get the same checks except the lock (object stores
 have none): run one process 0 per workdir there.
+
+A run refused before its first step leaves nothing behind (`discard`): a
+workdir the command created is removed (with the parent directories it
+created), and in one that existed only the entries the command added go;
+nothing that was there before is touched (local workdirs, process 0).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 
@@ -32,7 +38,7 @@ from salt_jax.errors import UserError
 
 # What a run keeps in its workdir, and the kind of entry each must be.
 _ENTRIES = {"checkpoints": "directory", "tensorboard": "directory", "metrics.jsonl": "file", "config.json": "file",
-            "summary.json": "file", "wandb": "directory", "wandb_run_id": "file"}
+            "summary.json": "file", "wandb": "directory", "wandb_run_id": "file", "tokenizer": "directory"}
 
 
 class Workdir:
@@ -41,12 +47,16 @@ class Workdir:
     def __init__(self, path: str):
         self.path = paths.expand(path)
         self._lock = None
+        self._created: list[str] = []  # the directories open() created, innermost first
+        self._found: set[str] | None = None  # the entries of a workdir that existed, as open() found them
 
     def open(self) -> "Workdir":
         _check_kind(self.path)
         if paths.is_remote(self.path):
             paths.makedirs(self.path)
             return self
+        self._created = _missing(self.path)
+        self._found = None if self._created else set(os.listdir(self.path))
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as e:
@@ -89,6 +99,28 @@ class Workdir:
         fh.flush()
         self._lock = fh
 
+    def discard(self) -> None:
+        """Removes what this command put here (a refused run): the workdir and the parents open() created, or,
+        in a workdir that existed, the entries added since open(); never what was there before."""
+        if jax.process_index() != 0 or paths.is_remote(self.path) or (not self._created and self._found is None):
+            return
+        if self._created:
+            shutil.rmtree(self.path, ignore_errors=True)
+            for directory in self._created[1:]:  # (parents: only while empty)
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    break
+        else:
+            for name in sorted(set(os.listdir(self.path)) - self._found):
+                entry = os.path.join(self.path, name)
+                if os.path.isdir(entry) and not os.path.islink(entry):
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    os.remove(entry)
+        logging.info("%s: the refused run's files removed (%s)", self.path,
+                     "the workdir it created" if self._created else "nothing that was there before")
+
     def close(self) -> None:
         if self._lock is not None:
             self._lock.close()  # the lock goes with the descriptor
@@ -99,6 +131,18 @@ class Workdir:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _missing(path: str) -> list[str]:
+    """The directories os.makedirs(path) would create, innermost first."""
+    out = []
+    while path and not os.path.lexists(path):
+        out.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return out
 
 
 def _check_kind(path: str) -> None:
