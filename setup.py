@@ -2,7 +2,8 @@
 
 from setuptools import find_packages, setup
 
-# Versions verified together on CPython 3.11 (see docs/dependencies.md).
+# Versions verified together on CPython 3.11: the README's "Two commands" install them (and the [test] extra)
+# and run the whole test suite on a fresh machine, as .ci/run does.
 CORE = [
     "jax==0.10.2",
     "jaxlib==0.10.2",
@@ -54,8 +55,8 @@ NOTEBOOK = [
 LOGGING = ["tensorboard==2.21.0", "tqdm==4.70.1", "rich==15.0.0"]
 WANDB = ["wandb==0.31.0"]  # Weights & Biases beside metrics.jsonl (config.logging.wandb), imported only then
 # Ray: prepare's and the experiment's --engine=ray (the store's tasks, the experiment's runs as Ray tasks on a
-# local Ray or a cluster); imported only then.
-RAY = ["ray[data]==2.60.0"]
+# local Ray or a cluster); imported only then. Ray core only: nothing uses Ray Data.
+RAY = ["ray==2.60.0"]
 # The TPU compiler: runs on TPU VMs, and on any host compiles for TPU slices (python -m salt_jax.compile).
 TPU = ["libtpu==0.0.42.1"]  # the version jax[tpu]==0.10.2 pins
 

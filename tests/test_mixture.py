@@ -89,6 +89,32 @@ def test_spec_components_paths_and_options(corpora):
     assert list(mixture.counts([3, 1])) == [49152, 16384] and mixture.counts([1, 1, 1]).sum() == mixture.PERIOD
 
 
+def test_a_hugging_face_dataset_is_a_component(tmp_path, corpora):
+    """source=hf in a mixture: its store is the one a single-corpus run on that dataset builds (shared), and its
+    options (hf_heldout_split) are its own."""
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()
+    texts = [f"record {i}: " + "the quick brown fox " * (i % 7 + 2) for i in range(300)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts[:250]}),
+                          "validation": datasets.Dataset.from_dict({"text": texts[250:]})}
+                         ).save_to_disk(str(tmp_path / "saved"))
+    spec = corpora + f",hub:2={tmp_path / 'saved'}|source=hf|hf_heldout_split=validation"
+    c = _config(spec, str(tmp_path / "cache"))
+    validate(c)
+    hub = mixture.parse(c.data)[2]
+    assert (hub.weight, hub.data.source, hub.data.hf_dataset, hub.data.hf_heldout_split) == (
+        1 / 3, "hf", str(tmp_path / "saved"), "validation")
+    mixed, tok = store.build_store(c.data)
+    single = c.data.copy_and_resolve_references()
+    single.mixture, single.source, single.hf_dataset, single.hf_heldout_split = "", "hf", str(tmp_path / "saved"), \
+        "validation"
+    alone, _ = store.build_store(single)
+    assert mixed.names == ["prose", "code", "hub"] and mixed.stores[2].directory == alone.directory
+    assert (alone.meta["splits"]["train"]["documents"], alone.meta["splits"]["heldout"]["documents"]) == (250, 50)
+    np.testing.assert_array_equal(
+        alone.heldout.tokens(), np.concatenate([np.asarray(ids + [tok.eos_id]) for ids in tok.encode(texts[250:])]))
+
+
 # ------------------------------------------------------------------------------------------------- the draw
 
 

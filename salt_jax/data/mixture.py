@@ -6,10 +6,12 @@ A component is NAME:WEIGHT=WHERE, optionally followed by |FIELD=VALUE options;
 components are separated by commas. WHERE is what the component's source
 reads: files for source=text (the default) and arrayrecord (comma-separated
 files, directories or globs, as config.data.path), the dataset for tfds
-(tfds_name), the task for seqio (seqio_task), nothing for stdlib. The options
-set the config.data fields of that corpus alone (OPTIONS: its source, text
-field, held-out split, ...); every other config.data field (the tokenizer,
-seq_len, max_files, heldout_fraction, ...) is shared. Weights are relative:
+(tfds_name), the task for seqio (seqio_task), the dataset for hf (hf_dataset:
+a save_to_disk directory, a directory of data files or a Hub name), nothing
+for stdlib. The options set the config.data fields of that corpus alone
+(OPTIONS: its source, text field, held-out split, ...); every other
+config.data field (the tokenizer, seq_len, max_files, heldout_fraction, ...)
+is shared. Weights are relative:
 any positive numbers, normalised to sum to 1. One string, so the whole mixture
 is one field a command line can set and config.json records (a resumed run
 with another mixture is refused like any other changed data field).
@@ -54,8 +56,9 @@ from salt_jax.errors import UserError
 PERIOD = 1 << 16  # examples per stratum of the draw: a weight is realised as a count per PERIOD examples
 # The config.data fields a component may set for itself (|FIELD=VALUE); WHERE sets the one its source reads.
 OPTIONS = ("source", "text_field", "heldout_path", "tfds_data_dir", "seqio_module", "train_split", "heldout_split",
-           "heldout_fraction", "max_files")
-WHERE = {"text": "path", "arrayrecord": "path", "tfds": "tfds_name", "seqio": "seqio_task", "stdlib": None}
+           "heldout_fraction", "max_files", "hf_config", "hf_split", "hf_heldout_split")
+WHERE = {"text": "path", "arrayrecord": "path", "tfds": "tfds_name", "seqio": "seqio_task", "hf": "hf_dataset",
+         "stdlib": None}
 EXAMPLE = "'web:0.7=/data/web/*.jsonl,code:0.3=/data/code/*.jsonl'"
 _START = re.compile(r"\s*([^\s:=,|/]+)\s*:\s*([^:=,|/]*?)\s*=(.*)", re.S)  # NAME:WEIGHT=rest
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*$")
