@@ -114,6 +114,22 @@ def test_arrayrecord_files_through_grain(tmp_path, reference):
     train, heldout = _train_stream(cfg)
     np.testing.assert_array_equal(train, reference[0])
     np.testing.assert_array_equal(heldout, reference[1])
+    # a record without the text field, or not UTF-8, is skipped and counted; a file of them is a wrong text_field
+    w = ArrayRecordWriter(str(tmp_path / "gaps.array_record"), "group_size:1")
+    for record in [b'{"body": "x"}', json.dumps({"text": TRAIN[0]}).encode(), b'{"id": 3}', b"\xff\xfe",
+                   TRAIN[1].encode()]:
+        w.write(record)
+    w.close()
+    gaps = _cfg(tmp_path, "arrayrecord", path=str(tmp_path / "gaps.array_record"),
+                heldout_path=str(tmp_path / "valid.array_record"))
+    built, _ = store.build_store(gaps)
+    assert built.meta["splits"]["train"]["documents"] == 2
+    assert built.meta["splits"]["train"]["skipped"] == dict(undecodable=1, empty=0, not_text=0, no_field=2,
+                                                            not_json=0)
+    gaps.text_field = "content"  # (the bare-text record of the train file is text whatever the field)
+    with pytest.raises(UserError, match=r"config.data.text_field='content': none of its 8 examples has it \(the "
+                                        r"first one's fields: text\); set text_field to the one holding the text"):
+        store.build_store(gaps)
     (tmp_path / "bad.array_record").write_bytes(b"not an array record file")
     with pytest.raises(UserError, match="bad.array_record: not a readable ArrayRecord"):
         store.build_store(_cfg(tmp_path, "arrayrecord", path=str(tmp_path / "bad.array_record"),

@@ -18,8 +18,11 @@ from typing import Iterator
 import ml_collections
 
 from salt_jax import paths
-from salt_jax.data.documents import Source, in_heldout
+from salt_jax.data.documents import NO_FIELD, UNDECODABLE, ReadStats, Source, in_heldout
 from salt_jax.errors import UserError
+
+FIELD_CHECK = 1000  # as for JSON-lines files (salt_jax.data.files): none of a split's first 1000 examples with the
+# text field is a wrong config.data.text_field (one line); an example without it among others is skipped and counted
 
 
 def _require(module: str, source: str):
@@ -47,24 +50,52 @@ def _quiet_tensorflow(source: str):
 
 def _text_of(example, field: str):
     """The document text of one example (a dict with `field`, or a bare string / bytes). A value that is
-    not text (null, a number) is returned as it is: the source skips and counts it."""
+    not text (null, a number) is returned as it is, a dict without `field` as NO_FIELD, bytes that are not
+    UTF-8 as UNDECODABLE: the source skips and counts them."""
     if isinstance(example, dict):
         if field not in example:
-            raise UserError(f"config.data.text_field={field!r}: the examples have fields {sorted(example)}; "
-                            "set text_field to the one holding the text")
+            return NO_FIELD
         example = example[field]
     if hasattr(example, "numpy"):
         example = example.numpy()
     if hasattr(example, "item") and not isinstance(example, (bytes, str)):
         example = example.item()
-    return example.decode("utf-8") if isinstance(example, bytes) else example
+    if isinstance(example, bytes):
+        try:
+            return example.decode("utf-8")
+        except UnicodeDecodeError:
+            return UNDECODABLE
+    return example
 
 
 class _DatasetSource(Source):
     """A source whose read units are examples: each is one document (its `text_field`)."""
 
+    _missing = _first_fields = None  # (set by documents)
+
+    def documents(self, split: str, stats: ReadStats | None = None) -> Iterator[str]:
+        """Source.documents, stopping with one line when none of the split's first FIELD_CHECK examples (or all
+        of them, if fewer) has the text field: a wrong config.data.text_field, not a few odd records."""
+        self._missing, self._first_fields = 0, None  # examples without the field, while none had it
+        yield from super().documents(split, stats)
+        if self._missing:
+            self._wrong_field(f"none of its {self._missing} examples")
+
     def _texts(self, example, split: str) -> list[str]:
-        return [_text_of(example, self.text_field)]
+        text = _text_of(example, self.text_field)
+        if self._missing is not None:
+            if text is NO_FIELD:
+                self._missing += 1
+                self._first_fields = self._first_fields or sorted(example)
+                if self._missing >= FIELD_CHECK:
+                    self._wrong_field(f"none of its first {self._missing} examples")
+            elif text is not UNDECODABLE:  # (which tells nothing of the field)
+                self._missing = None  # the field is right: the rest are only counted
+        return [text]
+
+    def _wrong_field(self, which: str) -> None:
+        raise UserError(f"config.data.text_field={self.text_field!r}: {which} has it (the first one's fields: "
+                        f"{', '.join(self._first_fields)}); set text_field to the one holding the text")
 
 
 class TFDSSource(_DatasetSource):
