@@ -277,12 +277,15 @@ def test_salt_run_with_an_hf_teacher_then_export(hf_teacher, tiny_config, tmp_pa
     from salt_jax.kd.teacher import load_teacher
     from salt_jax.data.tokenizer import HFTokenizer
 
-    directory, torch_teacher, fast = hf_teacher
+    original, torch_teacher, fast = hf_teacher
+    directory = str(tmp_path / "teacher")  # a copy, deleted at the end: the run keeps its own tokenizer
+    shutil.copytree(original, directory)
     c = tiny_config
     set_method(c, "salt")
     c.salt.teacher, c.salt.kd_steps = directory, 7
     workdir = str(tmp_path / "run")
     loop.run(c, workdir)
+    assert HFTokenizer(os.path.join(workdir, "tokenizer")).fingerprint() == HFTokenizer(directory).fingerprint()
 
     # the run tokenized with the teacher's tokenizer and took its vocabulary size
     assert c.data.tokenizer.kind == "hf" and c.data.tokenizer.hf_dir == directory
@@ -327,6 +330,82 @@ def test_salt_run_with_an_hf_teacher_then_export(hf_teacher, tiny_config, tmp_pa
     np.testing.assert_allclose(_torch_logits(loaded, inputs[:2, :SEQ]), want, atol=ATOL, rtol=RTOL)
     reloaded = transformers.AutoTokenizer.from_pretrained(out)
     assert reloaded("import os")["input_ids"] == tok.encode(["import os"])[0]
+
+    # the teacher directory goes: sampling, evaluation and export read the run's own copy of the tokenizer
+    from salt_jax.eval import load, runs
+
+    before = runs.sample(workdir, "def f(x):\n    return", max_tokens=6)
+    shutil.rmtree(directory)
+    assert runs.sample(workdir, "def f(x):\n    return", max_tokens=6) == before
+    kept = load.load(workdir).tokenizer
+    texts = ["def f(x):\n    return x", "  héllo\t\t 日本 🎉\n\n"]
+    assert kept.fingerprint() == tok.fingerprint() and kept.encode(texts) == tok.encode(texts)
+    assert kept.eos_id == tok.eos_id and kept.pad_id == tok.pad_id
+    out2 = str(tmp_path / "student_hf_again")
+    convert.export_hf(workdir, out2)
+    assert transformers.AutoTokenizer.from_pretrained(out2)(texts[1])["input_ids"] == tok.encode(texts[1:])[0]
+
+
+# ----------------------------------------------------------------------------- an export carries the run's tokenizer
+
+TEXTS = ["def f(x):\n    return x + 1\n", "", " ", "   leading and trailing   ", "a\n\n\n\tb\t\t\tc",
+         "        deeply    indented  =  1", "héllo wörld, naïve café", "日本語のテキスト 🎉🐍", "\u00a0\u2028 zero\u200bwidth",
+         "</s> <s> <pad> <unk> are text here", "x" * 40 + "1234567890" * 3, "\r\n\r\nwindows\r\n"]
+
+
+def _stdlib_texts(n):
+    names = sorted(f for f in os.listdir(os.path.dirname(os.__file__)) if f.endswith(".py"))[100:100 + n]
+    return [open(os.path.join(os.path.dirname(os.__file__), f), encoding="utf-8").read()[:3000] for f in names]
+
+
+def _same_as(run_tok, hf_tok, texts, same_ids=True):
+    for text in texts:
+        ids = hf_tok(text)["input_ids"]
+        if same_ids:
+            assert ids == run_tok.encode([text])[0], text
+        assert hf_tok.decode(ids, skip_special_tokens=True) == run_tok.decode(ids) == text, text
+
+
+def test_export_of_a_sentencepiece_run_carries_a_tokenizer_that_encodes_like_the_run(tiny_config, tmp_path):
+    from salt_jax.data.tokenizer import SentencePieceTokenizer
+    from salt_jax.train import loop
+
+    c = tiny_config
+    c.model.vocab_size = c.data.tokenizer.vocab_size = 400
+    c.data.tokenizer.kind, c.data.tokenizer.max_train_lines = "sentencepiece", 3000
+    c.train.steps = c.train.checkpoint_every = c.train.heldout_every = c.train.log_every = 2
+    workdir = str(tmp_path / "run")
+    loop.run(c, workdir)
+    run_tok = SentencePieceTokenizer(os.path.join(workdir, "tokenizer", "tokenizer.model"))  # the run's kept copy
+
+    out = str(tmp_path / "hf")
+    convert.export_hf(workdir, out)
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "tokenizer.model"} <= set(os.listdir(out))
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    _same_as(run_tok, hf_tok, TEXTS + _stdlib_texts(8))
+    exported = json.load(open(os.path.join(out, "config.json")))
+    assert (exported["eos_token_id"], exported["pad_token_id"]) == (run_tok.eos_id, run_tok.pad_id)
+    assert hf_tok.eos_token_id == run_tok.eos_id and hf_tok.pad_token_id == run_tok.pad_id
+    AutoModelForCausalLM.from_pretrained(out)  # (the weights load beside it)
+
+
+def test_byte_and_unigram_tokenizers_as_hugging_face_files(tmp_path):
+    """Bytes export exactly; a Unigram model encodes the same except where two segmentations tie (runs of spaces,
+    up to float32 rounding), and always decodes back to the text."""
+    from salt_jax.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, train_sentencepiece
+    from salt_jax.hf import tokenizer as hf_tokenizer
+
+    for name, tok, texts in (("bytes", ByteTokenizer(), TEXTS), ("unigram", None, [t for t in TEXTS if "  " not in t])):
+        if tok is None:
+            train_sentencepiece(_stdlib_texts(30), 400, "unigram", 3000, str(tmp_path / "unigram.model"))
+            tok = SentencePieceTokenizer(str(tmp_path / "unigram.model"))
+        out = tmp_path / name
+        out.mkdir()
+        assert hf_tokenizer.write(tok, str(out), 128) == {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
+        hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
+        _same_as(tok, hf_tok, texts)
+        _same_as(tok, hf_tok, TEXTS + _stdlib_texts(4), same_ids=name == "bytes")
 
 
 def test_imported_checkpoint_is_a_teacher_and_names_its_tokenizer(hf_teacher, tmp_path, cache_dir):

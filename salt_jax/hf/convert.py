@@ -24,8 +24,11 @@ from jax.sharding import SingleDeviceSharding
 
 from salt_jax.errors import UserError
 from salt_jax.hf.families import family_of, hf_config_for, model_config_from_hf
+from salt_jax import paths
+from salt_jax.data import store, tokenizer
+from salt_jax.hf import tokenizer as hf_tokenizer
 from salt_jax.hf.files import (SafetensorsReader, copy_tokenizer, fingerprint, is_hf_dir, read_hf_config,
-                               special_ids, tokenizer_fingerprint)
+                               tokenizer_fingerprint)
 from salt_jax.model import checkpoints, sharding
 from salt_jax.model.transformer import Transformer, abstract_params, dtype_of
 
@@ -172,16 +175,15 @@ def _restore_params(root: str, step: int, cfg) -> Any:
     return checkpoints.restore_params(root, step, target)
 
 
-def _run_tokenizer_dir(workdir: str, record: dict) -> str | None:
-    """The HF tokenizer directory a run (or an imported checkpoint) tokenized with, if any."""
-    if record.get("hf_tokenizer"):
-        return os.path.join(workdir, record["hf_tokenizer"])
+def _run_tokenizer(run_dir: str, record: dict):
+    """The tokenizer the run trained with (its kept copy first), or None for an import that came without one."""
     try:
-        with open(os.path.join(workdir, "config.json")) as fh:
-            tok = json.load(fh)["data"]["tokenizer"]
-    except (OSError, ValueError, KeyError):
-        return None
-    return tok.get("hf_dir") if tok.get("kind") == "hf" else None
+        with open(os.path.join(run_dir, "config.json")) as fh:
+            run_config = json.load(fh)
+    except (OSError, ValueError):
+        run_config = {}
+    cache = ((run_config.get("data") or {}).get("cache_dir") or "", store.default_cache_dir())
+    return tokenizer.run_tokenizer(run_dir, record, run_config, [paths.expand(c) for c in cache if c])
 
 
 def export_hf(workdir: str, out: str, step: int | None = None, dtype: str = "float32",
@@ -190,7 +192,9 @@ def export_hf(workdir: str, out: str, step: int | None = None, dtype: str = "flo
 
     config.json (the family that expresses the model config exactly),
     model.safetensors (sharded with an index above `shard_bytes`) and the
-    tokenizer files when the run tokenized with an HF tokenizer.
+    run's tokenizer as AutoTokenizer reads it (salt_jax.hf.tokenizer: an HF
+    tokenizer's files, or tokenizer.json built from SentencePiece or bytes);
+    the tokenizer is found (or refused) before anything is written.
     """
     from safetensors.numpy import save_file  # the [hf] extra: imported only when exporting
 
@@ -209,6 +213,7 @@ def export_hf(workdir: str, out: str, step: int | None = None, dtype: str = "flo
                         "is it a salt_jax checkpoint?")
     cfg = ml_collections.ConfigDict(record["model"])
     family, hf = hf_config_for(cfg, prefer=(record.get("hf") or {}).get("model_type"))
+    tok = _run_tokenizer(os.path.dirname(root) if os.path.basename(root) == "checkpoints" else root, record)
     params = _restore_params(root, step, cfg)
     out_dtype = {"float32": np.float32, "bfloat16": "bfloat16", "float16": np.float16}[dtype]
     if out_dtype == "bfloat16":
@@ -232,11 +237,9 @@ def export_hf(workdir: str, out: str, step: int | None = None, dtype: str = "flo
         _write_shard(save_file, out, current, len(shards))
     _finish_shards(out, shards)
     hf_record = (record.get("hf") or {}).get("config") or {}
-    tok_dir = _run_tokenizer_dir(os.path.dirname(root) if os.path.basename(root) == "checkpoints" else root, record)
     special = {k: hf_record[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in hf_record}
-    if tok_dir and os.path.isdir(tok_dir):
-        copy_tokenizer(tok_dir, out)
-        special = dict(special_ids(tok_dir), **special)
+    if tok is not None:
+        special = dict(hf_tokenizer.write(tok, out, int(cfg.max_len)), **special)
     hf = dict(hf, **special, dtype=dtype, torch_dtype=dtype)
     with open(os.path.join(out, "config.json"), "w") as fh:
         json.dump(hf, fh, indent=2, sort_keys=True)
