@@ -208,7 +208,7 @@ def test_jsonl_byte_ranges_read_each_record_once_in_order(tmp_path):
 def test_a_bad_jsonl_line_is_skipped_and_a_wrong_text_field_named(tmp_path):
     d = tmp_path / "j"
     d.mkdir()
-    (d / "a.jsonl").write_text('{"text": "fine"}\n{"text": broken\n{"body": "x"}\n')
+    (d / "a.jsonl").write_bytes('\ufeff{"text": "fine"}\n{"text": broken\n{"body": "x"}\n'.encode())  # with a BOM
     cfg = _cfg(str(d), str(tmp_path / "c"), 1000)
     cfg.heldout_fraction = 1e-12
     built, _ = store.build_store(cfg)

@@ -286,7 +286,7 @@ class FileSource(Source):
         """The text field of one JSON line: its value as it is (null, a number: counted by the reader), or
         UNDECODABLE, NOT_JSON or NO_FIELD."""
         try:
-            record = json.loads(line.decode("utf-8"))
+            record = json.loads(line.decode("utf-8").removeprefix("\ufeff"))  # (a file saved with a BOM)
         except UnicodeDecodeError:
             return UNDECODABLE
         except json.JSONDecodeError:
