@@ -215,21 +215,20 @@ def check_found(salt_cfg: ml_collections.ConfigDict) -> None:
 def recorded_tokenizer(teacher: str) -> dict:
     """What a teacher says of its tokenizer and vocabulary, from its files alone (no parameters read):
     {"fingerprint" ("" when unknown), "tokenizer_vocab" (None when unknown), "vocab" (its model's vocab_size),
-    "where" (the checkpoint or directory), "model_file" (a SentencePiece model its run kept, or ""), "hf_dir"
-    (a Hugging Face model directory's path, or "")}."""
+    "model_file" (a SentencePiece model its run kept, or ""), "hf_dir" (a Hugging Face model directory's
+    path, or "")}."""
     if not paths.is_remote(teacher) and hf_files.is_hf_dir(paths.expand(teacher)):
         hf_dir = os.path.abspath(paths.expand(teacher))
         cfg = model_config_from_hf(hf_files.read_hf_config(hf_dir), os.path.join(hf_dir, "config.json"))
         return {"fingerprint": hf_files.tokenizer_fingerprint(hf_dir), "tokenizer_vocab": None,
-                "vocab": cfg.vocab_size, "where": hf_dir, "model_file": "", "hf_dir": hf_dir}
+                "vocab": cfg.vocab_size, "model_file": "", "hf_dir": hf_dir}
     root, step = checkpoints.resolve_checkpoint(teacher)
     record = read_record(root, step)
     run_dir = root.rstrip("/").rsplit("/", 1)[0] if root.rstrip("/").endswith("/checkpoints") else root
     model_file = next((p for p in (paths.join(run_dir, "tokenizer", "tokenizer.model"),
                                    paths.join(run_dir, "tokenizer.model")) if paths.exists(p)), "")
     return {"fingerprint": record.get("tokenizer", ""), "tokenizer_vocab": record.get("vocab_size"),
-            "vocab": (record.get("model") or {}).get("vocab_size"), "where": paths.join(root, str(step)),
-            "model_file": model_file, "hf_dir": ""}
+            "vocab": (record.get("model") or {}).get("vocab_size"), "model_file": model_file, "hf_dir": ""}
 
 
 def check_tokenizer(teacher: str, model_vocab: int, student: tuple[str | None, int],
