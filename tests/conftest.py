@@ -1,6 +1,8 @@
 """Test setup: 8 emulated CPU devices (set before jax is imported) and shared fixtures."""
 
 import os
+import subprocess
+import sys
 import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -41,6 +43,23 @@ def tiny_config(cache_dir):
     c.train.progress = False
     c.optim.warmup_steps = 2
     return c
+
+
+# The run the error catalogue's rows start from (tests/test_errors.py, tests/test_error_hints.py).
+ERRORS_TINY = [f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}", "--config.train.steps=6",
+               "--config.train.heldout_every=6", "--config.train.checkpoint_every=6", "--config.data.max_files=60",
+               "--config.data.seq_len=32", "--config.data.heldout_batches=2"]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, cache_dir):
+    """A finished ERRORS_TINY run, through the command line (trained once, copied by the rows that resume or
+    damage one)."""
+    workdir = str(tmp_path_factory.mktemp("finished") / "run")
+    first = subprocess.run([sys.executable, "-m", "salt_jax.main", *ERRORS_TINY, f"--workdir={workdir}"], cwd=REPO,
+                           env=dict(os.environ, SALT_JAX_CACHE=cache_dir), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    return workdir
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,8 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import ERRORS_TINY as TINY, REPO
 
-TINY = [f"--config={os.path.join(REPO, 'configs', 'test_tiny.py')}", "--config.train.steps=6",
-        "--config.train.heldout_every=6", "--config.train.checkpoint_every=6", "--config.data.max_files=60",
-        "--config.data.seq_len=32", "--config.data.heldout_batches=2"]
 
 
 def _rows() -> list[dict]:
@@ -70,15 +67,6 @@ def _parquet_body(data) -> None:
 
 # Rows whose setup writes data files into DATA (a fresh directory) first.
 DATA_SETUPS = {"zst-truncated": _zst_truncated, "parquet-column": _parquet_body}
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, cache_dir):
-    """A finished TINY run (trained once, copied by the rows that resume or damage one)."""
-    workdir = str(tmp_path_factory.mktemp("finished") / "run")
-    first = _run("salt_jax.main", TINY + [f"--workdir={workdir}"], cache_dir)
-    assert first.returncode == 0, first.stderr[-2000:]
-    return workdir
 
 
 def test_the_catalogue_is_read():

@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import random
 import tempfile
 from typing import Iterable, Protocol
@@ -197,9 +198,22 @@ def train_sentencepiece(docs: Iterable[str], vocab_size: int, model_type: str, m
             user_defined_symbols=["\n"], max_sentence_length=1 << 14, num_threads=os.cpu_count() or 1,
             minloglevel=2)
     except RuntimeError as e:
-        raise UserError(f"config.data.tokenizer: SentencePiece training failed ({e}); "
-                        "lower config.data.tokenizer.vocab_size or give more text") from None
+        raise UserError(f"config.data.tokenizer: SentencePiece training failed ({e}); {_sentencepiece_hint(str(e))}"
+                        ) from None
     paths.write_atomic(out_file, model.getvalue())
+
+
+def _sentencepiece_hint(message: str) -> str:
+    """What to change, from SentencePiece's own reason: its two vocabulary-size bounds point opposite ways."""
+    too_small = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
+    if too_small:
+        return (f"raise config.data.tokenizer.vocab_size to at least {too_small.group(2)} (the corpus's characters "
+                "need that many pieces; config.model.vocab_size at least as large), or use "
+                "config.data.tokenizer.kind=bytes")
+    too_high = re.search(r"value <= (\d+)", message)
+    if too_high:
+        return f"lower config.data.tokenizer.vocab_size to at most {too_high.group(1)}, or give more text"
+    return "check config.data.tokenizer.vocab_size against the corpus, or give more text"
 
 
 def make_tokenizer(tok_cfg: ml_collections.ConfigDict, source, cache_dir: str, train: bool = True) -> Tokenizer:
@@ -233,6 +247,7 @@ def make_tokenizer(tok_cfg: ml_collections.ConfigDict, source, cache_dir: str, t
         train_sentencepiece(itertools.islice(source.documents("train"), None), tok_cfg.vocab_size,
                             tok_cfg.model_type, tok_cfg.max_train_lines, path)
     return SentencePieceTokenizer(path)
+
 
 def described(tok_cfg: ml_collections.ConfigDict) -> tuple[str | None, int]:
     """(fingerprint, vocabulary size) of config.data.tokenizer without training or encoding anything.
