@@ -4,8 +4,8 @@
                                              the teacher is test-tiny-teacher.
 """
 
-from salt_jax.recipes import test_tiny_run
+from salt_jax.recipes import tiny_run
 
 
 def get_config(method: str = "baseline"):
-    return test_tiny_run(method)
+    return tiny_run(method)

@@ -264,7 +264,7 @@ def bench_loss(config, t_cfg, repeats: int) -> dict:
     def dense(h, w, h_t, w_t, y, mask, kd_w):
         s = jnp.einsum("btd,dv->btv", h.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
         tl = jnp.einsum("btd,dv->btv", h_t.astype(dt), w_t.astype(dt), preferred_element_type=jnp.float32)
-        kd = losses.kd_per_token(tl, s, opts.temperature, opts.kd_loss, opts.kd_topk)
+        kd = losses.full_kd_per_token(s, tl, opts.temperature, opts.kd_loss, opts.kd_topk)
         return losses.mixture_stats(losses.token_ce(s, y), kd, kd_w, mask)["loss_sum"]
 
     def chunked(h, w, h_t, w_t, y, mask, kd_w):

@@ -17,7 +17,7 @@ def _teacher(c: ml_collections.ConfigDict, method: str, path: str) -> None:
     c.salt.teacher = path if methods.variant(method).teacher else ""
 
 
-def test_tiny_run(method: str = "baseline") -> ml_collections.ConfigDict:
+def tiny_run(method: str = "baseline") -> ml_collections.ConfigDict:
     """Byte tokenizer, test-tiny models, a few dozen steps: seconds on CPU."""
     c = base_config("test-tiny-teacher" if method == "teacher" else "test-tiny")
     c.data.tokenizer.kind = "bytes"

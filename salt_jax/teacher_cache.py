@@ -1,4 +1,4 @@
-"""Builds a run's cached teacher logits ahead of training (offline KD; salt_jax.kd.logit_cache).
+"""Builds a run's teacher cache ahead of training (config.salt.teacher_logits=cache; salt_jax.kd.teacher_cache).
 
     python -m salt_jax.teacher_cache --config=configs/demo.py:salt-cached [--config.salt.cache_k=32]
         [--config.salt.cache_targets=topk|topk_other|sampled] [--config.salt.cache_dtype=float16]
@@ -26,7 +26,7 @@ from salt_jax.cli import fail, flags_parser, keep_jax_off_an_absent_tpu, load_co
 from salt_jax.config import check_vocab, run_help, validate
 from salt_jax.data import store
 from salt_jax.errors import UserError
-from salt_jax.kd import logit_cache, schedules
+from salt_jax.kd import schedules, teacher_cache
 from salt_jax.kd.teacher import adopt_teacher_vocabulary
 from salt_jax.model import sharding
 
@@ -50,7 +50,7 @@ def build(config) -> dict:
     if steps == 0:
         raise UserError(f"config.salt.kd_steps={config.salt.kd_steps}: the KD phase has no steps, so there is "
                         "nothing to cache")
-    manifest, directory, _, _ = logit_cache.build_teacher_cache(config, cache, tok, mesh, steps)
+    manifest, directory, _, _ = teacher_cache.build_teacher_cache(config, cache, tok, mesh, steps)
     return dict(manifest, directory=directory)
 
 

@@ -4,7 +4,7 @@
 
 Runs `salt_jax.bench.bench_steps` (baseline, online KD and cached-KD steps, same shapes) `rounds` times for
 each implementation, alternating: "old" traces the loss with the earlier sparse KD (a second log-softmax,
-[.., V] masks and scatters: `sparse.kd_value_and_grad`, and autodiff through `sparse.kd_per_token` in the
+[.., V] masks and scatters: `sparse.sparse_kd_value_and_grad`, and autodiff through `sparse.sparse_kd_per_token` in the
 dense loss), "new" with the fused one. Prints each run's medians and the median over runs of the cached
 step's ratio to the baseline step.
 """
@@ -26,12 +26,12 @@ def _old_chunk_terms(s, y, t, tau, kind, ce_w, kd_w, unit_tau=False):
     log_q1 = jax.nn.log_softmax(s, axis=-1)
     ce = -jnp.take_along_axis(log_q1, y[..., None], axis=-1)[..., 0]
     d_ce = jnp.exp(log_q1) - jax.nn.one_hot(y, s.shape[-1], dtype=jnp.float32)
-    kd, d_kd = sparse.kd_value_and_grad(s, t, tau, kind)
+    kd, d_kd = sparse.sparse_kd_value_and_grad(s, t, tau, kind)
     return ce, kd, ce_w[..., None] * d_ce + kd_w[..., None] * d_kd
 
 
 def _old_dense_terms(s, y, t, tau, kind, unit_tau=False):
-    return losses.token_ce(s, y), sparse.kd_per_token(s, t, tau, kind)
+    return losses.token_ce(s, y), sparse.sparse_kd_per_token(s, t, tau, kind)
 
 
 def main(argv):

@@ -29,9 +29,9 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture
 def tiny_config(cache_dir):
     """The test-tiny run config (configs/test_tiny.py) made smaller still, with the shared cache."""
-    from salt_jax.recipes import test_tiny_run
+    from salt_jax.recipes import tiny_run
 
-    c = test_tiny_run("baseline")
+    c = tiny_run("baseline")
     c.data.cache_dir = cache_dir
     c.data.seq_len = 32
     c.data.max_files = 60

@@ -33,12 +33,12 @@ def _inputs(seed=0, dtype=jnp.float32):
 
 
 def _dense(hs, ws, ht, wt, y, mask, kd_w, o: cl.LossOptions):
-    """The dense path of salt_jax.train.step: full logits, losses.kd_per_token, losses.mixture_stats."""
+    """The dense path of salt_jax.train.step: full logits, losses.full_kd_per_token, losses.mixture_stats."""
     s = jnp.einsum("btd,dv->btv", hs.astype(o.dtype), ws.astype(o.dtype), preferred_element_type=jnp.float32)
     t = jnp.einsum("btd,dv->btv", ht.astype(o.dtype), wt.astype(o.dtype), preferred_element_type=jnp.float32)
     w = kd_w * losses.teacher_selection(t, y, o.token_select, o.token_select_k, o.token_select_threshold)
-    stats = losses.mixture_stats(losses.token_ce(s, y), losses.kd_per_token(t, s, o.temperature, o.kd_loss,
-                                                                           o.kd_topk), w, mask)
+    stats = losses.mixture_stats(losses.token_ce(s, y), losses.full_kd_per_token(s, t, o.temperature,
+                                                                                o.kd_loss, o.kd_topk), w, mask)
     stats["correct"] = jnp.sum((jnp.argmax(s, -1) == y) * mask)
     stats["teacher_ntp_sum"] = jnp.sum(losses.token_ce(t, y) * mask)
     return stats
@@ -87,7 +87,7 @@ def test_chunked_applies_final_softcaps_like_the_dense_path():
     def dense(h, w):
         s = 2.5 * jnp.tanh(jnp.einsum("btd,dv->btv", h, w) / 2.5)
         t = 4.0 * jnp.tanh(jnp.einsum("btd,dv->btv", ht, wt) / 4.0)
-        st = losses.mixture_stats(losses.token_ce(s, y), losses.kd_per_token(t, s, 2.0), kd_w, mask)
+        st = losses.mixture_stats(losses.token_ce(s, y), losses.full_kd_per_token(s, t, 2.0), kd_w, mask)
         st["teacher_ntp_sum"] = jnp.sum(losses.token_ce(t, y) * mask)
         return st
 
@@ -134,9 +134,9 @@ def test_kd_gradient_formulas_match_autodiff_of_the_kd_loss():
     r = np.random.default_rng(3)
     t, s = (jnp.asarray(r.normal(size=(4, V)) * 2, jnp.float32) for _ in range(2))
     for kind, k in (("forward_kl", 0), ("reverse_kl", 0), ("topk_kl", 6)):
-        value, grad = cl.kd_value_and_grad(t, s, 1.7, kind, k)
-        ref = jax.grad(lambda x: jnp.sum(losses.kd_per_token(t, x, 1.7, kind, k)))(s)
-        np.testing.assert_allclose(value, losses.kd_per_token(t, s, 1.7, kind, k), rtol=1e-5, atol=1e-6)
+        value, grad = cl.full_kd_value_and_grad(s, t, 1.7, kind, k)
+        ref = jax.grad(lambda x: jnp.sum(losses.full_kd_per_token(x, t, 1.7, kind, k)))(s)
+        np.testing.assert_allclose(value, losses.full_kd_per_token(s, t, 1.7, kind, k), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(grad, ref, atol=1e-6)
 
 

@@ -92,9 +92,9 @@ def test_a_missing_teacher_is_reported_before_the_tokenizer_or_store_is_built(tm
 def test_the_walkthroughs_teacher_run_carries_no_teacher_path():
     """configs/demo.py:teacher's default workdir is the students' default teacher: the teacher run itself
     names none, so the walkthrough's first command is not refused (the run is in tests/test_docs_commands.py)."""
-    from salt_jax.recipes import demo_run, test_tiny_run
+    from salt_jax.recipes import demo_run, tiny_run
 
-    for make in (demo_run, test_tiny_run):
+    for make in (demo_run, tiny_run):
         assert make("teacher").salt.teacher == make("baseline").salt.teacher == ""
         assert make("salt").salt.teacher.startswith("runs/")
 

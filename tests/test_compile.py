@@ -37,7 +37,7 @@ WIDE = {"n_layers": 4, "d_model": 512, "mlp_dim": 1024, "n_heads": 4, "n_kv_head
 
 def _tiny(method="salt", wide=False, **data):
     """test-tiny; `wide`: widths that fill TPU tiles (128 lanes), so padding does not dominate its bytes."""
-    c = recipes.test_tiny_run(method)
+    c = recipes.tiny_run(method)
     if wide:
         c.model.update(WIDE)
     c.salt.teacher_preset = "test-tiny-teacher"  # no teacher checkpoint needed

@@ -221,12 +221,12 @@ EVAL_ARGS = ["--tasks=" + TASKS, "--limit=12", "--num_fewshot=1", "--batch_size=
 def hf_run(tmp_path_factory, cache_dir):
     """A 12-step run with a Hugging Face BPE tokenizer and few-shot scores every 6 steps (config.eval)."""
     from salt_jax.train import loop
-    from salt_jax.recipes import test_tiny_run
+    from salt_jax.recipes import tiny_run
     from test_hf import _train_tokenizer
 
     tok_dir = str(tmp_path_factory.mktemp("bpe"))
     _train_tokenizer(tok_dir)
-    c = test_tiny_run("baseline")
+    c = tiny_run("baseline")
     c.data.cache_dir, c.data.seq_len, c.data.max_files, c.data.heldout_batches = cache_dir, 32, 60, 2
     c.data.tokenizer.kind, c.data.tokenizer.hf_dir = "hf", tok_dir
     c.model.vocab_size, c.model.max_len = 288, 64

@@ -165,10 +165,10 @@ def test_method_specs_with_several_overrides():
     assert specs == ["baseline", "salt[kd_steps=50,kd_weight=0.8]", "salt-linear"]
     assert pipeline.parse_method(specs[1]) == ("salt", {"kd_steps": 50, "kd_weight": 0.8})
     assert pipeline.run_name(specs[1]) == "salt-kd_steps50-kd_weight0.8"
-    from salt_jax.recipes import test_tiny_run
+    from salt_jax.recipes import tiny_run
     import ml_collections
 
-    exp = ml_collections.ConfigDict({"student": test_tiny_run(), "progress": False})
+    exp = ml_collections.ConfigDict({"student": tiny_run(), "progress": False})
     c = pipeline.student_config(exp, specs[1], 2, "/t", 1e-3)
     assert (c.salt.method, c.salt.kd_steps, c.salt.kd_weight, c.seed, c.data.seed) == ("salt", 50, 0.8, 2, 2)
     with pytest.raises(UserError, match="salt.kd_steps=2.5"):

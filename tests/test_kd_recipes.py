@@ -141,7 +141,7 @@ def test_sparse_kd_with_the_whole_vocabulary_is_full_kd(tau, kind):
     t, s = _logits(0), _logits(1)
     y = jnp.asarray(np.random.default_rng(2).integers(0, 11, (2, 3)))
     targets = sparse.from_logits(jnp.asarray(t), y, 11, kind, tau)
-    got = sparse.kd_per_token(jnp.asarray(s), targets, tau, kind)
+    got = sparse.sparse_kd_per_token(jnp.asarray(s), targets, tau, kind)
     np.testing.assert_allclose(np.asarray(got), _np_full_kd(t, s, tau), rtol=2e-5, atol=1e-6)
     assert float(jnp.max(targets.other)) == -np.inf  # nothing is left outside the top V
     np.testing.assert_allclose(np.asarray(targets.target_logp),
@@ -173,12 +173,12 @@ def test_sparse_kd_value_and_gradient_match_float64(kind, k, tau):
     ce_w = jnp.asarray(np.random.default_rng(6).random((2, 3)), jnp.float32)  # the CE's share, as in a chunk
     ce64 = -np.take_along_axis(log_softmax(s64), np.asarray(y)[..., None], -1)[..., 0]
     ce_grad = np.exp(log_softmax(s64)) - np.eye(11)[np.asarray(y)]
-    value, closed = sparse.kd_value_and_grad(jnp.asarray(s), targets, tau, kind)
-    auto = jax.grad(lambda z: jnp.sum(sparse.kd_per_token(z, targets, tau, kind)))(jnp.asarray(s))
+    value, closed = sparse.sparse_kd_value_and_grad(jnp.asarray(s), targets, tau, kind)
+    auto = jax.grad(lambda z: jnp.sum(sparse.sparse_kd_per_token(z, targets, tau, kind)))(jnp.asarray(s))
     fused = [sparse.ce_kd_value_and_grad(jnp.asarray(s), y, targets, tau, kind, ce_w, jnp.ones((2, 3)), unit)
              for unit in ([False, True] if tau == 1 else [False])]
     dense = jax.grad(lambda z: jnp.sum(sparse.ce_and_kd(z, y, targets, tau, kind, tau == 1)[1]))(jnp.asarray(s))
-    for got in (value, sparse.kd_per_token(jnp.asarray(s), targets, tau, kind), *(f[1] for f in fused),
+    for got in (value, sparse.sparse_kd_per_token(jnp.asarray(s), targets, tau, kind), *(f[1] for f in fused),
                 sparse.ce_and_kd(jnp.asarray(s), y, targets, tau, kind)[1]):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
     for got in (closed, auto, dense, *(f[2] - ce_w[..., None] * ce_grad for f in fused)):
@@ -247,7 +247,7 @@ def test_the_chunked_loss_from_sparse_targets_equals_the_dense_one(kind, k, tau)
     def dense(h, w, fused=False):
         logits = jnp.einsum("btd,dv->btv", h, w)
         ce, kd = (sparse.ce_and_kd(logits, y, targets, tau, kind, tau == 1) if fused else
-                  (losses.token_ce(logits, y), sparse.kd_per_token(logits, targets, tau, kind)))
+                  (losses.token_ce(logits, y), sparse.sparse_kd_per_token(logits, targets, tau, kind)))
         stats = losses.mixture_stats(ce, kd, kw, mask)
         return stats["loss_sum"], stats
 
@@ -313,10 +313,10 @@ def test_experiment_methods_set_any_field_and_name_extra_teachers():
     import ml_collections
 
     from salt_jax.experiment import pipeline
-    from salt_jax.recipes import test_tiny_run
+    from salt_jax.recipes import tiny_run
 
-    exp = ml_collections.ConfigDict({"student": test_tiny_run(), "progress": False,
-                                     "teachers": {"small": test_tiny_run("teacher")}})
+    exp = ml_collections.ConfigDict({"student": tiny_run(), "progress": False,
+                                     "teachers": {"small": tiny_run("teacher")}})
     c = pipeline.student_config(exp, "baseline[train.steps=28]", 1, "/t", 1e-3, "/exp")
     assert (c.train.steps, c.salt.method, c.salt.teacher) == (28, "baseline", "")  # (no teacher: carries none)
     c = pipeline.student_config(exp, "salt_ds-difference[teacher=small,ds_reference=small]", 0, "/t", 1e-3, "/exp")

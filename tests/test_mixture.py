@@ -44,9 +44,9 @@ def corpora(tmp_path_factory):
 
 
 def _config(spec: str, cache_dir: str, method: str = "baseline"):
-    from salt_jax.recipes import test_tiny_run
+    from salt_jax.recipes import tiny_run
 
-    c = test_tiny_run(method)
+    c = tiny_run(method)
     c.data.cache_dir, c.data.mixture, c.data.seq_len, c.data.heldout_batches = cache_dir, spec, 32, 2
     c.train.steps, c.train.log_every, c.train.heldout_every, c.train.checkpoint_every = 12, 4, 6, 6
     c.train.progress, c.optim.warmup_steps = False, 2

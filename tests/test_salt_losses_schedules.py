@@ -32,14 +32,14 @@ def test_kd_loss_matches_float64(tau, kind):
     rng = np.random.default_rng(int(tau * 10))
     t = rng.normal(size=(2, 7, 33)).astype(np.float32) * 3
     s = rng.normal(size=(2, 7, 33)).astype(np.float32) * 3
-    got = losses.kd_per_token(jnp.asarray(t), jnp.asarray(s), tau, kind, topk=5)
+    got = losses.full_kd_per_token(jnp.asarray(s), jnp.asarray(t), tau, kind, topk=5)
     np.testing.assert_allclose(np.asarray(got), _np_kd(t, s, tau, kind, 5), rtol=2e-5, atol=1e-6)
 
 
 def test_kd_loss_is_zero_for_identical_logits_and_positive_otherwise():
     z = jnp.asarray(np.random.default_rng(0).normal(size=(1, 3, 10)), jnp.float32)
-    assert float(jnp.abs(losses.kd_per_token(z, z, 2.0)).max()) < 1e-6
-    assert float(losses.kd_per_token(z, z * 0.5, 2.0).min()) > 0
+    assert float(jnp.abs(losses.full_kd_per_token(z, z, 2.0)).max()) < 1e-6
+    assert float(losses.full_kd_per_token(z * 0.5, z, 2.0).min()) > 0
 
 
 def test_mixture_is_convex_per_token_and_ignores_padding():

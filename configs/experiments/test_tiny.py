@@ -2,16 +2,16 @@
 
 import ml_collections
 
-from salt_jax.recipes import test_tiny_run
+from salt_jax.recipes import tiny_run
 
 
 def get_config():
     c = ml_collections.ConfigDict()
     c.name = "test-tiny"  # shown in the report's title
-    c.teacher = test_tiny_run("teacher")  # run config of the teacher (trained in DIR/teacher)
+    c.teacher = tiny_run("teacher")  # run config of the teacher (trained in DIR/teacher)
     c.teacher.train.steps = 30
     c.teacher_path = ""  # reuse this teacher instead of training one
-    c.student = test_tiny_run("baseline")  # run config shared by every student
+    c.student = tiny_run("baseline")  # run config shared by every student
     c.student.data.seq_len = 32
     c.student.train.steps = 24
     c.student.train.heldout_every = 4

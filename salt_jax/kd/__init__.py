@@ -11,7 +11,8 @@
     selection.py     SALT_DS: the teacher scores sequences (median_topk | loss | difference), the KD
                      phase trains on the chosen ones
     sparse.py        KD from sparse teacher targets (top-k, top-k + bucket, sampled ids)
-    logit_cache.py   offline KD: the teacher's sparse targets of every KD step, built once, read ahead
+    teacher_cache.py the teacher cache (teacher_logits=cache): the teacher's sparse targets of every KD step,
+                     built once, read ahead
 
 May import salt_jax.data, salt_jax.model and salt_jax.hf; never train/ or experiment/.
 """

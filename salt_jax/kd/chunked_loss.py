@@ -44,9 +44,9 @@ class LossOptions:
 
     chunk: int = 256  # sequence positions per chunk (logits held: batch x chunk x vocab per model)
     temperature: float = 1.0  # tau of the KD term
-    kd_loss: str = "forward_kl"  # forward_kl | reverse_kl | topk_kl
+    kd_loss: str = "forward_kl"  # one of losses.KD_LOSSES
     kd_topk: int = 0  # k for topk_kl
-    token_select: str = "none"  # none | topk | confidence: KD only where the teacher is good
+    token_select: str = "none"  # one of losses.TOKEN_SELECTIONS: KD only where the teacher is good
     token_select_k: int = 10
     token_select_threshold: float = 0.5
     dtype: Any = jnp.float32  # matmul operand dtype (the model's compute dtype)
@@ -57,8 +57,9 @@ class LossOptions:
     temperature_is_one: bool = False  # set by chunked_loss when tau is the constant 1 (cached KD reuses the CE's softmax)
 
 
-def kd_value_and_grad(t_logits: jax.Array, s_logits: jax.Array, tau: float, kind: str, topk: int = 0):
-    """Per-token KD loss [..] (as `losses.kd_per_token`) and its gradient w.r.t. the student logits [.., V]."""
+def full_kd_value_and_grad(s_logits: jax.Array, t_logits: jax.Array, tau: float, kind: str, topk: int = 0):
+    """Per-token KD loss [..] against the teacher's full logits (as `losses.full_kd_per_token`; student first,
+    see there) and its gradient w.r.t. the student logits [.., V]."""
     t = t_logits / tau
     s = s_logits / tau
     log_q = jax.nn.log_softmax(s, axis=-1)
@@ -114,7 +115,7 @@ def _chunk(opts: LossOptions, with_grad: bool, w_s, w_t, tau, xs):
         selected = losses.teacher_selection(t, y, opts.token_select, opts.token_select_k,
                                             opts.token_select_threshold)
         w = kw * selected * m
-        kd, d_kd = kd_value_and_grad(t, s, tau, opts.kd_loss, opts.kd_topk)
+        kd, d_kd = full_kd_value_and_grad(s, t, tau, opts.kd_loss, opts.kd_topk)
         t_ce = -jnp.take_along_axis(jax.nn.log_softmax(t, axis=-1), y[..., None], axis=-1)[..., 0]
         sums.update(loss_sum=jnp.sum(m * ce + w * (kd - ce)), kd_sum=jnp.sum(m * kd), kd_weight_sum=jnp.sum(w),
                     kd_tokens=jnp.sum(m * (kw * selected > 0)), teacher_ntp_sum=jnp.sum(m * t_ce))

@@ -38,9 +38,16 @@ def token_ce(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
 
 
-def kd_per_token(teacher_logits: jax.Array, student_logits: jax.Array, temperature: float,
-                 kind: str = "forward_kl", topk: int = 0) -> jax.Array:
-    """Per-position KD loss [b, t], scaled by tau^2 (so gradients keep their size as tau changes).
+KD_LOSSES = ("forward_kl", "reverse_kl", "topk_kl")  # config.salt.kd_loss: the terms `full_kd_per_token` computes
+
+
+# Argument order of every KD function in salt_jax.kd (here, chunked_loss, sparse): the student's logits first,
+# then what they are matched against (the teacher's logits, or its sparse targets), as optax's losses take
+# (predictions, targets) and `token_ce` takes (logits, targets).
+def full_kd_per_token(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float,
+                      kind: str = "forward_kl", topk: int = 0) -> jax.Array:
+    """Per-position KD loss [b, t] against the teacher's full logits, scaled by tau^2 (so gradients keep
+    their size as tau changes). (Against sparse targets: salt_jax.kd.sparse.sparse_kd_per_token.)
 
     forward_kl: tau^2 KL(softmax(z_T/tau) || softmax(z_S/tau))   (the paper's term)
     reverse_kl: tau^2 KL(softmax(z_S/tau) || softmax(z_T/tau))
@@ -76,6 +83,9 @@ def target_rank(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)
     return jnp.sum(logits > target_logit, axis=-1)
+
+
+TOKEN_SELECTIONS = ("none", "topk", "confidence")  # config.salt.token_select: `teacher_selection`'s modes
 
 
 def teacher_selection(teacher_logits: jax.Array, targets: jax.Array, mode: str, k: int = 10,

@@ -57,7 +57,7 @@ class DenseLoss:
         w_tok = kd_weight * selected
         s_logits = student.apply({"params": params}, inputs)
         ntp = losses.token_ce(s_logits, targets)
-        kd = losses.kd_per_token(t_logits, s_logits, tau, s.kd_loss, s.kd_topk)
+        kd = losses.full_kd_per_token(s_logits, t_logits, tau, s.kd_loss, s.kd_topk)
         stats = losses.mixture_stats(ntp, kd, w_tok, mask)
         stats.update(correct=jnp.sum((jnp.argmax(s_logits, -1) == targets) * mask),
                      tokens=jnp.sum(mask.astype(jnp.float32)),
@@ -97,6 +97,9 @@ def chunked_options(config: ml_collections.ConfigDict) -> LossOptions:
                        sparse=s.cache_targets)
 
 
+LOSSES = ("dense", "chunked")  # config.train.loss: DenseLoss (the reference) or ChunkedLoss
+
+
 def make_loss(config: ml_collections.ConfigDict) -> DenseLoss | ChunkedLoss:
-    """The objective config.train.loss names: dense (the reference) or chunked."""
+    """The objective config.train.loss names (one of LOSSES): dense (the reference) or chunked."""
     return ChunkedLoss(chunked_options(config)) if config.train.loss == "chunked" else DenseLoss(config.salt)

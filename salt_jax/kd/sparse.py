@@ -21,8 +21,8 @@ other bucket and q_o = 1 - sum of q over the top-k ids:
                    r_o q_i / q_o on every id outside the top k (q times sum(r) + r_o, not q, when
                    float16 storage leaves that sum a little off 1)
 
-`kd_per_token` is the reference (autodiff through full student log-probs) and
-`kd_value_and_grad` the earlier closed form (a second log-softmax, [.., V] masks
+`sparse_kd_per_token` is the reference (autodiff through full student log-probs) and
+`sparse_kd_value_and_grad` the earlier closed form (a second log-softmax, [.., V] masks
 and scatters; kept as a reference). `ce_kd_value_and_grad` is what the losses
 run (salt_jax.kd.chunked_loss per chunk, salt_jax.kd.objective.DenseLoss at once):
 the next-token CE and the sparse KD from one pass over the student's logits,
@@ -119,13 +119,14 @@ def _value(log_q: jax.Array, t: Targets, kind: str, log_qo: jax.Array | None = N
     return value + jnp.where(r_o > 0, r_o * (c_o - log_qo), 0.0)
 
 
-def kd_per_token(student_logits: jax.Array, t: Targets, tau, kind: str) -> jax.Array:
-    """The reference: per-position KD [b, t] against sparse targets, scaled by tau^2 (autodiff gradients)."""
+def sparse_kd_per_token(student_logits: jax.Array, t: Targets, tau, kind: str) -> jax.Array:
+    """The reference: per-position KD [b, t] against sparse targets, scaled by tau^2 (autodiff gradients).
+    (Against the teacher's full logits: salt_jax.kd.losses.full_kd_per_token; student first in both.)"""
     log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / tau, axis=-1)
     return tau * tau * _value(log_q, t, kind)
 
 
-def kd_value_and_grad(s_logits: jax.Array, t: Targets, tau, kind: str):
+def sparse_kd_value_and_grad(s_logits: jax.Array, t: Targets, tau, kind: str):
     """Per-position KD [..] and its gradient w.r.t. the student logits [.., V], in closed form."""
     vocab = s_logits.shape[-1]
     log_q = jax.nn.log_softmax(s_logits / tau, axis=-1)
@@ -210,7 +211,7 @@ def _scatter(x: jax.Array, ids: jax.Array, values: jax.Array, add: bool) -> jax.
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def ce_and_kd(s: jax.Array, y: jax.Array, t: Targets, tau, kind: str, unit_tau: bool = False):
-    """Per-position CE [..] and sparse KD [..] (as `kd_per_token`) of the logits s [.., V], for autodiff (the
+    """Per-position CE [..] and sparse KD [..] (as `sparse_kd_per_token`) of the logits s [.., V], for autodiff (the
     dense loss): the forward pass is one pass over s, the backward `ce_kd_value_and_grad` with the two
     cotangents as its weights (one more, as the CE's own backward)."""
     ce, kd, _ = _ce_kd_no_grad(s, y, t, tau, kind, unit_tau)

@@ -11,7 +11,7 @@ teacher checkpoint goes into the student's checkpoints so a resume with
 another teacher is refused.
 
 `Teacher` is what a KD step needs of any teacher (a Protocol): OnlineTeacher
-here, the cached targets' CachedTeacher (salt_jax.kd.logit_cache), and
+here, the cached targets' CachedTeacher (salt_jax.kd.teacher_cache), and
 FixedTeacher, one input for every step, for compiling and benchmarking.
 """
 
@@ -47,7 +47,7 @@ class Teacher(Protocol):
     `shardings`: the teacher's parameters for `model`'s forward inside the
     step, or, with `sparse_targets`, that batch's sparse teacher targets
     (salt_jax.kd.sparse.Targets; `model` is then None: no forward). Kinds:
-    OnlineTeacher (a restored checkpoint), salt_jax.kd.logit_cache.CachedTeacher
+    OnlineTeacher (a restored checkpoint), salt_jax.kd.teacher_cache.CachedTeacher
     (cached targets read from disk) and FixedTeacher (one input for every step:
     shapes to lower and compile, or the benchmark's random batch).
     """

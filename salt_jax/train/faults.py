@@ -111,7 +111,7 @@ def parse_steps(spec: str, field: str) -> tuple[int, ...]:
 class KillHooks:
     """SIGKILL at "step:N" (after step N has run, once earlier checkpoints are on disk), "save:N"
     (while checkpoint N is being written, before it is complete) or "cache:N" (after the teacher cache's
-    file of step N is written, salt_jax.kd.logit_cache)."""
+    file of step N is written, salt_jax.kd.teacher_cache)."""
 
     POINTS = ("step", "save", "cache")
 

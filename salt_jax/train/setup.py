@@ -39,7 +39,7 @@ from salt_jax.data import tokenizer as tokenizer_lib
 from salt_jax.errors import UserError
 from salt_jax.kd import methods, objective, schedules, selection
 from salt_jax.kd import teacher as teacher_lib
-from salt_jax.kd import logit_cache
+from salt_jax.kd import teacher_cache
 from salt_jax.kd.schedules import KDPhase
 from salt_jax.model import checkpoints, sharding
 from salt_jax.model.flops import RunFlops, flops_per_token, param_count
@@ -295,7 +295,7 @@ def _teacher_for(config, store, tok, mesh, previous: dict, phase: KDPhase, start
         return None
     if config.salt.teacher_logits == "cache":
         kill = faults.KillHooks(config.train.debug_kill)
-        return logit_cache.cached_teacher(config, store, tok, mesh, previous, phase.scheduled_end, workdir,
+        return teacher_cache.cached_teacher(config, store, tok, mesh, previous, phase.scheduled_end, workdir,
                                           written=lambda step: kill.maybe_kill("cache", step))
     return teacher_lib.load_for_run(config, tok, mesh, previous)
 

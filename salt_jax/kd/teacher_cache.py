@@ -1,7 +1,8 @@
-"""Offline KD: the teacher's sparse targets for every KD-phase batch, computed once, stored beside the tokens.
+"""The teacher cache: the teacher's sparse targets for every KD-phase batch, computed once, stored beside
+the tokens.
 
-A run with config.salt.teacher_logits=cache trains its KD phase from these
-files instead of running the teacher inside the step (salt_jax.kd.sparse
+A run with config.salt.teacher_logits=cache trains its KD phase from the
+teacher cache instead of running the teacher inside the step (salt_jax.kd.sparse
 says what is stored and how the loss reads it). Batches are step-indexed, so
 the targets of step s belong to the batch of step s of any run with the same
 token store, data seed, batch size and sequence length: students that differ
