@@ -9,6 +9,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -79,6 +80,11 @@ def test_the_ray_build_is_the_local_build_byte_for_byte_and_resumes(tmp_path, ra
         store.build_store(cfg("bad"), engine=ray_engine.RayEngine(2))
 
 
+# configs/experiments/test_tiny.py at test size: these fields of its teacher and student runs, 2 methods, 1 seed
+TINY = {"data.max_files": 60, "data.heldout_batches": 2, "train.steps": 8, "train.heldout_every": 4,
+        "train.log_every": 4, "train.checkpoint_every": 4, "optim.warmup_steps": 2}
+
+
 def _tiny_experiment(cache_dir):
     spec = importlib.util.spec_from_file_location("exp_cfg", os.path.join(REPO, "configs", "experiments",
                                                                           "test_tiny.py"))
@@ -86,14 +92,24 @@ def _tiny_experiment(cache_dir):
     spec.loader.exec_module(mod)
     exp = mod.get_config()
     for run in (exp.teacher, exp.student):
-        run.data.cache_dir, run.data.max_files, run.data.heldout_batches = cache_dir, 60, 2
-        run.train.steps, run.train.heldout_every, run.train.log_every, run.train.checkpoint_every = 8, 4, 4, 4
-        run.optim.warmup_steps = 2
+        run.data.cache_dir = cache_dir
+        for field, value in TINY.items():
+            section, name = field.split(".")
+            run[section][name] = value
     exp.methods, exp.seeds = "baseline,salt", "0"
     return exp
 
 
-def test_the_experiment_on_ray_gives_the_sequential_numbers(tmp_path, cache_dir, ray_session, caplog):
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory, cache_dir):
+    """The tiny experiment run by the sequential pipeline: (workdir, results)."""
+    from salt_jax.experiment import pipeline
+
+    workdir = str(tmp_path_factory.mktemp("sequential"))
+    return workdir, pipeline.run_experiment(_tiny_experiment(cache_dir), workdir)
+
+
+def test_the_experiment_on_ray_gives_the_sequential_numbers(tmp_path, cache_dir, ray_session, sequential, caplog):
     """The sequential experiment, then the same on Ray in a workdir holding its finished teacher (skipped) and
     its salt run cut after the step-4 checkpoint (resumed); the baseline trains from scratch on Ray."""
     import shutil
@@ -101,10 +117,10 @@ def test_the_experiment_on_ray_gives_the_sequential_numbers(tmp_path, cache_dir,
     from salt_jax.experiment import pipeline, ray_runs
 
     exp = _tiny_experiment(cache_dir)
-    sequential = pipeline.run_experiment(exp, str(tmp_path / "sequential"))
+    sequential_dir, sequential = sequential
     workdir = str(tmp_path / "ray")
     for run in ("teacher", "salt-s0"):
-        shutil.copytree(tmp_path / "sequential" / run, os.path.join(workdir, run))
+        shutil.copytree(os.path.join(sequential_dir, run), os.path.join(workdir, run))
     os.remove(os.path.join(workdir, "salt-s0", "summary.json"))
     shutil.rmtree(os.path.join(workdir, "salt-s0", "checkpoints", "8"))
     with caplog.at_level(logging.INFO):
@@ -124,6 +140,54 @@ def test_the_experiment_on_ray_gives_the_sequential_numbers(tmp_path, cache_dir,
     assert all(m.endswith("train.log") for m in progress[1:])
     assert "resuming" in open(os.path.join(workdir, "salt-s0", "train.log")).read()  # each run's own log lines
     assert "[baseline seed 0] training in" in open(os.path.join(workdir, "baseline-s0", "train.log")).read()
+
+
+# results.json's fields that measure time (seconds, and fractions or ratios of seconds): they differ between
+# any two runs of the same experiment, because the machine is shared and the clock is not part of what is
+# computed. Everything else (every loss at every evaluated step, accuracies, reach steps, compute, the
+# conclusion) is a pure function of the config, so it must be equal.
+TIME_FIELDS = {"train_seconds_mean", "reach_seconds", "reach_time_fraction", "kd_seconds_per_step",
+               "kd_step_time_ratio", "baseline_train_seconds", "baseline_seconds_per_step"}
+
+
+def _without_time(results, workdir):
+    """results.json with TIME_FIELDS dropped (checked present) and the workdir's path as WORKDIR."""
+    found = set()
+
+    def strip(x):
+        if isinstance(x, dict):
+            found.update(TIME_FIELDS & set(x))
+            return {k: strip(v) for k, v in x.items() if k not in TIME_FIELDS}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x.replace(workdir, "WORKDIR") if isinstance(x, str) else x
+    out = strip(results)
+    assert found == TIME_FIELDS, f"results.json no longer has {TIME_FIELDS - found}: update TIME_FIELDS"
+    return out
+
+
+def test_the_experiment_command_on_ray_writes_the_sequential_results(tmp_path, cache_dir, ray_session, sequential):
+    """`python -m salt_jax.experiment --engine=ray` through its command line, in a process of its own joining this
+    module's local Ray (2 CPUs) with --ray_address: its results.json is the sequential run's, but for the time
+    fields (TIME_FIELDS) and meta.concurrent_runs (true: the runs trained at once, which the report says); each
+    run trained in a Ray task (its train.log), one line per finished run."""
+    sequential_dir, _ = sequential
+    workdir = str(tmp_path / "cli")
+    overrides = [f"--config.{run}.{field}={value}" for run in ("teacher", "student")
+                 for field, value in {**TINY, "data.cache_dir": cache_dir}.items()]
+    cmd = [sys.executable, "-m", "salt_jax.experiment", "--config=configs/experiments/test_tiny.py",
+           f"--workdir={workdir}", "--engine=ray", f"--ray_address={ray.get_runtime_context().gcs_address}",
+           "--config.methods=baseline,salt", "--config.seeds=0", *overrides]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    finished = sorted(re.findall(r"\[([\w ]+)\] finished in \d+s on ", out.stdout))
+    assert finished == ["baseline seed 0", "salt seed 0", "teacher"], out.stdout
+    for run in ("teacher", "baseline-s0", "salt-s0"):
+        assert "training in" in open(os.path.join(workdir, run, "train.log")).read(), run
+    cli, seq = (json.load(open(os.path.join(d, "results.json"))) for d in (workdir, sequential_dir))
+    assert cli["methods"]["salt"]["eval_loss_mean"] == seq["methods"]["salt"]["eval_loss_mean"]  # (the losses)
+    assert (cli["meta"].pop("concurrent_runs"), seq["meta"].pop("concurrent_runs")) == (True, False)  # (how)
+    assert _without_time(cli, workdir) == _without_time(seq, sequential_dir)
 
 
 def test_ray_resources_a_missing_ray_and_a_bad_address_are_one_line(tmp_path, monkeypatch):
