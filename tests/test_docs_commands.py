@@ -605,7 +605,10 @@ def test_the_docs_show_the_commands_this_test_knows():
 
 @pytest.mark.parametrize("command", _unique(COMMANDS), ids=[f"{c.doc}:{c.line}" for c in _unique(COMMANDS)])
 def test_doc_command_runs_as_printed(command, box, chain_parts_done):
-    check_command(command.text, box, chain_parts_done)
+    try:
+        check_command(command.text, box, chain_parts_done)
+    except AssertionError as e:
+        pytest.fail(f"{command.doc}:{command.line} (a {command.fence} block): {e}", pytrace=False)
 
 
 @pytest.fixture(scope="module")
