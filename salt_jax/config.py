@@ -4,12 +4,15 @@ Config files in configs/ start from `base_config(preset)` and change what they
 need; any field can then be overridden on the command line
 (`--config.optim.learning_rate=1e-3`).
 
-Validation stays here, in one function, because many checks cross sections
-(seq_len against max_len, cache_k against vocab_size, a method against its
-teacher fields) and a bad config should fail before anything is built. The
-allowed values come from the modules that own them (methods.METHODS,
-schedules.SCHEDULES, sparse.KINDS, selection.RULES, attention.IMPLEMENTATIONS,
-transformer.ACTIVATIONS), so a new option is added in one place.
+Validation stays here, one small function per section that `validate` calls
+in order, because many checks cross sections (seq_len against max_len,
+cache_k against vocab_size, a method against its teacher fields) and a bad
+config should fail before anything is built. Each fixed set of allowed values
+is defined once, by the module that gives the values their meaning
+(methods.METHODS, losses.KD_LOSSES, schedules.SCHEDULES, tokenizer.KINDS,
+sources.SOURCES, ...); `CHOICES` maps the fields to those objects, and both
+`validate` and --help (`field_help`) read it, so a new option is added in one
+place.
 Renamed fields are read under their new names (salt_jax.renamed).
 """
 
@@ -20,13 +23,11 @@ import json
 import ml_collections
 
 from salt_jax import renamed
-from salt_jax.data import mixture
-from salt_jax.errors import UserError, check
-from salt_jax.kd import methods, selection, sparse
-from salt_jax.kd.schedules import SCHEDULES
-from salt_jax.model import presets
-from salt_jax.model.attention import IMPLEMENTATIONS
-from salt_jax.model.transformer import ACTIVATIONS, DTYPES, REMAT_POLICIES, option
+from salt_jax.data import mixture, sources, tokenizer
+from salt_jax.errors import UserError, check, listed, one_of
+from salt_jax.kd import losses, methods, objective, schedules, selection, sparse, teacher_cache
+from salt_jax.model import attention, presets, sharding, transformer
+from salt_jax.model.transformer import option
 
 
 def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
@@ -79,7 +80,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
 
     c.optim = o = ml_collections.ConfigDict()
     o.learning_rate = 3e-3  # peak learning rate
-    o.schedule = "cosine"  # decay after warmup: "cosine", "linear" or "constant"
+    o.schedule = "cosine"  # decay after warmup, to final_lr_fraction of the peak (constant: none)
     o.warmup_steps = 20  # linear warmup from 0 to the peak
     o.final_lr_fraction = 0.1  # learning rate at the last step, as a fraction of the peak
     o.b1 = 0.9  # AdamW beta1
@@ -94,7 +95,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     m.tensor = 1  # tensor-parallel axis: heads / mlp / vocab split over it
 
     c.salt = k = ml_collections.ConfigDict()
-    k.method = "baseline"  # baseline | teacher (a baseline run that makes a teacher) | rkd | salt | salt_ds
+    k.method = "baseline"  # the method (salt_jax/kd/methods.py); teacher: a baseline run that makes a teacher
     k.teacher = ""  # the teacher: its run's workdir, a checkpoint directory, or a Hugging Face model directory
     k.teacher_preset = ""  # the teacher's model preset (salt_jax.compile needs no teacher then); a run checks it
 
@@ -105,12 +106,12 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     k.kd_loss = "forward_kl"  # forward_kl: tau^2 KL(teacher||student); reverse_kl; topk_kl (teacher's top-k, renormalised)
     k.kd_topk = 0  # k for kd_loss=topk_kl
     k.weight_schedule = "step"  # w inside the KD phase: step (w0 until n_KD) | linear | cosine (w0 at 0 -> 0 at n_KD) | with_lr (follows the learning rate, 0 at n_KD)
-    k.temperature_schedule = "constant"  # tau over the KD phase: constant | linear | cosine (temperature -> temperature_end at n_KD)
+    k.temperature_schedule = "constant"  # tau over the KD phase; linear / cosine: temperature -> temperature_end at n_KD
     k.temperature_end = 1.0  # temperature_schedule=linear / cosine: tau at n_KD
-    k.teacher_logits = "online"  # online (the teacher runs inside the step) | cache (sparse teacher logits read from disk, no teacher forward)
+    k.teacher_logits = "online"  # online (the teacher runs inside the step) | cache (the teacher cache: its sparse targets read from disk, no teacher forward)
     k.cache_targets = "topk"  # teacher_logits=cache: topk (renormalised) | topk_other (top-k + one bucket for the rest) | sampled (k ids drawn from the teacher)
     k.cache_k = 64  # teacher_logits=cache: ids stored per position (the top-k, or the number of samples)
-    k.cache_dtype = "float16"  # teacher_logits=cache: dtype of the stored log-probs (float16 | float32)
+    k.cache_dtype = "float16"  # teacher_logits=cache: dtype of the stored log-probs
     k.kd_steps = -1  # n_KD: distil for the first n_KD steps; -1 = kd_fraction * train.steps
     k.kd_fraction = 0.175  # n_KD as a fraction of the run when kd_steps=-1 (paper: 36K of ~208K steps)
     k.transition = "step"  # after n_KD: step (w -> 0), linear (w decays over transition_steps), ratio (KD share of sequences decays)
@@ -163,7 +164,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     g.wandb_project = "salt_jax"  # W&B project
     g.wandb_entity = ""  # W&B team or user ("" = your default entity)
     g.wandb_name = ""  # W&B run name ("" = the workdir's basename); the run's id is kept in <workdir>/wandb_run_id
-    g.wandb_mode = "online"  # online | offline (local files, upload later with `wandb sync DIR/wandb/offline-run-*`) | disabled; overrides $WANDB_MODE
+    g.wandb_mode = "online"  # offline: local files, upload later with `wandb sync DIR/wandb/offline-run-*`; overrides $WANDB_MODE
     g.wandb_dir = ""  # W&B's local files go to DIR/wandb ("" = $WANDB_DIR, else the workdir; a gs:// workdir: the current directory)
     g.wandb_tags = ""  # W&B run tags, comma-separated
     return c
@@ -183,8 +184,86 @@ def set_method(c: ml_collections.ConfigDict, variant: str) -> ml_collections.Con
     return c
 
 
+# Fields with a fixed set of values -> the set, defined once by the module that gives the values their meaning;
+# `validate` checks these fields against them and --help (`field_help`) lists them. The three sets whose meaning
+# lives in salt_jax/train/ are defined here (config may not import train/, which imports config).
+LR_SCHEDULES = ("cosine", "linear", "constant")  # config.optim.schedule: train.optim.lr_schedule's decays
+NAN_POLICIES = ("stop", "skip")  # config.train.nan_policy: train.faults.NonFiniteCheck, train.step.Guard
+WANDB_MODES = ("online", "offline", "disabled")  # config.logging.wandb_mode: wandb.init's modes (train.wandb_log)
+
+CHOICES = {
+    "model.norm": transformer.NORMS,
+    "model.mlp": transformer.MLPS,
+    "model.positions": transformer.POSITIONS,
+    "model.activation": transformer.ACTIVATIONS,
+    "model.dtype": transformer.DTYPES,
+    "model.param_dtype": transformer.DTYPES,
+    "model.remat": transformer.REMAT_POLICIES,
+    "model.attention": attention.IMPLEMENTATIONS,
+    "data.source": sources.SOURCES,
+    "data.tokenizer.kind": tokenizer.KINDS,
+    "optim.schedule": LR_SCHEDULES,
+    "salt.method": methods.METHODS,
+    "salt.teacher_sharding": sharding.PARAM_LAYOUTS,
+    "salt.transition": schedules.TRANSITIONS,
+    "salt.switch": schedules.SWITCHES,
+    "salt.kd_loss": losses.KD_LOSSES,
+    "salt.weight_schedule": schedules.SCHEDULES,
+    "salt.temperature_schedule": schedules.TEMPERATURE_SCHEDULES,
+    "salt.teacher_logits": teacher_cache.TEACHER_LOGITS,
+    "salt.cache_targets": sparse.KINDS,
+    "salt.cache_dtype": teacher_cache.CACHE_DTYPES,
+    "salt.ds_rule": selection.RULES,
+    "salt.token_select": losses.TOKEN_SELECTIONS,
+    "salt.teacher_preset": presets.PRESETS,
+    "salt.teacher_dtype": transformer.DTYPES,
+    "train.loss": objective.LOSSES,
+    "train.nan_policy": NAN_POLICIES,
+    "logging.wandb_mode": WANDB_MODES,
+}
+CAN_BE_EMPTY = ("salt.teacher_preset", "salt.teacher_dtype")  # "" is allowed too (none / as trained)
+# How a bad value's error names the allowed ones (docs/errors.md records these words): 'a', 'b' or 'c' for
+# these fields, "one of a, b, c" for the others.
+_QUOTED = ("data.tokenizer.kind", "optim.schedule", "salt.teacher_sharding", "salt.transition", "salt.switch",
+           "salt.kd_loss", "salt.token_select", "train.loss", "train.nan_policy", "logging.wandb_mode")
+_ERROR_NOTE = {"data.source": "unknown source; "}  # (as salt_jax.data.sources.make_source says it)
+
+
+def _value(c: ml_collections.ConfigDict, name: str):
+    section, field = name.rsplit(".", 1)
+    if section == "model" and field in transformer.OPTIONS:
+        return option(c.model, field)  # (a model config of an older checkpoint may lack it)
+    for part in section.split("."):
+        c = c[part]
+    return c[field]
+
+
+def _choice(c: ml_collections.ConfigDict, name: str) -> None:
+    """Checks a field of CHOICES against its allowed values."""
+    value, allowed = _value(c, name), CHOICES[name]
+    empty = name in CAN_BE_EMPTY
+    if value in allowed or (empty and value == ""):
+        return
+    values = ("'' or " if empty else "") + (listed(allowed) if name in _QUOTED else one_of(allowed))
+    raise UserError(f"config.{name}={value!r}: {_ERROR_NOTE.get(name, '')}use {values}")
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
-    """Raises UserError naming the first bad field and what to do."""
+    """Raises UserError naming the first bad field and what to do; `c` is left as it is.
+
+    One function per section, in this order; checks that cross sections sit with the field they report.
+    """
+    _model(c)
+    _data(c)
+    _optim(c)
+    _mesh(c)
+    _salt(c)
+    _train(c)
+    _eval(c)
+    _logging(c)
+
+
+def _model(c: ml_collections.ConfigDict) -> None:
     m = c.model
     for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_dim", "max_len"):
         check(isinstance(m[f], int) and m[f] > 0, f"config.model.{f}={m[f]!r}: must be a positive integer")
@@ -192,21 +271,22 @@ def validate(c: ml_collections.ConfigDict) -> None:
           f"config.model.n_kv_heads={m.n_kv_heads}: must divide n_heads={m.n_heads}")
     check(option(m, "positions") != "rope" or m.head_dim % 2 == 0,
           f"config.model.head_dim={m.head_dim}: must be even (rotary embedding)")
-    for f, allowed in (("norm", ("rms", "layer")), ("mlp", ("gated", "plain")), ("positions", ("rope", "learned")),
-                       ("activation", tuple(ACTIVATIONS))):
-        check(option(m, f) in allowed, f"config.model.{f}={option(m, f)!r}: use one of {', '.join(allowed)}")
-    pattern = option(m, "local_layers")
-    check(not pattern or (len(pattern) == m.n_layers and set(pattern) <= {"L", "G"}),
-          f"config.model.local_layers={pattern!r}: give one letter per layer ({m.n_layers}), L or G, or \"\"")
-    for f in ("dtype", "param_dtype"):
-        check(m[f] in DTYPES, f"config.model.{f}={m[f]!r}: use one of {', '.join(DTYPES)}")
-    check(m.remat in REMAT_POLICIES, f"config.model.remat={m.remat!r}: use one of {', '.join(REMAT_POLICIES)}")
-    check(m.attention in IMPLEMENTATIONS,
-          f"config.model.attention={m.attention!r}: use one of {', '.join(IMPLEMENTATIONS)}")
+    for f in ("norm", "mlp", "positions", "activation"):
+        _choice(c, f"model.{f}")
+    pattern, letters = option(m, "local_layers"), transformer.LAYER_LETTERS
+    check(not pattern or (len(pattern) == m.n_layers and set(pattern) <= set(letters)),
+          f"config.model.local_layers={pattern!r}: give one letter per layer ({m.n_layers}), "
+          f"{' or '.join(letters)}, or \"\"")
+    for f in ("dtype", "param_dtype", "remat", "attention"):
+        _choice(c, f"model.{f}")
 
-    d = c.data
+
+def _data(c: ml_collections.ConfigDict) -> None:
+    d, m = c.data, c.model
     if d.mixture:
-        mixture.parse(d)  # (a bad spec: one line naming the component)
+        mixture.parse(d)  # (a bad spec: one line naming the component; each component names its source)
+    else:
+        _choice(c, "data.source")
     check(d.prefetch >= 0, f"config.data.prefetch={d.prefetch}: must be >= 0")
     check(d.shard_chars > 0, f"config.data.shard_chars={d.shard_chars}: must be positive")
     check(d.seq_len > 0, f"config.data.seq_len={d.seq_len}: must be positive")
@@ -215,90 +295,98 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check(d.batch_size > 0, f"config.data.batch_size={d.batch_size}: must be positive")
     check(0.0 < d.heldout_fraction < 1.0,
           f"config.data.heldout_fraction={d.heldout_fraction}: must be strictly between 0 and 1")
-    check(d.tokenizer.kind in ("bytes", "sentencepiece", "hf"),
-          f"config.data.tokenizer.kind={d.tokenizer.kind!r}: use 'bytes', 'sentencepiece' or 'hf'")
+    _choice(c, "data.tokenizer.kind")
     if d.tokenizer.kind == "sentencepiece" and not d.tokenizer.model_file:
         check(d.tokenizer.vocab_size <= m.vocab_size,
               f"config.data.tokenizer.vocab_size={d.tokenizer.vocab_size}: exceeds config.model.vocab_size="
               f"{m.vocab_size}; make them equal")
 
+
+def _optim(c: ml_collections.ConfigDict) -> None:
     o = c.optim
     check(o.learning_rate > 0, f"config.optim.learning_rate={o.learning_rate}: must be positive")
-    check(o.schedule in ("cosine", "linear", "constant"),
-          f"config.optim.schedule={o.schedule!r}: use 'cosine', 'linear' or 'constant'")
+    _choice(c, "optim.schedule")
     check(o.warmup_steps >= 0, f"config.optim.warmup_steps={o.warmup_steps}: must be >= 0")
 
+
+def _mesh(c: ml_collections.ConfigDict) -> None:
+    sharding.check_sizes(c.mesh)  # (whether they fit the devices is known only where the mesh is made)
+
+
+def _salt(c: ml_collections.ConfigDict) -> None:
     k = c.salt
-    check(k.method in methods.METHODS, f"config.salt.method={k.method!r}: use one of {', '.join(methods.METHODS)}")
+    for f in ("method", "teacher_sharding", "transition", "switch", "kd_loss", "weight_schedule",
+              "temperature_schedule", "teacher_logits", "cache_targets", "cache_dtype", "ds_rule", "token_select"):
+        _choice(c, f"salt.{f}")
     method = methods.method(k.method)
-    check(k.teacher_sharding in ("sharded", "replicated"),
-          f"config.salt.teacher_sharding={k.teacher_sharding!r}: use 'sharded' or 'replicated'")
-    check(k.transition in ("step", "linear", "ratio"),
-          f"config.salt.transition={k.transition!r}: use 'step', 'linear' or 'ratio'")
-    check(k.switch in ("fixed", "adaptive"), f"config.salt.switch={k.switch!r}: use 'fixed' or 'adaptive'")
-    check(k.kd_loss in ("forward_kl", "reverse_kl", "topk_kl"),
-          f"config.salt.kd_loss={k.kd_loss!r}: use 'forward_kl', 'reverse_kl' or 'topk_kl'")
-    for f, allowed in (("weight_schedule", SCHEDULES), ("temperature_schedule", ("constant", "linear", "cosine")),
-                       ("teacher_logits", ("online", "cache")), ("cache_targets", sparse.KINDS),
-                       ("cache_dtype", ("float16", "float32")), ("ds_rule", selection.RULES)):
-        check(k[f] in allowed, f"config.salt.{f}={k[f]!r}: use one of {', '.join(allowed)}")
-    check(k.token_select in ("none", "topk", "confidence"),
-          f"config.salt.token_select={k.token_select!r}: use 'none', 'topk' or 'confidence'")
     if method.teacher:
-        check(bool(k.teacher), f"config.salt.teacher is empty; method {k.method!r} needs the teacher's workdir "
-              "or checkpoint directory")
-        check(0.0 < k.kd_weight <= 1.0, f"config.salt.kd_weight={k.kd_weight}: must be in (0, 1]")
-        check(k.temperature > 0, f"config.salt.temperature={k.temperature}: must be positive")
-        check(k.kd_loss != "topk_kl" or 0 < k.kd_topk <= m.vocab_size,
-              f"config.salt.kd_topk={k.kd_topk}: must be in [1, vocab_size] for kd_loss=topk_kl")
-        check(k.token_select != "topk" or 0 < k.token_select_k <= m.vocab_size,
-              f"config.salt.token_select_k={k.token_select_k}: must be in [1, config.model.vocab_size]")
-        check(k.temperature_schedule == "constant" or k.temperature_end > 0,
-              f"config.salt.temperature_end={k.temperature_end}: must be positive")
-        if k.teacher_logits == "cache":
-            check(0 < k.cache_k <= m.vocab_size, f"config.salt.cache_k={k.cache_k}: must be in [1, config.model.vocab_size]")
-            for f, want, why in (("kd_loss", "forward_kl", "the cached targets give a forward KL"),
-                                 ("token_select", "none", "the cache holds no ranks"),
-                                 ("temperature_schedule", "constant", "the cache holds log-probs at one temperature")):
-                check(k[f] == want, f"config.salt.{f}={k[f]!r}: teacher_logits=cache needs {f}={want!r} ({why})")
-            check(not method.selects_data, "config.salt.teacher_logits=cache: not available for salt_ds (its KD "
-                  "batches are chosen by the teacher); use teacher_logits=online")
+        _teacher_fields(c, method)
     check(k.switch == "fixed" or method.kd_ends,
           f"config.salt.switch=adaptive applies to methods salt and salt_ds, not {k.method!r}")
     if method.selects_data:
-        check(0.0 < k.ds_keep_fraction <= 1.0, f"config.salt.ds_keep_fraction={k.ds_keep_fraction}: must be in (0, 1]")
-        check(0.0 <= k.ds_band_low < k.ds_band_high <= 100.0,
-              f"config.salt.ds_band_low={k.ds_band_low} / ds_band_high={k.ds_band_high}: need 0 <= low < high <= 100")
-        check(k.ds_topk > 0, f"config.salt.ds_topk={k.ds_topk}: must be positive")
-        check(k.ds_rule != "difference" or bool(k.ds_reference), "config.salt.ds_reference is empty; "
-              "ds_rule=difference needs a reference model (a run workdir or checkpoint smaller than the teacher)")
-        check(k.ds_pool_size >= -1, f"config.salt.ds_pool_size={k.ds_pool_size}: must be >= -1")
+        _selection_fields(k)
     if method.kd_ends:
-        check(k.kd_steps >= -1, f"config.salt.kd_steps={k.kd_steps}: must be >= 0 (or -1 for kd_fraction)")
-        check(0.0 < k.kd_fraction <= 1.0, f"config.salt.kd_fraction={k.kd_fraction}: must be in (0, 1]")
-        check(k.transition_steps == -1 or k.transition_steps > 0,
-              f"config.salt.transition_steps={k.transition_steps}: must be positive (or -1 for half of n_KD)")
-        check(not (k.switch == "adaptive" and (k.transition != "step" or k.weight_schedule != "step")),
-              "config.salt.switch=adaptive works with config.salt.transition=step and weight_schedule=step only")
-        check(k.transition == "step" or k.weight_schedule == "step",
-              f"config.salt.transition={k.transition!r} applies to weight_schedule='step' only; set transition=step "
-              f"with weight_schedule={k.weight_schedule!r}")
-        check(0.0 <= k.adaptive_ema < 1.0, f"config.salt.adaptive_ema={k.adaptive_ema}: must be in [0, 1)")
-        check(not (k.adaptive_max_steps > 0 and k.adaptive_min_steps > k.adaptive_max_steps),
-              f"config.salt.adaptive_min_steps={k.adaptive_min_steps} exceeds adaptive_max_steps="
-              f"{k.adaptive_max_steps}")
+        _phase_fields(k)
+    _choice(c, "salt.teacher_preset")
+    _choice(c, "salt.teacher_dtype")
 
-    check(not k.teacher_preset or k.teacher_preset in presets.PRESETS,
-          f"config.salt.teacher_preset={k.teacher_preset!r}: use '' or one of {', '.join(presets.PRESETS)}")
-    k_dt = k.teacher_dtype
-    check(k_dt == "" or k_dt in DTYPES, f"config.salt.teacher_dtype={k_dt!r}: use '' or one of {', '.join(DTYPES)}")
 
+def _teacher_fields(c: ml_collections.ConfigDict, method: methods.Method) -> None:
+    """config.salt for a method with a teacher: the teacher, the KD term and the teacher cache."""
+    k, vocab = c.salt, c.model.vocab_size
+    check(bool(k.teacher), f"config.salt.teacher is empty; method {k.method!r} needs the teacher's workdir "
+          "or checkpoint directory")
+    check(0.0 < k.kd_weight <= 1.0, f"config.salt.kd_weight={k.kd_weight}: must be in (0, 1]")
+    check(k.temperature > 0, f"config.salt.temperature={k.temperature}: must be positive")
+    check(k.kd_loss != "topk_kl" or 0 < k.kd_topk <= vocab,
+          f"config.salt.kd_topk={k.kd_topk}: must be in [1, vocab_size] for kd_loss=topk_kl")
+    check(k.token_select != "topk" or 0 < k.token_select_k <= vocab,
+          f"config.salt.token_select_k={k.token_select_k}: must be in [1, config.model.vocab_size]")
+    check(k.temperature_schedule == "constant" or k.temperature_end > 0,
+          f"config.salt.temperature_end={k.temperature_end}: must be positive")
+    if k.teacher_logits == "cache":
+        check(0 < k.cache_k <= vocab, f"config.salt.cache_k={k.cache_k}: must be in [1, config.model.vocab_size]")
+        for f, want, why in (("kd_loss", "forward_kl", "the cached targets give a forward KL"),
+                             ("token_select", "none", "the cache holds no ranks"),
+                             ("temperature_schedule", "constant", "the cache holds log-probs at one temperature")):
+            check(k[f] == want, f"config.salt.{f}={k[f]!r}: teacher_logits=cache needs {f}={want!r} ({why})")
+        check(not method.selects_data, "config.salt.teacher_logits=cache: not available for salt_ds (its KD "
+              "batches are chosen by the teacher); use teacher_logits=online")
+
+
+def _selection_fields(k: ml_collections.ConfigDict) -> None:
+    """config.salt for salt_ds: the pool, the rule and the share kept."""
+    check(0.0 < k.ds_keep_fraction <= 1.0, f"config.salt.ds_keep_fraction={k.ds_keep_fraction}: must be in (0, 1]")
+    check(0.0 <= k.ds_band_low < k.ds_band_high <= 100.0,
+          f"config.salt.ds_band_low={k.ds_band_low} / ds_band_high={k.ds_band_high}: need 0 <= low < high <= 100")
+    check(k.ds_topk > 0, f"config.salt.ds_topk={k.ds_topk}: must be positive")
+    check(k.ds_rule != "difference" or bool(k.ds_reference), "config.salt.ds_reference is empty; "
+          "ds_rule=difference needs a reference model (a run workdir or checkpoint smaller than the teacher)")
+    check(k.ds_pool_size >= -1, f"config.salt.ds_pool_size={k.ds_pool_size}: must be >= -1")
+
+
+def _phase_fields(k: ml_collections.ConfigDict) -> None:
+    """config.salt for a method whose KD phase ends: n_KD, the transition and the adaptive switch."""
+    check(k.kd_steps >= -1, f"config.salt.kd_steps={k.kd_steps}: must be >= 0 (or -1 for kd_fraction)")
+    check(0.0 < k.kd_fraction <= 1.0, f"config.salt.kd_fraction={k.kd_fraction}: must be in (0, 1]")
+    check(k.transition_steps == -1 or k.transition_steps > 0,
+          f"config.salt.transition_steps={k.transition_steps}: must be positive (or -1 for half of n_KD)")
+    check(not (k.switch == "adaptive" and (k.transition != "step" or k.weight_schedule != "step")),
+          "config.salt.switch=adaptive works with config.salt.transition=step and weight_schedule=step only")
+    check(k.transition == "step" or k.weight_schedule == "step",
+          f"config.salt.transition={k.transition!r} applies to weight_schedule='step' only; set transition=step "
+          f"with weight_schedule={k.weight_schedule!r}")
+    check(0.0 <= k.adaptive_ema < 1.0, f"config.salt.adaptive_ema={k.adaptive_ema}: must be in [0, 1)")
+    check(not (k.adaptive_max_steps > 0 and k.adaptive_min_steps > k.adaptive_max_steps),
+          f"config.salt.adaptive_min_steps={k.adaptive_min_steps} exceeds adaptive_max_steps="
+          f"{k.adaptive_max_steps}")
+
+
+def _train(c: ml_collections.ConfigDict) -> None:
     r = c.train
     check(r.steps > 0, f"config.train.steps={r.steps}: must be positive")
-    check(r.loss in ("dense", "chunked"),
-          f"config.train.loss={r.loss!r}: use 'dense' or 'chunked'")
-    check(r.nan_policy in ("stop", "skip"),
-          f"config.train.nan_policy={r.nan_policy!r}: use 'stop' or 'skip'")
+    _choice(c, "train.loss")
+    _choice(c, "train.nan_policy")
     check(r.max_skipped_steps > 0,
           f"config.train.max_skipped_steps={r.max_skipped_steps}: must be positive")
     check(r.preemption_grace_s > 0,
@@ -306,6 +394,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     check(r.loss_chunk > 0, f"config.train.loss_chunk={r.loss_chunk}: must be positive")
     for f in ("log_every", "heldout_every", "checkpoint_every", "keep_checkpoints"):
         check(r[f] > 0, f"config.train.{f}={r[f]}: must be positive")
+
+
+def _eval(c: ml_collections.ConfigDict) -> None:
     e = c.eval
     for f in ("every", "limit"):
         check(e[f] >= 0, f"config.eval.{f}={e[f]}: must be 0 or more")
@@ -314,9 +405,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
           f"config.eval.steps={e.steps!r}: give comma-separated step numbers or shares of the run, e.g. "
           "'125,250,350' or '25%,50%,70%'")
     check(e.num_fewshot >= -1, f"config.eval.num_fewshot={e.num_fewshot}: use -1 (the tasks' own) or a count")
-    mode = c.logging.wandb_mode
-    check(mode in ("online", "offline", "disabled"),
-          f"config.logging.wandb_mode={mode!r}: use 'online', 'offline' or 'disabled'")
+
+
+def _logging(c: ml_collections.ConfigDict) -> None:
+    _choice(c, "logging.wandb_mode")
 
 
 def check_vocab(c: ml_collections.ConfigDict, tokenizer_vocab: int) -> None:
@@ -391,7 +483,15 @@ def field_help() -> list[tuple[str, str, str]]:
                         for k, v in value.items()]
             else:
                 out.append((name, repr(value), field.group(3) or ""))
-    return out
+    return [(name, default, " ".join(filter(None, (comment, allowed_values(name))))) for name, default, comment in out]
+
+
+def allowed_values(name: str) -> str:
+    """A field's allowed values as --help lists them ("[cosine | linear | constant]"), from CHOICES; "" for a
+    field without a fixed set."""
+    if name not in CHOICES:
+        return ""
+    return "[" + " | ".join((["''"] if name in CAN_BE_EMPTY else []) + list(CHOICES[name])) + "]"
 
 
 def run_help(doc: str, flag_lines: list[str]) -> str:

@@ -15,5 +15,16 @@ def check(condition: bool, message: str) -> None:
         raise UserError(message)
 
 
+def listed(values) -> str:
+    """Allowed values as a message names them: 'a', 'b' or 'c'."""
+    quoted = [f"'{v}'" for v in values]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def one_of(values) -> str:
+    """Allowed values as a message lists them: one of a, b, c."""
+    return f"one of {', '.join(values)}"
+
+
 # The exit status of a command stopped by Ctrl-C (128 + SIGINT, what a shell reports).
 INTERRUPTED_STATUS = 130

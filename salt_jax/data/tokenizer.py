@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 
 from salt_jax import paths
-from salt_jax.errors import UserError
+from salt_jax.errors import UserError, listed
 
 PAD_ID, EOS_ID, BOS_ID = 0, 1, 2
 
@@ -216,6 +216,9 @@ def _sentencepiece_hint(message: str) -> str:
     return "check config.data.tokenizer.vocab_size against the corpus, or give more text"
 
 
+KINDS = ("bytes", "sentencepiece", "hf")  # config.data.tokenizer.kind: ByteTokenizer, SentencePieceTokenizer, HFTokenizer
+
+
 def make_tokenizer(tok_cfg: ml_collections.ConfigDict, source, cache_dir: str, train: bool = True) -> Tokenizer:
     """The tokenizer of config.data.tokenizer, training and caching SentencePiece if needed.
 
@@ -231,7 +234,7 @@ def make_tokenizer(tok_cfg: ml_collections.ConfigDict, source, cache_dir: str, t
                             "(or use a Hugging Face teacher, whose tokenizer is then used)")
         return HFTokenizer(tok_cfg.hf_dir)
     if kind != "sentencepiece":
-        raise UserError(f"config.data.tokenizer.kind={kind!r}: use 'bytes', 'sentencepiece' or 'hf'")
+        raise UserError(f"config.data.tokenizer.kind={kind!r}: use {listed(KINDS)}")
     if tok_cfg.get("model_file"):
         if not paths.isfile(tok_cfg.model_file):
             raise UserError(f"config.data.tokenizer.model_file={tok_cfg.model_file}: no such file")

@@ -57,6 +57,9 @@ from salt_jax.kd import methods
 
 
 SCHEDULES = ("step", "linear", "cosine", "with_lr")  # config.salt.weight_schedule
+TEMPERATURE_SCHEDULES = ("constant", "linear", "cosine")  # config.salt.temperature_schedule
+TRANSITIONS = ("step", "linear", "ratio")  # config.salt.transition: how KD ends after n_KD
+SWITCHES = ("fixed", "adaptive")  # config.salt.switch: n_KD from the schedule, or when the student catches up
 
 
 def kd_steps(salt: ml_collections.ConfigDict, total_steps: int) -> int:

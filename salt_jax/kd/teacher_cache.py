@@ -42,6 +42,10 @@ from salt_jax.kd import teacher as teacher_lib
 from salt_jax.model import sharding
 
 
+TEACHER_LOGITS = ("online", "cache")  # config.salt.teacher_logits: the teacher runs in the step, or the teacher cache
+CACHE_DTYPES = ("float16", "float32")  # config.salt.cache_dtype: the stored log-probs' dtype
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """What a cache holds: everything its contents depend on (its directory name hashes these)."""
@@ -55,7 +59,7 @@ class Spec:
     kind: str  # topk | topk_other | sampled (topk and topk_other store the same thing)
     k: int
     temperature: float
-    dtype: str  # float16 | float32
+    dtype: str  # one of CACHE_DTYPES
 
     @classmethod
     def of(cls, config, teacher_fingerprint: str, store_dir: str, steps: int) -> "Spec":

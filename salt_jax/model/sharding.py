@@ -20,6 +20,9 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from salt_jax.errors import UserError, check
 
 MESH_AXES = ("data", "fsdp", "tensor")
+# config.salt.teacher_sharding: a frozen model's parameters laid out by the logical rules (`shardings_for`) or
+# whole on every device (`replicated`).
+PARAM_LAYOUTS = ("sharded", "replicated")
 BATCH_AXES = ("data", "fsdp")  # the mesh axes the global batch is split over
 
 # Logical axis name -> mesh axes. Parameters: vocab, embed, heads, kv_heads,
@@ -42,13 +45,19 @@ LOGICAL_RULES = (
 )
 
 
-def mesh_shape(mesh_cfg: ml_collections.ConfigDict, n_devices: int) -> tuple[int, int, int]:
-    """Resolves the (data, fsdp, tensor) sizes; one size of -1 takes the remaining devices."""
+def check_sizes(mesh_cfg: ml_collections.ConfigDict) -> list[int]:
+    """The config's (data, fsdp, tensor) sizes, checked without the devices: positive, or one of them -1."""
     sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
-    free = [i for i, s in enumerate(sizes) if s == -1]
-    check(len(free) <= 1, "config.mesh: at most one of data/fsdp/tensor may be -1")
+    check(sizes.count(-1) <= 1, "config.mesh: at most one of data/fsdp/tensor may be -1")
     for a, s in zip(MESH_AXES, sizes):
         check(s == -1 or s >= 1, f"config.mesh.{a}={s}: sizes must be positive or -1")
+    return sizes
+
+
+def mesh_shape(mesh_cfg: ml_collections.ConfigDict, n_devices: int) -> tuple[int, int, int]:
+    """Resolves the (data, fsdp, tensor) sizes; one size of -1 takes the remaining devices."""
+    sizes = check_sizes(mesh_cfg)
+    free = [i for i, s in enumerate(sizes) if s == -1]
     known = math.prod(s for s in sizes if s != -1)
     if free:
         check(n_devices % known == 0,

@@ -42,6 +42,13 @@ REMAT_POLICIES = {
 }
 
 
+# The values of the architecture options that name a form (config.model.norm, .mlp, .positions, and the letters
+# of .local_layers: local or global).
+NORMS = ("rms", "layer")
+MLPS = ("gated", "plain")
+POSITIONS = ("rope", "learned")
+LAYER_LETTERS = ("L", "G")
+
 # Architecture options and their defaults (the Llama-style model); see salt_jax.model.presets for each field.
 OPTIONS = {
     "norm": "rms",  # rms | layer (LayerNorm with a bias)

@@ -6,7 +6,8 @@ import jax
 import ml_collections
 import optax
 
-from salt_jax.errors import UserError
+from salt_jax.config import LR_SCHEDULES
+from salt_jax.errors import UserError, listed
 
 
 def lr_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -23,7 +24,7 @@ def lr_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sched
     if cfg.schedule == "constant":
         return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)],
                                     [warmup])
-    raise UserError(f"config.optim.schedule={cfg.schedule!r}: use 'cosine', 'linear' or 'constant'")
+    raise UserError(f"config.optim.schedule={cfg.schedule!r}: use {listed(LR_SCHEDULES)}")
 
 
 def _decay_mask(params):
