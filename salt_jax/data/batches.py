@@ -27,7 +27,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from salt_jax.data.store import TokenSplit
+from salt_jax.data.store import Store, TokenSplit
 from salt_jax.errors import UserError
 
 
@@ -142,9 +142,9 @@ class MixtureBatches(Batches):
         return self.split.offsets[comp] + row
 
 
-def training_batches(cache, batch_size: int, seed: int) -> Batches:
+def training_batches(cache: Store, batch_size: int, seed: int) -> Batches:
     """The training batches of a token store, or of a mixture's stores (a MixtureStore: its `counts`)."""
-    if getattr(cache, "counts", None) is None:
+    if cache.counts is None:
         return Batches(cache.train, batch_size, seed)
     return MixtureBatches(cache.train, batch_size, seed, cache.counts)
 
@@ -213,8 +213,8 @@ def heldout_batches(split: TokenSplit, batch_size: int, max_batches: int, pad_id
     return [padded[b * batch_size:(b + 1) * batch_size][host_rows(batch_size)] for b in range(n_batches)]
 
 
-def eval_sets(cache, batch_size: int, max_batches: int, pad_id: int) -> dict[str, list[np.ndarray]]:
+def eval_sets(cache: Store, batch_size: int, max_batches: int, pad_id: int) -> dict[str, list[np.ndarray]]:
     """The held-out batches of each corpus: {"": ...} for one store; {name: ...} for each corpus of a mixture,
     each its own split's first `max_batches` batches."""
-    splits = getattr(cache, "heldout_splits", None) or {"": cache.heldout}
-    return {name: heldout_batches(split, batch_size, max_batches, pad_id) for name, split in splits.items()}
+    return {name: heldout_batches(split, batch_size, max_batches, pad_id)
+            for name, split in cache.heldout_splits.items()}

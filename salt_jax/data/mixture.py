@@ -196,7 +196,7 @@ class ConcatSplit:
 
 
 class MixtureStore:
-    """A mixture's token stores (one TokenStore per component) read as one.
+    """A mixture's token stores (one TokenStore per component) read as one (a salt_jax.data.store.Store).
 
     `train` / `heldout` concatenate the components' splits; `counts` is the draw
     (each component's examples per PERIOD); `heldout_splits` the held-out split of
@@ -221,6 +221,14 @@ class MixtureStore:
         names = [s.directory.rstrip("/").rsplit("/", 1)[-1] for s in stores]
         key = hashlib.sha256(json.dumps([self.names, self.counts.tolist(), names]).encode()).hexdigest()[:16]
         self.directory = paths.join(cache_dir, "tokens", f"mixture-{key}")
+
+    def mixture(self) -> dict[str, float]:
+        """{corpus name: weight}."""
+        return dict(zip(self.names, self.weights))
+
+    def components(self) -> dict:
+        """{corpus name: its TokenStore}."""
+        return dict(zip(self.names, self.stores))
 
     def pool_rows(self, pool_size: int, seed: int) -> np.ndarray:
         """SALT_DS's pool: each component's weight's share of `pool_size` distinct rows of it (all its rows if it

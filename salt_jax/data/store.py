@@ -54,7 +54,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import ml_collections
 import numpy as np
@@ -139,11 +139,48 @@ class TokenSplit:
         return out
 
 
+@runtime_checkable
+class Store(Protocol):
+    """What the rest of salt_jax reads of a token store, whichever kind: one corpus (TokenStore) or a mixture of
+    corpora (salt_jax.data.mixture.MixtureStore). Callers ask these members, never which kind it is."""
+
+    directory: str  # where what depends on its batches is kept (SALT_DS scores, the teacher cache)
+    train: Any  # the training rows (TokenSplit, or a mixture's ConcatSplit): rows(idx), n_rows
+    heldout: Any  # the held-out rows, all corpora together
+    counts: np.ndarray | None  # a mixture's draw (each corpus's examples per PERIOD); None for one corpus
+
+    @property
+    def heldout_splits(self) -> dict[str, Any]:
+        """The held-out split of each corpus, evaluated separately ({"": heldout} for one corpus)."""
+
+    def mixture(self) -> dict[str, float] | None:
+        """{corpus name: weight} of a mixture; None for one corpus."""
+
+    def components(self) -> dict[str, "TokenStore"]:
+        """The TokenStore of each corpus ({"": itself} for one corpus)."""
+
+    def pool_rows(self, pool_size: int, seed: int) -> np.ndarray:
+        """SALT_DS's pool: `pool_size` distinct training rows drawn with `seed` (sorted); pool_size <= 0: all."""
+
+
+def pool_rows(n_rows: int, pool_size: int, seed: int) -> np.ndarray:
+    """The pool: `pool_size` distinct train rows drawn with `seed` (sorted), or all rows if pool_size <= 0."""
+    if pool_size <= 0:
+        return np.arange(n_rows)
+    if pool_size > n_rows:
+        raise UserError(f"config.salt.ds_pool_size={pool_size} exceeds the {n_rows} training sequences; "
+                        "lower it (or use 0 for the whole split)")
+    return np.sort(np.random.default_rng([seed, 0x5A17]).choice(n_rows, pool_size, replace=False))
+
+
 class TokenStore:
     """Train and held-out splits of one (source, tokenizer) store, read at sequence length `seq_len`.
 
-    With `tokenizer` (a fingerprint) a store written with another tokenizer is refused.
+    With `tokenizer` (a fingerprint) a store written with another tokenizer is refused. One corpus of the Store
+    protocol: no mixture, its pool drawn uniformly.
     """
+
+    counts = None  # (one corpus: no mixture draw)
 
     def __init__(self, directory: str, seq_len: int, tokenizer: str | None = None):
         self.directory = directory
@@ -160,6 +197,19 @@ class TokenStore:
                             f"this run tokenizes with {tokenizer}; delete the directory to rebuild it")
         self.train = TokenSplit(directory, splits["train"], dtype, seq_len, vocab_size)
         self.heldout = TokenSplit(directory, splits["heldout"], dtype, seq_len, vocab_size)
+
+    @property
+    def heldout_splits(self) -> dict[str, TokenSplit]:
+        return {"": self.heldout}
+
+    def mixture(self) -> None:
+        return None
+
+    def components(self) -> dict[str, "TokenStore"]:
+        return {"": self}
+
+    def pool_rows(self, pool_size: int, seed: int) -> np.ndarray:
+        return pool_rows(self.train.n_rows, pool_size, seed)
 
 
 @dataclasses.dataclass

@@ -4,6 +4,7 @@
     tensors.py   tensor rules: HF tensor <-> salt_jax parameter, both directions
     families.py  per family (Llama, Qwen2/3, Gemma 2/3, GPT-2): config.json <-> model config
     convert.py   import (streamed onto the mesh) and export (sharded safetensors)
+    source.py    where a teacher comes from, resolved once: an HF directory or a salt_jax checkpoint
     tokenizer.py a run's tokenizer as Hugging Face files (tokenizer.json from SentencePiece or bytes)
     __main__.py  python -m salt_jax.hf import|export
 

@@ -27,8 +27,8 @@ from salt_jax.hf.families import family_of, hf_config_for, model_config_from_hf
 from salt_jax import paths
 from salt_jax.data import store, tokenizer
 from salt_jax.hf import tokenizer as hf_tokenizer
-from salt_jax.hf.files import (SafetensorsReader, copy_tokenizer, fingerprint, is_hf_dir, read_hf_config,
-                               tokenizer_fingerprint)
+from salt_jax.hf.files import SafetensorsReader, copy_tokenizer, fingerprint, read_hf_config, tokenizer_fingerprint
+from salt_jax.hf.source import HF, TeacherSource
 from salt_jax.model import checkpoints, sharding
 from salt_jax.model.transformer import Transformer, abstract_params, dtype_of
 
@@ -143,27 +143,21 @@ def import_hf(hf_dir: str, out: str, mesh=None, dtype: str = "float32") -> str:
     return os.path.join(out, "checkpoints", "0")
 
 
-def teacher_hf_info(teacher: str) -> tuple[str | None, int] | None:
-    """(tokenizer directory or None, vocab_size) when config.salt.teacher is HF-derived, else None.
+def teacher_hf_info(source: TeacherSource) -> tuple[str | None, int] | None:
+    """(tokenizer directory or None, vocab_size) when the teacher `source` is HF-derived, else None.
 
     HF-derived: an HF model directory, or a checkpoint written by `import_hf`
     (its record names the copied tokenizer).
     """
-    path = os.path.abspath(os.path.expanduser(teacher))
-    if is_hf_dir(path):
-        hf = read_hf_config(path)
-        cfg = model_config_from_hf(hf, os.path.join(path, "config.json"))
-        return (path if os.path.isfile(os.path.join(path, "tokenizer.json")) else None), cfg.vocab_size
-    try:
-        root, step = checkpoints.resolve_checkpoint(path)
-    except UserError:
-        return None
-    record = checkpoints.read_record(root, step) or {}
+    if source.kind == HF:
+        hf = read_hf_config(source.path)
+        cfg = model_config_from_hf(hf, os.path.join(source.path, "config.json"))
+        return (source.path if os.path.isfile(os.path.join(source.path, "tokenizer.json")) else None), cfg.vocab_size
+    record = checkpoints.read_record(source.root, source.step) or {}
     if not record.get("hf") and not record.get("hf_tokenizer"):
         return None
     tok = record.get("hf_tokenizer") or ""
-    workdir = os.path.dirname(root) if os.path.basename(root) == "checkpoints" else root
-    tok_dir = tok if os.path.isabs(tok) else os.path.join(workdir, tok) if tok else None
+    tok_dir = tok if os.path.isabs(tok) else paths.join(source.run_dir, tok) if tok else None
     return tok_dir, int(record["model"]["vocab_size"])
 
 

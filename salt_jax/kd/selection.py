@@ -25,10 +25,15 @@ per-sequence means over real tokens (`rule_scores`):
 Every rule keeps the highest scores. Scores of a pool are computed by a jitted, sharded teacher pass, saved next to
 the token cache (keyed by teacher fingerprint, k and pool) and reused; a pass
 that stops half-way resumes from its last saved chunk.
+
+`kd_batches` is the whole of it for a run (salt_jax.train.setup calls it once):
+draw the pool, score it (and, for difference, the reference model's scores),
+rank, keep, write selection.json, and batch the KD phase from the kept rows.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import logging
@@ -39,10 +44,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from salt_jax import paths
-from salt_jax.data.batches import host_rows
-from salt_jax.data.store import TokenStore
+from salt_jax.data.batches import Batches, host_rows
+from salt_jax.data.store import Store, TokenStore, pool_rows  # noqa: F401 -- pool_rows: one corpus's pool
 from salt_jax.errors import UserError
+from salt_jax.hf.source import TeacherSource, resolve
 from salt_jax.kd import losses
+from salt_jax.kd import teacher as teacher_lib
+from salt_jax.model.flops import flops_per_token, param_count
 from salt_jax.model import sharding
 
 
@@ -63,16 +71,6 @@ def sequence_scores(logits: jax.Array, targets: jax.Array, mask: jax.Array, k: i
         "topk_fraction": n / n_real,
         "mean_loss": jnp.sum(jnp.where(mask, loss, 0.0), axis=-1) / n_real,
     }
-
-
-def pool_rows(n_rows: int, pool_size: int, seed: int) -> np.ndarray:
-    """The pool: `pool_size` distinct train rows drawn with `seed` (sorted), or all rows if pool_size <= 0."""
-    if pool_size <= 0:
-        return np.arange(n_rows)
-    if pool_size > n_rows:
-        raise UserError(f"config.salt.ds_pool_size={pool_size} exceeds the {n_rows} training sequences; "
-                        "lower it (or use 0 for the whole split)")
-    return np.sort(np.random.default_rng([seed, 0x5A17]).choice(n_rows, pool_size, replace=False))
 
 
 def _score_file(cache: TokenStore, teacher_fp: str, k: int, rows: np.ndarray) -> str:
@@ -233,3 +231,53 @@ def summary(scores: dict[str, np.ndarray], kept: np.ndarray, k: int, keep_fracti
 def write_summary(workdir: str, info: dict) -> None:
     if jax.process_index() == 0:
         paths.write_json(paths.join(workdir, "selection.json"), info)
+
+
+def load_reference(config, teacher, tok_fp: str, mesh,
+                   source: TeacherSource | None = None) -> teacher_lib.OnlineTeacher:
+    """ds_rule=difference: the reference model (config.salt.ds_reference; `source`: it resolved), read like a
+    teacher; its errors name config.salt.ds_reference."""
+    ref_salt = copy.deepcopy(config.salt)
+    ref_salt.teacher, ref_salt.teacher_preset = config.salt.ds_reference, ""
+    try:
+        source = source or resolve(config.salt.ds_reference, "config.salt.ds_reference")
+        ref = teacher_lib.load_teacher(ref_salt, config.model, tok_fp, mesh, source)
+    except UserError as e:  # (a reference resolved under another field still names this one)
+        raise UserError(str(e).replace("config.salt.teacher", "config.salt.ds_reference")) from None
+    if ref.fingerprint == teacher.fingerprint:
+        raise UserError(f"config.salt.ds_reference={config.salt.ds_reference}: is the teacher itself, so every "
+                        "difference score is 0; use a smaller checkpoint than the teacher")
+    logging.info("SALT_DS reference %s: %s parameters", ref.checkpoint, f"{param_count(ref.config):,}")
+    return ref
+
+
+def kd_batches(config, store: Store, teacher, mesh, tok, phase, workdir: str,
+               reference: TeacherSource | None = None) -> Batches:
+    """SALT_DS: score the pool with the teacher (and the reference model `reference`, default
+    config.salt.ds_reference resolved, for ds_rule=difference), select, write the summary to workdir, and batch
+    the KD phase (`phase`: salt_jax.kd.schedules.KDPhase) from the selection."""
+    salt, cfg_d = config.salt, config.data
+    pad_id, tok_fp = tok.pad_id, tok.fingerprint()
+    pool_size = salt.ds_pool_size
+    if pool_size == -1:  # enough sequences that the KD phase sees each kept one about once
+        pool_size = min(store.train.n_rows, int(np.ceil(phase.end * cfg_d.batch_size / salt.ds_keep_fraction)))
+    rows = store.pool_rows(pool_size, salt.ds_seed)  # (a mixture: each corpus by its weight)
+    scores = score_pool(teacher, store, rows, salt.ds_topk, cfg_d.batch_size, mesh, pad_id)
+    ref_scores = None
+    if salt.ds_rule == "difference":
+        ref = load_reference(config, teacher, tok_fp, mesh, reference)
+        ref_scores = score_pool(ref, store, rows, salt.ds_topk, cfg_d.batch_size, mesh, pad_id)
+        ref.release()
+        scores = dict(scores, seconds=scores["seconds"] + ref_scores["seconds"])
+    ranked = rule_scores(salt.ds_rule, scores, ref_scores)
+    kept = select(ranked, salt.ds_keep_fraction, salt.ds_band_low, salt.ds_band_high, salt.ds_seed)
+    info = summary(scores, kept, salt.ds_topk, salt.ds_keep_fraction, (salt.ds_band_low, salt.ds_band_high),
+                   salt.ds_rule, ranked)
+    if ref_scores is not None:
+        info.update(reference_mean_loss_pool=float(np.nanmean(ref_scores["mean_loss"])),
+                    reference_mean_loss_kept=float(np.nanmean(ref_scores["mean_loss"][kept])),
+                    reference_flops_per_token=flops_per_token(ref.config, cfg_d.seq_len))  # (the report's compute)
+    write_summary(workdir, info)
+    logging.info("SALT_DS: kept %d of %d pooled sequences (median score %.3f kept vs %.3f pool)", info["kept"],
+                 info["pool"], info["score_quantiles_kept"]["p50"], info["score_quantiles_pool"]["p50"])
+    return Batches(store.train, cfg_d.batch_size, cfg_d.seed, rows=rows[kept])

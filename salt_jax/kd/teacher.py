@@ -4,8 +4,12 @@ config.salt.teacher may also be a Hugging Face model directory, or a checkpoint
 imported from one (read by `salt_jax.hf.convert`, straight into the sharded
 layout); `adopt_teacher_vocabulary` then gives the student its tokenizer.
 
-The teacher's model config and tokenizer come from its checkpoint's record, so
-a student run names only the teacher's workdir (or one checkpoint directory).
+Whether the path names a Hugging Face directory or a checkpoint is decided once,
+by salt_jax.hf.source.resolve; checking (`check_tokenizer`), identifying
+(`recorded_tokenizer`, `identify`, `model_config`) and loading (`load_teacher`)
+take the TeacherSource it returns. The teacher's model config and tokenizer come
+from its checkpoint's record, so a student run names only the teacher's workdir
+(or one checkpoint directory).
 Only the parameters are restored (no optimizer state). A fingerprint of the
 teacher checkpoint goes into the student's checkpoints so a resume with
 another teacher is refused.
@@ -34,6 +38,7 @@ from salt_jax.errors import UserError
 from salt_jax.hf import files as hf_files
 from salt_jax.hf.convert import load_params, teacher_hf_info
 from salt_jax.hf.families import model_config_from_hf
+from salt_jax.hf.source import HF, TeacherSource, resolve
 from salt_jax.kd import methods, sparse
 from salt_jax.model import checkpoints, presets, sharding
 from salt_jax.model.flops import param_count
@@ -205,45 +210,46 @@ def layout(cfg: ml_collections.ConfigDict, salt_cfg: ml_collections.ConfigDict, 
     return model, sharding.shardings_for(boxed, mesh)
 
 
-def check_found(salt_cfg: ml_collections.ConfigDict) -> None:
-    """Raises the one-line UserError of a teacher path that is missing or holds no finished checkpoint (a
-    Hugging Face model directory is found as it is)."""
-    if paths.is_remote(salt_cfg.teacher) or not hf_files.is_hf_dir(paths.expand(salt_cfg.teacher)):
-        checkpoints.resolve_checkpoint(salt_cfg.teacher)
+def model_config(source: TeacherSource) -> ml_collections.ConfigDict:
+    """The teacher's model config from its files (no parameters read): its checkpoint record's, or the one its
+    Hugging Face config.json describes."""
+    if source.kind == HF:
+        return model_config_from_hf(hf_files.read_hf_config(source.path), os.path.join(source.path, "config.json"))
+    record = read_record(source.root, source.step)
+    if "model" not in record:
+        raise UserError(f"{source.directory}: the checkpoint record has no model config; re-train the teacher with "
+                        "this version of salt_jax")
+    return ml_collections.ConfigDict(record["model"])
 
 
-def recorded_tokenizer(teacher: str) -> dict:
+def recorded_tokenizer(source: TeacherSource) -> dict:
     """What a teacher says of its tokenizer and vocabulary, from its files alone (no parameters read):
     {"fingerprint" ("" when unknown), "tokenizer_vocab" (None when unknown), "vocab" (its model's vocab_size),
     "model_file" (a SentencePiece model its run kept, or ""), "hf_dir" (a Hugging Face model directory's
     path, or "")}."""
-    if not paths.is_remote(teacher) and hf_files.is_hf_dir(paths.expand(teacher)):
-        hf_dir = os.path.abspath(paths.expand(teacher))
-        cfg = model_config_from_hf(hf_files.read_hf_config(hf_dir), os.path.join(hf_dir, "config.json"))
-        return {"fingerprint": hf_files.tokenizer_fingerprint(hf_dir), "tokenizer_vocab": None,
-                "vocab": cfg.vocab_size, "model_file": "", "hf_dir": hf_dir}
-    root, step = checkpoints.resolve_checkpoint(teacher)
-    record = read_record(root, step)
-    run_dir = root.rstrip("/").rsplit("/", 1)[0] if root.rstrip("/").endswith("/checkpoints") else root
-    model_file = next((p for p in (paths.join(run_dir, "tokenizer", "tokenizer.model"),
-                                   paths.join(run_dir, "tokenizer.model")) if paths.exists(p)), "")
+    if source.kind == HF:
+        return {"fingerprint": hf_files.tokenizer_fingerprint(source.path), "tokenizer_vocab": None,
+                "vocab": model_config(source).vocab_size, "model_file": "", "hf_dir": source.path}
+    record = read_record(source.root, source.step)
+    model_file = next((p for p in (paths.join(source.run_dir, "tokenizer", "tokenizer.model"),
+                                   paths.join(source.run_dir, "tokenizer.model")) if paths.exists(p)), "")
     return {"fingerprint": record.get("tokenizer", ""), "tokenizer_vocab": record.get("vocab_size"),
             "vocab": (record.get("model") or {}).get("vocab_size"), "model_file": model_file, "hf_dir": ""}
 
 
-def check_tokenizer(teacher: str, model_vocab: int, student: tuple[str | None, int],
-                    field: str = "config.salt.teacher") -> bool:
+def check_tokenizer(source: TeacherSource, model_vocab: int, student: tuple[str | None, int]) -> bool:
     """Refuses, before any tokenizer is trained or store built, a teacher (or `field`'s model) whose tokenizer
     or vocabulary differs from the student's; returns whether the student's tokenizer must still be made to
     know (a SentencePiece model to train, like the teacher's in kind and size).
 
-    `teacher` is the path `field` names, `model_vocab` the student's config.model.vocab_size, `student` its
+    `source` is the teacher (its errors name source.field), `model_vocab` the student's config.model.vocab_size,
+    `student` its
     tokenizer's (fingerprint or None when still to be trained, vocabulary size): data.tokenizer.described.
     The rule: the model vocabularies must be equal; a known student fingerprint must equal the teacher's
     recorded one; a SentencePiece model still to be trained is refused when the teacher's tokenizer is of
     another kind or size, and otherwise checked once trained (before the store is built).
     """
-    info = recorded_tokenizer(teacher)
+    info, field = recorded_tokenizer(source), source.field
     fp, tok_vocab = student
     if info["vocab"] is not None and info["vocab"] != model_vocab:
         raise UserError(f"{field}: the teacher's vocabulary ({info['vocab']}) differs from the student's "
@@ -267,62 +273,56 @@ def check_tokenizer(teacher: str, model_vocab: int, student: tuple[str | None, i
     return fp is None
 
 
-def identify(salt_cfg: ml_collections.ConfigDict) -> dict:
+def identify(source: TeacherSource) -> dict:
     """The teacher's identity ({"checkpoint", "fingerprint"}, as `OnlineTeacher.identity`) from its files, without
     restoring its parameters: what a run that only reads the teacher's cached logits needs of it."""
-    if not paths.is_remote(salt_cfg.teacher) and hf_files.is_hf_dir(paths.expand(salt_cfg.teacher)):
-        hf_dir = os.path.abspath(salt_cfg.teacher)
-        return {"checkpoint": hf_dir, "fingerprint": hf_files.fingerprint(hf_dir)}
-    root, step = checkpoints.resolve_checkpoint(salt_cfg.teacher)
-    ckpt_dir = paths.join(root, str(step))
-    return {"checkpoint": ckpt_dir, "fingerprint": checkpoint_fingerprint(ckpt_dir)}
+    if source.kind == HF:
+        return {"checkpoint": source.path, "fingerprint": hf_files.fingerprint(source.path)}
+    return {"checkpoint": source.directory, "fingerprint": checkpoint_fingerprint(source.directory)}
 
 
 def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_collections.ConfigDict,
-                 tokenizer_fingerprint: str, mesh) -> OnlineTeacher:
+                 tokenizer_fingerprint: str, mesh, source: TeacherSource | None = None) -> OnlineTeacher:
     """Reads the teacher's config, checks it against the student, restores its parameters.
 
-    Vocabulary checks happen before anything is compiled or restored.
+    `source`: the teacher (default: config.salt.teacher resolved). Vocabulary checks happen before anything is
+    compiled or restored.
     """
-    if not paths.is_remote(salt_cfg.teacher) and hf_files.is_hf_dir(paths.expand(salt_cfg.teacher)):  # a HF model dir
-        return _load_hf_teacher(salt_cfg.teacher, salt_cfg, student_model_cfg, tokenizer_fingerprint, mesh)
-    root, step = checkpoints.resolve_checkpoint(salt_cfg.teacher)
-    ckpt_dir = paths.join(root, str(step))
-    record = read_record(root, step)
-    if "model" not in record:
-        raise UserError(f"{ckpt_dir}: the checkpoint record has no model config; re-train the teacher with "
-                        "this version of salt_jax")
-    cfg = held_config(ml_collections.ConfigDict(record["model"]), salt_cfg)
+    source = source or resolve(salt_cfg.teacher)
+    if source.kind == HF:
+        return _load_hf_teacher(source, salt_cfg, student_model_cfg, tokenizer_fingerprint, mesh)
+    ckpt_dir, field = source.directory, source.field
+    record = read_record(source.root, source.step)
+    cfg = held_config(model_config(source), salt_cfg)
     check_preset(cfg, salt_cfg.teacher_preset, ckpt_dir)
     if cfg.vocab_size != student_model_cfg.vocab_size:
-        raise UserError(f"config.salt.teacher: the teacher's vocabulary ({cfg.vocab_size}) differs from the "
+        raise UserError(f"{field}: the teacher's vocabulary ({cfg.vocab_size}) differs from the "
                         f"student's config.model.vocab_size ({student_model_cfg.vocab_size}); teacher and "
                         "student must share one tokenizer and vocabulary")
     if record.get("tokenizer") and record["tokenizer"] != tokenizer_fingerprint:
-        raise UserError(f"config.salt.teacher: the teacher was trained with tokenizer {record['tokenizer']}, "
+        raise UserError(f"{field}: the teacher was trained with tokenizer {record['tokenizer']}, "
                         f"the student uses {tokenizer_fingerprint}; use the teacher's config.data.tokenizer "
                         "settings (same source and vocab_size, or its model_file)")
 
     model, shardings = layout(cfg, salt_cfg, mesh)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           nn.meta.unbox(abstract_params(model)), shardings)
-    params = checkpoints.restore_params(root, step, target, "teacher checkpoint")
+    params = checkpoints.restore_params(source.root, source.step, target, "teacher checkpoint")
     return OnlineTeacher(model=model, config=cfg, params=params, shardings=shardings, checkpoint=ckpt_dir,
                    fingerprint=checkpoint_fingerprint(ckpt_dir), tokenizer=record.get("tokenizer", ""))
 
 
-def _load_hf_teacher(hf_dir: str, salt_cfg, student_model_cfg, tokenizer_fp: str, mesh) -> OnlineTeacher:
+def _load_hf_teacher(source: TeacherSource, salt_cfg, student_model_cfg, tokenizer_fp: str, mesh) -> OnlineTeacher:
     """An OnlineTeacher read straight from a Hugging Face directory (config.salt.teacher=DIR) into its layout."""
-    hf_dir = os.path.abspath(hf_dir)
-    cfg = model_config_from_hf(hf_files.read_hf_config(hf_dir), os.path.join(hf_dir, "config.json"))
-    cfg = held_config(cfg, salt_cfg)
+    hf_dir, field = source.path, source.field
+    cfg = held_config(model_config(source), salt_cfg)
     tok_fp = hf_files.tokenizer_fingerprint(hf_dir)
     if cfg.vocab_size != student_model_cfg.vocab_size:
-        raise UserError(f"config.salt.teacher={hf_dir}: its vocab_size ({cfg.vocab_size}) differs from "
+        raise UserError(f"{field}={hf_dir}: its vocab_size ({cfg.vocab_size}) differs from "
                         f"config.model.vocab_size ({student_model_cfg.vocab_size}); leave the student's at the "
                         "preset's value (it then takes the teacher's) or set it to the teacher's")
     if tok_fp and tok_fp != tokenizer_fp:
-        raise UserError(f"config.salt.teacher={hf_dir}: the run tokenizes with {tokenizer_fp}, not the teacher's "
+        raise UserError(f"{field}={hf_dir}: the run tokenizes with {tokenizer_fp}, not the teacher's "
                         f"tokenizer ({tok_fp}); set config.data.tokenizer.kind=hf and hf_dir={hf_dir}")
     model, shardings = layout(cfg, salt_cfg, mesh)
     _, params = load_params(hf_dir, cfg, shardings)
@@ -340,27 +340,33 @@ def check_same_teacher(config, identity: dict, previous: dict) -> None:
                         "teacher or use a fresh --workdir")
 
 
-def load_for_run(config, tok, mesh, previous: dict) -> OnlineTeacher:
-    """The run's teacher restored onto the mesh (config.salt.teacher), logged, and checked to be the one a
-    resumed run was trained with."""
-    teacher = load_teacher(config.salt, config.model, tok.fingerprint(), mesh)
+def load_for_run(config, tok, mesh, previous: dict, source: TeacherSource | None = None) -> OnlineTeacher:
+    """The run's teacher restored onto the mesh (`source`, default config.salt.teacher resolved), logged, and
+    checked to be the one a resumed run was trained with."""
+    teacher = load_teacher(config.salt, config.model, tok.fingerprint(), mesh, source)
     logging.info("teacher %s: %s parameters, fingerprint %s", teacher.checkpoint,
                  f"{param_count(teacher.config):,}", teacher.fingerprint)
     check_same_teacher(config, teacher.identity(), previous)
     return teacher
 
 
-def adopt_teacher_vocabulary(config: ml_collections.ConfigDict) -> None:
+def adopt_teacher_vocabulary(config: ml_collections.ConfigDict, source: TeacherSource | None = None) -> None:
     """With an HF teacher: tokenize with its tokenizer and give the student its vocabulary size.
 
     data.tokenizer.kind becomes "hf" with hf_dir the teacher's tokenizer (a
     student must share its teacher's tokenizer); model.vocab_size, when still
     the preset's, becomes the teacher's (the HF config's vocab_size, which may
-    exceed the tokenizer's).
+    exceed the tokenizer's). `source`: config.salt.teacher resolved (default:
+    resolved here; a teacher not found is left to the run's own checks).
     """
     if not methods.method(config.salt.method).teacher or not config.salt.teacher:
         return
-    info = teacher_hf_info(config.salt.teacher)
+    if source is None:
+        try:
+            source = resolve(config.salt.teacher)
+        except UserError:
+            return
+    info = teacher_hf_info(source)
     if info is None:
         return
     tok_dir, vocab = info
