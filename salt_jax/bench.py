@@ -56,6 +56,7 @@ from salt_jax.cli import fail, flags_parser, keep_jax_off_an_absent_tpu, load_co
 from salt_jax.config import set_method, validate
 from salt_jax.errors import UserError
 from salt_jax.kd import chunked_loss, losses, objective, sparse
+from salt_jax.kd import schedules
 from salt_jax.kd.schedules import KDPhase
 from salt_jax.kd.teacher import FixedTeacher, OnlineTeacher
 from salt_jax.model import flops, sharding
@@ -213,7 +214,7 @@ def bench_steps(config, t_cfg, repeats: int, cache_k: int = 0) -> dict:
     model = Transformer(config.model)
     tx, sched = optim.make_optimizer(config.optim, 1000)
     _, shardings = state_lib.abstract_state(model, tx, seq, mesh)
-    phase = KDPhase.from_config(config.salt, 1000, batch, lr=sched)
+    phase = KDPhase.from_config(schedules.resolved(config.salt, 1000), 1000, batch, lr=sched)
 
     def programs(teacher) -> StepPrograms:
         return StepPrograms(model, tx, sched, 0, mesh, shardings, objective.make_loss(config), teacher=teacher,

@@ -18,6 +18,7 @@ Renamed fields are read under their new names (salt_jax.renamed).
 
 from __future__ import annotations
 
+import copy
 import json
 
 import ml_collections
@@ -26,6 +27,7 @@ from salt_jax import renamed
 from salt_jax.data import mixture, sources, tokenizer
 from salt_jax.errors import UserError, check, listed, one_of
 from salt_jax.kd import losses, methods, objective, schedules, selection, sparse, teacher_cache
+from salt_jax.kd import teacher as teacher_lib
 from salt_jax.model import attention, presets, sharding, transformer
 from salt_jax.model.transformer import option
 
@@ -174,8 +176,8 @@ def set_method(c: ml_collections.ConfigDict, variant: str) -> ml_collections.Con
     """Applies a named variant of the method table (salt_jax.kd.methods) to a run config.
 
     Step counts derived from the run's length stay -1 here and are resolved by
-    `salt_jax.kd.schedules.resolve` when the run starts, so overriding
-    train.steps later keeps them proportional.
+    `resolved` when the run starts, so overriding train.steps later keeps them
+    proportional.
     """
     row = methods.variant(variant)
     c.salt.method = row.method
@@ -409,6 +411,20 @@ def _eval(c: ml_collections.ConfigDict) -> None:
 
 def _logging(c: ml_collections.ConfigDict) -> None:
     _choice(c, "logging.wandb_mode")
+
+
+def resolved(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The run's config as it trains: a new value, decided once, that setup writes to config.json and every later
+    function reads; the user's `c` is left as it is.
+
+    Resolved: with a Hugging Face teacher, its tokenizer and vocabulary size (kd.teacher.adopt_teacher_vocabulary,
+    logged); config.salt's run-relative step counts (n_KD, the transition, the adaptive bounds;
+    kd.schedules.resolved). Resolving a resolved config changes nothing.
+    """
+    out = copy.deepcopy(c)
+    teacher_lib.adopt_teacher_vocabulary(out)
+    out.salt = schedules.resolved(out.salt, out.train.steps)
+    return out
 
 
 def check_vocab(c: ml_collections.ConfigDict, tokenizer_vocab: int) -> None:

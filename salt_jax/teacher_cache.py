@@ -15,7 +15,6 @@ each writes its own rows. Prints the cache's directory and its size per token.
 
 from __future__ import annotations
 
-import copy
 import logging
 
 from absl import app
@@ -23,11 +22,10 @@ from ml_collections import config_flags
 
 from salt_jax import distributed
 from salt_jax.cli import fail, flags_parser, keep_jax_off_an_absent_tpu, load_config, own_flags_help, setup_logging
-from salt_jax.config import check_vocab, run_help, validate
+from salt_jax.config import check_vocab, resolved, run_help, validate
 from salt_jax.data import store
 from salt_jax.errors import UserError
 from salt_jax.kd import schedules, teacher_cache
-from salt_jax.kd.teacher import adopt_teacher_vocabulary
 from salt_jax.model import sharding
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).", lock_config=True)
@@ -35,13 +33,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (conf
 
 def build(config) -> dict:
     """Builds (or completes) the cache the run `config` trains from; returns its manifest and directory."""
-    config = copy.deepcopy(config)
     validate(config)
     if config.salt.teacher_logits != "cache":
         raise UserError(f"config.salt.teacher_logits={config.salt.teacher_logits!r}: set it to 'cache' (the run "
                         "this cache is for reads it only then)")
-    adopt_teacher_vocabulary(config)
-    schedules.resolve(config.salt, config.train.steps)
+    config = resolved(config)
     cache, tok = store.build_store(config.data)
     check_vocab(config, tok.vocab_size)
     mesh = sharding.make_mesh(config.mesh)

@@ -214,7 +214,7 @@ def test_a_run_saved_before_a_config_field_existed_is_the_same_config(tmp_path, 
     from salt_jax.kd import schedules
 
     written = tiny_config.copy_and_resolve_references()
-    schedules.resolve(written.salt, written.train.steps)  # as the run wrote it
+    written.salt = schedules.resolved(written.salt, written.train.steps)  # as the run wrote it
     saved = json.loads(written.to_json_best_effort())
     del saved["data"]["shared_cache"]  # written by a version without the field
     paths.write_json(str(tmp_path / "config.json"), saved)

@@ -31,7 +31,7 @@ def _salt(variant, steps=1000, **kw):
 
 
 def _phase(c, batch=16):
-    return schedules.KDPhase.from_config(c.salt, c.train.steps, batch,
+    return schedules.KDPhase.from_config(schedules.resolved(c.salt, c.train.steps), c.train.steps, batch,
                                          lr=optim.lr_schedule(c.optim, c.train.steps))
 
 

@@ -70,7 +70,7 @@ def _salt(variant, steps=1000, **kw):
 
 
 def _phase(salt, steps=1000, batch=16):
-    return schedules.KDPhase.from_config(salt, steps, batch)
+    return schedules.KDPhase.from_config(schedules.resolved(salt, steps), steps, batch)
 
 
 def test_schedules_at_boundaries():
@@ -113,8 +113,8 @@ def test_the_adaptive_switch_moves_the_end_earlier():
     phase.switched_at(321)
     assert phase.end == 321 and not phase.active(321) and phase.active(320)
     assert _phase(_salt("salt-adaptive", adaptive_max_steps=600), batch=16).end == 600
-    resumed = schedules.KDPhase.from_config(_salt("salt-adaptive", adaptive_max_steps=600), 1000, 16,
-                                            switch_step=250)
+    resumed = schedules.KDPhase.from_config(schedules.resolved(_salt("salt-adaptive", adaptive_max_steps=600), 1000),
+                                            1000, 16, switch_step=250)
     assert resumed.end == 250
 
 
@@ -127,8 +127,8 @@ def test_the_host_observes_the_switch_once_from_the_kd_state():
     kd["switch_step"] = jnp.array(321, jnp.int32)
     assert phase.observe(kd) == "adaptive switch at step 321: the student caught up with the teacher"
     assert phase.end == 321 and phase.observe(kd) is None
-    resumed = schedules.KDPhase.from_config(_salt("salt-adaptive", adaptive_max_steps=600), 1000, 16,
-                                            switch_step=250)
+    resumed = schedules.KDPhase.from_config(schedules.resolved(_salt("salt-adaptive", adaptive_max_steps=600), 1000),
+                                            1000, 16, switch_step=250)
     assert resumed.observe(kd) is None and resumed.end == 250
     assert _phase(_salt("salt")).observe(kd) is None
 

@@ -17,6 +17,7 @@ from salt_jax.data import batches as batches_lib
 from salt_jax.data import store
 from salt_jax.errors import UserError
 from salt_jax.kd.objective import ChunkedLoss, DenseLoss
+from salt_jax.kd import schedules
 from salt_jax.kd.schedules import KDPhase
 from salt_jax.kd.teacher import load_teacher
 from salt_jax.model import checkpoints, sharding
@@ -52,7 +53,8 @@ def _pieces(config, mesh=None):
 
 
 def _phase(config, weight=None) -> KDPhase:
-    phase = KDPhase.from_config(config.salt, config.train.steps, config.data.batch_size)
+    phase = KDPhase.from_config(schedules.resolved(config.salt, config.train.steps), config.train.steps,
+                                config.data.batch_size)
     return phase if weight is None else dataclasses.replace(phase, weight=weight)
 
 
@@ -249,3 +251,26 @@ def test_cli_salt_student_runs_both_phases(tmp_path, cache_dir, teacher_dir):
     assert all(r["kd_loss"] is not None and r["kd_weight"] == 0.5 for r in lines[:switch])
     assert all(r["kd_loss"] is None and r["kd_weight"] == 0.0 for r in lines[switch:])
     assert "teacher released" in out.stdout
+
+
+def test_the_run_reads_one_resolved_config_and_leaves_the_users_alone(tiny_config, teacher_dir, tmp_path):
+    """setup validates and resolves the config once (salt_jax.config.resolved): the user's object is unchanged
+    (its run-relative -1 defaults included), config.json holds the resolved value, and resolving again changes
+    nothing."""
+    from salt_jax.config import resolved
+    from salt_jax.train import setup as setup_lib
+
+    c = tiny_config
+    set_method(c, "salt-linear")  # kd_steps, transition_steps -1: derived from the run's length
+    c.salt.teacher = teacher_dir
+    before = json.loads(c.to_json_best_effort())
+    run = setup_lib.setup(c, str(tmp_path))
+    run.teacher.release()
+    assert json.loads(c.to_json_best_effort()) == before and c.salt.kd_steps == -1
+    n_kd = int(round(c.salt.kd_fraction * c.train.steps))
+    assert run.config.salt.kd_steps == n_kd and run.config.salt.transition_steps == max(1, round(n_kd / 2))
+    written = json.load(open(tmp_path / "config.json"))
+    assert written["salt"] == json.loads(run.config.salt.to_json_best_effort())
+    assert resolved(run.config).to_dict() == run.config.to_dict()
+    with pytest.raises(ValueError, match="config.salt is not resolved"):
+        KDPhase.from_config(c.salt, c.train.steps, c.data.batch_size)

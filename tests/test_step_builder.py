@@ -26,6 +26,7 @@ from conftest import REPO
 from salt_jax.config import base_config, set_method
 from salt_jax.kd import objective
 from salt_jax.kd import teacher as teacher_lib
+from salt_jax.kd import schedules
 from salt_jax.kd.schedules import KDPhase
 from salt_jax.model import sharding
 from salt_jax.model.transformer import Transformer
@@ -43,7 +44,7 @@ def test_step_builder_matches_the_previous_steps(method, loss):
     set_method(c, method)
     c.salt.teacher = "unused"
     c.train.steps, c.train.loss, c.train.loss_chunk, c.data.seq_len = 10, loss, 8, 32
-    phase = KDPhase.from_config(c.salt, c.train.steps, 8)
+    phase = KDPhase.from_config(schedules.resolved(c.salt, c.train.steps), c.train.steps, 8)
     mesh = sharding.make_mesh(c.mesh)
     model = Transformer(c.model)
     tx, lr = optim.make_optimizer(c.optim, c.train.steps)

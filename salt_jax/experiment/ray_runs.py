@@ -18,7 +18,6 @@ cache (gs://, s3://, or a shared mount) and have salt_jax installed.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import tempfile
@@ -26,10 +25,10 @@ import time
 
 import ml_collections
 
+from salt_jax.config import resolved
 from salt_jax import paths
 from salt_jax.data import ray_engine, store
 from salt_jax.errors import UserError
-from salt_jax.kd.teacher import adopt_teacher_vocabulary
 
 _OWN = ("num_cpus", "num_gpus", "memory")  # Ray's own task options; any other name is a custom resource ("TPU")
 
@@ -114,8 +113,7 @@ class RayRunner:
         """Builds each missing token store the batch trains on (once, with Ray tasks) before the runs start."""
         seen = set()
         for _, _, config in runs:
-            c = copy.deepcopy(config)
-            adopt_teacher_vocabulary(c)
+            c = resolved(config)  # (a Hugging Face teacher's tokenizer, as the run would use it)
             key = c.data.to_json_best_effort(sort_keys=True)
             if key not in seen:
                 seen.add(key)

@@ -1,7 +1,9 @@
 """The KD phase of a run: the KD weight w(step), the KD share of sequences, and where KD ends.
 
-`KDPhase.from_config` resolves config.salt against the run's length once and
-holds everything the step and the loop ask about KD. w and the share are optax
+`resolved` gives config.salt with its run-relative defaults as step counts (a
+new value; salt_jax.config.resolved applies it once per run, and config.json
+records it); `KDPhase.from_config` takes that resolved section and holds
+everything the step and the loop ask about KD. w and the share are optax
 schedules (callables of the step), evaluated in-graph from the step counter.
 Per method (Rawat et al. 2024 for salt and rkd; the rest are ours):
 
@@ -67,24 +69,37 @@ def kd_steps(salt: ml_collections.ConfigDict, total_steps: int) -> int:
     return salt.kd_steps if salt.kd_steps >= 0 else int(round(salt.kd_fraction * total_steps))
 
 
-def resolve(salt: ml_collections.ConfigDict, total_steps: int) -> None:
-    """Replaces the run-relative defaults (-1) of config.salt by step counts, in place.
+def resolved(salt: ml_collections.ConfigDict, total_steps: int) -> ml_collections.ConfigDict:
+    """A copy of config.salt with its run-relative defaults (-1) as step counts; `salt` is left as it is.
 
     kd_steps (-1: kd_fraction of the run), transition_steps (-1: half of n_KD),
     adaptive_min_steps (-1: 5% of the run), adaptive_max_steps (-1: half the
-    run; 0: no limit, stored as total_steps + 1). Idempotent; runs call it once
-    so config.json holds the numbers actually used.
+    run; 0: no limit, stored as total_steps + 1). Idempotent. A run applies it
+    once (salt_jax.config.resolved), so config.json holds the numbers used.
     """
+    out = copy.deepcopy(salt)
     n = kd_steps(salt, total_steps)
-    salt.kd_steps = n
-    if salt.transition_steps < 0:
-        salt.transition_steps = max(1, int(round(n / 2)))
-    if salt.adaptive_min_steps < 0:
-        salt.adaptive_min_steps = int(round(0.05 * total_steps))
-    if salt.adaptive_max_steps < 0:
-        salt.adaptive_max_steps = int(round(0.5 * total_steps))
-    elif salt.adaptive_max_steps == 0:
-        salt.adaptive_max_steps = total_steps + 1
+    with out.unlocked():
+        out.kd_steps = n
+        if salt.transition_steps < 0:
+            out.transition_steps = max(1, int(round(n / 2)))
+        if salt.adaptive_min_steps < 0:
+            out.adaptive_min_steps = int(round(0.05 * total_steps))
+        if salt.adaptive_max_steps < 0:
+            out.adaptive_max_steps = int(round(0.5 * total_steps))
+        elif salt.adaptive_max_steps == 0:
+            out.adaptive_max_steps = total_steps + 1
+    return out
+
+
+def _require_resolved(salt: ml_collections.ConfigDict) -> None:
+    """The phase reads step counts only: a config.salt still holding a run-relative default (-1) is a bug of the
+    caller, which should pass `resolved(salt, total_steps)` (or salt_jax.config.resolved(config).salt)."""
+    left = [f for f in ("kd_steps", "transition_steps", "adaptive_min_steps") if salt[f] < 0]
+    left += ["adaptive_max_steps"] if salt.adaptive_max_steps <= 0 else []
+    if left:
+        raise ValueError(f"config.salt is not resolved ({', '.join(left)} still run-relative): pass "
+                         "schedules.resolved(salt, total_steps)")
 
 
 def _decay(kind: str, start: float, end: float, steps: int) -> optax.Schedule:
@@ -177,9 +192,8 @@ def _scheduled_end(salt, method: methods.Method, share: optax.Schedule, total_st
 
 def scheduled_end(salt: ml_collections.ConfigDict, total_steps: int, batch_size: int) -> int:
     """`KDPhase.scheduled_end` without the rest of the phase (no learning-rate schedule needed): the KD steps
-    a teacher cache must cover."""
-    salt = copy.deepcopy(salt)
-    resolve(salt, total_steps)
+    a teacher cache must cover. `salt` is resolved (`resolved`)."""
+    _require_resolved(salt)
     method = methods.method(salt.method)
     return _scheduled_end(salt, method, _share(salt, method), total_steps, batch_size)
 
@@ -232,10 +246,10 @@ class KDPhase:
                     switch_step: int = -1, lr: optax.Schedule | None = None) -> "KDPhase":
         """The phase of a run of `total_steps` steps; `switch_step` >= 0: the adaptive switch already fired there.
 
-        `lr`, the run's learning-rate schedule, is needed by weight_schedule=with_lr only.
+        `lr`, the run's learning-rate schedule, is needed by weight_schedule=with_lr only. `salt` is resolved
+        (`resolved`; a run's config.salt is, by salt_jax.config.resolved).
         """
-        salt = copy.deepcopy(salt)
-        resolve(salt, total_steps)
+        _require_resolved(salt)
         method = methods.method(salt.method)
         weight, share = _weight(salt, method, total_steps, lr), _share(salt, method)
         end = _scheduled_end(salt, method, share, total_steps, batch_size)

@@ -37,7 +37,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         except UserError:
             w.discard()
             raise
-        return _run(config, r)
+        return _run(r.config, r)  # (the resolved config: salt_jax.config.resolved)
 
 
 def _run(config: ml_collections.ConfigDict, r: Run) -> dict:
