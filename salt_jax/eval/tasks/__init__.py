@@ -5,8 +5,12 @@ in data/ (made by scripts/make_eval_tasks.py from files held out at heldout_frac
 run with no network: stdlib_next_line and stdlib_identifier (multiple choice, acc / acc_norm),
 stdlib_line_completion (generation, exact_match) and stdlib_perplexity (rolling loglikelihood),
 plus the group stdlib_fewshot of the first three. Pass TASKS_DIR to lm-eval as
-`TaskManager(include_path=TASKS_DIR)` or `--include_path`. This package imports nothing from
-salt_jax and nothing outside the standard library (utils.py imports lm-eval's `datasets` lazily).
+`TaskManager(include_path=TASKS_DIR)` or `--include_path`. This package imports nothing outside
+the standard library (utils.py imports lm-eval's `datasets` lazily).
+
+- utils.py: the dataset hooks the YAMLs name, reading the JSONL in data/
+
+Imports: nothing
 """
 
 import os
