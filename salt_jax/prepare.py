@@ -32,10 +32,9 @@ from ml_collections import config_flags
 
 from salt_jax.cli import (fail, flags_parser, interrupted, keep_jax_off_an_absent_tpu, load_config, own_flags_help,
                           setup_logging)
-from salt_jax.config import run_help, validate
+from salt_jax.config import resolved, run_help, validate
 from salt_jax.data import store
 from salt_jax.errors import UserError
-from salt_jax.kd.teacher import adopt_teacher_vocabulary
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).", lock_config=True)
 _WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1,
@@ -55,7 +54,7 @@ def prepare(config, workers: int, host: tuple[int, int] = (0, 1), engine=None) -
     """The run's token store, built with `workers` processes (or by `engine`, engines.py) if it is missing
     (this machine's part of it, `host` = (index, count), when several machines build a shared store)."""
     validate(config)
-    adopt_teacher_vocabulary(config)  # a Hugging Face teacher's tokenizer, as the run would use it
+    config = resolved(config)  # (a Hugging Face teacher's tokenizer, as the run would use it)
     cache, _ = store.build_store(config.data, workers=workers, host=host, engine=engine)
     return cache
 
@@ -103,8 +102,7 @@ def _main(argv) -> None:
     except KeyboardInterrupt:  # (the workers are stopped already: engines.LocalEngine)
         interrupted("Ctrl-C while building the token store; its finished shards are kept, and the same command "
                     "resumes the build")
-    stores = dict(zip(cache.names, cache.stores)) if hasattr(cache, "stores") else {"": cache}  # a mixture's
-    for name, one in stores.items():
+    for name, one in cache.components().items():  # (a mixture: each corpus's store)
         for split in ("train", "heldout"):
             info = one.meta["splits"][split]
             logging.info("%s%s: %d documents, %d tokens, %d shards", f"{name} " if name else "", split,

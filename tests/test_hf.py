@@ -20,6 +20,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
+from salt_jax.config import resolved
 from salt_jax.errors import UserError
 from salt_jax.hf import convert, families
 from salt_jax.hf import files as hf_files
@@ -287,9 +288,13 @@ def test_salt_run_with_an_hf_teacher_then_export(hf_teacher, tiny_config, tmp_pa
     loop.run(c, workdir)
     assert HFTokenizer(os.path.join(workdir, "tokenizer")).fingerprint() == HFTokenizer(directory).fingerprint()
 
-    # the run tokenized with the teacher's tokenizer and took its vocabulary size
-    assert c.data.tokenizer.kind == "hf" and c.data.tokenizer.hf_dir == directory
-    assert c.model.vocab_size == 288
+    # the run tokenized with the teacher's tokenizer and took its vocabulary size (in the resolved config it
+    # wrote; the user's config is left as it was)
+    written = json.load(open(os.path.join(workdir, "config.json")))
+    assert written["data"]["tokenizer"]["kind"] == "hf" and written["data"]["tokenizer"]["hf_dir"] == directory
+    assert written["model"]["vocab_size"] == 288 and c.data.tokenizer.kind == "bytes"
+    c = resolved(c)  # the config the run trained with
+    assert c.to_dict() == {k: v for k, v in written.items() if k in c}
     tok = HFTokenizer(directory)
     assert tok.vocab_size == 280 and tok.eos_id == fast.eos_token_id
     assert tok.encode(["def f(x):\n    return x"]) == [fast("def f(x):\n    return x")["input_ids"]]

@@ -23,9 +23,10 @@ import ml_collections
 from salt_jax.config import validate
 from salt_jax.errors import UserError
 from salt_jax.kd import methods, objective, schedules, selection
+from salt_jax.hf.source import resolve as resolve_teacher
 from salt_jax.kd import teacher as teacher_lib
 from salt_jax.kd.schedules import KDPhase
-from salt_jax.model import attention, checkpoints, presets, sharding
+from salt_jax.model import attention, presets, sharding
 from salt_jax.model.transformer import Transformer
 from salt_jax.train import optim, state as state_lib
 from salt_jax.train.step import StepPrograms, Guard
@@ -45,7 +46,7 @@ def target_config(config: ml_collections.ConfigDict, platform: str) -> ml_collec
     by the target platform's kernel (splash on TPU), not the compiling host's."""
     config = copy.deepcopy(config)
     validate(config)
-    schedules.resolve(config.salt, config.train.steps)
+    config.salt = schedules.resolved(config.salt, config.train.steps)
     if config.model.attention == "auto":
         config.model.attention = attention.default_implementation(platform)
     return config
@@ -63,8 +64,7 @@ def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
         cfg = presets.model_config(salt.teacher_preset)
     else:
         try:
-            root, step = checkpoints.resolve_checkpoint(salt.teacher)
-            cfg = ml_collections.ConfigDict(teacher_lib.read_record(root, step)["model"])
+            cfg = teacher_lib.model_config(resolve_teacher(salt.teacher))
         except (UserError, KeyError):
             raise UserError(f"config.salt.teacher={salt.teacher!r} has no readable checkpoint here; to compile "
                             "before the teacher exists, set --config.salt.teacher_preset to its size (e.g. "

@@ -24,13 +24,12 @@ import jax
 import ml_collections
 
 from salt_jax import paths
-from salt_jax.config import drift, set_method, validate
+from salt_jax.config import drift, resolved, set_method, validate
 from salt_jax.errors import UserError
 from salt_jax.experiment import plots, report, writeup
 from salt_jax.kd import methods as kd_methods
-from salt_jax.kd import schedules
-from salt_jax.kd.teacher import read_record
-from salt_jax.model import checkpoints
+from salt_jax.hf.source import resolve as resolve_teacher
+from salt_jax.kd.teacher import model_config
 from salt_jax.model.flops import embedding_params, param_count
 from salt_jax.train import faults, loop
 
@@ -121,9 +120,7 @@ def _check_same_config(config, workdir: str) -> None:
     path = paths.join(workdir, "config.json")
     if not paths.exists(path):
         return
-    intended = copy.deepcopy(config)
-    schedules.resolve(intended.salt, intended.train.steps)
-    found = drift(paths.read_json(path), intended, _SAME_ACROSS_RUNS)
+    found = drift(paths.read_json(path), resolved(config), _SAME_ACROSS_RUNS)
     if found:
         raise UserError(f"{workdir} holds a run with another config: {found[0]}; use a fresh --workdir for "
                         "changed settings (or remove that run directory)")
@@ -176,8 +173,7 @@ def _corpus(runs: list[report.RunOutputs]) -> str:
 
 
 def _teacher_model(teacher_dir: str) -> ml_collections.ConfigDict:
-    root, step = checkpoints.resolve_checkpoint(teacher_dir)
-    return ml_collections.ConfigDict(read_record(root, step)["model"])
+    return model_config(resolve_teacher(teacher_dir))
 
 
 def plan(exp: ml_collections.ConfigDict, workdir: str) -> list[tuple[str, str, ml_collections.ConfigDict]]:
@@ -195,9 +191,8 @@ def plan(exp: ml_collections.ConfigDict, workdir: str) -> list[tuple[str, str, m
         if name not in kd_methods.VARIANTS:
             raise UserError(f"config.methods: unknown method {name!r} in {spec!r}; use one of "
                             f"{', '.join(kd_methods.VARIANTS)}")
-    if exp.teacher_path:
-        checkpoints.resolve_checkpoint(exp.teacher_path, "config.teacher_path")
-    teacher_dir = paths.expand(exp.teacher_path) if exp.teacher_path else paths.join(workdir, "teacher")
+    teacher = resolve_teacher(exp.teacher_path, "config.teacher_path") if exp.teacher_path else None
+    teacher_dir = teacher.path if teacher else paths.join(workdir, "teacher")
     runs = [] if exp.teacher_path else [("teacher", teacher_dir, exp.teacher)]
     runs += [(f"teacher {name}", teacher_workdir(workdir, name), config) for name, config in _teachers(exp).items()]
     lr = float(exp.student.optim.learning_rate)

@@ -357,7 +357,9 @@ def adopt_teacher_vocabulary(config: ml_collections.ConfigDict, source: TeacherS
     student must share its teacher's tokenizer); model.vocab_size, when still
     the preset's, becomes the teacher's (the HF config's vocab_size, which may
     exceed the tokenizer's). `source`: config.salt.teacher resolved (default:
-    resolved here; a teacher not found is left to the run's own checks).
+    resolved here; a teacher not found is left to the run's own checks). It
+    changes `config` in place: salt_jax.config.resolved calls it on its new copy,
+    the one place a run's config is resolved.
     """
     if not methods.method(config.salt.method).teacher or not config.salt.teacher:
         return

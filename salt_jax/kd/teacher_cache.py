@@ -37,6 +37,7 @@ from jax.experimental import multihost_utils
 from salt_jax import paths
 from salt_jax.data.batches import Batches, Prefetcher, host_rows, training_batches
 from salt_jax.errors import UserError
+from salt_jax.hf.source import TeacherSource, resolve
 from salt_jax.kd import losses, sparse
 from salt_jax.kd import teacher as teacher_lib
 from salt_jax.model import sharding
@@ -241,17 +242,19 @@ class CachedTeacher(teacher_lib.Teacher):
 
 
 def build_teacher_cache(config, store, tok, mesh, steps: int, previous: dict | None = None,
-                        written: Callable[[int], None] = lambda step: None):
+                        written: Callable[[int], None] = lambda step: None, source: TeacherSource | None = None):
     """The sparse teacher targets of KD steps 0 .. `steps` - 1 (teacher_logits=cache; `steps`: the KD phase's
     scheduled end), built where missing: only then is the teacher restored (and released after). Returns
-    (manifest, its directory, the teacher's checkpoint, Spec). `written(step)`: as in `build`."""
-    identity = teacher_lib.identify(config.salt)  # (from its files: a complete cache needs no restore)
+    (manifest, its directory, the teacher's checkpoint, Spec). `written(step)`: as in `build`; `source`: the
+    teacher (default: config.salt.teacher resolved)."""
+    source = source or resolve(config.salt.teacher)
+    identity = teacher_lib.identify(source)  # (from its files: a complete cache needs no restore)
     teacher_lib.check_same_teacher(config, identity, previous or {})
     spec = Spec.of(config, identity["fingerprint"], store.directory, steps)
     directory = spec.directory(store.directory)
     manifest = complete(directory, spec.steps)
     if manifest is None:
-        online = teacher_lib.load_for_run(config, tok, mesh, previous or {})
+        online = teacher_lib.load_for_run(config, tok, mesh, previous or {}, source)
         batches = training_batches(store, config.data.batch_size, config.data.seed)
         manifest = build(online, batches, spec, directory, mesh, tok.pad_id, config.model.vocab_size, written)
         online.release()
@@ -259,10 +262,12 @@ def build_teacher_cache(config, store, tok, mesh, steps: int, previous: dict | N
 
 
 def cached_teacher(config, store, tok, mesh, previous: dict, steps: int, workdir: str,
-                   written: Callable[[int], None] = lambda step: None) -> CachedTeacher:
+                   written: Callable[[int], None] = lambda step: None,
+                   source: TeacherSource | None = None) -> CachedTeacher:
     """teacher_logits=cache: the run's CachedTeacher (its cache built first where missing; recorded in
     workdir/teacher_cache.json), its targets read ahead config.data.prefetch steps."""
-    manifest, directory, checkpoint, spec = build_teacher_cache(config, store, tok, mesh, steps, previous, written)
+    manifest, directory, checkpoint, spec = build_teacher_cache(config, store, tok, mesh, steps, previous, written,
+                                                                source)
     if jax.process_index() == 0:
         paths.write_json(paths.join(workdir, "teacher_cache.json"), dict(manifest, directory=directory))
     return CachedTeacher(directory, manifest, spec, mesh, checkpoint, config.data.prefetch)

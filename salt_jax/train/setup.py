@@ -19,7 +19,6 @@ is trained first and its fingerprint checked before the store is built.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import os
@@ -31,18 +30,20 @@ import ml_collections
 import numpy as np
 
 from salt_jax import paths
-from salt_jax.config import check_vocab, validate
+from salt_jax.config import check_vocab, resolved, validate
 from salt_jax.data import batches as batches_lib
 from salt_jax.data import sources
 from salt_jax.data import store as store_lib
 from salt_jax.data import tokenizer as tokenizer_lib
 from salt_jax.errors import UserError
-from salt_jax.kd import methods, objective, schedules, selection
+from salt_jax.hf.source import TeacherSource
+from salt_jax.hf.source import resolve as resolve_teacher
+from salt_jax.kd import methods, objective, selection
 from salt_jax.kd import teacher as teacher_lib
 from salt_jax.kd import teacher_cache
 from salt_jax.kd.schedules import KDPhase
 from salt_jax.model import checkpoints, sharding
-from salt_jax.model.flops import RunFlops, flops_per_token, param_count
+from salt_jax.model.flops import RunFlops, param_count
 from salt_jax.model.transformer import Transformer
 from salt_jax.train import faults, metrics, optim
 from salt_jax.train import fewshot as fewshot_lib
@@ -57,7 +58,7 @@ class Run:
 
     config: ml_collections.ConfigDict
     workdir: str
-    store: store_lib.TokenStore  # or, with config.data.mixture, a salt_jax.data.mixture.MixtureStore
+    store: store_lib.Store  # a TokenStore, or with config.data.mixture a salt_jax.data.mixture.MixtureStore
     state: Any  # salt_jax.train.state.TrainState, on the mesh
     start: int  # the first step this process runs (the restored checkpoint's step)
     previous: dict  # the restored checkpoint's record ({} on a fresh start)
@@ -82,7 +83,7 @@ class Run:
     @property
     def mixture(self) -> dict[str, float] | None:
         """{corpus name: weight} of a mixture (config.data.mixture), None for one corpus."""
-        return dict(zip(self.store.names, self.store.weights)) if hasattr(self.store, "names") else None
+        return self.store.mixture()
 
     @property
     def corpus(self) -> dict:
@@ -90,8 +91,8 @@ class Run:
         the token store and its counts, and for the built-in corpus the Python whose library it is; for a
         mixture, {"mixture": [that, with each corpus's name and weight]}."""
         if self.mixture is not None:
-            return {"mixture": [dict(_corpus(c), name=n, weight=w) for c, (n, w) in
-                                zip(self.store.stores, self.mixture.items())]}
+            return {"mixture": [dict(_corpus(c), name=n, weight=self.mixture[n]) for n, c in
+                                self.store.components().items()]}
         return _corpus(self.store)
 
     def source(self, step: int) -> batches_lib.Batches:
@@ -160,52 +161,6 @@ def _check_same_model(config, ckpt: checkpoints.Checkpointer):
     return same_model
 
 
-def _load_reference(config, teacher: teacher_lib.OnlineTeacher, tok_fp: str, mesh) -> teacher_lib.OnlineTeacher:
-    """ds_rule=difference: the reference model (config.salt.ds_reference), read like a teacher."""
-    ref_salt = copy.deepcopy(config.salt)
-    ref_salt.teacher, ref_salt.teacher_preset = config.salt.ds_reference, ""
-    try:
-        ref = teacher_lib.load_teacher(ref_salt, config.model, tok_fp, mesh)
-    except UserError as e:  # its errors name the field the reference comes from
-        raise UserError(str(e).replace("config.salt.teacher", "config.salt.ds_reference")) from None
-    if ref.fingerprint == teacher.fingerprint:
-        raise UserError(f"config.salt.ds_reference={config.salt.ds_reference}: is the teacher itself, so every "
-                        "difference score is 0; use a smaller checkpoint than the teacher")
-    logging.info("SALT_DS reference %s: %s parameters", ref.checkpoint, f"{param_count(ref.config):,}")
-    return ref
-
-
-def _selected_batches(config, store, teacher, mesh, tok, phase: KDPhase, workdir: str):
-    """SALT_DS: score the pool with the teacher, select, and batch the KD phase from the selection."""
-    salt, cfg_d = config.salt, config.data
-    pad_id, tok_fp = tok.pad_id, tok.fingerprint()
-    pool_size = salt.ds_pool_size
-    if pool_size == -1:  # enough sequences that the KD phase sees each kept one about once
-        pool_size = min(store.train.n_rows, int(np.ceil(phase.end * cfg_d.batch_size / salt.ds_keep_fraction)))
-    rows = (store.pool_rows(pool_size, salt.ds_seed) if hasattr(store, "pool_rows")  # a mixture: by weight
-            else selection.pool_rows(store.train.n_rows, pool_size, salt.ds_seed))
-    scores = selection.score_pool(teacher, store, rows, salt.ds_topk, cfg_d.batch_size, mesh, pad_id)
-    reference = None
-    if salt.ds_rule == "difference":
-        ref = _load_reference(config, teacher, tok_fp, mesh)
-        reference = selection.score_pool(ref, store, rows, salt.ds_topk, cfg_d.batch_size, mesh, pad_id)
-        ref.release()
-        scores = dict(scores, seconds=scores["seconds"] + reference["seconds"])
-    ranked = selection.rule_scores(salt.ds_rule, scores, reference)
-    kept = selection.select(ranked, salt.ds_keep_fraction, salt.ds_band_low, salt.ds_band_high, salt.ds_seed)
-    info = selection.summary(scores, kept, salt.ds_topk, salt.ds_keep_fraction, (salt.ds_band_low,
-                                                                                 salt.ds_band_high),
-                             salt.ds_rule, ranked)
-    if reference is not None:
-        info.update(reference_mean_loss_pool=float(np.nanmean(reference["mean_loss"])),
-                    reference_mean_loss_kept=float(np.nanmean(reference["mean_loss"][kept])),
-                    reference_flops_per_token=flops_per_token(ref.config, cfg_d.seq_len))  # (the report's compute)
-    selection.write_summary(workdir, info)
-    logging.info("SALT_DS: kept %d of %d pooled sequences (median score %.3f kept vs %.3f pool)", info["kept"],
-                 info["pool"], info["score_quantiles_kept"]["p50"], info["score_quantiles_pool"]["p50"])
-    return batches_lib.Batches(store.train, cfg_d.batch_size, cfg_d.seed, rows=rows[kept])
-
-
 def _check_teacher_outside(teacher: str, workdir: str) -> None:
     """A teacher inside the student's own workdir would be deleted by keep_checkpoints."""
     if not teacher or paths.is_remote(teacher) or paths.is_remote(workdir):
@@ -221,36 +176,30 @@ def _resuming(workdir: str) -> bool:
     return paths.isdir(ckpts) and any(d.isdigit() for d in paths.listdir(ckpts))
 
 
-def _check_teachers(config: ml_collections.ConfigDict, workdir: str, student: tuple[str | None, int]) -> list[str]:
+def _check_teachers(config: ml_collections.ConfigDict, workdir: str,
+                    student: tuple[str | None, int]) -> list[tuple[TeacherSource, bool]]:
     """A fresh run that will load its teacher (and SALT_DS's reference model) says a missing or untrained one, and
     one whose vocabulary or tokenizer differs from the student's, before minutes of tokenizer training and store
-    building (a resumed one may be past its KD phase, and need no teacher). Returns the fields whose tokenizer
-    check waits for the student's SentencePiece model to be trained (kd.teacher.check_tokenizer)."""
+    building (a resumed one may be past its KD phase, and need no teacher). Returns each one resolved (the
+    TeacherSource the run then loads) and whether its tokenizer check waits for the student's SentencePiece model
+    to be trained (kd.teacher.check_tokenizer)."""
     salt = config.salt
     if salt.kd_steps == 0 or _resuming(workdir):
         return []
     fields = ["teacher"]
     if methods.method(salt.method).selects_data and salt.ds_rule == "difference":
         fields.append("ds_reference")
-    waiting = []
+    checked = []
     for name in fields:
-        field = f"config.salt.{name}"
-        try:
-            teacher_lib.check_found(ml_collections.ConfigDict({"teacher": salt[name]}))
-            if teacher_lib.check_tokenizer(salt[name], config.model.vocab_size, student, field):
-                waiting.append(field)
-        except UserError as e:  # (its errors name the field the path comes from)
-            raise UserError(str(e).replace("config.salt.teacher", field)) from None
-    return waiting
+        source = resolve_teacher(salt[name], f"config.salt.{name}")
+        checked.append((source, teacher_lib.check_tokenizer(source, config.model.vocab_size, student)))
+    return checked
 
 
-def _check_before_building(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-    """Everything checkable from the config, the workdir and the teacher's files, before minutes of tokenizer
-    training and store building; returns the tokenizer checks that wait for the student's tokenizer to be
-    trained (_check_trained_tokenizer)."""
-    validate(config)
-    teacher_lib.adopt_teacher_vocabulary(config)  # a Hugging Face teacher: its tokenizer and vocabulary size
-    schedules.resolve(config.salt, config.train.steps)  # config.json records the step counts used
+def _check_before_building(config: ml_collections.ConfigDict, workdir: str) -> list[tuple[TeacherSource, bool]]:
+    """Everything checkable from the (resolved) config, the workdir and the teacher's files, before minutes of
+    tokenizer training and store building; returns the teachers checked (_check_teachers): what the run loads, and
+    the tokenizer checks that wait for the student's tokenizer to be trained (_check_trained_tokenizer)."""
     workdir_lib.check_config(config, workdir)
     student = tokenizer_lib.described(config.data.tokenizer)
     check_vocab(config, student[1])
@@ -260,9 +209,10 @@ def _check_before_building(config: ml_collections.ConfigDict, workdir: str) -> l
     return []
 
 
-def _check_trained_tokenizer(config: ml_collections.ConfigDict, waiting: list[str]) -> None:
+def _check_trained_tokenizer(config: ml_collections.ConfigDict, checked: list[tuple[TeacherSource, bool]]) -> None:
     """The checks that waited for the student's SentencePiece model: it is trained (and cached, where the store
     build finds it) and its fingerprint checked before the store is built."""
+    waiting = [source for source, waits in checked if waits]
     if not waiting:
         return
     cfg_d = config.data
@@ -271,9 +221,8 @@ def _check_trained_tokenizer(config: ml_collections.ConfigDict, waiting: list[st
         return
     train = not store_lib.is_shared(cfg_d, cache_dir) or jax.process_index() == 0
     tok = tokenizer_lib.make_tokenizer(cfg_d.tokenizer, sources.make_source(cfg_d), cache_dir, train=train)
-    for field in waiting:
-        teacher_lib.check_tokenizer(config.salt[field.rsplit(".", 1)[-1]], config.model.vocab_size,
-                                    (tok.fingerprint(), tok.vocab_size), field)
+    for source in waiting:
+        teacher_lib.check_tokenizer(source, config.model.vocab_size, (tok.fingerprint(), tok.vocab_size))
 
 
 def _restore_or_create(config, workdir: str, model, tx, mesh):
@@ -289,25 +238,34 @@ def _restore_or_create(config, workdir: str, model, tx, mesh):
     return ckpt, start, state, shardings, previous
 
 
-def _teacher_for(config, store, tok, mesh, previous: dict, phase: KDPhase, start: int, workdir: str):
-    """The teacher while the KD phase has steps left (from `start`): online, or its cached logits; else None."""
+def _teacher_for(config, store, tok, mesh, previous: dict, phase: KDPhase, start: int, workdir: str,
+                 source: TeacherSource | None):
+    """The teacher while the KD phase has steps left (from `start`): online, or its cached logits; else None.
+    `source`: config.salt.teacher as checked (None: not checked, a resumed run; resolved now)."""
     if not phase.active(start):
         return None
     if config.salt.teacher_logits == "cache":
         kill = faults.KillHooks(config.train.debug_kill)
         return teacher_cache.cached_teacher(config, store, tok, mesh, previous, phase.scheduled_end, workdir,
-                                          written=lambda step: kill.maybe_kill("cache", step))
-    return teacher_lib.load_for_run(config, tok, mesh, previous)
+                                          written=lambda step: kill.maybe_kill("cache", step), source=source)
+    return teacher_lib.load_for_run(config, tok, mesh, previous, source)
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
-    """Builds (or restores) everything the loop of the run in `workdir` needs."""
-    waiting = _check_before_building(config, workdir)
+def setup(user_config: ml_collections.ConfigDict, workdir: str) -> Run:
+    """Builds (or restores) everything the loop of the run in `workdir` needs.
+
+    The user's config is validated and resolved once (salt_jax.config.resolved: a new value, which config.json
+    records and Run.config carries); everything after reads that value, and `user_config` is left as it is.
+    """
+    validate(user_config)
+    config = resolved(user_config)
+    checked = _check_before_building(config, workdir)
+    sources = {source.field: source for source, _ in checked}  # (each teacher resolved once: checked, then loaded)
     cfg_d, cfg_t = config.data, config.train
     mesh = sharding.make_mesh(config.mesh)  # (mesh, batch and task names: checked before the store is built)
     sharding.check_batch(cfg_d.batch_size, mesh)
     fewshot_lib.check_tasks(config)
-    _check_trained_tokenizer(config, waiting)
+    _check_trained_tokenizer(config, checked)
     store, tok = store_lib.build_store(cfg_d)
     check_vocab(config, tok.vocab_size)
     fewshot = fewshot_lib.maybe(config, mesh, tok, paths.join(workdir, "lm_eval.log"))
@@ -317,7 +275,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     ckpt, start, state, shardings, previous = _restore_or_create(config, workdir, model, tx, mesh)
     phase = KDPhase.from_config(config.salt, cfg_t.steps, cfg_d.batch_size,
                                 switch_step=int(jax.device_get(state.kd["switch_step"])), lr=lr_schedule)
-    teacher = _teacher_for(config, store, tok, mesh, previous, phase, start, workdir)
+    teacher = _teacher_for(config, store, tok, mesh, previous, phase, start, workdir,
+                           sources.get("config.salt.teacher"))
     if jax.process_index() == 0:
         workdir_lib.write_config(config, workdir)
         tokenizer_lib.keep(tok, workdir)  # (sampling, evaluation and export read this copy)
@@ -332,7 +291,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
               "tokenizer": tok.fingerprint(), "vocab_size": tok.vocab_size,
               "teacher": teacher.identity() if teacher is not None else previous.get("teacher")}
     batches = batches_lib.training_batches(store, cfg_d.batch_size, cfg_d.seed)
-    kd_batches = (_selected_batches(config, store, teacher, mesh, tok, phase, workdir)
+    kd_batches = (selection.kd_batches(config, store, teacher, mesh, tok, phase, workdir,
+                                       sources.get("config.salt.ds_reference"))
                   if phase.method.selects_data and teacher is not None else batches)
     return Run(config=config, workdir=workdir, store=store, state=state, start=start, previous=previous, phase=phase,
                teacher=teacher, programs=programs, batches=batches, kd_batches=kd_batches,
