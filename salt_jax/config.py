@@ -96,44 +96,44 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     m.fsdp = 1  # fully-sharded data-parallel axis: parameters split over it, batch too
     m.tensor = 1  # tensor-parallel axis: heads / mlp / vocab split over it
 
-    c.salt = k = ml_collections.ConfigDict()
-    k.method = "baseline"  # the method (salt_jax/kd/methods.py); teacher: a baseline run that makes a teacher
-    k.teacher = ""  # the teacher: its run's workdir, a checkpoint directory, or a Hugging Face model directory
-    k.teacher_preset = ""  # the teacher's model preset (salt_jax.compile needs no teacher then); a run checks it
+    c.salt = salt = ml_collections.ConfigDict()
+    salt.method = "baseline"  # the method (salt_jax/kd/methods.py); teacher: a baseline run that makes a teacher
+    salt.teacher = ""  # the teacher: its run's workdir, a checkpoint directory, or a Hugging Face model directory
+    salt.teacher_preset = ""  # the teacher's model preset (salt_jax.compile needs no teacher then); a run checks it
 
-    k.teacher_sharding = "sharded"  # teacher parameters on the mesh: "sharded" (same rules) or "replicated"
-    k.teacher_dtype = ""  # hold the teacher's parameters and compute in this dtype ("bfloat16" on accelerators; "" = as trained)
-    k.kd_weight = 0.5  # w0, the KD weight while distilling (ours: the paper does not give it)
-    k.temperature = 1.0  # tau for the KD term (ours: the paper does not give it)
-    k.kd_loss = "forward_kl"  # forward_kl: tau^2 KL(teacher||student); reverse_kl; topk_kl (teacher's top-k, renormalised)
-    k.kd_topk = 0  # k for kd_loss=topk_kl
-    k.weight_schedule = "step"  # w inside the KD phase: step (w0 until n_KD) | linear | cosine (w0 at 0 -> 0 at n_KD) | with_lr (follows the learning rate, 0 at n_KD)
-    k.temperature_schedule = "constant"  # tau over the KD phase; linear / cosine: temperature -> temperature_end at n_KD
-    k.temperature_end = 1.0  # temperature_schedule=linear / cosine: tau at n_KD
-    k.teacher_logits = "online"  # online (the teacher runs inside the step) | cache (the teacher cache: its sparse targets read from disk, no teacher forward)
-    k.cache_targets = "topk"  # teacher_logits=cache: topk (renormalised) | topk_other (top-k + one bucket for the rest) | sampled (k ids drawn from the teacher)
-    k.cache_k = 64  # teacher_logits=cache: ids stored per position (the top-k, or the number of samples)
-    k.cache_dtype = "float16"  # teacher_logits=cache: dtype of the stored log-probs
-    k.kd_steps = -1  # n_KD: distil for the first n_KD steps; -1 = kd_fraction * train.steps
-    k.kd_fraction = 0.175  # n_KD as a fraction of the run when kd_steps=-1 (paper: 36K of ~208K steps)
-    k.transition = "step"  # after n_KD: step (w -> 0), linear (w decays over transition_steps), ratio (KD share of sequences decays)
-    k.transition_steps = -1  # length of the linear / ratio transition in steps; -1 = half of n_KD (ours)
-    k.switch = "fixed"  # fixed (n_KD from the schedule) or adaptive (stop when the student catches the teacher)
-    k.adaptive_margin = 0.0  # adaptive: switch once smoothed student NTP loss <= smoothed teacher NTP loss + margin
-    k.adaptive_ema = 0.98  # adaptive: EMA decay of the per-step NTP losses (debiased)
-    k.adaptive_min_steps = -1  # adaptive: never switch before this step; -1 = 5% of the run (ours)
-    k.adaptive_max_steps = -1  # adaptive: switch at this step at the latest; -1 = half the run (ours), 0 = no limit
-    k.token_select = "none"  # KD only where the teacher is good: none | topk (target in teacher top-k) | confidence
-    k.token_select_k = 10  # token_select=topk: the k
-    k.token_select_threshold = 0.5  # token_select=confidence: teacher's top probability must exceed this
-    k.ds_rule = "median_topk"  # salt_ds score (kept: highest): median_topk (paper) | difference (MiniPLM: teacher - reference log-lik.) | loss (teacher loss)
-    k.ds_reference = ""  # ds_rule=difference: the reference model, smaller than the teacher (a run workdir or checkpoint directory)
-    k.ds_topk = 10  # salt_ds: a token is learnable when its target is in the teacher's top-k (paper: 10)
-    k.ds_pool_size = -1  # salt_ds: sequences scored; -1 = enough for the KD phase at ds_keep_fraction, 0 = all
-    k.ds_keep_fraction = 0.5  # salt_ds: share of the pool kept for the KD phase, highest scores first (ours)
-    k.ds_band_low = 0.0  # salt_ds: only scores at or above this percentile of the pool are eligible
-    k.ds_band_high = 100.0  # salt_ds: only scores at or below this percentile of the pool are eligible
-    k.ds_seed = 0  # salt_ds: seed of the pool draw and of tie-breaking in the selection
+    salt.teacher_sharding = "sharded"  # teacher parameters on the mesh: "sharded" (same rules) or "replicated"
+    salt.teacher_dtype = ""  # hold the teacher's parameters and compute in this dtype ("bfloat16" on accelerators; "" = as trained)
+    salt.kd_weight = 0.5  # w0, the KD weight while distilling (ours: the paper does not give it)
+    salt.temperature = 1.0  # tau for the KD term (ours: the paper does not give it)
+    salt.kd_loss = "forward_kl"  # forward_kl: tau^2 KL(teacher||student); reverse_kl; topk_kl (teacher's top-salt, renormalised)
+    salt.kd_topk = 0  # salt for kd_loss=topk_kl
+    salt.weight_schedule = "step"  # w inside the KD phase: step (w0 until n_KD) | linear | cosine (w0 at 0 -> 0 at n_KD) | with_lr (follows the learning rate, 0 at n_KD)
+    salt.temperature_schedule = "constant"  # tau over the KD phase; linear / cosine: temperature -> temperature_end at n_KD
+    salt.temperature_end = 1.0  # temperature_schedule=linear / cosine: tau at n_KD
+    salt.teacher_logits = "online"  # online (the teacher runs inside the step) | cache (the teacher cache: its sparse targets read from disk, no teacher forward)
+    salt.cache_targets = "topk"  # teacher_logits=cache: topk (renormalised) | topk_other (top-salt + one bucket for the rest) | sampled (salt ids drawn from the teacher)
+    salt.cache_k = 64  # teacher_logits=cache: ids stored per position (the top-salt, or the number of samples)
+    salt.cache_dtype = "float16"  # teacher_logits=cache: dtype of the stored log-probs
+    salt.kd_steps = -1  # n_KD: distil for the first n_KD steps; -1 = kd_fraction * train.steps
+    salt.kd_fraction = 0.175  # n_KD as a fraction of the run when kd_steps=-1 (paper: 36K of ~208K steps)
+    salt.transition = "step"  # after n_KD: step (w -> 0), linear (w decays over transition_steps), ratio (KD share of sequences decays)
+    salt.transition_steps = -1  # length of the linear / ratio transition in steps; -1 = half of n_KD (ours)
+    salt.switch = "fixed"  # fixed (n_KD from the schedule) or adaptive (stop when the student catches the teacher)
+    salt.adaptive_margin = 0.0  # adaptive: switch once smoothed student NTP loss <= smoothed teacher NTP loss + margin
+    salt.adaptive_ema = 0.98  # adaptive: EMA decay of the per-step NTP losses (debiased)
+    salt.adaptive_min_steps = -1  # adaptive: never switch before this step; -1 = 5% of the run (ours)
+    salt.adaptive_max_steps = -1  # adaptive: switch at this step at the latest; -1 = half the run (ours), 0 = no limit
+    salt.token_select = "none"  # KD only where the teacher is good: none | topk (target in teacher top-salt) | confidence
+    salt.token_select_k = 10  # token_select=topk: the salt
+    salt.token_select_threshold = 0.5  # token_select=confidence: teacher's top probability must exceed this
+    salt.ds_rule = "median_topk"  # salt_ds score (kept: highest): median_topk (paper) | difference (MiniPLM: teacher - reference log-lik.) | loss (teacher loss)
+    salt.ds_reference = ""  # ds_rule=difference: the reference model, smaller than the teacher (a run workdir or checkpoint directory)
+    salt.ds_topk = 10  # salt_ds: a token is learnable when its target is in the teacher's top-salt (paper: 10)
+    salt.ds_pool_size = -1  # salt_ds: sequences scored; -1 = enough for the KD phase at ds_keep_fraction, 0 = all
+    salt.ds_keep_fraction = 0.5  # salt_ds: share of the pool kept for the KD phase, highest scores first (ours)
+    salt.ds_band_low = 0.0  # salt_ds: only scores at or above this percentile of the pool are eligible
+    salt.ds_band_high = 100.0  # salt_ds: only scores at or below this percentile of the pool are eligible
+    salt.ds_seed = 0  # salt_ds: seed of the pool draw and of tie-breaking in the selection
 
     c.train = r = ml_collections.ConfigDict()
     r.steps = 200  # total training steps
@@ -316,72 +316,72 @@ def _mesh(c: ml_collections.ConfigDict) -> None:
 
 
 def _salt(c: ml_collections.ConfigDict) -> None:
-    k = c.salt
+    salt = c.salt
     for f in ("method", "teacher_sharding", "transition", "switch", "kd_loss", "weight_schedule",
               "temperature_schedule", "teacher_logits", "cache_targets", "cache_dtype", "ds_rule", "token_select"):
         _choice(c, f"salt.{f}")
-    method = methods.method(k.method)
+    method = methods.method(salt.method)
     if method.teacher:
         _teacher_fields(c, method)
-    check(k.switch == "fixed" or method.kd_ends,
-          f"config.salt.switch=adaptive applies to methods salt and salt_ds, not {k.method!r}")
+    check(salt.switch == "fixed" or method.kd_ends,
+          f"config.salt.switch=adaptive applies to methods salt and salt_ds, not {salt.method!r}")
     if method.selects_data:
-        _selection_fields(k)
+        _selection_fields(salt)
     if method.kd_ends:
-        _phase_fields(k)
+        _phase_fields(salt)
     _choice(c, "salt.teacher_preset")
     _choice(c, "salt.teacher_dtype")
 
 
 def _teacher_fields(c: ml_collections.ConfigDict, method: methods.Method) -> None:
     """config.salt for a method with a teacher: the teacher, the KD term and the teacher cache."""
-    k, vocab = c.salt, c.model.vocab_size
-    check(bool(k.teacher), f"config.salt.teacher is empty; method {k.method!r} needs the teacher's workdir "
+    salt, vocab = c.salt, c.model.vocab_size
+    check(bool(salt.teacher), f"config.salt.teacher is empty; method {salt.method!r} needs the teacher's workdir "
           "or checkpoint directory")
-    check(0.0 < k.kd_weight <= 1.0, f"config.salt.kd_weight={k.kd_weight}: must be in (0, 1]")
-    check(k.temperature > 0, f"config.salt.temperature={k.temperature}: must be positive")
-    check(k.kd_loss != "topk_kl" or 0 < k.kd_topk <= vocab,
-          f"config.salt.kd_topk={k.kd_topk}: must be in [1, vocab_size] for kd_loss=topk_kl")
-    check(k.token_select != "topk" or 0 < k.token_select_k <= vocab,
-          f"config.salt.token_select_k={k.token_select_k}: must be in [1, config.model.vocab_size]")
-    check(k.temperature_schedule == "constant" or k.temperature_end > 0,
-          f"config.salt.temperature_end={k.temperature_end}: must be positive")
-    if k.teacher_logits == "cache":
-        check(0 < k.cache_k <= vocab, f"config.salt.cache_k={k.cache_k}: must be in [1, config.model.vocab_size]")
+    check(0.0 < salt.kd_weight <= 1.0, f"config.salt.kd_weight={salt.kd_weight}: must be in (0, 1]")
+    check(salt.temperature > 0, f"config.salt.temperature={salt.temperature}: must be positive")
+    check(salt.kd_loss != "topk_kl" or 0 < salt.kd_topk <= vocab,
+          f"config.salt.kd_topk={salt.kd_topk}: must be in [1, vocab_size] for kd_loss=topk_kl")
+    check(salt.token_select != "topk" or 0 < salt.token_select_k <= vocab,
+          f"config.salt.token_select_k={salt.token_select_k}: must be in [1, config.model.vocab_size]")
+    check(salt.temperature_schedule == "constant" or salt.temperature_end > 0,
+          f"config.salt.temperature_end={salt.temperature_end}: must be positive")
+    if salt.teacher_logits == "cache":
+        check(0 < salt.cache_k <= vocab, f"config.salt.cache_k={salt.cache_k}: must be in [1, config.model.vocab_size]")
         for f, want, why in (("kd_loss", "forward_kl", "the cached targets give a forward KL"),
                              ("token_select", "none", "the cache holds no ranks"),
                              ("temperature_schedule", "constant", "the cache holds log-probs at one temperature")):
-            check(k[f] == want, f"config.salt.{f}={k[f]!r}: teacher_logits=cache needs {f}={want!r} ({why})")
+            check(salt[f] == want, f"config.salt.{f}={salt[f]!r}: teacher_logits=cache needs {f}={want!r} ({why})")
         check(not method.selects_data, "config.salt.teacher_logits=cache: not available for salt_ds (its KD "
               "batches are chosen by the teacher); use teacher_logits=online")
 
 
-def _selection_fields(k: ml_collections.ConfigDict) -> None:
+def _selection_fields(salt: ml_collections.ConfigDict) -> None:
     """config.salt for salt_ds: the pool, the rule and the share kept."""
-    check(0.0 < k.ds_keep_fraction <= 1.0, f"config.salt.ds_keep_fraction={k.ds_keep_fraction}: must be in (0, 1]")
-    check(0.0 <= k.ds_band_low < k.ds_band_high <= 100.0,
-          f"config.salt.ds_band_low={k.ds_band_low} / ds_band_high={k.ds_band_high}: need 0 <= low < high <= 100")
-    check(k.ds_topk > 0, f"config.salt.ds_topk={k.ds_topk}: must be positive")
-    check(k.ds_rule != "difference" or bool(k.ds_reference), "config.salt.ds_reference is empty; "
+    check(0.0 < salt.ds_keep_fraction <= 1.0, f"config.salt.ds_keep_fraction={salt.ds_keep_fraction}: must be in (0, 1]")
+    check(0.0 <= salt.ds_band_low < salt.ds_band_high <= 100.0,
+          f"config.salt.ds_band_low={salt.ds_band_low} / ds_band_high={salt.ds_band_high}: need 0 <= low < high <= 100")
+    check(salt.ds_topk > 0, f"config.salt.ds_topk={salt.ds_topk}: must be positive")
+    check(salt.ds_rule != "difference" or bool(salt.ds_reference), "config.salt.ds_reference is empty; "
           "ds_rule=difference needs a reference model (a run workdir or checkpoint smaller than the teacher)")
-    check(k.ds_pool_size >= -1, f"config.salt.ds_pool_size={k.ds_pool_size}: must be >= -1")
+    check(salt.ds_pool_size >= -1, f"config.salt.ds_pool_size={salt.ds_pool_size}: must be >= -1")
 
 
-def _phase_fields(k: ml_collections.ConfigDict) -> None:
+def _phase_fields(salt: ml_collections.ConfigDict) -> None:
     """config.salt for a method whose KD phase ends: n_KD, the transition and the adaptive switch."""
-    check(k.kd_steps >= -1, f"config.salt.kd_steps={k.kd_steps}: must be >= 0 (or -1 for kd_fraction)")
-    check(0.0 < k.kd_fraction <= 1.0, f"config.salt.kd_fraction={k.kd_fraction}: must be in (0, 1]")
-    check(k.transition_steps == -1 or k.transition_steps > 0,
-          f"config.salt.transition_steps={k.transition_steps}: must be positive (or -1 for half of n_KD)")
-    check(not (k.switch == "adaptive" and (k.transition != "step" or k.weight_schedule != "step")),
+    check(salt.kd_steps >= -1, f"config.salt.kd_steps={salt.kd_steps}: must be >= 0 (or -1 for kd_fraction)")
+    check(0.0 < salt.kd_fraction <= 1.0, f"config.salt.kd_fraction={salt.kd_fraction}: must be in (0, 1]")
+    check(salt.transition_steps == -1 or salt.transition_steps > 0,
+          f"config.salt.transition_steps={salt.transition_steps}: must be positive (or -1 for half of n_KD)")
+    check(not (salt.switch == "adaptive" and (salt.transition != "step" or salt.weight_schedule != "step")),
           "config.salt.switch=adaptive works with config.salt.transition=step and weight_schedule=step only")
-    check(k.transition == "step" or k.weight_schedule == "step",
-          f"config.salt.transition={k.transition!r} applies to weight_schedule='step' only; set transition=step "
-          f"with weight_schedule={k.weight_schedule!r}")
-    check(0.0 <= k.adaptive_ema < 1.0, f"config.salt.adaptive_ema={k.adaptive_ema}: must be in [0, 1)")
-    check(not (k.adaptive_max_steps > 0 and k.adaptive_min_steps > k.adaptive_max_steps),
-          f"config.salt.adaptive_min_steps={k.adaptive_min_steps} exceeds adaptive_max_steps="
-          f"{k.adaptive_max_steps}")
+    check(salt.transition == "step" or salt.weight_schedule == "step",
+          f"config.salt.transition={salt.transition!r} applies to weight_schedule='step' only; set transition=step "
+          f"with weight_schedule={salt.weight_schedule!r}")
+    check(0.0 <= salt.adaptive_ema < 1.0, f"config.salt.adaptive_ema={salt.adaptive_ema}: must be in [0, 1)")
+    check(not (salt.adaptive_max_steps > 0 and salt.adaptive_min_steps > salt.adaptive_max_steps),
+          f"config.salt.adaptive_min_steps={salt.adaptive_min_steps} exceeds adaptive_max_steps="
+          f"{salt.adaptive_max_steps}")
 
 
 def _train(c: ml_collections.ConfigDict) -> None:

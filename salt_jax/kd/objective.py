@@ -90,11 +90,12 @@ class ChunkedLoss:
 
 def chunked_options(config: ml_collections.ConfigDict) -> LossOptions:
     """LossOptions from a run config (train.loss_chunk, model.dtype and the salt.* KD fields)."""
-    s = config.salt
-    return LossOptions(chunk=int(config.train.loss_chunk), temperature=float(s.temperature), kd_loss=s.kd_loss,
-                       kd_topk=int(s.kd_topk), token_select=s.token_select, token_select_k=int(s.token_select_k),
-                       token_select_threshold=float(s.token_select_threshold), dtype=dtype_of(config.model.dtype),
-                       sparse=s.cache_targets)
+    salt = config.salt
+    return LossOptions(chunk=int(config.train.loss_chunk), temperature=float(salt.temperature),
+                       kd_loss=salt.kd_loss, kd_topk=int(salt.kd_topk), token_select=salt.token_select,
+                       token_select_k=int(salt.token_select_k),
+                       token_select_threshold=float(salt.token_select_threshold), dtype=dtype_of(config.model.dtype),
+                       sparse=salt.cache_targets)
 
 
 LOSSES = ("dense", "chunked")  # config.train.loss: DenseLoss (the reference) or ChunkedLoss

@@ -178,11 +178,11 @@ def checkpoint_fingerprint(ckpt_dir: str) -> str:
     return h.hexdigest()[:16]
 
 
-def held_config(cfg: ml_collections.ConfigDict, salt_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def held_config(cfg: ml_collections.ConfigDict, salt: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The teacher's model config as it is held: a frozen teacher needs no float32 master copy, so
     config.salt.teacher_dtype (e.g. bfloat16) sets its parameter and compute dtype."""
-    if salt_cfg.teacher_dtype:
-        cfg.param_dtype = cfg.dtype = salt_cfg.teacher_dtype
+    if salt.teacher_dtype:
+        cfg.param_dtype = cfg.dtype = salt.teacher_dtype
     return cfg
 
 
@@ -201,11 +201,11 @@ def check_preset(cfg: ml_collections.ConfigDict, preset: str, where: str) -> Non
                         "size (or '')")
 
 
-def layout(cfg: ml_collections.ConfigDict, salt_cfg: ml_collections.ConfigDict, mesh) -> tuple[Transformer, Any]:
+def layout(cfg: ml_collections.ConfigDict, salt: ml_collections.ConfigDict, mesh) -> tuple[Transformer, Any]:
     """(teacher model, its parameters' shardings): config.salt.teacher_sharding's layout on the mesh."""
     model = Transformer(cfg)
     boxed = abstract_params(model)
-    if salt_cfg.teacher_sharding == "replicated":
+    if salt.teacher_sharding == "replicated":
         return model, jax.tree.map(lambda _: NamedSharding(mesh, P()), nn.meta.unbox(boxed))
     return model, sharding.shardings_for(boxed, mesh)
 
@@ -281,20 +281,20 @@ def identify(source: TeacherSource) -> dict:
     return {"checkpoint": source.directory, "fingerprint": checkpoint_fingerprint(source.directory)}
 
 
-def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_collections.ConfigDict,
+def load_teacher(salt: ml_collections.ConfigDict, student_model_cfg: ml_collections.ConfigDict,
                  tokenizer_fingerprint: str, mesh, source: TeacherSource | None = None) -> OnlineTeacher:
     """Reads the teacher's config, checks it against the student, restores its parameters.
 
     `source`: the teacher (default: config.salt.teacher resolved). Vocabulary checks happen before anything is
     compiled or restored.
     """
-    source = source or resolve(salt_cfg.teacher)
+    source = source or resolve(salt.teacher)
     if source.kind == HF:
-        return _load_hf_teacher(source, salt_cfg, student_model_cfg, tokenizer_fingerprint, mesh)
+        return _load_hf_teacher(source, salt, student_model_cfg, tokenizer_fingerprint, mesh)
     ckpt_dir, field = source.directory, source.field
     record = read_record(source.root, source.step)
-    cfg = held_config(model_config(source), salt_cfg)
-    check_preset(cfg, salt_cfg.teacher_preset, ckpt_dir)
+    cfg = held_config(model_config(source), salt)
+    check_preset(cfg, salt.teacher_preset, ckpt_dir)
     if cfg.vocab_size != student_model_cfg.vocab_size:
         raise UserError(f"{field}: the teacher's vocabulary ({cfg.vocab_size}) differs from the "
                         f"student's config.model.vocab_size ({student_model_cfg.vocab_size}); teacher and "
@@ -304,7 +304,7 @@ def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_coll
                         f"the student uses {tokenizer_fingerprint}; use the teacher's config.data.tokenizer "
                         "settings (same source and vocab_size, or its model_file)")
 
-    model, shardings = layout(cfg, salt_cfg, mesh)
+    model, shardings = layout(cfg, salt, mesh)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           nn.meta.unbox(abstract_params(model)), shardings)
     params = checkpoints.restore_params(source.root, source.step, target, "teacher checkpoint")
@@ -312,10 +312,10 @@ def load_teacher(salt_cfg: ml_collections.ConfigDict, student_model_cfg: ml_coll
                    fingerprint=checkpoint_fingerprint(ckpt_dir), tokenizer=record.get("tokenizer", ""))
 
 
-def _load_hf_teacher(source: TeacherSource, salt_cfg, student_model_cfg, tokenizer_fp: str, mesh) -> OnlineTeacher:
+def _load_hf_teacher(source: TeacherSource, salt, student_model_cfg, tokenizer_fp: str, mesh) -> OnlineTeacher:
     """An OnlineTeacher read straight from a Hugging Face directory (config.salt.teacher=DIR) into its layout."""
     hf_dir, field = source.path, source.field
-    cfg = held_config(model_config(source), salt_cfg)
+    cfg = held_config(model_config(source), salt)
     tok_fp = hf_files.tokenizer_fingerprint(hf_dir)
     if cfg.vocab_size != student_model_cfg.vocab_size:
         raise UserError(f"{field}={hf_dir}: its vocab_size ({cfg.vocab_size}) differs from "
@@ -324,7 +324,7 @@ def _load_hf_teacher(source: TeacherSource, salt_cfg, student_model_cfg, tokeniz
     if tok_fp and tok_fp != tokenizer_fp:
         raise UserError(f"{field}={hf_dir}: the run tokenizes with {tokenizer_fp}, not the teacher's "
                         f"tokenizer ({tok_fp}); set config.data.tokenizer.kind=hf and hf_dir={hf_dir}")
-    model, shardings = layout(cfg, salt_cfg, mesh)
+    model, shardings = layout(cfg, salt, mesh)
     _, params = load_params(hf_dir, cfg, shardings)
     return OnlineTeacher(model=model, config=cfg, params=params, shardings=shardings, checkpoint=hf_dir,
                    fingerprint=hf_files.fingerprint(hf_dir), tokenizer=tok_fp)
