@@ -57,6 +57,8 @@ WANDB = ["wandb==0.31.0"]  # Weights & Biases beside metrics.jsonl (config.loggi
 # Ray: prepare's and the experiment's --engine=ray (the store's tasks, the experiment's runs as Ray tasks on a
 # local Ray or a cluster); imported only then. Ray core only: nothing uses Ray Data.
 RAY = ["ray==2.60.0"]
+# The docs site (mkdocs.yml): mkdocs build --strict runs in the test suite (tests/test_docs_site.py).
+DOCS = ["mkdocs==1.6.1", "mkdocs-material==9.8.1", "mkdocstrings[python]==1.0.8"]
 # The TPU compiler: runs on TPU VMs, and on any host compiles for TPU slices (python -m salt_jax.compile).
 TPU = ["libtpu==0.0.42.1"]  # the version jax[tpu]==0.10.2 pins
 
@@ -89,8 +91,10 @@ setup(
         "wandb": WANDB,
         "tpu": TPU,
         "ray": RAY,
-        # tests/test_hf.py compares against transformers; tests/test_compile.py compiles for TPU slices
-        "test": ["pytest==9.2.0"] + NOTEBOOK + HF + TPU + WANDB + RAY,
-        "all": HF + NOTEBOOK + LOGGING + TPU + WANDB + RAY + ["pytest==9.2.0"],
+        "docs": DOCS,
+        # tests/test_hf.py compares against transformers; tests/test_compile.py compiles for TPU slices;
+        # tests/test_docs_site.py builds the docs site
+        "test": ["pytest==9.2.0"] + NOTEBOOK + HF + TPU + WANDB + RAY + DOCS,
+        "all": HF + NOTEBOOK + LOGGING + TPU + WANDB + RAY + DOCS + ["pytest==9.2.0"],
     },
 )

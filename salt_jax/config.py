@@ -51,7 +51,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     d.path = ""  # source=text / arrayrecord: comma-separated files, directories or globs; text reads by extension: .jsonl/.json (also .gz/.zst), .parquet, else one document per file
     d.heldout_path = ""  # source=arrayrecord: held-out files ("" = hash-split the records of `path`)
     d.text_field = "text"  # field holding a document's text (JSONL, Parquet column, TFDS features, seqio examples, JSON records, hf column)
-    d.mixture = ""  # several corpora instead of the one above: "NAME:WEIGHT=PATH[|FIELD=VALUE],..." (README "Mixtures of corpora"); "" = one corpus
+    d.mixture = ""  # several corpora instead of the one above: "NAME:WEIGHT=PATH[|FIELD=VALUE],..." (docs/data.md "Mixtures of corpora"); "" = one corpus
     d.tfds_name = ""  # source=tfds: dataset name (e.g. "c4/en:3.1.0", or one prepared under tfds_data_dir)
     d.tfds_data_dir = ""  # source=tfds: TFDS data_dir (a local path or a gs:// bucket)
     d.seqio_task = ""  # source=seqio: registered task name (its raw text; its vocabulary is not used)

@@ -6,7 +6,7 @@
 # STEP is one of (in order):
 #   compile  compile the run for the slice on this machine (needs libtpu, not a TPU: pip install -e '.[tpu]')
 #            and say whether it fits; `run` does this first and refuses a run that does not fit
-#   create   create the TPU VM slice (spot by default: preemptions are handled, see README)
+#   create   create the TPU VM slice (spot by default: preemptions are handled, see docs/faults.md)
 #   copy     copy this checkout to every worker
 #   setup    install salt_jax with JAX for TPU on every worker and mount the shared workdir bucket
 #   run      start training on every worker (re-run after a preemption: it resumes)

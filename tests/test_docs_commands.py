@@ -463,7 +463,7 @@ def check_command(cmd: str, box: str, done: set | None = None) -> None:
 def box(tmp_path_factory, cache_dir):
     """A directory laid out as a checkout (configs/, scripts/ linked) where the docs' runs/ go, with the
     inputs the docs assume: a small Hugging Face model at models/SmolLM2-135M, and corpora under data/
-    written by their own libraries (README "Training on your own large corpus")."""
+    written by their own libraries (docs/data.md "Training on your own large corpus")."""
     root = tmp_path_factory.mktemp("docs")
     for name in ("configs", "scripts"):
         os.symlink(os.path.join(REPO, name), root / name)
@@ -474,7 +474,7 @@ def box(tmp_path_factory, cache_dir):
 
 
 def _corpora(data) -> None:
-    """The same records (2,000-character pieces of four standard-library files) as the corpora the README
+    """The same records (2,000-character pieces of four standard-library files) as the corpora docs/data.md
     names: JSONL at pile/, the Pile's zstd-compressed JSON lines (several frames) at pile/train/,
     FineWeb-Edu's Parquet (several row groups) at fineweb-edu/sample/10BT/, Dolma-style gzip-compressed
     JSON lines at dolma/, a Hugging Face save_to_disk directory (300-character records) at my-corpus/, and

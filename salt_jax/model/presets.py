@@ -2,7 +2,7 @@
 
 Run configs in configs/ pick one by name (`model_config("demo-student")`) and can
 then override any field from the command line (`--config.model.n_layers=6`).
-Parameter counts are printed by `python -m salt_jax.model.presets` (the README table
+Parameter counts are printed by `python -m salt_jax.model.presets` (docs/models.md's table
 is its output) and checked against the closed form in tests.
 """
 
@@ -110,7 +110,7 @@ def main() -> None:
 
     def help_text() -> str:
         return ("The model presets (config.model.preset; base_config(\"<preset>\") in configs/*.py) as a markdown "
-                "table:\nsizes and parameter counts computed by the code (the README's table is this output).\n\n"
+                "table:\nsizes and parameter counts computed by the code (docs/models.md's table is this output).\n\n"
                 "flags: none")
 
     app.run(lambda argv: print_table(), flags_parser=flags_parser(help_text, "salt-presets", ""))
