@@ -3,10 +3,12 @@ every link and anchor between them, and the API reference generated from the doc
 
 The site is written to a temporary directory, never into the checkout. A planted broken anchor and a planted
 link to a missing page, in a small site with the same settings, fail the build: the check can fail.
+README.md, outside the site, links into it: those links name files that exist.
 """
 
 import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -63,3 +65,13 @@ def test_a_broken_anchor_or_link_fails_the_build(tmp_path):
         (root / "mkdocs.yml").write_text(yaml.safe_dump(config))
         out = _build(str(root / "mkdocs.yml"), str(root / "site"))
         assert out.returncode != 0 and named in out.stderr, (link, out.stderr[-2000:])
+
+
+def test_the_readmes_links_point_at_files():
+    """README.md is outside the site (its front page on the repository): its relative links, into the site's
+    pages and the reports, name files that exist."""
+    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    links = [m for m in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+:", m)]
+    assert len(links) >= 20, links
+    missing = [link for link in links if not os.path.exists(os.path.join(REPO, link.split("#")[0]))]
+    assert not missing, f"README.md links to files that do not exist: {missing}"
