@@ -8,7 +8,8 @@ Writes lm-eval's results (its own JSON format) to DIR/eval_results.json
 offline tasks in salt_jax/eval/tasks need no network; lm-eval's own tasks
 (LAMBADA, HellaSwag, ...) download their data on first use. With several
 processes (--coordinator_address ...), process 0 drives lm-eval and all run the
-model.
+model. icl_probe (salt_jax/eval/icl_probe.py) is scored on the run's own held-out
+data; its numbers join the results file under "results", its table is printed.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from salt_jax.eval import runs
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir (or a checkpoint directory) to evaluate.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
 _TASKS = flags.DEFINE_string("tasks", None, "Comma-separated lm-eval task or group names (suites: paper_suite, "
-                             "stdlib_offline).")
+                             "stdlib_offline), or icl_probe (the in-context-learning probe on the run's held-out "
+                             "data: icl_probe/induction, icl_probe/slope).")
 _NUM_FEWSHOT = flags.DEFINE_integer("num_fewshot", None, "Few-shot examples per prompt (default: each task's own).")
-_LIMIT = flags.DEFINE_float("limit", None, "Documents per task: a count, or a fraction if below 1 (default: all).")
+_LIMIT = flags.DEFINE_float("limit", None, "Documents per task: a count, or a fraction if below 1 (default: all; "
+                            "icl_probe: windows, a count, default 64).")
 _INCLUDE = flags.DEFINE_string("include_path", None, "A directory of extra lm-eval task YAML files.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Sequences per forward pass (rounded up to the mesh's rows).")
 _SEED = flags.DEFINE_integer("seed", 1234, "Seed of lm-eval's few-shot sampling and of sampled generation.")

@@ -185,11 +185,21 @@ class Engine:
         """Per row: sum of log p(targets[t] | tokens[:t+1]) where weights is 1, and whether each such target
         is the argmax. tokens / targets int32 [b, t], weights float32 [b, t]; t a multiple of 128 or a power
         of two (see `bucket`); rows are padded to the batch size here."""
+        logprobs, greedy = self._score_rows(tokens, targets, weights)
+        return logprobs.sum(axis=1), greedy.astype(bool)
+
+    def token_logprobs(self, tokens: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """`score`'s program, per position: log p(targets[t] | tokens[:t+1]) [b, t] (float64; 0 where weights
+        is 0), for measures over positions (salt_jax.eval.icl_probe). Same arguments as `score`."""
+        return self._score_rows(tokens, targets, weights)[0]
+
+    def _score_rows(self, tokens, targets, weights) -> tuple[np.ndarray, np.ndarray]:
+        """(log-probabilities [b, t] in float64, greedy [b]) of `score`'s rows, padded to the batch size here."""
         n = len(tokens)
         arrays = [self._pad_rows(np.asarray(tokens, np.int32), 0), self._pad_rows(np.asarray(targets, np.int32), 0),
                   self._pad_rows(np.asarray(weights, np.float32), 0.0)]
         logprobs, greedy = self._score(*self._send("score", arrays))
-        return logprobs[:n].astype(np.float64).sum(axis=1), greedy[:n].astype(bool)
+        return logprobs[:n].astype(np.float64), greedy[:n]
 
     # ------------------------------------------------------------------ scoring after shared prefixes
     def score_shared(self, prefixes: list[list[int]], rows: list[tuple[int, list[int], list[int]]]

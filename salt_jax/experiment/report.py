@@ -242,8 +242,10 @@ _NOT_REPORTED = ("_stderr", "/word_perplexity", "/byte_perplexity")
 
 
 def lower_is_better(metric: str) -> bool:
-    """Perplexities and bits per byte fall as a model improves; accuracies and exact match rise."""
-    return "perplexity" in metric or "bits_per_byte" in metric
+    """Perplexities, bits per byte and the in-context-learning probe's loss differences (icl_probe/induction,
+    icl_probe/slope: more negative = more use of the context) fall as a model improves; accuracies and exact
+    match rise."""
+    return "perplexity" in metric or "bits_per_byte" in metric or metric.startswith("icl_probe/")
 
 
 def _measured_at(group: list[RunOutputs], step: int, key: str) -> float | None:

@@ -237,8 +237,10 @@ def _fewshot_markdown(results: dict) -> list[str]:
     fractions = ("25", "50", "70", "100")
     lines = ["## Few-shot scores (lm-evaluation-harness)", "",
              "Scored during training (config.eval) on the offline tasks of salt_jax/eval/tasks (held-out "
-             "standard-library files; docs/evaluation.md). ± is lm-eval's standard error of the final score "
-             "over the task's documents: differences smaller than about twice it are noise. Reached = the first "
+             "standard-library files; docs/evaluation.md) and, when named, icl_probe (the in-context-learning "
+             "probe on the run's held-out windows: loss differences in nats/token, lower is better). ± is the "
+             "standard error of the final score over the task's documents (lm-eval's; icl_probe's over its "
+             "windows): differences smaller than about twice it are noise. Reached = the first "
              "evaluation from which the seed-averaged score stays at or past the baseline's final score.", "",
              "| task / metric | method | " + " | ".join(f"{f}%" for f in fractions) + " | final ± s.e. | "
              "reaches the baseline's final at step |",

@@ -268,7 +268,7 @@ def setup(user_config: ml_collections.ConfigDict, workdir: str) -> Run:
     _check_trained_tokenizer(config, checked)
     store, tok = store_lib.build_store(cfg_d)
     check_vocab(config, tok.vocab_size)
-    fewshot = fewshot_lib.maybe(config, mesh, tok, paths.join(workdir, "lm_eval.log"))
+    fewshot = fewshot_lib.maybe(config, mesh, tok, paths.join(workdir, "lm_eval.log"), store)
 
     model = Transformer(config.model)
     tx, lr_schedule = optim.make_optimizer(config.optim, cfg_t.steps)
