@@ -149,7 +149,7 @@ def test_the_report_reads_the_probe_as_lower_is_better():
         {"fewshot": report.fewshot(runs, total_steps=100)})
 
 
-def test_a_tiny_run_writes_the_probe_and_the_command_line_agrees(tiny_config, tmp_path):
+def test_a_tiny_run_writes_the_probe_and_the_command_line_agrees(tiny_config, tmp_path, capsys):
     """config.eval.tasks=icl_probe: metrics.jsonl's few-shot lines carry both numbers at steps 0, 6, 12;
     `python -m salt_jax.eval --tasks=icl_probe` (its evaluate_run) gives the last line's numbers on the last
     checkpoint; the probe's forward is the held-out loss's model (its mean loss over the held-out set
@@ -178,6 +178,7 @@ def test_a_tiny_run_writes_the_probe_and_the_command_line_agrees(tiny_config, tm
     assert results["results"]["icl_probe"]["induction"] == pytest.approx(last["icl_probe/induction"], rel=1e-5)
     assert results["results"]["icl_probe"]["slope"] == pytest.approx(last["icl_probe/slope"], rel=1e-5)
     assert os.path.exists(os.path.join(workdir, "eval_results.json"))
+    assert "|icl_probe|induction|" in capsys.readouterr().out  # the table printed
 
     loaded = load.load(workdir)
     engine = Engine(loaded.model_cfg, loaded.params, loaded.mesh, batch_size=8)

@@ -158,10 +158,11 @@ def results(values: dict[str, float]) -> dict:
 
 def table(values: dict[str, float]) -> str:
     """The printed table: one line per metric, its value and standard error."""
-    lines = ["|Task     |Metric   | Value |   |Stderr|", "|---------|---------|------:|---|-----:|"]
+    lines = ["|  Task   |  Metric | Value |   |Stderr|", "|---------|---------|------:|---|-----:|"]
     for key, value in values.items():
         if key.endswith("_stderr"):
             continue
         stderr = values.get(f"{key}_stderr")
-        lines.append(f"|{NAME}|{key.split('/', 1)[1]}|{value:.4f}|±|{'N/A' if stderr is None else f'{stderr:.4f}'}|")
+        cell = "N/A" if stderr is None else f"{stderr:.4f}"
+        lines.append(f"|{NAME}|{key.split('/', 1)[1]:<9}|{value:7.4f}|±  |{cell:>6}|")
     return "\n".join(lines)
