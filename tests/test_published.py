@@ -192,7 +192,10 @@ TABLES = {
         "baseline", "rkd", "salt", "salt-linear", "salt-ratio", "salt_ds", "salt-adaptive", "salt-tokensel")},
     ("docs/results.md", "| axis | method |"): {key: ("ablations", name) for key, name in ABLATION_ROWS.items()},
 }
+# The summary at the top of docs/results.md: its "what we measured" column quotes the checked tables.
+SUMMARY = ("docs/results.md", "| claim | what we measured |")
 NOT_RESULTS = {  # tables of these files that quote no run, and why
+    SUMMARY: "the state of the evidence: its numbers are quoted from the checked tables (test_the_summary_...)",
     ("README.md", "| command |"): "the commands",
     ("README.md", "| page |"): "the docs site's pages",
     ("docs/commands.md", "| command |"): "the commands",
@@ -290,3 +293,20 @@ def test_a_changed_number_is_caught(tmp_path, monkeypatch):
     cell = "- / - / - / 4.2153"
     assert not _agrees(_numbers(cell)[0], res["methods"]["salt"]["at_fraction"]["100"]["loss"])
     assert _agrees(_numbers("4.2082")[0], res["methods"]["salt"]["at_fraction"]["100"]["loss"])
+
+
+def test_the_summary_quotes_only_numbers_of_checked_tables():
+    """Each loss, paired difference and percentage in the summary's "what we measured" column is printed, as it
+    is there, in one of the checked result tables (so it, too, stands on a report)."""
+    printed = set()
+    for doc, _, header, body, _ in _checked_rows():
+        for cells in [header, *body]:
+            for cell in cells:
+                printed.update(_numbers(cell))
+    (summary,) = [t for t in _tables(SUMMARY[0]) if ("| " + " | ".join(t[1]) + " |").startswith(SUMMARY[1])]
+    _, header, body = summary
+    column = header.index("what we measured")
+    quoted = [n for cells in body for n in _numbers(cells[column]) if n[1] >= 3 or n[2]]
+    assert len(quoted) >= 15, quoted
+    missing = [n for n in quoted if n not in printed]
+    assert not missing, f"numbers of the summary found in no checked table: {missing}"
