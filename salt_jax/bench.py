@@ -32,13 +32,34 @@ Timing: one call to compile and warm up, then `repeats` calls, each blocked on
 its result; the median is reported (the baseline is timed before and after the
 KD step, against drift). Parameters are random: speed does not depend on them.
 Prints a table and writes everything to --out as JSON.
+
+Loop (--loop, instead of the above): what training pays per step, not only what
+the step costs. One run is set up as training sets it up (salt_jax.train.setup:
+the token store of config.data, the loader, the metrics writer; in a temporary
+workdir) and its steps are driven by the training loop's own step path
+(salt_jax.train.loop.train_steps: the batch and teacher input from the loader
+and its read-ahead thread, the host-to-device copies, the compiled step, the
+hooks of every step and the metrics line every config.train.log_every steps)
+for the baseline, online KD (the teacher's forward in the step, random
+parameters) and cached KD (a teacher cache of config.salt.cache_k targets per
+position built at the bench's size by that teacher, read from disk). In each
+of --rounds rounds (after one untimed round that compiles), each path in
+turn: the on-device step (`--loop_steps` calls on one batch already on the
+device, each blocked on its result, as above) and the loop, --loop_steps steps
+blocked at the end, with the read-ahead thread reading rows only (the copies
+to the device made when the step runs: before issue 35) and with it also
+issuing the copies (the default). Medians over rounds; KD/baseline ratios of
+each timing.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import shutil
 import statistics
+import tempfile
 import time
 from typing import Any
 
@@ -57,12 +78,14 @@ from salt_jax.config import set_method, validate
 from salt_jax.errors import UserError
 from salt_jax.kd import chunked_loss, losses, objective, sparse
 from salt_jax.kd import schedules
+from salt_jax.kd import teacher_cache
 from salt_jax.kd.schedules import KDPhase
 from salt_jax.kd.teacher import FixedTeacher, OnlineTeacher
 from salt_jax.model import flops, sharding
 from salt_jax.model.flops import param_count
 from salt_jax.model.transformer import Transformer, abstract_params, dtype_of
-from salt_jax.train import optim
+from salt_jax.train import faults, hooks, loop, optim
+from salt_jax.train import setup as setup_lib
 from salt_jax.train import state as state_lib
 from salt_jax.train.step import StepPrograms
 
@@ -106,6 +129,10 @@ _LOSS_BENCH = flags.DEFINE_bool("loss_bench", True, "Also the dense vs chunked l
 _CACHED_BENCH = flags.DEFINE_bool("cached_bench", True, "Also time the KD step from cached sparse teacher targets "
                                   "(config.salt.cache_k, cache_targets).")
 _OUT = flags.DEFINE_string("out", "", "Write the results here as JSON ('' = print only).")
+_LOOP = flags.DEFINE_bool("loop", False, "Time the training loop's step path (loader, copies to the device, step, "
+                          "per-step bookkeeping) for baseline, online and cached KD, next to the on-device step.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "--loop: timed rounds, each path in turn (after one untimed round).")
+_LOOP_STEPS = flags.DEFINE_integer("loop_steps", 20, "--loop: steps of each path and timing per round.")
 
 
 def model_configs(config: ml_collections.ConfigDict, teacher: str = "") -> tuple[ml_collections.ConfigDict,
@@ -287,6 +314,123 @@ def bench_loss(config, t_cfg, repeats: int) -> dict:
     return out
 
 
+LOOP_PATHS = ("baseline", "online", "cached")  # bench_loop's paths: no teacher, the teacher's forward, cached targets
+LOOP_TIMINGS = ("device", "loop_rows_ahead", "loop_device_ahead")  # the on-device step; the loop, copies in or ahead
+
+
+def _loop_runs(config, t_cfg, workdir: str, total: int) -> dict[str, setup_lib.Run]:
+    """The baseline run of `config` set up in `workdir` as training sets it up (salt_jax.train.setup), and the
+    same run with the online teacher (random parameters) and with a teacher cache built by it there, each with its
+    own state; `total`: the runs' steps (train.steps, the KD phase and the cache's steps)."""
+    run_cfg = copy.deepcopy(config)
+    set_method(run_cfg, "baseline")
+    run_cfg.salt.teacher = run_cfg.salt.teacher_preset = ""
+    t = run_cfg.train
+    t.steps, t.heldout_every, t.checkpoint_every, t.progress = total, total, total, False  # (never reached)
+    base = setup_lib.setup(run_cfg, workdir)
+    mesh, batch, seq = base.programs.mesh, config.data.batch_size, config.data.seq_len
+    model = Transformer(base.config.model)
+    tx, sched = optim.make_optimizer(base.config.optim, total)
+    phase = KDPhase.from_config(schedules.resolved(config.salt, total), total, batch, lr=sched)
+    online = _random_teacher(t_cfg, mesh)
+    spec = teacher_cache.Spec.of(config, "random", base.store.directory, total)
+    directory = paths.join(workdir, "teacher_cache")
+    manifest = teacher_cache.build(online, base.batches, spec, directory, mesh, base.programs.pad_id,
+                                   config.model.vocab_size)
+    cached = teacher_cache.CachedTeacher(directory, manifest, spec, mesh, "random", config.data.prefetch)
+
+    def with_teacher(teacher) -> setup_lib.Run:
+        return dataclasses.replace(base, teacher=teacher, phase=phase, programs=base.programs.with_teacher(teacher,
+                                                                                                          phase),
+                                   state=state_lib.create_state(model, tx, seq, mesh, config.seed))
+    return {"baseline": base, "online": with_teacher(online), "cached": with_teacher(cached)}
+
+
+def _loop_round(r: setup_lib.Run, ctx: hooks.Context, after_step: list, start: int, n: int) -> tuple[float, int]:
+    """(seconds per step, steps run) of the loop's steps `start` + 1 .. `start` + n, timed from an idle device to
+    the last step's state (step `start`, untimed, starts the read-ahead threads)."""
+    r.start_prefetch(start)
+    try:
+        with faults.Preemption(r.config.train.preemption_grace_s) as ctx.preemption:
+            loop.train_steps(ctx, after_step, start, start + 1)
+            jax.block_until_ready(r.state)
+            first = int(r.state.step)
+            t0 = time.perf_counter()
+            loop.train_steps(ctx, after_step, start + 1, start + 1 + n)
+            jax.block_until_ready(r.state)
+            seconds = time.perf_counter() - t0
+    finally:
+        r.stop_prefetch()
+        if r.teacher is not None and r.teacher.sparse_targets:  # (a cached teacher's read-ahead; online: kept)
+            r.teacher.release()
+    return seconds / n, int(r.state.step) - first
+
+
+def bench_loop(config, t_cfg, rounds: int, n: int, workdir: str | None = None) -> dict:
+    """Per-step seconds of the on-device step and of the training loop's step path (rows read ahead and copied
+    when the step runs, and copies issued ahead too), for each of LOOP_PATHS, in one process: one untimed round,
+    then `rounds` rounds of `n` steps each, the paths in turn; medians over rounds and KD/baseline ratios."""
+    if not 0 < config.salt.cache_k <= config.model.vocab_size:
+        raise UserError(f"config.salt.cache_k={config.salt.cache_k}: must be in [1, config.model.vocab_size] "
+                        "(--loop times cached KD too)")
+    own = workdir is None
+    workdir = workdir or tempfile.mkdtemp(prefix="salt_bench_loop_")
+    total = (rounds + 1) * 2 * (n + 1) + 2  # (each round: two loop timings of 1 + n steps; the last never reached)
+    try:
+        runs = _loop_runs(config, t_cfg, workdir, total)
+        ctxs = {p: (hooks.Context.of(r), hooks.table(r)) for p, r in runs.items()}
+        fixed = {p: (r.batch(0), None if r.teacher is None else
+                     (r.teacher.read(0) if r.teacher.sparse_targets else r.teacher.params))
+                 for p, r in runs.items()}
+        times = {p: {t: [] for t in LOOP_TIMINGS} for p in LOOP_PATHS}
+        steps_run = {p: {t: 0 for t in LOOP_TIMINGS} for p in LOOP_PATHS}
+        cursor = 0
+        for i in range(rounds + 1):
+            for p in LOOP_PATHS:
+                r, (ctx, after_step) = runs[p], ctxs[p]
+                tokens, teacher_input = fixed[p]
+                r.state, device = _time_steps(r.programs, r.state, tokens, n, teacher_input)
+                per_step = {"device": (statistics.median(device), len(device))}
+                for k, ahead in enumerate((False, True)):
+                    r.device_ahead = ahead
+                    if r.teacher is not None and r.teacher.sparse_targets:
+                        r.teacher.device_ahead = ahead
+                    per_step[LOOP_TIMINGS[1 + k]] = _loop_round(r, ctx, after_step, cursor + k * (n + 1), n)
+                if i:  # (round 0 compiles and warms up)
+                    for t, (sec, count) in per_step.items():
+                        times[p][t].append(sec)
+                        steps_run[p][t] += count
+            cursor += 2 * (n + 1)
+        for r in runs.values():
+            if r.teacher is not None:
+                r.teacher.release()
+        runs["baseline"].writer.close()
+        runs["baseline"].ckpt.close()
+    finally:
+        if own:
+            shutil.rmtree(workdir, ignore_errors=True)
+    med = {p: {t: statistics.median(v) for t, v in ts.items()} for p, ts in times.items()}
+    return {"rounds": rounds, "steps": n, "log_every": config.train.log_every, "prefetch": config.data.prefetch,
+            "cache_k": config.salt.cache_k, "step_s": times, "median_s": med, "steps_run": steps_run,
+            "ratio": {p: {t: med[p][t] / med["baseline"][t] for t in LOOP_TIMINGS} for p in LOOP_PATHS[1:]}}
+
+
+def print_loop(r: dict) -> None:
+    lo = r["loop"]
+    print(f"device {r['device']} x{r['devices']} | {r['student']} <- {r['teacher']} | batch {r['batch']} x seq "
+          f"{r['seq_len']} | vocab {r['vocab']} | {r['dtype']} | loss {r['loss']} | {lo['rounds']} rounds x "
+          f"{lo['steps']} steps | log_every {lo['log_every']} | prefetch {lo['prefetch']}")
+    names = {"baseline": "baseline", "online": "online KD", "cached": f"cached KD (top-{lo['cache_k']})"}
+    print("| path | on-device step ms | loop ms, copies in the step | loop ms, copies ahead | "
+          "on-device / baseline | loop / baseline, copies in the step | loop / baseline, copies ahead |")
+    print("|---|---|---|---|---|---|---|")
+    for p in LOOP_PATHS:
+        m = lo["median_s"][p]
+        ratios = (" | ".join(f"{lo['ratio'][p][t]:.3f}" for t in LOOP_TIMINGS) if p in lo["ratio"]
+                  else "1 | 1 | 1")
+        print(f"| {names[p]} | " + " | ".join(f"{m[t] * 1e3:.1f}" for t in LOOP_TIMINGS) + f" | {ratios} |")
+
+
 def _mib(n) -> str:
     return f"{n / 2**20:,.0f} MiB" if n else "-"
 
@@ -328,8 +472,10 @@ def print_table(r: dict) -> None:
         print(f"chunked/dense: time {lo['time_ratio']:.3f}{extra}")
 
 
-def benchmark(config, t_cfg, repeats: int = 20, steps: bool = True, loss: bool = True, cached: bool = True) -> dict:
-    """Everything measured for the run config and teacher of `model_configs`, as one dict (the --out JSON)."""
+def benchmark(config, t_cfg, repeats: int = 20, steps: bool = True, loss: bool = True, cached: bool = True,
+              loop_rounds: tuple[int, int] | None = None) -> dict:
+    """Everything measured for the run config and teacher of `model_configs`, as one dict (the --out JSON);
+    `loop_rounds`: (rounds, steps per round) of bench_loop, under "loop"."""
     m = config.model
     r = {"student": m.preset, "teacher": t_cfg.get("preset", ""), "batch": config.data.batch_size,
          "seq_len": config.data.seq_len, "vocab": m.vocab_size, "dtype": m.dtype, "teacher_dtype": t_cfg.param_dtype,
@@ -340,6 +486,8 @@ def benchmark(config, t_cfg, repeats: int = 20, steps: bool = True, loss: bool =
         r["steps"] = bench_steps(config, t_cfg, repeats, config.salt.cache_k if cached else 0)
     if loss:
         r["loss_bench"] = bench_loss(config, t_cfg, repeats)
+    if loop_rounds:
+        r["loop"] = bench_loop(config, t_cfg, *loop_rounds)
     return r
 
 
@@ -352,8 +500,16 @@ def _main(argv) -> None:
         fail(f"--repeats={_REPEATS.value}: must be at least 1")
     if _LOSS_ONLY.value and not _LOSS_BENCH.value:
         fail("--loss_only with --noloss_bench leaves nothing to measure; drop one")
+    if _LOOP.value and (_ROUNDS.value < 1 or _LOOP_STEPS.value < 1):
+        fail(f"--rounds={_ROUNDS.value} --loop_steps={_LOOP_STEPS.value}: each must be at least 1")
     try:
         config, t_cfg = model_configs(config, _TEACHER.value)
+        if _LOOP.value:  # (instead of the step and loss benchmarks)
+            r = benchmark(config, t_cfg, steps=False, loss=False, loop_rounds=(_ROUNDS.value, _LOOP_STEPS.value))
+            print_loop(r)
+            if _OUT.value:
+                paths.write_atomic(_OUT.value, json.dumps(r, indent=1))
+            return
         if _CACHED_BENCH.value and not _LOSS_ONLY.value and not 0 < config.salt.cache_k <= config.model.vocab_size:
             raise UserError(f"config.salt.cache_k={config.salt.cache_k}: must be in [1, config.model.vocab_size] "
                             "(or pass --nocached_bench)")

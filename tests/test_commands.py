@@ -23,7 +23,7 @@ COMMANDS = {
     "salt-sample": ("salt_jax.sample", ["--workdir", "--prompt", "--max_tokens", "--temperature"]),
     "salt-hf": ("salt_jax.hf", ["--hf_dir", "--workdir", "--out", "--step", "--dtype"]),
     "salt-bench": ("salt_jax.bench", ["--config", "--teacher", "--repeats", "--loss_only", "--loss_bench",
-                                      "--cached_bench", "--out"]),
+                                      "--cached_bench", "--out", "--loop", "--rounds", "--loop_steps"]),
     "salt-presets": ("salt_jax.model.presets", []),
 }
 

@@ -156,11 +156,17 @@ class Prefetcher:
     `take(step, batches)` returns step `step`'s rows as read by the thread, or
     reads them now when the thread read another source for that step (the
     adaptive switch can end the KD phase after the thread has read past it).
-    Batches are pure functions of the step, so the run sees the same batches as
-    without it; steps must be taken in order.
+    With `place(step, batches, rows)` the thread also puts each step's rows on
+    the device (e.g. `Batches.device` with the step's input sharding) and
+    `take` returns what it made: the host-to-device copies of the coming steps
+    are issued ahead, off the training loop's critical path. Batches are pure
+    functions of the step, so the run sees the same batches as without it;
+    steps must be taken in order.
     """
 
-    def __init__(self, source: Callable[[int], "Batches"], start: int, stop: int, depth: int):
+    def __init__(self, source: Callable[[int], "Batches"], start: int, stop: int, depth: int,
+                 place: Callable[[int, "Batches", np.ndarray], object] | None = None):
+        self._place = place
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._read, args=(source, start, stop), daemon=True,
@@ -173,7 +179,7 @@ class Prefetcher:
                 if self._closed.is_set():
                     return
                 batches = source(step)
-                self._put((step, batches, batches.numpy(step)))
+                self._put((step, batches, self._made(step, batches, batches.numpy(step))))
         except BaseException as e:  # noqa: BLE001 -- handed to the training loop, which raises it
             self._put((None, None, e))
 
@@ -185,13 +191,17 @@ class Prefetcher:
             except queue.Full:
                 continue
 
-    def take(self, step: int, batches: "Batches") -> np.ndarray:
-        got, read_from, rows = self._queue.get()
+    def _made(self, step: int, batches: "Batches", rows: np.ndarray):
+        return rows if self._place is None else self._place(step, batches, rows)
+
+    def take(self, step: int, batches: "Batches"):
+        """Step `step`'s rows (with `place`: what it made of them) from `batches`."""
+        got, read_from, item = self._queue.get()
         if got is None:
-            raise rows
+            raise item
         if got != step:
             raise RuntimeError(f"prefetch: step {got} read, step {step} asked for (steps must be taken in order)")
-        return rows if read_from is batches else batches.numpy(step)
+        return item if read_from is batches else self._made(step, batches, batches.numpy(step))
 
     def close(self) -> None:
         """Stops the thread and waits for it: no reader may still run when the interpreter exits (a thread

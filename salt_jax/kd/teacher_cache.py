@@ -200,7 +200,9 @@ class CachedTeacher(teacher_lib.Teacher):
 
     With `prefetch` > 0 the targets of the coming steps are read ahead in a
     background thread (salt_jax.data.batches.Prefetcher, from the first step
-    asked for), as the batches are: a KD step does not wait for its file.
+    asked for), as the batches are: a KD step does not wait for its file; with
+    `device_ahead` (the default) that thread also copies them onto the mesh,
+    so the step does not wait for the copy either.
     """
 
     model = None
@@ -217,22 +219,30 @@ class CachedTeacher(teacher_lib.Teacher):
         self.shardings = sparse.Targets(batch, batch, batch, batch)
         self._files = _Files(directory, manifest, spec)
         self._ahead: Prefetcher | None = None
+        self.device_ahead = True  # (False: the read-ahead thread reads only; the copy is made by `inputs`)
 
     def identity(self) -> dict:
         return {"checkpoint": self.checkpoint, "fingerprint": self.fingerprint, "cache": self.directory}
 
-    def _host_arrays(self, step: int) -> list[np.ndarray]:
-        """This host's rows of step `step`'s targets: from the read-ahead thread (started at the first step
-        asked for; steps are asked for in order), or read now."""
-        if self.prefetch <= 0:
-            return self._files.numpy(step)
-        if self._ahead is None:
-            self._ahead = Prefetcher(lambda _: self._files, step, self.spec.steps, self.prefetch)
-        return self._ahead.take(step, self._files)
+    def _place(self, arrays: list[np.ndarray]) -> sparse.Targets:
+        """This host's rows of one step's targets as the global arrays on the mesh."""
+        return sparse.Targets(*(jax.make_array_from_process_local_data(sh, a, (self.spec.batch_size, *a.shape[1:]))
+                                for sh, a in zip(self.shardings, arrays)))
+
+    def read(self, step: int) -> sparse.Targets:
+        """Step `step`'s targets on the mesh, read and copied now (the read-ahead thread untouched)."""
+        return self._place(self._files.numpy(step))
 
     def inputs(self, step: int) -> sparse.Targets:
-        return sparse.Targets(*(jax.make_array_from_process_local_data(sh, a, (self.spec.batch_size, *a.shape[1:]))
-                                for sh, a in zip(self.shardings, self._host_arrays(step))))
+        """Step `step`'s targets on the mesh: from the read-ahead thread (started at the first step asked for;
+        steps are asked for in order), or read and copied now."""
+        if self.prefetch <= 0:
+            return self.read(step)
+        if self._ahead is None:
+            place = (lambda _step, _files, arrays: self._place(arrays)) if self.device_ahead else None
+            self._ahead = Prefetcher(lambda _: self._files, step, self.spec.steps, self.prefetch, place)
+        got = self._ahead.take(step, self._files)
+        return got if self.device_ahead else self._place(got)
 
     def release(self) -> None:
         """Stops the read-ahead (the KD phase is over, or the run ends with the teacher held: rkd, a stop)."""

@@ -48,11 +48,7 @@ def _run(config: ml_collections.ConfigDict, r: Run) -> dict:
     r.start_prefetch()
     try:
         with faults.Preemption(config.train.preemption_grace_s) as ctx.preemption:
-            for step in range(r.start, r.total_steps):
-                step_metrics = _train_step(ctx, step)
-                hooks.run_after_step(after_step, ctx, step + 1, step_metrics)
-                if ctx.stopped_at is not None:
-                    break
+            train_steps(ctx, after_step, r.start, r.total_steps)
     finally:
         r.stop_prefetch()
         if r.teacher is not None:  # (rkd, or a stop inside the KD phase: a cached teacher's read-ahead ends)
@@ -63,6 +59,17 @@ def _run(config: ml_collections.ConfigDict, r: Run) -> dict:
     if ctx.stopped_at is not None:
         raise _stopped(ctx.preemption.signal, ctx.stopped_at)
     return _summary(r, ctx.heldout, ctx.meter.clock.total, ctx.fewshot)
+
+
+def train_steps(ctx: hooks.Context, after_step: list, start: int, stop: int) -> None:
+    """Steps `start` .. `stop` - 1, each followed by the hooks due (`hooks.table`), until a stop is asked for: the
+    loop's step path (salt_jax.bench --loop drives it too). Steps are dispatched, not waited for: the hooks block
+    only where they read the device (a metrics line every config.train.log_every steps, a checkpoint, ...)."""
+    for step in range(start, stop):
+        step_metrics = _train_step(ctx, step)
+        hooks.run_after_step(after_step, ctx, step + 1, step_metrics)
+        if ctx.stopped_at is not None:
+            break
 
 
 def _train_step(ctx: hooks.Context, step: int):

@@ -75,6 +75,8 @@ class Run:
     n_params: int
     prefetch: batches_lib.Prefetcher | None = None  # set by start_prefetch
     fewshot: Any = None  # salt_jax.train.fewshot.FewShot when config.eval.tasks is set
+    device_ahead: bool = True  # the read-ahead thread also puts each batch on the mesh (False: rows only, the
+    # copy made when the step runs; salt_jax.bench --loop times both)
 
     @property
     def total_steps(self) -> int:
@@ -99,11 +101,16 @@ class Run:
         """The batches step `step` reads: the KD phase's while it lasts, else the training split's."""
         return self.kd_batches if self.phase.active(step) else self.batches
 
-    def start_prefetch(self) -> None:
-        """Reads the coming steps' rows ahead in a thread (config.data.prefetch steps; 0 = off)."""
+    def start_prefetch(self, start: int | None = None) -> None:
+        """Reads the coming steps' rows ahead in a thread (config.data.prefetch steps; 0 = off), from step `start`
+        (default: self.start), and (device_ahead) issues their copies onto the mesh from that thread."""
         if self.config.data.prefetch > 0:
-            self.prefetch = batches_lib.Prefetcher(self.source, self.start, self.total_steps,
-                                                   self.config.data.prefetch)
+            place = self._place if self.device_ahead else None
+            self.prefetch = batches_lib.Prefetcher(self.source, self.start if start is None else start,
+                                                   self.total_steps, self.config.data.prefetch, place)
+
+    def _place(self, step: int, source: batches_lib.Batches, rows) -> jax.Array:
+        return source.device(step, self.programs.batch_sharding, rows)
 
     def stop_prefetch(self) -> None:
         if self.prefetch is not None:
@@ -113,8 +120,10 @@ class Run:
     def batch(self, step: int) -> jax.Array:
         """The global batch of `step` on the mesh (this host's rows)."""
         source = self.source(step)  # (the teacher is held exactly while the phase is active)
-        rows = self.prefetch.take(step, source) if self.prefetch is not None else None
-        return source.device(step, self.programs.batch_sharding, rows)
+        if self.prefetch is None:
+            return source.device(step, self.programs.batch_sharding)
+        got = self.prefetch.take(step, source)  # (on the mesh already when device_ahead)
+        return got if self.device_ahead else self._place(step, source, got)
 
     def teacher_input(self, step: int):
         """The KD step's teacher argument at `step`: the teacher's parameters, or the batch's cached targets."""

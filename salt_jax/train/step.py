@@ -147,6 +147,7 @@ class StepPrograms:
     def __init__(self, model, tx, lr_schedule, pad_id: int, mesh, state_shardings, loss, guard: Guard = Guard(),
                  teacher: Teacher | None = None, phase: KDPhase | None = None):
         self.mesh = mesh
+        self.pad_id, self._args = pad_id, (model, tx, lr_schedule, pad_id, mesh, state_shardings, loss, guard)
         self.batch_sharding = sharding.batch_sharding(mesh)
         rep = sharding.replicated(mesh)
         self._train = jax.jit(make_train_step(model, tx, lr_schedule, pad_id, loss, guard),
@@ -180,3 +181,8 @@ class StepPrograms:
 
     def drop_teacher(self) -> None:
         self._kd_train = None
+
+    def with_teacher(self, teacher: Teacher, phase: KDPhase) -> "StepPrograms":
+        """The same run's programs with `teacher`'s SALT step of `phase` (salt_jax.bench --loop: one run's
+        steps, with each kind of teacher)."""
+        return StepPrograms(*self._args, teacher=teacher, phase=phase)
