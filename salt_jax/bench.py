@@ -507,8 +507,7 @@ def _main(argv) -> None:
         if _LOOP.value:  # (instead of the step and loss benchmarks)
             r = benchmark(config, t_cfg, steps=False, loss=False, loop_rounds=(_ROUNDS.value, _LOOP_STEPS.value))
             print_loop(r)
-            if _OUT.value:
-                paths.write_atomic(_OUT.value, json.dumps(r, indent=1))
+            _write_out(r)
             return
         if _CACHED_BENCH.value and not _LOSS_ONLY.value and not 0 < config.salt.cache_k <= config.model.vocab_size:
             raise UserError(f"config.salt.cache_k={config.salt.cache_k}: must be in [1, config.model.vocab_size] "
@@ -518,7 +517,14 @@ def _main(argv) -> None:
     except UserError as e:
         fail(str(e))
     print_table(r)
+    _write_out(r)
+
+
+def _write_out(r: dict) -> None:
+    """--out: the results as JSON (its folder made where missing)."""
     if _OUT.value:
+        if "/" in _OUT.value.rstrip("/"):
+            paths.makedirs(_OUT.value.rsplit("/", 1)[0] or "/")
         paths.write_atomic(_OUT.value, json.dumps(r, indent=1))
 
 

@@ -351,6 +351,8 @@ RULES = [
     Rule(r"python -m salt_jax\.eval ", "run", append="--limit=2", replace=SANDBOX),
     Rule(r"python -m salt_jax\.sample ", "run", append="--max_tokens=4", replace=SANDBOX),
     Rule(r"python -m salt_jax\.hf ", "run", replace=SANDBOX),
+    Rule(r"python -m salt_jax\.bench .*--loop", "run",  # (the loop's store: a slice of the library)
+         append=f"{BENCH} --rounds=1 --loop_steps=2 --config.data.max_files=40", replace=SANDBOX),
     Rule(r"python -m salt_jax\.bench ", "run", append=BENCH),
     Rule(r"python scripts/bench_sparse\.py ", "run",  # (the bench's sizes, one run of each implementation)
          append=f"--rounds=1 {BENCH} --config.model.vocab_size=2048"),
