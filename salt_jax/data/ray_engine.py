@@ -122,8 +122,10 @@ class RayEngine:
                 raise unwrapped(e) from e  # (a user error is still one line; a bug keeps the remote traceback)
 
         def cancel(refs):
-            for ref in refs:
-                ray.cancel(ref)
+            # In-flight tasks are let finish (their shards are kept, and the re-run resumes past them) rather than
+            # ray.cancel-led: a cancel that races a task's completion aborts the driver in Ray 2.60 ("Tried to
+            # complete task that was not pending", task_manager.cc), seen under load in the test suite.
+            ray.wait(list(refs), num_returns=len(refs))
 
         run_bounded(jobs, lambda fn, args: remote.remote(build, [init_ref], fn, args), wait, 2 * self.workers,
                     done, cancel)
