@@ -386,6 +386,10 @@ RULES = [
          "--horizons=1,2,4", "dry run", "the command that made docs/demo/horizon (as the study writes it, with its "
          f"workdir: here under the sandbox's runs/); 7 runs, hours; {DRY_RUN}", append="--dry_run",
          replace=(("=/work/runs/", "=runs/"),)),
+    Rule('python -m salt_jax.experiment --config=configs/experiments/demo.py --workdir=runs/horizon-2x-s12 '
+         '--config.seeds=1,2 --config.student.train.steps=1000 --config.student.eval.tasks= "--config.name=demo, 2x '
+         'the steps"', "dry run", f"the 2x horizon's seeds 1 and 2 (docs/demo/horizon/2x-seeds12): 5 runs, an hour "
+         f"and a half on 2 cores; {DRY_RUN}", append="--dry_run"),
     Rule("python -m salt_jax.eval --workdir=RUN --tasks=paper_suite --num_fewshot=1", "check",
          "lm-eval downloads these tasks from the Hugging Face Hub: no network here (the offline tasks run the same "
          "code path); its flags parse, and paper_suite is a suite salt_jax.eval knows", check=_paper_suite),

@@ -180,6 +180,8 @@ TABLES = {
      "(4.2231) at"): {m: ("demo", m) for m in ("baseline", "salt")},
     ("docs/results.md", "| method | held-out loss at 25% / 50% / 70% / 100% of the steps | reached baseline final "
      "(4.1750) at"): {m: ("demo/three-seeds", m) for m in ("baseline", "salt")},
+    ("docs/results.md", "| method | held-out loss at 25% / 50% / 70% / 100% of the steps | reached baseline final "
+     "(3.6269) at"): {m: ("demo/horizon/2x-seeds12", m) for m in ("baseline", "salt")},
     ("docs/results.md", "| horizon |"): {"1x": ("demo", None), "2x": ("demo/horizon/2x", None),
                                          "4x": ("demo/horizon/4x", None)},
     ("docs/results.md", "| method | held-out loss at 25% / 50% / 70% / 100% of the steps | reached baseline final at"): {
