@@ -14,12 +14,12 @@ import sys
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import app
 
 from salt_jax import bench, cli
 from salt_jax.kd import losses, sparse
 
-_ROUNDS = flags.DEFINE_integer("rounds", 2, "Runs per implementation (alternating old, new).")
+_ROUNDS = bench._ROUNDS  # salt_jax.bench's --rounds (absl has one flag of a name): runs per implementation here
 
 
 def _old_chunk_terms(s, y, t, tau, kind, ce_w, kd_w, unit_tau=False):
