@@ -63,14 +63,19 @@ def test_prefetcher_places_each_step_in_its_thread(tmp_path, cache_dir):
     subset = batches_lib.Batches(cache.train, 4, seed=1, rows=np.arange(0, cache.train.n_rows, 2))
     threads = []
 
+    step3_read = threading.Event()  # (the thread has read step 3 ahead: the source change below comes after it)
+
     def place(step, batches, rows):
         threads.append(threading.current_thread().name)
+        if step == 3 and threading.current_thread().name == "salt_jax-prefetch":
+            step3_read.set()
         return ("placed", step, batches, jax.device_put(rows))
 
     end = {"kd": 3}
     pre = batches_lib.Prefetcher(lambda s: subset if s < end["kd"] else full, 0, 6, depth=2, place=place)
     for step in range(6):
         if step == 2:
+            assert step3_read.wait(timeout=60)
             end["kd"] = 4  # too late for step 3, read ahead from `full`: read and placed again from `subset`
         want = subset if step < end["kd"] else full
         tag, got_step, source, arr = pre.take(step, want)
