@@ -18,7 +18,7 @@ from typing import Iterator
 import ml_collections
 
 from salt_jax import paths
-from salt_jax.data.documents import NO_FIELD, UNDECODABLE, ReadStats, Source, in_heldout
+from salt_jax.data.documents import NO_FIELD, UNDECODABLE, ReadStats, Source, as_text, in_heldout
 from salt_jax.errors import UserError
 
 FIELD_CHECK = 1000  # as for JSON-lines files (salt_jax.data.files): none of a split's first 1000 examples with the
@@ -60,12 +60,7 @@ def _text_of(example, field: str):
         example = example.numpy()
     if hasattr(example, "item") and not isinstance(example, (bytes, str)):
         example = example.item()
-    if isinstance(example, bytes):
-        try:
-            return example.decode("utf-8")
-        except UnicodeDecodeError:
-            return UNDECODABLE
-    return example
+    return as_text(example)
 
 
 class _DatasetSource(Source):

@@ -41,6 +41,16 @@ SKIPS = {
 UNDECODABLE, NO_FIELD, NOT_JSON = Skip("undecodable"), Skip("no_field"), Skip("not_json")
 
 
+def as_text(value):
+    """A record's text field as str: bytes decoded as UTF-8 (UNDECODABLE when they are not); anything else as is."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return UNDECODABLE
+    return value
+
+
 @dataclasses.dataclass
 class ReadStats:
     """What a pass over a source read and skipped: every record read is one document or one skip."""

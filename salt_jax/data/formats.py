@@ -24,7 +24,7 @@ import zlib
 from typing import Iterator
 
 from salt_jax import paths
-from salt_jax.data.documents import UNDECODABLE
+from salt_jax.data.documents import as_text
 from salt_jax.errors import UserError
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
@@ -174,18 +174,9 @@ def parquet_values(path: str, groups: range, field: str, first_row: int | None =
                 for batch in batches:
                     for value in batch.column(0).to_pylist():
                         if first_row is None or row >= first_row:
-                            yield row, _as_text(value)
+                            yield row, as_text(value)
                         row += 1
             except errors as e:
                 why = (str(e).splitlines() or [type(e).__name__])[0][:160]
                 raise UserError(f"{path}: row group {g} is unreadable ({why}); re-download the file or remove "
                                 "it") from None
-
-
-def _as_text(value):
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return UNDECODABLE
-    return value
