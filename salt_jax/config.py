@@ -99,6 +99,9 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     c.salt = salt = ml_collections.ConfigDict()
     salt.method = "baseline"  # the method (salt_jax/kd/methods.py); teacher: a baseline run that makes a teacher
     salt.teacher = ""  # the teacher: its run's workdir, a checkpoint directory, or a Hugging Face model directory
+    salt.teacher_tokenizer = "auto"  # a teacher with its own tokenizer: same (must equal the student's) | adopt (the student takes it) | cross (the student keeps its own; ALM) | auto (decided once, written to config.json: docs/teachers.md)
+    salt.teacher_seq_len = 0  # teacher_tokenizer=cross: the teacher's tokens per window; 0 = measured from both tokenizers' bytes per token (alignment.teacher_len)
+    salt.alm_temperature = 100.0  # teacher_tokenizer=cross: ALM's binarisation temperature b, chunk probabilities exp(log-lik / b) (tokenkit's default; kd/alm.py)
     salt.teacher_preset = ""  # the teacher's model preset (salt_jax.compile needs no teacher then); a run checks it
 
     salt.teacher_sharding = "sharded"  # teacher parameters on the mesh: "sharded" (same rules) or "replicated"
@@ -213,6 +216,7 @@ CHOICES = {
     "salt.weight_schedule": schedules.SCHEDULES,
     "salt.temperature_schedule": schedules.TEMPERATURE_SCHEDULES,
     "salt.teacher_logits": teacher_cache.TEACHER_LOGITS,
+    "salt.teacher_tokenizer": teacher_lib.TOKENIZER_CHOICES,
     "salt.cache_targets": sparse.KINDS,
     "salt.cache_dtype": teacher_cache.CACHE_DTYPES,
     "salt.ds_rule": selection.RULES,
@@ -318,7 +322,8 @@ def _mesh(c: ml_collections.ConfigDict) -> None:
 def _salt(c: ml_collections.ConfigDict) -> None:
     salt = c.salt
     for f in ("method", "teacher_sharding", "transition", "switch", "kd_loss", "weight_schedule",
-              "temperature_schedule", "teacher_logits", "cache_targets", "cache_dtype", "ds_rule", "token_select"):
+              "temperature_schedule", "teacher_logits", "cache_targets", "cache_dtype", "ds_rule", "token_select",
+              "teacher_tokenizer"):
         _choice(c, f"salt.{f}")
     method = methods.method(salt.method)
     if method.teacher:
@@ -340,6 +345,8 @@ def _teacher_fields(c: ml_collections.ConfigDict, method: methods.Method) -> Non
           "or checkpoint directory")
     check(0.0 < salt.kd_weight <= 1.0, f"config.salt.kd_weight={salt.kd_weight}: must be in (0, 1]")
     check(salt.temperature > 0, f"config.salt.temperature={salt.temperature}: must be positive")
+    check(salt.alm_temperature > 0, f"config.salt.alm_temperature={salt.alm_temperature}: must be positive")
+    check(salt.teacher_seq_len >= 0, f"config.salt.teacher_seq_len={salt.teacher_seq_len}: must be >= 0 (0 = measured)")
     check(salt.kd_loss != "topk_kl" or 0 < salt.kd_topk <= vocab,
           f"config.salt.kd_topk={salt.kd_topk}: must be in [1, vocab_size] for kd_loss=topk_kl")
     check(salt.token_select != "topk" or 0 < salt.token_select_k <= vocab,
@@ -417,12 +424,13 @@ def resolved(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The run's config as it trains: a new value, decided once, that setup writes to config.json and every later
     function reads; the user's `c` is left as it is.
 
-    Resolved: with a Hugging Face teacher, its tokenizer and vocabulary size (kd.teacher.adopt_teacher_vocabulary,
+    Resolved: with a teacher, config.salt.teacher_tokenizer (auto -> same, adopt or cross) and, where the
+    student adopts the teacher's tokenizer, config.data.tokenizer and model.vocab_size (kd.teacher.resolve_tokenizers,
     logged); config.salt's run-relative step counts (n_KD, the transition, the adaptive bounds;
     kd.schedules.resolved). Resolving a resolved config changes nothing.
     """
     out = copy.deepcopy(c)
-    teacher_lib.adopt_teacher_vocabulary(out)
+    teacher_lib.resolve_tokenizers(out)
     out.salt = schedules.resolved(out.salt, out.train.steps)
     return out
 

@@ -55,6 +55,7 @@ class LossOptions:
     unroll: int = 1  # chunks per scan iteration (salt_jax.aot compiles with 2 to cost one chunk)
     sparse: str = "topk"  # how cached sparse teacher targets are read (salt_jax.kd.sparse.KINDS)
     temperature_is_one: bool = False  # set by chunked_loss when tau is the constant 1 (cached KD reuses the CE's softmax)
+    alm_temperature: float = 100.0  # across tokenizers: the binarisation temperature of ALM (salt_jax.kd.alm)
 
 
 def full_kd_value_and_grad(s_logits: jax.Array, t_logits: jax.Array, tau: float, kind: str, topk: int = 0):
@@ -225,3 +226,32 @@ def chunked_loss(h_s: jax.Array, w_s: jax.Array, targets: jax.Array, mask: jax.A
     elif kd_weight is None:
         raise ValueError("chunked_loss: a teacher needs kd_weight")
     return _loss(opts, h_s, w_s, h_t, w_t, targets, mask, kd_weight, tau)
+
+
+def target_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, tau, opts: LossOptions = LossOptions(),
+                    softcap: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(log softmax(z)[target], log softmax(z / tau)[target], argmax(z) == target) per position [b, t], from
+    hidden states h [b, t, d] and the output projection w [d, V], one chunk of logits at a time.
+
+    What ALM needs of a model (salt_jax.kd.alm): the student's (with gradients) and the teacher's. Unlike
+    `chunked_loss` the gradient is left to autodiff, with each chunk's logits recomputed in the backward pass
+    (jax.checkpoint): ALM's gradient at a position depends on its whole chunk's log-likelihood, known only
+    after the pass, so it cannot be formed chunk by chunk in the forward pass.
+    """
+    b, t = targets.shape
+    chunk = max(1, min(opts.chunk, t))
+    n = -(-t // chunk)
+    dt = opts.dtype
+
+    @jax.checkpoint
+    def one(h_c, y):
+        z = jnp.einsum("bcd,dv->bcv", h_c.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
+        if softcap:
+            z = softcap * jnp.tanh(z / softcap)
+        pick = lambda lp: jnp.take_along_axis(lp, y[..., None], axis=-1)[..., 0]  # noqa: E731
+        return (pick(jax.nn.log_softmax(z, axis=-1)), pick(jax.nn.log_softmax(z / tau, axis=-1)),
+                (jnp.argmax(z, axis=-1) == y).astype(jnp.float32))
+
+    _, out = jax.lax.scan(lambda c, x: (c, one(*x)), None, (_to_chunks(h, chunk, n), _to_chunks(targets, chunk, n)),
+                          unroll=opts.unroll)
+    return tuple(jnp.moveaxis(o, 0, 1).reshape(b, n * chunk)[:, :t] for o in out)

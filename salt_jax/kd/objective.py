@@ -14,6 +14,10 @@ stop_gradient. Two implementations of the same call:
     DenseLoss    full [batch, seq, vocab] logits of both models (the reference)
     ChunkedLoss  from final hidden states, one chunk of logits at a time
                  (salt_jax.kd.chunked_loss; equal values and gradients)
+
+Across tokenizers (config.salt.teacher_tokenizer=cross) each has `aligned(student, params, batch, teacher,
+kd_weight, temperature)`: batch is a salt_jax.data.alignment.AlignedBatch, teacher (model, params) or the
+cached salt_jax.kd.alm.ChunkTargets, and the KD term is ALM (salt_jax.kd.alm) over the aligned chunks.
 """
 
 from __future__ import annotations
@@ -24,16 +28,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from salt_jax.kd import losses, sparse
-from salt_jax.kd.chunked_loss import LossOptions, chunked_loss
+from salt_jax.kd import alm, losses, sparse
+from salt_jax.kd.chunked_loss import LossOptions, chunked_loss, target_logprobs
 from salt_jax.model.transformer import dtype_of, option
 
 
 class DenseLoss:
     """The reference objective from full logits; `salt` holds the KD settings (config.salt)."""
 
-    def __init__(self, salt: ml_collections.ConfigDict | None = None):
-        self.salt = salt
+    def __init__(self, salt: ml_collections.ConfigDict | None = None, pad_id: int = 0):
+        self.salt, self.pad_id = salt, pad_id
 
     def __call__(self, student, params, inputs, targets, mask, teacher=None, kd_weight=None,
                  temperature=None) -> dict:
@@ -65,11 +69,28 @@ class DenseLoss:
         return stats
 
 
+    def aligned(self, student, params, batch, teacher, kd_weight, temperature) -> dict:
+        """The cross-tokenizer sums (salt_jax.kd.alm.mixture_stats) from full logits."""
+        inputs, targets, mask = losses.split_tokens(batch.tokens, self.pad_id)
+        s_logits = student.apply({"params": params}, inputs)
+        if not isinstance(teacher, alm.ChunkTargets):
+            t_model, t_params = teacher
+            t_in, t_targets = batch.teacher_tokens[:, :-1], batch.teacher_tokens[:, 1:]
+            t_logits = jax.lax.stop_gradient(t_model.apply({"params": t_params}, t_in))
+            teacher = alm.teacher_chunks(*alm.target_logprobs(t_logits, t_targets, temperature),
+                                         batch.teacher_chunks, targets.shape[1])
+        stats = alm.mixture_stats(alm.target_logprobs(s_logits, targets, temperature), teacher,
+                                  batch.student_chunks, mask, kd_weight, self.salt.kd_loss,
+                                  float(self.salt.alm_temperature))
+        stats["correct"] = jnp.sum((jnp.argmax(s_logits, -1) == targets) * mask)
+        return stats
+
+
 class ChunkedLoss:
     """The same objective from hidden states (salt_jax.kd.chunked_loss), with the models' final soft-caps."""
 
-    def __init__(self, opts: LossOptions):
-        self.opts = opts
+    def __init__(self, opts: LossOptions, pad_id: int = 0):
+        self.opts, self.pad_id = opts, pad_id
 
     def __call__(self, student, params, inputs, targets, mask, teacher=None, kd_weight=None,
                  temperature=None) -> dict:
@@ -87,6 +108,26 @@ class ChunkedLoss:
         h_s, head_s = student.apply({"params": params}, inputs, return_hidden=True)
         return chunked_loss(h_s, head_s, targets, mask, opts, h_t, head_t, kd_weight, temperature)
 
+    def aligned(self, student, params, batch, teacher, kd_weight, temperature) -> dict:
+        """The cross-tokenizer sums from hidden states: each model's target log-probs one chunk of logits at a
+        time (salt_jax.kd.chunked_loss.target_logprobs), never a [batch, seq, vocab] array."""
+        inputs, targets, mask = losses.split_tokens(batch.tokens, self.pad_id)
+        tau = jnp.asarray(self.opts.temperature if temperature is None else temperature, jnp.float32)
+        if not isinstance(teacher, alm.ChunkTargets):
+            t_model, t_params = teacher
+            h_t, head_t = jax.lax.stop_gradient(t_model.apply({"params": t_params}, batch.teacher_tokens[:, :-1],
+                                                              return_hidden=True))
+            logp1, logp, _ = target_logprobs(h_t, head_t, batch.teacher_tokens[:, 1:], tau, self.opts,
+                                             float(option(t_model.cfg, "final_softcap")))
+            teacher = alm.teacher_chunks(logp1, logp, batch.teacher_chunks, targets.shape[1])
+        h_s, head_s = student.apply({"params": params}, inputs, return_hidden=True)
+        logp1, logp, correct = target_logprobs(h_s, head_s, targets, tau, self.opts,
+                                               float(option(student.cfg, "final_softcap")))
+        stats = alm.mixture_stats((logp1, logp), teacher, batch.student_chunks, mask, kd_weight, self.opts.kd_loss,
+                                  self.opts.alm_temperature)
+        stats["correct"] = jnp.sum(correct * mask)
+        return stats
+
 
 def chunked_options(config: ml_collections.ConfigDict) -> LossOptions:
     """LossOptions from a run config (train.loss_chunk, model.dtype and the salt.* KD fields)."""
@@ -95,12 +136,15 @@ def chunked_options(config: ml_collections.ConfigDict) -> LossOptions:
                        kd_loss=salt.kd_loss, kd_topk=int(salt.kd_topk), token_select=salt.token_select,
                        token_select_k=int(salt.token_select_k),
                        token_select_threshold=float(salt.token_select_threshold), dtype=dtype_of(config.model.dtype),
-                       sparse=salt.cache_targets)
+                       sparse=salt.cache_targets, alm_temperature=float(salt.alm_temperature))
 
 
 LOSSES = ("dense", "chunked")  # config.train.loss: DenseLoss (the reference) or ChunkedLoss
 
 
-def make_loss(config: ml_collections.ConfigDict) -> DenseLoss | ChunkedLoss:
-    """The objective config.train.loss names (one of LOSSES): dense (the reference) or chunked."""
-    return ChunkedLoss(chunked_options(config)) if config.train.loss == "chunked" else DenseLoss(config.salt)
+def make_loss(config: ml_collections.ConfigDict, pad_id: int = 0) -> DenseLoss | ChunkedLoss:
+    """The objective config.train.loss names (one of LOSSES): dense (the reference) or chunked; `pad_id`: the
+    student's padding id (the cross-tokenizer path reads its mask from the aligned batch)."""
+    if config.train.loss == "chunked":
+        return ChunkedLoss(chunked_options(config), pad_id)
+    return DenseLoss(config.salt, pad_id)

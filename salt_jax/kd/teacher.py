@@ -39,7 +39,8 @@ from salt_jax.hf import files as hf_files
 from salt_jax.hf.convert import load_params, teacher_hf_info
 from salt_jax.hf.families import model_config_from_hf
 from salt_jax.hf.source import HF, TeacherSource, resolve
-from salt_jax.kd import methods, sparse
+from salt_jax.data.tokenizer import HFTokenizer, described, run_tokenizer
+from salt_jax.kd import alm, methods, sparse
 from salt_jax.model import checkpoints, presets, sharding
 from salt_jax.model.flops import param_count
 from salt_jax.model.transformer import Transformer, abstract_params
@@ -60,6 +61,7 @@ class Teacher(Protocol):
     model: Transformer | None  # the teacher's network (None: its input is already its targets)
     shardings: Any  # the layout of `inputs(step)` on the mesh
     sparse_targets: bool  # inputs(step) is a sparse.Targets of the batch, not parameters
+    aligned: bool  # another tokenizer than the student's: the KD step takes aligned batches and distils by ALM
     config: ml_collections.ConfigDict | None  # its model config, for FLOP counts (None: no teacher FLOPs)
 
     def inputs(self, step: int) -> Any:
@@ -89,6 +91,7 @@ class OnlineTeacher(Teacher):
     checkpoint: str  # the checkpoint directory it came from
     fingerprint: str
     tokenizer: str  # the fingerprint of the tokenizer it was trained with
+    aligned: bool = False  # it tokenizes otherwise than the student (config.salt.teacher_tokenizer=cross)
 
     sparse_targets = False  # (the parameters: the step runs the teacher's forward)
 
@@ -117,6 +120,7 @@ class FixedTeacher(Teacher):
     input: Any  # what inputs(step) returns
     sparse_targets: bool = False
     config: ml_collections.ConfigDict | None = None
+    aligned: bool = False
 
     @classmethod
     def of_model(cls, model: Transformer, shardings, config=None) -> "FixedTeacher":
@@ -289,45 +293,54 @@ def load_teacher(salt: ml_collections.ConfigDict, student_model_cfg: ml_collecti
     compiled or restored.
     """
     source = source or resolve(salt.teacher)
+    cross = salt.teacher_tokenizer == CROSS
     if source.kind == HF:
-        return _load_hf_teacher(source, salt, student_model_cfg, tokenizer_fingerprint, mesh)
+        return _load_hf_teacher(source, salt, student_model_cfg, tokenizer_fingerprint, mesh, cross)
     ckpt_dir, field = source.directory, source.field
     record = read_record(source.root, source.step)
     cfg = held_config(model_config(source), salt)
     check_preset(cfg, salt.teacher_preset, ckpt_dir)
-    if cfg.vocab_size != student_model_cfg.vocab_size:
+    if cross:
+        pass  # (its own tokenizer and vocabulary: nothing to compare)
+    elif cfg.vocab_size != student_model_cfg.vocab_size:
         raise UserError(f"{field}: the teacher's vocabulary ({cfg.vocab_size}) differs from the "
                         f"student's config.model.vocab_size ({student_model_cfg.vocab_size}); teacher and "
                         "student must share one tokenizer and vocabulary")
-    if record.get("tokenizer") and record["tokenizer"] != tokenizer_fingerprint:
+    if not cross and record.get("tokenizer") and record["tokenizer"] != tokenizer_fingerprint:
         raise UserError(f"{field}: the teacher was trained with tokenizer {record['tokenizer']}, "
                         f"the student uses {tokenizer_fingerprint}; use the teacher's config.data.tokenizer "
-                        "settings (same source and vocab_size, or its model_file)")
+                        "settings (same source and vocab_size, or its model_file), or distil across tokenizers "
+                        "(config.salt.teacher_tokenizer=cross)")
 
     model, shardings = layout(cfg, salt, mesh)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           nn.meta.unbox(abstract_params(model)), shardings)
     params = checkpoints.restore_params(source.root, source.step, target, "teacher checkpoint")
     return OnlineTeacher(model=model, config=cfg, params=params, shardings=shardings, checkpoint=ckpt_dir,
-                   fingerprint=checkpoint_fingerprint(ckpt_dir), tokenizer=record.get("tokenizer", ""))
+                         fingerprint=checkpoint_fingerprint(ckpt_dir), tokenizer=record.get("tokenizer", ""),
+                         aligned=cross)
 
 
-def _load_hf_teacher(source: TeacherSource, salt, student_model_cfg, tokenizer_fp: str, mesh) -> OnlineTeacher:
+def _load_hf_teacher(source: TeacherSource, salt, student_model_cfg, tokenizer_fp: str, mesh,
+                     cross: bool = False) -> OnlineTeacher:
     """An OnlineTeacher read straight from a Hugging Face directory (config.salt.teacher=DIR) into its layout."""
     hf_dir, field = source.path, source.field
     cfg = held_config(model_config(source), salt)
     tok_fp = hf_files.tokenizer_fingerprint(hf_dir)
-    if cfg.vocab_size != student_model_cfg.vocab_size:
+    if cross:
+        pass  # (its own tokenizer and vocabulary: nothing to compare)
+    elif cfg.vocab_size != student_model_cfg.vocab_size:
         raise UserError(f"{field}={hf_dir}: its vocab_size ({cfg.vocab_size}) differs from "
                         f"config.model.vocab_size ({student_model_cfg.vocab_size}); leave the student's at the "
                         "preset's value (it then takes the teacher's) or set it to the teacher's")
-    if tok_fp and tok_fp != tokenizer_fp:
+    if not cross and tok_fp and tok_fp != tokenizer_fp:
         raise UserError(f"{field}={hf_dir}: the run tokenizes with {tokenizer_fp}, not the teacher's "
-                        f"tokenizer ({tok_fp}); set config.data.tokenizer.kind=hf and hf_dir={hf_dir}")
+                        f"tokenizer ({tok_fp}); set config.data.tokenizer.kind=hf and hf_dir={hf_dir}, or distil "
+                        "across tokenizers (config.salt.teacher_tokenizer=cross)")
     model, shardings = layout(cfg, salt, mesh)
     _, params = load_params(hf_dir, cfg, shardings)
     return OnlineTeacher(model=model, config=cfg, params=params, shardings=shardings, checkpoint=hf_dir,
-                   fingerprint=hf_files.fingerprint(hf_dir), tokenizer=tok_fp)
+                         fingerprint=hf_files.fingerprint(hf_dir), tokenizer=tok_fp, aligned=cross)
 
 
 def check_same_teacher(config, identity: dict, previous: dict) -> None:
@@ -348,6 +361,113 @@ def load_for_run(config, tok, mesh, previous: dict, source: TeacherSource | None
                  f"{param_count(teacher.config):,}", teacher.fingerprint)
     check_same_teacher(config, teacher.identity(), previous)
     return teacher
+
+
+TOKENIZER_CHOICES = ("auto", "same", "adopt", "cross")  # config.salt.teacher_tokenizer (resolve_tokenizers)
+SAME, ADOPT, CROSS = "same", "adopt", "cross"
+
+
+def resolve_tokenizers(config: ml_collections.ConfigDict, source: TeacherSource | None = None) -> None:
+    """Decides, once, how the student and a teacher with a tokenizer of its own meet: config.salt.teacher_tokenizer
+    becomes same, adopt or cross (changing `config` in place; salt_jax.config.resolved calls it on its new copy),
+    and the decision is logged.
+
+    same: one tokenizer for both (a differing one is refused, as before cross-tokenizer KD existed);
+    adopt: the student tokenizes with the teacher's tokenizer and takes its vocabulary size
+    (`adopt_teacher_vocabulary`); cross: the student keeps its own and distils by ALM over aligned chunks
+    (salt_jax.kd.alm). auto: same when the tokenizers are one; with a Hugging Face teacher, adopt unless the
+    student was given a tokenizer of its own (config.data.tokenizer.model_file, or hf_dir another directory),
+    then cross; with a salt_jax teacher, cross when its recorded tokenizer differs from the student's (a
+    SentencePiece model still to be trained counts as the teacher's when it is of the same kind and size).
+    A teacher not found is left to the run's own checks (the field stays as given).
+    """
+    salt = config.salt
+    if not methods.method(salt.method).teacher or not salt.teacher:
+        return
+    choice = salt.teacher_tokenizer
+    if source is None:
+        try:
+            source = resolve(salt.teacher)
+        except UserError:
+            return
+    info = recorded_tokenizer(source)
+    if choice == "auto":
+        choice = _auto_choice(config, source, info)
+    if choice == ADOPT:
+        if source.kind == HF:
+            adopt_teacher_vocabulary(config, source)
+        else:
+            _adopt_checkpoint_tokenizer(config, info, source)
+    salt.teacher_tokenizer = choice
+    if choice == CROSS:
+        _check_cross(config)
+    logging.info("teacher tokenizer: %s (config.salt.teacher_tokenizer): %s", choice, {
+        SAME: "teacher and student share one tokenizer",
+        ADOPT: f"the student tokenizes with the teacher's tokenizer ({info['fingerprint'] or source.path})",
+        CROSS: f"the student keeps its own tokenizer ({config.data.tokenizer.kind}), the teacher tokenizes with "
+               f"{info['fingerprint'] or 'its own'}; KD by approximate likelihood matching over aligned chunks"}[choice])
+
+
+def _auto_choice(config, source: TeacherSource, info: dict) -> str:
+    t = config.data.tokenizer
+    if source.kind == HF:
+        own = bool(t.get("model_file")) or (t.kind == "hf" and t.hf_dir and
+                                             os.path.realpath(t.hf_dir) != os.path.realpath(source.path))
+        if not own:
+            return ADOPT
+    try:
+        fp, tok_vocab = described(t)
+    except UserError:
+        return SAME  # (the run's own checks say what is wrong with the student's tokenizer)
+    want = info["fingerprint"]
+    if not want or fp == want:
+        return SAME
+    if fp is None:  # a SentencePiece model still to be trained: the teacher's when of the same kind and size
+        return SAME if want.startswith("sp-") and info["tokenizer_vocab"] in (None, tok_vocab) else CROSS
+    return CROSS
+
+
+def _adopt_checkpoint_tokenizer(config, info: dict, source: TeacherSource) -> None:
+    """teacher_tokenizer=adopt with a salt_jax teacher: the student takes its kept SentencePiece model (or bytes)."""
+    t = config.data.tokenizer
+    if info["fingerprint"] == "bytes-v1":
+        t.kind = "bytes"
+    elif info["model_file"]:
+        t.kind, t.model_file = "sentencepiece", info["model_file"]
+    else:
+        raise UserError(f"config.salt.teacher_tokenizer=adopt: the teacher {source.directory} keeps no tokenizer "
+                        "the student can take; set config.data.tokenizer to the teacher's settings")
+    if info["vocab"]:
+        config.model.vocab_size = info["vocab"]
+    logging.info("teacher tokenizer: adopting the teacher's (kind=%s%s)", t.kind,
+                 f", model_file={t.model_file}" if t.kind == "sentencepiece" else "")
+
+
+def _check_cross(config) -> None:
+    """What cross-tokenizer KD cannot do, refused with the field to change."""
+    salt = config.salt
+    check = [("kd_loss", salt.kd_loss in alm.KINDS, f"use {' or '.join(alm.KINDS)} (ALM's binarised divergence; "
+              "top-k needs a shared vocabulary)"),
+             ("token_select", salt.token_select == "none", "use none (the teacher's ranks are over its own vocabulary)")]
+    for field, ok, hint in check:
+        if not ok:
+            raise UserError(f"config.salt.{field}={salt[field]!r}: not available across tokenizers "
+                            f"(config.salt.teacher_tokenizer=cross); {hint}")
+
+
+def teacher_tokenizer(source: TeacherSource, cache_dirs=()):
+    """The tokenizer a teacher was trained with (cross-tokenizer KD encodes the student's text with it): a Hugging
+    Face directory's tokenizer.json, or the one a salt_jax teacher's run kept (its fingerprint checked)."""
+    if source.kind == HF:
+        return HFTokenizer(source.path)
+    record = read_record(source.root, source.step)
+    run_config_file = paths.join(source.run_dir, "config.json")
+    run_config = paths.read_json(run_config_file) if paths.exists(run_config_file) else {}
+    tok = run_tokenizer(source.run_dir, record, run_config, cache_dirs)
+    if tok is None:
+        raise UserError(f"{source.field}={source.path}: the teacher keeps no tokenizer; cross-tokenizer KD encodes "
+                        "the student's text with it (copy its tokenizer files into its tokenizer/ directory)")
+    return tok
 
 
 def adopt_teacher_vocabulary(config: ml_collections.ConfigDict, source: TeacherSource | None = None) -> None:

@@ -207,6 +207,7 @@ class CachedTeacher(teacher_lib.Teacher):
 
     model = None
     sparse_targets = True
+    aligned = False
     config = None  # no teacher FLOPs at training time: they were spent building the cache
 
     def __init__(self, directory: str, manifest: dict, spec: Spec, mesh, checkpoint: str, prefetch: int = 0):

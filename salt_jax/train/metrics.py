@@ -148,6 +148,9 @@ def train_line(records: list[dict], seconds: float, tokens_per_step: int, timed_
     Steps with and without the teacher may be mixed (the interval of the switch): `kd_steps` says how
     many had it, KD-only quantities (`kd_loss`, `teacher_ntp_loss`) average over those steps and are null
     when there were none, so `kd_weight` 0.175 with `kd_steps` 7 of 20 is w = 0.5 on 7 steps.
+    Across tokenizers (ALM) `kd_loss` is the mean divergence per aligned chunk, `teacher_ntp_loss` the
+    teacher's loss on the aligned text per student token, and the line adds `aligned_fraction` (the student's
+    targets inside aligned chunks), `truncated_chunks` and `unencodable_pieces` (salt_jax.data.alignment).
     `flops` adds model TFLOP/s and MFU, for the student alone and with the
     teacher's forward (salt_jax.model.flops.RunFlops).
     """
@@ -174,6 +177,11 @@ def train_line(records: list[dict], seconds: float, tokens_per_step: int, timed_
         "tokens_per_sec": tokens_per_sec,
         "steps_per_sec": timed_steps / seconds if timed_steps else None,
     }
+    aligned = [r for r in kd_steps if "aligned_tokens" in r]
+    if aligned:  # a teacher with another tokenizer (salt_jax.kd.alm): how much of the text its chunks cover
+        line.update(aligned_fraction=total("aligned_tokens", aligned) / max(total("tokens", aligned), 1.0),
+                    truncated_chunks=int(total("truncated_chunks", aligned)),
+                    unencodable_pieces=int(total("unencodable_pieces", aligned)))
     if flops is None:
         return line | {"model_tflops_per_sec": None, "mfu": None, "mfu_with_teacher": None}
     return line | flops.throughput(tokens_per_sec, len(kd_steps) / len(host))

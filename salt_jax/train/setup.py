@@ -31,6 +31,7 @@ import numpy as np
 
 from salt_jax import paths
 from salt_jax.config import check_vocab, resolved, validate
+from salt_jax.data import alignment
 from salt_jax.data import batches as batches_lib
 from salt_jax.data import sources
 from salt_jax.data import store as store_lib
@@ -201,6 +202,9 @@ def _check_teachers(config: ml_collections.ConfigDict, workdir: str,
     checked = []
     for name in fields:
         source = resolve_teacher(salt[name], f"config.salt.{name}")
+        if name == "teacher" and salt.teacher_tokenizer == teacher_lib.CROSS:
+            checked.append((source, False))  # (its own tokenizer: read when the run aligns its batches)
+            continue
         checked.append((source, teacher_lib.check_tokenizer(source, config.model.vocab_size, student)))
     return checked
 
@@ -260,6 +264,23 @@ def _teacher_for(config, store, tok, mesh, previous: dict, phase: KDPhase, start
     return teacher_lib.load_for_run(config, tok, mesh, previous, source)
 
 
+def _aligned_batches(config, batches, kd_batches, tok, source: TeacherSource | None) -> alignment.AlignedBatches:
+    """The KD phase's batches aligned with the tokenization of a teacher with another tokenizer
+    (config.salt.teacher_tokenizer=cross), its tokens per window config.salt.teacher_seq_len or measured from
+    both tokenizers' bytes per token on the first training rows (the same on every host and every resume)."""
+    source = source or resolve_teacher(config.salt.teacher)
+    cache_dir = paths.expand(config.data.cache_dir or store_lib.default_cache_dir())
+    aligner = alignment.Aligner(tok, teacher_lib.teacher_tokenizer(source, [cache_dir]), config.salt.teacher_seq_len)
+    if not aligner.teacher_len:
+        student_bpt, teacher_bpt = aligner.bytes_per_token(alignment.first_rows(batches, 64))
+        aligner.teacher_len = alignment.teacher_len(config.data.seq_len, student_bpt, teacher_bpt)
+        logging.info("teacher sequence: %d tokens per window of %d (bytes per token: student %.2f, teacher %.2f, "
+                     "on 64 training rows; x1.25, to a multiple of 16: config.salt.teacher_seq_len=0); chunks past "
+                     "it are counted in metrics.jsonl's truncated_chunks", aligner.teacher_len, config.data.seq_len,
+                     student_bpt, teacher_bpt)
+    return alignment.AlignedBatches(kd_batches, aligner)
+
+
 def setup(user_config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Builds (or restores) everything the loop of the run in `workdir` needs.
 
@@ -294,7 +315,7 @@ def setup(user_config: ml_collections.ConfigDict, workdir: str) -> Run:
                  dict(mesh.shape), mesh.size)
     guard = Guard(skip_nonfinite=cfg_t.nan_policy == "skip",
                   nan_steps=faults.parse_steps(cfg_t.debug_nan_steps, "config.train.debug_nan_steps"))
-    programs = StepPrograms(model, tx, lr_schedule, tok.pad_id, mesh, shardings, objective.make_loss(config),
+    programs = StepPrograms(model, tx, lr_schedule, tok.pad_id, mesh, shardings, objective.make_loss(config, tok.pad_id),
                             guard, teacher=teacher, phase=phase)
     record = {"data_seed": cfg_d.seed, "method": config.salt.method, "model": config.model.to_dict(),
               "tokenizer": tok.fingerprint(), "vocab_size": tok.vocab_size,
@@ -303,6 +324,9 @@ def setup(user_config: ml_collections.ConfigDict, workdir: str) -> Run:
     kd_batches = (selection.kd_batches(config, store, teacher, mesh, tok, phase, workdir,
                                        sources.get("config.salt.ds_reference"))
                   if phase.method.selects_data and teacher is not None else batches)
+    if teacher is not None and teacher.aligned:
+        kd_batches = _aligned_batches(config, batches, kd_batches, tok, sources.get("config.salt.teacher"))
+        record["teacher_seq_len"] = kd_batches.aligner.teacher_len
     return Run(config=config, workdir=workdir, store=store, state=state, start=start, previous=previous, phase=phase,
                teacher=teacher, programs=programs, batches=batches, kd_batches=kd_batches,
                eval_sets=batches_lib.eval_sets(store, cfg_d.batch_size, cfg_d.heldout_batches, tok.pad_id),

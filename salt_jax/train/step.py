@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
-from salt_jax.kd import sparse
+from salt_jax.data.alignment import STATS as ALIGN_STATS
+from salt_jax.kd import alm, sparse
 from salt_jax.kd.losses import split_tokens
 from salt_jax.kd.schedules import KDPhase, adaptive_update
 from salt_jax.kd.teacher import Teacher
@@ -54,23 +55,33 @@ def _guarded(state, new_state, metrics: dict, guard: Guard):
     if not guard.skip_nonfinite:
         return new_state, metrics
     kept = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state.replace(step=state.step), state)
-    sums = ("loss_sum", "ntp_sum", "kd_sum", "kd_weight_sum", "kd_tokens", "teacher_ntp_sum", "correct", "tokens")
+    sums = ("loss_sum", "ntp_sum", "kd_sum", "kd_weight_sum", "kd_tokens", "teacher_ntp_sum", "correct", "tokens",
+            "aligned_tokens")
     metrics.update({k: jnp.where(ok, metrics[k], 0.0) for k in sums if k in metrics})
     return kept.replace(step=state.step + 1), metrics
 
 
 def make_objective(model: nn.Module, loss, pad_id: int, guard: Guard = Guard(), teacher_model=None,
-                   phase: KDPhase | None = None, sparse_targets: bool = False):
+                   phase: KDPhase | None = None, sparse_targets: bool = False, aligned: bool = False):
     """The step's objective `(params, teacher_input, state, tokens) -> (mean loss, sums)`.
 
     With a teacher: ((1 - w_t) NTP + w_t KD) averaged over real tokens, w_t and
     tau from `phase`; `teacher_input` is the teacher's parameters, or with
     `sparse_targets` the batch's (cached) sparse teacher targets (salt_jax.kd.sparse.Targets).
+    With `aligned` (a teacher with another tokenizer) `tokens` is a salt_jax.data.alignment.AlignedBatch, the
+    KD term ALM (salt_jax.kd.alm), and a cached teacher's input its salt_jax.kd.alm.ChunkTargets.
     Without: the next-token loss (teacher_input is ignored).
     """
     kd = teacher_model is not None or sparse_targets
 
     def objective(params, teacher_input, state, tokens):
+        if aligned:
+            w_rows, w_mean = phase.row_weights(state.step, state.kd, tokens.tokens[:, 1:])
+            teacher = alm.ChunkTargets(*teacher_input) if sparse_targets else (teacher_model, teacher_input)
+            stats = loss.aligned(model, params, tokens, teacher, w_rows, phase.temperature(state.step))
+            stats["kd_weight"] = w_mean
+            stats.update({k: jnp.sum(tokens.stats[:, i]).astype(jnp.float32) for i, k in enumerate(ALIGN_STATS)})
+            return _poison(stats["loss_sum"] / jnp.maximum(stats["tokens"], 1.0), state.step, guard), stats
         inputs, targets, mask = split_tokens(tokens, pad_id)
         if not kd:
             stats = loss(model, params, inputs, targets, mask)
@@ -86,7 +97,7 @@ def make_objective(model: nn.Module, loss, pad_id: int, guard: Guard = Guard(), 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_schedule, pad_id: int, loss,
                     guard: Guard = Guard(), teacher_model=None, phase: KDPhase | None = None,
-                    sparse_targets: bool = False):
+                    sparse_targets: bool = False, aligned: bool = False):
     """One training step: (state, tokens[, teacher input]) -> (state, metrics).
 
     Forward, backward, clipping and the AdamW update of the student. With
@@ -98,8 +109,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, lr_sched
     `guard` says what to do about non-finite steps (see Guard). With
     `sparse_targets` the teacher input is the batch's cached sparse targets
     instead of the teacher's parameters: the same step with no teacher forward.
+    With `aligned` the teacher has another tokenizer (make_objective).
     """
-    objective = make_objective(model, loss, pad_id, guard, teacher_model, phase, sparse_targets)
+    objective = make_objective(model, loss, pad_id, guard, teacher_model, phase, sparse_targets, aligned)
     kd = teacher_model is not None or sparse_targets
 
     def step(state, tokens, teacher_input=None):
@@ -158,7 +170,7 @@ class StepPrograms:
         self._kd_train = None
         if teacher is not None:  # (its input: parameters, or the batch's sparse targets, laid out as `shardings`)
             self._kd_train = jax.jit(make_train_step(model, tx, lr_schedule, pad_id, loss, guard, teacher.model,
-                                                     phase, teacher.sparse_targets),
+                                                     phase, teacher.sparse_targets, teacher.aligned),
                                      in_shardings=(state_shardings, self.batch_sharding, teacher.shardings),
                                      out_shardings=(state_shardings, rep), donate_argnums=0)
 
