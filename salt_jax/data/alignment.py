@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -165,11 +165,16 @@ def teacher_len(seq_len: int, student_bytes_per_token: float, teacher_bytes_per_
 
 class Aligner:
     """Aligns student rows with the teacher's tokenization of the same text (`align`), `teacher_len` + 1
-    teacher ids per row."""
+    teacher ids per row. `encode` is the teacher's tokenizer (texts -> id lists, no special tokens)."""
 
-    def __init__(self, student, teacher, teacher_len: int):
-        self.student, self.teacher = TokenBytes.of(student), TokenBytes.of(teacher)
-        self.teacher_tok, self.teacher_len = teacher, int(teacher_len)
+    def __init__(self, student: TokenBytes, teacher: TokenBytes, encode: Callable[[list[str]], list[list[int]]],
+                 teacher_len: int):
+        self.student, self.teacher, self.encode, self.teacher_len = student, teacher, encode, int(teacher_len)
+
+    @classmethod
+    def of(cls, student_tok, teacher_tok, teacher_len: int) -> "Aligner":
+        """The Aligner of two salt_jax tokenizers (salt_jax.data.tokenizer)."""
+        return cls(TokenBytes.of(student_tok), TokenBytes.of(teacher_tok), teacher_tok.encode, teacher_len)
 
     def bytes_per_token(self, rows: np.ndarray) -> tuple[float, float]:
         """(student, teacher) bytes per token on the text of `rows` (EOS excluded): what `teacher_len` is
@@ -177,7 +182,7 @@ class Aligner:
         texts = [t for row in rows for t in self._pieces(row)[1] if t]
         n_bytes = sum(len(t.encode("utf-8")) for t in texts)
         n_student = sum(int(np.sum(~np.isin(row, (self.student.eos_id, self.student.pad_id)))) for row in rows)
-        n_teacher = sum(len(ids) for ids in self.teacher_tok.encode(texts)) if texts else 0
+        n_teacher = sum(len(ids) for ids in self.encode(texts)) if texts else 0
         return n_bytes / max(n_student, 1), n_bytes / max(n_teacher, 1)
 
     def _pieces(self, row: np.ndarray):
@@ -222,7 +227,7 @@ class Aligner:
         """The AlignedBatch of student `rows` [B, T + 1]."""
         pieces = [self._pieces(row) for row in rows]
         flat = [t for _, texts in pieces for t in texts if t]
-        encoded = iter(self.teacher_tok.encode(flat) if flat else [])
+        encoded = iter(self.encode(flat) if flat else [])
         b, t1 = rows.shape
         u = self.teacher_len
         t_tokens = np.full((b, u + 1), self.teacher.pad_id, np.int32)

@@ -270,7 +270,8 @@ def _aligned_batches(config, batches, kd_batches, tok, source: TeacherSource | N
     both tokenizers' bytes per token on the first training rows (the same on every host and every resume)."""
     source = source or resolve_teacher(config.salt.teacher)
     cache_dir = paths.expand(config.data.cache_dir or store_lib.default_cache_dir())
-    aligner = alignment.Aligner(tok, teacher_lib.teacher_tokenizer(source, [cache_dir]), config.salt.teacher_seq_len)
+    aligner = alignment.Aligner.of(tok, teacher_lib.teacher_tokenizer(source, [cache_dir]),
+                                   config.salt.teacher_seq_len)
     if not aligner.teacher_len:
         student_bpt, teacher_bpt = aligner.bytes_per_token(alignment.first_rows(batches, 64))
         aligner.teacher_len = alignment.teacher_len(config.data.seq_len, student_bpt, teacher_bpt)
