@@ -11,6 +11,7 @@
 - mixture.py: several corpora with weights (config.data.mixture): a store each, one tokenizer
 - engines.py: where the store's tasks run: processes on this machine (or this process)
 - ray_engine.py: ... or Ray tasks, on a local Ray or a cluster (Ray imported only there)
+- alignment.py: a student row in a teacher's other tokenization, the two aligned into chunks (cross-tokenizer KD)
 - batches.py: the batch of step s as a pure function of (store, seed, s), of a mixture's by weight; the held-out set
 
 Imports: salt_jax.errors, salt_jax.paths

@@ -168,13 +168,15 @@ class Aligner:
     teacher ids per row. `encode` is the teacher's tokenizer (texts -> id lists, no special tokens)."""
 
     def __init__(self, student: TokenBytes, teacher: TokenBytes, encode: Callable[[list[str]], list[list[int]]],
-                 teacher_len: int):
+                 teacher_len: int, teacher_fingerprint: str = ""):
         self.student, self.teacher, self.encode, self.teacher_len = student, teacher, encode, int(teacher_len)
+        self.teacher_fingerprint = teacher_fingerprint  # (keys what depends on the pair: the teacher cache)
 
     @classmethod
     def of(cls, student_tok, teacher_tok, teacher_len: int) -> "Aligner":
         """The Aligner of two salt_jax tokenizers (salt_jax.data.tokenizer)."""
-        return cls(TokenBytes.of(student_tok), TokenBytes.of(teacher_tok), teacher_tok.encode, teacher_len)
+        return cls(TokenBytes.of(student_tok), TokenBytes.of(teacher_tok), teacher_tok.encode, teacher_len,
+                   teacher_tok.fingerprint())
 
     def bytes_per_token(self, rows: np.ndarray) -> tuple[float, float]:
         """(student, teacher) bytes per token on the text of `rows` (EOS excluded): what `teacher_len` is
@@ -301,6 +303,8 @@ class Aligner:
 
         s_k = chunk_of(s_starts[1:])
         t_k = chunk_of(t_starts[1:kept])
+        if s.pad_id != s.eos_id:  # padding (a held-out or scored batch's last rows) is in no chunk
+            s_k[np.asarray(row[1:]) == s.pad_id] = -1
         for lo, hi in bad_ranges:  # no chunk inside a piece the teacher cannot reproduce
             s_k[(s_starts[1:] >= lo) & (s_starts[1:] < hi)] = -1
         both = np.intersect1d(s_k[s_k >= 0], t_k[t_k >= 0])

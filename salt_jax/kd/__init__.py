@@ -3,6 +3,7 @@
 - methods.py: the method table: baseline, teacher, rkd, salt, salt_ds and their variants
 - losses.py: per-token NTP / KD losses and the mixture sums (pure functions of logits)
 - chunked_loss.py: the same sums from hidden states, one chunk of logits at a time (custom gradient)
+- alm.py: KD across tokenizers: approximate likelihood matching of aligned chunks (pure functions)
 - objective.py: the SALT objective behind one call: DenseLoss | ChunkedLoss
 - schedules.py: KDPhase: w(step), tau(step), the KD share of sequences, where KD ends; the adaptive
   switch (its state, in-graph update and the host's reading)

@@ -73,33 +73,44 @@ def sequence_scores(logits: jax.Array, targets: jax.Array, mask: jax.Array, k: i
     }
 
 
-def _score_file(cache: TokenStore, teacher_fp: str, k: int, rows: np.ndarray) -> str:
-    """Scores depend on the rows' tokens, so on the sequence length that cuts the store into rows too."""
+def _score_file(cache: TokenStore, teacher_fp: str, k: int, rows: np.ndarray, teacher_len: int = 0) -> str:
+    """Scores depend on the rows' tokens, so on the sequence length that cuts the store into rows too (and,
+    across tokenizers, on the teacher's length per row)."""
     pool_key = hashlib.sha256(rows.astype(np.int64).tobytes()).hexdigest()[:12]
+    teacher = f"-U{teacher_len}" if teacher_len else ""
     return paths.join(cache.directory, "scores",
-                      f"{teacher_fp}-k{k}-L{cache.train.seq_len}-pool{len(rows)}-{pool_key}.npz")
+                      f"{teacher_fp}-k{k}-L{cache.train.seq_len}{teacher}-pool{len(rows)}-{pool_key}.npz")
 
 
-def scoring_program(model, shardings, k: int, mesh, pad_id: int):
-    """The jitted scoring pass: (teacher params, tokens [batch, seq + 1]) -> per-sequence scores, replicated."""
+def scoring_program(model, shardings, k: int, mesh, pad_id: int, aligned: bool = False):
+    """The jitted scoring pass: (teacher params, tokens [batch, seq + 1]) -> per-sequence scores, replicated.
+    `aligned` (a teacher with another tokenizer): (teacher params, the teacher's tokens [batch, U + 1], their
+    chunks [batch, U]): the teacher scores its own tokenization of the rows, over its targets inside aligned
+    chunks (salt_jax.data.alignment: the text the student trains on, the window's cut ends dropped)."""
+    batch = sharding.batch_sharding(mesh)
 
     def scores_fn(params, tokens):
         inputs, targets, mask = losses.split_tokens(tokens, pad_id)
         return sequence_scores(model.apply({"params": params}, inputs), targets, mask, k)
 
-    return jax.jit(scores_fn, in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                   out_shardings=sharding.replicated(mesh))
+    def aligned_fn(params, tokens, chunks):
+        return sequence_scores(model.apply({"params": params}, tokens[:, :-1]), tokens[:, 1:], chunks >= 0, k)
+
+    if aligned:
+        return jax.jit(aligned_fn, in_shardings=(shardings, batch, batch), out_shardings=sharding.replicated(mesh))
+    return jax.jit(scores_fn, in_shardings=(shardings, batch), out_shardings=sharding.replicated(mesh))
 
 
 def score_pool(teacher, cache: TokenStore, rows: np.ndarray, k: int, batch_size: int, mesh, pad_id: int,
-               save_every: int = 50) -> dict[str, np.ndarray]:
+               save_every: int = 50, aligner=None) -> dict[str, np.ndarray]:
     """Scores of `rows` of the train split (cached; resumable).
 
     Returns arrays indexed like `rows` ("score", "topk_fraction", "mean_loss")
     and "seconds", the wall time the scoring pass took (kept with the cache,
-    so runs reusing it still account for it).
+    so runs reusing it still account for it). `aligner` (salt_jax.data.alignment.Aligner): a teacher with
+    another tokenizer scores each row in its own tokenization.
     """
-    path = _score_file(cache, teacher.fingerprint, k, rows)
+    path = _score_file(cache, teacher.fingerprint, k, rows, aligner.teacher_len if aligner else 0)
     if paths.exists(path):
         return _load_npz(path)
     partial = path + ".partial.npz"
@@ -117,7 +128,7 @@ def score_pool(teacher, cache: TokenStore, rows: np.ndarray, k: int, batch_size:
             done = 0  # an unreadable partial file (crash mid-write) is just started over
 
     batch_sharding = sharding.batch_sharding(mesh)
-    fn = scoring_program(teacher.model, teacher.shardings, k, mesh, pad_id)
+    fn = scoring_program(teacher.model, teacher.shardings, k, mesh, pad_id, aligner is not None)
     seq = cache.train.seq_len
     t0, last_log = time.time(), time.time()
     paths.makedirs(paths.join(cache.directory, "scores"))
@@ -127,9 +138,14 @@ def score_pool(teacher, cache: TokenStore, rows: np.ndarray, k: int, batch_size:
         chunk = np.full((batch_size, seq + 1), pad_id, np.int32)  # the last batch is padded (fully masked)
         chunk[:take] = cache.train.rows(rows[done:done + take])
         local = chunk[host_rows(batch_size)]
-        tokens = jax.make_array_from_process_local_data(batch_sharding, local, chunk.shape)
+        if aligner is None:
+            args = (jax.make_array_from_process_local_data(batch_sharding, local, chunk.shape),)
+        else:
+            got = aligner.align(local)
+            args = tuple(jax.make_array_from_process_local_data(batch_sharding, a, (batch_size, *a.shape[1:]))
+                         for a in (got.teacher_tokens, got.teacher_chunks))
         with sharding.on_mesh(mesh):
-            result = jax.device_get(fn(teacher.params, tokens))
+            result = jax.device_get(fn(teacher.params, *args))
         for name in out:
             out[name][done:done + take] = result[name][:take]
         done += take
@@ -252,17 +268,18 @@ def load_reference(config, teacher, tok_fp: str, mesh,
 
 
 def kd_batches(config, store: Store, teacher, mesh, tok, phase, workdir: str,
-               reference: TeacherSource | None = None) -> Batches:
+               reference: TeacherSource | None = None, aligner=None) -> Batches:
     """SALT_DS: score the pool with the teacher (and the reference model `reference`, default
     config.salt.ds_reference resolved, for ds_rule=difference), select, write the summary to workdir, and batch
-    the KD phase (`phase`: salt_jax.kd.schedules.KDPhase) from the selection."""
+    the KD phase (`phase`: salt_jax.kd.schedules.KDPhase) from the selection. `aligner`: a teacher with another
+    tokenizer scores the pool in its own tokenization (score_pool)."""
     salt, cfg_d = config.salt, config.data
     pad_id, tok_fp = tok.pad_id, tok.fingerprint()
     pool_size = salt.ds_pool_size
     if pool_size == -1:  # enough sequences that the KD phase sees each kept one about once
         pool_size = min(store.train.n_rows, int(np.ceil(phase.end * cfg_d.batch_size / salt.ds_keep_fraction)))
     rows = store.pool_rows(pool_size, salt.ds_seed)  # (a mixture: each corpus by its weight)
-    scores = score_pool(teacher, store, rows, salt.ds_topk, cfg_d.batch_size, mesh, pad_id)
+    scores = score_pool(teacher, store, rows, salt.ds_topk, cfg_d.batch_size, mesh, pad_id, aligner=aligner)
     ref_scores = None
     if salt.ds_rule == "difference":
         ref = load_reference(config, teacher, tok_fp, mesh, reference)

@@ -448,7 +448,9 @@ def _check_cross(config) -> None:
     salt = config.salt
     check = [("kd_loss", salt.kd_loss in alm.KINDS, f"use {' or '.join(alm.KINDS)} (ALM's binarised divergence; "
               "top-k needs a shared vocabulary)"),
-             ("token_select", salt.token_select == "none", "use none (the teacher's ranks are over its own vocabulary)")]
+             ("token_select", salt.token_select == "none", "use none (the teacher's ranks are over its own vocabulary)"),
+             ("ds_rule", not methods.method(salt.method).selects_data or salt.ds_rule != "difference",
+              "use median_topk or loss (the reference model would need a third tokenization)")]
     for field, ok, hint in check:
         if not ok:
             raise UserError(f"config.salt.{field}={salt[field]!r}: not available across tokenizers "

@@ -35,10 +35,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from salt_jax import paths
+from salt_jax.data.alignment import AlignedBatches
 from salt_jax.data.batches import Batches, Prefetcher, host_rows, training_batches
 from salt_jax.errors import UserError
 from salt_jax.hf.source import TeacherSource, resolve
-from salt_jax.kd import losses, sparse
+from salt_jax.kd import alm, losses, sparse
 from salt_jax.kd import teacher as teacher_lib
 from salt_jax.model import sharding
 
@@ -57,25 +58,41 @@ class Spec:
     batch_size: int
     seq_len: int
     steps: int  # the KD-phase steps covered: 0 .. steps - 1
-    kind: str  # topk | topk_other | sampled (topk and topk_other store the same thing)
+    kind: str  # topk | topk_other | sampled (topk and topk_other store the same thing) | alm (across tokenizers)
     k: int
     temperature: float
     dtype: str  # one of CACHE_DTYPES
+    teacher_tokenizer: str = ""  # alm: the teacher's tokenizer (the pair's other half is the store's)
+    teacher_len: int = 0  # alm: the teacher's tokens per window
 
     @classmethod
-    def of(cls, config, teacher_fingerprint: str, store_dir: str, steps: int) -> "Spec":
+    def of(cls, config, teacher_fingerprint: str, store_dir: str, steps: int, aligner=None) -> "Spec":
         s, d = config.salt, config.data
-        return cls(teacher_fingerprint, store_dir.rstrip("/").rsplit("/", 1)[-1], int(d.seed), int(d.batch_size),
-                   int(d.seq_len), int(steps), s.cache_targets, int(s.cache_k), float(s.temperature),
-                   s.cache_dtype)
+        common = (teacher_fingerprint, store_dir.rstrip("/").rsplit("/", 1)[-1], int(d.seed), int(d.batch_size),
+                  int(d.seq_len), int(steps))
+        if aligner is not None:  # chunk log-likelihoods: float32 (they reach -100s; float16 keeps 3 digits)
+            return cls(*common, "alm", 0, float(s.temperature), "float32", aligner.teacher_fingerprint,
+                       aligner.teacher_len)
+        return cls(*common, s.cache_targets, int(s.cache_k), float(s.temperature), s.cache_dtype)
 
     @property
     def stored(self) -> str:
-        return "sampled" if self.kind == "sampled" else "topk"
+        return self.kind if self.kind in ("sampled", "alm") else "topk"
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The arrays stored per step (the KD step's teacher input, in order)."""
+        return alm.ChunkTargets._fields if self.kind == "alm" else sparse.Targets._fields
+
+    def targets(self, arrays):
+        """`arrays` (in `fields` order) as the KD step's teacher input."""
+        return alm.ChunkTargets(*arrays) if self.kind == "alm" else sparse.Targets(*arrays)
 
     def directory(self, store_dir: str) -> str:
         fields = dataclasses.asdict(self)
         fields.update(kind=self.stored, steps=0)  # one cache serves both top-k readings, and shorter phases
+        if self.kind != "alm":
+            del fields["teacher_tokenizer"], fields["teacher_len"]  # (the directories of caches written before)
         key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
         return paths.join(store_dir, "teacher_logits", f"{self.stored}-k{self.k}-{key}")
 
@@ -85,14 +102,23 @@ def _file(directory: str, step: int, rows: slice) -> str:
 
 
 def _program(model, shardings, spec: Spec, mesh, pad_id: int):
-    """(teacher params, tokens, step) -> this batch's sparse targets, sharded like the batch."""
+    """(teacher params, tokens, step) -> this batch's sparse targets, sharded like the batch (alm: (teacher
+    params, an AlignedBatch, step) -> its chunk log-likelihoods, salt_jax.kd.alm.ChunkTargets)."""
+    batch = sharding.batch_sharding(mesh)
+    if spec.kind == "alm":
+        def chunks_fn(params, aligned, step):
+            del step
+            logits = model.apply({"params": params}, aligned.teacher_tokens[:, :-1])
+            logp1, logp = alm.target_logprobs(logits, aligned.teacher_tokens[:, 1:], spec.temperature)
+            return alm.teacher_chunks(logp1, logp, aligned.teacher_chunks, spec.seq_len)
+        return jax.jit(chunks_fn, in_shardings=(shardings, batch, None), out_shardings=alm.ChunkTargets(batch, batch))
+
     def targets_fn(params, tokens, step):
         inputs, targets, _ = losses.split_tokens(tokens, pad_id)
         key = jax.random.fold_in(jax.random.key(spec.data_seed), step)
         return sparse.from_logits(model.apply({"params": params}, inputs), targets, spec.k, spec.stored,
                                   spec.temperature, key)
 
-    batch = sharding.batch_sharding(mesh)
     return jax.jit(targets_fn, in_shardings=(shardings, batch, None),
                    out_shardings=sparse.Targets(batch, batch, batch, batch))
 
@@ -105,7 +131,11 @@ def _local_rows(x: jax.Array) -> np.ndarray:
     return np.concatenate([parts[k] for k in sorted(parts)])
 
 
-def _encode(t: sparse.Targets, spec: Spec, vocab: int) -> bytes:
+def _encode(t, spec: Spec, vocab: int) -> bytes:
+    if spec.kind == "alm":
+        buf = io.BytesIO()
+        np.savez(buf, **{name: np.asarray(a, np.float32) for name, a in zip(spec.fields, t)})
+        return buf.getvalue()
     dt = np.dtype(spec.dtype)
     ids = np.asarray(t.ids, np.uint16 if vocab <= 2 ** 16 else np.int32)
     buf = io.BytesIO()
@@ -148,7 +178,7 @@ def build(teacher, batches: Batches, spec: Spec, directory: str, mesh, pad_id: i
         tokens = batches.device(step, sharding.batch_sharding(mesh))
         with sharding.on_mesh(mesh):
             out = fn(teacher.params, tokens, np.int32(step))
-        local = sparse.Targets(*(_local_rows(a) for a in out))
+        local = spec.targets([_local_rows(a) for a in out])
         paths.write_atomic(_file(directory, step, rows), _encode(local, spec, vocab))
         written(step)
         if time.time() - last > 10:
@@ -174,7 +204,7 @@ class _Files:
         self.directory, self.spec = directory, spec
         self.per_file = spec.batch_size // manifest["hosts"]  # rows per file: the writing host count's share
 
-    CASTS = (np.int32, np.float32, np.float32, np.float32)  # as the KD step takes them
+    CASTS = (np.int32, np.float32, np.float32, np.float32)  # as the KD step takes them (alm: all float32)
 
     def numpy(self, step: int) -> list[np.ndarray]:
         """Rows host_rows(batch) of step `step` (one file when the host count is the cache's), cast to the
@@ -185,13 +215,14 @@ class _Files:
             path = _file(self.directory, step, slice(first, first + per))
             try:
                 with paths.open(path, "rb") as fh, np.load(io.BytesIO(fh.read())) as f:
-                    arrays = [f[name] for name in sparse.Targets._fields]
+                    arrays = [f[name] for name in self.spec.fields]
             except (OSError, ValueError, KeyError) as e:
                 raise UserError(f"{path}: unreadable teacher cache file ({e}); delete {self.directory} to "
                                 "rebuild the cache") from None
             lo, hi = max(rows.start, first) - first, min(rows.stop, first + per) - first
             parts.append([a[lo:hi] for a in arrays])
-        return [np.concatenate(p).astype(c) for p, c in zip(zip(*parts), self.CASTS)]
+        casts = self.CASTS if self.spec.kind != "alm" else (np.float32,) * len(self.spec.fields)
+        return [np.concatenate(p).astype(c) for p, c in zip(zip(*parts), casts)]
 
 
 class CachedTeacher(teacher_lib.Teacher):
@@ -214,10 +245,17 @@ class CachedTeacher(teacher_lib.Teacher):
         if not manifest.get("complete") or manifest["steps"] < spec.steps:
             raise UserError(f"{directory}: the teacher cache covers {manifest.get('steps')} steps, the KD phase "
                             f"needs {spec.steps}; delete the directory to rebuild it")
+        pair = (manifest.get("kind"), manifest.get("teacher_tokenizer", ""), manifest.get("teacher_len", 0))
+        if pair != (spec.stored, spec.teacher_tokenizer, spec.teacher_len):
+            raise UserError(f"{directory}: the teacher cache holds {pair[0]} targets for teacher tokenizer "
+                            f"{pair[1] or 'the student'} ({pair[2]} tokens per window), this run needs {spec.stored} "
+                            f"for {spec.teacher_tokenizer or 'the student'} ({spec.teacher_len}); delete the "
+                            "directory to rebuild it")
         self.directory, self.manifest, self.spec, self.mesh = directory, manifest, spec, mesh
         self.fingerprint, self.checkpoint, self.prefetch = spec.teacher, checkpoint, prefetch
         batch = sharding.batch_sharding(mesh)
-        self.shardings = sparse.Targets(batch, batch, batch, batch)
+        self.shardings = spec.targets([batch] * len(spec.fields))
+        self.aligned = spec.kind == "alm"  # (chunk log-likelihoods of a teacher with another tokenizer)
         self._files = _Files(directory, manifest, spec)
         self._ahead: Prefetcher | None = None
         self.device_ahead = True  # (False: the read-ahead thread reads only; the copy is made by `inputs`)
@@ -225,10 +263,10 @@ class CachedTeacher(teacher_lib.Teacher):
     def identity(self) -> dict:
         return {"checkpoint": self.checkpoint, "fingerprint": self.fingerprint, "cache": self.directory}
 
-    def _place(self, arrays: list[np.ndarray]) -> sparse.Targets:
+    def _place(self, arrays: list[np.ndarray]):
         """This host's rows of one step's targets as the global arrays on the mesh."""
-        return sparse.Targets(*(jax.make_array_from_process_local_data(sh, a, (self.spec.batch_size, *a.shape[1:]))
-                                for sh, a in zip(self.shardings, arrays)))
+        return self.spec.targets([jax.make_array_from_process_local_data(sh, a, (self.spec.batch_size, *a.shape[1:]))
+                                  for sh, a in zip(self.shardings, arrays)])
 
     def read(self, step: int) -> sparse.Targets:
         """Step `step`'s targets on the mesh, read and copied now (the read-ahead thread untouched)."""
@@ -253,20 +291,24 @@ class CachedTeacher(teacher_lib.Teacher):
 
 
 def build_teacher_cache(config, store, tok, mesh, steps: int, previous: dict | None = None,
-                        written: Callable[[int], None] = lambda step: None, source: TeacherSource | None = None):
+                        written: Callable[[int], None] = lambda step: None, source: TeacherSource | None = None,
+                        aligner=None):
     """The sparse teacher targets of KD steps 0 .. `steps` - 1 (teacher_logits=cache; `steps`: the KD phase's
     scheduled end), built where missing: only then is the teacher restored (and released after). Returns
     (manifest, its directory, the teacher's checkpoint, Spec). `written(step)`: as in `build`; `source`: the
-    teacher (default: config.salt.teacher resolved)."""
+    teacher (default: config.salt.teacher resolved); `aligner` (salt_jax.data.alignment.Aligner): a teacher with
+    another tokenizer, whose cache holds its chunk log-likelihoods of each step's aligned batch."""
     source = source or resolve(config.salt.teacher)
     identity = teacher_lib.identify(source)  # (from its files: a complete cache needs no restore)
     teacher_lib.check_same_teacher(config, identity, previous or {})
-    spec = Spec.of(config, identity["fingerprint"], store.directory, steps)
+    spec = Spec.of(config, identity["fingerprint"], store.directory, steps, aligner)
     directory = spec.directory(store.directory)
     manifest = complete(directory, spec.steps)
     if manifest is None:
         online = teacher_lib.load_for_run(config, tok, mesh, previous or {}, source)
         batches = training_batches(store, config.data.batch_size, config.data.seed)
+        if aligner is not None:
+            batches = AlignedBatches(batches, aligner)
         manifest = build(online, batches, spec, directory, mesh, tok.pad_id, config.model.vocab_size, written)
         online.release()
     return manifest, directory, identity["checkpoint"], spec
@@ -274,11 +316,11 @@ def build_teacher_cache(config, store, tok, mesh, steps: int, previous: dict | N
 
 def cached_teacher(config, store, tok, mesh, previous: dict, steps: int, workdir: str,
                    written: Callable[[int], None] = lambda step: None,
-                   source: TeacherSource | None = None) -> CachedTeacher:
+                   source: TeacherSource | None = None, aligner=None) -> CachedTeacher:
     """teacher_logits=cache: the run's CachedTeacher (its cache built first where missing; recorded in
     workdir/teacher_cache.json), its targets read ahead config.data.prefetch steps."""
     manifest, directory, checkpoint, spec = build_teacher_cache(config, store, tok, mesh, steps, previous, written,
-                                                                source)
+                                                                source, aligner)
     if jax.process_index() == 0:
         paths.write_json(paths.join(workdir, "teacher_cache.json"), dict(manifest, directory=directory))
     return CachedTeacher(directory, manifest, spec, mesh, checkpoint, config.data.prefetch)

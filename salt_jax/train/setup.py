@@ -252,20 +252,22 @@ def _restore_or_create(config, workdir: str, model, tx, mesh):
 
 
 def _teacher_for(config, store, tok, mesh, previous: dict, phase: KDPhase, start: int, workdir: str,
-                 source: TeacherSource | None):
+                 source: TeacherSource | None, aligner: alignment.Aligner | None = None):
     """The teacher while the KD phase has steps left (from `start`): online, or its cached logits; else None.
-    `source`: config.salt.teacher as checked (None: not checked, a resumed run; resolved now)."""
+    `source`: config.salt.teacher as checked (None: not checked, a resumed run; resolved now); `aligner`: a
+    teacher with another tokenizer's (its cache holds chunk log-likelihoods)."""
     if not phase.active(start):
         return None
     if config.salt.teacher_logits == "cache":
         kill = faults.KillHooks(config.train.debug_kill)
         return teacher_cache.cached_teacher(config, store, tok, mesh, previous, phase.scheduled_end, workdir,
-                                          written=lambda step: kill.maybe_kill("cache", step), source=source)
+                                            written=lambda step: kill.maybe_kill("cache", step), source=source,
+                                            aligner=aligner)
     return teacher_lib.load_for_run(config, tok, mesh, previous, source)
 
 
-def _aligned_batches(config, batches, kd_batches, tok, source: TeacherSource | None) -> alignment.AlignedBatches:
-    """The KD phase's batches aligned with the tokenization of a teacher with another tokenizer
+def _aligner(config, batches, tok, source: TeacherSource | None) -> alignment.Aligner:
+    """The alignment of the student's batches with a teacher with another tokenizer
     (config.salt.teacher_tokenizer=cross), its tokens per window config.salt.teacher_seq_len or measured from
     both tokenizers' bytes per token on the first training rows (the same on every host and every resume)."""
     source = source or resolve_teacher(config.salt.teacher)
@@ -279,7 +281,7 @@ def _aligned_batches(config, batches, kd_batches, tok, source: TeacherSource | N
                      "on 64 training rows; x1.25, to a multiple of 16: config.salt.teacher_seq_len=0); chunks past "
                      "it are counted in metrics.jsonl's truncated_chunks", aligner.teacher_len, config.data.seq_len,
                      student_bpt, teacher_bpt)
-    return alignment.AlignedBatches(kd_batches, aligner)
+    return aligner
 
 
 def setup(user_config: ml_collections.ConfigDict, workdir: str) -> Run:
@@ -306,8 +308,12 @@ def setup(user_config: ml_collections.ConfigDict, workdir: str) -> Run:
     ckpt, start, state, shardings, previous = _restore_or_create(config, workdir, model, tx, mesh)
     phase = KDPhase.from_config(config.salt, cfg_t.steps, cfg_d.batch_size,
                                 switch_step=int(jax.device_get(state.kd["switch_step"])), lr=lr_schedule)
+    batches = batches_lib.training_batches(store, cfg_d.batch_size, cfg_d.seed)
+    cross = (phase.active(start) and phase.method.teacher
+             and config.salt.teacher_tokenizer == teacher_lib.CROSS)  # (the KD phase aligns its batches)
+    aligner = _aligner(config, batches, tok, sources.get("config.salt.teacher")) if cross else None
     teacher = _teacher_for(config, store, tok, mesh, previous, phase, start, workdir,
-                           sources.get("config.salt.teacher"))
+                           sources.get("config.salt.teacher"), aligner)
     if jax.process_index() == 0:
         workdir_lib.write_config(config, workdir)
         tokenizer_lib.keep(tok, workdir)  # (sampling, evaluation and export read this copy)
@@ -321,13 +327,12 @@ def setup(user_config: ml_collections.ConfigDict, workdir: str) -> Run:
     record = {"data_seed": cfg_d.seed, "method": config.salt.method, "model": config.model.to_dict(),
               "tokenizer": tok.fingerprint(), "vocab_size": tok.vocab_size,
               "teacher": teacher.identity() if teacher is not None else previous.get("teacher")}
-    batches = batches_lib.training_batches(store, cfg_d.batch_size, cfg_d.seed)
     kd_batches = (selection.kd_batches(config, store, teacher, mesh, tok, phase, workdir,
-                                       sources.get("config.salt.ds_reference"))
+                                       sources.get("config.salt.ds_reference"), aligner)
                   if phase.method.selects_data and teacher is not None else batches)
-    if teacher is not None and teacher.aligned:
-        kd_batches = _aligned_batches(config, batches, kd_batches, tok, sources.get("config.salt.teacher"))
-        record["teacher_seq_len"] = kd_batches.aligner.teacher_len
+    if teacher is not None and aligner is not None:
+        kd_batches = alignment.AlignedBatches(kd_batches, aligner)
+        record["teacher_seq_len"] = aligner.teacher_len
     return Run(config=config, workdir=workdir, store=store, state=state, start=start, previous=previous, phase=phase,
                teacher=teacher, programs=programs, batches=batches, kd_batches=kd_batches,
                eval_sets=batches_lib.eval_sets(store, cfg_d.batch_size, cfg_d.heldout_batches, tok.pad_id),
