@@ -64,7 +64,11 @@ FIXES = {
     "fewshot-include": ["--config.eval.tasks=stdlib_next_line", f"--config.eval.include_path={REPO}/salt_jax/eval/tasks"],
     "gcs-unreachable": [],  # "or use a local path": the base arguments' local --workdir
     "teacher-tokenizer": ["--config.salt.method=salt", "--config.salt.teacher={teacher}",
+                          "--config.salt.teacher_tokenizer=same",
                           "--config.data.tokenizer.kind=bytes"],  # the teacher's tokenizer settings
+    "cross-kd-loss": ["--config.salt.method=salt", "--config.salt.teacher={teacher}",
+                      "--config.data.tokenizer.kind=sentencepiece", "--config.data.tokenizer.vocab_size=384",
+                      "--config.model.vocab_size=384", "--config.salt.kd_loss=forward_kl"],
     "tokenizer-vocab": ["--config.data.tokenizer.kind=sentencepiece", "--config.data.tokenizer.vocab_size=400",
                         "--config.model.vocab_size=400"],
     "config-arg": ["--config=configs/test_tiny.py:salt", "--config.salt.teacher={teacher}"],

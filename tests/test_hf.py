@@ -284,6 +284,7 @@ def test_salt_run_with_an_hf_teacher_then_export(hf_teacher, tiny_config, tmp_pa
     c = tiny_config
     set_method(c, "salt")
     c.salt.teacher, c.salt.kd_steps = directory, 7
+    c.salt.teacher_tokenizer = "adopt"  # (auto: the student would keep its bytes and distil across tokenizers)
     workdir = str(tmp_path / "run")
     loop.run(c, workdir)
     assert HFTokenizer(os.path.join(workdir, "tokenizer")).fingerprint() == HFTokenizer(directory).fingerprint()

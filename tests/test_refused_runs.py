@@ -13,7 +13,8 @@ import pytest
 import salt_run
 from salt_jax.errors import UserError
 
-SP_STUDENT = ["--config.data.tokenizer.kind=sentencepiece", "--config.data.tokenizer.vocab_size=256"]
+SP_STUDENT = ["--config.data.tokenizer.kind=sentencepiece", "--config.data.tokenizer.vocab_size=256",
+              "--config.salt.teacher_tokenizer=same"]  # (auto would distil across the two tokenizers)
 
 
 def _files(root):
@@ -68,6 +69,7 @@ def test_a_sentencepiece_student_like_its_teacher_is_checked_once_trained(teache
     c = tiny_config
     set_method(c, "salt")
     c.salt.teacher, c.salt.kd_steps = teacher_dir, 4
+    c.salt.teacher_tokenizer = "same"  # (auto: a student SentencePiece model of another size distils across)
     c.data.cache_dir = str(tmp_path / "cache")
     c.model.vocab_size = 400
     c.data.tokenizer.kind, c.data.tokenizer.vocab_size, c.data.tokenizer.max_train_lines = "sentencepiece", 400, 3000

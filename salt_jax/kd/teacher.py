@@ -268,6 +268,7 @@ def check_tokenizer(source: TeacherSource, model_vocab: int, student: tuple[str 
         hint = f"set config.data.tokenizer.kind=sentencepiece and model_file={info['model_file']} (the teacher's)"
     else:
         hint = "use the teacher's config.data.tokenizer settings (same source and vocab_size, or its model_file)"
+    hint += " (or distil across tokenizers: config.salt.teacher_tokenizer=cross)"
     if fp is not None and fp != want:
         raise UserError(f"{field}: the teacher was trained with tokenizer {want}, the student uses {fp}; {hint}")
     if fp is None and (not want.startswith("sp-") or info["tokenizer_vocab"] not in (None, tok_vocab)):
@@ -375,10 +376,9 @@ def resolve_tokenizers(config: ml_collections.ConfigDict, source: TeacherSource 
     same: one tokenizer for both (a differing one is refused, as before cross-tokenizer KD existed);
     adopt: the student tokenizes with the teacher's tokenizer and takes its vocabulary size
     (`adopt_teacher_vocabulary`); cross: the student keeps its own and distils by ALM over aligned chunks
-    (salt_jax.kd.alm). auto: same when the tokenizers are one; with a Hugging Face teacher, adopt unless the
-    student was given a tokenizer of its own (config.data.tokenizer.model_file, or hf_dir another directory),
-    then cross; with a salt_jax teacher, cross when its recorded tokenizer differs from the student's (a
-    SentencePiece model still to be trained counts as the teacher's when it is of the same kind and size).
+    (salt_jax.kd.alm). auto: same when the tokenizers are one (a SentencePiece model still to be trained counts
+    as a salt_jax teacher's when it is of the same kind and size), else cross: a teacher never changes the
+    student's tokenizer unless asked to (adopt).
     A teacher not found is left to the run's own checks (the field stays as given).
     """
     salt = config.salt
@@ -394,7 +394,7 @@ def resolve_tokenizers(config: ml_collections.ConfigDict, source: TeacherSource 
     if choice == "auto":
         choice = _auto_choice(config, source, info)
     if choice == ADOPT:
-        if source.kind == HF:
+        if teacher_hf_info(source) is not None:  # a Hugging Face directory, or a checkpoint imported from one
             adopt_teacher_vocabulary(config, source)
         else:
             _adopt_checkpoint_tokenizer(config, info, source)
@@ -405,18 +405,15 @@ def resolve_tokenizers(config: ml_collections.ConfigDict, source: TeacherSource 
         SAME: "teacher and student share one tokenizer",
         ADOPT: f"the student tokenizes with the teacher's tokenizer ({info['fingerprint'] or source.path})",
         CROSS: f"the student keeps its own tokenizer ({config.data.tokenizer.kind}), the teacher tokenizes with "
-               f"{info['fingerprint'] or 'its own'}; KD by approximate likelihood matching over aligned chunks"}[choice])
+               f"{info['fingerprint'] or 'its own'}; KD by approximate likelihood matching over aligned chunks "
+               "(teacher_tokenizer=adopt: the student takes the teacher's tokenizer instead)"}[choice])
 
 
 def _auto_choice(config, source: TeacherSource, info: dict) -> str:
-    t = config.data.tokenizer
-    if source.kind == HF:
-        own = bool(t.get("model_file")) or (t.kind == "hf" and t.hf_dir and
-                                             os.path.realpath(t.hf_dir) != os.path.realpath(source.path))
-        if not own:
-            return ADOPT
+    """auto: same where the two tokenizers are one, else cross (the student keeps the tokenizer its config names;
+    it adopts the teacher's only when asked, teacher_tokenizer=adopt)."""
     try:
-        fp, tok_vocab = described(t)
+        fp, tok_vocab = described(config.data.tokenizer)
     except UserError:
         return SAME  # (the run's own checks say what is wrong with the student's tokenizer)
     want = info["fingerprint"]

@@ -281,7 +281,21 @@ def _aligner(config, batches, tok, source: TeacherSource | None) -> alignment.Al
                      "on 64 training rows; x1.25, to a multiple of 16: config.salt.teacher_seq_len=0); chunks past "
                      "it are counted in metrics.jsonl's truncated_chunks", aligner.teacher_len, config.data.seq_len,
                      student_bpt, teacher_bpt)
+    trained = _teacher_seq_len(source)
+    if trained and aligner.teacher_len > trained:
+        logging.warning("teacher sequence: %d tokens per window, but the teacher was trained on windows of %d: it "
+                        "reads positions it never trained on; set config.salt.teacher_seq_len=%d (chunks past it "
+                        "are counted) or train the teacher on longer windows", aligner.teacher_len, trained, trained)
     return aligner
+
+
+def _teacher_seq_len(source: TeacherSource) -> int:
+    """The window length a salt_jax teacher was trained on (its run's config.json), 0 when unknown."""
+    path = paths.join(source.run_dir, "config.json")
+    try:
+        return int(((paths.read_json(path).get("data") or {}).get("seq_len")) or 0) if paths.exists(path) else 0
+    except (OSError, ValueError, TypeError):
+        return 0
 
 
 def setup(user_config: ml_collections.ConfigDict, workdir: str) -> Run:
