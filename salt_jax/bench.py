@@ -20,7 +20,10 @@ peak is known), and each compiled step's memory from XLA's memory analysis.
 Unless --nocached_bench, also the KD step from cached sparse teacher targets
 (config.salt.teacher_logits=cache: no teacher forward; config.salt.cache_k ids per
 position, config.salt.cache_targets), its ratio to the baseline, and the cache's bytes per
-token.
+token. Unless --nocross_bench, also the cross-tokenizer KD step (a teacher with another
+tokenizer: ALM over aligned chunks, salt_jax.kd.alm) with the same teacher FLOPs (its
+sequence as long as the student's, its vocabulary the student's size, chunks of two tokens
+on both sides), timed alternating with the same-tokenizer KD step: its ratio to it.
 
 Loss: forward + backward of the SALT loss alone from random hidden states
 (student and teacher widths, the vocabulary given), dense logits vs
@@ -75,6 +78,8 @@ from salt_jax import paths
 from salt_jax.aot.programs import teacher_config
 from salt_jax.cli import fail, flags_parser, keep_jax_off_an_absent_tpu, load_config, own_flags_help, setup_logging
 from salt_jax.config import set_method, validate
+from salt_jax.data.alignment import STATS as ALIGN_STATS
+from salt_jax.data.alignment import AlignedBatch
 from salt_jax.errors import UserError
 from salt_jax.kd import chunked_loss, losses, objective, sparse
 from salt_jax.kd import schedules
@@ -128,6 +133,8 @@ _LOSS_BENCH = flags.DEFINE_bool("loss_bench", True, "Also the dense vs chunked l
                                 "only the steps).")
 _CACHED_BENCH = flags.DEFINE_bool("cached_bench", True, "Also time the KD step from cached sparse teacher targets "
                                   "(config.salt.cache_k, cache_targets).")
+_CROSS_BENCH = flags.DEFINE_bool("cross_bench", True, "Also time the cross-tokenizer KD step (ALM, the same teacher "
+                                 "FLOPs) against the same-tokenizer KD step.")
 _OUT = flags.DEFINE_string("out", "", "Write the results here as JSON ('' = print only).")
 _LOOP = flags.DEFINE_bool("loop", False, "Time the training loop's step path (loader, copies to the device, step, "
                           "per-step bookkeeping) for baseline, online and cached KD, next to the on-device step.")
@@ -232,9 +239,21 @@ def _step_numbers(config, t_cfg, compile_s: tuple[float, float], base: list[floa
     }
 
 
-def bench_steps(config, t_cfg, repeats: int, cache_k: int = 0) -> dict:
+def _aligned_batch(tokens, sharding_) -> AlignedBatch:
+    """A cross-tokenizer batch of the student's shapes: the teacher reads a sequence as long as the student's
+    (the same teacher FLOPs as the same-tokenizer step), both sides cut into chunks of two tokens."""
+    b, t1 = tokens.shape
+    t_tokens = np.random.default_rng(3).integers(3, 256, (b, t1), dtype=np.int32)
+    chunks = np.broadcast_to((np.arange(t1 - 1, dtype=np.int32) - 1) // 2, (b, t1 - 1)).copy()
+    arrays = (np.asarray(tokens), t_tokens, chunks, chunks, np.zeros((b, len(ALIGN_STATS)), np.int32))
+    return AlignedBatch(*(jax.device_put(a, sharding_) for a in arrays))
+
+
+def bench_steps(config, t_cfg, repeats: int, cache_k: int = 0, cross: bool = False) -> dict:
     """Baseline and KD step times, their ratio, the FLOP model, MFU and compiled memory; with `cache_k`, also
-    the KD step from cached sparse targets of `cache_k` ids per position (its ratio to every baseline timing)."""
+    the KD step from cached sparse targets of `cache_k` ids per position (its ratio to every baseline timing);
+    with `cross`, the cross-tokenizer KD step with the same teacher FLOPs, timed alternating with the KD step
+    (its ratio to it)."""
     batch, seq = config.data.batch_size, config.data.seq_len
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch(batch, mesh, "config.data.batch_size")
@@ -258,6 +277,19 @@ def bench_steps(config, t_cfg, repeats: int, cache_k: int = 0) -> dict:
     state, kd = _time_steps(steps, state, tokens, repeats, teacher.params)
     state, base2 = _time_steps(steps, state, tokens, repeats)  # interleaved: guards against drift
     out = _step_numbers(config, t_cfg, (base_compile, kd_compile), base + base2, kd, mem_base, mem_kd)
+    if cross:
+        x_steps = programs(FixedTeacher(teacher.model, teacher.shardings, teacher.params, config=t_cfg,
+                                        aligned=True))
+        aligned = _aligned_batch(jax.device_get(tokens), steps.batch_sharding)
+        mem_x, x_compile = _compile(x_steps, state, aligned, teacher.params)
+        x_times, kd_times = [], list(kd)
+        for _ in range(2):  # alternating with the same-tokenizer KD step
+            state, t = _time_steps(x_steps, state, aligned, repeats, teacher.params)
+            x_times += t
+            state, t = _time_steps(steps, state, tokens, repeats, teacher.params)
+            kd_times += t
+        out.update(cross_compile_s=x_compile, cross_kd_step_s=statistics.median(x_times), cross_memory=mem_x,
+                   cross_ratio=statistics.median(x_times) / statistics.median(kd_times))
     if not cache_k:
         return out
     # the same KD step, its teacher input the batch's cached sparse targets
@@ -450,12 +482,17 @@ def print_table(r: dict) -> None:
         print(f"| KD | {s['kd_compile_s']:.1f} | {s['kd_step_s'] * 1e3:.1f} | {s['kd_tokens_per_s']:,.0f} | "
               f"{mfu(s['kd_mfu_student'])} student, {mfu(s['kd_mfu_with_teacher'])} with teacher | "
               f"{_mib(s['kd_memory'].get('temp_bytes'))} |")
+        if "cross_kd_step_s" in s:
+            print(f"| KD across tokenizers (ALM) | {s['cross_compile_s']:.1f} | {s['cross_kd_step_s'] * 1e3:.1f} | "
+                  f"{batch_tokens / s['cross_kd_step_s']:,.0f} | - | {_mib(s['cross_memory'].get('temp_bytes'))} |")
         if "cached_kd_step_s" in s:
             print(f"| KD, cached top-{s['cache_k']} targets | {s['cached_compile_s']:.1f} | "
                   f"{s['cached_kd_step_s'] * 1e3:.1f} | {batch_tokens / s['cached_kd_step_s']:,.0f} | - | "
                   f"{_mib(s['cached_memory'].get('temp_bytes'))} |")
         print(f"KD/baseline measured {s['measured_ratio']:.3f} | FLOP model 1+F_T/(3F_S) {s['flop_model_ratio']:.3f} "
               f"(from parameter counts {s['flop_model_ratio_params']:.3f})")
+        if "cross_ratio" in s:
+            print(f"cross-tokenizer KD / same-tokenizer KD measured {s['cross_ratio']:.3f} (the same teacher FLOPs)")
         if "cached_kd_step_s" in s:
             print(f"cached KD/baseline measured {s['cached_ratio']:.3f} | cache "
                   f"{s['cache_bytes_per_token_float16']} bytes/token (float16) vs dense logits "
@@ -473,7 +510,7 @@ def print_table(r: dict) -> None:
 
 
 def benchmark(config, t_cfg, repeats: int = 20, steps: bool = True, loss: bool = True, cached: bool = True,
-              loop_rounds: tuple[int, int] | None = None) -> dict:
+              loop_rounds: tuple[int, int] | None = None, cross: bool = True) -> dict:
     """Everything measured for the run config and teacher of `model_configs`, as one dict (the --out JSON);
     `loop_rounds`: (rounds, steps per round) of bench_loop, under "loop"."""
     m = config.model
@@ -483,7 +520,7 @@ def benchmark(config, t_cfg, repeats: int = 20, steps: bool = True, loss: bool =
          "repeats": repeats, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
          "backend": jax.default_backend()}
     if steps:
-        r["steps"] = bench_steps(config, t_cfg, repeats, config.salt.cache_k if cached else 0)
+        r["steps"] = bench_steps(config, t_cfg, repeats, config.salt.cache_k if cached else 0, cross)
     if loss:
         r["loss_bench"] = bench_loss(config, t_cfg, repeats)
     if loop_rounds:
@@ -513,7 +550,7 @@ def _main(argv) -> None:
             raise UserError(f"config.salt.cache_k={config.salt.cache_k}: must be in [1, config.model.vocab_size] "
                             "(or pass --nocached_bench)")
         r = benchmark(config, t_cfg, _REPEATS.value, steps=not _LOSS_ONLY.value, loss=_LOSS_BENCH.value,
-                      cached=_CACHED_BENCH.value)
+                      cached=_CACHED_BENCH.value, cross=_CROSS_BENCH.value)
     except UserError as e:
         fail(str(e))
     print_table(r)

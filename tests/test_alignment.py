@@ -1,6 +1,5 @@
 """Cross-tokenizer alignment (salt_jax.data.alignment) on hand-worked strings, and on real tokenizers."""
 
-import os
 
 import numpy as np
 import pytest

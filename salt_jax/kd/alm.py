@@ -91,10 +91,14 @@ def chunk_sums(values: jax.Array, chunks: jax.Array, n: int) -> jax.Array:
 
 
 def target_logprobs(logits: jax.Array, targets: jax.Array, tau) -> tuple[jax.Array, jax.Array]:
-    """(log softmax(z)[target], log softmax(z / tau)[target]) per position, float32, from full logits."""
+    """(log softmax(z)[target], log softmax(z / tau)[target]) per position, float32, from full logits
+    (z[target] - logsumexp(z): no [.., V] array of log-probs is kept; tau a Python 1: computed once)."""
     z = logits.astype(jnp.float32)
-    pick = lambda lp: jnp.take_along_axis(lp, targets[..., None], axis=-1)[..., 0]  # noqa: E731
-    return pick(jax.nn.log_softmax(z, axis=-1)), pick(jax.nn.log_softmax(z / tau, axis=-1))
+    z_y = jnp.take_along_axis(z, targets[..., None], axis=-1)[..., 0]
+    logp1 = z_y - jax.nn.logsumexp(z, axis=-1)
+    if isinstance(tau, (int, float)) and tau == 1:
+        return logp1, logp1
+    return logp1, z_y / tau - jax.nn.logsumexp(z / tau, axis=-1)
 
 
 def mixture_stats(student: tuple[jax.Array, jax.Array], teacher: ChunkTargets, student_chunks: jax.Array,

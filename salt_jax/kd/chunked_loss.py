@@ -242,15 +242,17 @@ def target_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, tau, opts: L
     chunk = max(1, min(opts.chunk, t))
     n = -(-t // chunk)
     dt = opts.dtype
+    unit = isinstance(tau, (int, float)) and tau == 1  # (known at trace time: one softmax, not two)
 
     @jax.checkpoint
     def one(h_c, y):
         z = jnp.einsum("bcd,dv->bcv", h_c.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
         if softcap:
             z = softcap * jnp.tanh(z / softcap)
-        pick = lambda lp: jnp.take_along_axis(lp, y[..., None], axis=-1)[..., 0]  # noqa: E731
-        return (pick(jax.nn.log_softmax(z, axis=-1)), pick(jax.nn.log_softmax(z / tau, axis=-1)),
-                (jnp.argmax(z, axis=-1) == y).astype(jnp.float32))
+        z_y = jnp.take_along_axis(z, y[..., None], axis=-1)[..., 0]
+        logp1 = z_y - jax.nn.logsumexp(z, axis=-1)
+        logp = logp1 if unit else z_y / tau - jax.nn.logsumexp(z / tau, axis=-1)
+        return logp1, logp, (jnp.argmax(z, axis=-1) == y).astype(jnp.float32)
 
     _, out = jax.lax.scan(lambda c, x: (c, one(*x)), None, (_to_chunks(h, chunk, n), _to_chunks(targets, chunk, n)),
                           unroll=opts.unroll)

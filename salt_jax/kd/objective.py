@@ -112,7 +112,7 @@ class ChunkedLoss:
         """The cross-tokenizer sums from hidden states: each model's target log-probs one chunk of logits at a
         time (salt_jax.kd.chunked_loss.target_logprobs), never a [batch, seq, vocab] array."""
         inputs, targets, mask = losses.split_tokens(batch.tokens, self.pad_id)
-        tau = jnp.asarray(self.opts.temperature if temperature is None else temperature, jnp.float32)
+        tau = self.opts.temperature if temperature is None else temperature  # (a Python 1: one softmax)
         if not isinstance(teacher, alm.ChunkTargets):
             t_model, t_params = teacher
             h_t, head_t = jax.lax.stop_gradient(t_model.apply({"params": t_params}, batch.teacher_tokens[:, :-1],

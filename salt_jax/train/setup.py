@@ -269,18 +269,25 @@ def _teacher_for(config, store, tok, mesh, previous: dict, phase: KDPhase, start
 def _aligner(config, batches, tok, source: TeacherSource | None) -> alignment.Aligner:
     """The alignment of the student's batches with a teacher with another tokenizer
     (config.salt.teacher_tokenizer=cross), its tokens per window config.salt.teacher_seq_len or measured from
-    both tokenizers' bytes per token on the first training rows (the same on every host and every resume)."""
+    both tokenizers' bytes per token on the first training rows (the same on every host and every resume),
+    at most the teacher's max_len, and said when longer than the windows a salt_jax teacher trained on."""
     source = source or resolve_teacher(config.salt.teacher)
     cache_dir = paths.expand(config.data.cache_dir or store_lib.default_cache_dir())
     aligner = alignment.Aligner.of(tok, teacher_lib.teacher_tokenizer(source, [cache_dir]),
                                    config.salt.teacher_seq_len)
+    max_len = int(teacher_lib.model_config(source).max_len)
+    if aligner.teacher_len > max_len:
+        raise UserError(f"config.salt.teacher_seq_len={aligner.teacher_len}: exceeds the teacher's max_len "
+                        f"({max_len}); set it to at most {max_len}")
     if not aligner.teacher_len:
         student_bpt, teacher_bpt = aligner.bytes_per_token(alignment.first_rows(batches, 64))
-        aligner.teacher_len = alignment.teacher_len(config.data.seq_len, student_bpt, teacher_bpt)
+        measured = alignment.teacher_len(config.data.seq_len, student_bpt, teacher_bpt)
+        aligner.teacher_len = min(measured, max_len)
         logging.info("teacher sequence: %d tokens per window of %d (bytes per token: student %.2f, teacher %.2f, "
-                     "on 64 training rows; x1.25, to a multiple of 16: config.salt.teacher_seq_len=0); chunks past "
-                     "it are counted in metrics.jsonl's truncated_chunks", aligner.teacher_len, config.data.seq_len,
-                     student_bpt, teacher_bpt)
+                     "on 64 training rows; x1.25, to a multiple of 16%s: config.salt.teacher_seq_len=0); chunks "
+                     "past it are counted in metrics.jsonl's truncated_chunks", aligner.teacher_len,
+                     config.data.seq_len, student_bpt, teacher_bpt,
+                     f"; {measured} capped at the teacher's max_len" if measured > max_len else "")
     trained = _teacher_seq_len(source)
     if trained and aligner.teacher_len > trained:
         logging.warning("teacher sequence: %d tokens per window, but the teacher was trained on windows of %d: it "
