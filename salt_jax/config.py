@@ -99,7 +99,7 @@ def base_config(preset: str = "test-tiny") -> ml_collections.ConfigDict:
     c.salt = salt = ml_collections.ConfigDict()
     salt.method = "baseline"  # the method (salt_jax/kd/methods.py); teacher: a baseline run that makes a teacher
     salt.teacher = ""  # the teacher: its run's workdir, a checkpoint directory, or a Hugging Face model directory
-    salt.teacher_tokenizer = "auto"  # a teacher with its own tokenizer: same (must equal the student's) | adopt (the student takes it) | cross (the student keeps its own; ALM) | auto (decided once, written to config.json: docs/teachers.md)
+    salt.teacher_tokenizer = "auto"  # a teacher with its own tokenizer: same (must equal the student's) | adopt (the student takes it) | cross (the student keeps its own; ALM) | auto (decided once, written to config.json: docs/cross-tokenizer.md)
     salt.teacher_seq_len = 0  # teacher_tokenizer=cross: the teacher's tokens per window; 0 = measured from both tokenizers' bytes per token (alignment.teacher_len)
     salt.alm_temperature = 100.0  # teacher_tokenizer=cross: ALM's binarisation temperature b, chunk probabilities exp(log-lik / b) (tokenkit's default; kd/alm.py)
     salt.teacher_preset = ""  # the teacher's model preset (salt_jax.compile needs no teacher then); a run checks it
