@@ -55,7 +55,7 @@ def test_whitespace_merged_into_tokens_differently():
     assert teacher[:5] == ["def ", "f", "(", "x)", "<eos>"] and teacher[5:] == ["<pad>"] * 4
     assert got.student_chunks[0].tolist() == [-1, -1, 0, 0, 1]  # targets f, " f", "(x", ")", EOS
     assert got.teacher_chunks[0].tolist() == [-1, 0, 0, 1, -1, -1, -1, -1]  # targets f, (, x), EOS, pads
-    assert got.stats[0].tolist() == [0, 0]
+    assert got.stats[0].tolist() == [0, 0, 0]
 
 
 def test_multibyte_utf8_against_byte_fallback_pieces():
@@ -102,13 +102,18 @@ def test_what_does_not_line_up_is_counted_not_cut_silently():
     t = TokenBytes(_bytes(["a", "b", "c"]), EOS, PAD, False)
     lower = lambda texts: _greedy(["a", "b", "c"])([x.lower() for x in texts])  # noqa: E731
     got = Aligner(s, t, lower, 8).align(np.array([[2, 3, EOS, 4, 4, EOS]]))
-    assert got.stats[0].tolist() == [0, 1]
+    assert got.stats[0].tolist() == [0, 1, 0]
     assert got.student_chunks[0].tolist() == [-1, -1, 0, 1, 2]  # B and the EOS after AB: in the bad piece
     # a teacher length too small for the text: chunks past it are counted
     got, teacher = _align(["a"], ["a"] * 6 + [None], ["a"], teacher_len=3)
     assert teacher == ["a"] * 4
     assert got.student_chunks[0].tolist() == [0, 1, 2, -1, -1, -1]
     assert got.stats[0, alignment.TRUNCATED] == 3
+    # a chunk longer than MAX_CHUNK student tokens (17 "a"s the teacher spells as one token) is not kept, counted
+    n = alignment.MAX_CHUNK + 1
+    got, teacher = _align(["a", "b"], ["b"] + ["a"] * n + ["b", None], ["b", "a" * n], teacher_len=8)
+    assert teacher[:4] == ["b", "a" * n, "b", "<eos>"]
+    assert got.student_chunks[0].tolist() == [-1] * n + [0, 1] and got.stats[0, alignment.LONG] == 1
 
 
 def test_teacher_len_bound():

@@ -137,3 +137,39 @@ def test_dense_and_chunked_paths_give_the_same_loss_and_gradient():
     assert float(v_k) == pytest.approx(float(v_d), rel=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g_d, g_k)
     assert float(st_d["kd_sum"]) > 0
+
+
+@pytest.mark.parametrize("tau", [1.0, 1.7])
+def test_the_fused_chunked_pass_completes_chunks_across_its_windows(tau):
+    """aligned_chunked_loss with windows of 4 positions and 3 on each side (chunks of up to 3 positions cross the
+    windows' edges) equals alm.mixture_stats on full logits, in every sum and in the gradients of the hidden
+    states and the output projection."""
+    from salt_jax.kd.chunked_loss import aligned_chunked_loss
+
+    _, t_logits, targets, t_targets, s_chunks, t_chunks, mask = _batch(3)
+    rng = np.random.default_rng(4)
+    d = 8
+    h = jnp.asarray(rng.normal(size=(B, T, d)), jnp.float32)
+    w_out = jnp.asarray(rng.normal(size=(d, V_S)), jnp.float32)
+    teacher = alm.teacher_chunks(*alm.target_logprobs(jnp.asarray(t_logits, jnp.float32), jnp.asarray(t_targets),
+                                                      tau), jnp.asarray(t_chunks), T)
+    y, ch, m = jnp.asarray(targets), jnp.asarray(s_chunks), jnp.asarray(mask, jnp.float32)
+    kw = jnp.asarray(np.repeat([[0.5], [0.3], [0.0]], T, 1), jnp.float32)
+    opts = dataclasses.replace(LossOptions(chunk=4), kd_loss="reverse_kl", alm_temperature=7.0)
+
+    def dense(h, w_out):
+        stats = alm.mixture_stats(alm.target_logprobs(h @ w_out, y, tau), teacher, ch, m, kw, "reverse_kl", 7.0)
+        return stats["loss_sum"], stats
+
+    def fused(h, w_out):
+        stats = aligned_chunked_loss(h, w_out, y, m, ch, teacher, kw, tau, opts, look=3)
+        return stats["loss_sum"], stats
+
+    (_, want), g_want = jax.value_and_grad(dense, argnums=(0, 1), has_aux=True)(h, w_out)
+    (_, got), g_got = jax.value_and_grad(fused, argnums=(0, 1), has_aux=True)(h, w_out)
+    for k in ("loss_sum", "ntp_sum", "kd_sum", "teacher_ntp_sum", "kd_weight_sum", "kd_tokens", "aligned_tokens",
+              "tokens"):
+        assert float(got[k]) == pytest.approx(float(want[k]), rel=1e-5, abs=1e-6), k
+    assert float(got["kd_sum"]) > 0
+    for a, b in zip(g_want, g_got):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)

@@ -24,8 +24,10 @@ docs/performance.md: well under the step at the demo size).
 What does not line up is never cut silently: a document piece whose bytes the
 teacher's tokens do not reproduce (a tokenizer that normalises text or maps
 characters to <unk>) has no chunks (`stats[:, UNENCODABLE]`, summed into the
-metrics line as `unencodable_pieces`), and chunks beyond the teacher's
-`teacher_len` are counted (`truncated_chunks`).
+metrics line as `unencodable_pieces`), chunks beyond the teacher's
+`teacher_len` are counted (`truncated_chunks`), and so are chunks of more than
+MAX_CHUNK student tokens, which are not kept (`long_chunks`: the chunked loss
+completes each chunk within 16 positions of it).
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ from typing import Callable, NamedTuple
 import jax
 import numpy as np
 
-STATS = ("truncated_chunks", "unencodable_pieces")  # per-row counts the batch carries into the metrics
-TRUNCATED, UNENCODABLE = 0, 1
+STATS = ("truncated_chunks", "unencodable_pieces", "long_chunks")  # per-row counts the batch carries to the metrics
+TRUNCATED, UNENCODABLE, LONG = 0, 1, 2
+MAX_CHUNK = 16  # student tokens per chunk at most (the chunked loss completes a chunk within 16 positions each side)
 
 
 class AlignedBatch(NamedTuple):
@@ -308,6 +311,9 @@ class Aligner:
         for lo, hi in bad_ranges:  # no chunk inside a piece the teacher cannot reproduce
             s_k[(s_starts[1:] >= lo) & (s_starts[1:] < hi)] = -1
         both = np.intersect1d(s_k[s_k >= 0], t_k[t_k >= 0])
+        ids_, sizes = np.unique(s_k[s_k >= 0], return_counts=True)
+        long = np.intersect1d(both, ids_[sizes > MAX_CHUNK])
+        both = np.setdiff1d(both, long)
         renumber = np.full(max(len(common), 1), -1, np.int64)
         renumber[both] = np.arange(len(both))
         s_out = np.where(s_k >= 0, renumber[np.maximum(s_k, 0)], -1)
@@ -315,7 +321,7 @@ class Aligner:
         t_out[:len(t_k)] = np.where(t_k >= 0, renumber[np.maximum(t_k, 0)], -1)
         t_row = np.full(u + 1, t.pad_id, np.int64)
         t_row[:kept] = ids[:kept]
-        return t_row, s_out, t_out, (truncated, unencodable)
+        return t_row, s_out, t_out, (truncated, unencodable, len(long))
 
 
 class AlignedBatches:

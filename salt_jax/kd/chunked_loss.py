@@ -35,7 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from salt_jax.kd import losses, sparse
+from salt_jax.kd import alm, losses, sparse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,3 +257,118 @@ def target_logprobs(h: jax.Array, w: jax.Array, targets: jax.Array, tau, opts: L
     _, out = jax.lax.scan(lambda c, x: (c, one(*x)), None, (_to_chunks(h, chunk, n), _to_chunks(targets, chunk, n)),
                           unroll=opts.unroll)
     return tuple(jnp.moveaxis(o, 0, 1).reshape(b, n * chunk)[:, :t] for o in out)
+
+
+# ------------------------------------------------------------------------ ALM (across tokenizers), chunked
+
+def _windows(x, chunk: int, n: int, look: int, fill=0):
+    """[b, t, ...] -> [n, b, chunk + 2 look, ...]: scan chunk k's positions with `look` positions on each side
+    (`fill` beyond the sequence's ends)."""
+    pad = [(0, 0), (look, n * chunk - x.shape[1] + look)] + [(0, 0)] * (x.ndim - 2)
+    x = jnp.pad(x, pad, constant_values=fill)
+    idx = jnp.arange(n)[:, None] * chunk + jnp.arange(chunk + 2 * look)[None, :]
+    return jnp.moveaxis(x[:, idx], 1, 0)
+
+
+def _alm_scan(opts: LossOptions, look: int, h_s, w_s, targets, chunks, per_pos, tau, scalars):
+    """The fused pass of `aligned_chunked_loss`: sums, d hidden, d head."""
+    b, t = targets.shape
+    chunk = max(1, min(opts.chunk, t))
+    n = -(-t // chunk)
+    per_chunk, binarize = scalars
+    xs = (_windows(h_s, chunk, n, look), _windows(targets, chunk, n, look), _windows(chunks, chunk, n, look, -1),
+          *(_to_chunks(p, chunk, n) for p in per_pos))
+    keys = ("loss_sum", "ntp_sum", "kd_sum", "teacher_ntp_sum", "correct")
+    zero = jnp.zeros((), jnp.float32)
+
+    def body(carry, x):
+        sums, d_w = carry
+        h_win, y_win, c_win, m, w, l_t, l_t1, wc, first = x
+        dt = opts.dtype
+        z = jnp.einsum("bcd,dv->bcv", h_win.astype(dt), w_s.astype(dt), preferred_element_type=jnp.float32)
+        if opts.student_softcap:
+            z = opts.student_softcap * jnp.tanh(z / opts.student_softcap)
+        z_y = jnp.take_along_axis(z, y_win[..., None], axis=-1)[..., 0]
+        logp_win = z_y / tau - jax.nn.logsumexp(z / tau, axis=-1)  # every window position's, at tau
+        centre = slice(look, look + chunk)
+        zc, y, cid = z[:, centre], y_win[:, centre], c_win[:, centre]
+        in_chunk = m * (cid >= 0)
+        # each centre position's chunk log-likelihood, from the window (a chunk has at most look + 1 positions)
+        same = (cid[:, :, None] == c_win[:, None, :]) & (cid[:, :, None] >= 0)
+        l_s = jnp.sum(jnp.where(same, logp_win[:, None, :], 0.0), axis=-1)
+        div, d_div = jax.vjp(lambda ls: alm.divergence(l_t, ls, opts.kd_loss, binarize), l_s)
+        d_div = d_div(jnp.ones_like(div))[0]
+        log_q1 = jax.nn.log_softmax(zc, axis=-1)
+        ce = -jnp.take_along_axis(log_q1, y[..., None], axis=-1)[..., 0]
+        onehot = jax.nn.one_hot(y, zc.shape[-1], dtype=jnp.float32)
+        d_ntp = jnp.exp(log_q1) - onehot
+        d_alm = d_ntp if opts.temperature_is_one else jax.nn.softmax(zc / tau, axis=-1) - onehot
+        # d l_S / d z = (onehot - softmax(z / tau)) / tau at each position of the chunk
+        coef = -per_chunk * wc * d_div * in_chunk / tau
+        d_s = ((m - w * m)[..., None] * d_ntp + coef[..., None] * d_alm)
+        kept = first * (cid >= 0)
+        s = {"ntp_sum": jnp.sum(m * ce), "correct": jnp.sum(m * (jnp.argmax(zc, axis=-1) == y)),
+             "kd_sum": per_chunk * jnp.sum(kept * div), "teacher_ntp_sum": -jnp.sum(kept * l_t1)}
+        s["loss_sum"] = jnp.sum((m - w * m) * ce) + per_chunk * jnp.sum(kept * wc * div)
+        s, d_h, d_w_c = _chunk_grads(opts, True, w_s, h_win[:, centre], zc, d_s, s)
+        return ({k: sums[k] + s[k] for k in keys}, d_w + d_w_c), d_h
+
+    init = ({k: zero for k in keys}, jnp.zeros(w_s.shape, jnp.float32))
+    (sums, d_w), d_h = jax.lax.scan(body, init, xs, unroll=opts.unroll)
+    d_h = jnp.moveaxis(d_h, 0, 1).reshape(b, n * chunk, -1)[:, :t]
+    return sums, d_h, d_w
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _alm_loss(opts, look, h_s, w_s, targets, chunks, per_pos, tau, scalars):
+    return _alm_scan(opts, look, h_s, w_s, targets, chunks, per_pos, tau, scalars)[0]
+
+
+def _alm_fwd(opts, look, h_s, w_s, targets, chunks, per_pos, tau, scalars):
+    sums, d_h, d_w = _alm_scan(opts, look, h_s, w_s, targets, chunks, per_pos, tau, scalars)
+    return sums, (d_h, d_w.astype(w_s.dtype), targets, chunks, per_pos, tau, scalars)
+
+
+def _alm_bwd(opts, look, res, ct):
+    d_h, d_w, *rest = res
+    g = ct["loss_sum"]
+    return ((g * d_h).astype(d_h.dtype), (g * d_w).astype(d_w.dtype), *jax.tree.map(_zero_cotangent, tuple(rest)))
+
+
+_alm_loss.defvjp(_alm_fwd, _alm_bwd)
+
+
+def aligned_chunked_loss(h_s: jax.Array, w_s: jax.Array, targets: jax.Array, mask: jax.Array, chunks: jax.Array,
+                         teacher, kd_weight: jax.Array, temperature, opts: LossOptions = LossOptions(),
+                         look: int = 16) -> dict[str, jax.Array]:
+    """The cross-tokenizer sums of salt_jax.kd.alm.mixture_stats from the student's hidden states, one chunk of
+    positions at a time, with the gradient formed in the forward pass like `chunked_loss` (no recompute).
+
+    ALM's gradient at a position needs its whole aligned chunk's log-likelihood: each scan step computes the
+    logits of its positions and `look` more on each side, so every aligned chunk of at most look + 1 positions
+    that touches the step is complete in its window (salt_jax.data.alignment keeps no longer chunk: MAX_CHUNK).
+    The cost is 2 look / chunk more of the logits' forward matmul. `teacher`: the teacher's
+    salt_jax.kd.alm.ChunkTargets; `chunks` [b, t]: each target's aligned chunk (-1: none).
+    """
+    tau_static = opts.temperature if temperature is None else temperature
+    unit = isinstance(tau_static, (int, float)) and tau_static == 1
+    opts = dataclasses.replace(opts, temperature_is_one=unit)
+    tau = jnp.asarray(tau_static, jnp.float32)
+    m = mask.astype(jnp.float32)
+    n = teacher.loglik.shape[1]
+    chunks = jnp.where(m > 0, chunks, -1)  # (a masked target is in no chunk, as in alm.mixture_stats)
+    in_chunk = m * (chunks >= 0)
+    count = alm.chunk_sums(in_chunk, chunks, n)
+    valid = count > 0
+    tokens, n_chunks, aligned = jnp.sum(m), jnp.sum(valid), jnp.sum(count)
+    w_chunk = alm.chunk_sums(kd_weight * in_chunk, chunks, n) / jnp.maximum(count, 1.0)
+    at = lambda v: jnp.take_along_axis(v, jnp.maximum(chunks, 0), axis=1)  # noqa: E731 -- chunk value per position
+    first = (chunks >= 0) & (chunks != jnp.pad(chunks, [(0, 0), (1, 0)], constant_values=-1)[:, :-1])
+    per_pos = (m, kd_weight.astype(jnp.float32), at(teacher.loglik), at(teacher.loglik1), at(w_chunk),
+               first.astype(jnp.float32))
+    scalars = (tokens / jnp.maximum(n_chunks, 1.0), jnp.float32(opts.alm_temperature))
+    sums = _alm_loss(opts, look, h_s, w_s, targets, chunks, per_pos, tau, scalars)
+    w = kd_weight * m
+    return dict(sums, teacher_ntp_sum=sums["teacher_ntp_sum"] * tokens / jnp.maximum(aligned, 1.0),
+                kd_weight_sum=jnp.sum(w), kd_tokens=jnp.sum(in_chunk * (kd_weight > 0)), aligned_tokens=aligned,
+                tokens=tokens)

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from salt_jax.kd import alm, losses, sparse
-from salt_jax.kd.chunked_loss import LossOptions, chunked_loss, target_logprobs
+from salt_jax.data.alignment import MAX_CHUNK
+from salt_jax.kd.chunked_loss import LossOptions, aligned_chunked_loss, chunked_loss, target_logprobs
 from salt_jax.model.transformer import dtype_of, option
 
 
@@ -109,8 +110,9 @@ class ChunkedLoss:
         return chunked_loss(h_s, head_s, targets, mask, opts, h_t, head_t, kd_weight, temperature)
 
     def aligned(self, student, params, batch, teacher, kd_weight, temperature) -> dict:
-        """The cross-tokenizer sums from hidden states: each model's target log-probs one chunk of logits at a
-        time (salt_jax.kd.chunked_loss.target_logprobs), never a [batch, seq, vocab] array."""
+        """The cross-tokenizer sums from hidden states, one chunk of logits at a time, never a [batch, seq, vocab]
+        array: the teacher's target log-probs (salt_jax.kd.chunked_loss.target_logprobs), the student's loss
+        with its gradient formed in the pass (salt_jax.kd.chunked_loss.aligned_chunked_loss)."""
         inputs, targets, mask = losses.split_tokens(batch.tokens, self.pad_id)
         tau = self.opts.temperature if temperature is None else temperature  # (a Python 1: one softmax)
         if not isinstance(teacher, alm.ChunkTargets):
@@ -121,12 +123,9 @@ class ChunkedLoss:
                                              float(option(t_model.cfg, "final_softcap")))
             teacher = alm.teacher_chunks(logp1, logp, batch.teacher_chunks, targets.shape[1])
         h_s, head_s = student.apply({"params": params}, inputs, return_hidden=True)
-        logp1, logp, correct = target_logprobs(h_s, head_s, targets, tau, self.opts,
-                                               float(option(student.cfg, "final_softcap")))
-        stats = alm.mixture_stats((logp1, logp), teacher, batch.student_chunks, mask, kd_weight, self.opts.kd_loss,
-                                  self.opts.alm_temperature)
-        stats["correct"] = jnp.sum(correct * mask)
-        return stats
+        opts = dataclasses.replace(self.opts, student_softcap=float(option(student.cfg, "final_softcap")))
+        return aligned_chunked_loss(h_s, head_s, targets, mask, batch.student_chunks, teacher, kd_weight, tau, opts,
+                                    MAX_CHUNK)
 
 
 def chunked_options(config: ml_collections.ConfigDict) -> LossOptions:

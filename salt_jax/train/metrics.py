@@ -150,7 +150,7 @@ def train_line(records: list[dict], seconds: float, tokens_per_step: int, timed_
     when there were none, so `kd_weight` 0.175 with `kd_steps` 7 of 20 is w = 0.5 on 7 steps.
     Across tokenizers (ALM) `kd_loss` is the mean divergence per aligned chunk, `teacher_ntp_loss` the
     teacher's loss on the aligned text per student token, and the line adds `aligned_fraction` (the student's
-    targets inside aligned chunks), `truncated_chunks` and `unencodable_pieces` (salt_jax.data.alignment).
+    targets inside aligned chunks), `truncated_chunks`, `unencodable_pieces` and `long_chunks` (salt_jax.data.alignment).
     `flops` adds model TFLOP/s and MFU, for the student alone and with the
     teacher's forward (salt_jax.model.flops.RunFlops).
     """
@@ -181,7 +181,8 @@ def train_line(records: list[dict], seconds: float, tokens_per_step: int, timed_
     if aligned:  # a teacher with another tokenizer (salt_jax.kd.alm): how much of the text its chunks cover
         line.update(aligned_fraction=total("aligned_tokens", aligned) / max(total("tokens", aligned), 1.0),
                     truncated_chunks=int(total("truncated_chunks", aligned)),
-                    unencodable_pieces=int(total("unencodable_pieces", aligned)))
+                    unencodable_pieces=int(total("unencodable_pieces", aligned)),
+                    long_chunks=int(total("long_chunks", aligned)))
     if flops is None:
         return line | {"model_tflops_per_sec": None, "mfu": None, "mfu_with_teacher": None}
     return line | flops.throughput(tokens_per_sec, len(kd_steps) / len(host))
