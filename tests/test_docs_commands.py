@@ -360,6 +360,9 @@ RULES = [
          replace=SANDBOX),
     Rule(r"python scripts/bench_store\.py ", "run", append="--sizes_mb=1 --workers=0", replace=SANDBOX),
     Rule(r"python scripts/bench_fewshot_share\.py ", "run", append="--limit=4", replace=SANDBOX),
+    Rule(r"python scripts/bench_alignment\.py ", "run",  # (a slice of the library, a small teacher tokenizer)
+         append="--config.data.max_files=40 --config.data.seq_len=32 --config.data.batch_size=8 --steps=2 "
+                "--teacher_vocab=400 --teacher_seq_len=0", replace=SANDBOX),
     # ---- chained commands: each part is a command of its own, below
     Rule("python3 -m venv .venv && source .venv/bin/activate && pip install -e . && python -m salt_jax.experiment "
          "--config=configs/experiments/demo.py --workdir=runs/demo", "split",
