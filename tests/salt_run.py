@@ -5,6 +5,7 @@ checkpoints every 3 steps.
 """
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -34,6 +35,24 @@ def cli(workdir, cache_dir, teacher_dir, extra=(), wait=True, env=None, stderr=s
                               timeout=600)
     return subprocess.Popen(args(workdir, teacher_dir, extra), cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=stderr, text=True)
+
+
+FOUR_DEVICES = "--xla_force_host_platform_device_count=4"  # per process of a two-process run
+
+
+def two_processes(workdir, cache_dir, teacher_dir, extra=()) -> list[str]:
+    """Runs RUN (+ extra flags) as two processes on localhost (4 devices each, JAX's distributed runtime) and
+    returns their outputs, both asserted to have exited 0."""
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, XLA_FLAGS=FOUR_DEVICES)
+    procs = [cli(workdir, cache_dir, teacher_dir, list(extra) + [f"--coordinator_address=localhost:{port}",
+                                                              "--num_processes=2", f"--process_id={i}"],
+                 wait=False, env=env) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    return outs
 
 
 def params(workdir, step=None):

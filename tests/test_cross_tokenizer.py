@@ -9,7 +9,6 @@ run's parameters, two processes train what one does, and what does not fit is co
 import json
 import os
 import shutil
-import socket
 
 import jax
 import numpy as np
@@ -89,24 +88,12 @@ def test_online_and_cached_teachers_give_the_same_run_and_a_kill_resumes_it(cros
     salt_run.same_params(salt_run.params(reference), salt_run.params(killed))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_align_and_train_what_one_does(cross_reference, cache_dir, teacher_dir, tmp_path):
     """Each process aligns only its rows of every batch (and measures the teacher's length on the same global
     rows): the two-process run equals the one-process run."""
     reference, log = cross_reference
-    port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     two = str(tmp_path / "two")
-    procs = [salt_run.cli(two, cache_dir, teacher_dir, SP_STUDENT + [f"--coordinator_address=localhost:{port}",
-                                                                     "--num_processes=2", f"--process_id={i}"],
-                          wait=False, env=env) for i in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    outs = salt_run.two_processes(two, cache_dir, teacher_dir, SP_STUDENT)
     length = [ln for ln in log.splitlines() if "teacher sequence:" in ln][0].split("teacher sequence: ")[1]
     assert all(length in o for o in outs)
     _same_metrics(reference, two)
@@ -150,19 +137,11 @@ def test_what_does_not_fit_is_counted_or_refused_in_one_line(cross_reference, ca
 
 @pytest.fixture(scope="module")
 def hf_bpe_teacher(tmp_path_factory):
-    """A tiny random Llama (vocabulary 288) with its own byte-level BPE tokenizer.json (280 ids)."""
-    import transformers
-    from transformers import AutoModelForCausalLM
-
-    from test_hf import _randomize, _train_tokenizer
+    """A tiny random Llama (vocabulary 288, 64 positions) with its own byte-level BPE tokenizer.json (280 ids)."""
+    from test_hf import tiny_hf_teacher
 
     directory = str(tmp_path_factory.mktemp("hf_bpe_teacher"))
-    fast = _train_tokenizer(directory)
-    cfg = transformers.LlamaConfig(vocab_size=288, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
-                                   tie_word_embeddings=True, eos_token_id=fast.eos_token_id, bos_token_id=None)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
-    _randomize(model, seed=3).save_pretrained(directory)
+    tiny_hf_teacher(directory, seed=3)
     return directory
 
 

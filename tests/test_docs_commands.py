@@ -540,15 +540,9 @@ def _my_task(root) -> None:
 
 def _tiny_hf_model(directory: str) -> None:
     """A 1-layer Llama with its own byte-level BPE tokenizer, saved as save_pretrained writes a model."""
-    import transformers
-    from test_hf import _randomize, _train_tokenizer
+    from test_hf import tiny_hf_teacher
 
-    fast = _train_tokenizer(directory)
-    cfg = transformers.LlamaConfig(vocab_size=288, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                                   tie_word_embeddings=True, eos_token_id=fast.eos_token_id, bos_token_id=None)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
-    _randomize(model, seed=3).save_pretrained(directory)
+    tiny_hf_teacher(directory, seed=3)
 
 
 # --------------------------------------------------------------------------------------------- the commands

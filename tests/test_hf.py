@@ -256,16 +256,23 @@ def _train_tokenizer(directory):
     return fast
 
 
-@pytest.fixture(scope="module")
-def hf_teacher(tmp_path_factory):
-    """A tiny Llama teacher (vocab 288 > its tokenizer's 280) with its tokenizer in one directory."""
-    directory = str(tmp_path_factory.mktemp("hf_teacher"))
+def tiny_hf_teacher(directory, seed=7):
+    """A tiny Llama (vocab 288 > its tokenizer's 280, 64 positions) with its tokenizer, saved in `directory` as
+    save_pretrained writes a model: (the torch model, the fast tokenizer)."""
     fast = _train_tokenizer(directory)
     cfg = transformers.LlamaConfig(vocab_size=288, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
                                    tie_word_embeddings=True, eos_token_id=fast.eos_token_id, bos_token_id=None)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
-    _randomize(model, seed=7).save_pretrained(directory)
+    _randomize(model, seed=seed).save_pretrained(directory)
+    return model, fast
+
+
+@pytest.fixture(scope="module")
+def hf_teacher(tmp_path_factory):
+    """A tiny Llama teacher with its tokenizer in one directory."""
+    directory = str(tmp_path_factory.mktemp("hf_teacher"))
+    model, fast = tiny_hf_teacher(directory)
     return directory, model, fast
 
 

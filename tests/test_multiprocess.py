@@ -4,7 +4,6 @@ the same SALT run as one process with 8 devices, through both phases, to the sam
 import json
 import os
 import shutil
-import socket
 
 import jax
 import numpy as np
@@ -15,12 +14,6 @@ from salt_jax import distributed
 from salt_jax.train.metrics import read_metrics
 
 import salt_run
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("method", ["salt", "salt_ds"])
@@ -36,16 +29,11 @@ def test_two_processes_match_one_process(method, tmp_path, cache_dir, teacher_di
         out = salt_run.cli(reference, cache_dir, teacher_dir, extra)
         assert out.returncode == 0, out.stderr[-3000:]
     workdir = str(tmp_path / "two")
-    port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(os.environ, XLA_FLAGS=salt_run.FOUR_DEVICES)
     if method == "salt_ds":
         extra += [f"--config.data.cache_dir={shared}", "--config.data.shared_cache=true",
                   "--config.data.shard_chars=100000"]
-    procs = [salt_run.cli(workdir, cache_dir, teacher_dir, extra + [f"--coordinator_address=localhost:{port}",
-                                                                   "--num_processes=2", f"--process_id={i}"],
-                          wait=False, env=env) for i in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    outs = salt_run.two_processes(workdir, cache_dir, teacher_dir, extra)
     assert "process 0 of 2; 4 local / 8 global devices" in outs[0]
     assert "process 1 of 2; 4 local / 8 global devices" in outs[1]
 
@@ -95,14 +83,8 @@ def test_two_hosts_build_one_teacher_cache_that_one_host_then_reads(tmp_path, te
     shared = str(tmp_path / "shared-cache")
     extra = flags + [f"--config.data.cache_dir={shared}", "--config.data.shared_cache=true",
                      "--config.data.shard_chars=100000"]
-    port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     two = str(tmp_path / "two")
-    procs = [salt_run.cli(two, shared, teacher_dir, extra + [f"--coordinator_address=localhost:{port}",
-                                                             "--num_processes=2", f"--process_id={i}"],
-                          wait=False, env=env) for i in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    salt_run.two_processes(two, shared, teacher_dir, extra)
     with open(os.path.join(two, "teacher_cache.json")) as fh:
         cache = json.load(fh)
     files = sorted(f for f in os.listdir(cache["directory"]) if f.endswith(".npz"))
