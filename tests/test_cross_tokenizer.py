@@ -205,3 +205,25 @@ def test_resolution_rules(teacher_dir, tiny_config):
     set_method(c, "baseline")
     c.salt.teacher_tokenizer = "auto"
     assert resolved(c).salt.teacher_tokenizer == "auto"  # no teacher: nothing to decide
+
+
+@pytest.mark.parametrize("variant", ["salt_ds", "adaptive"])
+def test_salt_ds_and_the_adaptive_switch_across_tokenizers(variant, cache_dir, teacher_dir, tmp_path):
+    """SALT_DS: the teacher scores the pool in its own tokenization (its score file keyed by its length too) and
+    the KD phase trains on the kept rows, aligned. The adaptive switch compares the student's loss with the
+    teacher's on the aligned text, per student token, and ends the KD phase."""
+    workdir = str(tmp_path / variant)
+    extra = (["--config.salt.method=salt_ds"] if variant == "salt_ds" else
+             ["--config.salt.switch=adaptive", "--config.salt.adaptive_min_steps=2", "--config.salt.adaptive_ema=0.5",
+              "--config.salt.adaptive_margin=10"])
+    out = _ok(salt_run.cli(workdir, cache_dir, teacher_dir, SP_STUDENT + extra))
+    kd = [r for r in _train_lines(workdir) if r["kd_steps"]]
+    assert kd and all(r["aligned_fraction"] > 0.9 for r in kd)
+    if variant == "salt_ds":
+        selection = json.load(open(os.path.join(workdir, "selection.json")))
+        assert 0 < selection["kept"] < selection["pool"] and np.isfinite(selection["score_quantiles_kept"]["p50"])
+        store = [ln for ln in out.stdout.splitlines() if "store " in ln and "corpus:" in ln][0]
+        scores = os.path.join(cache_dir, "tokens", store.split("store ")[1].rstrip(")"), "scores")
+        assert any("-U" in name for name in os.listdir(scores))
+    else:  # the switch came before the schedule's end (kd_steps=7): the student caught up within the margin
+        assert "KD phase over at step 2 (the student caught up with the teacher)" in out.stdout
