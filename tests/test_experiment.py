@@ -338,3 +338,39 @@ def test_horizon_study_configs_and_its_table_from_hand_made_results():
     text = horizon.markdown(rows, "CMD")
     assert "| 1x | 500 | salt | 2 | 4.1000 | 3.9500 | -0.1500 ± 0.0500 | 80% of the steps |" in text
     assert "| 2x | 1000 | salt | 2 | 3.6500 | 3.6750 | +0.0250 ± 0.0250 | not reached |" in text
+
+
+def test_a_horizon_combined_from_experiments_with_other_seeds():
+    """Seed 0 from one experiment, seeds 1 and 2 from another: finals concatenated, the mean curve weighted by
+    seeds, the target (the baseline's final over all three) and the reach step recomputed on the combined
+    curve, by hand."""
+    from salt_jax.errors import UserError
+    from salt_jax.experiment import horizon
+
+    steps = [0, 50, 100]
+
+    def part(seeds, curves):  # curves: method -> per-seed eval losses at `steps`
+        methods = {}
+        for name, per_seed in curves.items():
+            c = np.array(per_seed)
+            methods[name] = {"seeds": seeds, "steps": steps, "eval_loss_mean": c.mean(0).tolist(),
+                             "final_loss_per_seed": c[:, -1].tolist(), "final_loss_mean": float(c[:, -1].mean()),
+                             "kd_phase_end_mean": 18 if name == "salt" else 0, "reach_step_per_seed": [100] * len(seeds),
+                             "at_fraction": {"100": {"step": 100, "loss": float(c[:, -1].mean())}}}
+        return {"total_steps": 100, "teacher": None, "methods": methods}
+
+    a = part([0], {"baseline": [[9.0, 5.0, 4.0]], "salt": [[9.0, 4.0, 3.9]]})
+    b = part([1, 2], {"baseline": [[9.0, 5.2, 4.2], [9.0, 5.1, 4.1]], "salt": [[9.0, 3.9, 4.15], [9.0, 4.2, 4.05]]})
+    got = horizon.combine([a, b])
+    base, salt = got["methods"]["baseline"], got["methods"]["salt"]
+    assert base["seeds"] == [0, 1, 2] and salt["final_loss_per_seed"] == [3.9, 4.15, 4.05]
+    np.testing.assert_allclose(got["target_loss"], (4.0 + 4.2 + 4.1) / 3)  # 4.1
+    np.testing.assert_allclose(salt["eval_loss_mean"], [9.0, (4.0 + 3.9 + 4.2) / 3, (3.9 + 4.15 + 4.05) / 3])
+    assert salt["reach_step"] == 50 and salt["reach_step_fraction"] == 0.5  # 4.033 and 4.033 <= 4.1 from step 50
+    # (seed 1 alone would not: its 4.15 at the end is above the combined target)
+    assert base["reach_step"] == 100 and salt["at_fraction"]["100"]["loss"] == pytest.approx(4.0333333)
+    (row,) = horizon.summary({1: got})
+    np.testing.assert_allclose([row["paired_diff_mean"], row["paired_diff_std"]],
+                               [np.mean([-0.1, -0.05, -0.05]), np.std([-0.1, -0.05, -0.05])])
+    with pytest.raises(UserError, match="seed 1 is in two"):
+        horizon.combine([b, b])

@@ -12,7 +12,10 @@ the longer horizons spend their time training.
 `summary` reads each horizon's results.json: per horizon, the baseline's and
 each method's final loss, the paired (same seed) difference to the baseline,
 and the fraction of the steps at which the method reaches the baseline's final
-loss; `markdown` and `plot` write horizon.md and horizon.png.
+loss; `markdown` and `plot` write horizon.md and horizon.png. `combine` makes
+one horizon's results from experiments of it run with other seeds (the study
+run seed by seed, possibly on several machines), so the tables and the plot can
+be drawn from all its seeds (scripts/horizon_seeds.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 
 from salt_jax import paths
 from salt_jax.errors import UserError
+from salt_jax.experiment.report import steps_to_reach
 from salt_jax.experiment.writeup import paired_values
 
 
@@ -59,6 +63,41 @@ def experiments(exp: ml_collections.ConfigDict, workdir: str,
             e.student.train.steps = h * exp.student.train.steps
             e.student.eval.tasks = ""
         out.append((h, workdir_of(workdir, h), e))
+    return out
+
+
+def combine(parts: list[dict], baseline: str = "baseline") -> dict:
+    """One horizon's results (results.json's layout, the fields the horizon tables read) from experiments of it
+    with disjoint seeds: the same steps, evaluations, teacher and methods. Seeds and per-seed values are
+    concatenated; the mean curves and the values at fractions of the run are averaged weighted by seeds; the
+    target (the baseline's final loss, over every seed) and each method's reach step on its combined mean
+    curve are computed anew, by the reports' rule (salt_jax.experiment.report.steps_to_reach)."""
+    first = parts[0]
+    if any(p["total_steps"] != first["total_steps"] or set(p["methods"]) != set(first["methods"]) for p in parts):
+        raise UserError("horizon: the results to combine differ in steps or methods; combine one horizon's runs")
+    seeds = [s for p in parts for s in p["methods"][baseline]["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"horizon: seed {sorted(s for s in seeds if seeds.count(s) > 1)[0]} is in two of the results "
+                        "to combine")
+    out = {"total_steps": first["total_steps"], "teacher": first.get("teacher"), "methods": {}}
+    for name in first["methods"]:
+        ms = [p["methods"][name] for p in parts]
+        w = np.array([len(m["seeds"]) for m in ms], float)
+        mean = lambda key: (np.array([m[key] for m in ms], float).T @ w / w.sum()).tolist()  # noqa: E731
+        finals = [v for m in ms for v in m["final_loss_per_seed"]]
+        out["methods"][name] = {
+            "seeds": [s for m in ms for s in m["seeds"]], "steps": ms[0]["steps"],
+            "eval_loss_mean": mean("eval_loss_mean"), "final_loss_per_seed": finals,
+            "final_loss_mean": float(np.mean(finals)), "final_loss_std": float(np.std(finals)),
+            "kd_phase_end_mean": float(np.average([m["kd_phase_end_mean"] for m in ms], weights=w)),
+            "reach_step_per_seed": [s for m in ms for s in m.get("reach_step_per_seed", [None] * len(m["seeds"]))],
+            "at_fraction": {k: {"step": v["step"], "loss": float(np.average(
+                [m["at_fraction"][k]["loss"] for m in ms], weights=w))} for k, v in ms[0]["at_fraction"].items()}}
+    target = out["methods"][baseline]["eval_loss_mean"][-1]  # (its final over every seed, as its curve holds it)
+    out["target_loss"] = target
+    for m in out["methods"].values():
+        m["reach_step"] = steps_to_reach(m["steps"], m["eval_loss_mean"], target)
+        m["reach_step_fraction"] = None if m["reach_step"] is None else m["reach_step"] / out["total_steps"]
     return out
 
 
