@@ -165,3 +165,20 @@ def test_every_chunk_is_the_same_text_in_both_tokenizations(real_tokenizers, pai
         inside = np.flatnonzero(got.student_chunks[r] >= 0)
         assert np.all(got.student_chunks[r][inside[0]:inside[-1] + 1] >= 0)
     assert n_chunks > 10 * len(rows)
+
+
+def test_a_piece_the_teacher_cannot_reproduce_between_two_documents():
+    """The lowercasing teacher again, the bad document in the middle of the row: no chunk holds its tokens or
+    the EOS after it, on either side (it used to pair the student's EOS with the teacher's "a b EOS"); and a
+    student id with no bytes (<unk>) makes its document unalignable the same way."""
+    s = _student(["A", "B", "c", "a"])
+    t = TokenBytes(_bytes(["a", "b", "c"]), EOS, PAD, False)
+    lower = lambda texts: _greedy(["a", "b", "c"])([x.lower() for x in texts])  # noqa: E731
+    got = Aligner(s, t, lower, 8).align(np.array([[4, EOS, 2, 3, EOS, 4, EOS]]))
+    assert got.stats[0].tolist() == [0, 1, 0]
+    # targets EOS | A B EOS | c EOS: the first EOS, then the bad document and its EOS dropped, then c and EOS
+    assert got.student_chunks[0].tolist() == [0, -1, -1, -1, 1, 2]
+    assert got.teacher_chunks[0].tolist()[:6] == [0, -1, -1, -1, 1, 2]
+    s.table[3] = None  # "B" an id with no bytes (a special or unknown id)
+    got = Aligner(s, t, _greedy(["a", "b", "c"]), 8).align(np.array([[4, EOS, 5, 3, EOS, 4, EOS]]))
+    assert got.student_chunks[0].tolist() == [0, -1, -1, -1, 1, 2] and got.stats[0, alignment.UNENCODABLE] == 1

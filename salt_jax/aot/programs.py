@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from salt_jax.config import validate
+from salt_jax.data import alignment
 from salt_jax.errors import UserError
-from salt_jax.kd import methods, objective, schedules, selection
+from salt_jax.kd import alm, methods, objective, schedules, selection
 from salt_jax.hf.source import resolve as resolve_teacher
 from salt_jax.kd import teacher as teacher_lib
 from salt_jax.kd.schedules import KDPhase
@@ -117,15 +118,32 @@ class Programs:
         """The KD step reads cached sparse teacher targets (config.salt.teacher_logits=cache)."""
         return self.config.salt.teacher_logits == "cache"
 
+    @property
+    def cross(self) -> bool:
+        """The teacher tokenizes otherwise (config.salt.teacher_tokenizer=cross, given: compiling reads no
+        teacher to decide `auto` with): the KD step takes aligned batches of teacher_seq_len teacher tokens (0:
+        the student's seq_len) and, cached, the teacher's chunk log-likelihoods."""
+        return self.config.salt.teacher_tokenizer == teacher_lib.CROSS
+
+    def _aligned_tokens(self):
+        d = self.config.data
+        return alignment.shapes(d.batch_size, d.seq_len, self.config.salt.teacher_seq_len or d.seq_len,
+                                sharding.batch_sharding(self.mesh))
+
     def _teacher(self, unroll: int) -> teacher_lib.FixedTeacher:
         """The KD step's teacher as shapes: the teacher model (its loop unrolled `unroll`) and its parameters'
-        shapes, or one batch's cached sparse targets."""
+        shapes, or one batch's cached sparse targets (across tokenizers: its chunk log-likelihoods)."""
+        d, batch = self.config.data, sharding.batch_sharding(self.mesh)
+        if self.cached and self.cross:
+            chunks = alm.ChunkTargets(*(jax.ShapeDtypeStruct((d.batch_size, d.seq_len), jnp.float32, sharding=batch)
+                                        for _ in range(2)))
+            return teacher_lib.FixedTeacher(None, alm.ChunkTargets(batch, batch), chunks, True, aligned=True)
         if self.cached:
-            d = self.config.data
             return teacher_lib.FixedTeacher.of_targets(teacher_lib.target_shapes(
-                d.batch_size, d.seq_len, self.config.salt.cache_k, sharding.batch_sharding(self.mesh)))
-        return teacher_lib.FixedTeacher.of_model(Transformer(self.teacher_cfg, scan_unroll=unroll),
-                                                 self.teacher_shardings, self.teacher_cfg)
+                d.batch_size, d.seq_len, self.config.salt.cache_k, batch))
+        teacher = teacher_lib.FixedTeacher.of_model(Transformer(self.teacher_cfg, scan_unroll=unroll),
+                                                    self.teacher_shardings, self.teacher_cfg)
+        return dataclasses.replace(teacher, aligned=self.cross)
 
     def lowered(self, name: str, unroll: Unroll = Unroll()) -> jax.stages.Lowered:
         c = self.config
@@ -136,10 +154,14 @@ class Programs:
         pad_id = 0  # only compared against token ids: its value changes no shape or cost
         if name == "scoring":
             teacher = self._teacher(unroll.teacher)  # (salt_ds never reads cached logits)
-            fn = selection.scoring_program(teacher.model, teacher.shardings, c.salt.ds_topk, self.mesh, pad_id)
+            fn = selection.scoring_program(teacher.model, teacher.shardings, c.salt.ds_topk, self.mesh, pad_id,
+                                           self.cross)
+            aligned = self._aligned_tokens()
             with sharding.on_mesh(self.mesh):
-                return fn.lower(teacher.inputs(0), self.tokens)
+                return fn.lower(teacher.inputs(0), *((aligned.teacher_tokens, aligned.teacher_chunks) if self.cross
+                                                     else (self.tokens,)))
         teacher = self._teacher(unroll.teacher) if name == "kd" else None
         steps = StepPrograms(model, self.tx, self.lr, pad_id, self.mesh, self.state_shardings, loss, self.guard,
                              teacher=teacher, phase=self.phase)
-        return steps.lower(self.state, self.tokens, None if teacher is None else teacher.inputs(0))
+        tokens = self._aligned_tokens() if teacher is not None and self.cross else self.tokens
+        return steps.lower(self.state, tokens, None if teacher is None else teacher.inputs(0))

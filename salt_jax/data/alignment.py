@@ -40,6 +40,7 @@ from typing import Callable, NamedTuple
 import jax
 import numpy as np
 
+VERSION = 2  # of the alignment's rules: keys what depends on its chunk numbers (the teacher cache, SALT_DS scores)
 STATS = ("truncated_chunks", "unencodable_pieces", "long_chunks")  # per-row counts the batch carries to the metrics
 TRUNCATED, UNENCODABLE, LONG = 0, 1, 2
 MAX_CHUNK = 16  # student tokens per chunk at most (the chunked loss completes a chunk within 16 positions each side)
@@ -190,6 +191,10 @@ class Aligner:
         n_teacher = sum(len(ids) for ids in self.encode(texts)) if texts else 0
         return n_bytes / max(n_student, 1), n_bytes / max(n_teacher, 1)
 
+    def pieces(self, row: np.ndarray) -> list:
+        """The row's document pieces' texts (None: a piece with an id that has no bytes)."""
+        return self._pieces(row)[1]
+
     def _pieces(self, row: np.ndarray):
         """The row's document pieces: (per piece: (first, stop) token index, its text, bytes trimmed at its
         start), with the student tokens' widths on the line."""
@@ -254,7 +259,8 @@ class Aligner:
         ids: list[int] = []
         starts: list[int] = []
         ends: list[int] = []
-        bad_ranges: list[tuple[int, int]] = []
+        bad_student: list[int] = []  # token indices of pieces the teacher cannot reproduce, and their separators
+        bad_teacher: list[int] = []
         unencodable = 0
         pos = 0
         prev_stop = 0
@@ -274,7 +280,8 @@ class Aligner:
                 got = data
             if text is None or got != data:
                 unencodable += 1
-                bad_ranges.append((piece_start, piece_end))
+                bad_student.extend(range(i, j + 1))  # (j: the separator after it, when there is one)
+                bad_teacher.extend(range(len(ids), len(ids) + len(piece_ids) + 1))
                 w = np.zeros(len(piece_ids), np.int64)
             p = piece_start + head
             for x, width in zip(piece_ids, w):
@@ -308,9 +315,11 @@ class Aligner:
         t_k = chunk_of(t_starts[1:kept])
         if s.pad_id != s.eos_id:  # padding (a held-out or scored batch's last rows) is in no chunk
             s_k[np.asarray(row[1:]) == s.pad_id] = -1
-        for lo, hi in bad_ranges:  # no chunk inside a piece the teacher cannot reproduce
-            s_k[(s_starts[1:] >= lo) & (s_starts[1:] < hi)] = -1
         both = np.intersect1d(s_k[s_k >= 0], t_k[t_k >= 0])
+        # no chunk holding a token of a piece the teacher cannot reproduce (or the separator after it), on either side
+        bad = np.concatenate([s_k[[x - 1 for x in bad_student if 0 < x < n]],
+                              t_k[[x - 1 for x in bad_teacher if 0 < x < kept]]])
+        both = np.setdiff1d(both, bad[bad >= 0])
         ids_, sizes = np.unique(s_k[s_k >= 0], return_counts=True)
         long = np.intersect1d(both, ids_[sizes > MAX_CHUNK])
         both = np.setdiff1d(both, long)

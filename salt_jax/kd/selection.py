@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from salt_jax import paths
+from salt_jax.data.alignment import VERSION as ALIGNMENT_VERSION
 from salt_jax.data.batches import Batches, host_rows
 from salt_jax.data.store import Store, TokenStore, pool_rows  # noqa: F401 -- pool_rows: one corpus's pool
 from salt_jax.errors import UserError
@@ -77,7 +78,7 @@ def _score_file(cache: TokenStore, teacher_fp: str, k: int, rows: np.ndarray, te
     """Scores depend on the rows' tokens, so on the sequence length that cuts the store into rows too (and,
     across tokenizers, on the teacher's length per row)."""
     pool_key = hashlib.sha256(rows.astype(np.int64).tobytes()).hexdigest()[:12]
-    teacher = f"-U{teacher_len}" if teacher_len else ""
+    teacher = f"-U{teacher_len}a{ALIGNMENT_VERSION}" if teacher_len else ""  # (the alignment's rules too)
     return paths.join(cache.directory, "scores",
                       f"{teacher_fp}-k{k}-L{cache.train.seq_len}{teacher}-pool{len(rows)}-{pool_key}.npz")
 

@@ -458,6 +458,10 @@ def teacher_tokenizer(source: TeacherSource, cache_dirs=()):
     """The tokenizer a teacher was trained with (cross-tokenizer KD encodes the student's text with it): a Hugging
     Face directory's tokenizer.json, or the one a salt_jax teacher's run kept (its fingerprint checked)."""
     if source.kind == HF:
+        if not os.path.isfile(os.path.join(source.path, "tokenizer.json")):
+            raise UserError(f"{source.field}={source.path}: has no tokenizer.json; a teacher with another tokenizer "
+                            "reads the student's text in its own tokens (save its tokenizer with save_pretrained "
+                            "beside the model)")
         return HFTokenizer(source.path)
     record = read_record(source.root, source.step)
     run_config_file = paths.join(source.run_dir, "config.json")

@@ -35,6 +35,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from salt_jax import paths
+from salt_jax.data.alignment import VERSION as ALIGNMENT_VERSION
 from salt_jax.data.alignment import AlignedBatches
 from salt_jax.data.batches import Batches, Prefetcher, host_rows, training_batches
 from salt_jax.errors import UserError
@@ -64,6 +65,7 @@ class Spec:
     dtype: str  # one of CACHE_DTYPES
     teacher_tokenizer: str = ""  # alm: the teacher's tokenizer (the pair's other half is the store's)
     teacher_len: int = 0  # alm: the teacher's tokens per window
+    alignment: int = 0  # alm: salt_jax.data.alignment.VERSION (the chunk numbers the cached values follow)
 
     @classmethod
     def of(cls, config, teacher_fingerprint: str, store_dir: str, steps: int, aligner=None) -> "Spec":
@@ -72,7 +74,7 @@ class Spec:
                   int(d.seq_len), int(steps))
         if aligner is not None:  # chunk log-likelihoods: float32 (they reach -100s; float16 keeps 3 digits)
             return cls(*common, "alm", 0, float(s.temperature), "float32", aligner.teacher_fingerprint,
-                       aligner.teacher_len)
+                       aligner.teacher_len, ALIGNMENT_VERSION)
         return cls(*common, s.cache_targets, int(s.cache_k), float(s.temperature), s.cache_dtype)
 
     @property
@@ -92,7 +94,7 @@ class Spec:
         fields = dataclasses.asdict(self)
         fields.update(kind=self.stored, steps=0)  # one cache serves both top-k readings, and shorter phases
         if self.kind != "alm":
-            del fields["teacher_tokenizer"], fields["teacher_len"]  # (the directories of caches written before)
+            del fields["teacher_tokenizer"], fields["teacher_len"], fields["alignment"]  # (earlier caches' keys)
         key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
         return paths.join(store_dir, "teacher_logits", f"{self.stored}-k{self.k}-{key}")
 
@@ -245,12 +247,13 @@ class CachedTeacher(teacher_lib.Teacher):
         if not manifest.get("complete") or manifest["steps"] < spec.steps:
             raise UserError(f"{directory}: the teacher cache covers {manifest.get('steps')} steps, the KD phase "
                             f"needs {spec.steps}; delete the directory to rebuild it")
-        pair = (manifest.get("kind"), manifest.get("teacher_tokenizer", ""), manifest.get("teacher_len", 0))
-        if pair != (spec.stored, spec.teacher_tokenizer, spec.teacher_len):
+        pair = (manifest.get("kind"), manifest.get("teacher_tokenizer", ""), manifest.get("teacher_len", 0),
+                manifest.get("alignment", 0))
+        if pair != (spec.stored, spec.teacher_tokenizer, spec.teacher_len, spec.alignment):
             raise UserError(f"{directory}: the teacher cache holds {pair[0]} targets for teacher tokenizer "
-                            f"{pair[1] or 'the student'} ({pair[2]} tokens per window), this run needs {spec.stored} "
-                            f"for {spec.teacher_tokenizer or 'the student'} ({spec.teacher_len}); delete the "
-                            "directory to rebuild it")
+                            f"{pair[1] or 'the student'} ({pair[2]} tokens per window, alignment v{pair[3]}), this "
+                            f"run needs {spec.stored} for {spec.teacher_tokenizer or 'the student'} "
+                            f"({spec.teacher_len}, v{spec.alignment}); delete the directory to rebuild it")
         self.directory, self.manifest, self.spec, self.mesh = directory, manifest, spec, mesh
         self.fingerprint, self.checkpoint, self.prefetch = spec.teacher, checkpoint, prefetch
         batch = sharding.batch_sharding(mesh)

@@ -140,9 +140,13 @@ class RunFlops:
     peak: float | None
 
     @classmethod
-    def of(cls, student_cfg, seq_len: int, teacher_cfg, devices: int, override_tflops: float = 0.0) -> "RunFlops":
+    def of(cls, student_cfg, seq_len: int, teacher_cfg, devices: int, override_tflops: float = 0.0,
+           teacher_seq_len: int = 0) -> "RunFlops":
+        """`teacher_seq_len`: the teacher's tokens per student window when it tokenizes otherwise (its forward
+        per student token is then its FLOPs per token at that length times teacher_seq_len / seq_len)."""
+        t_len = teacher_seq_len or seq_len
         return cls(train_flops_per_token(student_cfg, seq_len),
-                   flops_per_token(teacher_cfg, seq_len) if teacher_cfg is not None else 0.0,
+                   flops_per_token(teacher_cfg, t_len) * t_len / seq_len if teacher_cfg is not None else 0.0,
                    devices, peak_flops(override_tflops=override_tflops))
 
     def throughput(self, tokens_per_sec: float | None, kd_share: float) -> dict:

@@ -288,12 +288,32 @@ def _aligner(config, batches, tok, source: TeacherSource | None) -> alignment.Al
                      "past it are counted in metrics.jsonl's truncated_chunks", aligner.teacher_len,
                      config.data.seq_len, student_bpt, teacher_bpt,
                      f"; {measured} capped at the teacher's max_len" if measured > max_len else "")
+    _check_encodable(aligner, alignment.first_rows(batches, 64))
     trained = _teacher_seq_len(source)
     if trained and aligner.teacher_len > trained:
         logging.warning("teacher sequence: %d tokens per window, but the teacher was trained on windows of %d: it "
                         "reads positions it never trained on; set config.salt.teacher_seq_len=%d (chunks past it "
                         "are counted) or train the teacher on longer windows", aligner.teacher_len, trained, trained)
     return aligner
+
+
+UNENCODABLE_WARN, UNENCODABLE_REFUSE = 0.05, 0.5  # shares of document pieces the teacher cannot reproduce
+
+
+def _check_encodable(aligner: alignment.Aligner, rows) -> None:
+    """A teacher tokenizer that cannot reproduce the student's text (one that normalises it, or maps characters to
+    <unk>) leaves those pieces without chunks: said above 5% of the first rows' pieces, refused above half."""
+    pieces = sum(len(aligner.pieces(row)) for row in rows)
+    bad = int(aligner.align(rows).stats[:, alignment.UNENCODABLE].sum())
+    share = bad / max(pieces, 1)
+    what = (f"the teacher's tokenizer ({aligner.teacher_fingerprint}) does not reproduce the text of {bad} of "
+            f"{pieces} document pieces of the first 64 training rows ({share:.0%})")
+    if share > UNENCODABLE_REFUSE:
+        raise UserError(f"config.salt.teacher: {what}: it normalises text or maps characters to unknown ids, so "
+                        "most of the KD phase would have nothing to align; use a teacher whose tokenizer keeps "
+                        "bytes as they are")
+    if share > UNENCODABLE_WARN:
+        logging.warning("%s: those pieces have no chunks (counted in metrics.jsonl's unencodable_pieces)", what)
 
 
 def _teacher_seq_len(source: TeacherSource) -> int:
@@ -359,4 +379,5 @@ def setup(user_config: ml_collections.ConfigDict, workdir: str) -> Run:
                eval_sets=batches_lib.eval_sets(store, cfg_d.batch_size, cfg_d.heldout_batches, tok.pad_id),
                ckpt=ckpt, writer=metrics.MetricsWriter(workdir, resume_step=start, config=config), record=record,
                flops=RunFlops.of(config.model, cfg_d.seq_len, teacher.config if teacher else None, mesh.size,
-                                 cfg_t.peak_tflops), n_params=n_params, fewshot=fewshot)
+                                 cfg_t.peak_tflops, aligner.teacher_len if aligner else 0),
+               n_params=n_params, fewshot=fewshot)
