@@ -258,3 +258,24 @@ def test_a_cpu_host_with_libtpu_trains_on_the_cpu(monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cuda")
     cli.keep_jax_off_an_absent_tpu()
     assert os.environ["JAX_PLATFORMS"] == "cuda"
+
+
+@pytest.mark.parametrize("variant", ["online", "cache", "salt_ds"])
+def test_the_cross_tokenizer_steps_compile_for_a_slice(v5e, variant):
+    """teacher_tokenizer=cross: the KD step takes aligned batches (teacher_seq_len teacher tokens per window, the
+    teacher with its own vocabulary), cached as chunk log-likelihoods, and SALT_DS scores the teacher's tokens."""
+    c = _tiny("salt_ds" if variant == "salt_ds" else "salt")
+    c.salt.teacher_tokenizer, c.salt.teacher_seq_len = "cross", 160
+    c.salt.teacher_logits = "cache" if variant == "cache" else "online"
+    r = check.check(c, v5e, with_estimate=False)
+    assert r["fits"], r
+    want = {"kd", "baseline", "scoring"} if variant == "salt_ds" else {"kd", "baseline"}
+    assert set(r["programs"]) == want and all(p["fits"] for p in r["programs"].values())
+    from salt_jax.model import sharding
+
+    target = programs.target_config(c, "tpu")
+    target.model.attention = "xla"  # (lowered here for this machine's CPU devices: no Pallas kernels)
+    lowered = programs.Programs(target, sharding.make_mesh(target.mesh), programs.teacher_config(target))
+    text = lowered.lowered("scoring" if variant == "salt_ds" else "kd").as_text()
+    assert ("8x161xi32" in text) == (variant != "cache")  # the teacher's 160 + 1 tokens (cached: not read)
+    assert ("8x128xf32" if variant == "cache" else "8x160xi32") in text  # its chunk values / its tokens' chunks
