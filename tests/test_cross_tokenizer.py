@@ -48,6 +48,13 @@ def cross_reference(tmp_path_factory, cache_dir, teacher_dir):
     return workdir, out.stdout
 
 
+@pytest.fixture(scope="module")
+def cross_cached(tmp_path_factory, cache_dir, teacher_dir):
+    """The same run with the teacher cache (teacher_logits=cache), its output."""
+    workdir = str(tmp_path_factory.mktemp("cross") / "cached")
+    return workdir, _ok(salt_run.cli(workdir, cache_dir, teacher_dir, SP_STUDENT + CACHED)).stdout
+
+
 def test_the_choice_is_explicit_and_the_kd_phase_distils_across_tokenizers(cross_reference):
     workdir, log = cross_reference
     written = json.load(open(os.path.join(workdir, "config.json")))
@@ -67,15 +74,14 @@ def test_the_choice_is_explicit_and_the_kd_phase_distils_across_tokenizers(cross
     assert all(r["teacher_ntp_loss"] > np.log(384) for r in kd)
 
 
-def test_online_and_cached_teachers_give_the_same_run_and_a_kill_resumes_it(cross_reference, cache_dir,
-                                                                          teacher_dir, tmp_path):
+def test_online_and_cached_teachers_give_the_same_run_and_a_kill_resumes_it(cross_reference, cross_cached,
+                                                                          cache_dir, teacher_dir, tmp_path):
     reference, _ = cross_reference
-    cached = str(tmp_path / "cached")
-    out = _ok(salt_run.cli(cached, cache_dir, teacher_dir, SP_STUDENT + CACHED))
+    cached, log = cross_cached
     manifest = json.load(open(os.path.join(cached, "teacher_cache.json")))
     assert manifest["kind"] == "alm" and manifest["teacher_tokenizer"] == "bytes-v1"
     assert manifest["bytes_per_token"] < 12  # two float32 chunk values per student position (+ the npz header)
-    assert "parameters, fingerprint" in out.stdout  # the teacher ran once, to build the cache
+    assert "parameters, fingerprint" in log  # the teacher ran once, to build the cache
     _same_metrics(reference, cached)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), salt_run.params(reference),
                  salt_run.params(cached))
@@ -101,7 +107,7 @@ def test_two_processes_align_and_train_what_one_does(cross_reference, cache_dir,
                  salt_run.params(two))
 
 
-def test_what_does_not_fit_is_counted_or_refused_in_one_line(cross_reference, cache_dir, teacher_dir, tmp_path):
+def test_what_does_not_fit_is_counted_or_refused_in_one_line(cross_cached, cache_dir, teacher_dir, tmp_path):
     # a teacher length too small for the text: the run goes on, the chunks past it are counted per line
     short = str(tmp_path / "short")
     _ok(salt_run.cli(short, cache_dir, teacher_dir, SP_STUDENT + ["--config.salt.teacher_seq_len=16"]))
@@ -115,8 +121,7 @@ def test_what_does_not_fit_is_counted_or_refused_in_one_line(cross_reference, ca
         " use forward_kl or reverse_kl (ALM's binarised divergence; top-k needs a shared vocabulary)")
     assert not (tmp_path / "topk").exists()
     # a cache whose manifest says another tokenizer pair: one line, the cache left as it is
-    cached = str(tmp_path / "cached")
-    _ok(salt_run.cli(cached, cache_dir, teacher_dir, SP_STUDENT + CACHED))
+    cached, _ = cross_cached
     directory = json.load(open(os.path.join(cached, "teacher_cache.json")))["directory"]
     path = os.path.join(directory, "manifest.json")
     manifest = json.load(open(path))
