@@ -37,7 +37,7 @@ def _reference(s_logits, t_logits, targets, t_targets, s_chunks, t_chunks, mask,
             l_t = min(tt[r][t_chunks[r] == c].sum(), -1e-6) / b
             (lp, lq) = (l_t, l_s) if kind == "forward_kl" else (l_s, l_t)
             p, q = np.exp(lp), np.exp(lq)
-            divs.append(p * (lp - lq) + (1 - p) * (np.log1p(-p) - np.log1p(-q)))
+            divs.append(b * (p * (lp - lq) + (1 - p) * (np.log1p(-p) - np.log1p(-q))))
             weights.append(w[r])
     tokens = mask.sum()
     ntp = (-(s1 * mask) * (1 - w[:, None])).sum() / tokens
@@ -127,7 +127,7 @@ def test_dense_and_chunked_paths_give_the_same_loss_and_gradient():
     assert float(v_c) == pytest.approx(float(v_d), rel=1e-5)
     for k in ("kd_sum", "ntp_sum", "teacher_ntp_sum", "correct", "aligned_tokens"):
         assert float(st_c[k]) == pytest.approx(float(st_d[k]), rel=1e-5, abs=1e-6), k
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g_d, g_c)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_d, g_c)
 
     # the teacher's chunk values (what a cached teacher stores) give the same step
     t_logits = teacher.apply({"params": t_params}, batch.teacher_tokens[:, :-1])
@@ -135,7 +135,7 @@ def test_dense_and_chunked_paths_give_the_same_loss_and_gradient():
                                 batch.teacher_chunks, T)
     (v_k, _), g_k = value(chunked, cached)
     assert float(v_k) == pytest.approx(float(v_d), rel=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g_d, g_k)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_d, g_k)
     assert float(st_d["kd_sum"]) > 0
 
 

@@ -10,14 +10,16 @@ l_T(c) = sum of the teacher's target log-probs in c and l_S(c) the student's
 (each from softmax(z / tau), tau the KD temperature and its schedule), the two
 chunk probabilities at the binarisation temperature b (config.salt.alm_temperature),
 p = exp(l / b), are read as Bernoulli variables and compared by a binarised
-f-divergence:
+f-divergence, scaled by b:
 
-    forward_kl:  KL(Bern(p_T) || Bern(p_S)) = p_T (l_T - l_S) / b + (1 - p_T) (log(1 - p_T) - log(1 - p_S))
-    reverse_kl:  KL(Bern(p_S) || Bern(p_T))
+    forward_kl:  b KL(Bern(p_T) || Bern(p_S)) = p_T (l_T - l_S) + b (1 - p_T) (log(1 - p_T) - log(1 - p_S))
+    reverse_kl:  b KL(Bern(p_S) || Bern(p_T))
 
 b = 100 (tokenkit's default) keeps p away from 0: a chunk of a few tokens has
 a likelihood far below 1, and at b = 1 both Bernoullis sit near 0 with almost
-no gradient between them.
+no gradient between them. The factor b keeps the term's size: the binary KL
+itself falls as 1/b (b KL -> l_T - l_S - l_T log(l_T / l_S) as b grows, an O(1)
+number per chunk), as the same-tokenizer terms keep theirs by tau^2.
 
 averaged over chunks and mixed as (1 - w) NTP + w ALM (`mixture_stats`).
 
@@ -32,8 +34,10 @@ Where this departs from the paper and tokenkit, and why:
 - no hidden-state term: it needs a learned projection between the two
   models' widths, a second set of parameters for a phase that ends;
 - chunk log-likelihoods are clipped to <= -1e-6 (log(1 - p) stays finite), as tokenkit does;
-- the term is not scaled by tau^2 (the same-tokenizer terms are): tau enters
-  through both models' log-probabilities, as in the paper.
+- the term is scaled by b, and not by tau^2 (the same-tokenizer terms are): tau enters through both
+  models' log-probabilities, as in the paper; without b the term is ~1/b of a token-level KD term
+  (tokenkit balances its losses by their gradient norms instead, GradMag): at b = 100 and w = 0.5 it
+  gave the student almost nothing while halving its next-token term.
 """
 
 from __future__ import annotations
@@ -74,12 +78,14 @@ def binary_kl(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
 
 def divergence(teacher: jax.Array, student: jax.Array, kind: str, binarize: float = 1.0) -> jax.Array:
     """The binarised divergence per chunk between chunk log-likelihoods (KINDS), at binarisation temperature
-    `binarize` (each log-likelihood divided by it)."""
+    `binarize` = b (each log-likelihood divided by it), times b: the binary KL falls as 1/b, and
+    b KL -> l_T - l_S - l_T log(l_T / l_S) as b grows, so the term keeps its size (as the same-tokenizer
+    terms are scaled by tau^2)."""
     teacher, student = teacher / binarize, student / binarize
     if kind == "forward_kl":
-        return binary_kl(teacher, student)
+        return binarize * binary_kl(teacher, student)
     if kind == "reverse_kl":
-        return binary_kl(student, teacher)
+        return binarize * binary_kl(student, teacher)
     raise ValueError(f"no ALM divergence {kind!r}; use one of {KINDS}")
 
 
