@@ -360,6 +360,8 @@ RULES = [
          replace=SANDBOX),
     Rule(r"python scripts/bench_store\.py ", "run", append="--sizes_mb=1 --workers=0", replace=SANDBOX),
     Rule(r"python scripts/bench_fewshot_share\.py ", "run", append="--limit=4", replace=SANDBOX),
+    Rule(r"python scripts/bench_vs_torch\.py", "run", append="--sizes=demo --rounds=1 --loop_steps=1"),
+    Rule(r"python scripts/horizon_seeds\.py ", "run", replace=(("--out=docs/", "--out=docs-out/"),)),
     Rule(r"python scripts/bench_alignment\.py ", "run",  # (a slice of the library, a small teacher tokenizer)
          append="--config.data.max_files=40 --config.data.seq_len=32 --config.data.batch_size=8 --steps=2 "
                 "--teacher_vocab=400 --teacher_seq_len=0", replace=SANDBOX),
@@ -474,7 +476,7 @@ def box(tmp_path_factory, cache_dir):
     inputs the docs assume: a small Hugging Face model at models/SmolLM2-135M, and corpora under data/
     written by their own libraries (docs/data.md "Training on your own large corpus")."""
     root = tmp_path_factory.mktemp("docs")
-    for name in ("configs", "scripts"):
+    for name in ("configs", "scripts", "docs"):  # (docs: the committed reports a command reads)
         os.symlink(os.path.join(REPO, name), root / name)
     _corpora(root / "data")
     _tiny_hf_model(str(root / "models" / "SmolLM2-135M"))

@@ -140,6 +140,9 @@ def _horizon(res: dict, column: str, cell: str) -> list:
         "baseline final": [b["final_loss_mean"]],
         "salt final": [s["final_loss_mean"]],
         "paired difference": _paired(res, "salt"),
+        "paired difference, mean ± std (per seed)": [float(np.mean(_paired(res, "salt"))), float(np.std(_paired(res, "salt"))),
+                                          *_paired(res, "salt")],
+        "seeds": [len(s["seeds"])],
         "salt reaches the baseline's final at": [s["reach_step"], s["reach_step_fraction"]],
         "held-out loss at 25% / 50% / 70%, baseline vs salt":
             [m["at_fraction"][k]["loss"] for k in ("25", "50", "70") for m in (b, s)],
@@ -184,6 +187,14 @@ TABLES = {
      "(3.6269) at"): {m: ("demo/horizon/2x-seeds12", m) for m in ("baseline", "salt")},
     ("docs/results.md", "| horizon |"): {"1x": ("demo", None), "2x": ("demo/horizon/2x", None),
                                          "4x": ("demo/horizon/4x", None)},
+    ("docs/results.md", "| method | held-out loss at 25% / 50% / 70% / 100% of the steps | reached baseline final "
+     "(3.1280) at"): {m: ("demo/horizon/4x-seeds12", m) for m in ("baseline", "salt")},
+    ("docs/results.md", "| horizon (all seeds) |"): {h: (f"demo/horizon/three-seeds/{h}", None) for h in ("1x", "2x", "4x")},
+    ("docs/results.md", "| method | held-out loss at 25% / 50% / 70% / 100% of the steps | reached baseline final "
+     "(4.1772) at"): {"baseline": ("demo/cross-tokenizer", "baseline"),
+                      "salt, same tokenizer (the demo teacher, BPE 2048)": ("demo/cross-tokenizer", "salt"),
+                      "salt, another tokenizer (Unigram 1024 teacher, ALM)":
+                          ("demo/cross-tokenizer", "salt-teacherunigram1024-teacher_seq_len160")},
     ("docs/results.md", "| method | held-out loss at 25% / 50% / 70% / 100% of the steps | reached baseline final at"): {
         "baseline, seed 0": ("demo-first-pair", "baseline"), "salt, seed 0": ("demo-first-pair", "salt"),
         "baseline, 3 seeds": ("demo-first-pair/three-seeds", "baseline"),
