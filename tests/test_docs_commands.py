@@ -395,6 +395,15 @@ RULES = [
          '--config.seeds=1,2 --config.student.train.steps=1000 --config.student.eval.tasks= "--config.name=demo, 2x '
          'the steps"', "dry run", f"the 2x horizon's seeds 1 and 2 (docs/demo/horizon/2x-seeds12): 5 runs, an hour "
          f"and a half on 2 cores; {DRY_RUN}", append="--dry_run"),
+    Rule('python -m salt_jax.experiment --config=configs/experiments/demo.py --workdir=runs/horizon-4x-s12 '
+         '--config.seeds=1,2 --config.student.train.steps=2000 --config.student.eval.tasks= '
+         '--config.teacher_path=runs/horizon-2x-s12/teacher "--config.name=demo, 4x the steps"', "check",
+         "the 4x horizon's seeds 1 and 2 (docs/demo/horizon/4x-seeds12): 4 runs of 2000 steps, over an hour on 2 "
+         "cores, with the 2x study's teacher (which its dry run would need trained): its flags and config parse",
+         check=_parses),
+    Rule("python -m salt_jax.experiment --config=configs/experiments/cross_tokenizer.py --workdir=runs/cross-tokenizer",
+         "dry run", f"the cross-tokenizer experiment (docs/demo/cross-tokenizer): 2 teachers and 9 students, about 40 "
+         f"minutes on 2 cores; {DRY_RUN}", append="--dry_run"),
     Rule("python -m salt_jax.eval --workdir=RUN --tasks=paper_suite --num_fewshot=1", "check",
          "lm-eval downloads these tasks from the Hugging Face Hub: no network here (the offline tasks run the same "
          "code path); its flags parse, and paper_suite is a suite salt_jax.eval knows", check=_paper_suite),
