@@ -182,3 +182,29 @@ def test_a_piece_the_teacher_cannot_reproduce_between_two_documents():
     s.table[3] = None  # "B" an id with no bytes (a special or unknown id)
     got = Aligner(s, t, _greedy(["a", "b", "c"]), 8).align(np.array([[4, EOS, 5, 3, EOS, 4, EOS]]))
     assert got.student_chunks[0].tolist() == [0, -1, -1, -1, 1, 2] and got.stats[0, alignment.UNENCODABLE] == 1
+
+
+def test_a_teacher_that_cannot_reproduce_most_of_the_text_is_refused_and_some_is_said(caplog):
+    """salt_jax.train.setup._check_encodable on the first rows: over half of the pieces unreproducible is one
+    line naming config.salt.teacher; over 5% a warning; none, silence."""
+    import logging
+
+    from salt_jax.errors import UserError
+    from salt_jax.train.setup import _check_encodable
+
+    s = _student(["A", "b", "c"])
+    t = TokenBytes(_bytes(["a", "b", "c"]), EOS, PAD, False)
+    lower = lambda texts: _greedy(["a", "b", "c"])([x.lower() for x in texts])  # noqa: E731
+    aligner = Aligner(s, t, lower, 16, "hf-tok-lower")
+    mostly_upper = np.array([[2, 3, EOS, 2, 4, EOS, 3, 4, EOS]] * 4)  # "Ab", "Ac" bad; "bc" fine
+    with pytest.raises(UserError, match=r"config.salt.teacher: the teacher's tokenizer \(hf-tok-lower\) does not "
+                                        r"reproduce the text of 8 of 12 document pieces"):
+        _check_encodable(aligner, mostly_upper)
+    some = np.array([[2, 3, EOS] + [3, 4, EOS] * 3] * 4)  # 1 piece in 4 bad: said, not refused
+    with caplog.at_level(logging.WARNING):
+        _check_encodable(aligner, some)
+    assert "4 of 16 document pieces" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _check_encodable(aligner, np.array([[3, 4, EOS] * 3] * 2))
+    assert caplog.text == ""
