@@ -5,7 +5,7 @@
 - estimate.py: memory per chip and the compiler's cost estimate, with its corrections
 - check.py: compile a run for a slice (and search mesh shapes x remat policies): the report
 
-Imports: salt_jax.errors, salt_jax.model, salt_jax.hf, salt_jax.kd, salt_jax.config, salt_jax.train
+Imports: salt_jax.errors, salt_jax.data, salt_jax.model, salt_jax.hf, salt_jax.kd, salt_jax.config, salt_jax.train
 
 Never experiment/ or the entry points. The command line is salt_jax.compile.
 """
