@@ -10,6 +10,7 @@ from salt_jax import config
 from salt_jax.data import sources, tokenizer
 from salt_jax.errors import UserError
 from salt_jax.kd import losses, methods, objective, schedules, selection, sparse, teacher_cache
+from salt_jax.kd import teacher
 from salt_jax.model import attention, presets, sharding, transformer
 
 # Field -> the object that defines its allowed values, in the module that gives them meaning (train/'s three
@@ -34,6 +35,7 @@ OWNERS = {
     "salt.weight_schedule": schedules.SCHEDULES,
     "salt.temperature_schedule": schedules.TEMPERATURE_SCHEDULES,
     "salt.teacher_logits": teacher_cache.TEACHER_LOGITS,
+    "salt.teacher_tokenizer": teacher.TOKENIZER_CHOICES,
     "salt.cache_targets": sparse.KINDS,
     "salt.cache_dtype": teacher_cache.CACHE_DTYPES,
     "salt.ds_rule": selection.RULES,
