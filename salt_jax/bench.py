@@ -249,11 +249,9 @@ def _aligned_batch(tokens, sharding_) -> AlignedBatch:
     return AlignedBatch(*(jax.device_put(a, sharding_) for a in arrays))
 
 
-def bench_steps(config, t_cfg, repeats: int, cache_k: int = 0, cross: bool = False) -> dict:
-    """Baseline and KD step times, their ratio, the FLOP model, MFU and compiled memory; with `cache_k`, also
-    the KD step from cached sparse targets of `cache_k` ids per position (its ratio to every baseline timing);
-    with `cross`, the cross-tokenizer KD step with the same teacher FLOPs, timed alternating with the KD step
-    (its ratio to it)."""
+def step_setup(config, t_cfg):
+    """What the steps are timed on: (programs(teacher) -> the run's StepPrograms with that teacher, the online
+    teacher with random parameters, one batch of random tokens on the mesh, a fresh train state)."""
     batch, seq = config.data.batch_size, config.data.seq_len
     mesh = sharding.make_mesh(config.mesh)
     sharding.check_batch(batch, mesh, "config.data.batch_size")
@@ -266,11 +264,19 @@ def bench_steps(config, t_cfg, repeats: int, cache_k: int = 0, cross: bool = Fal
         return StepPrograms(model, tx, sched, 0, mesh, shardings, objective.make_loss(config), teacher=teacher,
                             phase=phase)
 
-    teacher = _random_teacher(t_cfg, mesh)
-    steps = programs(teacher)
     tokens = jax.device_put(np.random.default_rng(0).integers(3, config.model.vocab_size, (batch, seq + 1),
-                                                              dtype=np.int32), steps.batch_sharding)
-    state = state_lib.create_state(model, tx, seq, mesh, 0)
+                                                              dtype=np.int32), sharding.batch_sharding(mesh))
+    return programs, _random_teacher(t_cfg, mesh), tokens, state_lib.create_state(model, tx, seq, mesh, 0)
+
+
+def bench_steps(config, t_cfg, repeats: int, cache_k: int = 0, cross: bool = False) -> dict:
+    """Baseline and KD step times, their ratio, the FLOP model, MFU and compiled memory; with `cache_k`, also
+    the KD step from cached sparse targets of `cache_k` ids per position (its ratio to every baseline timing);
+    with `cross`, the cross-tokenizer KD step with the same teacher FLOPs, timed alternating with the KD step
+    (its ratio to it)."""
+    batch, seq = config.data.batch_size, config.data.seq_len
+    programs, teacher, tokens, state = step_setup(config, t_cfg)
+    steps = programs(teacher)
     mem_base, base_compile = _compile(steps, state, tokens)
     mem_kd, kd_compile = _compile(steps, state, tokens, teacher.params)
     state, base = _time_steps(steps, state, tokens, repeats)

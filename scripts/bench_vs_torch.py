@@ -30,13 +30,6 @@ from absl import app, flags
 
 from salt_jax import bench, cli
 from salt_jax.config import base_config
-from salt_jax.kd import objective, schedules
-from salt_jax.kd.schedules import KDPhase
-from salt_jax.model import sharding
-from salt_jax.model.transformer import Transformer
-from salt_jax.train import optim
-from salt_jax.train import state as state_lib
-from salt_jax.train.step import StepPrograms
 
 SIZES = {"demo": ("demo-student", "demo-teacher-half", 16, 128), "50m": ("gpu-50m", "gpu-25m", 4, 128)}
 
@@ -51,17 +44,9 @@ def salt_jax_steps(student: str, teacher: str, batch: int, seq: int):
     config.data.batch_size, config.data.seq_len = batch, seq
     config.salt.teacher_preset = teacher
     config, t_cfg = bench.model_configs(config)
-    mesh = sharding.make_mesh(config.mesh)
-    model = Transformer(config.model)
-    tx, sched = optim.make_optimizer(config.optim, 1000)
-    _, shardings = state_lib.abstract_state(model, tx, seq, mesh)
-    phase = KDPhase.from_config(schedules.resolved(config.salt, 1000), 1000, batch, lr=sched)
-    online = bench._random_teacher(t_cfg, mesh)
-    programs = StepPrograms(model, tx, sched, 0, mesh, shardings, objective.make_loss(config), teacher=online,
-                            phase=phase)
-    tokens = jax.device_put(np.random.default_rng(0).integers(3, config.model.vocab_size, (batch, seq + 1),
-                                                              dtype=np.int32), programs.batch_sharding)
-    held = {"state": state_lib.create_state(model, tx, seq, mesh, 0)}
+    make_programs, online, tokens, state = bench.step_setup(config, t_cfg)
+    programs = make_programs(online)
+    held = {"state": state}
 
     def step(kd: bool):
         def run():

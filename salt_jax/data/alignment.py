@@ -261,15 +261,21 @@ class Aligner:
         ends: list[int] = []
         bad_student: list[int] = []  # token indices of pieces the teacher cannot reproduce, and their separators
         bad_teacher: list[int] = []
+
+        def separators(first: int, stop: int, at: int) -> int:
+            """The student's separators first..stop-1 on both sides (EOS as EOS, else pad), one unit each."""
+            for k in range(first, stop):
+                ids.append(t.eos_id if row[k] == s.eos_id else t.pad_id)
+                starts.append(at)
+                at += 1
+                ends.append(at)
+            return at
+
         unencodable = 0
         pos = 0
         prev_stop = 0
         for (i, j, bad), head, text, piece_ids in zip(spans, heads, texts, t_ids):
-            for k in range(prev_stop, i):  # separators before this piece: EOS (or pad) on both sides
-                ids.append(t.eos_id if row[k] == s.eos_id else t.pad_id)
-                starts.append(pos)
-                pos += 1
-                ends.append(pos)
+            pos = separators(prev_stop, i, pos)
             piece_start = pos
             piece_end = pos + int(np.sum(s_widths[i:j]))
             w = t.widths(piece_ids)
@@ -291,11 +297,7 @@ class Aligner:
                 ends.append(p)
             pos = piece_end
             prev_stop = j
-        for k in range(prev_stop, n):
-            ids.append(t.eos_id if row[k] == s.eos_id else t.pad_id)
-            starts.append(pos)
-            pos += 1
-            ends.append(pos)
+        separators(prev_stop, n, pos)
         t_starts, t_ends = np.array(starts, np.int64), np.array(ends, np.int64)
 
         # Boundaries: ends in both tokenizations; the row's cut end is not one (unless the row ends with EOS).

@@ -279,8 +279,9 @@ def _aligner(config, batches, tok, source: TeacherSource | None) -> alignment.Al
     if aligner.teacher_len > max_len:
         raise UserError(f"config.salt.teacher_seq_len={aligner.teacher_len}: exceeds the teacher's max_len "
                         f"({max_len}); set it to at most {max_len}")
+    rows = alignment.first_rows(batches, 64)  # (read once: the teacher's length and the encodability check)
     if not aligner.teacher_len:
-        student_bpt, teacher_bpt = aligner.bytes_per_token(alignment.first_rows(batches, 64))
+        student_bpt, teacher_bpt = aligner.bytes_per_token(rows)
         measured = alignment.teacher_len(config.data.seq_len, student_bpt, teacher_bpt)
         aligner.teacher_len = min(measured, max_len)
         logging.info("teacher sequence: %d tokens per window of %d (bytes per token: student %.2f, teacher %.2f, "
@@ -288,7 +289,7 @@ def _aligner(config, batches, tok, source: TeacherSource | None) -> alignment.Al
                      "past it are counted in metrics.jsonl's truncated_chunks", aligner.teacher_len,
                      config.data.seq_len, student_bpt, teacher_bpt,
                      f"; {measured} capped at the teacher's max_len" if measured > max_len else "")
-    _check_encodable(aligner, alignment.first_rows(batches, 64))
+    _check_encodable(aligner, rows)
     trained = _teacher_seq_len(source)
     if trained and aligner.teacher_len > trained:
         logging.warning("teacher sequence: %d tokens per window, but the teacher was trained on windows of %d: it "
